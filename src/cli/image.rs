@@ -1,0 +1,306 @@
+//! `bootcast image ...`
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use bootcast::store::catalog::split_spec;
+use bootcast::store::export::{export, ExportOptions};
+use bootcast::store::ingest::{default_threads, ingest, IngestOptions};
+use bootcast::store::stats::{version_stats, VersionStats};
+use bootcast::store::{validate_level, Store, StoreConfig, StoreError};
+
+use super::output::{bytes, utc, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Store a disk image (file, block device, or - for stdin) as a new version of NAME
+    Add {
+        name: String,
+        source: PathBuf,
+        /// zstd level for new chunks (default: the store's, 3)
+        #[arg(long, value_parser = parse_level)]
+        level: Option<i32>,
+        /// Hashing/compression threads (default: all cores)
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        /// Publish new chunks every N compressed bytes (crash-recovery granularity)
+        #[arg(long, default_value_t = 64 << 20, hide = true)]
+        batch_bytes: u64,
+    },
+    /// List every image version with its size and stored bytes
+    List,
+    /// Sizes, chunks, sharing, dedup and compression of NAME (all versions) or NAME@VERSION
+    Show { spec: String },
+    /// Write NAME[@VERSION] to a file or block device, reusing chunks found in seeds
+    Export {
+        spec: String,
+        target: PathBuf,
+        /// A file or device that may already hold chunks at the same offsets (repeatable;
+        /// the target itself is allowed and then unchanged chunks are not rewritten)
+        #[arg(long = "seed")]
+        seeds: Vec<PathBuf>,
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
+    Rm { spec: String },
+}
+
+fn parse_level(s: &str) -> Result<i32, String> {
+    validate_level(s.parse().map_err(|_| format!("{s:?} is not a number"))?)
+}
+
+pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
+    match cmd {
+        ImageCmd::Add {
+            name,
+            source,
+            level,
+            threads,
+            batch_bytes,
+        } => add(data, out, &name, &source, level, threads, batch_bytes),
+        ImageCmd::List => list(data, out),
+        ImageCmd::Show { spec } => show(data, out, &spec),
+        ImageCmd::Export {
+            spec,
+            target,
+            seeds,
+            threads,
+        } => export_cmd(data, out, &spec, &target, seeds, threads),
+        ImageCmd::Rm { spec } => rm(data, out, &spec),
+    }
+}
+
+/// Opens a source and tells its size when it has one (file or block device).
+fn open_source(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+    if path == Path::new("-") {
+        return Ok((Box::new(io::stdin()), None));
+    }
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            anyhow::anyhow!("source {} does not exist", path.display())
+        }
+        io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "source {} is not readable (permission denied; run as root for block devices)",
+            path.display()
+        ),
+        _ => anyhow::Error::new(e).context(format!("opening source {}", path.display())),
+    })?;
+    if file.metadata()?.is_dir() {
+        anyhow::bail!("source {} is a directory, not a disk image", path.display());
+    }
+    let size = file.seek(SeekFrom::End(0)).ok();
+    file.seek(SeekFrom::Start(0))
+        .with_context(|| format!("source {} is not seekable", path.display()))?;
+    Ok((Box::new(file), size))
+}
+
+fn add(
+    data: &Path,
+    out: &Output,
+    name: &str,
+    source: &Path,
+    level: Option<i32>,
+    threads: usize,
+    batch_bytes: u64,
+) -> Result<ExitCode> {
+    bootcast::store::catalog::validate_name(name)?;
+    let (reader, size) = open_source(source)?;
+    let store = Store::open_or_create(data, StoreConfig::default(), false)?;
+    let bar = out.progress(size, "ingest");
+    let opts = IngestOptions {
+        level,
+        threads,
+        batch_bytes,
+    };
+    let label = source.display().to_string();
+    let report = ingest(&store, name, reader, &label, &opts, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    #[derive(serde::Serialize)]
+    struct AddJson<'a> {
+        name: &'a str,
+        version: String,
+        size: u64,
+        stored_bytes: u64,
+        new_bytes: u64,
+        chunks: usize,
+        new_chunks: usize,
+        zero_bytes: u64,
+    }
+    let json = AddJson {
+        name: &report.name,
+        version: report.version.to_hex(),
+        size: report.size,
+        stored_bytes: report.stored_bytes,
+        new_bytes: report.new_bytes,
+        chunks: report.chunks,
+        new_chunks: report.new_chunks,
+        zero_bytes: report.zero_bytes,
+    };
+    out.emit(&json, || {
+        format!(
+            "{}@{}\n  size {}, {} chunks ({} new), stored {}, new {}, zero runs {}",
+            report.name,
+            report.version,
+            bytes(report.size),
+            report.chunks,
+            report.new_chunks,
+            bytes(report.stored_bytes),
+            bytes(report.new_bytes),
+            bytes(report.zero_bytes)
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn all_versions(store: &Store) -> Result<Vec<bootcast::store::catalog::Version>> {
+    let mut all = Vec::new();
+    for name in store.image_names()? {
+        all.extend(store.versions(&name)?);
+    }
+    Ok(all)
+}
+
+fn list(data: &Path, out: &Output) -> Result<ExitCode> {
+    let store = Store::open(data)?;
+    let all = all_versions(&store)?;
+    let stats = version_stats(&all, &all);
+    out.emit(&stats, || {
+        if stats.is_empty() {
+            return "no images yet: add one with `bootcast image add NAME FILE`".into();
+        }
+        let mut s = format!(
+            "{:<20} {:<12} {:<20} {:>10} {:>8} {:>10} {:>10}\n",
+            "NAME", "VERSION", "CREATED", "SIZE", "CHUNKS", "STORED", "SHARED"
+        );
+        for v in &stats {
+            s += &format!(
+                "{:<20} {:<12} {:<20} {:>10} {:>8} {:>10} {:>10}\n",
+                v.name,
+                v.version.short(),
+                utc(v.created),
+                bytes(v.size),
+                v.chunks,
+                bytes(v.stored_bytes),
+                bytes(v.shared_bytes)
+            );
+        }
+        s
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
+    let store = Store::open(data)?;
+    let all = all_versions(&store)?;
+    let chosen = match split_spec(spec) {
+        (_, Some(_)) => vec![store.resolve(spec)?],
+        (name, None) => {
+            let v = store.versions(name)?;
+            if v.is_empty() {
+                return Err(StoreError::UnknownImage(name.to_string()).into());
+            }
+            v
+        }
+    };
+    let stats = version_stats(&chosen, &all);
+    let human = || stats.iter().map(describe).collect::<Vec<_>>().join("\n");
+    if split_spec(spec).1.is_some() {
+        out.emit(&stats[0], human);
+    } else {
+        out.emit(&stats, human);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(v: &VersionStats) -> String {
+    format!(
+        "{}@{}\n  created      {}\n  size         {} ({} in chunks, {} zero runs)\n  chunks       {} distinct, {} plain, {} stored\n  shared       {} of its stored bytes are used by other versions too\n  dedup        {:.2}x   compression {:.2}x\n",
+        v.name,
+        v.version,
+        utc(v.created),
+        bytes(v.size),
+        bytes(v.data_bytes),
+        bytes(v.zero_bytes),
+        v.chunks,
+        bytes(v.plain_bytes),
+        bytes(v.stored_bytes),
+        bytes(v.shared_bytes),
+        v.dedup_ratio,
+        v.compression_ratio
+    )
+}
+
+fn export_cmd(
+    data: &Path,
+    out: &Output,
+    spec: &str,
+    target: &Path,
+    seeds: Vec<PathBuf>,
+    threads: usize,
+) -> Result<ExitCode> {
+    let store = Store::open(data)?;
+    let version = store.resolve(spec)?;
+    let bar = out.progress(Some(version.manifest.size), "export");
+    let opts = ExportOptions { seeds, threads };
+    let report =
+        export(&store, &version.manifest, target, &opts, &|n| bar.inc(n)).with_context(|| {
+            format!(
+                "exporting {}@{} to {}",
+                version.name,
+                version.id.short(),
+                target.display()
+            )
+        })?;
+    bar.finish_and_clear();
+    #[derive(serde::Serialize)]
+    struct ExportJson<'a> {
+        name: &'a str,
+        version: String,
+        target: &'a Path,
+        #[serde(flatten)]
+        report: &'a bootcast::store::export::ExportReport,
+    }
+    out.emit(
+        &ExportJson {
+            name: &version.name,
+            version: version.id.to_hex(),
+            target,
+            report: &report,
+        },
+        || {
+            format!(
+                "wrote {}@{} to {}\n  {} from store ({} compressed), {} from seeds, {} already in place, {} zero",
+                version.name,
+                version.id.short(),
+                target.display(),
+                bytes(report.from_store),
+                bytes(report.from_store_compressed),
+                bytes(report.from_seed),
+                bytes(report.in_place),
+                bytes(report.zero)
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
+    let store = Store::open(data)?;
+    let removed = store.remove(spec)?;
+    let ids: Vec<String> = removed
+        .iter()
+        .map(|f| format!("{}@{}", f.name, f.id))
+        .collect();
+    out.emit(&serde_json::json!({ "removed": ids }), || {
+        let mut s: String = ids.iter().map(|i| format!("removed {i}\n")).collect();
+        s += "run `bootcast store gc` to free chunks no other version uses";
+        s
+    });
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,50 @@
+//! Command-line interface: one file per command group.
+
+mod image;
+mod output;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bootcast",
+    version,
+    about = "Network-boot imaging and image distribution"
+)]
+pub struct Cli {
+    /// Data directory (store, manifests, database)
+    #[arg(
+        long,
+        global = true,
+        env = "BOOTCAST_DATA",
+        default_value = "./bootcast-data"
+    )]
+    pub data: PathBuf,
+    /// Machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Add, list, show, export and remove disk images
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Create, verify and garbage-collect the chunk store
+    #[command(subcommand)]
+    Store(store::StoreCmd),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = output::Output { json: cli.json };
+    match cli.command {
+        Command::Image(cmd) => image::run(cmd, &cli.data, &out),
+        Command::Store(cmd) => store::run(cmd, &cli.data, &out),
+    }
+}

@@ -1,0 +1,62 @@
+use std::io;
+use std::path::PathBuf;
+
+use super::id::ChunkId;
+use super::manifest::ManifestError;
+
+/// Everything the store can refuse, each naming the object and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no bootcast store at {0} (create one with `bootcast image add`, or point --data / BOOTCAST_DATA at an existing one)")]
+    NoStore(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("chunk {id} is corrupt ({path}): {reason}; run `bootcast store verify` to list the affected versions")]
+    ChunkCorrupt {
+        id: ChunkId,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("chunk {id} is missing from the store ({path}); run `bootcast store verify` to list the affected versions")]
+    ChunkMissing { id: ChunkId, path: PathBuf },
+    #[error("manifest {path} is unreadable: {source}; remove that version with `bootcast image rm` or restore the file")]
+    ManifestCorrupt {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("invalid image name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ - , not starting with '.' or '-'")]
+    BadName(String),
+    #[error("no image named {0:?} (see `bootcast image list`)")]
+    UnknownImage(String),
+    #[error("image {name} has no version {version:?} (see `bootcast image show {name}`)")]
+    UnknownVersion { name: String, version: String },
+    #[error("version prefix {version:?} of image {name} is ambiguous; give more hex digits")]
+    AmbiguousVersion { name: String, version: String },
+    #[error("store config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Target(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches what was being done and to which path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            what,
+            path: path.into(),
+            source,
+        })
+    }
+}

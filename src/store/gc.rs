@@ -1,0 +1,146 @@
+//! `store gc`: delete chunks no manifest uses, safely beside running ingests.
+//!
+//! With the gc lock held exclusively (one gc at a time; commits wait):
+//! 1. put back anything an interrupted gc left in `trash/`;
+//! 2. R = chunks named by any manifest (a damaged manifest stops gc: it might need anything);
+//! 3. move every chunk outside R to `trash/` (it is now invisible to ingests);
+//! 4. P = chunks claimed by live sessions, read *after* step 3 (dead sessions are removed);
+//! 5. move trashed chunks in P back, delete the rest.
+//!
+//! Why it is safe: an ingest claims a chunk before it checks the store for it. If it saw the
+//! chunk, the claim predates the move to trash, so step 4 sees it and step 5 restores it before
+//! the ingest can commit (commits wait for the lock). If it did not see it, it writes its own copy.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use super::durable;
+use super::error::{IoContext, Result, StoreError};
+use super::id::ChunkId;
+use super::session::exclusive_gc_lock;
+use super::Store;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    pub kept_chunks: usize,
+    pub removed_chunks: usize,
+    pub removed_bytes: u64,
+    /// Chunks kept only because a running ingest claimed them.
+    pub kept_for_ingest: usize,
+    pub dead_sessions_removed: usize,
+}
+
+pub fn gc(store: &Store) -> Result<GcReport> {
+    let _lock = exclusive_gc_lock(store)?;
+    let trash = store.trash_dir();
+    durable::create_dir_durable(&trash)?;
+    restore_all_trash(store)?;
+
+    let mut referenced = HashSet::new();
+    for file in store.all_version_files()? {
+        let manifest = file.manifest.map_err(|e| {
+            StoreError::Target(format!(
+                "gc refused: {e}. A damaged manifest might need any chunk; remove or repair it first"
+            ))
+        })?;
+        referenced.extend(manifest.chunks().map(|(_, id, _)| id));
+    }
+
+    let mut report = GcReport::default();
+    let mut trashed = Vec::new();
+    for (id, len) in store.list_chunks()? {
+        if referenced.contains(&id) {
+            report.kept_chunks += 1;
+            continue;
+        }
+        let from = store.chunk_path(&id);
+        match fs::rename(&from, trash.join(id.to_hex())) {
+            Ok(()) => trashed.push((id, len)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("moving to trash", from),
+        }
+    }
+
+    let (claimed, dead) = live_claims(store)?;
+    report.dead_sessions_removed = dead;
+    for (id, len) in trashed {
+        let in_trash = trash.join(id.to_hex());
+        if claimed.contains(&id) {
+            fs::rename(&in_trash, store.chunk_path(&id)).ctx("restoring from trash", &in_trash)?;
+            report.kept_for_ingest += 1;
+            report.kept_chunks += 1;
+        } else {
+            fs::remove_file(&in_trash).ctx("deleting", &in_trash)?;
+            report.removed_chunks += 1;
+            report.removed_bytes += len;
+        }
+    }
+    durable::sync_filesystem(&store.chunks_dir())?;
+    Ok(report)
+}
+
+fn restore_all_trash(store: &Store) -> Result<()> {
+    let trash = store.trash_dir();
+    for entry in fs::read_dir(&trash).ctx("listing", &trash)? {
+        let path = entry.ctx("listing", &trash)?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<ChunkId>().ok())
+        else {
+            continue;
+        };
+        let dest = store.chunk_path(&id);
+        fs::create_dir_all(dest.parent().unwrap()).ctx("creating", dest.parent().unwrap())?;
+        fs::rename(&path, &dest).ctx("restoring from trash", &path)?;
+    }
+    Ok(())
+}
+
+/// Chunks claimed by live sessions; removes dead sessions (their lock is free).
+fn live_claims(store: &Store) -> Result<(HashSet<ChunkId>, usize)> {
+    let dir = store.sessions_dir();
+    let mut claimed = HashSet::new();
+    let mut dead = 0;
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((claimed, 0)),
+        Err(e) => return Err(e).ctx("listing", dir),
+    };
+    for entry in entries {
+        let path = entry.ctx("listing", &dir)?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".new-") {
+            // A session being born has claimed nothing yet; clear only old leftovers.
+            let old = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if old {
+                let _ = fs::remove_dir_all(&path);
+            }
+            continue;
+        }
+        let Ok(lock) = fs::File::open(path.join("lock")) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            // Its ingest is gone: drop its temp chunks and claims.
+            fs::remove_dir_all(&path).ctx("removing dead session", &path)?;
+            dead += 1;
+            continue;
+        }
+        let ids = match fs::read(path.join("ids")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).ctx("reading claims of", path),
+        };
+        for raw in ids.chunks_exact(32) {
+            claimed.insert(ChunkId(raw.try_into().unwrap()));
+        }
+    }
+    Ok((claimed, dead))
+}

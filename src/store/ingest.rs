@@ -1,0 +1,298 @@
+//! Ingest: source bytes → zero runs and chunks → hash + compress in parallel → store → manifest.
+//!
+//! One thread reads and cuts (the chunker), `threads` workers hash, look up, compress and write,
+//! and the calling thread puts results back in order, publishes batches and commits. Channels
+//! are bounded, so memory stays near `(2 × threads + 4) × max chunk` plus the read buffer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::catalog::validate_name;
+use super::chunker::{is_zero, Chunker, Piece};
+use super::error::{IoContext, Result, StoreError};
+use super::id::{ChunkId, VersionId};
+use super::manifest::{ExtentKind, ExtentList, Manifest};
+use super::session::Session;
+use super::Store;
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// zstd level; `None` takes the store's default.
+    pub level: Option<i32>,
+    pub threads: usize,
+    /// Publish new chunks after this many compressed bytes (a crash keeps what was published).
+    pub batch_bytes: u64,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            level: None,
+            threads: default_threads(),
+            batch_bytes: 64 << 20,
+        }
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IngestReport {
+    pub name: String,
+    pub version: VersionId,
+    /// Image size in bytes.
+    pub size: u64,
+    /// Compressed bytes of all distinct chunks this version uses.
+    pub stored_bytes: u64,
+    /// Compressed bytes this ingest added to the store.
+    pub new_bytes: u64,
+    pub chunks: usize,
+    pub new_chunks: usize,
+    pub zero_bytes: u64,
+}
+
+/// What a worker learned about one piece.
+enum Done {
+    Zero {
+        len: u64,
+    },
+    Chunk {
+        len: u64,
+        id: ChunkId,
+        /// Set when this worker wrote the chunk: its temp file and compressed size.
+        written: Option<(PathBuf, u32)>,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Known {
+    /// Another worker is compressing it; its size is filled in before commit.
+    InFlight,
+    Stored(u32),
+    New(u32),
+}
+
+/// Reads `src` to the end and stores it as a new version of image `name`.
+pub fn ingest<R: Read + Send>(
+    store: &Store,
+    name: &str,
+    src: R,
+    source_label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<IngestReport> {
+    validate_name(name)?;
+    let level = opts.level.unwrap_or(store.config().zstd_level);
+    let params = store.config().chunker;
+    let threads = opts.threads.max(1);
+    let session = Session::begin(store)?;
+    let known: Mutex<HashMap<ChunkId, Known>> = Mutex::new(HashMap::new());
+    let abort = AtomicBool::new(false);
+
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Piece)>(threads * 2 + 4);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::sync_channel::<Result<(u64, Done)>>(threads * 4 + 8);
+
+    let mut extents = ExtentList::default();
+    let mut batch: Vec<(ChunkId, PathBuf)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut first_error: Option<StoreError> = None;
+
+    std::thread::scope(|scope| {
+        // Chunker: the only reader of the source.
+        let tx = done_tx.clone();
+        let abort_ref = &abort;
+        scope.spawn(move || {
+            let mut chunker = Chunker::new(src, params);
+            let mut index = 0u64;
+            while !abort_ref.load(Ordering::Relaxed) {
+                match chunker.next_piece() {
+                    Ok(Some(piece)) => {
+                        if job_tx.send((index, piece)).is_err() {
+                            break;
+                        }
+                        index += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e).ctx("reading source", source_label));
+                        break;
+                    }
+                }
+            }
+        });
+        for _ in 0..threads {
+            let tx = done_tx.clone();
+            let (job_rx, known, session, abort) = (&job_rx, &known, &session, &abort);
+            scope.spawn(move || {
+                let mut zstd = zstd::bulk::Compressor::new(level).expect("zstd level checked");
+                // After an abort, keep draining so the chunker never blocks on a full channel.
+                loop {
+                    let job = job_rx.lock().unwrap().recv();
+                    let Ok((index, piece)) = job else { break };
+                    if abort.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let result = process(piece, store, session, known, &mut zstd);
+                    let failed = result.is_err();
+                    if tx.send(result.map(|d| (index, d))).is_err() || failed {
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        // Collector: put results back in order; publish in batches.
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next = 0u64;
+        for result in done_rx.iter() {
+            let (index, done) = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    abort.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            pending.insert(index, done);
+            while let Some(done) = pending.remove(&next) {
+                next += 1;
+                match done {
+                    Done::Zero { len } => {
+                        extents.push_zero(len);
+                        progress(len);
+                    }
+                    Done::Chunk { len, id, written } => {
+                        extents.push_chunk(len, id, 0);
+                        progress(len);
+                        if let Some((tmp, compressed)) = written {
+                            batch_bytes += u64::from(compressed);
+                            batch.push((id, tmp));
+                        }
+                    }
+                }
+            }
+            if batch_bytes >= opts.batch_bytes && first_error.is_none() {
+                if let Err(e) = session.publish(&mut batch) {
+                    abort.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+                batch_bytes = 0;
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    session.publish(&mut batch)?;
+
+    // Fill in compressed sizes and totals.
+    let known = known.into_inner().unwrap();
+    let size = extents.size();
+    let mut extents = extents.into_extents();
+    let (mut stored_bytes, mut new_bytes, mut new_chunks) = (0u64, 0u64, 0usize);
+    for state in known.values() {
+        match *state {
+            Known::Stored(n) => stored_bytes += u64::from(n),
+            Known::New(n) => {
+                stored_bytes += u64::from(n);
+                new_bytes += u64::from(n);
+                new_chunks += 1;
+            }
+            Known::InFlight => unreachable!("every worker finished"),
+        }
+    }
+    let mut zero_bytes = 0;
+    for e in extents.iter_mut() {
+        match &mut e.kind {
+            ExtentKind::Chunk { id, compressed } => {
+                *compressed = match known[id] {
+                    Known::Stored(n) | Known::New(n) => n,
+                    Known::InFlight => unreachable!(),
+                }
+            }
+            ExtentKind::Zero => zero_bytes += e.len,
+        }
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        params,
+        size,
+        extents,
+    };
+    let version = session.commit(&manifest)?;
+    Ok(IngestReport {
+        name: name.to_string(),
+        version,
+        size,
+        stored_bytes,
+        new_bytes,
+        chunks: known.len(),
+        new_chunks,
+        zero_bytes,
+    })
+}
+
+fn process(
+    piece: Piece,
+    store: &Store,
+    session: &Session,
+    known: &Mutex<HashMap<ChunkId, Known>>,
+    zstd: &mut zstd::bulk::Compressor,
+) -> Result<Done> {
+    let bytes = match piece {
+        Piece::Zero { len, .. } => return Ok(Done::Zero { len }),
+        Piece::Data { bytes, .. } => bytes,
+    };
+    let len = bytes.len() as u64;
+    if is_zero(&bytes) {
+        return Ok(Done::Zero { len });
+    }
+    let id = ChunkId::of(&bytes);
+    {
+        let mut known = known.lock().unwrap();
+        if known.contains_key(&id) {
+            return Ok(Done::Chunk {
+                len,
+                id,
+                written: None,
+            });
+        }
+        known.insert(id, Known::InFlight);
+    }
+    session.claim(&id)?;
+    if let Some(stored) = store.chunk_size(&id)? {
+        known
+            .lock()
+            .unwrap()
+            .insert(id, Known::Stored(stored as u32));
+        return Ok(Done::Chunk {
+            len,
+            id,
+            written: None,
+        });
+    }
+    let compressed = zstd
+        .compress(&bytes)
+        .map_err(|e| StoreError::Target(format!("zstd compression failed: {e}")))?;
+    let tmp = session.write_temp(&id, &compressed)?;
+    known
+        .lock()
+        .unwrap()
+        .insert(id, Known::New(compressed.len() as u32));
+    Ok(Done::Chunk {
+        len,
+        id,
+        written: Some((tmp, compressed.len() as u32)),
+    })
+}

@@ -1,0 +1,374 @@
+//! Image version manifests and their binary encoding.
+//!
+//! A manifest lists, in order, the extents that rebuild one image version: each extent is either
+//! a run of zero bytes or one chunk of the store. It is stored as one file, all integers
+//! little-endian:
+//!
+//! ```text
+//! content (its BLAKE3 is the version id)
+//!   magic        8 bytes  "BCMANI01"
+//!   chunk_min    u32      \
+//!   chunk_avg    u32       | chunker parameters the extents were cut with
+//!   chunk_max    u32       |
+//!   zero_min     u32      /
+//!   size         u64      image size in bytes
+//!   count        u64      number of extents
+//!   count times:
+//!     kind       u8       0 = zero run, 1 = chunk
+//!     offset     u64      first byte of the extent in the image
+//!     length     u64      bytes
+//!     id         32 bytes BLAKE3 of the chunk's uncompressed bytes (kind 1 only)
+//! annotations (not part of the version id)
+//!   magic        8 bytes  "BCANNO01"
+//!   name_len     u16, then the image name in UTF-8
+//!   created      i64      creation time, seconds since the Unix epoch (UTC)
+//!   for each chunk extent, in order: compressed size u32
+//! trailer
+//!   blake3       32 bytes BLAKE3 of everything before it (detects a damaged file)
+//! ```
+//!
+//! The content part is canonical: extents are contiguous from offset 0 and cover `size` exactly,
+//! lengths are non-zero and no two zero runs are adjacent. Decoding rejects anything else. The
+//! version id therefore depends only on the image bytes and the chunker parameters: the same disk
+//! added twice, under any name, at any time, with any zstd level, gets the same id.
+
+use super::chunker::ChunkerParams;
+use super::id::{ChunkId, VersionId};
+
+const CONTENT_MAGIC: &[u8; 8] = b"BCMANI01";
+const ANNOTATION_MAGIC: &[u8; 8] = b"BCANNO01";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    Zero,
+    Chunk { id: ChunkId, compressed: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    pub fn chunk_id(&self) -> Option<ChunkId> {
+        match self.kind {
+            ExtentKind::Chunk { id, .. } => Some(id),
+            ExtentKind::Zero => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub created: i64,
+    pub params: ChunkerParams,
+    pub size: u64,
+    pub extents: Vec<Extent>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest is truncated")]
+    Truncated,
+    #[error("not a bootcast manifest (bad magic)")]
+    BadMagic,
+    #[error("manifest checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("manifest is not canonical: {0}")]
+    NotCanonical(String),
+    #[error("image name is not valid UTF-8")]
+    BadName,
+}
+
+/// Appends extents in order, merging adjacent zero runs, so the result is canonical.
+#[derive(Debug, Default)]
+pub struct ExtentList {
+    extents: Vec<Extent>,
+    end: u64,
+}
+
+impl ExtentList {
+    pub fn push_zero(&mut self, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if let Some(last) = self.extents.last_mut() {
+            if last.kind == ExtentKind::Zero {
+                last.len += len;
+                self.end += len;
+                return;
+            }
+        }
+        self.extents.push(Extent {
+            offset: self.end,
+            len,
+            kind: ExtentKind::Zero,
+        });
+        self.end += len;
+    }
+
+    pub fn push_chunk(&mut self, len: u64, id: ChunkId, compressed: u32) {
+        self.extents.push(Extent {
+            offset: self.end,
+            len,
+            kind: ExtentKind::Chunk { id, compressed },
+        });
+        self.end += len;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.end
+    }
+
+    pub fn into_extents(self) -> Vec<Extent> {
+        self.extents
+    }
+}
+
+impl Manifest {
+    /// The canonical content encoding whose BLAKE3 is the version id.
+    fn encode_content(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.extents.len() * 49);
+        out.extend_from_slice(CONTENT_MAGIC);
+        for v in [
+            self.params.min,
+            self.params.avg,
+            self.params.max,
+            self.params.zero_min,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.extents.len() as u64).to_le_bytes());
+        for e in &self.extents {
+            match e.kind {
+                ExtentKind::Zero => out.push(0),
+                ExtentKind::Chunk { .. } => out.push(1),
+            }
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
+            if let ExtentKind::Chunk { id, .. } = e.kind {
+                out.extend_from_slice(&id.0);
+            }
+        }
+        out
+    }
+
+    pub fn version_id(&self) -> VersionId {
+        VersionId(*blake3::hash(&self.encode_content()).as_bytes())
+    }
+
+    /// The whole file: content, annotations, trailer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.encode_content();
+        out.extend_from_slice(ANNOTATION_MAGIC);
+        let name = self.name.as_bytes();
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&self.created.to_le_bytes());
+        for e in &self.extents {
+            if let ExtentKind::Chunk { compressed, .. } = e.kind {
+                out.extend_from_slice(&compressed.to_le_bytes());
+            }
+        }
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    /// Decodes and checks a manifest file; returns it with its version id.
+    pub fn decode(bytes: &[u8]) -> Result<(Manifest, VersionId), ManifestError> {
+        if bytes.len() < 32 {
+            return Err(ManifestError::Truncated);
+        }
+        let (body, trailer) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(body).as_bytes() != trailer {
+            return if bytes.starts_with(CONTENT_MAGIC) {
+                Err(ManifestError::Checksum)
+            } else {
+                Err(ManifestError::BadMagic)
+            };
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        if r.take(8)? != CONTENT_MAGIC {
+            return Err(ManifestError::BadMagic);
+        }
+        let params = ChunkerParams {
+            min: r.u32()?,
+            avg: r.u32()?,
+            max: r.u32()?,
+            zero_min: r.u32()?,
+        };
+        let size = r.u64()?;
+        let count = r.u64()?;
+        // Each extent takes at least 17 bytes: refuse counts the file cannot hold.
+        if count > (body.len() as u64) / 17 {
+            return Err(ManifestError::Truncated);
+        }
+        let mut extents = Vec::with_capacity(count as usize);
+        let mut end = 0u64;
+        let mut prev_zero = false;
+        for i in 0..count {
+            let kind = r.u8()?;
+            let offset = r.u64()?;
+            let len = r.u64()?;
+            let bad = |why: &str| ManifestError::NotCanonical(format!("extent {i}: {why}"));
+            if offset != end {
+                return Err(bad("not contiguous"));
+            }
+            if len == 0 {
+                return Err(bad("empty"));
+            }
+            let kind = match kind {
+                0 if prev_zero => return Err(bad("adjacent zero runs")),
+                0 => ExtentKind::Zero,
+                1 if len > u64::from(params.max) => return Err(bad("chunk longer than max")),
+                1 => {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(r.take(32)?);
+                    ExtentKind::Chunk {
+                        id: ChunkId(id),
+                        compressed: 0,
+                    }
+                }
+                _ => return Err(bad("unknown kind")),
+            };
+            prev_zero = kind == ExtentKind::Zero;
+            end = end.checked_add(len).ok_or_else(|| bad("overflow"))?;
+            extents.push(Extent { offset, len, kind });
+        }
+        if end != size {
+            return Err(ManifestError::NotCanonical(format!(
+                "extents cover {end} bytes, size says {size}"
+            )));
+        }
+        let content_len = r.pos;
+        if r.take(8)? != ANNOTATION_MAGIC {
+            return Err(ManifestError::BadMagic);
+        }
+        let name_len = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| ManifestError::BadName)?
+            .to_string();
+        let created = r.u64()? as i64;
+        for e in extents.iter_mut() {
+            if let ExtentKind::Chunk { compressed, .. } = &mut e.kind {
+                *compressed = r.u32()?;
+            }
+        }
+        if r.pos != body.len() {
+            return Err(ManifestError::NotCanonical("trailing bytes".into()));
+        }
+        let version = VersionId(*blake3::hash(&body[..content_len]).as_bytes());
+        Ok((
+            Manifest {
+                name,
+                created,
+                params,
+                size,
+                extents,
+            },
+            version,
+        ))
+    }
+
+    /// Chunk extents, in image order.
+    pub fn chunks(&self) -> impl Iterator<Item = (&Extent, ChunkId, u32)> {
+        self.extents.iter().filter_map(|e| match e.kind {
+            ExtentKind::Chunk { id, compressed } => Some((e, id, compressed)),
+            ExtentKind::Zero => None,
+        })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ManifestError> {
+        let end = self.pos.checked_add(n).ok_or(ManifestError::Truncated)?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(ManifestError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, ManifestError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ManifestError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, ManifestError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, ManifestError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut l = ExtentList::default();
+        l.push_chunk(100, ChunkId::of(b"a"), 40);
+        l.push_zero(4096);
+        l.push_zero(4096);
+        l.push_chunk(7, ChunkId::of(b"b"), 9);
+        Manifest {
+            name: "win11".into(),
+            created: 1_700_000_000,
+            params: ChunkerParams::default(),
+            size: l.size(),
+            extents: l.into_extents(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_merge() {
+        let m = sample();
+        assert_eq!(m.extents.len(), 3, "adjacent zero runs merge");
+        let (back, id) = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(id, m.version_id());
+    }
+
+    #[test]
+    fn id_ignores_annotations() {
+        let a = sample();
+        let mut b = sample();
+        b.name = "other".into();
+        b.created = 5;
+        if let ExtentKind::Chunk { compressed, .. } = &mut b.extents[0].kind {
+            *compressed = 77;
+        }
+        assert_eq!(a.version_id(), b.version_id());
+        let mut c = sample();
+        c.params.avg = 32 * 1024;
+        assert_ne!(a.version_id(), c.version_id());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(Manifest::decode(&bad).is_err(), "flip at byte {i} accepted");
+        }
+        for n in 0..bytes.len() {
+            assert!(
+                Manifest::decode(&bytes[..n]).is_err(),
+                "truncation to {n} accepted"
+            );
+        }
+    }
+}

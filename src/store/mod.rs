@@ -1,0 +1,255 @@
+//! Content-addressed image store.
+//!
+//! Layout of a data directory (see README "Concepts"):
+//! ```text
+//! DATA/store/config.json          chunker parameters and default zstd level (fixed at creation)
+//! DATA/store/chunks/abc/<id>      one zstd frame per chunk, named by BLAKE3 of its plain bytes,
+//!                                 fanned out over 4096 directories by the first 3 hex digits
+//! DATA/store/sessions/<sid>/      one per running ingest: lock, ids (chunks it uses), temp chunks
+//! DATA/store/trash/               chunks a running gc is about to delete
+//! DATA/store/gc.lock              gc holds it exclusively; a commit holds it shared
+//! DATA/images/<name>/<ver>.bcm    one manifest per image version (see [`manifest`])
+//! ```
+//! A version is visible once its manifest file exists, and the manifest is written only after
+//! every chunk it names is durable.
+
+pub mod catalog;
+pub mod chunker;
+pub mod durable;
+pub mod error;
+pub mod export;
+pub mod gc;
+pub mod id;
+pub mod ingest;
+pub mod manifest;
+pub mod session;
+pub mod stats;
+pub mod verified;
+pub mod verify;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+pub use chunker::ChunkerParams;
+pub use error::{Result, StoreError};
+pub use id::{ChunkId, VersionId};
+pub use manifest::{Extent, ExtentKind, Manifest};
+pub use verified::VerifiedChunk;
+
+use error::IoContext;
+
+/// zstd level used when neither the store config nor the command names one (see bench/README.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreConfig {
+    pub format: u32,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            format: 1,
+            chunker: ChunkerParams::default(),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+pub fn validate_level(level: i32) -> std::result::Result<i32, String> {
+    if (1..=19).contains(&level) {
+        Ok(level)
+    } else {
+        Err(format!("zstd level {level} out of range 1..=19"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    data: PathBuf,
+    config: StoreConfig,
+}
+
+impl Store {
+    /// Opens an existing store.
+    pub fn open(data: &Path) -> Result<Store> {
+        let path = data.join("store/config.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoStore(data.to_path_buf()))
+            }
+            Err(e) => return Err(e).ctx("reading", path),
+        };
+        let config: StoreConfig = serde_json::from_str(&text).map_err(|e| StoreError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if config.format != 1 {
+            return Err(StoreError::Config {
+                path,
+                reason: format!("store format {} is newer than this bootcast", config.format),
+            });
+        }
+        config
+            .chunker
+            .validate()
+            .map_err(|reason| StoreError::Config {
+                path: path.clone(),
+                reason,
+            })?;
+        Ok(Store {
+            data: data.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Opens the store, creating it with `config` if there is none. An existing store keeps its
+    /// own configuration; `Err` if `require` is set and differs from it.
+    pub fn open_or_create(data: &Path, config: StoreConfig, require: bool) -> Result<Store> {
+        match Store::open(data) {
+            Ok(store) => {
+                if require && store.config != config {
+                    return Err(StoreError::Config {
+                        path: store.config_path(),
+                        reason: format!(
+                            "the store already exists with chunk sizes {}:{}:{} and level {}; chunk sizes are fixed when a store is created (use a new --data directory to try others)",
+                            store.config.chunker.min, store.config.chunker.avg, store.config.chunker.max, store.config.zstd_level
+                        ),
+                    });
+                }
+                Ok(store)
+            }
+            Err(StoreError::NoStore(_)) => {
+                let store = Store {
+                    data: data.to_path_buf(),
+                    config,
+                };
+                for dir in [store.chunks_dir(), store.sessions_dir(), store.images_dir()] {
+                    durable::create_dir_durable(&dir)?;
+                }
+                let json = serde_json::to_vec_pretty(&config).expect("config serialises");
+                durable::write_atomic(&store.config_path(), &json)?;
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+    fn config_path(&self) -> PathBuf {
+        self.data.join("store/config.json")
+    }
+    pub(crate) fn chunks_dir(&self) -> PathBuf {
+        self.data.join("store/chunks")
+    }
+    pub(crate) fn sessions_dir(&self) -> PathBuf {
+        self.data.join("store/sessions")
+    }
+    pub(crate) fn trash_dir(&self) -> PathBuf {
+        self.data.join("store/trash")
+    }
+    pub(crate) fn gc_lock_path(&self) -> PathBuf {
+        self.data.join("store/gc.lock")
+    }
+    pub(crate) fn images_dir(&self) -> PathBuf {
+        self.data.join("images")
+    }
+
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.chunks_dir().join(&hex[..3]).join(hex)
+    }
+
+    /// Compressed size of a stored chunk, or `None` if the store lacks it.
+    pub fn chunk_size(&self, id: &ChunkId) -> Result<Option<u64>> {
+        let path = self.chunk_path(id);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("checking chunk", path),
+        }
+    }
+
+    /// The stored (compressed) bytes of a chunk, unchecked: for serving as-is.
+    pub fn read_compressed(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let path = self.chunk_path(id);
+        let mut buf = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => f.read_to_end(&mut buf).ctx("reading chunk", &path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::ChunkMissing { id: *id, path })
+            }
+            Err(e) => return Err(e).ctx("opening chunk", path),
+        };
+        Ok(buf)
+    }
+
+    /// Every chunk file present, with its compressed size.
+    pub fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>> {
+        let mut out = Vec::new();
+        let root = self.chunks_dir();
+        let dirs = match fs::read_dir(&root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx("listing", root),
+        };
+        for dir in dirs {
+            let dir = dir.ctx("listing", &root)?.path();
+            for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
+                let entry = entry.ctx("listing", &dir)?;
+                let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let len = entry.metadata().ctx("reading size of", entry.path())?.len();
+                out.push((id, len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A reader that decompresses and verifies chunks; keep one per thread.
+    pub fn reader(&self) -> ChunkReader<'_> {
+        ChunkReader {
+            store: self,
+            zstd: zstd::bulk::Decompressor::new().expect("zstd decompressor"),
+        }
+    }
+}
+
+/// Reads chunks from the store and returns them only once their hash checks.
+pub struct ChunkReader<'s> {
+    store: &'s Store,
+    zstd: zstd::bulk::Decompressor<'static>,
+}
+
+impl ChunkReader<'_> {
+    pub fn get(&mut self, id: &ChunkId) -> Result<VerifiedChunk> {
+        let compressed = self.store.read_compressed(id)?;
+        self.decode(id, &compressed)
+    }
+
+    /// Decompresses `compressed` and checks it is chunk `id`.
+    pub fn decode(&mut self, id: &ChunkId, compressed: &[u8]) -> Result<VerifiedChunk> {
+        let corrupt = |reason: String| StoreError::ChunkCorrupt {
+            id: *id,
+            path: self.store.chunk_path(id),
+            reason,
+        };
+        let cap = self.store.config.chunker.max as usize;
+        let data = self
+            .zstd
+            .decompress(compressed, cap)
+            .map_err(|e| corrupt(format!("not a valid zstd frame ({e})")))?;
+        VerifiedChunk::verify(*id, data)
+            .map_err(|(m, _)| corrupt(format!("content hashes to {}", m.actual)))
+    }
+}

@@ -1,0 +1,138 @@
+//! An ingest session: how new chunks become durable and how a running ingest and `gc` stay out of
+//! each other's way.
+//!
+//! Protocol (see also [`super::gc`]):
+//! 1. A session is a directory `store/sessions/<sid>/` whose `lock` file the ingest holds
+//!    exclusively (flock) for its whole life; a session whose lock can be taken is dead.
+//! 2. Before the ingest looks whether the store has chunk X, it appends X to the session's `ids`
+//!    file ("claims" it). gc never deletes a claimed chunk of a live session.
+//! 3. New chunks are written, compressed, to temp files in the session directory without fsync.
+//!    A batch is published by one `syncfs` (contents durable) and then a rename of each file to
+//!    its final name, so a file under a chunk's name always holds complete bytes.
+//! 4. Commit: `syncfs` again (renames durable), then the manifest is written atomically while the
+//!    gc lock is held shared, so no gc is midway between moving chunks to trash and back.
+//!
+//! A crash at any point leaves only unreferenced chunks (removed by the next gc) and a dead session
+//! directory (removed by the next gc); no manifest ever names a chunk that is not durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::durable;
+use super::error::{IoContext, Result};
+use super::id::{ChunkId, VersionId};
+use super::manifest::Manifest;
+use super::Store;
+
+pub struct Session<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    ids: Mutex<File>,
+    _lock: File,
+}
+
+impl<'s> Session<'s> {
+    pub fn begin(store: &'s Store) -> Result<Session<'s>> {
+        let sessions = store.sessions_dir();
+        durable::create_dir_durable(&sessions)?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let sid = format!("{}-{:x}", std::process::id(), nanos);
+        let fresh = sessions.join(format!(".new-{sid}"));
+        fs::create_dir(&fresh).ctx("creating session", &fresh)?;
+        let lock = File::create(fresh.join("lock")).ctx("creating session lock in", &fresh)?;
+        lock.lock().ctx("locking session", &fresh)?;
+        let dir = sessions.join(&sid);
+        fs::rename(&fresh, &dir).ctx("starting session", &dir)?;
+        let ids = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("ids"))
+            .ctx("creating session id list in", &dir)?;
+        Ok(Session {
+            store,
+            dir,
+            ids: Mutex::new(ids),
+            _lock: lock,
+        })
+    }
+
+    /// Records that this ingest uses chunk `id`; call before checking whether the store has it.
+    pub fn claim(&self, id: &ChunkId) -> Result<()> {
+        let mut f = self.ids.lock().unwrap();
+        f.write_all(&id.0)
+            .ctx("recording chunk claim in", &self.dir)
+    }
+
+    /// Writes a new chunk's compressed bytes to a temp file of this session.
+    pub fn write_temp(&self, id: &ChunkId, compressed: &[u8]) -> Result<PathBuf> {
+        let path = self.dir.join(id.to_hex());
+        let mut f = File::create(&path).ctx("creating chunk file", &path)?;
+        f.write_all(compressed).ctx("writing chunk file", &path)?;
+        Ok(path)
+    }
+
+    /// Makes a batch of temp chunks durable and moves them to their final names.
+    pub fn publish(&self, batch: &mut Vec<(ChunkId, PathBuf)>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        durable::sync_filesystem(&self.dir)?;
+        for (id, tmp) in batch.drain(..) {
+            let dest = self.store.chunk_path(&id);
+            let parent = dest.parent().unwrap();
+            if !parent.is_dir() {
+                fs::create_dir_all(parent).ctx("creating chunk directory", parent)?;
+            }
+            fs::rename(&tmp, &dest).ctx("publishing chunk", &dest)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable and writes the manifest: the version becomes visible.
+    pub fn commit(self, manifest: &Manifest) -> Result<VersionId> {
+        durable::sync_filesystem(&self.dir)?;
+        let _gc = shared_gc_lock(self.store)?;
+        self.store.write_manifest(manifest)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn open_gc_lock(store: &Store) -> Result<File> {
+    let path = store.gc_lock_path();
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("opening", path)
+}
+
+/// Held by a commit: waits for a running gc to finish.
+pub(crate) fn shared_gc_lock(store: &Store) -> Result<File> {
+    let f = open_gc_lock(store)?;
+    f.lock_shared()
+        .ctx("waiting for gc lock", store.gc_lock_path())?;
+    Ok(f)
+}
+
+/// Held by gc for its whole run.
+pub(crate) fn exclusive_gc_lock(store: &Store) -> Result<File> {
+    let f = open_gc_lock(store)?;
+    f.lock().ctx("waiting for gc lock", store.gc_lock_path())?;
+    Ok(f)
+}
