@@ -56,10 +56,11 @@ impl ChunkerParams {
         if !(self.min < self.avg && self.avg < self.max) {
             return Err("chunk sizes must satisfy min < avg < max".into());
         }
-        if !self.avg.is_power_of_two() || self.min % 2 != 0 || self.max % 2 != 0 {
+        if !self.avg.is_power_of_two() || !self.min.is_multiple_of(2) || !self.max.is_multiple_of(2)
+        {
             return Err("chunk avg must be a power of two and min/max even".into());
         }
-        if self.zero_min as usize % ZERO_BLOCK != 0 || self.zero_min == 0 {
+        if !(self.zero_min as usize).is_multiple_of(ZERO_BLOCK) || self.zero_min == 0 {
             return Err(format!(
                 "zero_min must be a positive multiple of {ZERO_BLOCK}"
             ));
@@ -126,6 +127,8 @@ pub struct Chunker<R> {
     buf: Vec<u8>,
     /// Position in `buf` of the next unconsumed byte.
     pos: usize,
+    /// End of the valid bytes in `buf`.
+    end: usize,
     /// Absolute offset of `buf[pos]`.
     offset: u64,
     eof: bool,
@@ -139,8 +142,9 @@ impl<R: Read> Chunker<R> {
             params,
             mask_s,
             mask_l,
-            buf: Vec::with_capacity(READ_SIZE + 2 * params.max as usize),
+            buf: vec![0; READ_SIZE + 2 * (params.max + params.zero_min) as usize],
             pos: 0,
+            end: 0,
             offset: 0,
             eof: false,
         }
@@ -152,35 +156,24 @@ impl<R: Read> Chunker<R> {
     }
 
     fn available(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
-    /// Makes at least `want` bytes available unless the input ends first.
+    /// Makes at least `want` bytes available unless the input ends first. Returns as soon as
+    /// they are there, so a slow pipe is processed as it arrives.
     fn fill(&mut self, want: usize) -> io::Result<()> {
         while self.available() < want && !self.eof {
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
+            if self.buf.len() - self.end < want {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
                 self.pos = 0;
             }
-            let start = self.buf.len();
-            let target = start + READ_SIZE.max(want - self.available());
-            self.buf.resize(target, 0);
-            let mut filled = start;
-            while filled < target {
-                match self.src.read(&mut self.buf[filled..target]) {
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.buf.truncate(filled);
-                        return Err(e);
-                    }
-                }
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            self.buf.truncate(filled);
         }
         Ok(())
     }
@@ -188,7 +181,7 @@ impl<R: Read> Chunker<R> {
     /// Length of the zero run at `buf[at..]`: whole zero blocks, plus a zero partial block only
     /// at end of input. Looks at buffered bytes only.
     fn zero_run_at(&self, at: usize) -> usize {
-        let data = &self.buf[at..];
+        let data = &self.buf[at..self.end];
         let mut len = 0;
         while len < data.len() {
             let end = (len + ZERO_BLOCK).min(data.len());
@@ -220,7 +213,7 @@ impl<R: Read> Chunker<R> {
         }
         let block = ZERO_BLOCK as u64;
         // Rule 1: a zero run at an aligned position, extended across refills.
-        if self.offset % block == 0 && self.zero_run_at(self.pos) >= zero_min {
+        if self.offset.is_multiple_of(block) && self.zero_run_at(self.pos) >= zero_min {
             let start = self.offset;
             loop {
                 let run = self.zero_run_at(self.pos);
@@ -276,5 +269,191 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = io::Result<Piece>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_piece().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::id::ChunkId;
+
+    /// splitmix64: a fixed generator so the golden input never depends on a crate version.
+    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Random data, a 200 000-byte zero run at an unaligned offset, more data, a short zero
+    /// gap (stays inside a chunk), data, and a zero tail.
+    fn golden_input() -> Vec<u8> {
+        let mut v = pseudo_random(700_001, 1);
+        v.extend(std::iter::repeat_n(0u8, 200_000));
+        v.extend(pseudo_random(300_000, 2));
+        v.extend(std::iter::repeat_n(0u8, 8192));
+        v.extend(pseudo_random(100_000, 3));
+        v.extend(std::iter::repeat_n(0u8, 70_000));
+        v
+    }
+
+    fn pieces(data: &[u8], reader: impl Read) -> Vec<(u64, u64, Option<ChunkId>)> {
+        let out: Vec<_> = Chunker::new(reader, ChunkerParams::default())
+            .map(|p| match p.unwrap() {
+                Piece::Zero { offset, len } => (offset, len, None),
+                Piece::Data { offset, bytes } => {
+                    assert_eq!(&data[offset as usize..][..bytes.len()], &bytes[..]);
+                    (offset, bytes.len() as u64, Some(ChunkId::of(&bytes)))
+                }
+            })
+            .collect();
+        // Pieces tile the input exactly.
+        let mut end = 0;
+        for (off, len, _) in &out {
+            assert_eq!(*off, end);
+            assert!(*len > 0);
+            end += len;
+        }
+        assert_eq!(end, data.len() as u64);
+        out
+    }
+
+    #[test]
+    fn golden_boundaries_and_ids() {
+        let data = golden_input();
+        let got = pieces(&data, &data[..]);
+        let got: Vec<(u64, u64, String)> = got
+            .into_iter()
+            .map(|(o, l, id)| {
+                (
+                    o,
+                    l,
+                    id.map_or("zero".into(), |i| i.to_hex()[..16].to_string()),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, u64, &str)> = GOLDEN.to_vec();
+        let expected: Vec<(u64, u64, String)> = expected
+            .into_iter()
+            .map(|(o, l, s)| (o, l, s.to_string()))
+            .collect();
+        assert_eq!(
+            got, expected,
+            "chunk boundaries or ids changed: every stored image would re-chunk"
+        );
+    }
+
+    /// Pinned with the default parameters (16K:64K:256K, zero runs from 64 KiB); first 16 hex
+    /// digits of each chunk id.
+    const GOLDEN: &[(u64, u64, &str)] = &[
+        (0, 28128, "4151b010f62237f5"),
+        (28128, 87550, "676dce499e157731"),
+        (115678, 64925, "4dec15981a47f4e8"),
+        (180603, 67788, "2fbba23e03669a6b"),
+        (248391, 30364, "ce222d594391e7fa"),
+        (278755, 38273, "3da4934a819cdbbd"),
+        (317028, 50371, "e54ef4fb4a838c30"),
+        (367399, 101085, "5d930e764ef89f82"),
+        (468484, 100168, "3702e82fc0ee2153"),
+        (568652, 79822, "9c00c56c42278f6d"),
+        (648474, 51942, "1d904b39d0e0fc7a"),
+        (700416, 196608, "zero"),
+        (897024, 121005, "981a6b8dc9b19a0d"),
+        (1018029, 69772, "f418947c60cbada1"),
+        (1087801, 55088, "9317790e719b9639"),
+        (1142889, 80169, "f807c6a9fb4f54b5"),
+        (1223058, 87662, "9edade10d8f47044"),
+        (1310720, 67473, "zero"),
+    ];
+
+    /// A reader that returns short reads of varying sizes.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        pos: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.step = (self.step * 7 + 13) % 9973 + 1;
+            let n = self.step.min(buf.len()).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_sizes_do_not_change_pieces() {
+        let mut data = golden_input();
+        // A zero run longer than the read buffer, crossing many refills.
+        data.extend(std::iter::repeat_n(0u8, 9 << 20));
+        data.extend(pseudo_random(5000, 4));
+        let whole = pieces(&data, &data[..]);
+        let trickled = pieces(
+            &data,
+            Trickle {
+                data: &data,
+                pos: 0,
+                step: 1,
+            },
+        );
+        assert_eq!(whole, trickled);
+        assert!(whole.iter().any(|p| p.2.is_none() && p.1 > 9 << 20));
+    }
+
+    #[test]
+    fn chunk_sizes_stay_within_limits() {
+        let data = pseudo_random(8 << 20, 9);
+        let p = ChunkerParams::default();
+        let got = pieces(&data, &data[..]);
+        let (last, body) = got.split_last().unwrap();
+        for (_, len, _) in body {
+            assert!(
+                (p.min as u64..=p.max as u64).contains(len),
+                "chunk of {len} bytes"
+            );
+        }
+        assert!(last.1 <= p.max as u64);
+        let avg = data.len() as u64 / got.len() as u64;
+        assert!(
+            (p.avg as u64 / 2..p.avg as u64 * 2).contains(&avg),
+            "average {avg}"
+        );
+    }
+
+    #[test]
+    fn edge_inputs() {
+        for data in [
+            vec![],
+            vec![7u8],
+            vec![0u8],
+            vec![0u8; 4097],
+            vec![0u8; 70_000],
+        ] {
+            let got = pieces(&data, &data[..]);
+            if data.len() >= 65_536 {
+                assert_eq!(
+                    got,
+                    vec![(0, data.len() as u64, None)],
+                    "long zero input is one run"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parse_sizes() {
+        let p = ChunkerParams::parse_sizes("16K:64K:256K").unwrap();
+        assert_eq!(p, ChunkerParams::default());
+        assert!(ChunkerParams::parse_sizes("64K:16K:256K").is_err());
+        assert!(ChunkerParams::parse_sizes("16K:60K:256K").is_err());
+        assert!(ChunkerParams::parse_sizes("16K").is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! 1. the target itself, if it is one of the seeds and already holds the chunk at O (no write);
 //! 2. any other seed holding the chunk at O (read, hash, write);
 //! 3. the store (read, decompress, hash, write).
+//!
 //! Every source passes through [`VerifiedChunk`], so a byte reaches the target only after its
 //! chunk's hash matched. Zero runs become holes in regular files (punched if the target had data)
 //! and zeroed ranges on block devices.
