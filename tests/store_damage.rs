@@ -174,7 +174,7 @@ fn bad_input_gives_clear_errors_and_changes_nothing() {
                 "store".into(),
                 "init".into(),
                 "--chunk-sizes".into(),
-                "8K:32K:128K".into(),
+                "16K:64K:256K".into(),
             ],
             "fixed when a store is created",
         ),

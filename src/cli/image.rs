@@ -22,7 +22,7 @@ pub enum ImageCmd {
     Add {
         name: String,
         source: PathBuf,
-        /// zstd level for new chunks (default: the store's, 3)
+        /// zstd level for new chunks (default: the store's, 1)
         #[arg(long, value_parser = parse_level)]
         level: Option<i32>,
         /// Hashing/compression threads (default: all cores)

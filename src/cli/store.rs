@@ -18,7 +18,7 @@ pub enum StoreCmd {
     /// Create an empty store with chosen chunk sizes and zstd level (optional: `image add`
     /// creates one with the defaults)
     Init {
-        /// MIN:AVG:MAX chunk sizes, e.g. 16K:64K:256K
+        /// MIN:AVG:MAX chunk sizes, e.g. 8K:32K:128K
         #[arg(long, value_parser = ChunkerParams::parse_sizes)]
         chunk_sizes: Option<ChunkerParams>,
         /// Default zstd level for new chunks

@@ -14,14 +14,14 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 use nix::fcntl::{fallocate, FallocateFlags};
 
 use super::error::{IoContext, Result, StoreError};
-use super::manifest::{ExtentKind, Manifest};
-use super::verified::VerifiedChunk;
-use super::Store;
+use super::manifest::{Extent, ExtentKind, Manifest};
+use super::verified::{VerifiedChunk, VerifiedRun};
+use super::{ChunkReader, Store};
 
 #[derive(Debug, Clone, Default)]
 pub struct ExportOptions {
@@ -43,6 +43,9 @@ pub struct ExportReport {
     pub in_place: u64,
     pub zero: u64,
 }
+
+/// Bytes written between early writeback requests.
+const FLUSH_EVERY: u64 = 128 << 20;
 
 struct Seed {
     file: File,
@@ -122,80 +125,120 @@ pub fn export(
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
+    let fail = |e: StoreError| {
+        abort.store(true, Ordering::Relaxed);
+        first_error.lock().unwrap().get_or_insert(e);
+    };
     let threads = opts.threads.max(1);
+    // Workers read, decompress and verify; one writer applies every change to the target, so
+    // the workers never contend for the target's inode lock.
+    let (write_tx, write_rx) = mpsc::sync_channel::<Write>(threads * 4);
+    let batches = batches(&manifest.extents);
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| {
+            let write_tx = write_tx.clone();
+            let (seeds, counters, next, abort, fail) = (&seeds, &counters, &next, &abort, &fail);
+            let batches = &batches;
+            let file = &file;
+            scope.spawn(move || {
                 let mut reader = store.reader();
                 let mut buf = Vec::new();
                 while !abort.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(extent) = manifest.extents.get(i) else {
+                    let Some(range) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
-                    let step = (|| -> Result<()> {
-                        match extent.kind {
-                            ExtentKind::Zero => {
-                                if punch_zero {
-                                    zero_range(&file, extent.offset, extent.len)
-                                        .ctx("zeroing a range of", target)?;
-                                }
-                                counters.zero.fetch_add(extent.len, Ordering::Relaxed);
+                    let mut run = VerifiedRun::new(0);
+                    for extent in &manifest.extents[range.clone()] {
+                        let source = ChunkSource {
+                            store,
+                            reader: &mut reader,
+                            target: (file, target, in_place),
+                            seeds,
+                            counters,
+                        };
+                        let write = match source.plan(extent, punch_zero, &mut buf) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                fail(e);
+                                break;
                             }
-                            ExtentKind::Chunk { id, .. } => {
-                                let (off, len) = (extent.offset, extent.len as usize);
-                                if in_place
-                                    && read_matches(&file, off, len, &mut buf, &id)
-                                        .ctx("reading", target)?
-                                {
-                                    counters.in_place.fetch_add(len as u64, Ordering::Relaxed);
-                                    return Ok(());
+                        };
+                        // Extend the current run, or hand it over and start the next.
+                        match write {
+                            Write::Chunk(chunk) if run.end() == extent.offset || run.is_empty() => {
+                                if run.is_empty() {
+                                    run = VerifiedRun::new(extent.offset);
                                 }
-                                for seed in &seeds {
-                                    if seed.len >= off + len as u64
-                                        && read_matches(&seed.file, off, len, &mut buf, &id)
-                                            .ctx("reading seed for", target)?
-                                    {
-                                        let chunk =
-                                            VerifiedChunk::verify(id, std::mem::take(&mut buf))
-                                                .expect("hash matched just above");
-                                        write_chunk(&file, off, &chunk, target)?;
-                                        buf = chunk.into_bytes();
-                                        counters.from_seed.fetch_add(len as u64, Ordering::Relaxed);
-                                        return Ok(());
+                                run.push(&chunk);
+                            }
+                            other => {
+                                let flushed = std::mem::replace(&mut run, VerifiedRun::new(0));
+                                if !flushed.is_empty()
+                                    && write_tx.send(Write::Run(flushed)).is_err()
+                                {
+                                    return;
+                                }
+                                match other {
+                                    Write::Chunk(chunk) => {
+                                        run = VerifiedRun::new(extent.offset);
+                                        run.push(&chunk);
+                                    }
+                                    w => {
+                                        if write_tx.send(w).is_err() {
+                                            return;
+                                        }
                                     }
                                 }
-                                let compressed = store.read_compressed(&id)?;
-                                let chunk = reader.decode(&id, &compressed)?;
-                                if chunk.bytes().len() != len {
-                                    return Err(StoreError::ChunkCorrupt {
-                                        id,
-                                        path: store.chunk_path(&id),
-                                        reason: format!(
-                                            "holds {} bytes, manifest says {len}",
-                                            chunk.bytes().len()
-                                        ),
-                                    });
-                                }
-                                write_chunk(&file, off, &chunk, target)?;
-                                counters.from_store.fetch_add(len as u64, Ordering::Relaxed);
-                                counters
-                                    .from_store_compressed
-                                    .fetch_add(compressed.len() as u64, Ordering::Relaxed);
                             }
                         }
-                        Ok(())
-                    })();
-                    match step {
-                        Ok(()) => progress(extent.len),
-                        Err(e) => {
-                            abort.store(true, Ordering::Relaxed);
-                            first_error.lock().unwrap().get_or_insert(e);
-                        }
+                    }
+                    if !run.is_empty()
+                        && !abort.load(Ordering::Relaxed)
+                        && write_tx.send(Write::Run(run)).is_err()
+                    {
+                        return;
                     }
                 }
             });
         }
+        drop(write_tx);
+        // Start writeback early, beside the writer, so the final fsync has little left to do.
+        let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+        let file_ref = &file;
+        scope.spawn(move || {
+            for () in flush_rx.iter() {
+                let _ = file_ref.sync_data();
+            }
+        });
+        let mut unflushed = 0u64;
+        for write in write_rx.iter() {
+            if abort.load(Ordering::Relaxed) {
+                continue;
+            }
+            let (len, result) = match write {
+                Write::Nothing { len } => (len, Ok(())),
+                Write::Zero { offset, len } => (
+                    len,
+                    zero_range(&file, offset, len).ctx("zeroing a range of", target),
+                ),
+                Write::Run(run) => (
+                    run.bytes().len() as u64,
+                    file.write_all_at(run.bytes(), run.offset())
+                        .ctx("writing to export target", target),
+                ),
+                Write::Chunk(_) => unreachable!("workers send chunks as runs"),
+            };
+            match result {
+                Ok(()) => progress(len),
+                Err(e) => fail(e),
+            }
+            unflushed += len;
+            if unflushed >= FLUSH_EVERY {
+                unflushed = 0;
+                let _ = flush_tx.try_send(());
+            }
+        }
+        drop(flush_tx);
     });
     if let Some(e) = first_error.into_inner().unwrap() {
         return Err(e);
@@ -209,6 +252,104 @@ pub fn export(
         in_place: counters.in_place.into_inner(),
         zero: counters.zero.into_inner(),
     })
+}
+
+/// One change to the target, decided by a worker and applied by the writer.
+enum Write {
+    /// The target already holds these bytes.
+    Nothing {
+        len: u64,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// A verified chunk, from a worker's plan; workers pass them on as runs.
+    Chunk(VerifiedChunk),
+    Run(VerifiedRun),
+}
+
+/// Where a worker looks for an extent's bytes, cheapest first.
+struct ChunkSource<'a, 's> {
+    store: &'s Store,
+    reader: &'a mut ChunkReader<'s>,
+    /// The open target, its path, and whether it is one of the seeds.
+    target: (&'a File, &'a Path, bool),
+    seeds: &'a [Seed],
+    counters: &'a Counters,
+}
+
+impl ChunkSource<'_, '_> {
+    fn plan(self, extent: &Extent, punch_zero: bool, buf: &mut Vec<u8>) -> Result<Write> {
+        let (file, path, in_place) = self.target;
+        let (offset, len) = (extent.offset, extent.len as usize);
+        let id = match extent.kind {
+            ExtentKind::Zero => {
+                self.counters.zero.fetch_add(extent.len, Ordering::Relaxed);
+                return Ok(if punch_zero {
+                    Write::Zero {
+                        offset,
+                        len: extent.len,
+                    }
+                } else {
+                    Write::Nothing { len: extent.len }
+                });
+            }
+            ExtentKind::Chunk { id, .. } => id,
+        };
+        if in_place && read_matches(file, offset, len, buf, &id).ctx("reading", path)? {
+            self.counters
+                .in_place
+                .fetch_add(extent.len, Ordering::Relaxed);
+            return Ok(Write::Nothing { len: extent.len });
+        }
+        for seed in self.seeds {
+            if seed.len >= offset + extent.len
+                && read_matches(&seed.file, offset, len, buf, &id).ctx("reading seed for", path)?
+            {
+                let chunk =
+                    VerifiedChunk::verify(id, buf.clone()).expect("hash matched just above");
+                self.counters
+                    .from_seed
+                    .fetch_add(extent.len, Ordering::Relaxed);
+                return Ok(Write::Chunk(chunk));
+            }
+        }
+        let compressed = self.store.read_compressed(&id)?;
+        let chunk = self.reader.decode(&id, &compressed)?;
+        if chunk.bytes().len() != len {
+            return Err(StoreError::ChunkCorrupt {
+                id,
+                path: self.store.chunk_path(&id),
+                reason: format!("holds {} bytes, manifest says {len}", chunk.bytes().len()),
+            });
+        }
+        self.counters
+            .from_store
+            .fetch_add(extent.len, Ordering::Relaxed);
+        self.counters
+            .from_store_compressed
+            .fetch_add(compressed.len() as u64, Ordering::Relaxed);
+        Ok(Write::Chunk(chunk))
+    }
+}
+
+/// Consecutive extents handed to one worker at a time: up to 1 MiB of image or 64 extents.
+fn batches(extents: &[Extent]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, e) in extents.iter().enumerate() {
+        bytes += e.len;
+        if bytes >= 1 << 20 || i + 1 - start >= 64 {
+            out.push(start..i + 1);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < extents.len() {
+        out.push(start..extents.len());
+    }
+    out
 }
 
 /// Reads `len` bytes at `off` into `buf` and tells whether they are chunk `id`.
@@ -225,11 +366,6 @@ fn read_matches(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-fn write_chunk(file: &File, off: u64, chunk: &VerifiedChunk, target: &Path) -> Result<()> {
-    file.write_all_at(chunk.bytes(), off)
-        .ctx("writing to export target", target)
 }
 
 /// Makes `len` bytes at `off` read as zeros: punch a hole, or write zeros where that is refused.

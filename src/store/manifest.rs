@@ -352,7 +352,7 @@ mod tests {
         }
         assert_eq!(a.version_id(), b.version_id());
         let mut c = sample();
-        c.params.avg = 32 * 1024;
+        c.params.avg = 64 * 1024;
         assert_ne!(a.version_id(), c.version_id());
     }
 

@@ -40,7 +40,7 @@ pub use verified::VerifiedChunk;
 use error::IoContext;
 
 /// zstd level used when neither the store config nor the command names one (see bench/README.md).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreConfig {

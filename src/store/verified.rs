@@ -41,3 +41,41 @@ impl VerifiedChunk {
         self.data
     }
 }
+
+/// Consecutive verified chunks laid end to end, written to a target in one call. It can only be
+/// built from [`VerifiedChunk`]s, so it holds verified bytes only.
+#[derive(Debug)]
+pub struct VerifiedRun {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+impl VerifiedRun {
+    pub fn new(offset: u64) -> Self {
+        VerifiedRun {
+            offset,
+            data: Vec::new(),
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Where the next chunk must start to extend this run.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    pub fn push(&mut self, chunk: &VerifiedChunk) {
+        self.data.extend_from_slice(chunk.bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
