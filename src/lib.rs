@@ -5,3 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;

@@ -32,20 +32,8 @@ MODE=${2:-bios}
 case $MODE in bios|uefi) ;; *) die "mode must be bios or uefi, not '$MODE'" ;; esac
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "BOOT_TEST_TIMEOUT must be a number of seconds"
 
-ensure_packages() {
-    local p missing=()
-    for p in "$@"; do
-        [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) == 'install ok installed' ]] ||
-            missing+=("$p")
-    done
-    ((${#missing[@]})) || return 0
-    [[ $EUID -eq 0 ]] || die "missing Debian packages (need root to install): ${missing[*]}"
-    log "installing Debian packages: ${missing[*]}"
-    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null ||
-        apt-get -o DPkg::Lock::Timeout=600 -qq update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-        install -y -qq --no-install-recommends "${missing[@]}" >&2
-}
+# shellcheck source=../../scripts/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../scripts/lib.sh"
 if [[ $MODE == uefi ]]; then
     ensure_packages qemu-system-x86 ovmf
 else

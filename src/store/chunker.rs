@@ -278,19 +278,7 @@ mod tests {
     use super::*;
     use crate::store::id::ChunkId;
 
-    /// splitmix64: a fixed generator so the golden input never depends on a crate version.
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::testkit::random_bytes as pseudo_random;
 
     /// Random data, a 200 000-byte zero run at an unaligned offset, more data, a short zero
     /// gap (stays inside a chunk), data, and a zero tail.
