@@ -123,4 +123,24 @@ fn kill_minus_nine_at_random_moments() {
         .unwrap()
         .count();
     assert_eq!(sessions, 0, "dead sessions removed by gc");
+    let temp_left: usize = std::fs::read_dir(lab.data().join("store/chunks"))
+        .unwrap()
+        .map(|d| {
+            std::fs::read_dir(d.unwrap().path())
+                .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with('.')
+                })
+                .count()
+        })
+        .sum();
+    assert!(gc["dead_temp_files_removed"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(
+        temp_left, 0,
+        "temp chunk files of killed ingests removed by gc"
+    );
 }

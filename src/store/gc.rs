@@ -11,7 +11,7 @@
 //! chunk, the claim predates the move to trash, so step 4 sees it and step 5 restores it before
 //! the ingest can commit (commits wait for the lock). If it did not see it, it writes its own copy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::time::{Duration, SystemTime};
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use super::durable;
 use super::error::{IoContext, Result, StoreError};
 use super::id::ChunkId;
-use super::session::exclusive_gc_lock;
+use super::session::{exclusive_gc_lock, temp_file_session};
 use super::Store;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -30,6 +30,8 @@ pub struct GcReport {
     /// Chunks kept only because a running ingest claimed them.
     pub kept_for_ingest: usize,
     pub dead_sessions_removed: usize,
+    /// Temp chunk files of ingests that died before publishing them.
+    pub dead_temp_files_removed: usize,
 }
 
 pub fn gc(store: &Store) -> Result<GcReport> {
@@ -65,6 +67,7 @@ pub fn gc(store: &Store) -> Result<GcReport> {
 
     let (claimed, dead) = live_claims(store)?;
     report.dead_sessions_removed = dead;
+    report.dead_temp_files_removed = remove_dead_temp_files(store)?;
     for (id, len) in trashed {
         let in_trash = trash.join(id.to_hex());
         if claimed.contains(&id) {
@@ -79,6 +82,36 @@ pub fn gc(store: &Store) -> Result<GcReport> {
     }
     durable::sync_filesystem(&store.chunks_dir())?;
     Ok(report)
+}
+
+/// Removes `.<sid>.<id>` temp files whose session directory is gone. A session's directory
+/// exists before it writes its first temp file, and [`live_claims`] has just removed the
+/// directories of dead sessions.
+fn remove_dead_temp_files(store: &Store) -> Result<usize> {
+    let root = store.chunks_dir();
+    let mut alive: HashMap<String, bool> = HashMap::new();
+    let mut removed = 0;
+    for dir in fs::read_dir(&root).ctx("listing", &root)? {
+        let dir = dir.ctx("listing", &root)?.path();
+        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
+            let entry = entry.ctx("listing", &dir)?;
+            let name = entry.file_name();
+            let Some(sid) = name.to_str().and_then(temp_file_session) else {
+                continue;
+            };
+            let live = *alive
+                .entry(sid.to_string())
+                .or_insert_with(|| store.sessions_dir().join(sid).is_dir());
+            if !live {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).ctx("removing", entry.path()),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn restore_all_trash(store: &Store) -> Result<()> {

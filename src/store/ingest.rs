@@ -95,9 +95,10 @@ pub fn ingest<R: Read + Send>(
     let known: Mutex<HashMap<ChunkId, Known>> = Mutex::new(HashMap::new());
     let abort = AtomicBool::new(false);
 
-    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Piece)>(threads * 2 + 4);
+    // Pieces travel in batches (about 1 MiB) so the threads hand over work rarely.
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<Piece>)>(threads * 2);
     let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<Result<(u64, Done)>>(threads * 4 + 8);
+    let (done_tx, done_rx) = mpsc::sync_channel::<Result<(u64, Vec<Done>)>>(threads * 2 + 2);
 
     let mut extents = ExtentList::default();
     let mut batch: Vec<(ChunkId, PathBuf)> = Vec::new();
@@ -110,20 +111,30 @@ pub fn ingest<R: Read + Send>(
         let abort_ref = &abort;
         scope.spawn(move || {
             let mut chunker = Chunker::new(src, params);
-            let mut index = 0u64;
+            let mut batch_no = 0u64;
+            let (mut batch, mut batch_len) = (Vec::new(), 0usize);
             while !abort_ref.load(Ordering::Relaxed) {
-                match chunker.next_piece() {
-                    Ok(Some(piece)) => {
-                        if job_tx.send((index, piece)).is_err() {
-                            break;
-                        }
-                        index += 1;
-                    }
-                    Ok(None) => break,
+                let piece = match chunker.next_piece() {
+                    Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(e).ctx("reading source", source_label));
                         break;
                     }
+                };
+                let end = piece.is_none();
+                if let Some(Piece::Data { bytes, .. }) = &piece {
+                    batch_len += bytes.len();
+                }
+                batch.extend(piece);
+                if (end && !batch.is_empty()) || batch_len >= 1 << 20 || batch.len() >= 32 {
+                    if job_tx.send((batch_no, std::mem::take(&mut batch))).is_err() {
+                        break;
+                    }
+                    batch_no += 1;
+                    batch_len = 0;
+                }
+                if end {
+                    break;
                 }
             }
         });
@@ -135,13 +146,16 @@ pub fn ingest<R: Read + Send>(
                 // After an abort, keep draining so the chunker never blocks on a full channel.
                 loop {
                     let job = job_rx.lock().unwrap().recv();
-                    let Ok((index, piece)) = job else { break };
+                    let Ok((batch_no, pieces)) = job else { break };
                     if abort.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let result = process(piece, store, session, known, &mut zstd);
+                    let result: Result<Vec<Done>> = pieces
+                        .into_iter()
+                        .map(|piece| process(piece, store, session, known, &mut zstd))
+                        .collect();
                     let failed = result.is_err();
-                    if tx.send(result.map(|d| (index, d))).is_err() || failed {
+                    if tx.send(result.map(|d| (batch_no, d))).is_err() || failed {
                         abort.store(true, Ordering::Relaxed);
                     }
                 }
@@ -149,11 +163,26 @@ pub fn ingest<R: Read + Send>(
         }
         drop(done_tx);
 
+        // Publisher: makes batches durable and renames them into place while the pipeline
+        // goes on, so the disk flush overlaps hashing and compression.
+        let (publish_tx, publish_rx) = mpsc::sync_channel::<Vec<(ChunkId, PathBuf)>>(1);
+        let session_ref = &session;
+        let abort_pub = &abort;
+        let publisher = scope.spawn(move || -> Result<()> {
+            for mut batch in publish_rx.iter() {
+                if let Err(e) = session_ref.publish(&mut batch) {
+                    abort_pub.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+
         // Collector: put results back in order; publish in batches.
-        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Vec<Done>> = BTreeMap::new();
         let mut next = 0u64;
         for result in done_rx.iter() {
-            let (index, done) = match result {
+            let (batch_no, done) = match result {
                 Ok(v) => v,
                 Err(e) => {
                     abort.store(true, Ordering::Relaxed);
@@ -161,31 +190,38 @@ pub fn ingest<R: Read + Send>(
                     continue;
                 }
             };
-            pending.insert(index, done);
-            while let Some(done) = pending.remove(&next) {
+            pending.insert(batch_no, done);
+            while let Some(dones) = pending.remove(&next) {
                 next += 1;
-                match done {
-                    Done::Zero { len } => {
-                        extents.push_zero(len);
-                        progress(len);
-                    }
-                    Done::Chunk { len, id, written } => {
-                        extents.push_chunk(len, id, 0);
-                        progress(len);
-                        if let Some((tmp, compressed)) = written {
-                            batch_bytes += u64::from(compressed);
-                            batch.push((id, tmp));
+                for done in dones {
+                    match done {
+                        Done::Zero { len } => {
+                            extents.push_zero(len);
+                            progress(len);
+                        }
+                        Done::Chunk { len, id, written } => {
+                            extents.push_chunk(len, id, 0);
+                            progress(len);
+                            if let Some((tmp, compressed)) = written {
+                                batch_bytes += u64::from(compressed);
+                                batch.push((id, tmp));
+                            }
                         }
                     }
                 }
             }
             if batch_bytes >= opts.batch_bytes && first_error.is_none() {
-                if let Err(e) = session.publish(&mut batch) {
+                // Hand the batch to the publisher; if it failed, its error ends the ingest.
+                if publish_tx.send(std::mem::take(&mut batch)).is_err() {
                     abort.store(true, Ordering::Relaxed);
-                    first_error.get_or_insert(e);
                 }
                 batch_bytes = 0;
             }
+        }
+        drop(publish_tx);
+        if let Err(e) = publisher.join().expect("publisher thread") {
+            abort.store(true, Ordering::Relaxed);
+            first_error.get_or_insert(e);
         }
     });
     if let Some(e) = first_error {

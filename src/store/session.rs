@@ -6,14 +6,14 @@
 //!    exclusively (flock) for its whole life; a session whose lock can be taken is dead.
 //! 2. Before the ingest looks whether the store has chunk X, it appends X to the session's `ids`
 //!    file ("claims" it). gc never deletes a claimed chunk of a live session.
-//! 3. New chunks are written, compressed, to temp files in the session directory without fsync.
-//!    A batch is published by one `syncfs` (contents durable) and then a rename of each file to
-//!    its final name, so a file under a chunk's name always holds complete bytes.
+//! 3. New chunks are written, compressed, to temp files `.<sid>.<id>` beside their final names,
+//!    without fsync. A batch is published by one `syncfs` (contents durable) and then a rename of
+//!    each file to its final name, so a file under a chunk's name always holds complete bytes.
 //! 4. Commit: `syncfs` again (renames durable), then the manifest is written atomically while the
 //!    gc lock is held shared, so no gc is midway between moving chunks to trash and back.
 //!
-//! A crash at any point leaves only unreferenced chunks (removed by the next gc) and a dead session
-//! directory (removed by the next gc); no manifest ever names a chunk that is not durable.
+//! A crash at any point leaves only unreferenced chunks, temp files of a dead session and its
+//! directory, all removed by the next gc; no manifest ever names a chunk that is not durable.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -29,8 +29,11 @@ use super::Store;
 
 pub struct Session<'s> {
     store: &'s Store,
+    sid: String,
     dir: PathBuf,
     ids: Mutex<File>,
+    /// Temp chunk files written and not yet published; removed if the session fails.
+    unpublished: Mutex<Vec<PathBuf>>,
     _lock: File,
 }
 
@@ -56,8 +59,10 @@ impl<'s> Session<'s> {
             .ctx("creating session id list in", &dir)?;
         Ok(Session {
             store,
+            sid,
             dir,
             ids: Mutex::new(ids),
+            unpublished: Mutex::new(Vec::new()),
             _lock: lock,
         })
     }
@@ -69,10 +74,22 @@ impl<'s> Session<'s> {
             .ctx("recording chunk claim in", &self.dir)
     }
 
-    /// Writes a new chunk's compressed bytes to a temp file of this session.
+    /// Writes a new chunk's compressed bytes to a temp file `.<sid>.<id>` beside its final
+    /// name, so concurrent writers spread over the fan-out directories and publishing is a
+    /// rename within one directory. Readers ignore dot names; gc removes those of dead sessions.
     pub fn write_temp(&self, id: &ChunkId, compressed: &[u8]) -> Result<PathBuf> {
-        let path = self.dir.join(id.to_hex());
-        let mut f = File::create(&path).ctx("creating chunk file", &path)?;
+        let dest = self.store.chunk_path(id);
+        let parent = dest.parent().unwrap();
+        let path = parent.join(format!(".{}.{}", self.sid, id.to_hex()));
+        let mut f = match File::create(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(parent).ctx("creating chunk directory", parent)?;
+                File::create(&path)
+            }
+            other => other,
+        }
+        .ctx("creating chunk file", &path)?;
+        self.unpublished.lock().unwrap().push(path.clone());
         f.write_all(compressed).ctx("writing chunk file", &path)?;
         Ok(path)
     }
@@ -85,10 +102,6 @@ impl<'s> Session<'s> {
         durable::sync_filesystem(&self.dir)?;
         for (id, tmp) in batch.drain(..) {
             let dest = self.store.chunk_path(&id);
-            let parent = dest.parent().unwrap();
-            if !parent.is_dir() {
-                fs::create_dir_all(parent).ctx("creating chunk directory", parent)?;
-            }
             fs::rename(&tmp, &dest).ctx("publishing chunk", &dest)?;
         }
         Ok(())
@@ -98,7 +111,9 @@ impl<'s> Session<'s> {
     pub fn commit(self, manifest: &Manifest) -> Result<VersionId> {
         durable::sync_filesystem(&self.dir)?;
         let _gc = shared_gc_lock(self.store)?;
-        self.store.write_manifest(manifest)
+        let version = self.store.write_manifest(manifest)?;
+        self.unpublished.lock().unwrap().clear();
+        Ok(version)
     }
 
     pub fn dir(&self) -> &Path {
@@ -108,8 +123,19 @@ impl<'s> Session<'s> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
+        // After a failure: drop temp chunks (published ones are gone from these paths already).
+        for path in self.unpublished.get_mut().unwrap().drain(..) {
+            let _ = fs::remove_file(path);
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The session id in a temp chunk file name `.<sid>.<id>`, if it is one.
+pub(crate) fn temp_file_session(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?;
+    let (sid, id) = rest.rsplit_once('.')?;
+    (id.len() == 64).then_some(sid)
 }
 
 fn open_gc_lock(store: &Store) -> Result<File> {

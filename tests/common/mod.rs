@@ -73,13 +73,18 @@ impl Lab {
         std::fs::read(t).unwrap()
     }
 
+    /// Published chunk files in the store.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         let root = self.data().join("store/chunks");
         if let Ok(dirs) = std::fs::read_dir(root) {
             for d in dirs {
                 for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-                    out.push(f.unwrap().path());
+                    let path = f.unwrap().path();
+                    // Dot names are an ingest's temp files, not yet published chunks.
+                    if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                        out.push(path);
+                    }
                 }
             }
         }
