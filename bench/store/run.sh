@@ -20,7 +20,7 @@ usage: bench/store/run.sh [options]
 environment:
   BOOTCAST        binary to bench (default <repo>/target/release/bootcast)
   BOOTCAST_CACHE  cache dir (default <repo>/.cache); data lives in $BOOTCAST_CACHE/bench-store
-  BENCH_FRESH_FS  1 (default, as root): stores and outputs go to a freshly made ext4 on a loop
+  BENCH_FRESH_FS  1 (default, as root): chunk stores go to a freshly made ext4 on a loop
                   device, so no run pays for inodes another run just deleted; 0: use the cache dir
 EOF
 }
@@ -570,9 +570,11 @@ fi
 
 rm -rf "$W"
 mkdir -p "$W"
-# Stores and outputs live on a fresh ext4 (when root): ext4 skips inodes freed in the last
-# minutes when it allocates new ones, so a run right after another's `rm -rf` of 60 000 chunk
-# files is measurably slower. Nothing with many files is deleted before the end of the run.
+# Stores live on a fresh ext4 (when root): ext4 skips inodes freed in the last minutes when it
+# allocates new ones, so a run right after another's `rm -rf` of 60 000 chunk files is
+# measurably slower. Nothing with many files is deleted before the end of the run. Exported
+# images (one file each) go to the machine's own disk, as a real export would: a loop device
+# would double every write.
 FS=$W/fs
 mkdir -p "$FS"
 if [[ ${BENCH_FRESH_FS:-1} == 1 && $EUID -eq 0 ]] && command -v losetup >/dev/null; then
@@ -678,17 +680,17 @@ if [[ $SKIP_BC -eq 0 ]]; then
 	v2ver=$(json_field "$W/bc_ingest_v2.out" version)
 	find "$D" -type f -exec cat {} + >/dev/null
 
-	run bc_export_v1 "$BOOTCAST" --data "$D" image export "demo@$v1ver" "$FS/out.img" --json
-	verify "$FS/out.img" "$V1"; rm -f "$FS/out.img"
+	run bc_export_v1 "$BOOTCAST" --data "$D" image export "demo@$v1ver" "$W/out.img" --json
+	verify "$W/out.img" "$V1"; rm -f "$W/out.img"
 
-	run bc_export_v2_seeded "$BOOTCAST" --data "$D" image export "demo@$v2ver" "$FS/out2.img" --seed "$V1"
-	verify "$FS/out2.img" "$V2"; rm -f "$FS/out2.img"
+	run bc_export_v2_seeded "$BOOTCAST" --data "$D" image export "demo@$v2ver" "$W/out2.img" --seed "$V1"
+	verify "$W/out2.img" "$V2"; rm -f "$W/out2.img"
 
-	cp --sparse=always "$V1" "$FS/out3.img"
-	sync "$FS/out3.img"
-	warm "$FS/out3.img"
-	run bc_export_v2_inplace "$BOOTCAST" --data "$D" image export "demo@$v2ver" "$FS/out3.img" --seed "$FS/out3.img"
-	verify "$FS/out3.img" "$V2"; rm -f "$FS/out3.img"
+	cp --sparse=always "$V1" "$W/out3.img"
+	sync "$W/out3.img"
+	warm "$W/out3.img"
+	run bc_export_v2_inplace "$BOOTCAST" --data "$D" image export "demo@$v2ver" "$W/out3.img" --seed "$W/out3.img"
+	verify "$W/out3.img" "$V2"; rm -f "$W/out3.img"
 fi
 
 # ---------------------------------------------------------------- casync
@@ -710,21 +712,21 @@ if [[ $SKIP_CS -eq 0 ]]; then
 	put cs_du_v2 "$(du_bytes "$S")"
 	find "$S" -type f -exec cat {} + >/dev/null
 
-	run cs_export_v1 "${CS[@]}" "${CSX[@]}" extract "$W/v1.caibx" "$FS/cout.img"
-	run cs_export_v1_sync sync "$FS/cout.img"
-	verify "$FS/cout.img" "$V1"; rm -f "$FS/cout.img"
+	run cs_export_v1 "${CS[@]}" "${CSX[@]}" extract "$W/v1.caibx" "$W/cout.img"
+	run cs_export_v1_sync sync "$W/cout.img"
+	verify "$W/cout.img" "$V1"; rm -f "$W/cout.img"
 
-	run cs_export_v2_seeded "${CS[@]}" "${CSX[@]}" --seed="$V1" extract "$W/v2.caibx" "$FS/cout2.img"
-	run cs_export_v2_seeded_sync sync "$FS/cout2.img"
-	verify "$FS/cout2.img" "$V2"; rm -f "$FS/cout2.img"
+	run cs_export_v2_seeded "${CS[@]}" "${CSX[@]}" --seed="$V1" extract "$W/v2.caibx" "$W/cout2.img"
+	run cs_export_v2_seeded_sync sync "$W/cout2.img"
+	verify "$W/cout2.img" "$V2"; rm -f "$W/cout2.img"
 
-	cp --sparse=always "$V1" "$FS/cout3.img"
-	sync "$FS/cout3.img"
-	warm "$FS/cout3.img"
+	cp --sparse=always "$V1" "$W/cout3.img"
+	sync "$W/cout3.img"
+	warm "$W/cout3.img"
 	# the existing output is used as seed by default (--seed-output=yes)
-	run cs_export_v2_inplace "${CS[@]}" "${CSX[@]}" extract "$W/v2.caibx" "$FS/cout3.img"
-	run cs_export_v2_inplace_sync sync "$FS/cout3.img"
-	verify "$FS/cout3.img" "$V2"; rm -f "$FS/cout3.img"
+	run cs_export_v2_inplace "${CS[@]}" "${CSX[@]}" extract "$W/v2.caibx" "$W/cout3.img"
+	run cs_export_v2_inplace_sync sync "$W/cout3.img"
+	verify "$W/cout3.img" "$V2"; rm -f "$W/cout3.img"
 fi
 
 # ---------------------------------------------------------------- zstd reference
