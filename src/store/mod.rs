@@ -5,7 +5,8 @@
 //! DATA/store/config.json          chunker parameters and default zstd level (fixed at creation)
 //! DATA/store/chunks/abc/<id>      one zstd frame per chunk, named by BLAKE3 of its plain bytes,
 //!                                 fanned out over 4096 directories by the first 3 hex digits
-//! DATA/store/sessions/<sid>/      one per running ingest: lock, ids (chunks it uses), temp chunks
+//! DATA/store/chunks/abc/.<sid>.<id>  a chunk an ingest has written but not yet published
+//! DATA/store/sessions/<sid>/      one per running ingest: lock, ids (chunks it uses)
 //! DATA/store/trash/               chunks a running gc is about to delete
 //! DATA/store/gc.lock              gc holds it exclusively; a commit holds it shared
 //! DATA/images/<name>/<ver>.bcm    one manifest per image version (see [`manifest`])
