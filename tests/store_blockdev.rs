@@ -12,9 +12,14 @@ use common::*;
 struct Loop(PathBuf);
 
 impl Loop {
-    fn attach(file: &Path) -> Option<Loop> {
+    fn attach(file: &Path, sector_size: u32) -> Option<Loop> {
         let out = Command::new("losetup")
-            .args(["--find", "--show"])
+            .args([
+                "--find",
+                "--show",
+                "--sector-size",
+                &sector_size.to_string(),
+            ])
             .arg(file)
             .output()
             .ok()?;
@@ -39,9 +44,12 @@ fn add_from_and_export_to_block_devices() {
         return;
     }
     let lab = Lab::new();
-    let img = disk_like(12 << 20, 31);
+    // Ends in a zero run whose length is not a multiple of any sector size.
+    let mut img = disk_like(12 << 20, 31);
+    img.extend(random_bytes(1 << 20, 33));
+    img.extend(vec![0u8; 70_144]); // 512-aligned (loop devices round down to sectors), not 4096
     let file = lab.file("disk.img", &img);
-    let Some(src) = Loop::attach(&file) else {
+    let Some(src) = Loop::attach(&file, 512) else {
         println!(
             "SKIP add_from_and_export_to_block_devices: losetup cannot attach a loop device here"
         );
@@ -53,9 +61,10 @@ fn add_from_and_export_to_block_devices() {
     assert_eq!(from_dev["version"], from_file["version"]);
     assert_eq!(from_dev["size"], img.len() as u64);
 
-    // Export onto a device that holds other data: it must end up as the image, zero runs too.
+    // Export onto a 4Kn device that holds other data: it must end up as the image, zero runs
+    // too, including the last one, which does not end on a sector boundary.
     let target_file = lab.file("target.img", &texty_bytes(16 << 20, 32));
-    let target = Loop::attach(&target_file).expect("second loop device");
+    let target = Loop::attach(&target_file, 4096).expect("second loop device");
     let t = target.0.to_str().unwrap();
     let r = lab.json(&["image", "export", "dev", t]);
     assert_eq!(r["size"], img.len() as u64);
@@ -64,7 +73,7 @@ fn add_from_and_export_to_block_devices() {
 
     // A device smaller than the image is refused before anything is written.
     let small_file = lab.file("small.img", &vec![0x77; 4 << 20]);
-    let small = Loop::attach(&small_file).expect("third loop device");
+    let small = Loop::attach(&small_file, 512).expect("third loop device");
     let out = lab.run(&["image", "export", "dev", small.0.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(

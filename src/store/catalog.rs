@@ -225,9 +225,9 @@ impl Store {
 
 fn load(path: &std::path::Path, id: VersionId) -> Result<Manifest> {
     let bytes = fs::read(path).ctx("reading manifest", path)?;
-    let corrupt = |source| StoreError::ManifestCorrupt {
+    let corrupt = |cause| StoreError::ManifestCorrupt {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let (manifest, actual) = Manifest::decode(&bytes).map_err(corrupt)?;
     if actual != id {

@@ -120,6 +120,11 @@ pub fn is_zero(b: &[u8]) -> bool {
 
 const READ_SIZE: usize = 4 << 20;
 
+/// A zero run comes out in pieces of about this size (at most one read buffer more; the
+/// manifest merges them), so a caller sees progress, and can stop, inside a run of zeros many
+/// gigabytes long.
+pub const ZERO_PIECE_MAX: u64 = 64 << 20;
+
 pub struct Chunker<R> {
     src: R,
     params: ChunkerParams,
@@ -130,6 +135,8 @@ pub struct Chunker<R> {
     pos: usize,
     /// End of the valid bytes in `buf`.
     end: usize,
+    /// The last piece was a zero run cut at [`ZERO_PIECE_MAX`]: zeros here continue it.
+    zero_run_open: bool,
     /// Absolute offset of `buf[pos]`.
     offset: u64,
     eof: bool,
@@ -146,6 +153,7 @@ impl<R: Read> Chunker<R> {
             buf: vec![0; READ_SIZE + 2 * (params.max + params.zero_min) as usize],
             pos: 0,
             end: 0,
+            zero_run_open: false,
             offset: 0,
             eof: false,
         }
@@ -214,7 +222,13 @@ impl<R: Read> Chunker<R> {
         }
         let block = ZERO_BLOCK as u64;
         // Rule 1: a zero run at an aligned position, extended across refills.
-        if self.offset.is_multiple_of(block) && self.zero_run_at(self.pos) >= zero_min {
+        let continuing = std::mem::take(&mut self.zero_run_open);
+        let first = if self.offset.is_multiple_of(block) {
+            self.zero_run_at(self.pos)
+        } else {
+            0
+        };
+        if first > 0 && (continuing || first >= zero_min) {
             let start = self.offset;
             loop {
                 let run = self.zero_run_at(self.pos);
@@ -223,7 +237,11 @@ impl<R: Read> Chunker<R> {
                 if self.eof || self.available() >= ZERO_BLOCK {
                     break;
                 }
-                // Fewer than a block left in the buffer: it may continue.
+                // Fewer than a block left in the buffer: the run may go on.
+                if self.offset - start >= ZERO_PIECE_MAX {
+                    self.zero_run_open = true;
+                    break;
+                }
                 self.fill(lookahead)?;
                 if self.available() == 0 {
                     break;
@@ -408,6 +426,46 @@ mod tests {
         );
         assert_eq!(whole, trickled);
         assert!(whole.iter().any(|p| p.2.is_none() && p.1 > 9 << 20));
+    }
+
+    /// A zero run longer than ZERO_PIECE_MAX comes out in pieces that add up to the run, and
+    /// what follows is cut exactly as after a short run.
+    #[test]
+    fn long_zero_runs_come_in_bounded_pieces() {
+        let tail = pseudo_random(300_000, 5);
+        let run = 3 * ZERO_PIECE_MAX + 12_288;
+        let long = io::repeat(0).take(run).chain(&tail[..]);
+        let got: Vec<Piece> = Chunker::new(long, ChunkerParams::default())
+            .map(|p| p.unwrap())
+            .collect();
+        let zeros: Vec<u64> = got
+            .iter()
+            .map_while(|p| match p {
+                Piece::Zero { len, .. } => Some(*len),
+                Piece::Data { .. } => None,
+            })
+            .collect();
+        let bound = ZERO_PIECE_MAX + READ_SIZE as u64 + 2 * 192 * 1024;
+        assert!(
+            zeros.len() > 1 && zeros.iter().all(|&l| l <= bound),
+            "{zeros:?}"
+        );
+        assert_eq!(zeros.iter().sum::<u64>(), run);
+        let short = io::repeat(0).take(65_536).chain(&tail[..]);
+        let expected: Vec<Vec<u8>> = Chunker::new(short, ChunkerParams::default())
+            .filter_map(|p| match p.unwrap() {
+                Piece::Data { bytes, .. } => Some(bytes),
+                Piece::Zero { .. } => None,
+            })
+            .collect();
+        let data: Vec<Vec<u8>> = got
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Data { bytes, .. } => Some(bytes),
+                Piece::Zero { .. } => None,
+            })
+            .collect();
+        assert_eq!(data, expected);
     }
 
     #[test]

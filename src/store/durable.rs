@@ -26,9 +26,11 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, dir fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("atomic write target has a parent");
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".tmp-{}-{}",
+        ".tmp-{}-{}-{}",
         std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         path.file_name().unwrap().to_string_lossy()
     ));
     let result = (|| {

@@ -9,12 +9,12 @@ use super::manifest::ManifestError;
 pub enum StoreError {
     #[error("no bootcast store at {0} (create one with `bootcast image add`, or point --data / BOOTCAST_DATA at an existing one)")]
     NoStore(PathBuf),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        // Shown in the message and not a `source()`, so an error chain prints it once.
+        cause: io::Error,
     },
     #[error("chunk {id} is corrupt ({path}): {reason}; run `bootcast store verify` to list the affected versions")]
     ChunkCorrupt {
@@ -24,12 +24,8 @@ pub enum StoreError {
     },
     #[error("chunk {id} is missing from the store ({path}); run `bootcast store verify` to list the affected versions")]
     ChunkMissing { id: ChunkId, path: PathBuf },
-    #[error("manifest {path} is unreadable: {source}; remove that version with `bootcast image rm` or restore the file")]
-    ManifestCorrupt {
-        path: PathBuf,
-        #[source]
-        source: ManifestError,
-    },
+    #[error("manifest {path} is damaged: {cause}; remove that version with `bootcast image rm` or restore the file")]
+    ManifestCorrupt { path: PathBuf, cause: ManifestError },
     #[error("invalid image name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ - , not starting with '.' or '-'")]
     BadName(String),
     #[error("no image named {0:?} (see `bootcast image list`)")]
@@ -53,10 +49,10 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
+        self.map_err(|cause| StoreError::Io {
             what,
             path: path.into(),
-            source,
+            cause,
         })
     }
 }

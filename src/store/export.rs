@@ -48,6 +48,7 @@ pub struct ExportReport {
 const FLUSH_EVERY: u64 = 128 << 20;
 
 struct Seed {
+    path: PathBuf,
     file: File,
     len: u64,
 }
@@ -93,7 +94,11 @@ pub fn export(
         }
         let mut file = File::open(path).ctx("opening seed", path)?;
         let len = file.seek(SeekFrom::End(0)).ctx("sizing seed", path)?;
-        seeds.push(Seed { file, len });
+        seeds.push(Seed {
+            path: path.clone(),
+            file,
+            len,
+        });
     }
 
     let mut file = OpenOptions::new()
@@ -203,11 +208,15 @@ pub fn export(
         }
         drop(write_tx);
         // Start writeback early, beside the writer, so the final fsync has little left to do.
+        // Its first error fails the export: the kernel reports a write-back error once.
         let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
-        let file_ref = &file;
+        let (file_ref, fail_ref) = (&file, &fail);
         scope.spawn(move || {
             for () in flush_rx.iter() {
-                let _ = file_ref.sync_data();
+                if let Err(e) = file_ref.sync_data() {
+                    fail_ref(Err::<(), _>(e).ctx("flushing", target).unwrap_err());
+                    break;
+                }
             }
         });
         let mut unflushed = 0u64;
@@ -305,7 +314,8 @@ impl ChunkSource<'_, '_> {
         }
         for seed in self.seeds {
             if seed.len >= offset + extent.len
-                && read_matches(&seed.file, offset, len, buf, &id).ctx("reading seed for", path)?
+                && read_matches(&seed.file, offset, len, buf, &id)
+                    .ctx("reading seed", &seed.path)?
             {
                 let chunk =
                     VerifiedChunk::verify(id, buf.clone()).expect("hash matched just above");
@@ -373,7 +383,8 @@ fn zero_range(file: &File, off: u64, len: u64) -> io::Result<()> {
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     match fallocate(file, flags, off as i64, len as i64) {
         Ok(()) => return Ok(()),
-        Err(nix::errno::Errno::EOPNOTSUPP) => {}
+        // Not supported, or (block devices) a range not aligned to the sector size.
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {}
         Err(e) => return Err(e.into()),
     }
     let zeros = vec![0u8; 1 << 20];

@@ -36,9 +36,17 @@ pub struct GcReport {
 
 pub fn gc(store: &Store) -> Result<GcReport> {
     let _lock = exclusive_gc_lock(store)?;
-    let trash = store.trash_dir();
-    durable::create_dir_durable(&trash)?;
+    durable::create_dir_durable(&store.trash_dir())?;
     restore_all_trash(store)?;
+    // Whatever fails after chunks went to trash, put them back before the lock is released
+    // (a gc killed outright is covered by the next gc and by the check in every commit).
+    collect(store).inspect_err(|_| {
+        let _ = restore_all_trash(store);
+    })
+}
+
+fn collect(store: &Store) -> Result<GcReport> {
+    let trash = store.trash_dir();
 
     let mut referenced = HashSet::new();
     for file in store.all_version_files()? {
@@ -92,7 +100,11 @@ fn remove_dead_temp_files(store: &Store) -> Result<usize> {
     let mut alive: HashMap<String, bool> = HashMap::new();
     let mut removed = 0;
     for dir in fs::read_dir(&root).ctx("listing", &root)? {
-        let dir = dir.ctx("listing", &root)?.path();
+        let dir = dir.ctx("listing", &root)?;
+        if !dir.file_type().ctx("listing", dir.path())?.is_dir() {
+            continue;
+        }
+        let dir = dir.path();
         for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
             let entry = entry.ctx("listing", &dir)?;
             let name = entry.file_name();
@@ -114,9 +126,15 @@ fn remove_dead_temp_files(store: &Store) -> Result<usize> {
     Ok(removed)
 }
 
-fn restore_all_trash(store: &Store) -> Result<()> {
+/// Moves every chunk in `trash/` back into place.
+pub(crate) fn restore_all_trash(store: &Store) -> Result<()> {
     let trash = store.trash_dir();
-    for entry in fs::read_dir(&trash).ctx("listing", &trash)? {
+    let entries = match fs::read_dir(&trash) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).ctx("listing", trash),
+    };
+    for entry in entries {
         let path = entry.ctx("listing", &trash)?.path();
         let Some(id) = path
             .file_name()
@@ -127,7 +145,11 @@ fn restore_all_trash(store: &Store) -> Result<()> {
         };
         let dest = store.chunk_path(&id);
         fs::create_dir_all(dest.parent().unwrap()).ctx("creating", dest.parent().unwrap())?;
-        fs::rename(&path, &dest).ctx("restoring from trash", &path)?;
+        match fs::rename(&path, &dest) {
+            // Another commit restored it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other.ctx("restoring from trash", &path)?,
+        }
     }
     Ok(())
 }
@@ -157,10 +179,14 @@ fn live_claims(store: &Store) -> Result<(HashSet<ChunkId>, usize)> {
             }
             continue;
         }
-        let Ok(lock) = fs::File::open(path.join("lock")) else {
-            continue;
+        // A live session always has its lock file (it is created before the directory gets its
+        // name), so a missing one means a dead session that was half removed.
+        let lock = match fs::File::open(path.join("lock")) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).ctx("checking session lock", &path),
         };
-        if lock.try_lock().is_ok() {
+        if lock.as_ref().is_none_or(|l| l.try_lock().is_ok()) {
             // Its ingest is gone: drop its temp chunks and claims.
             fs::remove_dir_all(&path).ctx("removing dead session", &path)?;
             dead += 1;

@@ -110,6 +110,11 @@ pub fn ingest<R: Read + Send>(
         let tx = done_tx.clone();
         let abort_ref = &abort;
         scope.spawn(move || {
+            // Reads stop as soon as the ingest fails, even inside a long zero run.
+            let src = CancelOnAbort {
+                inner: src,
+                abort: abort_ref,
+            };
             let mut chunker = Chunker::new(src, params);
             let mut batch_no = 0u64;
             let (mut batch, mut batch_len) = (Vec::new(), 0usize);
@@ -122,9 +127,12 @@ pub fn ingest<R: Read + Send>(
                     }
                 };
                 let end = piece.is_none();
-                if let Some(Piece::Data { bytes, .. }) = &piece {
-                    batch_len += bytes.len();
-                }
+                // Zero runs count too, so pieces never wait behind a long run of zeros.
+                batch_len += match &piece {
+                    Some(Piece::Data { bytes, .. }) => bytes.len(),
+                    Some(Piece::Zero { len, .. }) => *len as usize,
+                    None => 0,
+                };
                 batch.extend(piece);
                 if (end && !batch.is_empty()) || batch_len >= 1 << 20 || batch.len() >= 32 {
                     if job_tx.send((batch_no, std::mem::take(&mut batch))).is_err() {
@@ -277,6 +285,22 @@ pub fn ingest<R: Read + Send>(
         new_chunks,
         zero_bytes,
     })
+}
+
+struct CancelOnAbort<'a, R> {
+    inner: R,
+    abort: &'a AtomicBool,
+}
+
+impl<R: Read> Read for CancelOnAbort<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abort.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "ingest cancelled after an earlier error",
+            ));
+        }
+        self.inner.read(buf)
+    }
 }
 
 fn process(

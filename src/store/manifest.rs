@@ -202,6 +202,9 @@ impl Manifest {
             max: r.u32()?,
             zero_min: r.u32()?,
         };
+        params
+            .validate()
+            .map_err(|why| ManifestError::NotCanonical(format!("chunker parameters: {why}")))?;
         let size = r.u64()?;
         let count = r.u64()?;
         // Each extent takes at least 17 bytes: refuse counts the file cannot hold.

@@ -92,7 +92,10 @@ impl Store {
         if config.format != 1 {
             return Err(StoreError::Config {
                 path,
-                reason: format!("store format {} is newer than this bootcast", config.format),
+                reason: format!(
+                    "store format {} is not one this bootcast knows (it reads format 1)",
+                    config.format
+                ),
             });
         }
         config
@@ -204,10 +207,21 @@ impl Store {
             Err(e) => return Err(e).ctx("listing", root),
         };
         for dir in dirs {
-            let dir = dir.ctx("listing", &root)?.path();
+            let dir = dir.ctx("listing", &root)?;
+            if !dir.file_type().ctx("listing", dir.path())?.is_dir() {
+                continue;
+            }
+            let dir = dir.path();
             for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
                 let entry = entry.ctx("listing", &dir)?;
-                let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                // Only a chunk's own name in its own fan-out directory is a chunk: that is
+                // the path every reader opens.
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<ChunkId>().ok())
+                    .filter(|id| self.chunk_path(id) == entry.path())
+                else {
                     continue;
                 };
                 let len = entry.metadata().ctx("reading size of", entry.path())?.len();

@@ -34,6 +34,8 @@ pub struct Session<'s> {
     ids: Mutex<File>,
     /// Temp chunk files written and not yet published; removed if the session fails.
     unpublished: Mutex<Vec<PathBuf>>,
+    /// The chunks directory, open for `syncfs`.
+    chunks_fd: File,
     _lock: File,
 }
 
@@ -63,6 +65,7 @@ impl<'s> Session<'s> {
             dir,
             ids: Mutex::new(ids),
             unpublished: Mutex::new(Vec::new()),
+            chunks_fd: File::open(store.chunks_dir()).ctx("opening", store.chunks_dir())?,
             _lock: lock,
         })
     }
@@ -99,7 +102,7 @@ impl<'s> Session<'s> {
         if batch.is_empty() {
             return Ok(());
         }
-        durable::sync_filesystem(&self.dir)?;
+        self.sync()?;
         for (id, tmp) in batch.drain(..) {
             let dest = self.store.chunk_path(&id);
             fs::rename(&tmp, &dest).ctx("publishing chunk", &dest)?;
@@ -109,8 +112,21 @@ impl<'s> Session<'s> {
 
     /// Makes everything durable and writes the manifest: the version becomes visible.
     pub fn commit(self, manifest: &Manifest) -> Result<VersionId> {
-        durable::sync_filesystem(&self.dir)?;
+        self.sync()?;
         let _gc = shared_gc_lock(self.store)?;
+        // No gc runs now. One that failed or was killed may have left chunks in trash: put
+        // them back, then make sure every chunk the manifest names is in place.
+        super::gc::restore_all_trash(self.store)?;
+        let mut seen = std::collections::HashSet::new();
+        for (_, id, _) in manifest.chunks() {
+            if seen.insert(id) && self.store.chunk_size(&id)?.is_none() {
+                return Err(super::StoreError::ChunkMissing {
+                    id,
+                    path: self.store.chunk_path(&id),
+                });
+            }
+        }
+        self.sync()?;
         let version = self.store.write_manifest(manifest)?;
         self.unpublished.lock().unwrap().clear();
         Ok(version)
@@ -118,6 +134,14 @@ impl<'s> Session<'s> {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `syncfs` of the file system that holds the chunks, through the one descriptor this
+    /// session keeps, so a write-back error is reported to it.
+    fn sync(&self) -> Result<()> {
+        nix::unistd::syncfs(&self.chunks_fd)
+            .map_err(std::io::Error::from)
+            .ctx("syncing file system of", self.store.chunks_dir())
     }
 }
 

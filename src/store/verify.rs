@@ -54,6 +54,7 @@ pub fn verify(
     let chunks = store.list_chunks()?;
     let next = AtomicUsize::new(0);
     let corrupt: Mutex<Vec<BadChunk>> = Mutex::new(Vec::new());
+    let vanished: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
     let failure: Mutex<Option<StoreError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -65,8 +66,8 @@ pub fn verify(
                         Err(StoreError::ChunkCorrupt { reason, .. }) => {
                             corrupt.lock().unwrap().push(BadChunk { id: *id, reason })
                         }
-                        // Vanished since listing (a concurrent gc): not damage.
-                        Err(StoreError::ChunkMissing { .. }) => {}
+                        // Gone since listing (a concurrent gc): missing if a manifest needs it.
+                        Err(StoreError::ChunkMissing { .. }) => vanished.lock().unwrap().push(*id),
                         Err(e) => {
                             failure.lock().unwrap().get_or_insert(e);
                         }
@@ -81,7 +82,12 @@ pub fn verify(
     }
     let mut corrupt = corrupt.into_inner().unwrap();
     corrupt.sort_by_key(|c| c.id);
-    let present: HashSet<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    let vanished: HashSet<ChunkId> = vanished.into_inner().unwrap().into_iter().collect();
+    let present: HashSet<ChunkId> = chunks
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !vanished.contains(id))
+        .collect();
     let bad_ids: HashSet<ChunkId> = corrupt.iter().map(|c| c.id).collect();
 
     let mut missing_all = BTreeMap::new();
