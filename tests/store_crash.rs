@@ -14,15 +14,7 @@ use rand::{Rng, SeedableRng};
 /// Chunks the running ingest has claimed so far (it claims every distinct chunk it meets,
 /// new or already stored), plus chunk files: grows as an ingest makes progress.
 fn progress_marker(lab: &Lab) -> usize {
-    let sessions = lab.data().join("store/sessions");
-    let claims: usize = std::fs::read_dir(&sessions)
-        .map(|d| {
-            d.filter_map(|e| std::fs::metadata(e.ok()?.path().join("ids")).ok())
-                .map(|m| m.len() as usize / 32)
-                .sum()
-        })
-        .unwrap_or(0);
-    lab.chunk_files().len() + claims
+    lab.chunk_files().len() + lab.claims()
 }
 
 /// Waits until the child has made `target` progress (or exited); polls the store directory.

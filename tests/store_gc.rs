@@ -80,15 +80,7 @@ fn gc_during_ingest_keeps_its_chunks() {
     stdin.flush().unwrap();
 
     // Wait until the ingest has claimed the reused chunks and published some new ones.
-    let sessions = lab.data().join("store/sessions");
-    let claims = || -> usize {
-        std::fs::read_dir(&sessions)
-            .unwrap()
-            .filter_map(|e| std::fs::metadata(e.ok()?.path().join("ids")).ok())
-            .map(|m| m.len() as usize / 32)
-            .sum()
-    };
-    while !(claims() > old_chunks + 20 && lab.chunk_files().len() > old_chunks + 10) {
+    while !(lab.claims() > old_chunks + 20 && lab.chunk_files().len() > old_chunks + 10) {
         assert!(child.try_wait().unwrap().is_none(), "ingest ended early");
         std::thread::yield_now();
     }
@@ -163,16 +155,8 @@ fn commit_restores_chunks_a_killed_gc_left_in_trash() {
     stdin.flush().unwrap();
     // Wait until the ingest has claimed (and so looked up) half of the stored chunks; the
     // rest may wait for more input (the chunker's lookahead, a batch not yet full).
-    let sessions = lab.data().join("store/sessions");
-    let claims = || -> usize {
-        std::fs::read_dir(&sessions)
-            .unwrap()
-            .filter_map(|e| std::fs::metadata(e.ok()?.path().join("ids")).ok())
-            .map(|m| m.len() as usize / 32)
-            .sum()
-    };
     let hang_guard = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while claims() < stored.len() / 2 {
+    while lab.claims() < stored.len() / 2 {
         assert!(child.try_wait().unwrap().is_none(), "ingest ended early");
         assert!(
             std::time::Instant::now() < hang_guard,

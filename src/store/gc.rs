@@ -96,33 +96,25 @@ fn collect(store: &Store) -> Result<GcReport> {
 /// exists before it writes its first temp file, and [`live_claims`] has just removed the
 /// directories of dead sessions.
 fn remove_dead_temp_files(store: &Store) -> Result<usize> {
-    let root = store.chunks_dir();
     let mut alive: HashMap<String, bool> = HashMap::new();
     let mut removed = 0;
-    for dir in fs::read_dir(&root).ctx("listing", &root)? {
-        let dir = dir.ctx("listing", &root)?;
-        if !dir.file_type().ctx("listing", dir.path())?.is_dir() {
-            continue;
-        }
-        let dir = dir.path();
-        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
-            let entry = entry.ctx("listing", &dir)?;
-            let name = entry.file_name();
-            let Some(sid) = name.to_str().and_then(temp_file_session) else {
-                continue;
-            };
-            let live = *alive
-                .entry(sid.to_string())
-                .or_insert_with(|| store.sessions_dir().join(sid).is_dir());
-            if !live {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).ctx("removing", entry.path()),
-                }
+    store.for_each_chunk_entry(|entry| {
+        let name = entry.file_name();
+        let Some(sid) = name.to_str().and_then(temp_file_session) else {
+            return Ok(());
+        };
+        let live = *alive
+            .entry(sid.to_string())
+            .or_insert_with(|| store.sessions_dir().join(sid).is_dir());
+        if !live {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("removing", entry.path()),
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(removed)
 }
 

@@ -197,13 +197,16 @@ impl Store {
         Ok(buf)
     }
 
-    /// Every chunk file present, with its compressed size.
-    pub fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>> {
-        let mut out = Vec::new();
+    /// Calls `visit` for every entry of every fan-out directory under `chunks/` (stray
+    /// non-directories there are ignored).
+    pub(crate) fn for_each_chunk_entry(
+        &self,
+        mut visit: impl FnMut(&fs::DirEntry) -> Result<()>,
+    ) -> Result<()> {
         let root = self.chunks_dir();
         let dirs = match fs::read_dir(&root) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).ctx("listing", root),
         };
         for dir in dirs {
@@ -213,21 +216,29 @@ impl Store {
             }
             let dir = dir.path();
             for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
-                let entry = entry.ctx("listing", &dir)?;
-                // Only a chunk's own name in its own fan-out directory is a chunk: that is
-                // the path every reader opens.
-                let Some(id) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<ChunkId>().ok())
-                    .filter(|id| self.chunk_path(id) == entry.path())
-                else {
-                    continue;
-                };
+                visit(&entry.ctx("listing", &dir)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every chunk file present, with its compressed size.
+    pub fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>> {
+        let mut out = Vec::new();
+        self.for_each_chunk_entry(|entry| {
+            // Only a chunk's own name in its own fan-out directory is a chunk: that is the
+            // path every reader opens.
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<ChunkId>().ok())
+                .filter(|id| self.chunk_path(id) == entry.path());
+            if let Some(id) = id {
                 let len = entry.metadata().ctx("reading size of", entry.path())?.len();
                 out.push((id, len));
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

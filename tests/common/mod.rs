@@ -73,6 +73,18 @@ impl Lab {
         std::fs::read(t).unwrap()
     }
 
+    /// Chunks claimed so far by running ingests (each claims every distinct chunk it meets,
+    /// new or already stored, before it looks the chunk up).
+    pub fn claims(&self) -> usize {
+        std::fs::read_dir(self.data().join("store/sessions"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::metadata(e.ok()?.path().join("ids")).ok())
+                    .map(|m| m.len() as usize / 32)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Published chunk files in the store.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
