@@ -159,11 +159,6 @@ impl<R: Read> Chunker<R> {
         }
     }
 
-    /// Total bytes consumed so far (the offset of the next piece).
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     fn available(&self) -> usize {
         self.end - self.pos
     }

@@ -19,6 +19,7 @@ use std::sync::{mpsc, Mutex};
 use nix::fcntl::{fallocate, FallocateFlags};
 
 use super::error::{IoContext, Result, StoreError};
+use super::id::ChunkId;
 use super::manifest::{Extent, ExtentKind, Manifest};
 use super::verified::{VerifiedChunk, VerifiedRun};
 use super::{ChunkReader, Store};
@@ -152,7 +153,10 @@ pub fn export(
                     let Some(range) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
+                    // Consecutive chunks of a batch form one run (extents are contiguous);
+                    // anything else ends the run.
                     let mut run = VerifiedRun::new(0);
+                    let send = |w: Write| write_tx.send(w).is_ok();
                     for extent in &manifest.extents[range.clone()] {
                         let source = ChunkSource {
                             store,
@@ -161,46 +165,26 @@ pub fn export(
                             seeds,
                             counters,
                         };
-                        let write = match source.plan(extent, punch_zero, &mut buf) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                fail(e);
-                                break;
-                            }
-                        };
-                        // Extend the current run, or hand it over and start the next.
-                        match write {
-                            Write::Chunk(chunk) if run.end() == extent.offset || run.is_empty() => {
+                        match source.plan(extent, punch_zero, &mut buf) {
+                            Ok(Write::Chunk(chunk)) => {
                                 if run.is_empty() {
                                     run = VerifiedRun::new(extent.offset);
                                 }
                                 run.push(&chunk);
                             }
-                            other => {
-                                let flushed = std::mem::replace(&mut run, VerifiedRun::new(0));
-                                if !flushed.is_empty()
-                                    && write_tx.send(Write::Run(flushed)).is_err()
-                                {
+                            Ok(other) => {
+                                let done = std::mem::replace(&mut run, VerifiedRun::new(0));
+                                if (!done.is_empty() && !send(Write::Run(done))) || !send(other) {
                                     return;
                                 }
-                                match other {
-                                    Write::Chunk(chunk) => {
-                                        run = VerifiedRun::new(extent.offset);
-                                        run.push(&chunk);
-                                    }
-                                    w => {
-                                        if write_tx.send(w).is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
+                            }
+                            Err(e) => {
+                                fail(e);
+                                break;
                             }
                         }
                     }
-                    if !run.is_empty()
-                        && !abort.load(Ordering::Relaxed)
-                        && write_tx.send(Write::Run(run)).is_err()
-                    {
+                    if !run.is_empty() && !abort.load(Ordering::Relaxed) && !send(Write::Run(run)) {
                         return;
                     }
                 }
@@ -213,8 +197,12 @@ pub fn export(
         let (file_ref, fail_ref) = (&file, &fail);
         scope.spawn(move || {
             for () in flush_rx.iter() {
-                if let Err(e) = file_ref.sync_data() {
-                    fail_ref(Err::<(), _>(e).ctx("flushing", target).unwrap_err());
+                if let Err(cause) = file_ref.sync_data() {
+                    fail_ref(StoreError::Io {
+                        what: "flushing",
+                        path: target.to_path_buf(),
+                        cause,
+                    });
                     break;
                 }
             }
@@ -306,19 +294,22 @@ impl ChunkSource<'_, '_> {
             }
             ExtentKind::Chunk { id, .. } => id,
         };
-        if in_place && read_matches(file, offset, len, buf, &id).ctx("reading", path)? {
-            self.counters
-                .in_place
-                .fetch_add(extent.len, Ordering::Relaxed);
-            return Ok(Write::Nothing { len: extent.len });
+        if in_place {
+            if let Some(chunk) = read_chunk_at(file, offset, len, buf, id).ctx("reading", path)? {
+                *buf = chunk.into_bytes();
+                self.counters
+                    .in_place
+                    .fetch_add(extent.len, Ordering::Relaxed);
+                return Ok(Write::Nothing { len: extent.len });
+            }
         }
         for seed in self.seeds {
-            if seed.len >= offset + extent.len
-                && read_matches(&seed.file, offset, len, buf, &id)
-                    .ctx("reading seed", &seed.path)?
-            {
-                let chunk =
-                    VerifiedChunk::verify(id, buf.clone()).expect("hash matched just above");
+            if seed.len < offset + extent.len {
+                continue;
+            }
+            let found =
+                read_chunk_at(&seed.file, offset, len, buf, id).ctx("reading seed", &seed.path)?;
+            if let Some(chunk) = found {
                 self.counters
                     .from_seed
                     .fetch_add(extent.len, Ordering::Relaxed);
@@ -362,19 +353,31 @@ fn batches(extents: &[Extent]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Reads `len` bytes at `off` into `buf` and tells whether they are chunk `id`.
-fn read_matches(
+/// Reads `len` bytes at `off` and returns them if they are chunk `id`. `buf` lends its
+/// allocation and gets it back on a mismatch.
+fn read_chunk_at(
     file: &File,
     off: u64,
     len: usize,
     buf: &mut Vec<u8>,
-    id: &super::id::ChunkId,
-) -> io::Result<bool> {
-    buf.resize(len, 0);
-    match file.read_exact_at(buf, off) {
-        Ok(()) => Ok(super::id::ChunkId::of(buf) == *id),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
+    id: ChunkId,
+) -> io::Result<Option<VerifiedChunk>> {
+    let mut data = std::mem::take(buf);
+    data.resize(len, 0);
+    match file.read_exact_at(&mut data, off) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            *buf = data;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    match VerifiedChunk::verify(id, data) {
+        Ok(chunk) => Ok(Some(chunk)),
+        Err((_, data)) => {
+            *buf = data;
+            Ok(None)
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,7 +112,6 @@ impl<'s> Session<'s> {
 
     /// Makes everything durable and writes the manifest: the version becomes visible.
     pub fn commit(self, manifest: &Manifest) -> Result<VersionId> {
-        self.sync()?;
         let _gc = shared_gc_lock(self.store)?;
         // No gc runs now. One that failed or was killed may have left chunks in trash: put
         // them back, then make sure every chunk the manifest names is in place.
@@ -126,14 +125,11 @@ impl<'s> Session<'s> {
                 });
             }
         }
+        // One flush makes the published renames and any restore durable.
         self.sync()?;
         let version = self.store.write_manifest(manifest)?;
         self.unpublished.lock().unwrap().clear();
         Ok(version)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// `syncfs` of the file system that holds the chunks, through the one descriptor this

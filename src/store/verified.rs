@@ -62,11 +62,6 @@ impl VerifiedRun {
         self.offset
     }
 
-    /// Where the next chunk must start to extend this run.
-    pub fn end(&self) -> u64 {
-        self.offset + self.data.len() as u64
-    }
-
     pub fn push(&mut self, chunk: &VerifiedChunk) {
         self.data.extend_from_slice(chunk.bytes());
     }
