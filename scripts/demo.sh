@@ -12,7 +12,7 @@ ensure_packages build-essential pkg-config
 ensure_rust
 log "building bootcast (release)"
 cargo build --release --locked >&2
-BOOTCAST=$PWD/target/release/bootcast
+BOOTCAST=$PWD/target/x86_64-unknown-linux-gnu/release/bootcast
 export BOOTCAST_DATA=${BOOTCAST_DATA:-$PWD/bootcast-data}
 
 IMG=$(images/demo/build.sh | tail -n 1)

@@ -2,8 +2,12 @@
 //!
 //! The library holds every capability; `src/main.rs` is a thin command-line edge over it.
 //! - [`store`]: content-addressed chunk store, manifests, ingest, export, verify, gc.
+//! - [`boot`]: DHCP, TFTP and the iPXE binaries: how a bare PC reaches bootcast.
+//! - [`agent`]: what runs in the boot environment, and its protocol with the server.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod boot;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

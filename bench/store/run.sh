@@ -18,7 +18,7 @@ usage: bench/store/run.sh [options]
   -h, --help
 
 environment:
-  BOOTCAST        binary to bench (default <repo>/target/release/bootcast)
+  BOOTCAST        binary to bench (default <repo>/target/x86_64-unknown-linux-gnu/release/bootcast)
   BOOTCAST_CACHE  cache dir (default <repo>/.cache); data lives in $BOOTCAST_CACHE/bench-store
   BENCH_FRESH_FS  1 (default, as root): chunk stores go to a freshly made ext4 on a loop
                   device, so no run pays for inodes another run just deleted; 0: use the cache dir
@@ -49,7 +49,7 @@ done
 REPO=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 CACHE=${BOOTCAST_CACHE:-$REPO/.cache}
 B=$CACHE/bench-store
-BOOTCAST=${BOOTCAST:-$REPO/target/release/bootcast}
+BOOTCAST=${BOOTCAST:-$REPO/target/x86_64-unknown-linux-gnu/release/bootcast}
 V1=$B/v1.img
 V2=$B/v2.img
 DATA_JSON=$B/data.json

@@ -1,0 +1,111 @@
+//! Messages between the agent (in the boot environment) and the server.
+//!
+//! The agent learns where the server is from the kernel command line that the iPXE script
+//! set (see [`KernelArgs`]), then posts a [`Hello`] to `POST /api/v1/agent/hello` and does what
+//! the [`HelloReply`] says.
+
+use serde::{Deserialize, Serialize};
+
+/// Firmware the machine booted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// `POST /api/v1/agent/hello`: the agent is up and says who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// MAC of the interface the machine network-booted from, lower case, colon separated.
+    pub mac: String,
+    /// CPU architecture as `uname -m` prints it (`x86_64`, `aarch64`).
+    pub arch: String,
+    pub firmware: Firmware,
+    /// When the agent's kernel started, seconds since the Unix epoch (UTC).
+    pub boot_time: u64,
+    /// The task id from the kernel command line, if the server booted it for a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<i64>,
+}
+
+/// What the agent does next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum HelloReply {
+    /// Power the machine off.
+    Poweroff,
+    /// Reboot (the next boot script decides what the machine boots).
+    Reboot,
+}
+
+/// The `bootcast.*` parameters the iPXE script puts on the kernel command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelArgs {
+    /// `bootcast.server=http://IP:PORT`: base URL of the server that booted this machine.
+    pub server: Option<String>,
+    /// `bootcast.mac=aa:bb:..`: MAC of the interface iPXE booted from.
+    pub mac: Option<String>,
+    /// `bootcast.task=N`: the task this boot is for.
+    pub task: Option<i64>,
+}
+
+impl KernelArgs {
+    /// Parses `/proc/cmdline`; unknown words are ignored.
+    pub fn parse(cmdline: &str) -> KernelArgs {
+        let mut args = KernelArgs::default();
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "bootcast.server" => args.server = Some(value.to_string()),
+                "bootcast.mac" => args.mac = Some(value.to_ascii_lowercase()),
+                "bootcast.task" => args.task = value.parse().ok(),
+                _ => {}
+            }
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_args_parse() {
+        let a = KernelArgs::parse(
+            "console=ttyS0 bootcast.server=http://10.99.0.1:8080 bootcast.mac=52:54:00:AA:BB:CC bootcast.task=7 initrd=initrd.img\n",
+        );
+        assert_eq!(a.server.as_deref(), Some("http://10.99.0.1:8080"));
+        assert_eq!(a.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(a.task, Some(7));
+        assert_eq!(KernelArgs::parse("quiet"), KernelArgs::default());
+    }
+
+    #[test]
+    fn hello_reply_json() {
+        let r: HelloReply = serde_json::from_str(r#"{"action":"poweroff"}"#).unwrap();
+        assert_eq!(r, HelloReply::Poweroff);
+        let h = Hello {
+            mac: "52:54:00:aa:bb:cc".into(),
+            arch: "x86_64".into(),
+            firmware: Firmware::Uefi,
+            boot_time: 1,
+            task: None,
+        };
+        let j = serde_json::to_value(&h).unwrap();
+        assert_eq!(j["firmware"], "uefi");
+        assert!(j.get("task").is_none());
+    }
+}

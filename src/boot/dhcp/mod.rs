@@ -1,0 +1,1 @@
+//! DHCP: proxyDHCP (PXE spec) and full DHCP. Work in progress.
