@@ -4,10 +4,20 @@
 //! - [`store`]: content-addressed chunk store, manifests, ingest, export, verify, gc.
 //! - [`boot`]: DHCP, TFTP and the iPXE binaries: how a bare PC reaches bootcast.
 //! - [`agent`]: what runs in the boot environment, and its protocol with the server.
+//! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
+//! - [`db`]: hosts, boots, tasks and leases in SQLite.
+//! - [`config`]: the server's configuration, validated once at start.
+//! - [`server`]: `bootcast serve`, every service in one runtime.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod boot;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod mac;
+pub mod server;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;
+pub mod time;

@@ -1,5 +1,11 @@
-//! The iPXE binaries bootcast serves, embedded from `ipxe/` (Debian's `ipxe` package; see
-//! `ipxe/README.md` for provenance and licence).
+//! iPXE: the binaries bootcast serves, embedded from `ipxe/` (Debian's `ipxe` package; see
+//! `ipxe/README.md` for provenance and licence), and the boot scripts rendered from the
+//! templates in `ipxe/*.ipxe`.
+//!
+//! The chain: firmware PXE → (DHCP) → `undionly.kpxe` / `snponly.efi` over TFTP → iPXE does
+//! DHCP again, is recognised, and gets `BASE/boot.ipxe` ([`chain_script`]) → that script asks
+//! `BASE/boot/MAC.ipxe`, whose answer depends on the host's state in the database
+//! ([`BootScript`]).
 
 /// An iPXE binary served over TFTP (and HTTP).
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +38,110 @@ pub fn find(name: &str) -> Option<IpxeBinary> {
     ALL.into_iter().find(|b| b.name == name)
 }
 
+/// What a host's `GET /boot/{mac}.ipxe` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootScript {
+    /// Boot the bootcast boot environment (registration, or a task when `task` is set).
+    BootEnv { reason: String, task: Option<i64> },
+    /// Nothing to do: boot the local disk.
+    LocalDisk { uefi: bool },
+    /// The server cannot boot the host now (e.g. no boot environment built).
+    Unavailable { reason: String },
+}
+
+const CHAIN: &str = include_str!("../../ipxe/chain.ipxe");
+const BOOTENV: &str = include_str!("../../ipxe/bootenv.ipxe");
+const LOCAL_BIOS: &str = include_str!("../../ipxe/local-bios.ipxe");
+const LOCAL_UEFI: &str = include_str!("../../ipxe/local-uefi.ipxe");
+const UNAVAILABLE: &str = include_str!("../../ipxe/unavailable.ipxe");
+
+/// The script DHCP hands to iPXE (`BASE/boot.ipxe`): it asks for this MAC's own script.
+pub fn chain_script(base: &str) -> String {
+    render(CHAIN, &[("base", base)])
+}
+
+impl BootScript {
+    /// Renders the script; `base` is the server URL as the client reaches it
+    /// (`http://10.99.0.1:8080`).
+    pub fn render(&self, base: &str) -> String {
+        match self {
+            BootScript::BootEnv { reason, task } => {
+                let mut cmdline = format!(
+                    "console=tty0 console=ttyS0,115200n8 bootcast.server={base} bootcast.mac=${{netX/mac}}"
+                );
+                if let Some(t) = task {
+                    cmdline.push_str(&format!(" bootcast.task={t}"));
+                }
+                render(
+                    BOOTENV,
+                    &[("base", base), ("reason", reason), ("cmdline", &cmdline)],
+                )
+            }
+            BootScript::LocalDisk { uefi: false } => LOCAL_BIOS.to_string(),
+            BootScript::LocalDisk { uefi: true } => LOCAL_UEFI.to_string(),
+            BootScript::Unavailable { reason } => render(UNAVAILABLE, &[("reason", reason)]),
+        }
+    }
+}
+
+/// Replaces each `{{name}}`; values are made safe for an iPXE script line (no newlines, no
+/// `${` expansions smuggled in from data).
+fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in vars {
+        let safe: String = value
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let safe = if *name == "cmdline" {
+            safe // built here, carries the intended ${netX/mac}
+        } else {
+            safe.replace("${", "$ {")
+        };
+        out = out.replace(&format!("{{{{{name}}}}}"), &safe);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use super::BootScript;
+
+    #[test]
+    fn scripts_render_without_placeholders() {
+        let base = "http://10.99.0.1:8080";
+        let chain = super::chain_script(base);
+        assert!(chain.starts_with("#!ipxe\n"));
+        assert!(chain
+            .contains("chain http://10.99.0.1:8080/boot/${netX/mac}.ipxe?platform=${platform}"));
+        let env = BootScript::BootEnv {
+            reason: "registering".into(),
+            task: Some(42),
+        }
+        .render(base);
+        assert!(env.contains("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
+        assert!(env.contains(
+            " bootcast.server=http://10.99.0.1:8080 bootcast.mac=${netX/mac} bootcast.task=42"
+        ));
+        assert!(env.contains("initrd http://10.99.0.1:8080/bootenv/initrd.img"));
+        assert!(BootScript::LocalDisk { uefi: false }
+            .render(base)
+            .contains("sanboot --no-describe --drive 0x80"));
+        assert!(BootScript::LocalDisk { uefi: true }
+            .render(base)
+            .contains("\nexit 1"));
+        let un = BootScript::Unavailable {
+            reason: "x\nchain http://evil ${y}".into(),
+        }
+        .render(base);
+        assert!(!un.contains("\nchain"), "{un}");
+        assert!(!un.contains("${y}"));
+        for s in [chain, env, un] {
+            assert!(s.starts_with("#!ipxe\n"));
+            assert!(!s.contains("{{"), "{s}");
+        }
+    }
+
     #[test]
     fn binaries_are_embedded() {
         for b in super::ALL {

@@ -2,7 +2,9 @@
 
 mod image;
 mod output;
+mod serve;
 mod store;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,11 @@ pub enum Command {
     /// Create, verify and garbage-collect the chunk store
     #[command(subcommand)]
     Store(store::StoreCmd),
+    /// Run the boot services (DHCP, TFTP), HTTP and the API
+    Serve(serve::ServeArgs),
+    /// The staff API token
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -46,5 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
+        Command::Serve(args) => serve::run(args, &cli.data),
+        Command::Token(cmd) => token::run(cmd, &cli.data, &out),
     }
 }

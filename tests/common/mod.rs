@@ -169,3 +169,115 @@ pub fn disk_like(len: usize, seed: u64) -> Vec<u8> {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A `bootcast serve` process; stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The API token from the banner (first start) or `token show`.
+    pub token: Option<String>,
+    /// Banner and log lines read so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts `bootcast --data DATA serve ARGS` and waits for its `bootcast: ready` line.
+    /// Panics with the server's output if it exits first.
+    pub fn start(mut cmd: Command, args: &[&str]) -> Served {
+        use std::io::BufRead;
+        cmd.arg("serve")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn bootcast serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            let mut ready = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line.clone());
+                if !ready && line == "bootcast: ready" {
+                    ready = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // the reader thread drops `tx` at EOF, so this returns when the server exits early
+        if rx.recv().is_err() {
+            let status = child.wait().unwrap();
+            panic!(
+                "bootcast serve exited ({status}) before it was ready:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+        let lines = log.lock().unwrap().clone();
+        let http = lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("HTTP"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("banner names the HTTP address")
+            .to_string();
+        let token = lines.iter().find_map(|l| {
+            l.split_once("prints it again): ")
+                .map(|(_, t)| t.trim().to_string())
+        });
+        Served {
+            child,
+            url: format!("http://{}", http.replace("0.0.0.0", "127.0.0.1")),
+            token,
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for bootcast serve")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTP request with curl: returns (status, body).
+pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    if let Some(body) = json {
+        c.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let out = c.output().expect("run curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
+    (
+        code.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl failed: {}", stderr(&out))),
+        body.to_string(),
+    )
+}

@@ -1,0 +1,146 @@
+//! `bootcast serve`: boot services, HTTP and API in one process.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use bootcast::config::{interface_ipv4, RawConfig};
+use bootcast::server::Server;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (default: DATA/bootcast.toml if it exists); flags win over it
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<String>,
+    /// TFTP listen address, or "off" [default: 0.0.0.0:69]
+    #[arg(long, value_name = "ADDR:PORT")]
+    tftp: Option<String>,
+    /// Extra files served over TFTP, after the embedded iPXE binaries
+    #[arg(long, value_name = "DIR")]
+    tftp_root: Option<PathBuf>,
+    /// The IPv4 address PCs use to reach this server [default: the DHCP interface's]
+    #[arg(long, value_name = "IP")]
+    advertise: Option<String>,
+    /// Serve DHCP on this interface only (DHCP stays off unless an interface is named)
+    #[arg(long, value_name = "IFACE")]
+    dhcp_interface: Option<String>,
+    /// proxy: answer PXE clients beside the site's DHCP server; full: hand out addresses too
+    #[arg(long, value_name = "proxy|full")]
+    dhcp_mode: Option<String>,
+    /// Address pool for full mode
+    #[arg(long, value_name = "FIRST,LAST")]
+    dhcp_range: Option<String>,
+}
+
+impl ServeArgs {
+    fn raw_config(&self, data: &Path) -> Result<RawConfig> {
+        let file = match &self.config {
+            Some(p) => Some(p.clone()),
+            None => Some(data.join("bootcast.toml")).filter(|p| p.is_file()),
+        };
+        let mut raw = match &file {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        let set = |dst: &mut Option<String>, src: &Option<String>| {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        };
+        set(&mut raw.http.listen, &self.http);
+        set(&mut raw.tftp.listen, &self.tftp);
+        set(&mut raw.advertise, &self.advertise);
+        set(&mut raw.dhcp.interface, &self.dhcp_interface);
+        set(&mut raw.dhcp.mode, &self.dhcp_mode);
+        set(&mut raw.dhcp.range, &self.dhcp_range);
+        if self.tftp_root.is_some() {
+            raw.tftp.root.clone_from(&self.tftp_root);
+        }
+        Ok(raw)
+    }
+}
+
+pub fn run(args: ServeArgs, data: &Path) -> Result<ExitCode> {
+    init_logging();
+    let raw = args.raw_config(data)?;
+    let lookup = |name: &str| -> Option<(Ipv4Addr, Ipv4Addr)> { interface_ipv4(name) };
+    let config = raw.validate(&lookup)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(config, data).await?;
+        banner(server.listening(), data);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            let which = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = c.cancelled() => return,
+            };
+            tracing::info!("{which}: shutting down");
+            c.cancel();
+        });
+        server.run(cancel).await?;
+        eprintln!("bootcast: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOOTCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn banner(l: &bootcast::server::Listening, data: &Path) {
+    let mut lines = vec![
+        format!(
+            "bootcast {} serving from {}",
+            env!("CARGO_PKG_VERSION"),
+            data.display()
+        ),
+        format!("  HTTP   {}  (PCs reach it as {})", l.http, l.base_url),
+        match l.tftp {
+            Some(a) => format!("  TFTP   {a}  (iPXE binaries)"),
+            None => "  TFTP   off".into(),
+        },
+        match &l.dhcp {
+            Some(d) => format!("  DHCP   {d}"),
+            None => "  DHCP   off (name an interface with --dhcp-interface to answer PXE clients)"
+                .into(),
+        },
+    ];
+    if !l.bootenv_ready {
+        lines.push(
+            "  note: no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into(),
+        );
+    }
+    match &l.new_token {
+        Some(t) => lines.push(format!(
+            "  API token (shown once; `bootcast token show` prints it again): {t}"
+        )),
+        None => lines.push("  API token: `bootcast token show`".into()),
+    }
+    lines.push("bootcast: ready".into());
+    eprintln!("{}", lines.join("\n"));
+}

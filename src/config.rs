@@ -1,0 +1,554 @@
+//! Server configuration: a TOML file plus command-line flags, validated once at start.
+//!
+//! [`RawConfig`] is what the file holds (every key optional); flags are merged into it by the
+//! caller (a flag wins over the file); [`RawConfig::validate`] turns it into a [`Config`] in
+//! which every value has been checked, or into one error per problem, each naming the key and
+//! the fix. Nothing after start-up parses configuration again.
+//!
+//! ```toml
+//! advertise = "10.99.0.1"        # the address PCs use to reach this server
+//!
+//! [http]
+//! listen = "0.0.0.0:8080"
+//!
+//! [tftp]
+//! listen = "0.0.0.0:69"          # or "off"
+//! root = "/srv/tftp"             # extra files, after the embedded iPXE binaries
+//! max_transfers = 64
+//!
+//! [dhcp]                         # off unless `interface` is set
+//! interface = "eth1"
+//! mode = "proxy"                 # or "full": bootcast hands out addresses
+//! range = "10.99.0.100,10.99.0.200"   # full mode
+//! netmask = "255.255.255.0"      # full mode; default: the interface's
+//! router = "10.99.0.1"           # full mode, optional
+//! dns = ["10.99.0.1"]            # full mode, optional
+//! lease_secs = 43200
+//!
+//! [dhcp.boot_files]              # client architecture (option 93) -> TFTP file or URL
+//! "11" = "arm64/snponly.efi"
+//! "16" = "http://10.99.0.1:8080/ipxe/ipxe.efi"
+//!
+//! [agent]
+//! after_register = "reboot"      # or "poweroff": what a newly registered PC does next
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+pub const DEFAULT_TFTP: &str = "0.0.0.0:69";
+pub const DEFAULT_LEASE_SECS: u32 = 12 * 3600;
+pub const DEFAULT_MAX_TRANSFERS: usize = 64;
+
+/// The configuration file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub tftp: RawTftp,
+    #[serde(default)]
+    pub dhcp: RawDhcp,
+    #[serde(default)]
+    pub agent: RawAgent,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    pub listen: Option<String>,
+    pub root: Option<PathBuf>,
+    pub max_transfers: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcp {
+    pub interface: Option<String>,
+    pub mode: Option<String>,
+    pub range: Option<String>,
+    pub netmask: Option<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub lease_secs: Option<u32>,
+    #[serde(default)]
+    pub boot_files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub after_register: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address PCs use to reach this server; `None` when no DHCP runs and none was given
+    /// (boot scripts then use the `Host` header of each request).
+    pub advertise: Option<Ipv4Addr>,
+    pub http: SocketAddr,
+    pub tftp: TftpConfig,
+    pub dhcp: Option<DhcpConfig>,
+    pub after_register: AfterRegister,
+}
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    /// `false` with `tftp.listen = "off"` (e.g. a server that only serves HTTP).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub root: Option<PathBuf>,
+    pub max_transfers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpModeConfig {
+    Proxy,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    pub interface: String,
+    pub mode: DhcpModeConfig,
+    /// Full mode only: the address pool, netmask, router and DNS servers given to clients.
+    pub pool: Option<PoolConfig>,
+    /// Client architecture (option 93) -> boot file, beyond the built-in defaults.
+    pub boot_files: BTreeMap<u16, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub lease_secs: u32,
+}
+
+/// What a PC does after its first registration boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRegister {
+    Reboot,
+    Poweroff,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl RawConfig {
+    /// Reads a TOML file; errors name the file and, for syntax errors, the line.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("cannot read config file {}: {e}", path.display())],
+        })?;
+        Self::from_toml(&text).map_err(|mut e| {
+            for p in &mut e.problems {
+                *p = format!("{}: {p}", path.display());
+            }
+            e
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![e.to_string().trim_end().replace('\n', "\n    ")],
+        })
+    }
+
+    /// Checks everything; `iface_addr` looks up an interface's IPv4 address and netmask
+    /// (injected so tests need no real interfaces).
+    pub fn validate(
+        &self,
+        iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut p = |s: String| problems.push(s);
+
+        let http = parse_socket(
+            "http.listen (--http)",
+            self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP),
+            &mut p,
+        );
+        let tftp_text = self.tftp.listen.as_deref().unwrap_or(DEFAULT_TFTP);
+        let tftp_enabled = tftp_text != "off";
+        let tftp_listen = parse_socket(
+            "tftp.listen (--tftp)",
+            if tftp_enabled {
+                tftp_text
+            } else {
+                DEFAULT_TFTP
+            },
+            &mut p,
+        );
+        if let Some(root) = &self.tftp.root {
+            if !root.is_dir() {
+                p(format!(
+                    "tftp.root (--tftp-root): {} is not a directory; create it or remove the setting",
+                    root.display()
+                ));
+            }
+        }
+        let max_transfers = self.tftp.max_transfers.unwrap_or(DEFAULT_MAX_TRANSFERS);
+        if max_transfers == 0 {
+            p("tftp.max_transfers must be at least 1".into());
+        }
+
+        let mut advertise = self
+            .advertise
+            .as_deref()
+            .and_then(|s| parse_ipv4("advertise (--advertise)", s, &mut p));
+
+        let after_register = match self.agent.after_register.as_deref() {
+            None | Some("reboot") => AfterRegister::Reboot,
+            Some("poweroff") => AfterRegister::Poweroff,
+            Some(other) => {
+                p(format!(
+                    "agent.after_register = {other:?}: use \"reboot\" or \"poweroff\""
+                ));
+                AfterRegister::Reboot
+            }
+        };
+
+        let dhcp = self.validate_dhcp(iface_addr, &mut advertise, &mut p);
+
+        if problems.is_empty() {
+            Ok(Config {
+                advertise,
+                http: http.expect("checked"),
+                tftp: TftpConfig {
+                    enabled: tftp_enabled,
+                    listen: tftp_listen.expect("checked"),
+                    root: self.tftp.root.clone(),
+                    max_transfers,
+                },
+                dhcp,
+                after_register,
+            })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn validate_dhcp(
+        &self,
+        iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
+        advertise: &mut Option<Ipv4Addr>,
+        p: &mut dyn FnMut(String),
+    ) -> Option<DhcpConfig> {
+        let d = &self.dhcp;
+        let Some(interface) = d.interface.clone() else {
+            let set: Vec<&str> = [
+                ("mode", d.mode.is_some()),
+                ("range", d.range.is_some()),
+                ("netmask", d.netmask.is_some()),
+                ("router", d.router.is_some()),
+            ]
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(k, _)| *k)
+            .collect();
+            if !set.is_empty() {
+                p(format!(
+                    "dhcp.{} set but DHCP is off: name the interface to serve with dhcp.interface (--dhcp-interface IFACE)",
+                    set.join(", dhcp.")
+                ));
+            }
+            return None;
+        };
+        let iface = iface_addr(&interface);
+        if iface.is_none() {
+            p(format!(
+                "dhcp.interface (--dhcp-interface): interface {interface:?} does not exist or has no IPv4 address; `ip -4 addr` lists them"
+            ));
+        }
+        if advertise.is_none() {
+            *advertise = iface.map(|(ip, _)| ip);
+        }
+        let mode = match d.mode.as_deref() {
+            None | Some("proxy") => DhcpModeConfig::Proxy,
+            Some("full") => DhcpModeConfig::Full,
+            Some(other) => {
+                p(format!(
+                    "dhcp.mode (--dhcp-mode) = {other:?}: use \"proxy\" (beside the site's DHCP server) or \"full\" (bootcast hands out addresses)"
+                ));
+                DhcpModeConfig::Proxy
+            }
+        };
+        let mut boot_files = BTreeMap::new();
+        for (arch, file) in &d.boot_files {
+            match arch.parse::<u16>() {
+                Ok(a) if !file.is_empty() => {
+                    boot_files.insert(a, file.clone());
+                }
+                Ok(_) => p(format!("dhcp.boot_files.\"{arch}\" is empty")),
+                Err(_) => p(format!(
+                    "dhcp.boot_files: key {arch:?} is not a client architecture number (RFC 4578 option 93, e.g. \"11\" for arm64 UEFI, \"16\" for UEFI HTTP boot)"
+                )),
+            }
+        }
+        let pool = match mode {
+            DhcpModeConfig::Proxy => {
+                if d.range.is_some() {
+                    p("dhcp.range (--dhcp-range) is only used with dhcp.mode = \"full\"; in proxy mode the site's DHCP server hands out addresses".into());
+                }
+                None
+            }
+            DhcpModeConfig::Full => self.validate_pool(iface, p),
+        };
+        Some(DhcpConfig {
+            interface,
+            mode,
+            pool,
+            boot_files,
+        })
+    }
+
+    fn validate_pool(
+        &self,
+        iface: Option<(Ipv4Addr, Ipv4Addr)>,
+        p: &mut dyn FnMut(String),
+    ) -> Option<PoolConfig> {
+        let d = &self.dhcp;
+        let Some(range) = d.range.as_deref() else {
+            p("dhcp.mode = \"full\" needs an address pool: dhcp.range = \"FIRST,LAST\" (--dhcp-range FIRST,LAST)".into());
+            return None;
+        };
+        let Some((a, b)) = range.split_once(',') else {
+            p(format!(
+                "dhcp.range = {range:?}: write two addresses separated by a comma, e.g. 10.99.0.100,10.99.0.200"
+            ));
+            return None;
+        };
+        let first = parse_ipv4("dhcp.range (first)", a.trim(), p)?;
+        let last = parse_ipv4("dhcp.range (last)", b.trim(), p)?;
+        if u32::from(first) > u32::from(last) {
+            p(format!(
+                "dhcp.range: {first} comes after {last}; write the lower address first"
+            ));
+            return None;
+        }
+        let netmask = match &d.netmask {
+            Some(s) => parse_ipv4("dhcp.netmask", s, p)?,
+            None => match iface {
+                Some((_, mask)) => mask,
+                None => return None, // already reported
+            },
+        };
+        if u32::from(netmask).leading_ones() + u32::from(netmask).trailing_zeros() != 32 {
+            p(format!(
+                "dhcp.netmask {netmask} is not a contiguous netmask"
+            ));
+            return None;
+        }
+        if let Some((ip, _)) = iface {
+            let m = u32::from(netmask);
+            for (what, addr) in [("first", first), ("last", last)] {
+                if u32::from(addr) & m != u32::from(ip) & m {
+                    p(format!(
+                        "dhcp.range: {what} address {addr} is outside the interface's subnet ({ip} with netmask {netmask})"
+                    ));
+                }
+            }
+            if u32::from(first) <= u32::from(ip) && u32::from(ip) <= u32::from(last) {
+                p(format!(
+                    "dhcp.range {first}-{last} contains the server's own address {ip}; move the range"
+                ));
+            }
+        }
+        let router = match &d.router {
+            Some(s) => Some(parse_ipv4("dhcp.router", s, p)?),
+            None => None,
+        };
+        let mut dns = Vec::new();
+        for s in &d.dns {
+            dns.push(parse_ipv4("dhcp.dns", s, p)?);
+        }
+        let lease_secs = d.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
+        if lease_secs < 60 {
+            p(format!(
+                "dhcp.lease_secs = {lease_secs}: use at least 60 seconds"
+            ));
+        }
+        Some(PoolConfig {
+            first,
+            last,
+            netmask,
+            router,
+            dns,
+            lease_secs,
+        })
+    }
+}
+
+fn parse_socket(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p(format!(
+                "{key} = {s:?}: write ADDRESS:PORT, e.g. 0.0.0.0:8080 or [::]:8080"
+            ));
+            None
+        }
+    }
+}
+
+fn parse_ipv4(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<Ipv4Addr> {
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => {
+            Some(a)
+        }
+        Ok(_) => {
+            p(format!(
+                "{key} = {s:?}: need a unicast IPv4 address (PXE firmware speaks IPv4)"
+            ));
+            None
+        }
+        Err(_) => {
+            p(format!(
+                "{key} = {s:?} is not an IPv4 address, e.g. 10.99.0.1"
+            ));
+            None
+        }
+    }
+}
+
+/// The IPv4 address and netmask of a local interface, from getifaddrs.
+pub fn interface_ipv4(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        if a.interface_name != name {
+            continue;
+        }
+        let ip = a.address.as_ref().and_then(|s| s.as_sockaddr_in())?.ip();
+        let mask = a
+            .netmask
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|m| m.ip())
+            .unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
+        return Some((ip, mask));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        (name == "br0").then_some((Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(255, 255, 255, 0)))
+    }
+
+    fn problems(toml: &str) -> Vec<String> {
+        RawConfig::from_toml(toml)
+            .and_then(|r| r.validate(&iface))
+            .map(|_| Vec::new())
+            .unwrap_or_else(|e| e.problems)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_dhcp_off() {
+        let c = RawConfig::default().validate(&iface).unwrap();
+        assert_eq!(c.http.to_string(), DEFAULT_HTTP);
+        assert_eq!(c.tftp.listen.to_string(), DEFAULT_TFTP);
+        assert!(c.dhcp.is_none());
+        assert!(c.advertise.is_none());
+        assert_eq!(c.after_register, AfterRegister::Reboot);
+    }
+
+    #[test]
+    fn full_mode_takes_advertise_and_netmask_from_interface() {
+        let c = RawConfig::from_toml(
+            "[dhcp]\ninterface='br0'\nmode='full'\nrange='10.99.0.100,10.99.0.200'\n[dhcp.boot_files]\n'16'='http://x/ipxe.efi'\n",
+        )
+        .unwrap()
+        .validate(&iface)
+        .unwrap();
+        assert_eq!(c.advertise, Some(Ipv4Addr::new(10, 99, 0, 1)));
+        let d = c.dhcp.unwrap();
+        assert_eq!(d.mode, DhcpModeConfig::Full);
+        let pool = d.pool.unwrap();
+        assert_eq!(pool.netmask, Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(pool.lease_secs, DEFAULT_LEASE_SECS);
+        assert_eq!(d.boot_files[&16], "http://x/ipxe.efi");
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_fix() {
+        let ps = problems(
+            "advertise='nope'\n[http]\nlisten='8080'\n[dhcp]\ninterface='eth9'\nmode='fast'\n[agent]\nafter_register='sleep'\n",
+        );
+        assert_eq!(ps.len(), 5, "{ps:#?}");
+        assert!(ps[0].contains("http.listen") && ps[0].contains("ADDRESS:PORT"));
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("advertise") && p.contains("IPv4")));
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("eth9") && p.contains("ip -4 addr")));
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("dhcp.mode") && p.contains("full")));
+        assert!(ps.iter().any(|p| p.contains("after_register")));
+    }
+
+    #[test]
+    fn pool_checks() {
+        let full = |range: &str| {
+            problems(&format!(
+                "[dhcp]\ninterface='br0'\nmode='full'\nrange='{range}'\n"
+            ))
+        };
+        assert!(full("10.99.0.100,10.99.0.200").is_empty());
+        assert!(full("10.99.0.200,10.99.0.100")[0].contains("lower address first"));
+        assert!(full("10.99.1.5,10.99.1.9")[0].contains("outside"));
+        assert!(full("10.99.0.1,10.99.0.9")[0].contains("own address"));
+        assert!(full("10.99.0.1")[0].contains("comma"));
+        assert!(problems("[dhcp]\ninterface='br0'\nmode='full'\n")[0].contains("--dhcp-range"));
+        assert!(problems("[dhcp]\nrange='1.2.3.4,1.2.3.5'\n")[0].contains("--dhcp-interface"));
+        assert!(
+            problems("[dhcp]\ninterface='br0'\nrange='10.99.0.5,10.99.0.6'\n")[0]
+                .contains("only used with")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_refused() {
+        assert!(problems("[http]\nlisten_on='x'\n")[0].contains("listen_on"));
+        assert!(problems("[http\n")[0].contains("line 1"));
+        assert!(
+            problems("[dhcp]\ninterface='br0'\n[dhcp.boot_files]\narm='x'\n")[0]
+                .contains("option 93")
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Hosts (one row per MAC that ever network-booted) and their boots.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{DbError, QueryContext};
+use crate::agent::proto::Firmware;
+use crate::mac::Mac;
+
+/// A machine known by the MAC it network-boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub mac: Mac,
+    /// CPU architecture (`x86_64`, ...), as the agent or iPXE reported it.
+    pub arch: Option<String>,
+    pub firmware: Option<Firmware>,
+    #[serde(serialize_with = "ser_time")]
+    pub first_boot: i64,
+    #[serde(serialize_with = "ser_time")]
+    pub last_boot: i64,
+    pub last_ip: Option<String>,
+    /// Network boots seen (iPXE script requests).
+    pub boots: i64,
+    /// When the agent first said hello: the host is registered from then on.
+    #[serde(serialize_with = "ser_opt_time")]
+    pub registered_at: Option<i64>,
+}
+
+impl Host {
+    pub fn registered(&self) -> bool {
+        self.registered_at.is_some()
+    }
+}
+
+/// One step of one boot: `ipxe` (the boot script was fetched) or `agent` (the agent said hello).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostBoot {
+    #[serde(serialize_with = "ser_time")]
+    pub at: i64,
+    pub stage: String,
+    pub firmware: Option<Firmware>,
+    pub arch: Option<String>,
+    pub ip: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::time::rfc3339(*t))
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn firmware_from(s: Option<String>) -> Option<Firmware> {
+    match s.as_deref() {
+        Some("bios") => Some(Firmware::Bios),
+        Some("uefi") => Some(Firmware::Uefi),
+        _ => None,
+    }
+}
+
+const HOST_COLUMNS: &str =
+    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at";
+
+fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
+    let mac: String = r.get(0)?;
+    Ok(Host {
+        mac: mac.parse().map_err(|e: crate::mac::BadMac| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })?,
+        arch: r.get(1)?,
+        firmware: firmware_from(r.get(2)?),
+        first_boot: r.get(3)?,
+        last_boot: r.get(4)?,
+        last_ip: r.get(5)?,
+        boots: r.get(6)?,
+        registered_at: r.get(7)?,
+    })
+}
+
+/// What is known about one boot step.
+#[derive(Debug, Clone, Default)]
+pub struct BootFacts<'a> {
+    pub firmware: Option<Firmware>,
+    pub arch: Option<&'a str>,
+    pub ip: Option<&'a str>,
+}
+
+/// Records that `mac` fetched its boot script: creates the host on its first boot.
+pub fn record_script_boot(
+    conn: &mut Connection,
+    mac: Mac,
+    facts: &BootFacts<'_>,
+    now: i64,
+) -> Result<Host, DbError> {
+    record(conn, mac, facts, now, "ipxe", false)
+}
+
+/// Records the agent's hello: the host is registered from now on.
+pub fn record_hello(
+    conn: &mut Connection,
+    mac: Mac,
+    facts: &BootFacts<'_>,
+    now: i64,
+) -> Result<Host, DbError> {
+    record(conn, mac, facts, now, "agent", true)
+}
+
+fn record(
+    conn: &mut Connection,
+    mac: Mac,
+    facts: &BootFacts<'_>,
+    now: i64,
+    stage: &str,
+    hello: bool,
+) -> Result<Host, DbError> {
+    let tx = conn.transaction().what("begin")?;
+    let m = mac.to_string();
+    let fw = facts.firmware.map(Firmware::as_str);
+    tx.execute(
+        "INSERT INTO hosts (mac, arch, firmware, first_boot, last_boot, last_ip, boots)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)
+         ON CONFLICT(mac) DO UPDATE SET
+            arch = coalesce(excluded.arch, arch),
+            firmware = coalesce(excluded.firmware, firmware),
+            last_boot = excluded.last_boot,
+            last_ip = coalesce(excluded.last_ip, last_ip)",
+        params![m, facts.arch, fw, now, facts.ip],
+    )
+    .what("upsert host")?;
+    if hello {
+        tx.execute(
+            "UPDATE hosts SET registered_at = coalesce(registered_at, ?2) WHERE mac = ?1",
+            params![m, now],
+        )
+        .what("register host")?;
+    } else {
+        tx.execute("UPDATE hosts SET boots = boots + 1 WHERE mac = ?1", [&m])
+            .what("count boot")?;
+    }
+    tx.execute(
+        "INSERT INTO boots (mac, at, stage, firmware, arch, ip) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![m, now, stage, fw, facts.arch, facts.ip],
+    )
+    .what("insert boot")?;
+    let host = tx
+        .query_row(
+            &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE mac = ?1"),
+            [&m],
+            host_from_row,
+        )
+        .what("read host")?;
+    tx.commit().what("commit")?;
+    Ok(host)
+}
+
+pub fn get(conn: &Connection, mac: Mac) -> Result<Option<Host>, DbError> {
+    conn.query_row(
+        &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE mac = ?1"),
+        [mac.to_string()],
+        host_from_row,
+    )
+    .optional()
+    .what("get host")
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<Host>, DbError> {
+    let mut st = conn
+        .prepare(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY mac"))
+        .what("list hosts")?;
+    let rows = st.query_map([], host_from_row).what("list hosts")?;
+    rows.collect::<Result<_, _>>().what("list hosts")
+}
+
+/// The most recent boots of `mac`, newest first.
+pub fn boots(conn: &Connection, mac: Mac, limit: u32) -> Result<Vec<HostBoot>, DbError> {
+    let mut st = conn
+        .prepare(
+            "SELECT at, stage, firmware, arch, ip FROM boots WHERE mac = ?1
+             ORDER BY at DESC, id DESC LIMIT ?2",
+        )
+        .what("list boots")?;
+    let rows = st
+        .query_map(params![mac.to_string(), limit], |r| {
+            Ok(HostBoot {
+                at: r.get(0)?,
+                stage: r.get(1)?,
+                firmware: firmware_from(r.get(2)?),
+                arch: r.get(3)?,
+                ip: r.get(4)?,
+            })
+        })
+        .what("list boots")?;
+    rows.collect::<Result<_, _>>().what("list boots")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn first_boot_registers_nothing_hello_registers() {
+        let db = Db::open_in_memory().unwrap();
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let mut c = db.lock();
+        assert!(get(&c, mac).unwrap().is_none());
+        let h = record_script_boot(
+            &mut c,
+            mac,
+            &BootFacts {
+                firmware: Some(Firmware::Bios),
+                ..Default::default()
+            },
+            100,
+        )
+        .unwrap();
+        assert_eq!((h.first_boot, h.last_boot, h.boots), (100, 100, 1));
+        assert!(!h.registered());
+        let h = record_hello(
+            &mut c,
+            mac,
+            &BootFacts {
+                firmware: Some(Firmware::Bios),
+                arch: Some("x86_64"),
+                ip: Some("10.99.0.100"),
+            },
+            130,
+        )
+        .unwrap();
+        assert_eq!(h.registered_at, Some(130));
+        assert_eq!(h.arch.as_deref(), Some("x86_64"));
+        assert_eq!((h.first_boot, h.last_boot, h.boots), (100, 130, 1));
+        // a later boot keeps what it does not know
+        let h = record_script_boot(&mut c, mac, &BootFacts::default(), 200).unwrap();
+        assert_eq!(h.firmware, Some(Firmware::Bios));
+        assert_eq!(h.last_ip.as_deref(), Some("10.99.0.100"));
+        assert_eq!((h.boots, h.registered_at), (2, Some(130)));
+        let b = boots(&c, mac, 10).unwrap();
+        assert_eq!(
+            b.iter().map(|b| b.stage.as_str()).collect::<Vec<_>>(),
+            ["ipxe", "agent", "ipxe"]
+        );
+        assert_eq!(list(&c).unwrap(), vec![h.clone()]);
+        let j = serde_json::to_value(&h).unwrap();
+        assert_eq!(j["mac"], "52:54:00:00:00:01");
+        assert_eq!(j["first_boot"], "1970-01-01T00:01:40Z");
+        assert_eq!(j["firmware"], "bios");
+    }
+}

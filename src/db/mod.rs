@@ -1,0 +1,215 @@
+//! The server's database: SQLite (rusqlite, bundled) in `DATA/bootcast.db`.
+//!
+//! One connection behind a mutex; every query is short, so async callers use
+//! [`Db::call`] (a blocking-pool hop) and never hold the lock across an await. The schema
+//! evolves by numbered migrations ([`MIGRATIONS`]); `PRAGMA user_version` records how many
+//! ran. A database written by a newer bootcast is refused rather than misread.
+//!
+//! Query groups: [`hosts`] (hosts and their boots), [`tasks`] (what a host should do on its
+//! next network boot), [`leases`] (full-mode DHCP leases).
+
+pub mod hosts;
+pub mod leases;
+pub mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use hosts::{Host, HostBoot};
+pub use tasks::{Task, TaskKind, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {path}: {cause}")]
+    Open {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this bootcast knows ({known}); run the newer bootcast or restore a backup")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database migration {step} failed: {cause}")]
+    Migrate { step: usize, cause: rusqlite::Error },
+    #[error("database query failed ({what}): {cause}")]
+    Query {
+        what: &'static str,
+        cause: rusqlite::Error,
+    },
+    #[error("database task failed: {0}")]
+    Join(String),
+}
+
+pub(crate) trait QueryContext<T> {
+    fn what(self, what: &'static str) -> Result<T, DbError>;
+}
+
+impl<T> QueryContext<T> for Result<T, rusqlite::Error> {
+    fn what(self, what: &'static str) -> Result<T, DbError> {
+        self.map_err(|cause| DbError::Query { what, cause })
+    }
+}
+
+/// Schema migrations, applied in order; never edit one that has shipped, add a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: hosts, their boots, tasks, DHCP leases
+    "CREATE TABLE hosts (
+        mac TEXT PRIMARY KEY,
+        arch TEXT,
+        firmware TEXT,
+        first_boot INTEGER NOT NULL,
+        last_boot INTEGER NOT NULL,
+        last_ip TEXT,
+        boots INTEGER NOT NULL DEFAULT 0,
+        registered_at INTEGER
+    );
+    CREATE TABLE boots (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL REFERENCES hosts(mac) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        stage TEXT NOT NULL,
+        firmware TEXT,
+        arch TEXT,
+        ip TEXT,
+        detail TEXT
+    );
+    CREATE INDEX boots_mac_at ON boots(mac, at);
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL REFERENCES hosts(mac) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX tasks_mac_state ON tasks(mac, state);
+    CREATE TABLE leases (
+        ip TEXT PRIMARY KEY,
+        mac TEXT NOT NULL UNIQUE,
+        expires INTEGER NOT NULL
+    );",
+];
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let open_err = |cause| DbError::Open {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        Self::init(conn, path)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn open_in_memory() -> Result<Db, DbError> {
+        let conn = Connection::open_in_memory().map_err(|cause| DbError::Open {
+            path: ":memory:".into(),
+            cause,
+        })?;
+        Self::init(conn, Path::new(":memory:"))
+    }
+
+    fn init(mut conn: Connection, path: &Path) -> Result<Db, DbError> {
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|cause| DbError::Open {
+                path: path.to_path_buf(),
+                cause,
+            })?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|cause| DbError::Open {
+                path: path.to_path_buf(),
+                cause,
+            })?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(DbError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let step = i + 1;
+            let tx = conn
+                .transaction()
+                .map_err(|cause| DbError::Migrate { step, cause })?;
+            tx.execute_batch(sql)
+                .and_then(|_| tx.pragma_update(None, "user_version", step as i64))
+                .and_then(|_| tx.commit())
+                .map_err(|cause| DbError::Migrate { step, cause })?;
+        }
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The connection, for synchronous callers (CLI, tests, the blocking pool).
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions
+        // roll back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the blocking pool with the connection (async callers).
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+            .await
+            .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// The schema version (number of migrations applied).
+    pub fn schema_version(&self) -> Result<i64, DbError> {
+        self.lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .what("schema version")
+    }
+}
+
+/// `DATA/bootcast.db`.
+pub fn path(data: &Path) -> PathBuf {
+    data.join("bootcast.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.db");
+        let db = Db::open(&p).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(db);
+        // reopening does not rerun migrations (they would fail: tables exist)
+        let db = Db::open(&p).unwrap();
+        db.lock().pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        let e = Db::open(&p).err().unwrap();
+        assert!(e.to_string().contains("newer than this bootcast"), "{e}");
+    }
+}

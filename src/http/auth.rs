@@ -1,0 +1,162 @@
+//! The staff API token: created at first start in `DATA/api-token` (mode 0600), checked on
+//! every `/api/v1` request except the agent's.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the API token {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot create the API token {path}: {cause}")]
+    Create {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the API token file {path} is empty or damaged; delete it and restart `bootcast serve` to make a new one")]
+    Damaged { path: PathBuf },
+    #[error("no API token yet in {dir}: it is created when `bootcast serve` first starts")]
+    Missing { dir: PathBuf },
+}
+
+/// `DATA/api-token`.
+pub fn token_path(data: &Path) -> PathBuf {
+    data.join("api-token")
+}
+
+/// Reads the token; `Ok(None)` when none was created yet.
+pub fn read_token(data: &Path) -> Result<Option<String>, TokenError> {
+    let path = token_path(data);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let t = s.trim().to_string();
+            if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(TokenError::Damaged { path });
+            }
+            Ok(Some(t))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(cause) => Err(TokenError::Read { path, cause }),
+    }
+}
+
+/// Reads the token, or creates one (256 random bits, hex) with mode 0600.
+/// Returns the token and whether it was created now.
+pub fn load_or_create_token(data: &Path) -> Result<(String, bool), TokenError> {
+    if let Some(t) = read_token(data)? {
+        return Ok((t, false));
+    }
+    let path = token_path(data);
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes).map_err(|cause| TokenError::Create {
+        path: path.clone(),
+        cause,
+    })?;
+    let token = hex::encode(bytes);
+    let create = |cause| TokenError::Create {
+        path: path.clone(),
+        cause,
+    };
+    std::fs::create_dir_all(data).map_err(create)?;
+    let tmp = data.join(format!(".api-token.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(create)?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(create)?;
+    // hard link: fails if another process created the token meanwhile (then use theirs)
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = crate::store::durable::sync_dir(data);
+            Ok((token, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&tmp);
+            let t = read_token(data)?.ok_or(TokenError::Damaged { path })?;
+            Ok((t, false))
+        }
+        Err(cause) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(create(cause))
+        }
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Constant-time comparison (the token's length is not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: `Authorization: Bearer TOKEN` or 401.
+pub async fn require_token(
+    State(token): State<std::sync::Arc<String>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => super::error(
+            StatusCode::UNAUTHORIZED,
+            "wrong API token (see `bootcast token show` on the server)",
+        )
+        .into_response(),
+        None => super::error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer TOKEN` (see `bootcast token show` on the server)",
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn token_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_token(dir.path()).unwrap().is_none());
+        let (t, created) = load_or_create_token(dir.path()).unwrap();
+        assert!(created);
+        assert_eq!(t.len(), 64);
+        let mode = std::fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (t2, created2) = load_or_create_token(dir.path()).unwrap();
+        assert_eq!((t2, created2), (t.clone(), false));
+        std::fs::write(token_path(dir.path()), "x\n").unwrap();
+        assert!(matches!(
+            read_token(dir.path()),
+            Err(TokenError::Damaged { .. })
+        ));
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP service (axum): boot scripts and boot environment for PCs, the agent's endpoints,
+//! and the staff API.
+//!
+//! | route | who | auth |
+//! |---|---|---|
+//! | `GET /healthz` | monitoring | none |
+//! | `GET /boot.ipxe` | iPXE, right after DHCP | none |
+//! | `GET /boot/{mac}.ipxe` | iPXE: this host's script | none |
+//! | `GET /bootenv/{vmlinuz,initrd.img}` | iPXE: the boot environment | none |
+//! | `GET /ipxe/{name}` | UEFI HTTP boot: the iPXE binaries | none |
+//! | `POST /api/v1/agent/hello` | the agent | none (acts only on the caller's own MAC) |
+//! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
+
+pub mod api;
+pub mod auth;
+pub mod boot;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::config::AfterRegister;
+use crate::db::Db;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    /// The data directory (boot environment under `bootenv/`).
+    pub data: PathBuf,
+    /// Address PCs use to reach this server; else the request's `Host` header is used.
+    pub advertise: Option<Ipv4Addr>,
+    /// Port the HTTP service listens on (for URLs built from `advertise`).
+    pub http_port: u16,
+    pub after_register: AfterRegister,
+}
+
+impl AppState {
+    /// The server's base URL as this client should use it.
+    pub fn base_url(&self, host_header: Option<&str>) -> String {
+        match (self.advertise, host_header) {
+            (Some(ip), _) => format!("http://{}", SocketAddr::from((ip, self.http_port))),
+            (None, Some(h)) if valid_host(h) => format!("http://{h}"),
+            (None, _) => format!("http://127.0.0.1:{}", self.http_port),
+        }
+    }
+}
+
+/// A `Host` header we are willing to echo into a boot script.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+/// The router with all routes; `token` guards the staff API.
+pub fn router(state: AppState, token: String) -> Router {
+    let staff = Router::new()
+        .route("/api/v1/hosts", get(api::list_hosts))
+        .route("/api/v1/hosts/{mac}", get(api::get_host))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/boot.ipxe", get(boot::chain))
+        .route("/boot/{file}", get(boot::host_script))
+        .route("/bootenv/{file}", get(boot::bootenv_file))
+        .route("/ipxe/{file}", get(boot::ipxe_binary))
+        .route("/api/v1/agent/hello", post(api::agent_hello))
+        .merge(staff)
+        .with_state(state)
+}
+
+/// A JSON error body `{"error": "..."}` with a status.
+pub fn error(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<serde_json::Value>) {
+    (status, Json(serde_json::json!({ "error": msg.into() })))
+}
+
+/// Maps a database error to a 500 and logs it.
+pub fn internal(e: crate::db::DbError) -> (StatusCode, Json<serde_json::Value>) {
+    tracing::error!("{e}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}

@@ -1,0 +1,219 @@
+//! `bootcast serve`: every service in one tokio runtime.
+//!
+//! [`Server::bind`] opens the database, the API token and every socket, so that all start-up
+//! errors (a port in use, a missing permission) surface before anything runs; [`Server::run`]
+//! then runs the services in a `JoinSet` until the cancellation token fires (SIGINT/SIGTERM
+//! in the CLI) or one service fails, and shuts the others down gracefully.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DhcpModeConfig};
+use crate::db::Db;
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {service} to {addr}: {cause}{hint}")]
+    Bind {
+        service: &'static str,
+        addr: SocketAddr,
+        cause: std::io::Error,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Token(#[from] http::auth::TokenError),
+    #[error("cannot create the data directory {path}: {cause}")]
+    DataDir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{service} failed: {cause}")]
+    Service {
+        service: &'static str,
+        cause: String,
+    },
+}
+
+/// What a running server listens on, for the banner and for tests.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub http: SocketAddr,
+    pub tftp: Option<SocketAddr>,
+    pub dhcp: Option<String>,
+    /// The API token, when it was created by this start (print it once).
+    pub new_token: Option<String>,
+    pub base_url: String,
+    pub bootenv_ready: bool,
+}
+
+pub struct Server {
+    config: Config,
+    data: PathBuf,
+    db: Db,
+    token: String,
+    http: tokio::net::TcpListener,
+    tftp: Option<tokio::net::UdpSocket>,
+    listening: Listening,
+}
+
+fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if port < 1024 => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            " (another program listens there: stop it or choose another address with the flag)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (no local interface has that address)",
+        _ => "",
+    }
+}
+
+impl Server {
+    /// Opens everything the services need; nothing runs yet.
+    pub async fn bind(config: Config, data: &Path) -> Result<Server, ServeError> {
+        std::fs::create_dir_all(data).map_err(|cause| ServeError::DataDir {
+            path: data.to_path_buf(),
+            cause,
+        })?;
+        let db = Db::open(&crate::db::path(data))?;
+        let (token, created) = http::auth::load_or_create_token(data)?;
+        let http = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|cause| ServeError::Bind {
+                service: "HTTP",
+                addr: config.http,
+                hint: bind_hint(&cause, config.http.port()),
+                cause,
+            })?;
+        let http_addr = http.local_addr().expect("bound socket has an address");
+        let tftp = match config.tftp.enabled {
+            false => None,
+            true => Some(
+                tokio::net::UdpSocket::bind(config.tftp.listen)
+                    .await
+                    .map_err(|cause| ServeError::Bind {
+                        service: "TFTP",
+                        addr: config.tftp.listen,
+                        hint: bind_hint(&cause, config.tftp.listen.port()),
+                        cause,
+                    })?,
+            ),
+        };
+        let tftp_addr = tftp.as_ref().map(|s| s.local_addr().expect("bound"));
+        let state_base = AppState {
+            db: db.clone(),
+            data: data.to_path_buf(),
+            advertise: config.advertise,
+            http_port: http_addr.port(),
+            after_register: config.after_register,
+        }
+        .base_url(None);
+        let listening = Listening {
+            http: http_addr,
+            tftp: tftp_addr,
+            dhcp: config.dhcp.as_ref().map(|d| {
+                format!(
+                    "{} on {}",
+                    match d.mode {
+                        DhcpModeConfig::Proxy => "proxyDHCP",
+                        DhcpModeConfig::Full => "DHCP",
+                    },
+                    d.interface
+                )
+            }),
+            new_token: created.then(|| token.clone()),
+            base_url: state_base,
+            bootenv_ready: data.join("bootenv/initrd.img").is_file(),
+        };
+        Ok(Server {
+            config,
+            data: data.to_path_buf(),
+            db,
+            token,
+            http,
+            tftp,
+            listening,
+        })
+    }
+
+    pub fn listening(&self) -> &Listening {
+        &self.listening
+    }
+
+    /// Runs until `cancel` fires or a service fails; then stops the others and waits.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), ServeError> {
+        let state = AppState {
+            db: self.db.clone(),
+            data: self.data.clone(),
+            advertise: self.config.advertise,
+            http_port: self.listening.http.port(),
+            after_register: self.config.after_register,
+        };
+        let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+
+        let app = http::router(state, self.token.clone());
+        let c = cancel.clone();
+        let listener = self.http;
+        set.spawn(async move {
+            let r = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await
+            .map_err(|e| e.to_string());
+            ("HTTP", r)
+        });
+
+        if let Some(sock) = self.tftp {
+            let settings = crate::boot::tftp::TftpSettings {
+                root: self.config.tftp.root.clone(),
+                max_transfers: self.config.tftp.max_transfers,
+            };
+            let c = cancel.clone();
+            set.spawn(async move {
+                let r = crate::boot::tftp::run(sock, settings, c)
+                    .await
+                    .map_err(|e| e.to_string());
+                ("TFTP", r)
+            });
+        }
+
+        if self.config.dhcp.is_some() {
+            return Err(ServeError::Service {
+                service: "DHCP",
+                cause: "not wired yet".into(),
+            });
+        }
+
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            let (service, result) = match joined {
+                Ok(x) => x,
+                Err(e) => ("a service", Err(format!("panicked: {e}"))),
+            };
+            if let Err(cause) = result {
+                tracing::error!("{service} failed: {cause}; stopping the other services");
+                first_error.get_or_insert(ServeError::Service { service, cause });
+            } else if !cancel.is_cancelled() {
+                tracing::error!("{service} stopped unexpectedly; stopping the other services");
+                first_error.get_or_insert(ServeError::Service {
+                    service,
+                    cause: "stopped unexpectedly".into(),
+                });
+            }
+            cancel.cancel();
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `bootcast serve` over HTTP, driven through its real endpoints: boot scripts per host state,
+//! the agent's hello, the token-protected staff API, start-up errors and graceful shutdown.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{http, Lab, Served};
+
+fn fake_bootenv(lab: &Lab) {
+    let d = lab.data().join("bootenv");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("vmlinuz"), b"kernel bytes").unwrap();
+    std::fs::write(d.join("initrd.img"), vec![7u8; 100_000]).unwrap();
+}
+
+fn serve(lab: &Lab, extra: &[&str]) -> Served {
+    let mut args = vec!["--http", "127.0.0.1:0", "--tftp", "off"];
+    args.extend_from_slice(extra);
+    Served::start(lab.cmd(), &args)
+}
+
+const MAC: &str = "52:54:00:12:34:56";
+
+#[test]
+fn host_lifecycle_unknown_then_registered_then_task() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let mut s = serve(&lab, &["--advertise", "10.99.0.1"]);
+    let token = s.token.clone().expect("first start prints the token");
+
+    // the chain script names the advertised address
+    let (code, chain) = http("GET", &format!("{}/boot.ipxe", s.url), None, None);
+    assert_eq!(code, 200);
+    assert!(chain.contains("chain http://10.99.0.1:"), "{chain}");
+
+    // unknown host: registered into the boot environment, MAC in any of iPXE's forms
+    let (code, script) = http(
+        "GET",
+        &format!(
+            "{}/boot/52-54-00-12-34-56.ipxe?platform=pcbios&buildarch=i386",
+            s.url
+        ),
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(script.starts_with("#!ipxe\n"));
+    assert!(script.contains("registering"), "{script}");
+    assert!(script.contains("/bootenv/vmlinuz initrd=initrd.img"));
+    assert!(!script.contains("bootcast.task="));
+
+    // the boot environment files are served, with ranges
+    let (code, body) = http("GET", &format!("{}/bootenv/vmlinuz", s.url), None, None);
+    assert_eq!((code, body.as_str()), (200, "kernel bytes"));
+    let (code, _) = http(
+        "GET",
+        &format!("{}/bootenv/bootenv.json", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 404);
+
+    // the agent says hello
+    let hello =
+        format!(r#"{{"mac":"{MAC}","arch":"x86_64","firmware":"bios","boot_time":1700000000}}"#);
+    let (code, reply) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello),
+    );
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply, r#"{"action":"reboot"}"#);
+
+    // the staff API shows the registered host
+    let (code, hosts) = http(
+        "GET",
+        &format!("{}/api/v1/hosts", s.url),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&hosts).unwrap();
+    let h = &v["hosts"][0];
+    assert_eq!(h["mac"], MAC);
+    assert_eq!(h["arch"], "x86_64");
+    assert_eq!(h["firmware"], "bios");
+    assert_eq!(h["boots"], 1);
+    assert!(h["registered_at"].is_string());
+
+    // registered, nothing to do: local disk, BIOS and UEFI flavours
+    let (_, script) = http(
+        "GET",
+        &format!("{}/boot/{MAC}.ipxe?platform=pcbios", s.url),
+        None,
+        None,
+    );
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    let (_, script) = http(
+        "GET",
+        &format!("{}/boot/{MAC}.ipxe?platform=efi", s.url),
+        None,
+        None,
+    );
+    assert!(script.contains("\nexit 1"), "{script}");
+    assert!(!script.contains("sanboot"));
+
+    // a pending task: the boot environment with the task id, and the task moves to booting
+    let db = bootcast::db::Db::open(&lab.data().join("bootcast.db")).unwrap();
+    let mac: bootcast::mac::Mac = MAC.parse().unwrap();
+    let task =
+        bootcast::db::tasks::create(&db.lock(), mac, bootcast::db::TaskKind::Reimage, 1).unwrap();
+    let (_, script) = http(
+        "GET",
+        &format!("{}/boot/{MAC}.ipxe?platform=efi", s.url),
+        None,
+        None,
+    );
+    assert!(
+        script.contains(&format!("bootcast.task={}", task.id)),
+        "{script}"
+    );
+    let t = bootcast::db::tasks::get(&db.lock(), task.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.state, bootcast::db::TaskState::Booting);
+
+    // another host naming that task in its hello changes nothing of it
+    let other = format!(
+        r#"{{"mac":"52:54:00:00:00:99","arch":"x86_64","firmware":"uefi","boot_time":1,"task":{}}}"#,
+        task.id
+    );
+    let (code, _) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&other),
+    );
+    assert_eq!(code, 200);
+    let t = bootcast::db::tasks::get(&db.lock(), task.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.mac, t.state), (mac, bootcast::db::TaskState::Booting));
+
+    // one host in detail
+    let (code, one) = http(
+        "GET",
+        &format!("{}/api/v1/hosts/{MAC}", s.url),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(v["task"]["id"], task.id);
+    assert_eq!(v["boots"].as_array().unwrap().len(), 5);
+
+    // SIGTERM: clean exit
+    let status = s.stop();
+    assert!(status.success(), "{status}: {}", s.log_text());
+    assert!(s.log_text().contains("SIGTERM: shutting down"));
+}
+
+#[test]
+fn staff_api_needs_the_token_agent_api_checks_its_input() {
+    let lab = Lab::new();
+    let s = serve(&lab, &[]);
+    let token = s.token.clone().unwrap();
+    let path = lab.data().join("api-token");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // token show prints the same token again
+    let out = lab.run(&["token", "show"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
+
+    let hosts = format!("{}/api/v1/hosts", s.url);
+    let (code, body) = http("GET", &hosts, None, None);
+    assert_eq!(code, 401);
+    assert!(body.contains("Bearer"));
+    let (code, _) = http("GET", &hosts, Some("0000"), None);
+    assert_eq!(code, 401);
+    let (code, body) = http("GET", &hosts, Some(&token), None);
+    assert_eq!((code, body.as_str()), (200, r#"{"hosts":[]}"#));
+
+    let hello = |body: &str| {
+        http(
+            "POST",
+            &format!("{}/api/v1/agent/hello", s.url),
+            None,
+            Some(body),
+        )
+    };
+    assert_eq!(
+        hello(r#"{"mac":"nope","arch":"x86_64","firmware":"bios","boot_time":1}"#).0,
+        400
+    );
+    assert_eq!(
+        hello(r#"{"mac":"52:54:00:00:00:01","arch":"x86 64; rm","firmware":"bios","boot_time":1}"#)
+            .0,
+        400
+    );
+    assert_eq!(
+        hello(r#"{"mac":"52:54:00:00:00:01","arch":"x86_64","firmware":"coreboot","boot_time":1}"#)
+            .0,
+        422
+    );
+    assert_eq!(hello("not json").0, 400);
+    let (code, body) = http(
+        "GET",
+        &format!("{}/boot/../../etc/passwd", s.url),
+        None,
+        None,
+    );
+    assert_ne!(code, 200, "{body}");
+    let (code, _) = http("GET", &format!("{}/boot/zz.ipxe", s.url), None, None);
+    assert_eq!(code, 404);
+    // nothing was recorded by the refused requests
+    let (_, body) = http("GET", &hosts, Some(&token), None);
+    assert_eq!(body, r#"{"hosts":[]}"#);
+
+    // without a boot environment an unknown host is told why, not left hanging
+    let (code, script) = http("GET", &format!("{}/boot/{MAC}.ipxe", s.url), None, None);
+    assert_eq!(code, 200);
+    assert!(script.contains("bootcast bootenv build"), "{script}");
+    // the embedded iPXE binaries over HTTP
+    let (code, _) = http("GET", &format!("{}/ipxe/snponly.efi", s.url), None, None);
+    assert_eq!(code, 200);
+
+    // a second start does not print the token again
+    drop(s);
+    let s2 = serve(&lab, &[]);
+    assert!(s2.token.is_none());
+    assert!(s2.log_text().contains("`bootcast token show`"));
+}
+
+#[test]
+fn startup_errors_name_the_problem_and_the_fix() {
+    let lab = Lab::new();
+    let out = lab.run(&[
+        "serve",
+        "--http",
+        "8080",
+        "--dhcp-mode",
+        "full",
+        "--advertise",
+        "10.99.0.300",
+        "--tftp",
+        "off",
+    ]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("http.listen (--http) = \"8080\": write ADDRESS:PORT"),
+        "{err}"
+    );
+    assert!(err.contains("--dhcp-interface"), "{err}");
+    assert!(err.contains("10.99.0.300"), "{err}");
+
+    // a DHCP interface that does not exist
+    let out = lab.run(&["serve", "--dhcp-interface", "nosuch0", "--tftp", "off"]);
+    assert!(common::stderr(&out).contains("\"nosuch0\" does not exist"));
+
+    // a port in use
+    let s = serve(&lab, &[]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let out = lab.run(&["serve", "--http", &addr, "--tftp", "off"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("cannot bind HTTP to") && err.contains("another program"),
+        "{err}"
+    );
+
+    // a bad config file is named with its line
+    let cfg = lab.file("bad.toml", b"[http]\nlisten = 8080\n");
+    let out = lab.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    let err = common::stderr(&out);
+    assert!(err.contains("bad.toml") && err.contains("line 2"), "{err}");
+}
