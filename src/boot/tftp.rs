@@ -1,1 +1,0 @@
-//! Read-only TFTP server. Work in progress.
