@@ -213,8 +213,10 @@ impl Handler for BootHandler {
         match self.open(client, &raw).await {
             Ok(t) => {
                 debug!(client = %client, file = %t.name, size = t.size, "tftp: transfer starts");
-                let size = t.size;
-                Ok((t, Some(size)))
+                // No tsize for an empty file: curl (7.88) aborts on "tsize 0" in an OACK, and
+                // the option is the server's to drop (RFC 2347).
+                let size = (t.size > 0).then_some(t.size);
+                Ok((t, size))
             }
             Err(why) => Err(self.refuse(client, &raw, why)),
         }

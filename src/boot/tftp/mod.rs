@@ -17,9 +17,10 @@
 //!
 //! # Protocol
 //! RFC 1350 with the options blksize (RFC 2348, capped at [`TftpSettings::max_block_size`]),
-//! tsize and timeout (RFC 2349) and windowsize (RFC 7440); netascii is served as octet. Block
+//! tsize and timeout (RFC 2349) and windowsize (RFC 7440); netascii is served as octet. No
+//! tsize is offered for an empty file (curl aborts on `tsize 0`). Block
 //! numbers wrap from 65535 to 0, so files past 32 MiB at blksize 512 work with clients that
-//! wrap the same way (tftp-hpa, atftp, curl, iPXE do).
+//! wrap the same way (tftp-hpa, atftp and curl do: tests/tftp.rs).
 //!
 //! # Limits
 //! At most [`TftpSettings::max_transfers`] transfers at once; past that a request gets an ERROR
