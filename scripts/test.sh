@@ -10,6 +10,7 @@ die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
     # Build tools, QEMU/OVMF for the boot tests, and what images/demo/build.sh uses.
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf \
+        tftp-hpa atftp curl \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
         e2fsprogs cpio gzip xz-utils zstd
 else

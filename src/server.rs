@@ -176,6 +176,7 @@ impl Server {
             let settings = crate::boot::tftp::TftpSettings {
                 root: self.config.tftp.root.clone(),
                 max_transfers: self.config.tftp.max_transfers,
+                ..Default::default()
             };
             let c = cancel.clone();
             set.spawn(async move {

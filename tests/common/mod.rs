@@ -258,7 +258,25 @@ impl Drop for Served {
 
 /// An HTTP request with curl: returns (status, body).
 pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
-    let mut c = Command::new("curl");
+    http_in(None, method, url, token, json)
+}
+
+/// [`http`] from inside network namespace `ns`.
+pub fn http_in(
+    ns: Option<&str>,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> (u16, String) {
+    let mut c = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
     c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
     if let Some(t) = token {
         c.arg("-H").arg(format!("Authorization: Bearer {t}"));
@@ -281,3 +299,18 @@ pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) ->
         body.to_string(),
     )
 }
+
+/// Appends `text` to `target/test-reports/NAME.txt`, which scripts/test.sh prints at the end
+/// (cargo hides the output of passing tests).
+pub fn report(name: &str, text: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-reports");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.txt")), text);
+}
+
+/// Builds the boot environment into the lab's data directory (reusing the cached Debian
+/// kernel package when there is one).
+pub fn bootenv_build(lab: &Lab) -> Output {
+    lab.run(&["bootenv", "build"])
+}
+pub mod netlab;
