@@ -12,7 +12,7 @@ if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf \
         tftp-hpa atftp curl \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
-        e2fsprogs cpio gzip xz-utils zstd
+        e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
 fi

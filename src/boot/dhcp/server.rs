@@ -1,0 +1,161 @@
+//! The DHCP sockets: UDP 67 (and 4011 in proxy mode) bound to one interface, each datagram
+//! through [`codec::respond`], replies sent where the codec says.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, Boot, NoReply, PXE_PORT, SERVER_PORT};
+use super::{DhcpError, DhcpMode, DhcpSettings, LeaseStore, Mac};
+
+/// Warn about an unconfigured architecture once per (MAC, arch); forget after this many.
+const WARNED_MAX: usize = 4096;
+
+/// Opens a UDP socket on 0.0.0.0:`port` bound to `interface` (SO_BINDTODEVICE), with
+/// SO_BROADCAST and SO_REUSEADDR.
+pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
+    let err = |source| DhcpError::Bind {
+        port,
+        interface: interface.to_string(),
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    s.bind_device(Some(interface.as_bytes())).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// Serves DHCP until `cancel` fires. Only a bind failure or bad settings end it early; a bad
+/// datagram, a lease store error or a failed send is logged and the loop goes on.
+pub async fn run(
+    settings: DhcpSettings,
+    leases: Arc<dyn LeaseStore>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    settings.validate()?;
+    let mut ports = vec![SERVER_PORT];
+    if settings.mode == DhcpMode::Proxy {
+        ports.push(PXE_PORT);
+    }
+    let mut sockets = Vec::new();
+    for &port in &ports {
+        sockets.push((port, bind(&settings.interface, port)?));
+    }
+    tracing::info!(
+        interface = %settings.interface,
+        mode = ?settings.mode,
+        server_ip = %settings.server_ip,
+        ports = ?ports,
+        "DHCP serving"
+    );
+    let shared = Arc::new(Shared {
+        settings,
+        leases,
+        warned: Mutex::new(HashSet::new()),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (port, sock) in sockets {
+        tasks.spawn(serve_socket(shared.clone(), port, sock, cancel.clone()));
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            // A panic in the codec would be a bug; keep the other socket's task going only
+            // until cancel, like the rest.
+            tracing::error!(error = %e, "DHCP socket task ended abnormally");
+        }
+    }
+    Ok(())
+}
+
+struct Shared {
+    settings: DhcpSettings,
+    leases: Arc<dyn LeaseStore>,
+    warned: Mutex<HashSet<(Mac, Option<u16>)>>,
+}
+
+impl Shared {
+    /// True the first time (mac, arch) is seen unconfigured.
+    fn first_warning(&self, mac: Mac, arch: Option<u16>) -> bool {
+        let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if w.len() >= WARNED_MAX {
+            w.clear();
+        }
+        w.insert((mac, arch))
+    }
+
+    fn warn_unconfigured(&self, mac: Mac, arch: Option<u16>) {
+        if self.first_warning(mac, arch) {
+            tracing::warn!(
+                %mac,
+                arch = ?arch,
+                "DHCP: no boot file configured for this client architecture (set one for it in the boot files)"
+            );
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, src) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "DHCP receive failed");
+                    continue;
+                }
+            },
+        };
+        let SocketAddr::V4(src) = src else { continue };
+        let reply = codec::respond(
+            &buf[..len],
+            port,
+            src,
+            &shared.settings,
+            shared.leases.as_ref(),
+            unix_now(),
+        );
+        match reply {
+            Ok(reply) => {
+                if let Boot::Unconfigured(arch) = reply.summary.boot {
+                    shared.warn_unconfigured(reply.summary.mac, arch);
+                }
+                send(&sock, &reply.bytes, reply.dest).await;
+                tracing::info!(port, from = %src, to = %reply.dest, "DHCP {}", reply.summary);
+            }
+            Err(NoReply::Malformed(e)) => {
+                tracing::debug!(port, from = %src, len, "DHCP datagram dropped: {e}")
+            }
+            Err(NoReply::Ignored(why)) => tracing::debug!(port, from = %src, "DHCP: {why}"),
+            Err(NoReply::Unconfigured { mac, arch }) => shared.warn_unconfigured(mac, arch),
+            Err(NoReply::PoolExhausted(mac)) => {
+                tracing::warn!(%mac, "DHCP address pool exhausted: no offer")
+            }
+            Err(NoReply::Done(what)) => tracing::info!(port, "DHCP {what}"),
+            Err(NoReply::Leases(e)) => tracing::error!(port, from = %src, "DHCP: {e}"),
+        }
+    }
+}
+
+async fn send(sock: &UdpSocket, bytes: &[u8], dest: SocketAddrV4) {
+    if let Err(e) = sock.send_to(bytes, dest).await {
+        tracing::warn!(to = %dest, error = %e, "DHCP reply not sent");
+    }
+}
