@@ -7,11 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DhcpModeConfig};
+use crate::boot::dhcp::{BootFiles, DhcpMode, DhcpSettings, PoolSettings};
+use crate::config::{Config, DhcpConfig, DhcpModeConfig};
 use crate::db::Db;
 use crate::http::{self, AppState};
 
@@ -187,10 +189,21 @@ impl Server {
             });
         }
 
-        if self.config.dhcp.is_some() {
-            return Err(ServeError::Service {
-                service: "DHCP",
-                cause: "not wired yet".into(),
+        if let Some(d) = &self.config.dhcp {
+            let settings = dhcp_settings(
+                d,
+                self.config
+                    .advertise
+                    .expect("validated: DHCP implies an advertised address"),
+                format!("{}/boot.ipxe", self.listening.base_url),
+            );
+            let leases = Arc::new(crate::db::leases::SqliteLeases::new(self.db.clone()));
+            let c = cancel.clone();
+            set.spawn(async move {
+                let r = crate::boot::dhcp::run(settings, leases, c)
+                    .await
+                    .map_err(|e| e.to_string());
+                ("DHCP", r)
             });
         }
 
@@ -216,5 +229,35 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The DHCP server's settings from the validated configuration.
+fn dhcp_settings(
+    d: &DhcpConfig,
+    server_ip: std::net::Ipv4Addr,
+    script_url: String,
+) -> DhcpSettings {
+    let mut boot_files = BootFiles::default();
+    for (arch, file) in &d.boot_files {
+        boot_files.set(*arch, Some(file));
+    }
+    DhcpSettings {
+        interface: d.interface.clone(),
+        mode: match d.mode {
+            DhcpModeConfig::Proxy => DhcpMode::Proxy,
+            DhcpModeConfig::Full => DhcpMode::Full,
+        },
+        server_ip,
+        boot_files,
+        ipxe_script_url: script_url,
+        pool: d.pool.as_ref().map(|p| PoolSettings {
+            first: p.first,
+            last: p.last,
+            netmask: p.netmask,
+            router: p.router,
+            dns: p.dns.clone(),
+            lease_secs: p.lease_secs,
+        }),
     }
 }

@@ -6,7 +6,7 @@
 //! ran. A database written by a newer bootcast is refused rather than misread.
 //!
 //! Query groups: [`hosts`] (hosts and their boots), [`tasks`] (what a host should do on its
-//! next network boot), [`leases`] (full-mode DHCP leases).
+//! next network boot), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
 pub mod hosts;
 pub mod leases;
@@ -90,9 +90,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_mac_state ON tasks(mac, state);
     CREATE TABLE leases (
         ip TEXT PRIMARY KEY,
-        mac TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL,
         expires INTEGER NOT NULL
-    );",
+    );
+    CREATE INDEX leases_mac ON leases(mac);",
 ];
 
 /// A handle to the database; cheap to clone.

@@ -17,7 +17,6 @@ pub mod codec;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
@@ -134,25 +133,12 @@ impl BootFiles {
     }
 }
 
-/// An Ethernet hardware address (bootcast serves htype 1, hlen 6 only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
+pub use crate::mac::Mac;
 
 impl Mac {
     /// The owner recorded for an address a client DECLINEd (in use by someone unknown): such a
     /// row blocks the address until it expires.
     pub const DECLINED: Mac = Mac([0; 6]);
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
 }
 
 /// One address binding of full mode.

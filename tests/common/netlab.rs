@@ -1,0 +1,235 @@
+//! Network namespaces and QEMU VMs for the boot tests. Everything a test creates here is
+//! removed on drop: processes it started (by PID), then the namespaces (and with them their
+//! bridges, taps and veths). Addresses are in 10.99.0.0/16 and fd99::/64 only.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace owned by the test.
+pub struct Netns {
+    pub name: String,
+    children: Vec<Child>,
+}
+
+impl Netns {
+    /// A new namespace `bc<pid>-<tag><n>` with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "bc{}-{tag}{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            name,
+            children: Vec::new(),
+        };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a shell command line inside the namespace; panics on failure.
+    pub fn sh(&self, line: &str) {
+        run(self.cmd("sh").args(["-c", line]));
+    }
+
+    /// Starts a long-running process inside the namespace, killed (by PID) on drop.
+    pub fn spawn(&mut self, mut cmd: Command) -> u32 {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Makes `br0` (10.99.0.1/24, fd99::1/64) with a tap `tap0` on it, for one VM.
+    pub fn bridge_with_tap(&self) {
+        self.sh(
+            "ip link add br0 type bridge && ip link set br0 type bridge forward_delay 0 \
+             && ip addr add 10.99.0.1/24 dev br0 && ip -6 addr add fd99::1/64 dev br0 nodad \
+             && ip link set br0 up \
+             && ip tuntap add tap0 mode tap && ip link set tap0 master br0 && ip link set tap0 up",
+        );
+    }
+
+    /// Plugs a new namespace into this one's `br0` through a veth, with `addr` (CIDR) and
+    /// `addr6` on its end (`eth0`).
+    pub fn attach(&self, tag: &str, addr: &str, addr6: &str) -> Netns {
+        let other = Netns::new(tag);
+        let peer = format!("v{}", SEQ.fetch_add(1, Ordering::SeqCst));
+        self.sh(&format!(
+            "ip link add {peer} type veth peer name eth0 netns {} && ip link set {peer} master br0 && ip link set {peer} up",
+            other.name
+        ));
+        other.sh(&format!(
+            "ip addr add {addr} dev eth0 && ip -6 addr add {addr6} dev eth0 nodad && ip link set eth0 up"
+        ));
+        other
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// dnsmasq (package dnsmasq-base) as the site's own DHCP server: addresses only, plus IPv6
+/// router advertisements so iPXE does not wait for them. Runs in the foreground.
+pub fn site_dhcp(ns: &Netns, iface: &str, dir: &Path, dhcpv4: bool) -> Command {
+    let mut c = ns.cmd("dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--bind-interfaces",
+        "--no-ping",
+        "--log-dhcp",
+        "--enable-ra",
+        "--dhcp-range=fd99::,ra-only,64",
+    ])
+    .arg(format!("--interface={iface}"))
+    .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+    .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if dhcpv4 {
+        c.arg("--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h");
+    }
+    c
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    E1000,
+    Virtio,
+}
+
+/// A QEMU (TCG) VM that network-boots from `tap0` of a namespace.
+pub struct Vm {
+    pub firmware: Firmware,
+    pub nic: Nic,
+    pub mac: String,
+    pub dir: PathBuf,
+    /// Seconds before QEMU is killed.
+    pub timeout: u32,
+    /// Extra QEMU arguments (disks, SMBIOS values).
+    pub extra: Vec<String>,
+    /// Keep `-no-reboot` (a reboot ends QEMU).
+    pub no_reboot: bool,
+}
+
+impl Vm {
+    pub fn new(firmware: Firmware, nic: Nic, mac: &str, dir: &Path) -> Vm {
+        Vm {
+            firmware,
+            nic,
+            mac: mac.into(),
+            dir: dir.into(),
+            timeout: 300,
+            extra: Vec::new(),
+            no_reboot: true,
+        }
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    /// The QEMU command line, run inside `ns` under `timeout`.
+    pub fn command(&self, ns: &Netns) -> Command {
+        let mut c = ns.cmd("timeout");
+        c.args(["-k", "5", &self.timeout.to_string(), "qemu-system-x86_64"]);
+        c.args([
+            "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
+        ]);
+        if self.no_reboot {
+            c.arg("-no-reboot");
+        }
+        c.arg("-serial")
+            .arg(format!("file:{}", self.serial_log().display()));
+        c.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+        let nic = match (self.firmware, self.nic) {
+            // the iPXE virtio ROM only matches the modern device id
+            (Firmware::Bios, Nic::Virtio) => {
+                format!(
+                    "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,bootindex=1",
+                    self.mac
+                )
+            }
+            (Firmware::Bios, Nic::E1000) => format!("e1000,netdev=n0,mac={},bootindex=1", self.mac),
+            // no option ROM: OVMF's own PXE client (DHCP + TFTP) does the first stage
+            (Firmware::Uefi, Nic::Virtio) => {
+                format!(
+                    "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
+                    self.mac
+                )
+            }
+            (Firmware::Uefi, Nic::E1000) => format!("e1000,netdev=n0,mac={},bootindex=1", self.mac),
+        };
+        c.arg("-device").arg(nic);
+        match self.firmware {
+            Firmware::Bios => {
+                c.args(["-machine", "pc,graphics=off", "-boot", "n"]);
+            }
+            Firmware::Uefi => {
+                let vars = self.dir.join("OVMF_VARS.fd");
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF (package ovmf)");
+                c.args(["-machine", "q35"]);
+                c.arg("-drive").arg(
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+                );
+                c.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+            }
+        }
+        c.args(&self.extra);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    }
+
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(self.serial_log()).unwrap_or_default()
+    }
+}
+
+/// True when QEMU and the firmware files the VM tests need are present.
+pub fn have_qemu() -> bool {
+    Path::new("/usr/bin/qemu-system-x86_64").exists()
+        && Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists()
+}
