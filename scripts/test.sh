@@ -8,9 +8,10 @@ die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 . scripts/lib.sh
 
 if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
-    # Build tools, QEMU/OVMF for the boot tests, and what images/demo/build.sh uses.
+    # Build tools, QEMU/OVMF and dnsmasq (DHCP in tests/bootenv.rs) for the boot tests, and what
+    # images/demo/build.sh uses.
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf \
-        busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
+        busybox-static dnsmasq-base syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
         e2fsprogs cpio gzip xz-utils zstd
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
