@@ -11,15 +11,21 @@
 //! - posts a [`Hello`] to `SERVER/api/v1/agent/hello`, retrying with exponential backoff
 //!   (default 10 tries, 1 s doubling to at most 10 s, 10 s per request) on connection errors
 //!   and non-2xx answers; prints `BOOTCAST-AGENT-HELLO-OK <mac>` on the console;
-//! - performs the [`HelloReply`]: prints `BOOTCAST-AGENT-ACTION <action>`, syncs, and calls
-//!   `reboot(2)` itself (power off or restart). The agent runs as root, a child of `/init`, so
+//! - performs the [`HelloReply`]: prints `BOOTCAST-AGENT-ACTION <action>`, waits until the
+//!   consoles have sent their output (`tcdrain`), syncs, and calls `reboot(2)` itself (power
+//!   off or restart).
+//!
+//! Its lines go to stdout (`/dev/console` under `/init`) and, with `all_consoles`, also to the
+//! other consoles in `/sys/class/tty/console/active` (e.g. the screen `tty0` when `ttyS0` is
+//! `/dev/console`). The agent runs as root, a child of `/init`, so
 //!   it has the capability; if the call fails, the agent exits with an error and `/init` prints
 //!   `BOOTCAST-AGENT-ERROR` and opens a shell.
 //!
 //! Everything host-specific is in [`BootConfig`] so that tests run it against a fake procfs /
 //! sysfs and a local HTTP stub, with `act: false`.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,6 +83,10 @@ pub struct BootConfig {
     pub timeout: Duration,
     /// Perform the reply (sync + reboot(2)); false: only return it.
     pub act: bool,
+    /// Also write to the consoles other than `/dev/console` (device nodes under `dev`).
+    pub all_consoles: bool,
+    /// devtmpfs mount point (`/dev`).
+    pub dev: PathBuf,
 }
 
 impl Default for BootConfig {
@@ -91,6 +101,47 @@ impl Default for BootConfig {
             max_backoff: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             act: true,
+            all_consoles: false,
+            dev: "/dev".into(),
+        }
+    }
+}
+
+/// Where the agent's lines go: stdout, plus the other kernel consoles with `all_consoles`.
+pub struct Console {
+    others: Vec<File>,
+}
+
+impl Console {
+    pub fn open(cfg: &BootConfig) -> Console {
+        let mut others = Vec::new();
+        if cfg.all_consoles {
+            let active =
+                fs::read_to_string(cfg.sys.join("class/tty/console/active")).unwrap_or_default();
+            let names: Vec<&str> = active.split_whitespace().collect();
+            // The last one is /dev/console, which is stdout.
+            for name in names.iter().take(names.len().saturating_sub(1)) {
+                if let Ok(f) = OpenOptions::new().write(true).open(cfg.dev.join(name)) {
+                    others.push(f);
+                }
+            }
+        }
+        Console { others }
+    }
+
+    pub fn line(&mut self, text: &str) {
+        println!("{text}");
+        for f in &mut self.others {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+
+    /// Waits until terminals have transmitted what was written (before a power off).
+    pub fn drain(&mut self) {
+        let _ = std::io::stdout().flush();
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
+        for f in &self.others {
+            let _ = nix::sys::termios::tcdrain(f);
         }
     }
 }
@@ -164,7 +215,12 @@ fn interface_mac(cfg: &BootConfig) -> Result<String> {
 }
 
 /// Posts `hello` to `server` until it answers 2xx with a reply, at most `cfg.tries` times.
-pub async fn post_hello(cfg: &BootConfig, server: &str, hello: &Hello) -> Result<HelloReply> {
+pub async fn post_hello(
+    cfg: &BootConfig,
+    server: &str,
+    hello: &Hello,
+    console: &mut Console,
+) -> Result<HelloReply> {
     let url = format!("{server}/api/v1/agent/hello");
     let client = reqwest::Client::builder()
         .timeout(cfg.timeout)
@@ -194,7 +250,10 @@ pub async fn post_hello(cfg: &BootConfig, server: &str, hello: &Hello) -> Result
         match result {
             Ok(reply) => return Ok(reply),
             Err(e) => {
-                println!("bootcast-agent: hello attempt {attempt} to {url}: {e}");
+                console.line(&format!(
+                    "bootcast-agent: hello attempt {attempt} of {} to {url}: {e}",
+                    cfg.tries.max(1)
+                ));
                 last = e;
             }
         }
@@ -221,27 +280,44 @@ pub struct Outcome {
 
 /// The whole `agent boot`: describe, hello, act. With `cfg.act` it does not return on success.
 pub fn run(cfg: &BootConfig) -> Result<Outcome> {
-    let (server, hello) = describe(cfg)?;
-    println!(
+    let mut console = Console::open(cfg);
+    let (server, hello) = match describe(cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            return Err(e);
+        }
+    };
+    console.line(&format!(
         "bootcast-agent: {} {} {} boot_time {} -> {server}",
         hello.mac,
         hello.arch,
         hello.firmware.as_str(),
         hello.boot_time
-    );
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| AgentError::Client(format!("tokio runtime: {e}")))?;
-    let reply = rt.block_on(post_hello(cfg, &server, &hello))?;
-    println!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac);
+    let reply = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
+        Ok(r) => r,
+        Err(e) => {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            return Err(e);
+        }
+    };
+    console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
     let action = match reply {
         HelloReply::Poweroff => "poweroff",
         HelloReply::Reboot => "reboot",
     };
-    println!("BOOTCAST-AGENT-ACTION {action}");
+    console.line(&format!("BOOTCAST-AGENT-ACTION {action}"));
     if cfg.act {
-        perform(&reply)?;
+        console.drain();
+        if let Err(e) = perform(&reply) {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            return Err(e);
+        }
     }
     Ok(Outcome {
         server,
@@ -378,6 +454,31 @@ mod tests {
         );
         cfg.interface = Some("eth9".into());
         assert!(matches!(describe(&cfg), Err(AgentError::Read { .. })));
+    }
+
+    #[test]
+    fn all_consoles_writes_to_the_ones_besides_dev_console() {
+        let r = fake_root("bootcast.server=http://s", false);
+        let p = r.path();
+        fs::create_dir_all(p.join("sys/class/tty/console")).unwrap();
+        fs::write(p.join("sys/class/tty/console/active"), "tty0 ttyS0\n").unwrap();
+        fs::create_dir_all(p.join("dev")).unwrap();
+        fs::write(p.join("dev/tty0"), "").unwrap();
+        fs::write(p.join("dev/ttyS0"), "").unwrap();
+        let cfg = BootConfig {
+            all_consoles: true,
+            dev: p.join("dev"),
+            ..quick(p)
+        };
+        let mut c = Console::open(&cfg);
+        c.line("BOOTCAST-TEST");
+        c.drain();
+        assert_eq!(
+            fs::read_to_string(p.join("dev/tty0")).unwrap(),
+            "BOOTCAST-TEST\n"
+        );
+        // ttyS0 is /dev/console, that is stdout.
+        assert_eq!(fs::read_to_string(p.join("dev/ttyS0")).unwrap(), "");
     }
 
     #[test]

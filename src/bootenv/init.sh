@@ -15,10 +15,26 @@
 export PATH=/bin HOME=/ TERM=linux
 exec </dev/console >/dev/console 2>&1
 
-say() { echo "bootcast-init: $*"; }
+# Lines go to /dev/console and to the other consoles of the kernel command line
+# (console=tty0 console=ttyS0,115200: /dev/console is the last one, ttyS0), so that a PC's
+# screen and a serial log both see what happens. /sys/class/tty/console/active lists them,
+# /dev/console last.
+others=
+for c in $(cat /sys/class/tty/console/active 2>/dev/null); do
+    others="$others $last"
+    last=$c
+done
+out() {
+    echo "$*"
+    for c in $others; do
+        echo "$*" >"/dev/$c" 2>/dev/null
+    done
+}
+relay() { while IFS= read -r line; do out "$line"; done; }
+say() { out "bootcast-init: $*"; }
 
 rescue() {
-    echo "BOOTCAST-AGENT-ERROR $*"
+    out "BOOTCAST-AGENT-ERROR $*"
     say "a shell is available on this console; 'reboot -f' or 'poweroff -f' when done"
     while true; do
         setsid cttyhack sh -l || sh
@@ -86,9 +102,12 @@ mac=$(cat "/sys/class/net/$iface/address")
 say "interface $iface ($mac)"
 
 ip link set "$iface" up
-if ! udhcpc -i "$iface" -s /etc/udhcpc.script -n -q -t 10 -T 3 -V bootcast-agent; then
+set -o pipefail
+if ! udhcpc -i "$iface" -s /etc/udhcpc.script -n -q -t 10 -T 3 -V bootcast-agent 2>&1 | relay; then
     rescue "DHCP on $iface ($mac) got no lease"
 fi
 
-/bin/bootcast agent boot --interface "$iface"
+# The agent powers off or reboots the machine itself; it writes its lines to all consoles
+# (--all-consoles) and drains them before it does.
+/bin/bootcast agent boot --interface "$iface" --all-consoles
 rescue "the agent exited with status $? (see the lines above)"

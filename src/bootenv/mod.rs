@@ -454,10 +454,12 @@ fn read_busybox(path: &Path) -> Result<Busybox> {
     })?;
     match elf::has_interpreter(&bytes) {
         Ok(false) => {}
-        Ok(true) => return Err(BootEnvError::Input(format!(
+        Ok(true) => {
+            return Err(BootEnvError::Input(format!(
             "{} is dynamically linked: install Debian package busybox-static (it replaces busybox)",
             path.display()
-        ))),
+        )))
+        }
         Err(e) => {
             return Err(BootEnvError::Input(format!(
                 "{}: {e}: install Debian package busybox-static",
@@ -615,25 +617,31 @@ fn kernel_deb_from_apt(cache: &Path, refresh: bool, progress: &dyn Fn(&str)) -> 
     if which("apt-get").is_none() {
         return Err(BootEnvError::Tool(format!("apt-get not found: {fix}")));
     }
+    // Each download goes to an empty directory first, so the new .deb is the only one there;
+    // it then replaces the cached versions of the same package.
     let download = |pkg: &str| -> Result<PathBuf> {
         progress(&format!("apt-get download {pkg}"));
+        let tmp = TempDir::new(cache.join(".download"))?;
         let mut cmd = Command::new("apt-get");
         if nix::unistd::geteuid().is_root() {
             // As root, apt would download as _apt, who cannot write to the cache.
             cmd.args(["-o", "APT::Sandbox::User=root"]);
         }
-        cmd.args(["-qq", "download", pkg]).current_dir(cache);
+        cmd.args(["-qq", "download", pkg]).current_dir(&tmp.0);
         run_tool(&mut cmd, "apt-get", fix).map_err(|e| {
             BootEnvError::Tool(format!(
                 "{e}\n(is the package list current? run `apt-get update` as root, or {fix})"
             ))
         })?;
-        newest_deb(cache, pkg)?.ok_or_else(|| {
-            BootEnvError::Tool(format!(
-                "apt-get download {pkg} produced no .deb in {}",
-                cache.display()
-            ))
-        })
+        let new = newest_deb(&tmp.0, pkg)?.ok_or_else(|| {
+            BootEnvError::Tool(format!("apt-get download {pkg} produced no .deb"))
+        })?;
+        while let Some(old) = newest_deb(cache, pkg)? {
+            fs::remove_file(&old).ctx(|| format!("remove {}", old.display()))?;
+        }
+        let dest = cache.join(new.file_name().expect("a file name"));
+        fs::rename(&new, &dest).ctx(|| format!("move {} to {}", new.display(), dest.display()))?;
+        Ok(dest)
     };
     let meta = download("linux-image-amd64")?;
     let depends = run_tool(
@@ -658,7 +666,7 @@ fn kernel_deb_from_apt(cache: &Path, refresh: bool, progress: &dyn Fn(&str)) -> 
     Ok(deb)
 }
 
-/// The highest-versioned `PKG_*.deb` in `dir` (by file name).
+/// A `PKG_*.deb` in `dir` (the cache holds one version per package).
 fn newest_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>> {
     let prefix = format!("{pkg}_");
     let mut found: Vec<PathBuf> = fs::read_dir(dir)

@@ -27,7 +27,7 @@ case $1 in
             echo "siaddr=$siaddr"
             echo "serverid=$serverid"
         } >/run/bootcast-lease
-        echo "bootcast-init: $interface has $ip${router:+ via $router}"
+        echo "bootcast-init: $interface has $ip/$subnet${router:+ via $router}"
         ;;
 esac
 exit 0

@@ -24,6 +24,9 @@ pub enum AgentCmd {
         /// Print the answer instead of powering off or rebooting
         #[arg(long)]
         no_act: bool,
+        /// Also write to the kernel's other consoles (tty0 and ttyS0 both), as /init does
+        #[arg(long)]
+        all_consoles: bool,
         /// Hello attempts before giving up
         #[arg(long, default_value_t = 10)]
         tries: u32,
@@ -39,6 +42,7 @@ pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
             interface,
             server,
             no_act,
+            all_consoles,
             tries,
             root,
         } => {
@@ -47,6 +51,7 @@ pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
                 interface,
                 tries,
                 act: !no_act,
+                all_consoles,
                 ..boot::config_with_root(&root)
             };
             match boot::run(&cfg) {
@@ -54,11 +59,8 @@ pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
                     out.emit(&o.reply, String::new);
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => {
-                    // The console line /init and the tests look for.
-                    println!("BOOTCAST-AGENT-ERROR {e}");
-                    Err(e.into())
-                }
+                // run() printed the BOOTCAST-AGENT-ERROR line on the consoles.
+                Err(e) => Err(e.into()),
             }
         }
     }
