@@ -327,6 +327,17 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
     assert_eq!(info["agent_stripped"], true, "objcopy is in binutils");
     // What `bootenv show` reads back is what `build` reported.
     assert_eq!(lab.json(&["bootenv", "show"]), info);
+    // A rebuild that fails (not a kernel package) leaves the previous one whole, and no litter.
+    let bogus = lab.file("bogus.deb", b"not a deb");
+    let out = lab.run(&["bootenv", "build", "--kernel-deb", bogus.to_str().unwrap()]);
+    assert!(!out.status.success(), "a bogus kernel package must fail");
+    assert_eq!(lab.json(&["bootenv", "show"]), info);
+    let mut left: Vec<String> = fs::read_dir(lab.data().join("bootenv"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".lock", "bootenv.json", "initrd.img", "vmlinuz"]);
 
     let names = list_initramfs(&lab.data().join("bootenv/initrd.img"));
     for want in [

@@ -37,7 +37,7 @@ pub enum AgentError {
     NoServer(String),
     #[error("cannot determine the MAC address: {0}")]
     NoMac(String),
-    #[error("read {path}: {source}")]
+    #[error("read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -51,7 +51,7 @@ pub enum AgentError {
         tries: u32,
         last: String,
     },
-    #[error("{action} failed: {source}")]
+    #[error("{action} failed")]
     Act {
         action: &'static str,
         #[source]
@@ -236,7 +236,7 @@ pub async fn post_hello(
                 .json(hello)
                 .send()
                 .await
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| chain(&e))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
@@ -244,7 +244,7 @@ pub async fn post_hello(
             }
             resp.json::<HelloReply>()
                 .await
-                .map_err(|e| format!("bad reply: {e:#}"))
+                .map_err(|e| format!("bad reply: {}", chain(&e)))
         }
         .await;
         match result {
@@ -269,6 +269,21 @@ pub async fn post_hello(
     })
 }
 
+/// An error with its causes (reqwest's own message leaves out why a connection failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 /// What happened, for the caller (only returned when `cfg.act` is false or the action is done
 /// by a test).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +299,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     let (server, hello) = match describe(cfg) {
         Ok(v) => v,
         Err(e) => {
-            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
             return Err(e);
         }
     };
@@ -302,7 +317,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     let reply = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
         Ok(r) => r,
         Err(e) => {
-            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
             return Err(e);
         }
     };
@@ -315,7 +330,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     if cfg.act {
         console.drain();
         if let Err(e) = perform(&reply) {
-            console.line(&format!("BOOTCAST-AGENT-ERROR {e}"));
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
             return Err(e);
         }
     }

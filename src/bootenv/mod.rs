@@ -94,7 +94,7 @@ const APPLETS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootEnvError {
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
