@@ -8,11 +8,11 @@ die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 . scripts/lib.sh
 
 if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
-    # Build tools, QEMU/OVMF for the boot tests, and what images/demo/build.sh uses.
-    ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf \
-        tftp-hpa atftp curl \
+    # Build tools, QEMU/OVMF and dnsmasq (DHCP in tests/bootenv.rs) for the boot tests, and what
+    # images/demo/build.sh uses.
+    ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf ipxe-qemu \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
-        e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump
+        e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump tftp-hpa atftp curl
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
 fi

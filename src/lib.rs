@@ -4,6 +4,7 @@
 //! - [`store`]: content-addressed chunk store, manifests, ingest, export, verify, gc.
 //! - [`boot`]: DHCP, TFTP and the iPXE binaries: how a bare PC reaches bootcast.
 //! - [`agent`]: what runs in the boot environment, and its protocol with the server.
+//! - [`bootenv`]: builds that boot environment (kernel + initramfs with busybox and the agent).
 //! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod bootenv;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -1,5 +1,7 @@
 //! Command-line interface: one file per command group.
 
+mod agent;
+mod bootenv;
 mod image;
 mod output;
 mod serve;
@@ -35,6 +37,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// What runs in the boot environment (started by its /init, not by hand)
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Build and show the boot environment (kernel + initramfs with the agent)
+    #[command(subcommand)]
+    Bootenv(bootenv::BootenvCmd),
     /// Add, list, show, export and remove disk images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -51,6 +59,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match cli.command {
+        Command::Agent(cmd) => agent::run(cmd, &out),
+        Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data),

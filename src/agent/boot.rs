@@ -1,0 +1,547 @@
+//! `bootcast agent boot`: the first thing the agent does in the boot environment.
+//!
+//! Started by the initramfs `/init` once the network is up (see [`crate::bootenv`]), it
+//! - reads `/proc/cmdline` ([`KernelArgs`]): the server is `bootcast.server=URL` (required;
+//!   an IP address, as the static agent has no DNS resolver it can count on), the boot MAC
+//!   `bootcast.mac=MAC`, the task `bootcast.task=N`;
+//! - describes the machine: the MAC is `bootcast.mac`, else the address of the interface `/init`
+//!   configured (`--interface`), else that of the default route's interface; firmware is UEFI
+//!   when `/sys/firmware/efi` exists, else BIOS; arch is `uname -m`; boot time is `btime` from
+//!   `/proc/stat`;
+//! - posts a [`Hello`] to `SERVER/api/v1/agent/hello`, retrying with exponential backoff
+//!   (default 10 tries, 1 s doubling to at most 10 s, 10 s per request) on connection errors
+//!   and non-2xx answers; prints `BOOTCAST-AGENT-HELLO-OK <mac>` on the console;
+//! - performs the [`HelloReply`]: prints `BOOTCAST-AGENT-ACTION <action>`, waits until the
+//!   consoles have sent their output (`tcdrain`), syncs, and calls `reboot(2)` itself (power
+//!   off or restart).
+//!
+//! Its lines go to stdout (`/dev/console` under `/init`) and, with `all_consoles`, also to the
+//! other consoles in `/sys/class/tty/console/active` (e.g. the screen `tty0` when `ttyS0` is
+//! `/dev/console`). The agent runs as root, a child of `/init`, so
+//!   it has the capability; if the call fails, the agent exits with an error and `/init` prints
+//!   `BOOTCAST-AGENT-ERROR` and opens a shell.
+//!
+//! Everything host-specific is in [`BootConfig`] so that tests run it against a fake procfs /
+//! sysfs and a local HTTP stub, with `act: false`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::proto::{Firmware, Hello, HelloReply, KernelArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no bootcast.server= on the kernel command line ({0})")]
+    NoServer(String),
+    #[error("cannot determine the MAC address: {0}")]
+    NoMac(String),
+    #[error("read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("hello to {url} failed after {tries} tries: {last}")]
+    Hello {
+        url: String,
+        tries: u32,
+        last: String,
+    },
+    #[error("{action} failed")]
+    Act {
+        action: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+pub type Result<T> = std::result::Result<T, AgentError>;
+
+/// Where the agent looks, and how it behaves. `BootConfig::default()` is the real thing.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// procfs mount point (`/proc`).
+    pub proc: PathBuf,
+    /// sysfs mount point (`/sys`).
+    pub sys: PathBuf,
+    /// Server base URL, overriding `bootcast.server=`.
+    pub server: Option<String>,
+    /// The interface `/init` configured.
+    pub interface: Option<String>,
+    /// Hello attempts before giving up.
+    pub tries: u32,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Perform the reply (sync + reboot(2)); false: only return it.
+    pub act: bool,
+    /// Also write to the consoles other than `/dev/console` (device nodes under `dev`).
+    pub all_consoles: bool,
+    /// devtmpfs mount point (`/dev`).
+    pub dev: PathBuf,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            proc: "/proc".into(),
+            sys: "/sys".into(),
+            server: None,
+            interface: None,
+            tries: 10,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+            act: true,
+            all_consoles: false,
+            dev: "/dev".into(),
+        }
+    }
+}
+
+/// Where the agent's lines go: stdout, plus the other kernel consoles with `all_consoles`.
+pub struct Console {
+    others: Vec<File>,
+}
+
+impl Console {
+    pub fn open(cfg: &BootConfig) -> Console {
+        let mut others = Vec::new();
+        if cfg.all_consoles {
+            let active =
+                fs::read_to_string(cfg.sys.join("class/tty/console/active")).unwrap_or_default();
+            let names: Vec<&str> = active.split_whitespace().collect();
+            // The last one is /dev/console, which is stdout.
+            for name in names.iter().take(names.len().saturating_sub(1)) {
+                if let Ok(f) = OpenOptions::new().write(true).open(cfg.dev.join(name)) {
+                    others.push(f);
+                }
+            }
+        }
+        Console { others }
+    }
+
+    pub fn line(&mut self, text: &str) {
+        println!("{text}");
+        for f in &mut self.others {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+
+    /// Waits until terminals have transmitted what was written (before a power off).
+    pub fn drain(&mut self) {
+        let _ = std::io::stdout().flush();
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
+        for f in &self.others {
+            let _ = nix::sys::termios::tcdrain(f);
+        }
+    }
+}
+
+fn read(path: PathBuf) -> Result<String> {
+    fs::read_to_string(&path).map_err(|source| AgentError::Read { path, source })
+}
+
+/// The server URL and the [`Hello`] this machine sends.
+pub fn describe(cfg: &BootConfig) -> Result<(String, Hello)> {
+    let cmdline = read(cfg.proc.join("cmdline"))?;
+    let args = KernelArgs::parse(&cmdline);
+    let server = cfg
+        .server
+        .clone()
+        .or(args.server.clone())
+        .ok_or_else(|| AgentError::NoServer(cmdline.trim().to_string()))?;
+    let mac = match &args.mac {
+        Some(m) => m.clone(),
+        None => interface_mac(cfg)?,
+    };
+    let firmware = if cfg.sys.join("firmware/efi").exists() {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let stat = read(cfg.proc.join("stat"))?;
+    let boot_time = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| AgentError::Parse("no btime in /proc/stat".into()))?;
+    let arch = nix::sys::utsname::uname()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| std::env::consts::ARCH.to_string());
+    Ok((
+        server.trim_end_matches('/').to_string(),
+        Hello {
+            mac,
+            arch,
+            firmware,
+            boot_time,
+            task: args.task,
+        },
+    ))
+}
+
+/// MAC of `--interface`, else of the interface holding the default route.
+fn interface_mac(cfg: &BootConfig) -> Result<String> {
+    let iface = match &cfg.interface {
+        Some(i) => i.clone(),
+        None => {
+            let routes = read(cfg.proc.join("net/route"))?;
+            // Iface Destination Gateway ...: the default route has destination 00000000.
+            routes
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.len() > 1 && f[1] == "00000000")
+                .map(|f| f[0].to_string())
+                .ok_or_else(|| {
+                    AgentError::NoMac(
+                        "no bootcast.mac= on the kernel command line, no --interface and no default route"
+                            .into(),
+                    )
+                })?
+        }
+    };
+    let mac = read(cfg.sys.join("class/net").join(&iface).join("address"))?;
+    Ok(mac.trim().to_ascii_lowercase())
+}
+
+/// Posts `hello` to `server` until it answers 2xx with a reply, at most `cfg.tries` times.
+pub async fn post_hello(
+    cfg: &BootConfig,
+    server: &str,
+    hello: &Hello,
+    console: &mut Console,
+) -> Result<HelloReply> {
+    let url = format!("{server}/api/v1/agent/hello");
+    let client = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| AgentError::Client(e.to_string()))?;
+    let mut delay = cfg.backoff;
+    let mut last = String::new();
+    for attempt in 1..=cfg.tries.max(1) {
+        let result = async {
+            let resp = client
+                .post(&url)
+                .json(hello)
+                .send()
+                .await
+                .map_err(|e| chain(&e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(format!("HTTP {status}: {}", body.trim()));
+            }
+            resp.json::<HelloReply>()
+                .await
+                .map_err(|e| format!("bad reply: {}", chain(&e)))
+        }
+        .await;
+        match result {
+            Ok(reply) => return Ok(reply),
+            Err(e) => {
+                console.line(&format!(
+                    "bootcast-agent: hello attempt {attempt} of {} to {url}: {e}",
+                    cfg.tries.max(1)
+                ));
+                last = e;
+            }
+        }
+        if attempt < cfg.tries {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(cfg.max_backoff);
+        }
+    }
+    Err(AgentError::Hello {
+        url,
+        tries: cfg.tries.max(1),
+        last,
+    })
+}
+
+/// An error with its causes (reqwest's own message leaves out why a connection failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// What happened, for the caller (only returned when `cfg.act` is false or the action is done
+/// by a test).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub server: String,
+    pub hello: Hello,
+    pub reply: HelloReply,
+}
+
+/// The whole `agent boot`: describe, hello, act. With `cfg.act` it does not return on success.
+pub fn run(cfg: &BootConfig) -> Result<Outcome> {
+    let mut console = Console::open(cfg);
+    let (server, hello) = match describe(cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
+            return Err(e);
+        }
+    };
+    console.line(&format!(
+        "bootcast-agent: {} {} {} boot_time {} -> {server}",
+        hello.mac,
+        hello.arch,
+        hello.firmware.as_str(),
+        hello.boot_time
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Client(format!("tokio runtime: {e}")))?;
+    let reply = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
+        Ok(r) => r,
+        Err(e) => {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
+            return Err(e);
+        }
+    };
+    console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
+    let action = match reply {
+        HelloReply::Poweroff => "poweroff",
+        HelloReply::Reboot => "reboot",
+    };
+    console.line(&format!("BOOTCAST-AGENT-ACTION {action}"));
+    if cfg.act {
+        console.drain();
+        if let Err(e) = perform(&reply) {
+            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
+            return Err(e);
+        }
+    }
+    Ok(Outcome {
+        server,
+        hello,
+        reply,
+    })
+}
+
+/// Syncs and powers off or restarts the machine (never returns on success).
+pub fn perform(reply: &HelloReply) -> Result<()> {
+    use nix::sys::reboot::{reboot, RebootMode};
+    nix::unistd::sync();
+    let (mode, action) = match reply {
+        HelloReply::Poweroff => (RebootMode::RB_POWER_OFF, "poweroff"),
+        HelloReply::Reboot => (RebootMode::RB_AUTOBOOT, "reboot"),
+    };
+    match reboot(mode) {
+        Err(source) => Err(AgentError::Act { action, source }),
+        Ok(never) => match never {},
+    }
+}
+
+/// For the CLI: `BootConfig` paths relative to a root (tests use a fake one).
+pub fn config_with_root(root: &Path) -> BootConfig {
+    BootConfig {
+        proc: root.join("proc"),
+        sys: root.join("sys"),
+        ..BootConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    fn fake_root(cmdline: &str, efi: bool) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        fs::create_dir_all(p.join("proc/net")).unwrap();
+        fs::create_dir_all(p.join("sys/class/net/eth1")).unwrap();
+        fs::write(p.join("proc/cmdline"), cmdline).unwrap();
+        fs::write(
+            p.join("proc/stat"),
+            "cpu  1 2 3\nintr 5\nctxt 9\nbtime 1763900000\nprocesses 12\n",
+        )
+        .unwrap();
+        fs::write(
+            p.join("proc/net/route"),
+            "Iface\tDestination\tGateway\tFlags\n\
+             eth1\t0000630A\t00000000\t0001\n\
+             eth1\t00000000\t0100630A\t0003\n",
+        )
+        .unwrap();
+        fs::write(p.join("sys/class/net/eth1/address"), "52:54:00:12:34:AB\n").unwrap();
+        if efi {
+            fs::create_dir_all(p.join("sys/firmware/efi")).unwrap();
+        }
+        t
+    }
+
+    /// An HTTP stub answering `replies` in turn; sends each request body on the channel.
+    fn stub(replies: Vec<(u16, &'static str)>) -> (String, mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (code, body) in replies {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut b = vec![0; len];
+                r.read_exact(&mut b).unwrap();
+                tx.send(format!("{}{}", first.trim(), String::from_utf8(b).unwrap()))
+                    .unwrap();
+                let mut s = s;
+                write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+        });
+        (url, rx)
+    }
+
+    fn quick(root: &Path) -> BootConfig {
+        BootConfig {
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            act: false,
+            ..config_with_root(root)
+        }
+    }
+
+    #[test]
+    fn describes_from_cmdline_and_sysfs() {
+        let r = fake_root(
+            "console=ttyS0 bootcast.server=http://10.99.0.1:8080/ bootcast.mac=52:54:00:AA:BB:CC bootcast.task=3",
+            true,
+        );
+        let (server, h) = describe(&quick(r.path())).unwrap();
+        assert_eq!(server, "http://10.99.0.1:8080");
+        assert_eq!(h.mac, "52:54:00:aa:bb:cc");
+        assert_eq!(h.firmware, Firmware::Uefi);
+        assert_eq!(h.boot_time, 1_763_900_000);
+        assert_eq!(h.task, Some(3));
+        assert_eq!(h.arch, std::env::consts::ARCH);
+    }
+
+    #[test]
+    fn mac_falls_back_to_the_interface_then_the_default_route() {
+        let r = fake_root("bootcast.server=http://s", false);
+        let mut cfg = quick(r.path());
+        let (_, h) = describe(&cfg).unwrap();
+        assert_eq!(
+            (h.mac.as_str(), h.firmware),
+            ("52:54:00:12:34:ab", Firmware::Bios)
+        );
+        cfg.interface = Some("eth9".into());
+        assert!(matches!(describe(&cfg), Err(AgentError::Read { .. })));
+    }
+
+    #[test]
+    fn all_consoles_writes_to_the_ones_besides_dev_console() {
+        let r = fake_root("bootcast.server=http://s", false);
+        let p = r.path();
+        fs::create_dir_all(p.join("sys/class/tty/console")).unwrap();
+        fs::write(p.join("sys/class/tty/console/active"), "tty0 ttyS0\n").unwrap();
+        fs::create_dir_all(p.join("dev")).unwrap();
+        fs::write(p.join("dev/tty0"), "").unwrap();
+        fs::write(p.join("dev/ttyS0"), "").unwrap();
+        let cfg = BootConfig {
+            all_consoles: true,
+            dev: p.join("dev"),
+            ..quick(p)
+        };
+        let mut c = Console::open(&cfg);
+        c.line("BOOTCAST-TEST");
+        c.drain();
+        assert_eq!(
+            fs::read_to_string(p.join("dev/tty0")).unwrap(),
+            "BOOTCAST-TEST\n"
+        );
+        // ttyS0 is /dev/console, that is stdout.
+        assert_eq!(fs::read_to_string(p.join("dev/ttyS0")).unwrap(), "");
+    }
+
+    #[test]
+    fn no_server_is_a_clear_error() {
+        let r = fake_root("quiet bootcast.mac=52:54:00:aa:bb:cc", false);
+        let err = describe(&quick(r.path())).unwrap_err();
+        assert!(err.to_string().contains("bootcast.server="), "{err}");
+    }
+
+    #[test]
+    fn hello_retries_until_the_server_answers() {
+        let (url, rx) = stub(vec![
+            (503, "{}"),
+            (200, r#"{"unexpected":1}"#),
+            (200, r#"{"action":"reboot"}"#),
+        ]);
+        let r = fake_root(
+            &format!("bootcast.server={url} bootcast.mac=52:54:00:aa:bb:cc"),
+            false,
+        );
+        let out = run(&quick(r.path())).unwrap();
+        assert_eq!(out.reply, HelloReply::Reboot);
+        let bodies: Vec<String> = rx.iter().take(3).collect();
+        assert!(bodies[0].starts_with("POST /api/v1/agent/hello HTTP/1.1"));
+        let json = &bodies[2][bodies[2].find('{').unwrap()..];
+        let sent: Hello = serde_json::from_str(json).unwrap();
+        assert_eq!(sent, out.hello);
+        assert_eq!(sent.firmware, Firmware::Bios);
+    }
+
+    #[test]
+    fn hello_gives_up_after_the_tries() {
+        let (url, _rx) = stub(vec![(500, "no"), (500, "no")]);
+        let r = fake_root(
+            &format!("bootcast.server={url} bootcast.mac=52:54:00:aa:bb:cc"),
+            false,
+        );
+        let cfg = BootConfig {
+            tries: 2,
+            ..quick(r.path())
+        };
+        let err = run(&cfg).unwrap_err();
+        match err {
+            AgentError::Hello { tries, last, .. } => {
+                assert_eq!(tries, 2);
+                assert!(last.contains("500"), "{last}");
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+}
