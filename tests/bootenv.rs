@@ -261,13 +261,13 @@ fn boot(
     if !log.contains("reboot: Power down") {
         return fail("qemu exited but the kernel did not power down".into());
     }
-    println!(
+    common::say(&format!(
         "{}: hello after {:.1} s ({} request(s)), powered off after {:.1} s",
         case.name,
         last.at.duration_since(start).as_secs_f64(),
         requests.len(),
         took.as_secs_f64()
-    );
+    ));
     Ok(())
 }
 
@@ -295,7 +295,7 @@ fn list_initramfs(path: &Path) -> Vec<String> {
 #[test]
 fn bootenv_builds_and_boots_under_bios_and_uefi() {
     if !is_root() {
-        println!("SKIP: bootenv_builds_and_boots_under_bios_and_uefi: needs root");
+        common::say("SKIP: bootenv_builds_and_boots_under_bios_and_uefi: needs root");
         return;
     }
     for tool in [
@@ -306,9 +306,9 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
         "busybox",
     ] {
         if !have(tool) {
-            println!(
+            common::say(&format!(
                 "SKIP: bootenv_builds_and_boots_under_bios_and_uefi: {tool} not installed (scripts/test.sh installs it)"
-            );
+            ));
             return;
         }
     }
@@ -316,14 +316,14 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
     let cache = repo().join(".cache/bootenv");
     let start = Instant::now();
     let info = lab.json(&["bootenv", "build", "--cache", cache.to_str().unwrap()]);
-    println!(
+    common::say(&format!(
         "bootenv build: {:.1} s, kernel {}, initrd.img {} bytes ({}), agent {} bytes",
         start.elapsed().as_secs_f64(),
         info["kernel_version"],
         info["initrd"]["size"],
         info["initrd_compression"],
         info["agent_size"]
-    );
+    ));
     assert_eq!(info["agent_stripped"], true, "objcopy is in binutils");
     // What `bootenv show` reads back is what `build` reported.
     assert_eq!(lab.json(&["bootenv", "show"]), info);

@@ -52,28 +52,31 @@ fn boot(img: &Path, mode: &str) -> String {
         img.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("{mode} boot: {:.1} s", start.elapsed().as_secs_f64());
+    common::say(&format!(
+        "{mode} boot: {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
     stdout
 }
 
 #[test]
 fn demo_master_round_trips_and_boots() {
     if !have("qemu-system-x86_64") {
-        println!("SKIP demo_master_round_trips_and_boots: qemu-system-x86_64 not installed (scripts/test.sh installs it as root)");
+        common::say("SKIP demo_master_round_trips_and_boots: qemu-system-x86_64 not installed (scripts/test.sh installs it as root)");
         return;
     }
     let (Some(v1), Some(v2)) = (build("v1"), build("v2")) else {
-        println!("SKIP demo_master_round_trips_and_boots: build.sh needs packages and root to install them");
+        common::say("SKIP demo_master_round_trips_and_boots: build.sh needs packages and root to install them");
         return;
     };
     let lab = Lab::new();
     let a = lab.add("demo", &v1);
     let b = lab.add("demo", &v2);
     let new = b["new_bytes"].as_u64().unwrap();
-    println!(
+    common::say(&format!(
         "demo v1 stored {} bytes; v2 added {new} bytes",
         a["stored_bytes"]
-    );
+    ));
     assert!(
         new < a["stored_bytes"].as_u64().unwrap() / 20,
         "v2 should add little: {b}"
@@ -85,7 +88,7 @@ fn demo_master_round_trips_and_boots() {
     let t = target.to_str().unwrap();
     let spec = format!("demo@{}", b["version"].as_str().unwrap());
     let r = lab.json(&["image", "export", &spec, t, "--seed", t]);
-    println!("export v2 over v1: {r}");
+    common::say(&format!("export v2 over v1: {r}"));
     assert_eq!(
         sha256(&std::fs::read(&target).unwrap()),
         sha256(&std::fs::read(&v2).unwrap())

@@ -6,6 +6,7 @@
 //! lease stored), relayed requests answered unicast to giaddr:67 with option 82, and a burst of
 //! malformed datagrams after which the server still answers and `run` ends only on cancel.
 
+mod common;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
@@ -29,11 +30,11 @@ const SCRIPT: &str = "http://10.99.0.1:8080/boot.ipxe";
 
 fn skip_unless_root(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIP: {test}: needs root");
+        common::say(&format!("SKIP: {test}: needs root"));
         return true;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIP: {test}: needs iproute2 (ip)");
+        common::say(&format!("SKIP: {test}: needs iproute2 (ip)"));
         return true;
     }
     false

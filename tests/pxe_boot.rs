@@ -51,7 +51,10 @@ fn bootenv() -> &'static Path {
             "bootenv build failed: {}",
             common::stderr(&out)
         );
-        eprintln!("bootenv built in {:.1}s", t.elapsed().as_secs_f64());
+        common::say(&format!(
+            "bootenv built in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
         lab.data().join("bootenv")
     })
 }
@@ -174,7 +177,7 @@ fn boot(case: Case) -> Result<Duration, String> {
 #[test]
 fn pxe_boot_matrix() {
     if !common::is_root() {
-        eprintln!("SKIP: pxe_boot_matrix: needs root (network namespaces, tap devices)");
+        common::say("SKIP: pxe_boot_matrix: needs root (network namespaces, tap devices)");
         return;
     }
     assert!(
@@ -234,8 +237,7 @@ fn pxe_boot_matrix() {
             }
         }
     }
-    eprint!("{report}");
-    common::report("pxe_boot", &report);
+    common::say(report.trim_end());
     assert_eq!(results.len(), cases.len());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

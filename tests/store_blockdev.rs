@@ -40,7 +40,7 @@ impl Drop for Loop {
 #[test]
 fn add_from_and_export_to_block_devices() {
     if !is_root() {
-        println!("SKIP add_from_and_export_to_block_devices: needs root for loop devices");
+        common::say("SKIP add_from_and_export_to_block_devices: needs root for loop devices");
         return;
     }
     let lab = Lab::new();
@@ -50,8 +50,8 @@ fn add_from_and_export_to_block_devices() {
     img.extend(vec![0u8; 70_144]); // 512-aligned (loop devices round down to sectors), not 4096
     let file = lab.file("disk.img", &img);
     let Some(src) = Loop::attach(&file, 512) else {
-        println!(
-            "SKIP add_from_and_export_to_block_devices: losetup cannot attach a loop device here"
+        common::say(
+            "SKIP add_from_and_export_to_block_devices: losetup cannot attach a loop device here",
         );
         return;
     };

@@ -41,7 +41,7 @@ fn kill_minus_nine_at_random_moments() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::thread_rng().gen());
-    println!("seed {seed} (set BOOTCAST_TEST_SEED to replay)");
+    common::say(&format!("seed {seed} (set BOOTCAST_TEST_SEED to replay)"));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut killed, mut finished) = (0, 0);
     for round in 0..24 {
@@ -102,14 +102,16 @@ fn kill_minus_nine_at_random_moments() {
             );
         }
     }
-    println!("{killed} ingests killed mid-way, {finished} finished before the kill");
+    common::say(&format!(
+        "{killed} ingests killed mid-way, {finished} finished before the kill"
+    ));
     assert!(
         killed >= 12,
         "too few rounds were actually interrupted ({killed})"
     );
     // gc clears what the killed ingests left behind; the store still verifies.
     let gc = lab.json(&["store", "gc"]);
-    println!("gc after crashes: {gc}");
+    common::say(&format!("gc after crashes: {gc}"));
     assert!(lab.run(&["store", "verify"]).status.success());
     let sessions = std::fs::read_dir(lab.data().join("store/sessions"))
         .unwrap()

@@ -206,7 +206,7 @@ fn bad_input_gives_clear_errors_and_changes_nothing() {
 #[test]
 fn full_disk_leaves_store_consistent() {
     if !is_root() {
-        println!("SKIP full_disk_leaves_store_consistent: needs root to mount a small tmpfs");
+        common::say("SKIP full_disk_leaves_store_consistent: needs root to mount a small tmpfs");
         return;
     }
     let lab = Lab::new();

@@ -86,7 +86,7 @@ fn gc_during_ingest_keeps_its_chunks() {
     }
 
     let gc = lab.json(&["store", "gc"]);
-    println!("gc during ingest: {gc}");
+    common::say(&format!("gc during ingest: {gc}"));
     assert!(
         gc["kept_for_ingest"].as_u64().unwrap() >= old_chunks as u64,
         "{gc}"
@@ -222,7 +222,9 @@ fn failed_ingest_stops_reading() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("the failed ingest took {sent} of {total} bytes before it stopped reading");
+    common::say(&format!(
+        "the failed ingest took {sent} of {total} bytes before it stopped reading"
+    ));
     assert!(
         sent < total,
         "the failed ingest read all {total} bytes of its source"

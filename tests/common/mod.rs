@@ -300,17 +300,22 @@ pub fn http_in(
     )
 }
 
-/// Appends `text` to `target/test-reports/NAME.txt`, which scripts/test.sh prints at the end
-/// (cargo hides the output of passing tests).
-pub fn report(name: &str, text: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-reports");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(format!("{name}.txt")), text);
-}
-
 /// Builds the boot environment into the lab's data directory (reusing the cached Debian
 /// kernel package when there is one).
 pub fn bootenv_build(lab: &Lab) -> Output {
-    lab.run(&["bootenv", "build"])
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bootenv");
+    lab.run(&["bootenv", "build", "--cache", cache.to_str().unwrap()])
 }
 pub mod netlab;
+
+/// Prints a line on the real stderr, past the test harness's output capture, so that SKIP
+/// lines and measured figures show in every run, passing or not.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `say("SKIP: TEST: WHY")`.
+pub fn skip(test: &str, why: &str) {
+    say(&format!("SKIP: {test}: {why}"));
+}
