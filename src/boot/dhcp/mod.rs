@@ -244,11 +244,6 @@ pub enum DhcpError {
         interface: String,
         source: std::io::Error,
     },
-    #[error("DHCP: {what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
 }
 
 impl DhcpSettings {
