@@ -159,3 +159,59 @@ async fn send(sock: &UdpSocket, bytes: &[u8], dest: SocketAddrV4) {
         tracing::warn!(to = %dest, error = %e, "DHCP reply not sent");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::dhcp::{BootFiles, MemoryLeases};
+
+    fn settings(interface: &str) -> DhcpSettings {
+        DhcpSettings {
+            interface: interface.into(),
+            mode: DhcpMode::Proxy,
+            server_ip: Ipv4Addr::new(10, 99, 0, 1),
+            boot_files: BootFiles::default(),
+            ipxe_script_url: "http://10.99.0.1/boot.ipxe".into(),
+            pool: None,
+        }
+    }
+
+    #[test]
+    fn unconfigured_arch_warned_once_per_mac_and_arch() {
+        let s = Shared {
+            settings: settings("x"),
+            leases: Arc::new(MemoryLeases::new()),
+            warned: Mutex::new(HashSet::new()),
+        };
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        assert!(s.first_warning(m, Some(11)));
+        assert!(!s.first_warning(m, Some(11)));
+        assert!(s.first_warning(m, Some(16)));
+        assert!(s.first_warning(Mac([2, 0, 0, 0, 0, 2]), Some(11)));
+        for i in 0..WARNED_MAX as u16 {
+            s.first_warning(m, Some(1000 + i));
+        }
+        assert!(
+            s.warned.lock().unwrap().len() <= WARNED_MAX,
+            "set stays bounded"
+        );
+    }
+
+    /// Bad settings and a missing interface end `run` with an error before anything is sent
+    /// (no DHCP traffic: safe outside a namespace, root or not).
+    #[tokio::test]
+    async fn run_refuses_bad_settings_and_missing_interface() {
+        let leases: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new());
+        let r = run(settings(""), leases.clone(), CancellationToken::new()).await;
+        assert!(matches!(r, Err(DhcpError::Settings(_))), "{r:?}");
+        let r = run(settings("bc-no-such0"), leases, CancellationToken::new()).await;
+        match r {
+            Err(DhcpError::Bind {
+                port: 67,
+                interface,
+                ..
+            }) => assert_eq!(interface, "bc-no-such0"),
+            other => panic!("expected a bind error, got {other:?}"),
+        }
+    }
+}

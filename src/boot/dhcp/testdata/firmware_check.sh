@@ -5,6 +5,8 @@
 # the iPXE ROM opens TCP to 10.99.7.2:8080 (the iPXE script URL) and OVMF sends its 4011
 # REQUEST and then a TFTP read request for snponly.efi to 10.99.7.2. The pcap and bootcast's log
 # (bootcast.log, RUST_LOG=info) are left in $OUT.
+# FULL=1: bootcast is the only DHCP server, in full mode (pool 10.99.7.100-250); success is the
+# same (OVMF then boots from a plain OFFER/ACK carrying the file, no option 60/43).
 # Build first: cargo build --release --example dhcp_load (or set LOAD=path).
 set -euo pipefail
 LOAD=${LOAD:-$(cd "$(dirname "$0")/../../../.." && pwd)/target/x86_64-unknown-linux-gnu/release/examples/dhcp_load}
@@ -29,10 +31,10 @@ ip -n bcap2 link set capB up
 ip -n bcap link set lo up
 ip netns exec bcap tcpdump -U -i br0 -s 0 -w "$OUT/capture.pcap" 'udp port 67 or udp port 68 or udp port 4011 or udp port 69 or tcp port 8080' &
 PIDS="$!"
-ip netns exec bcap dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces --no-ping \
+[[ ${FULL:-0} == 1 ]] || ip netns exec bcap dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces --no-ping \
     --dhcp-range=10.99.7.100,10.99.7.150 --leasefile-ro --log-dhcp 2>"$OUT/dnsmasq-full.log" &
 PIDS="$PIDS $!"
-RUST_LOG=info ip netns exec bcap2 "$LOAD" serve --interface capB --server-ip 10.99.7.2 2>"$OUT/bootcast.log" &
+RUST_LOG=info ip netns exec bcap2 "$LOAD" serve --interface capB --server-ip 10.99.7.2 $([[ ${FULL:-0} == 1 ]] && echo --full) 2>"$OUT/bootcast.log" &
 PIDS="$PIDS $!"
 # BIOS, e1000 with the iPXE ROM
 timeout -k 5 40 ip netns exec bcap qemu-system-x86_64 -accel tcg -m 256 -display none -monitor none \
