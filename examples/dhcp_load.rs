@@ -49,14 +49,22 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match Args::parse().cmd {
-        Cmd::Serve { interface, server_ip, full } => serve(interface, server_ip, full),
-        Cmd::Load { interface, seconds, window, arch } => load(&interface, seconds, window, arch),
+        Cmd::Serve {
+            interface,
+            server_ip,
+            full,
+        } => serve(interface, server_ip, full),
+        Cmd::Load {
+            interface,
+            seconds,
+            window,
+            arch,
+        } => load(&interface, seconds, window, arch),
     }
 }
 
@@ -64,7 +72,11 @@ fn serve(interface: String, server_ip: Ipv4Addr, full: bool) -> anyhow::Result<(
     let o = server_ip.octets();
     let settings = DhcpSettings {
         interface,
-        mode: if full { DhcpMode::Full } else { DhcpMode::Proxy },
+        mode: if full {
+            DhcpMode::Full
+        } else {
+            DhcpMode::Proxy
+        },
         server_ip,
         boot_files: BootFiles::default(),
         ipxe_script_url: format!("http://{server_ip}:8080/boot.ipxe"),
@@ -78,7 +90,9 @@ fn serve(interface: String, server_ip: Ipv4Addr, full: bool) -> anyhow::Result<(
         }),
     };
     // One thread, like dnsmasq.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         let c = cancel.clone();
@@ -123,7 +137,10 @@ fn load(interface: &str, seconds: f64, window: usize, arch: u16) -> anyhow::Resu
     };
     let warm = Instant::now();
     'warm: loop {
-        anyhow::ensure!(warm.elapsed() < Duration::from_secs(10), "no answer from a DHCP server");
+        anyhow::ensure!(
+            warm.elapsed() < Duration::from_secs(10),
+            "no answer from a DHCP server"
+        );
         xid += 1;
         sock.send_to(&request(xid), to)?;
         let until = Instant::now() + Duration::from_millis(100);

@@ -68,8 +68,6 @@ pub async fn run(
     }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
-            // A panic in the codec would be a bug; keep the other socket's task going only
-            // until cancel, like the rest.
             tracing::error!(error = %e, "DHCP socket task ended abnormally");
         }
     }
@@ -119,19 +117,31 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(port, error = %e, "DHCP receive failed");
+                    // Do not spin if the error persists (e.g. the interface went away).
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    }
                     continue;
                 }
             },
         };
         let SocketAddr::V4(src) = src else { continue };
-        let reply = codec::respond(
-            &buf[..len],
-            port,
-            src,
-            &shared.settings,
-            shared.leases.as_ref(),
-            unix_now(),
-        );
+        // The codec is fuzzed not to panic; should it ever, drop the datagram, keep serving.
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            codec::respond(
+                &buf[..len],
+                port,
+                src,
+                &shared.settings,
+                shared.leases.as_ref(),
+                unix_now(),
+            )
+        }));
+        let Ok(reply) = reply else {
+            tracing::error!(port, from = %src, len, "DHCP codec panicked on a datagram (bug): dropped");
+            continue;
+        };
         match reply {
             Ok(reply) => {
                 if let Boot::Unconfigured(arch) = reply.summary.boot {
