@@ -11,7 +11,15 @@
 //! - otherwise by client architecture (option 93, else the `Arch:` field of option 60) through
 //!   [`BootFiles`]; a value starting with `http://` or `https://` is an HTTP-boot URL.
 //! - an architecture without an entry gets no boot file (proxy mode: no reply at all); the server
-//!   logs a warning once per MAC.
+//!   logs a warning once per MAC and architecture.
+//!
+//! Wiring (`bootcast serve`): build a [`DhcpSettings`] from the config, validate it
+//! ([`DhcpSettings::validate`], also done by [`run`]), and spawn
+//! `run(settings, Arc<dyn LeaseStore>, cancel)`. `run` needs CAP_NET_BIND_SERVICE and
+//! CAP_NET_RAW (SO_BINDTODEVICE), i.e. root in practice; it returns `Ok(())` after `cancel`,
+//! and `Err` only for bad settings or a port it cannot bind (typically another DHCP server
+//! on the host, or a missing interface). The bound interface is resolved when `run` starts: an
+//! interface deleted and re-created later is not followed (restart the server).
 
 pub mod codec;
 pub mod server;
@@ -219,6 +227,68 @@ impl LeaseStore for MemoryLeases {
     }
 }
 
+/// The [`LeaseStore`] contract, for any implementation's tests (the SQLite one too): give it an
+/// empty store; it panics with a message on the first broken rule and leaves the store empty.
+#[doc(hidden)]
+pub fn check_lease_store(store: &dyn LeaseStore) {
+    let ip = |n| Ipv4Addr::new(10, 99, 0, n);
+    let a = Mac([2, 0, 0, 0, 0, 0xa]);
+    let b = Mac([2, 0, 0, 0, 0, 0xb]);
+    assert_eq!(store.list().unwrap(), vec![], "store must start empty");
+    assert_eq!(store.by_mac(a).unwrap(), None);
+    assert_eq!(store.by_ip(ip(1)).unwrap(), None);
+    let l1 = Lease {
+        ip: ip(20),
+        mac: a,
+        expires: 100,
+    };
+    store.upsert(l1).unwrap();
+    assert_eq!(store.by_ip(ip(20)).unwrap(), Some(l1));
+    assert_eq!(store.by_mac(a).unwrap(), Some(l1));
+    // upsert replaces the row of the same ip (owner and expiry)
+    let l1b = Lease {
+        ip: ip(20),
+        mac: b,
+        expires: 200,
+    };
+    store.upsert(l1b).unwrap();
+    assert_eq!(store.by_ip(ip(20)).unwrap(), Some(l1b));
+    assert_eq!(store.by_mac(a).unwrap(), None, "old owner no longer found");
+    // by_mac with several rows: the one expiring last; list in address order
+    let l2 = Lease {
+        ip: ip(3),
+        mac: b,
+        expires: 300,
+    };
+    let l3 = Lease {
+        ip: ip(200),
+        mac: Mac::DECLINED,
+        expires: 50,
+    };
+    let l4 = Lease {
+        ip: ip(100),
+        mac: Mac::DECLINED,
+        expires: 60,
+    };
+    for l in [l2, l3, l4] {
+        store.upsert(l).unwrap();
+    }
+    assert_eq!(store.by_mac(b).unwrap(), Some(l2));
+    assert_eq!(store.by_mac(Mac::DECLINED).unwrap(), Some(l4));
+    assert_eq!(
+        store.list().unwrap(),
+        vec![l2, l1b, l4, l3],
+        "list in address order"
+    );
+    // release: gone, and releasing again is no error
+    for l in [l1b, l2, l3, l4] {
+        store.release(l.ip).unwrap();
+        store.release(l.ip).unwrap();
+        assert_eq!(store.by_ip(l.ip).unwrap(), None);
+    }
+    assert_eq!(store.list().unwrap(), vec![]);
+}
+
 /// Why the DHCP server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -228,11 +298,6 @@ pub enum DhcpError {
     Bind {
         port: u16,
         interface: String,
-        source: std::io::Error,
-    },
-    #[error("DHCP: {what}: {source}")]
-    Io {
-        what: String,
         source: std::io::Error,
     },
 }
@@ -287,6 +352,11 @@ mod tests {
         }
         assert_eq!(b.get(11), None);
         assert_eq!(b.get(16), None);
+    }
+
+    #[test]
+    fn memory_leases_meet_the_contract() {
+        check_lease_store(&MemoryLeases::new());
     }
 
     #[test]

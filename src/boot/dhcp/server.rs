@@ -68,8 +68,6 @@ pub async fn run(
     }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
-            // A panic in the codec would be a bug; keep the other socket's task going only
-            // until cancel, like the rest.
             tracing::error!(error = %e, "DHCP socket task ended abnormally");
         }
     }
@@ -119,19 +117,31 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(port, error = %e, "DHCP receive failed");
+                    // Do not spin if the error persists (e.g. the interface went away).
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    }
                     continue;
                 }
             },
         };
         let SocketAddr::V4(src) = src else { continue };
-        let reply = codec::respond(
-            &buf[..len],
-            port,
-            src,
-            &shared.settings,
-            shared.leases.as_ref(),
-            unix_now(),
-        );
+        // The codec is fuzzed not to panic; should it ever, drop the datagram, keep serving.
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            codec::respond(
+                &buf[..len],
+                port,
+                src,
+                &shared.settings,
+                shared.leases.as_ref(),
+                unix_now(),
+            )
+        }));
+        let Ok(reply) = reply else {
+            tracing::error!(port, from = %src, len, "DHCP codec panicked on a datagram (bug): dropped");
+            continue;
+        };
         match reply {
             Ok(reply) => {
                 if let Boot::Unconfigured(arch) = reply.summary.boot {
@@ -157,5 +167,61 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
 async fn send(sock: &UdpSocket, bytes: &[u8], dest: SocketAddrV4) {
     if let Err(e) = sock.send_to(bytes, dest).await {
         tracing::warn!(to = %dest, error = %e, "DHCP reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::dhcp::{BootFiles, MemoryLeases};
+
+    fn settings(interface: &str) -> DhcpSettings {
+        DhcpSettings {
+            interface: interface.into(),
+            mode: DhcpMode::Proxy,
+            server_ip: Ipv4Addr::new(10, 99, 0, 1),
+            boot_files: BootFiles::default(),
+            ipxe_script_url: "http://10.99.0.1/boot.ipxe".into(),
+            pool: None,
+        }
+    }
+
+    #[test]
+    fn unconfigured_arch_warned_once_per_mac_and_arch() {
+        let s = Shared {
+            settings: settings("x"),
+            leases: Arc::new(MemoryLeases::new()),
+            warned: Mutex::new(HashSet::new()),
+        };
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        assert!(s.first_warning(m, Some(11)));
+        assert!(!s.first_warning(m, Some(11)));
+        assert!(s.first_warning(m, Some(16)));
+        assert!(s.first_warning(Mac([2, 0, 0, 0, 0, 2]), Some(11)));
+        for i in 0..WARNED_MAX as u16 {
+            s.first_warning(m, Some(1000 + i));
+        }
+        assert!(
+            s.warned.lock().unwrap().len() <= WARNED_MAX,
+            "set stays bounded"
+        );
+    }
+
+    /// Bad settings and a missing interface end `run` with an error before anything is sent
+    /// (no DHCP traffic: safe outside a namespace, root or not).
+    #[tokio::test]
+    async fn run_refuses_bad_settings_and_missing_interface() {
+        let leases: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new());
+        let r = run(settings(""), leases.clone(), CancellationToken::new()).await;
+        assert!(matches!(r, Err(DhcpError::Settings(_))), "{r:?}");
+        let r = run(settings("bc-no-such0"), leases, CancellationToken::new()).await;
+        match r {
+            Err(DhcpError::Bind {
+                port: 67,
+                interface,
+                ..
+            }) => assert_eq!(interface, "bc-no-such0"),
+            other => panic!("expected a bind error, got {other:?}"),
+        }
     }
 }
