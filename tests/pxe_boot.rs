@@ -203,7 +203,13 @@ fn pxe_boot_matrix() {
         }
     }
     if let Ok(only) = std::env::var("PXE_ONLY") {
-        cases.retain(|c| c.label().to_lowercase().contains(&only.to_lowercase()));
+        // e.g. PXE_ONLY="uefi full": every word must appear in the case's label
+        let words: Vec<String> = only.split_whitespace().map(str::to_lowercase).collect();
+        cases.retain(|c| {
+            let l = c.label().to_lowercase();
+            words.iter().all(|w| l.contains(w.as_str()))
+        });
+        assert!(!cases.is_empty(), "PXE_ONLY={only:?} matches no case");
     }
     // two VMs at a time: one per core
     let queue = Arc::new(Mutex::new(cases.clone()));
