@@ -4,7 +4,8 @@
 //! told to — under BIOS with e1000 and virtio-net, and under UEFI (OVMF) with virtio-net.
 //!
 //! The machines run in a network namespace made by the test (bridge 10.99.0.1/24 + tap0,
-//! dnsmasq for DHCP), removed afterwards. Needs root, qemu-system-x86, dnsmasq-base, ovmf,
+//! dnsmasq for DHCP), removed afterwards. A last machine has no network at all: /init must
+//! report BOOTCAST-AGENT-ERROR and leave a shell that works. Needs root, qemu-system-x86, dnsmasq-base, ovmf,
 //! busybox-static, cpio (scripts/test.sh installs them); prints SKIP otherwise. The kernel
 //! package is downloaded once into `<repo>/.cache/bootenv` and reused.
 
@@ -271,6 +272,75 @@ fn boot(
     Ok(())
 }
 
+/// Without a network, /init reports BOOTCAST-AGENT-ERROR and leaves a working shell on the
+/// console: the test types a command into it (QEMU's serial on stdio) and powers off.
+fn rescue_shell(lab: &Lab) -> Result<(), String> {
+    let data = lab.data();
+    let start = Instant::now();
+    let mut child = Command::new("timeout")
+        .args(["-k", "5", "240", "qemu-system-x86_64"])
+        .args([
+            "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
+        ])
+        .args([
+            "-no-reboot",
+            "-machine",
+            "pc",
+            "-nic",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(data.join("bootenv/vmlinuz"))
+        .arg("-initrd")
+        .arg(data.join("bootenv/initrd.img"))
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qemu");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let mut error_line = None;
+    let mut typed = false;
+    let mut ran = false;
+    for line in stdout.lines() {
+        let Ok(line) = line else { break };
+        if line.contains("BOOTCAST-AGENT-ERROR") && error_line.is_none() {
+            error_line = Some(line.clone());
+        }
+        if line.contains("a shell is available") && !typed {
+            // Arithmetic, so that the echo of the typed line cannot pass for its output.
+            let _ = stdin.write_all(b"echo RESCUE-$((6 * 7)); poweroff -f\n");
+            let _ = stdin.flush();
+            typed = true;
+        }
+        if line.contains("RESCUE-42") {
+            ran = true;
+        }
+        seen.push(line);
+    }
+    let status = child.wait().expect("wait qemu");
+    let tail = seen[seen.len().saturating_sub(30)..].join("\n");
+    match error_line {
+        Some(l) if l.contains("no network interface") => {}
+        other => return Err(format!("no-network: error line {other:?}\n{tail}")),
+    }
+    if !ran || !status.success() {
+        return Err(format!(
+            "no-network: the rescue shell did not run the command and power off ({status})\n{tail}"
+        ));
+    }
+    println!(
+        "no-network: error reported, rescue shell used, powered off after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// File names in a zstd-compressed newc initramfs, listed by GNU cpio.
 fn list_initramfs(path: &Path) -> Vec<String> {
     let bytes = zstd::decode_all(File::open(path).unwrap()).expect("initrd.img is zstd");
@@ -428,12 +498,15 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
             failures.push(e);
         }
     }
+    if let Err(e) = rescue_shell(&lab) {
+        failures.push(e);
+    }
     if !failures.is_empty() {
         let log = fs::read_to_string(lab.path("dnsmasq.log")).unwrap_or_default();
         panic!(
             "{} of {} boots failed:\n{}\n--- dnsmasq ---\n{log}",
             failures.len(),
-            cases.len(),
+            cases.len() + 1,
             failures.join("\n\n")
         );
     }

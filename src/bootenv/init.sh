@@ -20,6 +20,7 @@ exec </dev/console >/dev/console 2>&1
 # screen and a serial log both see what happens. /sys/class/tty/console/active lists them,
 # /dev/console last.
 others=
+last=
 for c in $(cat /sys/class/tty/console/active 2>/dev/null); do
     others="$others $last"
     last=$c

@@ -175,7 +175,7 @@ pub struct BuildOptions {
     /// zstd level for the initramfs.
     pub zstd_level: i32,
     /// Progress messages for slow steps.
-    pub progress: Box<dyn Fn(&str)>,
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl Default for BuildOptions {
