@@ -450,7 +450,12 @@ pub fn interface_ipv4(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
             continue;
         }
         // an interface has one entry per address family: skip the link-level and IPv6 ones
-        let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()) else {
+        let Some(ip) = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|s| s.ip())
+        else {
             continue;
         };
         let mask = a

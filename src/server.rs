@@ -132,7 +132,7 @@ impl Server {
             }),
             new_token: created.then(|| token.clone()),
             base_url: state_base,
-            bootenv_ready: data.join("bootenv/initrd.img").is_file(),
+            bootenv_ready: matches!(crate::bootenv::load(data), Ok(Some(_))),
         };
         Ok(Server {
             config,

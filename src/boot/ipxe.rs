@@ -67,7 +67,7 @@ impl BootScript {
         match self {
             BootScript::BootEnv { reason, task } => {
                 let mut cmdline = format!(
-                    "console=tty0 console=ttyS0,115200n8 bootcast.server={base} bootcast.mac=${{netX/mac}}"
+                    "console=ttyS0,115200n8 console=tty0 bootcast.server={base} bootcast.mac=${{netX/mac}}"
                 );
                 if let Some(t) = task {
                     cmdline.push_str(&format!(" bootcast.task={t}"));
