@@ -146,6 +146,18 @@ pub(crate) fn restore_all_trash(store: &Store) -> Result<()> {
     Ok(())
 }
 
+/// True when the process whose pid starts session id `sid` (`<pid>-<nanos>`) no longer exists.
+fn process_gone(sid: &str) -> bool {
+    let Some(pid) = sid.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    pid > 0
+        && matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+}
+
 /// Chunks claimed by live sessions; removes dead sessions (their lock is free).
 fn live_claims(store: &Store) -> Result<(HashSet<ChunkId>, usize)> {
     let dir = store.sessions_dir();
@@ -159,15 +171,18 @@ fn live_claims(store: &Store) -> Result<(HashSet<ChunkId>, usize)> {
     for entry in entries {
         let path = entry.ctx("listing", &dir)?.path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(".new-") {
-            // A session being born has claimed nothing yet; clear only old leftovers.
+        if let Some(sid) = name.strip_prefix(".new-") {
+            // A session being born has claimed nothing yet. Its name starts with the pid of
+            // the ingest: clear it when that process is gone (killed mid-birth), or when it is
+            // old (the pid was reused, or belongs to another pid namespace).
             let old = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > Duration::from_secs(3600));
-            if old {
-                let _ = fs::remove_dir_all(&path);
+            if old || process_gone(sid) {
+                fs::remove_dir_all(&path).ctx("removing dead session", &path)?;
+                dead += 1;
             }
             continue;
         }
