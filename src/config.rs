@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::boot::dhcp::{BootFiles, DhcpMode, PoolSettings};
+
 pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 pub const DEFAULT_TFTP: &str = "0.0.0.0:69";
 pub const DEFAULT_LEASE_SECS: u32 = 12 * 3600;
@@ -116,30 +118,15 @@ pub struct TftpConfig {
     pub max_transfers: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DhcpModeConfig {
-    Proxy,
-    Full,
-}
-
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
     pub interface: String,
-    pub mode: DhcpModeConfig,
+    pub mode: DhcpMode,
     /// Full mode only: the address pool, netmask, router and DNS servers given to clients.
-    pub pool: Option<PoolConfig>,
-    /// Client architecture (option 93) -> boot file, beyond the built-in defaults.
-    pub boot_files: BTreeMap<u16, String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    pub first: Ipv4Addr,
-    pub last: Ipv4Addr,
-    pub netmask: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub lease_secs: u32,
+    pub pool: Option<PoolSettings>,
+    /// Client architecture (option 93) -> boot file: the defaults with the configured
+    /// entries over them.
+    pub boot_files: BootFiles,
 }
 
 /// What a PC does after its first registration boot.
@@ -295,20 +282,20 @@ impl RawConfig {
             *advertise = iface.map(|(ip, _)| ip);
         }
         let mode = match d.mode.as_deref() {
-            None | Some("proxy") => DhcpModeConfig::Proxy,
-            Some("full") => DhcpModeConfig::Full,
+            None | Some("proxy") => DhcpMode::Proxy,
+            Some("full") => DhcpMode::Full,
             Some(other) => {
                 p(format!(
                     "dhcp.mode (--dhcp-mode) = {other:?}: use \"proxy\" (beside the site's DHCP server) or \"full\" (bootcast hands out addresses)"
                 ));
-                DhcpModeConfig::Proxy
+                DhcpMode::Proxy
             }
         };
-        let mut boot_files = BTreeMap::new();
+        let mut boot_files = BootFiles::default();
         for (arch, file) in &d.boot_files {
             match arch.parse::<u16>() {
                 Ok(a) if !file.is_empty() => {
-                    boot_files.insert(a, file.clone());
+                    boot_files.set(a, Some(file));
                 }
                 Ok(_) => p(format!("dhcp.boot_files.\"{arch}\" is empty")),
                 Err(_) => p(format!(
@@ -317,13 +304,13 @@ impl RawConfig {
             }
         }
         let pool = match mode {
-            DhcpModeConfig::Proxy => {
+            DhcpMode::Proxy => {
                 if d.range.is_some() {
                     p("dhcp.range (--dhcp-range) is only used with dhcp.mode = \"full\"; in proxy mode the site's DHCP server hands out addresses".into());
                 }
                 None
             }
-            DhcpModeConfig::Full => self.validate_pool(iface, p),
+            DhcpMode::Full => self.validate_pool(iface, p),
         };
         Some(DhcpConfig {
             interface,
@@ -337,7 +324,7 @@ impl RawConfig {
         &self,
         iface: Option<(Ipv4Addr, Ipv4Addr)>,
         p: &mut dyn FnMut(String),
-    ) -> Option<PoolConfig> {
+    ) -> Option<PoolSettings> {
         let d = &self.dhcp;
         let Some(range) = d.range.as_deref() else {
             p("dhcp.mode = \"full\" needs an address pool: dhcp.range = \"FIRST,LAST\" (--dhcp-range FIRST,LAST)".into());
@@ -399,7 +386,7 @@ impl RawConfig {
                 "dhcp.lease_secs = {lease_secs}: use at least 60 seconds"
             ));
         }
-        Some(PoolConfig {
+        Some(PoolSettings {
             first,
             last,
             netmask,
@@ -504,11 +491,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.advertise, Some(Ipv4Addr::new(10, 99, 0, 1)));
         let d = c.dhcp.unwrap();
-        assert_eq!(d.mode, DhcpModeConfig::Full);
+        assert_eq!(d.mode, DhcpMode::Full);
         let pool = d.pool.unwrap();
         assert_eq!(pool.netmask, Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(pool.lease_secs, DEFAULT_LEASE_SECS);
-        assert_eq!(d.boot_files[&16], "http://x/ipxe.efi");
+        assert_eq!(d.boot_files.get(16), Some("http://x/ipxe.efi"));
+        assert_eq!(d.boot_files.get(0), Some("undionly.kpxe"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::boot::dhcp::{BootFiles, DhcpMode, DhcpSettings, PoolSettings};
-use crate::config::{Config, DhcpConfig, DhcpModeConfig};
+use crate::boot::dhcp::{DhcpMode, DhcpSettings};
+use crate::config::{Config, DhcpConfig};
 use crate::db::Db;
 use crate::http::{self, AppState};
 
@@ -124,8 +124,8 @@ impl Server {
                 format!(
                     "{} on {}",
                     match d.mode {
-                        DhcpModeConfig::Proxy => "proxyDHCP",
-                        DhcpModeConfig::Full => "DHCP",
+                        DhcpMode::Proxy => "proxyDHCP",
+                        DhcpMode::Full => "DHCP",
                     },
                     d.interface
                 )
@@ -238,26 +238,12 @@ fn dhcp_settings(
     server_ip: std::net::Ipv4Addr,
     script_url: String,
 ) -> DhcpSettings {
-    let mut boot_files = BootFiles::default();
-    for (arch, file) in &d.boot_files {
-        boot_files.set(*arch, Some(file));
-    }
     DhcpSettings {
         interface: d.interface.clone(),
-        mode: match d.mode {
-            DhcpModeConfig::Proxy => DhcpMode::Proxy,
-            DhcpModeConfig::Full => DhcpMode::Full,
-        },
+        mode: d.mode,
         server_ip,
-        boot_files,
+        boot_files: d.boot_files.clone(),
         ipxe_script_url: script_url,
-        pool: d.pool.as_ref().map(|p| PoolSettings {
-            first: p.first,
-            last: p.last,
-            netmask: p.netmask,
-            router: p.router,
-            dns: p.dns.clone(),
-            lease_secs: p.lease_secs,
-        }),
+        pool: d.pool.clone(),
     }
 }
