@@ -25,8 +25,9 @@ else
     log "adding $IMG as image 'demo'"
     "$BOOTCAST" image add demo "$IMG"
 fi
-if "$BOOTCAST" bootenv show >/dev/null 2>&1; then
-    log "boot environment already built in $BOOTCAST_DATA/bootenv"
+if "$BOOTCAST" bootenv show >/dev/null 2>&1 \
+    && [[ ! $BOOTCAST -nt $BOOTCAST_DATA/bootenv/bootenv.json ]]; then
+    log "boot environment already built in $BOOTCAST_DATA/bootenv (with this bootcast as its agent)"
 else
     log "building the boot environment (Debian kernel + busybox + the bootcast agent)"
     "$BOOTCAST" bootenv build --cache "$PWD/.cache/bootenv"

@@ -259,6 +259,9 @@ impl RawConfig {
                 ("range", d.range.is_some()),
                 ("netmask", d.netmask.is_some()),
                 ("router", d.router.is_some()),
+                ("dns", !d.dns.is_empty()),
+                ("lease_secs", d.lease_secs.is_some()),
+                ("boot_files", !d.boot_files.is_empty()),
             ]
             .iter()
             .filter(|(_, s)| *s)
@@ -278,8 +281,13 @@ impl RawConfig {
                 "dhcp.interface (--dhcp-interface): interface {interface:?} does not exist or has no IPv4 address; `ip -4 addr` lists them"
             ));
         }
-        if advertise.is_none() {
-            *advertise = iface.map(|(ip, _)| ip);
+        match (*advertise, iface) {
+            (None, _) => *advertise = iface.map(|(ip, _)| ip),
+            (Some(a), Some((ip, mask))) if a != ip => p(format!(
+                "advertise (--advertise) {a} is not the address of the DHCP interface {interface:?} ({ip}/{}): PXE clients reach TFTP and port 4011 there; drop --advertise or give {ip}",
+                u32::from(mask).leading_ones()
+            )),
+            _ => {}
         }
         let mode = match d.mode.as_deref() {
             None | Some("proxy") => DhcpMode::Proxy,
@@ -305,8 +313,22 @@ impl RawConfig {
         }
         let pool = match mode {
             DhcpMode::Proxy => {
-                if d.range.is_some() {
-                    p("dhcp.range (--dhcp-range) is only used with dhcp.mode = \"full\"; in proxy mode the site's DHCP server hands out addresses".into());
+                let set: Vec<&str> = [
+                    ("range (--dhcp-range)", d.range.is_some()),
+                    ("netmask", d.netmask.is_some()),
+                    ("router", d.router.is_some()),
+                    ("dns", !d.dns.is_empty()),
+                    ("lease_secs", d.lease_secs.is_some()),
+                ]
+                .iter()
+                .filter(|(_, s)| *s)
+                .map(|(k, _)| *k)
+                .collect();
+                if !set.is_empty() {
+                    p(format!(
+                        "dhcp.{} only used with dhcp.mode = \"full\"; in proxy mode the site's DHCP server hands out addresses and network settings",
+                        set.join(", dhcp.") + if set.len() == 1 { " is" } else { " are" }
+                    ));
                 }
                 None
             }
@@ -372,10 +394,28 @@ impl RawConfig {
                 ));
             }
         }
+        let m = u32::from(netmask);
+        let network = u32::from(first) & m;
+        let broadcast = network | !m;
+        for (what, addr) in [("network", network), ("broadcast", broadcast)] {
+            if (u32::from(first)..=u32::from(last)).contains(&addr) {
+                p(format!(
+                    "dhcp.range {first}-{last} contains the subnet's {what} address {}; start above it / end below it",
+                    Ipv4Addr::from(addr)
+                ));
+            }
+        }
         let router = match &d.router {
             Some(s) => Some(parse_ipv4("dhcp.router", s, p)?),
             None => None,
         };
+        if let Some(r) = router {
+            if (u32::from(first)..=u32::from(last)).contains(&u32::from(r)) {
+                p(format!(
+                    "dhcp.range {first}-{last} contains the router {r}; move the range"
+                ));
+            }
+        }
         let mut dns = Vec::new();
         for s in &d.dns {
             dns.push(parse_ipv4("dhcp.dns", s, p)?);
@@ -529,6 +569,15 @@ mod tests {
         assert!(full("10.99.0.200,10.99.0.100")[0].contains("lower address first"));
         assert!(full("10.99.1.5,10.99.1.9")[0].contains("outside"));
         assert!(full("10.99.0.1,10.99.0.9")[0].contains("own address"));
+        assert!(full("10.99.0.200,10.99.0.255")[0].contains("broadcast address 10.99.0.255"));
+        assert!(problems(
+            "[dhcp]\ninterface='br0'\nmode='full'\nrange='10.99.0.2,10.99.0.9'\nrouter='10.99.0.5'\n"
+        )[0]
+        .contains("router 10.99.0.5"));
+        assert!(
+            problems("advertise='10.99.0.7'\n[dhcp]\ninterface='br0'\n")[0]
+                .contains("is not the address of the DHCP interface")
+        );
         assert!(full("10.99.0.1")[0].contains("comma"));
         assert!(problems("[dhcp]\ninterface='br0'\nmode='full'\n")[0].contains("--dhcp-range"));
         assert!(problems("[dhcp]\nrange='1.2.3.4,1.2.3.5'\n")[0].contains("--dhcp-interface"));

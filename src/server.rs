@@ -35,6 +35,11 @@ pub enum ServeError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("{cause}{hint}")]
+    Dhcp {
+        cause: crate::boot::dhcp::DhcpError,
+        hint: &'static str,
+    },
     #[error("{service} failed: {cause}")]
     Service {
         service: &'static str,
@@ -51,7 +56,10 @@ pub struct Listening {
     /// The API token, when it was created by this start (print it once).
     pub new_token: Option<String>,
     pub base_url: String,
-    pub bootenv_ready: bool,
+    /// Why PCs cannot boot the boot environment now (`None`: it is ready).
+    pub bootenv: Option<String>,
+    /// True when boot scripts use the address each request came to (no `advertise`).
+    pub base_from_request: bool,
 }
 
 pub struct Server {
@@ -61,6 +69,7 @@ pub struct Server {
     token: String,
     http: tokio::net::TcpListener,
     tftp: Option<tokio::net::UdpSocket>,
+    dhcp: Option<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
     listening: Listening,
 }
 
@@ -117,6 +126,35 @@ impl Server {
             after_register: config.after_register,
         }
         .base_url(None);
+        let dhcp = match &config.dhcp {
+            None => None,
+            Some(d) => {
+                let settings = dhcp_settings(
+                    d,
+                    config
+                        .advertise
+                        .expect("validated: DHCP implies an advertised address"),
+                    format!("{state_base}/boot.ipxe"),
+                );
+                let sockets = crate::boot::dhcp::bind_all(&settings).map_err(|cause| {
+                    let hint = match &cause {
+                        crate::boot::dhcp::DhcpError::Bind { source, .. } => match source.kind() {
+                            std::io::ErrorKind::PermissionDenied => {
+                                " (DHCP needs root, or the capabilities CAP_NET_BIND_SERVICE and CAP_NET_RAW)"
+                            }
+                            std::io::ErrorKind::AddrInUse => {
+                                " (another DHCP server runs on this machine; `ss -ulpn 'sport = :67'` names it: stop it, or run bootcast on another machine)"
+                            }
+                            _ => "",
+                        },
+                        _ => "",
+                    };
+                    ServeError::Dhcp { cause, hint }
+                })?;
+                Some((settings, sockets))
+            }
+        };
+        let bootenv = crate::bootenv::load(data);
         let listening = Listening {
             http: http_addr,
             tftp: tftp_addr,
@@ -131,8 +169,13 @@ impl Server {
                 )
             }),
             new_token: created.then(|| token.clone()),
+            base_from_request: config.advertise.is_none(),
             base_url: state_base,
-            bootenv_ready: matches!(crate::bootenv::load(data), Ok(Some(_))),
+            bootenv: match bootenv {
+                Ok(Some(_)) => None,
+                Ok(None) => Some("no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into()),
+                Err(e) => Some(format!("the boot environment is damaged ({e}); run `bootcast bootenv build`")),
+            },
         };
         Ok(Server {
             config,
@@ -141,6 +184,7 @@ impl Server {
             token,
             http,
             tftp,
+            dhcp,
             listening,
         })
     }
@@ -189,18 +233,11 @@ impl Server {
             });
         }
 
-        if let Some(d) = &self.config.dhcp {
-            let settings = dhcp_settings(
-                d,
-                self.config
-                    .advertise
-                    .expect("validated: DHCP implies an advertised address"),
-                format!("{}/boot.ipxe", self.listening.base_url),
-            );
+        if let Some((settings, sockets)) = self.dhcp {
             let leases = Arc::new(crate::db::leases::SqliteLeases::new(self.db.clone()));
             let c = cancel.clone();
             set.spawn(async move {
-                let r = crate::boot::dhcp::run(settings, leases, c)
+                let r = crate::boot::dhcp::run_on(settings, sockets, leases, c)
                     .await
                     .map_err(|e| e.to_string());
                 ("DHCP", r)

@@ -113,10 +113,44 @@ fn boot(case: Case) -> Result<Duration, String> {
     let token = server.token.clone().unwrap();
 
     let mac = format!("52:54:00:99:00:{:02x}", case.n);
-    let vm = Vm::new(case.firmware, case.nic, &mac, lab.dir.path());
+    // The VM reboots after registering (no -no-reboot): its second network boot must get the
+    // local-disk script. The test stops the VM once the server has served that script.
+    let mut vm = Vm::new(case.firmware, case.nic, &mac, lab.dir.path());
+    vm.no_reboot = false;
     let started = Instant::now();
-    let out = vm.command(&ns).output().map_err(|e| e.to_string())?;
-    let took = started.elapsed();
+    let mut qemu = vm.command(&ns).spawn().map_err(|e| e.to_string())?;
+    let second_boot = "boot script: LocalDisk";
+    let mut took = None;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(vm.timeout));
+    let exited = loop {
+        if let Some(status) = qemu.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        let log = server.log_text();
+        if took.is_none()
+            && vm
+                .serial()
+                .contains(&format!("BOOTCAST-AGENT-HELLO-OK {mac}"))
+        {
+            took = Some(started.elapsed());
+        }
+        if log
+            .lines()
+            .any(|l| l.contains(second_boot) && l.contains(&mac))
+        {
+            break None;
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        // a condition wait on the VM's progress (serial log, server log), not a timing guess
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // stop QEMU: SIGTERM to `timeout`, which passes it on to QEMU
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &qemu.id().to_string()])
+        .status();
+    let out = qemu.wait_with_output().map_err(|e| e.to_string())?;
     let serial = vm.serial();
     let fail = |why: String| {
         let tail: Vec<&str> = serial.lines().rev().take(40).collect();
@@ -129,14 +163,20 @@ fn boot(case: Case) -> Result<Duration, String> {
             server.log_text()
         )
     };
-    if !out.status.success() {
-        return Err(fail(format!(
-            "QEMU ended with {} (124 = timeout)",
-            out.status
-        )));
+    if let Some(status) = exited {
+        return Err(fail(format!("QEMU ended early with {status}")));
     }
-    if !serial.contains(&format!("BOOTCAST-AGENT-HELLO-OK {mac}")) {
+    let Some(took) = took else {
         return Err(fail("the agent never said hello".into()));
+    };
+    if !server
+        .log_text()
+        .lines()
+        .any(|l| l.contains(second_boot) && l.contains(&mac))
+    {
+        return Err(fail(
+            "the registered VM's next boot did not get the local-disk script".into(),
+        ));
     }
     let (code, body) = http_in(
         Some(&ns.name),
@@ -158,6 +198,7 @@ fn boot(case: Case) -> Result<Duration, String> {
         || host["arch"] != "x86_64"
         || host["firmware"] != want_fw
         || !host["registered_at"].is_string()
+        || host["boots"] != 2
     {
         return Err(fail(format!("host record is wrong: {host}")));
     }
@@ -232,7 +273,9 @@ fn pxe_boot_matrix() {
     }
     let mut results = results.lock().unwrap().clone();
     results.sort_by_key(|r| r.0);
-    let mut report = String::from("PXE boot to agent hello (QEMU TCG, power-on to registered):\n");
+    let mut report = String::from(
+        "PXE boot to agent hello (QEMU TCG, power-on to registered; then its next boot gets the local disk):\n",
+    );
     let mut failures = Vec::new();
     for (_, label, res) in &results {
         match res {

@@ -46,6 +46,16 @@ fn serve(lab: &Lab, extra: &[&str]) -> Served {
 
 const MAC: &str = "52:54:00:12:34:56";
 
+/// The `bootcast.nonce=` of a boot-environment script.
+fn nonce_of(script: &str) -> String {
+    let n = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.nonce="))
+        .unwrap_or_else(|| panic!("no nonce in {script}"));
+    assert_eq!(n.len(), 32);
+    n.to_string()
+}
+
 #[test]
 fn host_lifecycle_unknown_then_registered_then_task() {
     let lab = Lab::new();
@@ -74,30 +84,60 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     assert!(script.contains("/bootenv/vmlinuz initrd=initrd.img"));
     assert!(!script.contains("bootcast.task="));
 
-    // the boot environment files are served, with ranges
+    let nonce = nonce_of(&script);
+
+    // the boot environment files are served, with ranges; only those two files
     let (code, body) = http("GET", &format!("{}/bootenv/vmlinuz", s.url), None, None);
     assert_eq!((code, body.as_str()), (200, "kernel bytes"));
-    let (code, _) = http(
-        "GET",
-        &format!("{}/bootenv/bootenv.json", s.url),
-        None,
-        None,
-    );
-    assert_eq!(code, 404);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-r", "2-5", "-w", "\n%{http_code}"])
+        .arg(format!("{}/bootenv/vmlinuz", s.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rnel\n206");
+    for bad in [
+        "bootenv.json",
+        "cache",
+        "..%2Fbootcast.db",
+        "..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let (code, _) = http("GET", &format!("{}/bootenv/{bad}", s.url), None, None);
+        assert_eq!(code, 404, "{bad}");
+    }
 
-    // the agent says hello
-    let hello =
-        format!(r#"{{"mac":"{MAC}","arch":"x86_64","firmware":"bios","boot_time":1700000000}}"#);
-    let (code, reply) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello),
+    // a hello without the nonce of this boot is refused, and registers nothing
+    let hello = |mac: &str, nonce: Option<&str>, task: Option<i64>| {
+        let mut v = serde_json::json!({
+            "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64
+        });
+        if let Some(n) = nonce {
+            v["nonce"] = n.into();
+        }
+        if let Some(t) = task {
+            v["task"] = t.into();
+        }
+        http(
+            "POST",
+            &format!("{}/api/v1/agent/hello", s.url),
+            None,
+            Some(&v.to_string()),
+        )
+    };
+    let (code, body) = hello(MAC, None, None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("network-boot the machine through bootcast again"),
+        "{body}"
     );
+    let (code, _) = hello(MAC, Some("00112233445566778899aabbccddeeff"), None);
+    assert_eq!(code, 403);
+
+    // the agent says hello with it
+    let (code, reply) = hello(MAC, Some(&nonce), None);
     assert_eq!(code, 200, "{reply}");
     assert_eq!(reply, r#"{"action":"reboot"}"#);
 
-    // the staff API shows the registered host
+    // the staff API shows the registered host; iPXE's buildarch (i386) did not stick
     let (code, hosts) = http(
         "GET",
         &format!("{}/api/v1/hosts", s.url),
@@ -116,7 +156,7 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     // registered, nothing to do: local disk, BIOS and UEFI flavours
     let (_, script) = http(
         "GET",
-        &format!("{}/boot/{MAC}.ipxe?platform=pcbios", s.url),
+        &format!("{}/boot/{MAC}.ipxe?platform=pcbios&buildarch=i386", s.url),
         None,
         None,
     );
@@ -148,29 +188,26 @@ fn host_lifecycle_unknown_then_registered_then_task() {
         script.contains(&format!("bootcast.task={}", task.id)),
         "{script}"
     );
-    let t = bootcast::db::tasks::get(&db.lock(), task.id)
-        .unwrap()
-        .unwrap();
-    assert_eq!(t.state, bootcast::db::TaskState::Booting);
+    let task_nonce = nonce_of(&script);
+    assert_ne!(task_nonce, nonce, "every boot gets a new nonce");
+    let state = |id| bootcast::db::tasks::get(&db.lock(), id).unwrap().unwrap();
+    assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
 
-    // another host naming that task in its hello changes nothing of it
-    let other = format!(
-        r#"{{"mac":"52:54:00:00:00:99","arch":"x86_64","firmware":"uefi","boot_time":1,"task":{}}}"#,
-        task.id
-    );
-    let (code, _) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&other),
-    );
+    // another host, booted properly (its own nonce), naming that task changes nothing of it
+    let other = "52:54:00:00:00:99";
+    let (_, other_script) = http("GET", &format!("{}/boot/{other}.ipxe", s.url), None, None);
+    let (code, _) = hello(other, Some(&nonce_of(&other_script)), Some(task.id));
     assert_eq!(code, 200);
-    let t = bootcast::db::tasks::get(&db.lock(), task.id)
-        .unwrap()
-        .unwrap();
-    assert_eq!((t.mac, t.state), (mac, bootcast::db::TaskState::Booting));
+    assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
+    // nor with the victim's old nonce
+    let (code, _) = hello(other, Some(&nonce), Some(task.id));
+    assert_eq!(code, 403);
+    // the stale nonce of the first boot no longer works for the host itself either
+    let (code, _) = hello(MAC, Some(&nonce), Some(task.id));
+    assert_eq!(code, 403);
+    assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
 
-    // one host in detail
+    // one host in detail: recent boots, the open task
     let (code, one) = http(
         "GET",
         &format!("{}/api/v1/hosts/{MAC}", s.url),
@@ -181,6 +218,22 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     assert_eq!(v["task"]["id"], task.id);
     assert_eq!(v["boots"].as_array().unwrap().len(), 5);
+    assert_eq!(v["boots"][2]["arch"], "i386"); // newest first: efi, efi, pcbios+i386, ...
+
+    // the host's own hello closes the task with a reason (this agent runs no tasks yet), so
+    // the next boot goes to the local disk instead of looping
+    let (code, _) = hello(MAC, Some(&task_nonce), Some(task.id));
+    assert_eq!(code, 200);
+    let t = state(task.id);
+    assert_eq!(t.state, bootcast::db::TaskState::Failed);
+    assert!(t.detail.unwrap().contains("cannot run reimage tasks"));
+    let (_, script) = http(
+        "GET",
+        &format!("{}/boot/{MAC}.ipxe?platform=efi", s.url),
+        None,
+        None,
+    );
+    assert!(script.contains("\nexit 1"), "{script}");
 
     // SIGTERM: clean exit
     let status = s.stop();
@@ -287,6 +340,7 @@ fn startup_errors_name_the_problem_and_the_fix() {
 
     // a DHCP interface that does not exist
     let out = lab.run(&["serve", "--dhcp-interface", "nosuch0", "--tftp", "off"]);
+    assert!(!out.status.success());
     assert!(common::stderr(&out).contains("\"nosuch0\" does not exist"));
 
     // a port in use

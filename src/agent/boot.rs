@@ -185,6 +185,7 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello)> {
             firmware,
             boot_time,
             task: args.task,
+            nonce: args.nonce.clone(),
         },
     ))
 }
@@ -229,32 +230,41 @@ pub async fn post_hello(
         .map_err(|e| AgentError::Client(e.to_string()))?;
     let mut delay = cfg.backoff;
     let mut last = String::new();
+    let mut made = 0;
     for attempt in 1..=cfg.tries.max(1) {
+        made = attempt;
         let result = async {
             let resp = client
                 .post(&url)
                 .json(hello)
                 .send()
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| (false, chain(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
-                return Err(format!("HTTP {status}: {}", body.trim()));
+                // a 4xx will not change on retry (bad MAC, stale nonce): give up at once
+                return Err((
+                    status.is_client_error(),
+                    format!("HTTP {status}: {}", body.trim()),
+                ));
             }
             resp.json::<HelloReply>()
                 .await
-                .map_err(|e| format!("bad reply: {}", chain(&e)))
+                .map_err(|e| (false, format!("bad reply: {}", chain(&e))))
         }
         .await;
         match result {
             Ok(reply) => return Ok(reply),
-            Err(e) => {
+            Err((permanent, e)) => {
                 console.line(&format!(
                     "bootcast-agent: hello attempt {attempt} of {} to {url}: {e}",
                     cfg.tries.max(1)
                 ));
                 last = e;
+                if permanent {
+                    break;
+                }
             }
         }
         if attempt < cfg.tries {
@@ -264,7 +274,7 @@ pub async fn post_hello(
     }
     Err(AgentError::Hello {
         url,
-        tries: cfg.tries.max(1),
+        tries: made,
         last,
     })
 }

@@ -21,6 +21,13 @@ impl Firmware {
             Firmware::Uefi => "uefi",
         }
     }
+
+    /// The inverse of [`Firmware::as_str`].
+    pub fn parse(s: &str) -> Option<Firmware> {
+        [Firmware::Bios, Firmware::Uefi]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
 }
 
 /// `POST /api/v1/agent/hello`: the agent is up and says who it is.
@@ -36,6 +43,10 @@ pub struct Hello {
     /// The task id from the kernel command line, if the server booted it for a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<i64>,
+    /// The per-boot nonce from the kernel command line: proves that this hello comes from the
+    /// boot the server started for this MAC (the MAC alone is no secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// What the agent does next.
@@ -57,6 +68,8 @@ pub struct KernelArgs {
     pub mac: Option<String>,
     /// `bootcast.task=N`: the task this boot is for.
     pub task: Option<i64>,
+    /// `bootcast.nonce=HEX`: the per-boot nonce the server put in this boot's script.
+    pub nonce: Option<String>,
 }
 
 impl KernelArgs {
@@ -71,6 +84,7 @@ impl KernelArgs {
                 "bootcast.server" => args.server = Some(value.to_string()),
                 "bootcast.mac" => args.mac = Some(value.to_ascii_lowercase()),
                 "bootcast.task" => args.task = value.parse().ok(),
+                "bootcast.nonce" => args.nonce = Some(value.to_string()),
                 _ => {}
             }
         }
@@ -103,6 +117,7 @@ mod tests {
             firmware: Firmware::Uefi,
             boot_time: 1,
             task: None,
+            nonce: None,
         };
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["firmware"], "uefi");

@@ -42,7 +42,12 @@ pub fn find(name: &str) -> Option<IpxeBinary> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootScript {
     /// Boot the bootcast boot environment (registration, or a task when `task` is set).
-    BootEnv { reason: String, task: Option<i64> },
+    /// `nonce` goes on the kernel command line; the agent's hello must carry it back.
+    BootEnv {
+        reason: String,
+        task: Option<i64>,
+        nonce: String,
+    },
     /// Nothing to do: boot the local disk.
     LocalDisk { uefi: bool },
     /// The server cannot boot the host now (e.g. no boot environment built).
@@ -57,49 +62,91 @@ const UNAVAILABLE: &str = include_str!("../../ipxe/unavailable.ipxe");
 
 /// The script DHCP hands to iPXE (`BASE/boot.ipxe`): it asks for this MAC's own script.
 pub fn chain_script(base: &str) -> String {
-    render(CHAIN, &[("base", base)])
+    render(CHAIN, &[("base", &url_text(base))])
 }
 
 impl BootScript {
     /// Renders the script; `base` is the server URL as the client reaches it
     /// (`http://10.99.0.1:8080`).
     pub fn render(&self, base: &str) -> String {
+        let base = url_text(base);
         match self {
-            BootScript::BootEnv { reason, task } => {
+            BootScript::BootEnv {
+                reason,
+                task,
+                nonce,
+            } => {
                 let mut cmdline = format!(
                     "console=ttyS0,115200n8 console=tty0 bootcast.server={base} bootcast.mac=${{netX/mac}}"
                 );
                 if let Some(t) = task {
                     cmdline.push_str(&format!(" bootcast.task={t}"));
                 }
+                let nonce: String = nonce.chars().filter(char::is_ascii_hexdigit).collect();
+                cmdline.push_str(&format!(" bootcast.nonce={nonce}"));
                 render(
                     BOOTENV,
-                    &[("base", base), ("reason", reason), ("cmdline", &cmdline)],
+                    &[
+                        ("base", &base),
+                        ("reason", &plain_text(reason)),
+                        ("cmdline", &cmdline),
+                    ],
                 )
             }
             BootScript::LocalDisk { uefi: false } => LOCAL_BIOS.to_string(),
             BootScript::LocalDisk { uefi: true } => LOCAL_UEFI.to_string(),
-            BootScript::Unavailable { reason } => render(UNAVAILABLE, &[("reason", reason)]),
+            BootScript::Unavailable { reason } => {
+                render(UNAVAILABLE, &[("reason", &plain_text(reason))])
+            }
         }
     }
 }
 
-/// Replaces each `{{name}}`; values are made safe for an iPXE script line (no newlines, no
-/// `${` expansions smuggled in from data).
+/// Text safe inside an iPXE `echo`: letters, digits and a few punctuation marks; anything
+/// iPXE would interpret (`$`, `&&`, `||`, `#`, quotes, newlines) becomes a space.
+fn plain_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:()/_-`'".contains(c) {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect()
+}
+
+/// A URL safe in a script: only URL characters (no spaces, `$`, `&`, `|`, quotes).
+fn url_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || ":/.-_[]%".contains(*c))
+        .collect()
+}
+
+/// Replaces each `{{name}}` in one pass over the template, so a value can never introduce a
+/// placeholder of its own. Values must already be safe (see [`plain_text`], [`url_text`]).
 fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in vars {
-        let safe: String = value
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let safe = if *name == "cmdline" {
-            safe // built here, carries the intended ${netX/mac}
-        } else {
-            safe.replace("${", "$ {")
-        };
-        out = out.replace(&format!("{{{{{name}}}}}"), &safe);
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => {
+                let name = &after[..end];
+                match vars.iter().find(|(n, _)| *n == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => panic!("template placeholder {{{{{name}}}}} has no value"),
+                }
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -117,8 +164,13 @@ mod tests {
         let env = BootScript::BootEnv {
             reason: "registering".into(),
             task: Some(42),
+            nonce: "00ff".into(),
         }
         .render(base);
+        assert!(
+            env.contains(" bootcast.nonce=00ff || goto failed\n"),
+            "{env}"
+        );
         assert!(env.contains("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
         assert!(env.contains(
             " bootcast.server=http://10.99.0.1:8080 bootcast.mac=${netX/mac} bootcast.task=42"
@@ -131,11 +183,26 @@ mod tests {
             .render(base)
             .contains("\nexit 1"));
         let un = BootScript::Unavailable {
-            reason: "x\nchain http://evil ${y}".into(),
+            reason: "x\nchain http://evil ${y} && chain http://e2 || shell {{base}} #".into(),
         }
         .render(base);
         assert!(!un.contains("\nchain"), "{un}");
         assert!(!un.contains("${y}"));
+        let echo = un
+            .lines()
+            .find(|l| l.starts_with("echo bootcast: x"))
+            .unwrap();
+        assert!(
+            !echo.contains("&&")
+                && !echo.contains("||")
+                && !echo.contains('#')
+                && !echo.contains('$'),
+            "{echo}"
+        );
+        assert!(!un.contains("{{") && !un.contains(base), "{un}");
+        // a base URL cannot smuggle commands either
+        let c = super::chain_script("http://h:1 && shell");
+        assert!(c.contains("chain http://h:1shell/boot/"), "{c}");
         for s in [chain, env, un] {
             assert!(s.starts_with("#!ipxe\n"));
             assert!(!s.contains("{{"), "{s}");

@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
-        Command::Serve(args) => serve::run(args, &cli.data),
+        Command::Serve(args) => serve::run(args, &cli.data, &out),
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),
     }
 }

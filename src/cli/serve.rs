@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use bootcast::config::{interface_ipv4, RawConfig};
 use bootcast::server::Server;
 
+use super::output::Output;
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML configuration file (default: DATA/bootcast.toml if it exists); flags win over it
@@ -67,7 +69,7 @@ impl ServeArgs {
     }
 }
 
-pub fn run(args: ServeArgs, data: &Path) -> Result<ExitCode> {
+pub fn run(args: ServeArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     init_logging();
     let raw = args.raw_config(data)?;
     let lookup = |name: &str| -> Option<(Ipv4Addr, Ipv4Addr)> { interface_ipv4(name) };
@@ -76,6 +78,17 @@ pub fn run(args: ServeArgs, data: &Path) -> Result<ExitCode> {
     rt.block_on(async move {
         let server = Server::bind(config, data).await?;
         banner(server.listening(), data);
+        if out.json {
+            let l = server.listening();
+            out.emit(
+                &serde_json::json!({
+                    "http": l.http, "tftp": l.tftp, "dhcp": l.dhcp, "base_url": l.base_url,
+                    "base_from_request": l.base_from_request, "bootenv_problem": l.bootenv,
+                    "new_token": l.new_token,
+                }),
+                String::new,
+            );
+        }
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -119,7 +132,14 @@ fn banner(l: &bootcast::server::Listening, data: &Path) {
             env!("CARGO_PKG_VERSION"),
             data.display()
         ),
-        format!("  HTTP   {}  (PCs reach it as {})", l.http, l.base_url),
+        if l.base_from_request {
+            format!(
+                "  HTTP   {}  (boot scripts name the address each request came to; --advertise IP fixes one)",
+                l.http
+            )
+        } else {
+            format!("  HTTP   {}  (PCs reach it as {})", l.http, l.base_url)
+        },
         match l.tftp {
             Some(a) => format!("  TFTP   {a}  (iPXE binaries)"),
             None => "  TFTP   off".into(),
@@ -130,10 +150,8 @@ fn banner(l: &bootcast::server::Listening, data: &Path) {
                 .into(),
         },
     ];
-    if !l.bootenv_ready {
-        lines.push(
-            "  note: no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into(),
-        );
+    if let Some(why) = &l.bootenv {
+        lines.push(format!("  note: {why}"));
     }
     match &l.new_token {
         Some(t) => lines.push(format!(

@@ -55,11 +55,7 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S:
 }
 
 fn firmware_from(s: Option<String>) -> Option<Firmware> {
-    match s.as_deref() {
-        Some("bios") => Some(Firmware::Bios),
-        Some("uefi") => Some(Firmware::Uefi),
-        _ => None,
-    }
+    s.and_then(|s| Firmware::parse(&s))
 }
 
 const HOST_COLUMNS: &str =
@@ -85,8 +81,12 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
 #[derive(Debug, Clone, Default)]
 pub struct BootFacts<'a> {
     pub firmware: Option<Firmware>,
+    /// The CPU architecture. From iPXE (`buildarch`: `i386` for undionly.kpxe even on x86-64
+    /// machines) it is kept with the boot only; the agent's (`uname -m`) goes to the host.
     pub arch: Option<&'a str>,
     pub ip: Option<&'a str>,
+    /// When the agent's kernel started (hello only), Unix seconds.
+    pub agent_boot_time: Option<i64>,
 }
 
 /// Records that `mac` fetched its boot script: creates the host on its first boot.
@@ -120,6 +120,7 @@ fn record(
     let tx = conn.transaction().what("begin")?;
     let m = mac.to_string();
     let fw = facts.firmware.map(Firmware::as_str);
+    let host_arch = if hello { facts.arch } else { None };
     tx.execute(
         "INSERT INTO hosts (mac, arch, firmware, first_boot, last_boot, last_ip, boots)
          VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)
@@ -128,7 +129,7 @@ fn record(
             firmware = coalesce(excluded.firmware, firmware),
             last_boot = excluded.last_boot,
             last_ip = coalesce(excluded.last_ip, last_ip)",
-        params![m, facts.arch, fw, now, facts.ip],
+        params![m, host_arch, fw, now, facts.ip],
     )
     .what("upsert host")?;
     if hello {
@@ -142,8 +143,17 @@ fn record(
             .what("count boot")?;
     }
     tx.execute(
-        "INSERT INTO boots (mac, at, stage, firmware, arch, ip) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![m, now, stage, fw, facts.arch, facts.ip],
+        "INSERT INTO boots (mac, at, stage, firmware, arch, ip, agent_boot_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            m,
+            now,
+            stage,
+            fw,
+            facts.arch,
+            facts.ip,
+            facts.agent_boot_time
+        ],
     )
     .what("insert boot")?;
     let host = tx
@@ -155,6 +165,28 @@ fn record(
         .what("read host")?;
     tx.commit().what("commit")?;
     Ok(host)
+}
+
+/// Records the nonce of the boot script just given to `mac` (replacing the previous one).
+pub fn set_boot_nonce(conn: &Connection, mac: Mac, nonce: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE hosts SET boot_nonce = ?2 WHERE mac = ?1",
+        params![mac.to_string(), nonce],
+    )
+    .what("set boot nonce")?;
+    Ok(())
+}
+
+/// The nonce of the last boot-environment script given to `mac`.
+pub fn boot_nonce(conn: &Connection, mac: Mac) -> Result<Option<String>, DbError> {
+    conn.query_row(
+        "SELECT boot_nonce FROM hosts WHERE mac = ?1",
+        [mac.to_string()],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .map(Option::flatten)
+    .what("get boot nonce")
 }
 
 pub fn get(conn: &Connection, mac: Mac) -> Result<Option<Host>, DbError> {
@@ -213,11 +245,16 @@ mod tests {
             mac,
             &BootFacts {
                 firmware: Some(Firmware::Bios),
+                arch: Some("i386"),
                 ..Default::default()
             },
             100,
         )
         .unwrap();
+        assert_eq!(
+            h.arch, None,
+            "iPXE's buildarch is not the host's architecture"
+        );
         assert_eq!((h.first_boot, h.last_boot, h.boots), (100, 100, 1));
         assert!(!h.registered());
         let h = record_hello(
@@ -227,6 +264,7 @@ mod tests {
                 firmware: Some(Firmware::Bios),
                 arch: Some("x86_64"),
                 ip: Some("10.99.0.100"),
+                agent_boot_time: Some(120),
             },
             130,
         )
@@ -235,15 +273,31 @@ mod tests {
         assert_eq!(h.arch.as_deref(), Some("x86_64"));
         assert_eq!((h.first_boot, h.last_boot, h.boots), (100, 130, 1));
         // a later boot keeps what it does not know
-        let h = record_script_boot(&mut c, mac, &BootFacts::default(), 200).unwrap();
+        let h = record_script_boot(
+            &mut c,
+            mac,
+            &BootFacts {
+                arch: Some("i386"),
+                ..Default::default()
+            },
+            200,
+        )
+        .unwrap();
+        assert_eq!(h.arch.as_deref(), Some("x86_64"));
         assert_eq!(h.firmware, Some(Firmware::Bios));
         assert_eq!(h.last_ip.as_deref(), Some("10.99.0.100"));
         assert_eq!((h.boots, h.registered_at), (2, Some(130)));
         let b = boots(&c, mac, 10).unwrap();
+        // newest first
         assert_eq!(
-            b.iter().map(|b| b.stage.as_str()).collect::<Vec<_>>(),
-            ["ipxe", "agent", "ipxe"]
+            b.iter()
+                .map(|b| (b.at, b.stage.as_str()))
+                .collect::<Vec<_>>(),
+            [(200, "ipxe"), (130, "agent"), (100, "ipxe")]
         );
+        assert!(boot_nonce(&c, mac).unwrap().is_none());
+        set_boot_nonce(&c, mac, "abc").unwrap();
+        assert_eq!(boot_nonce(&c, mac).unwrap().as_deref(), Some("abc"));
         assert_eq!(list(&c).unwrap(), vec![h.clone()]);
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["mac"], "52:54:00:00:00:01");

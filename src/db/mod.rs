@@ -65,7 +65,8 @@ pub const MIGRATIONS: &[&str] = &[
         last_boot INTEGER NOT NULL,
         last_ip TEXT,
         boots INTEGER NOT NULL DEFAULT 0,
-        registered_at INTEGER
+        registered_at INTEGER,
+        boot_nonce TEXT
     );
     CREATE TABLE boots (
         id INTEGER PRIMARY KEY,
@@ -75,6 +76,7 @@ pub const MIGRATIONS: &[&str] = &[
         firmware TEXT,
         arch TEXT,
         ip TEXT,
+        agent_boot_time INTEGER,
         detail TEXT
     );
     CREATE INDEX boots_mac_at ON boots(mac, at);

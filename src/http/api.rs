@@ -10,11 +10,16 @@ use axum::Json;
 use super::AppState;
 use crate::agent::proto::{Hello, HelloReply};
 use crate::config::AfterRegister;
-use crate::db::{hosts, tasks};
+use crate::db::{hosts, tasks, TaskState};
 use crate::mac::Mac;
 
 /// `POST /api/v1/agent/hello`: the agent is up. Records the host (registering it) and says
-/// what to do next. Touches nothing but the caller's own host and its own task.
+/// what to do next.
+///
+/// A MAC is no secret, so the hello must carry the nonce that the server put on the kernel
+/// command line of this MAC's last boot-environment script: a machine on the network cannot
+/// register, or move the task of, another machine it did not boot as. The task named must be
+/// that host's own open task.
 pub async fn agent_hello(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -24,13 +29,7 @@ pub async fn agent_hello(
         Ok(m) => m,
         Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    if hello.arch.is_empty()
-        || hello.arch.len() > 32
-        || !hello
-            .arch
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
+    if !super::boot::valid_arch(&hello.arch) {
         return super::error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -46,6 +45,11 @@ pub async fn agent_hello(
     let res = st
         .db
         .call(move |c| {
+            let expected = hosts::boot_nonce(c, mac)?;
+            let nonce_ok = matches!((&expected, &h.nonce), (Some(e), Some(n)) if e == n);
+            if !nonce_ok {
+                return Ok(Err(expected.is_some()));
+            }
             let host = hosts::record_hello(
                 c,
                 mac,
@@ -53,6 +57,7 @@ pub async fn agent_hello(
                     firmware: Some(h.firmware),
                     arch: Some(&h.arch),
                     ip: Some(&ip),
+                    agent_boot_time: i64::try_from(h.boot_time).ok(),
                 },
                 now,
             )?;
@@ -61,11 +66,39 @@ pub async fn agent_hello(
                 Some(id) => tasks::get(c, id)?.filter(|t| t.mac == mac && t.state.is_open()),
                 None => None,
             };
-            Ok((host, task))
+            if let Some(t) = &task {
+                // This agent reports and reboots; it runs no task kind yet. Closing the task
+                // (rather than leaving it open) keeps the host from booting it again and again.
+                tasks::set_state(
+                    c,
+                    mac,
+                    t.id,
+                    TaskState::Failed,
+                    Some(&format!(
+                        "the agent in this boot environment cannot run {} tasks",
+                        t.kind.as_str()
+                    )),
+                    now,
+                )?;
+            }
+            Ok(Ok((host, task)))
         })
         .await;
     let (host, task) = match res {
-        Ok(x) => x,
+        Ok(Ok(x)) => x,
+        Ok(Err(known_boot)) => {
+            tracing::warn!(%mac, peer = %peer.ip(), "agent hello refused: nonce missing or stale");
+            let why = if known_boot {
+                "this hello's bootcast.nonce does not match the last boot the server started for this MAC"
+            } else {
+                "the server started no boot-environment boot for this MAC"
+            };
+            return super::error(
+                StatusCode::FORBIDDEN,
+                format!("{why}; network-boot the machine through bootcast again"),
+            )
+            .into_response();
+        }
         Err(e) => return super::internal(e).into_response(),
     };
     if let (Some(id), None) = (hello.task, &task) {

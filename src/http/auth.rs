@@ -24,6 +24,8 @@ pub enum TokenError {
     },
     #[error("the API token file {path} is empty or damaged; delete it and restart `bootcast serve` to make a new one")]
     Damaged { path: PathBuf },
+    #[error("the API token {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`, and make a new token (delete the file, restart `bootcast serve`) if others may have read it")]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("no API token yet in {dir}: it is created when `bootcast serve` first starts")]
     Missing { dir: PathBuf },
 }
@@ -38,6 +40,16 @@ pub fn read_token(data: &Path) -> Result<Option<String>, TokenError> {
     let path = token_path(data);
     match std::fs::read_to_string(&path) {
         Ok(s) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o600);
+            if mode & 0o077 != 0 {
+                return Err(TokenError::Exposed {
+                    path,
+                    mode: mode & 0o777,
+                });
+            }
             let t = s.trim().to_string();
             if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(TokenError::Damaged { path });
@@ -67,7 +79,13 @@ pub fn load_or_create_token(data: &Path) -> Result<(String, bool), TokenError> {
         cause,
     };
     std::fs::create_dir_all(data).map_err(create)?;
-    let tmp = data.join(format!(".api-token.{}", std::process::id()));
+    let tmp = data.join(format!(
+        ".api-token.{}",
+        random_hex(8).map_err(|cause| TokenError::Create {
+            path: path.clone(),
+            cause,
+        })?
+    ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -99,6 +117,13 @@ pub fn load_or_create_token(data: &Path) -> Result<(String, bool), TokenError> {
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// `n` random bytes from the kernel, as lower-case hex.
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    let mut b = vec![0u8; n];
+    getrandom(&mut b)?;
+    Ok(hex::encode(b))
 }
 
 /// Constant-time comparison (the token's length is not secret).
@@ -152,6 +177,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (t2, created2) = load_or_create_token(dir.path()).unwrap();
         assert_eq!((t2, created2), (t.clone(), false));
+        let p = token_path(dir.path());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(token_path(dir.path()), "x\n").unwrap();
         assert!(matches!(
             read_token(dir.path()),

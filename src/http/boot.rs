@@ -63,10 +63,21 @@ pub async fn host_script(
         Some("pcbios") => Some(Firmware::Bios),
         _ => None,
     };
-    let arch = q.get("buildarch").cloned();
+    // iPXE's buildarch (i386, x86_64, arm64): kept with the boot record only
+    let arch = q.get("buildarch").filter(|a| valid_arch(a)).cloned();
     let ip = peer.ip().to_string();
-    let bootenv_ready =
-        st.data.join("bootenv/initrd.img").is_file() && st.data.join("bootenv/vmlinuz").is_file();
+    let bootenv = crate::bootenv::load(&st.data);
+    let bootenv_ready = matches!(bootenv, Ok(Some(_)));
+    let nonce = match crate::http::auth::random_hex(16) {
+        Ok(n) => n,
+        Err(e) => {
+            return super::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read random bytes: {e}"),
+            )
+            .into_response()
+        }
+    };
     let now = crate::time::now_unix();
     let decided = st
         .db
@@ -78,45 +89,61 @@ pub async fn host_script(
                     firmware,
                     arch: arch.as_deref(),
                     ip: Some(&ip),
+                    agent_boot_time: None,
                 },
                 now,
             )?;
             let task = tasks::open_for(c, mac)?;
-            if let Some(t) = &task {
-                if t.state == TaskState::Pending && bootenv_ready {
-                    tasks::set_state(c, mac, t.id, TaskState::Booting, None, now)?;
+            let uefi = firmware.or(host.firmware) == Some(Firmware::Uefi);
+            let plan = match (&task, host.registered()) {
+                (Some(t), _) => BootScript::BootEnv {
+                    reason: format!("task {} ({})", t.id, t.kind.as_str()),
+                    task: Some(t.id),
+                    nonce: nonce.clone(),
+                },
+                (None, false) => BootScript::BootEnv {
+                    reason: "registering this machine".into(),
+                    task: None,
+                    nonce: nonce.clone(),
+                },
+                (None, true) => BootScript::LocalDisk { uefi },
+            };
+            if let BootScript::BootEnv { task, .. } = &plan {
+                if bootenv_ready {
+                    // the agent's hello must bring this nonce back
+                    hosts::set_boot_nonce(c, mac, &nonce)?;
+                    if let Some(t) = *task {
+                        tasks::set_state(c, mac, t, TaskState::Booting, None, now)?;
+                    }
                 }
             }
-            Ok((host, task))
+            Ok(plan)
         })
         .await;
-    let (host, task) = match decided {
-        Ok(x) => x,
+    let plan = match decided {
+        Ok(p) => p,
         Err(e) => return super::internal(e).into_response(),
-    };
-    let uefi = firmware.or(host.firmware) == Some(Firmware::Uefi);
-    let plan = match (&task, host.registered()) {
-        (Some(t), _) => BootScript::BootEnv {
-            reason: format!("task {} ({})", t.id, t.kind.as_str()),
-            task: Some(t.id),
-        },
-        (None, false) => BootScript::BootEnv {
-            reason: "registering this machine".into(),
-            task: None,
-        },
-        (None, true) => BootScript::LocalDisk { uefi },
     };
     let plan = match plan {
         BootScript::BootEnv { .. } if !bootenv_ready => {
-            tracing::warn!(%mac, "cannot boot the boot environment: it is not built; run `bootcast bootenv build`");
+            let why = match bootenv {
+                Err(e) => format!("the boot environment on the server is damaged ({e})"),
+                _ => "the boot environment is not built on the server".to_string(),
+            };
+            tracing::warn!(%mac, "cannot boot the boot environment: {why}; run `bootcast bootenv build`");
             BootScript::Unavailable {
-                reason: "the boot environment is not built on the server (run `bootcast bootenv build` there)".into(),
+                reason: format!("{why}: run `bootcast bootenv build` there"),
             }
         }
         p => p,
     };
     tracing::info!(%mac, firmware = ?firmware, peer = %peer.ip(), "boot script: {plan:?}");
     script(plan.render(&st.base_url(host_header(&headers))))
+}
+
+/// An architecture name as iPXE or `uname -m` print it.
+pub fn valid_arch(a: &str) -> bool {
+    !a.is_empty() && a.len() <= 32 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `GET /bootenv/vmlinuz`, `GET /bootenv/initrd.img` (with Range support).
@@ -132,14 +159,26 @@ pub async fn bootenv_file(
         )
         .into_response();
     }
-    let path = st.data.join("bootenv").join(&file);
-    if !path.is_file() {
-        return super::error(
-            StatusCode::NOT_FOUND,
-            "the boot environment is not built; run `bootcast bootenv build` on the server",
-        )
-        .into_response();
+    match crate::bootenv::load(&st.data) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return super::error(
+                StatusCode::NOT_FOUND,
+                "the boot environment is not built; run `bootcast bootenv build` on the server",
+            )
+            .into_response()
+        }
+        Err(e) => {
+            return super::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                "the boot environment is damaged ({e}); run `bootcast bootenv build` on the server"
+            ),
+            )
+            .into_response()
+        }
     }
+    let path = st.data.join("bootenv").join(&file);
     match ServeFile::new(path).oneshot(req).await {
         Ok(r) => r.map(Body::new),
         Err(e) => match e {},

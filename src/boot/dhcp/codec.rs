@@ -51,6 +51,8 @@ pub enum ParseError {
     BadCookie([u8; 4]),
     #[error("hardware type {htype} length {hlen}: only Ethernet is served")]
     NotEthernet { htype: u8, hlen: u8 },
+    #[error("client hardware address {0} is all zeros or multicast: not a NIC")]
+    BadMac(Mac),
     #[error("option {code} at offset {at} overruns the datagram")]
     OptionOverrun { code: u8, at: usize },
     #[error("option {code} has length {len}, expected {expected}")]
@@ -136,6 +138,10 @@ pub fn parse(b: &[u8]) -> Result<Request<'_>, ParseError> {
     }
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&b[28..34]);
+    // all zeros is how the lease store marks DECLINEd addresses; multicast is no NIC
+    if mac == [0; 6] || mac[0] & 1 == 1 {
+        return Err(ParseError::BadMac(Mac(mac)));
+    }
     let mut r = Request {
         xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
         secs: u16::from_be_bytes([b[8], b[9]]),

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-pub use server::run;
+pub use server::{bind_all, run, run_on};
 
 /// proxyDHCP (another server hands out addresses) or full DHCP (bootcast does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

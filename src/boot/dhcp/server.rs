@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -17,7 +16,8 @@ use super::{DhcpError, DhcpMode, DhcpSettings, LeaseStore, Mac};
 const WARNED_MAX: usize = 4096;
 
 /// Opens a UDP socket on 0.0.0.0:`port` bound to `interface` (SO_BINDTODEVICE), with
-/// SO_BROADCAST and SO_REUSEADDR.
+/// SO_BROADCAST. No SO_REUSEADDR: a second DHCP server on the same port must fail loudly
+/// rather than share (and steal) the traffic.
 pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     let err = |source| DhcpError::Bind {
         port,
@@ -25,7 +25,6 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
         source,
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    s.set_reuse_address(true).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
     s.bind_device(Some(interface.as_bytes())).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
@@ -34,13 +33,10 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
-/// Serves DHCP until `cancel` fires. Only a bind failure or bad settings end it early; a bad
-/// datagram, a lease store error or a failed send is logged and the loop goes on.
-pub async fn run(
-    settings: DhcpSettings,
-    leases: Arc<dyn LeaseStore>,
-    cancel: CancellationToken,
-) -> Result<(), DhcpError> {
+/// The sockets `settings` needs: port 67, and 4011 in proxy mode (each bound to the interface).
+/// Call it at start-up so that a busy port or a missing permission is reported before
+/// anything runs; then hand the sockets to [`run_on`].
+pub fn bind_all(settings: &DhcpSettings) -> Result<Vec<(u16, UdpSocket)>, DhcpError> {
     settings.validate()?;
     let mut ports = vec![SERVER_PORT];
     if settings.mode == DhcpMode::Proxy {
@@ -50,6 +46,29 @@ pub async fn run(
     for &port in &ports {
         sockets.push((port, bind(&settings.interface, port)?));
     }
+    Ok(sockets)
+}
+
+/// Serves DHCP until `cancel` fires. Only a bind failure or bad settings end it early; a bad
+/// datagram, a lease store error or a failed send is logged and the loop goes on.
+pub async fn run(
+    settings: DhcpSettings,
+    leases: Arc<dyn LeaseStore>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    let sockets = bind_all(&settings)?;
+    run_on(settings, sockets, leases, cancel).await
+}
+
+/// [`run`] on sockets from [`bind_all`].
+pub async fn run_on(
+    settings: DhcpSettings,
+    sockets: Vec<(u16, UdpSocket)>,
+    leases: Arc<dyn LeaseStore>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    settings.validate()?;
+    let ports: Vec<u16> = sockets.iter().map(|(p, _)| *p).collect();
     tracing::info!(
         interface = %settings.interface,
         mode = ?settings.mode,
@@ -102,10 +121,41 @@ impl Shared {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::time::now_unix().max(0) as u64
+}
+
+/// The codec's answer to one datagram. Full mode reads and writes the lease store (SQLite in
+/// `serve`), so it runs on the blocking pool, never on a runtime worker; datagrams of one
+/// socket are still handled one after another, so lease updates never interleave.
+async fn decide(
+    shared: &Arc<Shared>,
+    datagram: &[u8],
+    port: u16,
+    src: SocketAddrV4,
+) -> Option<Result<codec::Reply, NoReply>> {
+    let call = move |shared: &Shared, datagram: &[u8]| {
+        // The codec is fuzzed not to panic; should it ever, drop the datagram, keep serving.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            codec::respond(
+                datagram,
+                port,
+                src,
+                &shared.settings,
+                shared.leases.as_ref(),
+                unix_now(),
+            )
+        }))
+        .ok()
+    };
+    if shared.settings.mode == DhcpMode::Proxy {
+        return call(shared, datagram);
+    }
+    let shared = shared.clone();
+    let datagram = datagram.to_vec();
+    tokio::task::spawn_blocking(move || call(&shared, &datagram))
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: CancellationToken) {
@@ -127,18 +177,7 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
             },
         };
         let SocketAddr::V4(src) = src else { continue };
-        // The codec is fuzzed not to panic; should it ever, drop the datagram, keep serving.
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            codec::respond(
-                &buf[..len],
-                port,
-                src,
-                &shared.settings,
-                shared.leases.as_ref(),
-                unix_now(),
-            )
-        }));
-        let Ok(reply) = reply else {
+        let Some(reply) = decide(&shared, &buf[..len], port, src).await else {
             tracing::error!(port, from = %src, len, "DHCP codec panicked on a datagram (bug): dropped");
             continue;
         };
