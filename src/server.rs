@@ -124,6 +124,7 @@ impl Server {
             advertise: config.advertise,
             http_port: http_addr.port(),
             after_register: config.after_register,
+            chunks: Arc::new(http::chunks::ChunkService::new(data.to_path_buf())),
         }
         .base_url(None);
         let dhcp = match &config.dhcp {
@@ -201,6 +202,7 @@ impl Server {
             advertise: self.config.advertise,
             http_port: self.listening.http.port(),
             after_register: self.config.after_register,
+            chunks: Arc::new(http::chunks::ChunkService::new(self.data.clone())),
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use bootcast::store::catalog::split_spec;
 use bootcast::store::export::{export, ExportOptions};
 use bootcast::store::ingest::{default_threads, ingest, IngestOptions};
+use bootcast::store::source::{ChunkSource, HttpSource};
 use bootcast::store::stats::{version_stats, VersionStats};
 use bootcast::store::{validate_level, Store, StoreConfig, StoreError};
 
@@ -46,6 +47,10 @@ pub enum ImageCmd {
         seeds: Vec<PathBuf>,
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Read the manifest and chunks from a bootcast server (http://HOST:PORT) instead of
+        /// the local store; no --data store is needed then
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
     },
     /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
     Rm { spec: String },
@@ -71,7 +76,8 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             target,
             seeds,
             threads,
-        } => export_cmd(data, out, &spec, &target, seeds, threads),
+            from,
+        } => export_cmd(data, out, &spec, &target, seeds, threads, from.as_deref()),
         ImageCmd::Rm { spec } => rm(data, out, &spec),
     }
 }
@@ -243,44 +249,53 @@ fn export_cmd(
     target: &Path,
     seeds: Vec<PathBuf>,
     threads: usize,
+    from: Option<&str>,
 ) -> Result<ExitCode> {
-    let store = Store::open(data)?;
-    let version = store.resolve(spec)?;
-    let bar = out.progress(Some(version.manifest.size), "export");
+    // The chunk source and the manifest: the local store, or a server.
+    let (source, name, id, manifest): (Box<dyn ChunkSource>, _, _, _) = match from {
+        None => {
+            let store = Store::open(data)?;
+            let v = store.resolve(spec)?;
+            (Box::new(store), v.name, v.id, v.manifest)
+        }
+        Some(url) => {
+            let http = HttpSource::new(url)?;
+            let (manifest, id) = http.manifest(spec)?;
+            (Box::new(http), manifest.name.clone(), id, manifest)
+        }
+    };
+    let bar = out.progress(Some(manifest.size), "export");
     let opts = ExportOptions { seeds, threads };
-    let report =
-        export(&store, &version.manifest, target, &opts, &|n| bar.inc(n)).with_context(|| {
-            format!(
-                "exporting {}@{} to {}",
-                version.name,
-                version.id.short(),
-                target.display()
-            )
-        })?;
+    let report = export(source.as_ref(), &manifest, target, &opts, &|n| bar.inc(n))
+        .with_context(|| format!("exporting {}@{} to {}", name, id.short(), target.display()))?;
     bar.finish_and_clear();
     #[derive(serde::Serialize)]
     struct ExportJson<'a> {
         name: &'a str,
         version: String,
         target: &'a Path,
+        /// The server chunks came from, if not the local store.
+        from: Option<&'a str>,
         #[serde(flatten)]
         report: &'a bootcast::store::export::ExportReport,
     }
     out.emit(
         &ExportJson {
-            name: &version.name,
-            version: version.id.to_hex(),
+            name: &name,
+            version: id.to_hex(),
             target,
+            from,
             report: &report,
         },
         || {
             format!(
-                "wrote {}@{} to {}\n  {} from store ({} compressed), {} from seeds, {} already in place, {} zero",
-                version.name,
-                version.id.short(),
+                "wrote {}@{} to {}\n  {} fetched from {} ({} compressed), {} from seeds, {} already in place, {} zero",
+                name,
+                id.short(),
                 target.display(),
-                bytes(report.from_store),
-                bytes(report.from_store_compressed),
+                bytes(report.fetched),
+                from.unwrap_or("the store"),
+                bytes(report.fetched_compressed),
                 bytes(report.from_seed),
                 bytes(report.in_place),
                 bytes(report.zero)

@@ -10,10 +10,15 @@
 //! | `GET /ipxe/{name}` | UEFI HTTP boot: the iPXE binaries | none |
 //! | `POST /api/v1/agent/hello` | the agent | none (acts only on the caller's own MAC) |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
+//! | `GET /api/v1/images` | staff | token |
+//! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | none (see [`chunks`]) |
+//! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | none (see [`chunks`]) |
+//! | `GET /metrics` | monitoring (Prometheus) | none |
 
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod chunks;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -37,6 +42,8 @@ pub struct AppState {
     /// Port the HTTP service listens on (for URLs built from `advertise`).
     pub http_port: u16,
     pub after_register: AfterRegister,
+    /// The chunk store as served, and the counters of `/metrics`.
+    pub chunks: Arc<chunks::ChunkService>,
 }
 
 impl AppState {
@@ -63,6 +70,7 @@ pub fn router(state: AppState, token: String) -> Router {
     let staff = Router::new()
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/{mac}", get(api::get_host))
+        .route("/api/v1/images", get(chunks::list_images))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
             auth::require_token,
@@ -74,6 +82,13 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/bootenv/{file}", get(boot::bootenv_file))
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/api/v1/agent/hello", post(api::agent_hello))
+        .route(
+            "/api/v1/images/{name}/{version}/manifest",
+            get(chunks::manifest),
+        )
+        .route("/chunks/batch", post(chunks::batch))
+        .route("/chunks/{id}", get(chunks::chunk))
+        .route("/metrics", get(chunks::metrics))
         .merge(staff)
         .with_state(state)
 }

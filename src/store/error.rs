@@ -38,6 +38,16 @@ pub enum StoreError {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Target(String),
+    #[error("chunk {id} served by {url} is corrupt: {reason}; nothing of it was written; run `bootcast store verify` on that server to list the affected versions")]
+    RemoteChunkCorrupt {
+        id: ChunkId,
+        url: String,
+        reason: String,
+    },
+    #[error("chunk {id} is missing on the server ({url}); run `bootcast store verify` on that server to list the affected versions")]
+    RemoteChunkMissing { id: ChunkId, url: String },
+    #[error("fetching {url}: {reason}")]
+    Fetch { url: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

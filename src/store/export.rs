@@ -3,7 +3,8 @@
 //! For a chunk at offset O, in this order:
 //! 1. the target itself, if it is one of the seeds and already holds the chunk at O (no write);
 //! 2. any other seed holding the chunk at O (read, hash, write);
-//! 3. the store (read, decompress, hash, write).
+//! 3. the [`ChunkSource`] (the local store, or a server over HTTP): fetched a batch at a time,
+//!    decompressed, hashed, written.
 //!
 //! Every source passes through [`VerifiedChunk`], so a byte reaches the target only after its
 //! chunk's hash matched. Zero runs become holes in regular files (punched if the target had data)
@@ -21,8 +22,8 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use super::error::{IoContext, Result, StoreError};
 use super::id::ChunkId;
 use super::manifest::{Extent, ExtentKind, Manifest};
+use super::source::{ChunkSource, Decoder};
 use super::verified::{VerifiedChunk, VerifiedRun};
-use super::{ChunkReader, Store};
 
 #[derive(Debug, Clone, Default)]
 pub struct ExportOptions {
@@ -35,9 +36,10 @@ pub struct ExportOptions {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportReport {
     pub size: u64,
-    /// Bytes of chunks fetched from the store (uncompressed) and their compressed size.
-    pub from_store: u64,
-    pub from_store_compressed: u64,
+    /// Bytes of chunks fetched from the chunk source (uncompressed) and their compressed size
+    /// (what crossed the network for a remote source).
+    pub fetched: u64,
+    pub fetched_compressed: u64,
     /// Bytes copied from a seed other than the target.
     pub from_seed: u64,
     /// Bytes the target already held: nothing written.
@@ -56,15 +58,16 @@ struct Seed {
 
 #[derive(Default)]
 struct Counters {
-    from_store: AtomicU64,
-    from_store_compressed: AtomicU64,
+    fetched: AtomicU64,
+    fetched_compressed: AtomicU64,
     from_seed: AtomicU64,
     in_place: AtomicU64,
     zero: AtomicU64,
 }
 
+/// Writes `manifest`'s image to `target`, taking what seeds lack from `source`.
 pub fn export(
-    store: &Store,
+    source: &dyn ChunkSource,
     manifest: &Manifest,
     target: &Path,
     opts: &ExportOptions,
@@ -147,45 +150,28 @@ pub fn export(
             let batches = &batches;
             let file = &file;
             scope.spawn(move || {
-                let mut reader = store.reader();
+                let worker = Worker {
+                    source,
+                    manifest,
+                    target: (file, target, in_place),
+                    seeds,
+                    counters,
+                    punch_zero,
+                };
+                let mut decoder = Decoder::new(manifest.params.max as usize);
                 let mut buf = Vec::new();
+                let send = |w: Write| !abort.load(Ordering::Relaxed) && write_tx.send(w).is_ok();
                 while !abort.load(Ordering::Relaxed) {
                     let Some(range) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
-                    // Consecutive chunks of a batch form one run (extents are contiguous);
-                    // anything else ends the run.
-                    let mut run = VerifiedRun::new(0);
-                    let send = |w: Write| write_tx.send(w).is_ok();
-                    for extent in &manifest.extents[range.clone()] {
-                        let source = ChunkSource {
-                            store,
-                            reader: &mut reader,
-                            target: (file, target, in_place),
-                            seeds,
-                            counters,
-                        };
-                        match source.plan(extent, punch_zero, &mut buf) {
-                            Ok(Write::Chunk(chunk)) => {
-                                if run.is_empty() {
-                                    run = VerifiedRun::new(extent.offset);
-                                }
-                                run.push(&chunk);
-                            }
-                            Ok(other) => {
-                                let done = std::mem::replace(&mut run, VerifiedRun::new(0));
-                                if (!done.is_empty() && !send(Write::Run(done))) || !send(other) {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                fail(e);
-                                break;
-                            }
+                    match worker.batch(range.clone(), &mut decoder, &mut buf, &send) {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            fail(e);
+                            return;
                         }
-                    }
-                    if !run.is_empty() && !abort.load(Ordering::Relaxed) && !send(Write::Run(run)) {
-                        return;
                     }
                 }
             });
@@ -243,8 +229,8 @@ pub fn export(
     file.sync_all().ctx("syncing", target)?;
     Ok(ExportReport {
         size: manifest.size,
-        from_store: counters.from_store.into_inner(),
-        from_store_compressed: counters.from_store_compressed.into_inner(),
+        fetched: counters.fetched.into_inner(),
+        fetched_compressed: counters.fetched_compressed.into_inner(),
         from_seed: counters.from_seed.into_inner(),
         in_place: counters.in_place.into_inner(),
         zero: counters.zero.into_inner(),
@@ -266,31 +252,123 @@ enum Write {
     Run(VerifiedRun),
 }
 
-/// Where a worker looks for an extent's bytes, cheapest first.
-struct ChunkSource<'a, 's> {
-    store: &'s Store,
-    reader: &'a mut ChunkReader<'s>,
+/// What a worker needs to turn a batch of extents into writes.
+struct Worker<'a> {
+    source: &'a dyn ChunkSource,
+    manifest: &'a Manifest,
     /// The open target, its path, and whether it is one of the seeds.
     target: (&'a File, &'a Path, bool),
     seeds: &'a [Seed],
     counters: &'a Counters,
+    punch_zero: bool,
 }
 
-impl ChunkSource<'_, '_> {
-    fn plan(self, extent: &Extent, punch_zero: bool, buf: &mut Vec<u8>) -> Result<Write> {
+impl Worker<'_> {
+    /// Plans the extents of `range` and sends their writes in order. Chunks no seed holds are
+    /// fetched from the source in one call, then decoded and verified one by one. `Ok(false)`:
+    /// the writer is gone. On `Err`, nothing of this batch from the failing chunk on is sent.
+    fn batch(
+        &self,
+        range: std::ops::Range<usize>,
+        decoder: &mut Decoder,
+        buf: &mut Vec<u8>,
+        send: &dyn Fn(Write) -> bool,
+    ) -> Result<bool> {
+        let extents = &self.manifest.extents[range];
+        // Pass 1: zero runs, the target itself, the other seeds.
+        let mut plans = Vec::with_capacity(extents.len());
+        let mut wanted: Vec<ChunkId> = Vec::new();
+        for extent in extents {
+            let plan = self.plan_local(extent, buf)?;
+            if plan.is_none() {
+                let id = extent.chunk_id().expect("only chunks are fetched");
+                if !wanted.contains(&id) {
+                    wanted.push(id);
+                }
+            }
+            plans.push(plan);
+        }
+        // Pass 2: the rest from the source, in one call.
+        let fetched = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.source.fetch(&wanted)?
+        };
+        // Consecutive chunks form one run (extents are contiguous); anything else ends it.
+        let mut run = VerifiedRun::new(0);
+        for (extent, plan) in extents.iter().zip(plans) {
+            let write = match plan {
+                Some(w) => w,
+                None => Write::Chunk(self.decode(extent, &fetched, decoder)?),
+            };
+            match write {
+                Write::Chunk(chunk) => {
+                    if run.is_empty() {
+                        run = VerifiedRun::new(extent.offset);
+                    }
+                    run.push(&chunk);
+                }
+                other => {
+                    let done = std::mem::replace(&mut run, VerifiedRun::new(0));
+                    if (!done.is_empty() && !send(Write::Run(done))) || !send(other) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(run.is_empty() || send(Write::Run(run)))
+    }
+
+    /// The fetched chunk of `extent`, decompressed and verified.
+    fn decode(
+        &self,
+        extent: &Extent,
+        fetched: &[(ChunkId, Vec<u8>)],
+        decoder: &mut Decoder,
+    ) -> Result<VerifiedChunk> {
+        let id = extent.chunk_id().expect("only chunks are fetched");
+        let Some((_, compressed)) = fetched.iter().find(|(got, _)| *got == id) else {
+            return Err(self
+                .source
+                .corrupt(id, "the source did not return it".into()));
+        };
+        let chunk = decoder
+            .decode(&id, compressed)
+            .map_err(|reason| self.source.corrupt(id, reason))?;
+        if chunk.bytes().len() as u64 != extent.len {
+            return Err(self.source.corrupt(
+                id,
+                format!(
+                    "holds {} bytes, manifest says {}",
+                    chunk.bytes().len(),
+                    extent.len
+                ),
+            ));
+        }
+        self.counters
+            .fetched
+            .fetch_add(extent.len, Ordering::Relaxed);
+        self.counters
+            .fetched_compressed
+            .fetch_add(compressed.len() as u64, Ordering::Relaxed);
+        Ok(chunk)
+    }
+
+    /// A zero run's write, or a chunk the target or a seed already holds; `None`: fetch it.
+    fn plan_local(&self, extent: &Extent, buf: &mut Vec<u8>) -> Result<Option<Write>> {
         let (file, path, in_place) = self.target;
         let (offset, len) = (extent.offset, extent.len as usize);
         let id = match extent.kind {
             ExtentKind::Zero => {
                 self.counters.zero.fetch_add(extent.len, Ordering::Relaxed);
-                return Ok(if punch_zero {
+                return Ok(Some(if self.punch_zero {
                     Write::Zero {
                         offset,
                         len: extent.len,
                     }
                 } else {
                     Write::Nothing { len: extent.len }
-                });
+                }));
             }
             ExtentKind::Chunk { id, .. } => id,
         };
@@ -300,7 +378,7 @@ impl ChunkSource<'_, '_> {
                 self.counters
                     .in_place
                     .fetch_add(extent.len, Ordering::Relaxed);
-                return Ok(Write::Nothing { len: extent.len });
+                return Ok(Some(Write::Nothing { len: extent.len }));
             }
         }
         for seed in self.seeds {
@@ -313,25 +391,10 @@ impl ChunkSource<'_, '_> {
                 self.counters
                     .from_seed
                     .fetch_add(extent.len, Ordering::Relaxed);
-                return Ok(Write::Chunk(chunk));
+                return Ok(Some(Write::Chunk(chunk)));
             }
         }
-        let compressed = self.store.read_compressed(&id)?;
-        let chunk = self.reader.decode(&id, &compressed)?;
-        if chunk.bytes().len() != len {
-            return Err(StoreError::ChunkCorrupt {
-                id,
-                path: self.store.chunk_path(&id),
-                reason: format!("holds {} bytes, manifest says {len}", chunk.bytes().len()),
-            });
-        }
-        self.counters
-            .from_store
-            .fetch_add(extent.len, Ordering::Relaxed);
-        self.counters
-            .from_store_compressed
-            .fetch_add(compressed.len() as u64, Ordering::Relaxed);
-        Ok(Write::Chunk(chunk))
+        Ok(None)
     }
 }
 

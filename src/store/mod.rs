@@ -24,6 +24,7 @@ pub mod id;
 pub mod ingest;
 pub mod manifest;
 pub mod session;
+pub mod source;
 pub mod stats;
 pub mod verified;
 pub mod verify;
@@ -246,7 +247,7 @@ impl Store {
     pub fn reader(&self) -> ChunkReader<'_> {
         ChunkReader {
             store: self,
-            zstd: zstd::bulk::Decompressor::new().expect("zstd decompressor"),
+            decoder: source::Decoder::new(self.config.chunker.max as usize),
         }
     }
 }
@@ -254,7 +255,7 @@ impl Store {
 /// Reads chunks from the store and returns them only once their hash checks.
 pub struct ChunkReader<'s> {
     store: &'s Store,
-    zstd: zstd::bulk::Decompressor<'static>,
+    decoder: source::Decoder,
 }
 
 impl ChunkReader<'_> {
@@ -265,17 +266,9 @@ impl ChunkReader<'_> {
 
     /// Decompresses `compressed` and checks it is chunk `id`.
     pub fn decode(&mut self, id: &ChunkId, compressed: &[u8]) -> Result<VerifiedChunk> {
-        let corrupt = |reason: String| StoreError::ChunkCorrupt {
-            id: *id,
-            path: self.store.chunk_path(id),
-            reason,
-        };
-        let cap = self.store.config.chunker.max as usize;
-        let data = self
-            .zstd
-            .decompress(compressed, cap)
-            .map_err(|e| corrupt(format!("not a valid zstd frame ({e})")))?;
-        VerifiedChunk::verify(*id, data)
-            .map_err(|(m, _)| corrupt(format!("content hashes to {}", m.actual)))
+        use source::ChunkSource;
+        self.decoder
+            .decode(id, compressed)
+            .map_err(|reason| self.store.corrupt(*id, reason))
     }
 }

@@ -1,0 +1,386 @@
+//! The chunk service: manifests and chunks for agents, relays and `image export --from`, and
+//! `/metrics`.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/images` (token) | every version: name, id, size, chunks, stored bytes |
+//! | `GET /api/v1/images/{name}/{version}/manifest` | the manifest file (version: full id, unique prefix of 4+ hex digits, or `latest`) |
+//! | `GET /chunks/{id}` | the stored zstd frame; `ETag: "<id>"`, immutable, Range |
+//! | `POST /chunks/batch` | many frames in one response; format in [`crate::store::source`] |
+//! | `GET /metrics` | Prometheus text: bytes and chunks served |
+//!
+//! **No token for manifests and chunks**: the agent in a boot environment holds no staff
+//! token, and a PC being reimaged must read them. Anyone who can reach the HTTP port can
+//! therefore download any image whose name they know; keep the port on the deployment
+//! network (as for TFTP and the boot environment). Listing the images is staff-only.
+//! Chunks are never decompressed here: the client verifies each one.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use super::AppState;
+use crate::store::source::{BATCH_MAX_BYTES, BATCH_MAX_IDS, MISSING};
+use crate::store::{ChunkId, Store, StoreError};
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// The store as the HTTP service sees it, opened at first use (it may be created after
+/// `serve` starts), and the counters `/metrics` shows.
+pub struct ChunkService {
+    data: PathBuf,
+    store: OnceLock<Store>,
+    pub metrics: Metrics,
+}
+
+/// Counters since start.
+#[derive(Default)]
+pub struct Metrics {
+    /// Compressed chunk bytes put in responses (`/chunks/{id}` bodies, batch frame payloads).
+    pub chunk_bytes_served: AtomicU64,
+    pub chunks_served: AtomicU64,
+    pub chunks_missing: AtomicU64,
+    pub chunk_requests: AtomicU64,
+    pub batch_requests: AtomicU64,
+    pub manifests_served: AtomicU64,
+}
+
+impl ChunkService {
+    pub fn new(data: PathBuf) -> ChunkService {
+        ChunkService {
+            data,
+            store: OnceLock::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    fn store(&self) -> Result<Store, Response> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        match Store::open(&self.data) {
+            Ok(s) => Ok(self.store.get_or_init(|| s).clone()),
+            Err(StoreError::NoStore(_)) => Err(super::error(
+                StatusCode::NOT_FOUND,
+                "this server has no image store yet; add an image with `bootcast image add` on the server",
+            )
+            .into_response()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+/// A store error as an HTTP answer: unknown names 404, bad input 400, the rest 500.
+fn store_error(e: StoreError) -> Response {
+    let status = match &e {
+        StoreError::UnknownImage(_) | StoreError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+        StoreError::BadName(_) | StoreError::AmbiguousVersion { .. } => StatusCode::BAD_REQUEST,
+        _ => {
+            tracing::error!("{e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    super::error(status, e.to_string()).into_response()
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> Response {
+    super::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+    .into_response()
+}
+
+/// `GET /api/v1/images` (staff): every stored version.
+pub async fn list_images(State(st): State<AppState>) -> Response {
+    let store = match st.chunks.store() {
+        Ok(s) => s,
+        Err(_) => return Json(serde_json::json!({ "images": [] })).into_response(),
+    };
+    let res = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for name in store.image_names()? {
+            all.extend(store.versions(&name)?);
+        }
+        Ok::<_, StoreError>(crate::store::stats::version_stats(&all, &all))
+    })
+    .await;
+    match res {
+        Ok(Ok(stats)) => Json(serde_json::json!({ "images": stats })).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => blocking_failed(e),
+    }
+}
+
+/// `GET /api/v1/images/{name}/{version}/manifest`: the manifest's canonical encoding.
+pub async fn manifest(
+    State(st): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    let store = match st.chunks.store() {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let spec = format!("{name}@{version}");
+    let res = tokio::task::spawn_blocking(move || store.resolve(&spec)).await;
+    let v = match res {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return store_error(e),
+        Err(e) => return blocking_failed(e),
+    };
+    st.chunks
+        .metrics
+        .manifests_served
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            // `latest` moves, and a version's annotations may be rewritten by a re-add.
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (
+                header::HeaderName::from_static("x-bootcast-version"),
+                v.id.to_hex(),
+            ),
+        ],
+        v.manifest.encode(),
+    )
+        .into_response()
+}
+
+fn parse_id(s: &str) -> Result<ChunkId, Response> {
+    match s.parse::<ChunkId>() {
+        Ok(id) if s.len() == 64 => Ok(id),
+        _ => Err(super::error(
+            StatusCode::BAD_REQUEST,
+            format!("{s:?} is not a chunk id: expected 64 hex digits (a BLAKE3 hash)"),
+        )
+        .into_response()),
+    }
+}
+
+/// `GET /chunks/{id}`: the stored frame as-is, with Range support.
+pub async fn chunk(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let m = &st.chunks.metrics;
+    m.chunk_requests.fetch_add(1, Ordering::Relaxed);
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let store = match st.chunks.store() {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let etag = HeaderValue::from_str(&format!("\"{id}\"")).expect("hex is a valid header");
+    let mut resp = if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let path = store.chunk_path(&id);
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                m.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                return super::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no chunk {id} on this server"),
+                )
+                .into_response();
+            }
+            Err(e) => {
+                return super::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading chunk {id}: {e}"),
+                )
+                .into_response()
+            }
+        }
+        let r = match ServeFile::new(path).oneshot(req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => match e {},
+        };
+        if r.status().is_success() {
+            let len = r
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            m.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
+            m.chunks_served.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    };
+    let ok = resp.status() == StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    if ok {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/zstd"),
+        );
+    }
+    resp
+}
+
+/// `POST /chunks/batch`: body = raw 32-byte ids; answer = one frame per id, in order,
+/// streamed from disk (see [`crate::store::source`] for the format).
+pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
+    let service = st.chunks.clone();
+    service
+        .metrics
+        .batch_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if body.len() % 32 != 0 {
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body holds {} bytes: a batch is raw 32-byte chunk ids, concatenated",
+                body.len()
+            ),
+        )
+        .into_response();
+    }
+    let ids: Vec<ChunkId> = body
+        .chunks_exact(32)
+        .map(|c| ChunkId(c.try_into().expect("32 bytes")))
+        .collect();
+    if ids.len() > BATCH_MAX_IDS {
+        return super::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} ids in one batch; at most {BATCH_MAX_IDS} per request: split it",
+                ids.len()
+            ),
+        )
+        .into_response();
+    }
+    let store = match service.store() {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let paths: Vec<PathBuf> = ids.iter().map(|id| store.chunk_path(id)).collect();
+    let p = paths.clone();
+    let total = tokio::task::spawn_blocking(move || {
+        p.iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    })
+    .await;
+    match total {
+        Ok(t) if t > BATCH_MAX_BYTES => return super::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the batch would carry {t} bytes; at most {} MiB per request: ask for fewer ids",
+                BATCH_MAX_BYTES >> 20
+            ),
+        )
+        .into_response(),
+        Ok(_) => {}
+        Err(e) => return blocking_failed(e),
+    }
+    // Frames go through a bounded pipe: a slow client holds at most its size in memory.
+    let (mut tx, rx) = tokio::io::duplex(256 << 10);
+    tokio::spawn(async move {
+        let m = &service.metrics;
+        for (id, path) in ids.iter().zip(paths) {
+            let mut head = id.0.to_vec();
+            let data = match tokio::fs::read(&path).await {
+                Ok(d) if d.len() < MISSING as usize => d,
+                Ok(_) => {
+                    tracing::error!("chunk file {} is too large to serve", path.display());
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    m.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                    head.extend(MISSING.to_be_bytes());
+                    if tx.write_all(&head).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // The client sees a short body and asks again for the rest.
+                    tracing::error!("reading chunk {}: {e}", path.display());
+                    return;
+                }
+            };
+            head.extend((data.len() as u32).to_be_bytes());
+            if tx.write_all(&head).await.is_err() || tx.write_all(&data).await.is_err() {
+                return; // the client went away
+            }
+            m.chunk_bytes_served
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            m.chunks_served.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = tx.shutdown().await;
+    });
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(rx, 64 << 10)),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let m = &st.chunks.metrics;
+    let rows: [(&str, &str, &AtomicU64); 6] = [
+        (
+            "bootcast_chunk_bytes_served_total",
+            "Compressed chunk bytes sent (GET /chunks/{id} and POST /chunks/batch).",
+            &m.chunk_bytes_served,
+        ),
+        (
+            "bootcast_chunks_served_total",
+            "Chunks sent.",
+            &m.chunks_served,
+        ),
+        (
+            "bootcast_chunks_missing_total",
+            "Chunks asked for that the store lacks.",
+            &m.chunks_missing,
+        ),
+        (
+            "bootcast_chunk_requests_total",
+            "GET /chunks/{id} requests.",
+            &m.chunk_requests,
+        ),
+        (
+            "bootcast_chunk_batch_requests_total",
+            "POST /chunks/batch requests.",
+            &m.batch_requests,
+        ),
+        (
+            "bootcast_manifests_served_total",
+            "Manifests sent.",
+            &m.manifests_served,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, v) in rows {
+        text += &format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,370 @@
+//! Where export gets the chunks a target and its seeds lack: a [`ChunkSource`].
+//!
+//! A source hands out *compressed* frames, a batch at a time (one HTTP request per batch for
+//! [`HttpSource`]); export decompresses and verifies every frame through
+//! [`VerifiedChunk`](super::VerifiedChunk) before anything is written, whatever the source.
+//!
+//! ## The batch wire format (`POST /chunks/batch`)
+//! Request body: the raw 32-byte chunk ids, concatenated (`application/octet-stream`), at most
+//! [`BATCH_MAX_IDS`] ids. Response body, one frame per requested id, in request order:
+//! ```text
+//! id       32 bytes   the requested id
+//! length   u32 BE     bytes that follow; 0xFFFFFFFF = the server lacks this chunk (nothing follows)
+//! bytes    length     the stored zstd frame, as on disk (the server never decompresses)
+//! ```
+
+use std::io::Read;
+use std::time::Duration;
+
+use super::error::{Result, StoreError};
+use super::id::{ChunkId, VersionId};
+use super::manifest::Manifest;
+use super::verified::VerifiedChunk;
+use super::Store;
+
+/// Most ids one `POST /chunks/batch` may name.
+pub const BATCH_MAX_IDS: usize = 4096;
+/// Most compressed bytes one batch response may carry.
+pub const BATCH_MAX_BYTES: u64 = 64 << 20;
+/// The frame length that says "this chunk is missing".
+pub const MISSING: u32 = u32::MAX;
+
+/// A place compressed chunks come from.
+pub trait ChunkSource: Sync {
+    /// The stored (compressed, unverified) frames of `ids`, in the order asked. A chunk the
+    /// source lacks is an error naming it.
+    fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>>;
+
+    /// The error for a chunk from this source that did not decompress or verify.
+    fn corrupt(&self, id: ChunkId, reason: String) -> StoreError;
+}
+
+impl ChunkSource for Store {
+    fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        ids.iter()
+            .map(|id| Ok((*id, self.read_compressed(id)?)))
+            .collect()
+    }
+
+    fn corrupt(&self, id: ChunkId, reason: String) -> StoreError {
+        StoreError::ChunkCorrupt {
+            id,
+            path: self.chunk_path(&id),
+            reason,
+        }
+    }
+}
+
+/// Decompresses frames and checks their hash; keep one per thread.
+pub struct Decoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    cap: usize,
+}
+
+impl Decoder {
+    /// `cap`: the largest chunk expected (the chunker's max); larger frames are refused.
+    pub fn new(cap: usize) -> Decoder {
+        Decoder {
+            zstd: zstd::bulk::Decompressor::new().expect("zstd decompressor"),
+            cap,
+        }
+    }
+
+    /// The chunk `id` from its compressed frame, or why not.
+    pub fn decode(
+        &mut self,
+        id: &ChunkId,
+        compressed: &[u8],
+    ) -> std::result::Result<VerifiedChunk, String> {
+        let data = self
+            .zstd
+            .decompress(compressed, self.cap)
+            .map_err(|e| format!("not a valid zstd frame ({e})"))?;
+        VerifiedChunk::verify(*id, data).map_err(|(m, _)| format!("content hashes to {}", m.actual))
+    }
+}
+
+/// Chunks and manifests from a bootcast server over HTTP (`/chunks/batch`,
+/// `/api/v1/images/{name}/{version}/manifest`); no token needed.
+pub struct HttpSource {
+    base: String,
+    client: reqwest::blocking::Client,
+    /// Attempts per request on connection errors and 5xx answers.
+    attempts: u32,
+}
+
+/// Largest frame accepted from a server (a chunk is at most a few hundred KiB compressed).
+const MAX_FRAME: u32 = 16 << 20;
+
+impl HttpSource {
+    /// A source for the server at `base_url` (e.g. `http://10.0.0.5:8080`). Connections are
+    /// kept alive between batches.
+    pub fn new(base_url: &str) -> Result<HttpSource> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(StoreError::Fetch {
+                url: base,
+                reason: "not an http:// URL; give the server as http://HOST:PORT".into(),
+            });
+        }
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| StoreError::Fetch {
+                url: base.clone(),
+                reason: format!("cannot make an HTTP client: {e}"),
+            })?;
+        Ok(HttpSource {
+            base,
+            client,
+            attempts: 4,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request (built anew per attempt), retrying connection errors and 5xx answers
+    /// with backoff; a 4xx is returned at once with the server's message.
+    fn send(
+        &self,
+        url: &str,
+        build: impl Fn() -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
+        let mut last = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
+            }
+            match build().send() {
+                Ok(r) if r.status().is_success() => return Ok(r),
+                Ok(r) if r.status().is_server_error() => {
+                    last = format!("server answered {}", r.status());
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().unwrap_or_default();
+                    let msg = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_string))
+                        .unwrap_or(body);
+                    return Err(StoreError::Fetch {
+                        url: url.to_string(),
+                        reason: format!("server answered {status}: {msg}"),
+                    });
+                }
+                Err(e) => last = error_chain(&e),
+            }
+        }
+        Err(StoreError::Fetch {
+            url: url.to_string(),
+            reason: format!(
+                "{last} (after {} attempts; check that `bootcast serve` runs there and is reachable)",
+                self.attempts
+            ),
+        })
+    }
+
+    /// The manifest of `NAME[@VERSION]` (version: full id, unique prefix or `latest`; none =
+    /// latest), decoded and checked, with its version id.
+    pub fn manifest(&self, spec: &str) -> Result<(Manifest, VersionId)> {
+        let (name, version) = super::catalog::split_spec(spec);
+        super::catalog::validate_name(name)?;
+        let version = version.unwrap_or("latest");
+        if !(version == "latest" || version.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(StoreError::UnknownVersion {
+                name: name.to_string(),
+                version: version.to_string(),
+            });
+        }
+        let url = format!("{}/api/v1/images/{name}/{version}/manifest", self.base);
+        let resp = self.send(&url, || self.client.get(&url))?;
+        let bytes = resp.bytes().map_err(|e| StoreError::Fetch {
+            url: url.clone(),
+            reason: error_chain(&e),
+        })?;
+        let (manifest, id) = Manifest::decode(&bytes).map_err(|cause| StoreError::Fetch {
+            url: url.clone(),
+            reason: format!("the manifest served is damaged: {cause}"),
+        })?;
+        if version != "latest" && !id.to_hex().starts_with(&version.to_ascii_lowercase()) {
+            return Err(StoreError::Fetch {
+                url,
+                reason: format!("the server sent version {id}, not {version}"),
+            });
+        }
+        Ok((manifest, id))
+    }
+}
+
+/// An error with its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
+}
+
+impl ChunkSource for HttpSource {
+    fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        let url = format!("{}/chunks/batch", self.base);
+        let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(ids.len());
+        let mut failures = 0;
+        // A connection lost mid-body: ask again for the rest, a bounded number of times.
+        while out.len() < ids.len() {
+            let rest = &ids[out.len()..];
+            let n = rest.len().min(BATCH_MAX_IDS);
+            let body: Vec<u8> = rest[..n].iter().flat_map(|id| id.0).collect();
+            let resp = self.send(&url, || {
+                self.client
+                    .post(&url)
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+            })?;
+            let before = out.len();
+            match read_frames(resp, &rest[..n], &mut out) {
+                Ok(()) => {}
+                Err(FrameError::Missing(id)) => {
+                    return Err(StoreError::RemoteChunkMissing {
+                        id,
+                        url: format!("{}/chunks/{id}", self.base),
+                    })
+                }
+                Err(FrameError::Protocol(reason)) => {
+                    return Err(StoreError::Fetch { url, reason });
+                }
+                Err(FrameError::Io(e)) => {
+                    failures += if out.len() > before { 0 } else { 1 };
+                    if failures >= self.attempts {
+                        return Err(StoreError::Fetch {
+                            url,
+                            reason: format!("reading the response: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn corrupt(&self, id: ChunkId, reason: String) -> StoreError {
+        StoreError::RemoteChunkCorrupt {
+            id,
+            url: format!("{}/chunks/{id}", self.base),
+            reason,
+        }
+    }
+}
+
+enum FrameError {
+    Missing(ChunkId),
+    Protocol(String),
+    Io(std::io::Error),
+}
+
+/// Reads one batch response, checking each frame names the id asked for in order.
+fn read_frames(
+    mut body: impl Read,
+    ids: &[ChunkId],
+    out: &mut Vec<(ChunkId, Vec<u8>)>,
+) -> std::result::Result<(), FrameError> {
+    for want in ids {
+        let mut head = [0u8; 36];
+        body.read_exact(&mut head).map_err(FrameError::Io)?;
+        let got = ChunkId(head[..32].try_into().unwrap());
+        if got != *want {
+            return Err(FrameError::Protocol(format!(
+                "frame for chunk {got} where {want} was expected (not a bootcast server?)"
+            )));
+        }
+        let len = u32::from_be_bytes(head[32..].try_into().unwrap());
+        if len == MISSING {
+            return Err(FrameError::Missing(got));
+        }
+        if len > MAX_FRAME {
+            return Err(FrameError::Protocol(format!(
+                "chunk {got} is {len} bytes compressed, more than any chunk can be"
+            )));
+        }
+        let mut data = vec![0u8; len as usize];
+        body.read_exact(&mut data).map_err(FrameError::Io)?;
+        out.push((got, data));
+    }
+    let mut extra = [0u8; 1];
+    match body.read(&mut extra) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(FrameError::Protocol(
+            "bytes after the last frame of a batch".into(),
+        )),
+        Err(e) => Err(FrameError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: ChunkId, data: Option<&[u8]>) -> Vec<u8> {
+        let mut f = id.0.to_vec();
+        match data {
+            Some(d) => {
+                f.extend((d.len() as u32).to_be_bytes());
+                f.extend(d);
+            }
+            None => f.extend(MISSING.to_be_bytes()),
+        }
+        f
+    }
+
+    #[test]
+    fn frames_are_read_in_order_and_checked() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let mut body = frame(a, Some(b"xx"));
+        body.extend(frame(b, Some(b"")));
+        let mut out = Vec::new();
+        assert!(read_frames(&body[..], &[a, b], &mut out).is_ok());
+        assert_eq!(out, vec![(a, b"xx".to_vec()), (b, vec![])]);
+
+        let mut out = Vec::new();
+        assert!(matches!(
+            read_frames(&body[..], &[b, a], &mut out),
+            Err(FrameError::Protocol(_))
+        ));
+        let missing = frame(a, None);
+        assert!(matches!(
+            read_frames(&missing[..], &[a], &mut Vec::new()),
+            Err(FrameError::Missing(id)) if id == a
+        ));
+        // truncated body: an I/O error (retried by the caller), frames before it kept
+        let mut out = Vec::new();
+        assert!(matches!(
+            read_frames(&body[..body.len() - 30], &[a, b], &mut out),
+            Err(FrameError::Io(_))
+        ));
+        assert_eq!(out.len(), 1);
+        let mut extra = frame(a, Some(b"x"));
+        extra.push(0);
+        assert!(matches!(
+            read_frames(&extra[..], &[a], &mut Vec::new()),
+            Err(FrameError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn decoder_refuses_what_does_not_hash() {
+        let plain = b"some chunk bytes".to_vec();
+        let id = ChunkId::of(&plain);
+        let frame = zstd::bulk::compress(&plain, 1).unwrap();
+        let mut d = Decoder::new(1 << 20);
+        assert_eq!(d.decode(&id, &frame).unwrap().bytes(), &plain[..]);
+        let other = ChunkId::of(b"other");
+        assert!(d.decode(&other, &frame).unwrap_err().contains("hashes to"));
+        assert!(d.decode(&id, b"junk").unwrap_err().contains("zstd"));
+    }
+}
