@@ -64,7 +64,7 @@ impl ChunkService {
         }
     }
 
-    fn store(&self) -> Result<Store, Response> {
+    fn store(&self) -> Result<Store, Refusal> {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
@@ -73,15 +73,21 @@ impl ChunkService {
             Err(StoreError::NoStore(_)) => Err(super::error(
                 StatusCode::NOT_FOUND,
                 "this server has no image store yet; add an image with `bootcast image add` on the server",
-            )
-            .into_response()),
-            Err(e) => Err(store_error(e)),
+            )),
+            Err(e) => Err(store_refusal(e)),
         }
     }
 }
 
+/// An error answer: status and `{"error": ...}`.
+type Refusal = (StatusCode, Json<serde_json::Value>);
+
 /// A store error as an HTTP answer: unknown names 404, bad input 400, the rest 500.
 fn store_error(e: StoreError) -> Response {
+    store_refusal(e).into_response()
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
     let status = match &e {
         StoreError::UnknownImage(_) | StoreError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
         StoreError::BadName(_) | StoreError::AmbiguousVersion { .. } => StatusCode::BAD_REQUEST,
@@ -90,7 +96,7 @@ fn store_error(e: StoreError) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
-    super::error(status, e.to_string()).into_response()
+    super::error(status, e.to_string())
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> Response {
@@ -105,7 +111,11 @@ fn blocking_failed(e: tokio::task::JoinError) -> Response {
 pub async fn list_images(State(st): State<AppState>) -> Response {
     let store = match st.chunks.store() {
         Ok(s) => s,
-        Err(_) => return Json(serde_json::json!({ "images": [] })).into_response(),
+        // No store yet: no images.
+        Err((StatusCode::NOT_FOUND, _)) => {
+            return Json(serde_json::json!({ "images": [] })).into_response()
+        }
+        Err(r) => return r.into_response(),
     };
     let res = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
@@ -129,7 +139,7 @@ pub async fn manifest(
 ) -> Response {
     let store = match st.chunks.store() {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let spec = format!("{name}@{version}");
     let res = tokio::task::spawn_blocking(move || store.resolve(&spec)).await;
@@ -157,14 +167,13 @@ pub async fn manifest(
         .into_response()
 }
 
-fn parse_id(s: &str) -> Result<ChunkId, Response> {
+fn parse_id(s: &str) -> Result<ChunkId, Refusal> {
     match s.parse::<ChunkId>() {
         Ok(id) if s.len() == 64 => Ok(id),
         _ => Err(super::error(
             StatusCode::BAD_REQUEST,
             format!("{s:?} is not a chunk id: expected 64 hex digits (a BLAKE3 hash)"),
-        )
-        .into_response()),
+        )),
     }
 }
 
@@ -179,11 +188,11 @@ pub async fn chunk(
     m.chunk_requests.fetch_add(1, Ordering::Relaxed);
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = match st.chunks.store() {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let etag = HeaderValue::from_str(&format!("\"{id}\"")).expect("hex is a valid header");
     let mut resp = if headers
@@ -248,7 +257,7 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
         .metrics
         .batch_requests
         .fetch_add(1, Ordering::Relaxed);
-    if body.len() % 32 != 0 {
+    if !body.len().is_multiple_of(32) {
         return super::error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -274,7 +283,7 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
     }
     let store = match service.store() {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let paths: Vec<PathBuf> = ids.iter().map(|id| store.chunk_path(id)).collect();
     let p = paths.clone();
@@ -286,14 +295,16 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
     })
     .await;
     match total {
-        Ok(t) if t > BATCH_MAX_BYTES => return super::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
+        Ok(t) if t > BATCH_MAX_BYTES => {
+            return super::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
                 "the batch would carry {t} bytes; at most {} MiB per request: ask for fewer ids",
                 BATCH_MAX_BYTES >> 20
             ),
-        )
-        .into_response(),
+            )
+            .into_response()
+        }
         Ok(_) => {}
         Err(e) => return blocking_failed(e),
     }
