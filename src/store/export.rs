@@ -142,7 +142,7 @@ pub fn export(
     // Workers read, decompress and verify; one writer applies every change to the target, so
     // the workers never contend for the target's inode lock.
     let (write_tx, write_rx) = mpsc::sync_channel::<Write>(threads * 4);
-    let batches = batches(&manifest.extents);
+    let batches = batches(&manifest.extents, source.batch_size());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let write_tx = write_tx.clone();
@@ -398,13 +398,17 @@ impl Worker<'_> {
     }
 }
 
-/// Consecutive extents handed to one worker at a time: up to 1 MiB of image or 64 extents.
-fn batches(extents: &[Extent]) -> Vec<std::ops::Range<usize>> {
+/// Consecutive extents handed to one worker at a time: up to `max_bytes` of image or
+/// `max_extents` extents.
+fn batches(
+    extents: &[Extent],
+    (max_bytes, max_extents): (u64, usize),
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, e) in extents.iter().enumerate() {
         bytes += e.len;
-        if bytes >= 1 << 20 || i + 1 - start >= 64 {
+        if bytes >= max_bytes || i + 1 - start >= max_extents {
             out.push(start..i + 1);
             start = i + 1;
             bytes = 0;

@@ -37,6 +37,12 @@ pub trait ChunkSource: Sync {
 
     /// The error for a chunk from this source that did not decompress or verify.
     fn corrupt(&self, id: ChunkId, reason: String) -> StoreError;
+
+    /// How much of the image one export worker plans at a time: (bytes, extents). Each batch
+    /// is at most one [`fetch`](Self::fetch); a worker holds about twice `bytes` in memory.
+    fn batch_size(&self) -> (u64, usize) {
+        (1 << 20, 64)
+    }
 }
 
 impl ChunkSource for Store {
@@ -86,6 +92,9 @@ impl Decoder {
 
 /// Chunks and manifests from a bootcast server over HTTP (`/chunks/batch`,
 /// `/api/v1/images/{name}/{version}/manifest`); no token needed.
+///
+/// It uses reqwest's blocking client, like export's worker threads: call it from plain
+/// threads (or `spawn_blocking`), not from inside an async task.
 pub struct HttpSource {
     base: String,
     client: reqwest::blocking::Client,
@@ -251,6 +260,12 @@ impl ChunkSource for HttpSource {
             }
         }
         Ok(out)
+    }
+
+    /// Larger batches than the local store: each worker has one request in flight, so
+    /// throughput per worker is about one batch per round trip.
+    fn batch_size(&self) -> (u64, usize) {
+        (4 << 20, 256)
     }
 
     fn corrupt(&self, id: ChunkId, reason: String) -> StoreError {
