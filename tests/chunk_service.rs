@@ -360,3 +360,40 @@ fn unreachable_server_and_unknown_image_are_clear_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no image named"), "{}", stderr(&out));
 }
+
+#[test]
+fn corrupt_chunk_during_in_place_reimage_leaves_the_old_content() {
+    let server = Lab::new();
+    let v1 = disk_like(4 << 20, 16);
+    let mut v2 = v1.clone();
+    v2[2 << 20..(2 << 20) + 3000].fill(0x77);
+    server.add("disk", &server.file("v1.img", &v1));
+    let b = server.add("disk", &server.file("v2.img", &v2));
+    let spec = format!("disk@{}", b["version"].as_str().unwrap());
+    // A chunk of v2 that the disk (holding v1) lacks: the one the change falls in.
+    let m2 = manifest_of(&server, &spec);
+    let (extent, id, _) = m2
+        .chunks()
+        .find(|(e, _, _)| e.offset <= 2 << 20 && 2 << 20 < e.offset + e.len)
+        .unwrap();
+    let (offset, len) = (extent.offset as usize, extent.len as usize);
+    let path = Store::open(&server.data()).unwrap().chunk_path(&id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&path, bytes).unwrap();
+
+    let s = serve(&server);
+    let client = Lab::new();
+    let target = client.file("disk.img", &v1);
+    let t = target.to_str().unwrap();
+    let out = client.run(&["image", "export", &spec, t, "--seed", t, "--from", &s.url]);
+    assert!(!out.status.success(), "export of a corrupt chunk must fail");
+    assert!(stderr(&out).contains(&id.to_hex()), "{}", stderr(&out));
+    let disk = std::fs::read(&target).unwrap();
+    assert_eq!(
+        disk[offset..offset + len],
+        v1[offset..offset + len],
+        "the corrupt chunk's range must keep the disk's old bytes"
+    );
+}

@@ -382,4 +382,72 @@ mod tests {
         assert!(d.decode(&other, &frame).unwrap_err().contains("hashes to"));
         assert!(d.decode(&id, b"junk").unwrap_err().contains("zstd"));
     }
+
+    /// A one-shot HTTP responder on 127.0.0.1: answers the n-th connection with `answers[n]`
+    /// (status line, body), closing each; returns its URL and the count of requests read.
+    fn responder(
+        answers: Vec<(&'static str, Vec<u8>)>,
+    ) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut served = 0;
+            for (status, body) in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                let mut req = vec![0u8; len];
+                reader.read_exact(&mut req).unwrap();
+                served += 1;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                conn.write_all(head.as_bytes()).unwrap();
+                conn.write_all(&body).unwrap();
+            }
+            served
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn server_errors_are_retried_and_client_errors_are_not() {
+        let id = ChunkId::of(b"plain");
+        let (url, server) = responder(vec![
+            ("503 Service Unavailable", b"busy".to_vec()),
+            ("200 OK", frame(id, Some(b"zz"))),
+        ]);
+        let source = HttpSource::new(&url).unwrap();
+        let got = source.fetch(&[id]).unwrap();
+        assert_eq!(got, vec![(id, b"zz".to_vec())]);
+        assert_eq!(server.join().unwrap(), 2, "the 503 was retried once");
+
+        let (url, server) = responder(vec![(
+            "413 Payload Too Large",
+            br#"{"error": "at most 4096 ids"}"#.to_vec(),
+        )]);
+        let e = HttpSource::new(&url).unwrap().fetch(&[id]).unwrap_err();
+        assert!(e.to_string().contains("at most 4096 ids"), "{e}");
+        assert_eq!(server.join().unwrap(), 1, "a 4xx is not retried");
+
+        let (url, server) = responder(vec![("200 OK", frame(id, None))]);
+        let e = HttpSource::new(&url).unwrap().fetch(&[id]).unwrap_err();
+        assert!(
+            matches!(e, StoreError::RemoteChunkMissing { id: got, .. } if got == id),
+            "{e}"
+        );
+        server.join().unwrap();
+    }
 }
