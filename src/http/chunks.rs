@@ -221,11 +221,12 @@ pub async fn chunk(
                 .into_response()
             }
         }
+        let head = req.method() == axum::http::Method::HEAD;
         let r = match ServeFile::new(path).oneshot(req).await {
             Ok(r) => r.map(Body::new),
             Err(e) => match e {},
         };
-        if r.status().is_success() {
+        if r.status().is_success() && !head {
             let len = r
                 .headers()
                 .get(header::CONTENT_LENGTH)
