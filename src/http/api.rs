@@ -261,8 +261,8 @@ async fn agent_report(
     }
 }
 
-fn to_i64(v: u64, field: &str) -> Result<i64, Response> {
-    i64::try_from(v).map_err(|_| bad_request(format!("{field} {v} is too large")))
+fn to_i64(v: u64, field: &str) -> Result<i64, String> {
+    i64::try_from(v).map_err(|_| format!("{field} {v} is too large"))
 }
 
 /// `POST /api/v1/agent/progress`: `{mac, nonce, task, bytes_done, bytes_total, rate, eta?}`.
@@ -278,7 +278,7 @@ pub async fn agent_progress(
         ));
     }
     let progress = (|| {
-        Ok::<_, Response>(tasks::Progress {
+        Ok::<_, String>(tasks::Progress {
             bytes_done: to_i64(p.bytes_done, "bytes_done")?,
             bytes_total: to_i64(p.bytes_total, "bytes_total")?,
             percent: 0,
@@ -289,7 +289,7 @@ pub async fn agent_progress(
     })();
     match progress {
         Ok(pr) => agent_report(st, peer, &p.mac, p.nonce, p.task, Report::Progress(pr)).await,
-        Err(r) => r,
+        Err(msg) => bad_request(msg),
     }
 }
 
