@@ -90,7 +90,7 @@ pub struct TaskRequest {
     pub group: Option<String>,
     /// `NAME[@VERSION]` for a reimage, `NAME` for a capture.
     pub image: String,
-    /// `HH:MM` (UTC) or RFC 3339; see [`crate::time::parse_at`].
+    /// `HH:MM` (the server's local time) or RFC 3339; see [`crate::time::parse_at`].
     #[serde(default)]
     pub at: Option<String>,
     /// Cancel the host's open task instead of refusing.
@@ -158,7 +158,8 @@ pub fn create(
     };
     let not_before = match &req.at {
         Some(at) => {
-            let t = crate::time::parse_at(at, now).map_err(ScheduleError::BadTime)?;
+            let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
+                .map_err(ScheduleError::BadTime)?;
             if t < now {
                 return Err(ScheduleError::Past(at.clone()));
             }

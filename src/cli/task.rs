@@ -26,7 +26,7 @@ pub enum TaskCmd {
         /// NAME[@VERSION]: the version is fixed now (a later `image add` does not change it)
         #[arg(long)]
         image: String,
-        /// Not before: HH:MM (UTC; today, or tomorrow if already past) or RFC 3339
+        /// Not before: HH:MM (this server's local time; today, or tomorrow if already past) or RFC 3339
         #[arg(long)]
         at: Option<String>,
         /// Cancel a host's open task instead of refusing
@@ -39,7 +39,7 @@ pub enum TaskCmd {
         host: String,
         #[arg(long)]
         image: String,
-        /// Not before: HH:MM (UTC) or RFC 3339
+        /// Not before: HH:MM (this server's local time) or RFC 3339
         #[arg(long)]
         at: Option<String>,
         /// Cancel the host's open task instead of refusing
