@@ -340,6 +340,28 @@ fn at_holds_a_task_back_cancel_replace_capture_and_api_rules() {
         &s,
         "POST",
         "/api/v1/tasks",
+        Some(json!({ "kind": "register", "host": A, "image": "win11" })),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "host": A, "image": "win11", "when": "now" })),
+    );
+    assert_eq!(code, 422, "unknown fields are refused");
+    let (code, _) = http(
+        "POST",
+        &format!("{}/api/v1/tasks", s.url),
+        None,
+        Some(&json!({ "kind": "reimage", "host": A, "image": "win11" }).to_string()),
+    );
+    assert_eq!(code, 401);
+    assert_eq!(lab.json(&["task", "list"])["tasks"], json!([]));
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
         Some(json!({ "kind": "reimage", "host": A, "image": "win11" })),
     );
     assert_eq!(code, 201, "{body}");

@@ -237,4 +237,30 @@ mod tests {
         let e = Db::open(&p).err().unwrap();
         assert!(e.to_string().contains("newer than this bootcast"), "{e}");
     }
+
+    #[test]
+    fn a_version_1_database_keeps_its_tasks_through_migration_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute_batch(
+                "INSERT INTO hosts (mac, first_boot, last_boot) VALUES ('52:54:00:00:00:01', 1, 1);
+                 INSERT INTO tasks (mac, kind, state, created_at, updated_at)
+                 VALUES ('52:54:00:00:00:01', 'reimage', 'pending', 2, 2);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&p).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2);
+        let c = db.lock();
+        let t = tasks::list(&c, None, true).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].state, t[0].created_at), (TaskState::Pending, 2));
+        assert_eq!((t[0].image.as_deref(), t[0].not_before), (None, None));
+        assert!(t[0].progress.is_none());
+        assert!(groups::list(&c).unwrap().is_empty());
+    }
 }
