@@ -8,6 +8,7 @@
 //! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
+//! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod mac;
+pub mod schedule;
 pub mod server;
 pub mod store;
 #[doc(hidden)]

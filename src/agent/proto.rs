@@ -59,6 +59,50 @@ pub enum HelloReply {
     Reboot,
 }
 
+/// `POST /api/v1/agent/progress`: how far the agent is with its task; at least every 2 s while
+/// it works. The first report moves the task from `booting` to `running`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub mac: String,
+    /// The per-boot nonce from the kernel command line (as in [`Hello`]).
+    pub nonce: String,
+    /// The task id from the kernel command line.
+    pub task: i64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes per second, measured by the agent.
+    pub rate: u64,
+    /// Seconds left, if the agent can tell.
+    #[serde(default)]
+    pub eta: Option<u64>,
+}
+
+/// `POST /api/v1/agent/done`: the task finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDone {
+    pub mac: String,
+    pub nonce: String,
+    pub task: i64,
+}
+
+/// `POST /api/v1/agent/failed`: the task cannot be finished, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    pub mac: String,
+    pub nonce: String,
+    pub task: i64,
+    /// What went wrong, for staff (up to 2000 characters).
+    pub reason: String,
+}
+
+/// The server's answer to a progress, done or failed report: the task's state now. A 409
+/// answer (`{"error": ...}`) means the task is closed (e.g. cancelled): stop working on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAck {
+    pub task: i64,
+    pub state: String,
+}
+
 /// The `bootcast.*` parameters the iPXE script puts on the kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelArgs {

@@ -2,10 +2,12 @@
 
 mod agent;
 mod bootenv;
+mod host;
 mod image;
 mod output;
 mod serve;
 mod store;
+mod task;
 mod token;
 
 use std::path::PathBuf;
@@ -43,6 +45,12 @@ pub enum Command {
     /// Build and show the boot environment (kernel + initramfs with the agent)
     #[command(subcommand)]
     Bootenv(bootenv::BootenvCmd),
+    /// Groups of hosts (a room): add, remove, list
+    #[command(subcommand)]
+    Group(host::GroupCmd),
+    /// The hosts that network-booted through bootcast
+    #[command(subcommand)]
+    Host(host::HostCmd),
     /// Add, list, show, export and remove disk images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -51,6 +59,9 @@ pub enum Command {
     Store(store::StoreCmd),
     /// Run the boot services (DHCP, TFTP), HTTP and the API
     Serve(serve::ServeArgs),
+    /// Reimage and capture tasks: create, list (states, progress), cancel
+    #[command(subcommand)]
+    Task(task::TaskCmd),
     /// The staff API token
     #[command(subcommand)]
     Token(token::TokenCmd),
@@ -61,6 +72,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(cmd) => agent::run(cmd, &out),
         Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, &out),
+        Command::Group(cmd) => host::run_group(cmd, &cli.data, &out),
+        Command::Host(cmd) => host::run_host(cmd, &cli.data, &out),
+        Command::Task(cmd) => task::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data, &out),

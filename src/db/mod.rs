@@ -6,8 +6,9 @@
 //! ran. A database written by a newer bootcast is refused rather than misread.
 //!
 //! Query groups: [`hosts`] (hosts and their boots), [`tasks`] (what a host should do on its
-//! next network boot), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
+//! next network boot), [`groups`] (hosts in named groups, e.g. a room), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
+pub mod groups;
 pub mod hosts;
 pub mod leases;
 pub mod tasks;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use hosts::{Host, HostBoot};
-pub use tasks::{Task, TaskKind, TaskState};
+pub use tasks::{Progress, Task, TaskKind, TaskState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -96,6 +97,27 @@ pub const MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL
     );
     CREATE INDEX leases_mac ON leases(mac);",
+    // 2: host groups (a host may be in any number of groups); what a task is about (image,
+    // version pinned at creation, group it came from, not before), the agent's progress
+    "CREATE TABLE groups (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE group_members (
+        grp TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+        mac TEXT NOT NULL REFERENCES hosts(mac) ON DELETE CASCADE,
+        PRIMARY KEY (grp, mac)
+    );
+    CREATE INDEX group_members_mac ON group_members(mac);
+    ALTER TABLE tasks ADD COLUMN image TEXT;
+    ALTER TABLE tasks ADD COLUMN version TEXT;
+    ALTER TABLE tasks ADD COLUMN grp TEXT;
+    ALTER TABLE tasks ADD COLUMN not_before INTEGER;
+    ALTER TABLE tasks ADD COLUMN bytes_done INTEGER;
+    ALTER TABLE tasks ADD COLUMN bytes_total INTEGER;
+    ALTER TABLE tasks ADD COLUMN rate INTEGER;
+    ALTER TABLE tasks ADD COLUMN eta INTEGER;
+    ALTER TABLE tasks ADD COLUMN progress_at INTEGER;",
 ];
 
 /// A handle to the database; cheap to clone.
@@ -214,5 +236,31 @@ mod tests {
         drop(db);
         let e = Db::open(&p).err().unwrap();
         assert!(e.to_string().contains("newer than this bootcast"), "{e}");
+    }
+
+    #[test]
+    fn a_version_1_database_keeps_its_tasks_through_migration_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute_batch(
+                "INSERT INTO hosts (mac, first_boot, last_boot) VALUES ('52:54:00:00:00:01', 1, 1);
+                 INSERT INTO tasks (mac, kind, state, created_at, updated_at)
+                 VALUES ('52:54:00:00:00:01', 'reimage', 'pending', 2, 2);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&p).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2);
+        let c = db.lock();
+        let t = tasks::list(&c, None, true).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].state, t[0].created_at), (TaskState::Pending, 2));
+        assert_eq!((t[0].image.as_deref(), t[0].not_before), (None, None));
+        assert!(t[0].progress.is_none());
+        assert!(groups::list(&c).unwrap().is_empty());
     }
 }

@@ -1,8 +1,11 @@
 //! Tasks: what a host does on its next network boot (reimage, capture, ...).
 //!
 //! A task belongs to one host (MAC). States: `pending` (waiting for the host to boot),
-//! `booting` (its boot script carried the task), `running`, `done`, `failed`, `cancelled`.
-//! The agent endpoints only ever touch the task of the MAC that asks.
+//! `booting` (its boot script carried the task), `running` (the agent reports progress),
+//! `done`, `failed` (with the reason in `detail`), `cancelled`. A task may wait for a time
+//! (`not_before`): [`due_for`] is what the boot script hands out. A reimage's image version is
+//! pinned when the task is created. The agent endpoints only ever touch the task of the MAC
+//! that asks. The staff rules (one open task per host, groups) are in `crate::schedule`.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -10,7 +13,7 @@ use serde::Serialize;
 use super::{DbError, QueryContext};
 use crate::mac::Mac;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// Boot the bootcast environment and report (the first issue's only task).
@@ -80,18 +83,60 @@ impl TaskState {
     }
 }
 
+/// The agent's last progress report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub bytes_done: i64,
+    pub bytes_total: i64,
+    /// `bytes_done / bytes_total` in whole percent (0 when the total is 0).
+    pub percent: i64,
+    /// Bytes per second, as the agent measured it.
+    pub rate: i64,
+    /// Seconds left, as the agent estimated it.
+    pub eta: Option<i64>,
+    #[serde(serialize_with = "ser_time")]
+    pub updated_at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
     pub id: i64,
     pub mac: Mac,
     pub kind: TaskKind,
     pub state: TaskState,
+    #[serde(serialize_with = "ser_time")]
     pub created_at: i64,
+    #[serde(serialize_with = "ser_time")]
     pub updated_at: i64,
+    /// Why it failed or was cancelled (or what the boot environment said).
     pub detail: Option<String>,
+    /// The image to write (reimage) or to create a version of (capture).
+    pub image: Option<String>,
+    /// Reimage: the version id, resolved when the task was created.
+    pub version: Option<String>,
+    /// The group the task was created for, if any.
+    pub group: Option<String>,
+    /// Not handed out before this time.
+    #[serde(serialize_with = "ser_opt_time")]
+    pub not_before: Option<i64>,
+    pub progress: Option<Progress>,
 }
 
-const COLUMNS: &str = "id, mac, kind, state, created_at, updated_at, detail";
+fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::time::rfc3339(*t))
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+const COLUMNS: &str = "id, mac, kind, state, created_at, updated_at, detail, image, version, grp, \
+    not_before, bytes_done, bytes_total, rate, eta, progress_at";
+
+const OPEN: &str = "state IN ('pending','booting','running')";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let conv = |i: usize, e: String| {
@@ -100,6 +145,21 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let mac: String = r.get(1)?;
     let kind: String = r.get(2)?;
     let state: String = r.get(3)?;
+    let progress = match (r.get::<_, Option<i64>>(11)?, r.get::<_, Option<i64>>(12)?) {
+        (Some(done), Some(total)) => Some(Progress {
+            bytes_done: done,
+            bytes_total: total,
+            percent: if total > 0 {
+                (done.saturating_mul(100) / total).min(100)
+            } else {
+                0
+            },
+            rate: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+            eta: r.get(14)?,
+            updated_at: r.get::<_, Option<i64>>(15)?.unwrap_or(0),
+        }),
+        _ => None,
+    };
     Ok(Task {
         id: r.get(0)?,
         mac: mac
@@ -111,14 +171,48 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         created_at: r.get(4)?,
         updated_at: r.get(5)?,
         detail: r.get(6)?,
+        image: r.get(7)?,
+        version: r.get(8)?,
+        group: r.get(9)?,
+        not_before: r.get(10)?,
+        progress,
     })
+}
+
+/// What a new task is about (all optional: a register task has none of it).
+#[derive(Debug, Clone, Default)]
+pub struct NewTask<'a> {
+    pub image: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub group: Option<&'a str>,
+    pub not_before: Option<i64>,
 }
 
 /// Creates a pending task for a known host.
 pub fn create(conn: &Connection, mac: Mac, kind: TaskKind, now: i64) -> Result<Task, DbError> {
+    create_with(conn, mac, kind, &NewTask::default(), now)
+}
+
+/// Creates a pending task for a known host, with what it is about.
+pub fn create_with(
+    conn: &Connection,
+    mac: Mac,
+    kind: TaskKind,
+    new: &NewTask<'_>,
+    now: i64,
+) -> Result<Task, DbError> {
     conn.execute(
-        "INSERT INTO tasks (mac, kind, state, created_at, updated_at) VALUES (?1, ?2, 'pending', ?3, ?3)",
-        params![mac.to_string(), kind.as_str(), now],
+        "INSERT INTO tasks (mac, kind, state, created_at, updated_at, image, version, grp, not_before)
+         VALUES (?1, ?2, 'pending', ?3, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            mac.to_string(),
+            kind.as_str(),
+            now,
+            new.image,
+            new.version,
+            new.group,
+            new.not_before
+        ],
     )
     .what("create task")?;
     let id = conn.last_insert_rowid();
@@ -150,6 +244,67 @@ pub fn open_for(conn: &Connection, mac: Mac) -> Result<Option<Task>, DbError> {
     )
     .optional()
     .what("open task")
+}
+
+/// The oldest open task of `mac` that may be handed out at `now` (its `not_before` passed).
+pub fn due_for(conn: &Connection, mac: Mac, now: i64) -> Result<Option<Task>, DbError> {
+    conn.query_row(
+        &format!(
+            "SELECT {COLUMNS} FROM tasks WHERE mac = ?1 AND {OPEN}
+             AND (not_before IS NULL OR not_before <= ?2) ORDER BY id LIMIT 1"
+        ),
+        params![mac.to_string(), now],
+        from_row,
+    )
+    .optional()
+    .what("due task")
+}
+
+/// Tasks, newest first: only open ones unless `all`, only `mac`'s when given.
+pub fn list(conn: &Connection, mac: Option<Mac>, all: bool) -> Result<Vec<Task>, DbError> {
+    let open = if all { "1" } else { OPEN };
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE {open} AND (?1 IS NULL OR mac = ?1)
+             ORDER BY id DESC"
+        ))
+        .what("list tasks")?;
+    let rows = st
+        .query_map([mac.map(|m| m.to_string())], from_row)
+        .what("list tasks")?;
+    rows.collect::<Result<_, _>>().what("list tasks")
+}
+
+/// Records the agent's progress on `mac`'s open task `id` and moves it to `running`.
+/// Returns the task as updated, or `None` when `mac` has no such open task.
+pub fn record_progress(
+    conn: &Connection,
+    mac: Mac,
+    id: i64,
+    p: &Progress,
+) -> Result<Option<Task>, DbError> {
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE tasks SET state = 'running', bytes_done = ?3, bytes_total = ?4, rate = ?5,
+                 eta = ?6, progress_at = ?7, updated_at = ?7
+                 WHERE id = ?1 AND mac = ?2 AND {OPEN}"
+            ),
+            params![
+                id,
+                mac.to_string(),
+                p.bytes_done,
+                p.bytes_total,
+                p.rate,
+                p.eta,
+                p.updated_at
+            ],
+        )
+        .what("record progress")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    get(conn, id)
 }
 
 /// Moves task `id` of host `mac` to `state`; a task of another host is never touched.
@@ -210,5 +365,72 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(open_for(&c, a).unwrap().is_none());
+    }
+
+    #[test]
+    fn due_list_and_progress() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        let a: Mac = "52:54:00:00:00:0a".parse().unwrap();
+        let b: Mac = "52:54:00:00:00:0b".parse().unwrap();
+        for m in [a, b] {
+            hosts::record_script_boot(&mut c, m, &Default::default(), 1).unwrap();
+        }
+        let later = create_with(
+            &c,
+            a,
+            TaskKind::Reimage,
+            &NewTask {
+                image: Some("win11"),
+                version: Some("abcd"),
+                group: Some("room-1"),
+                not_before: Some(100),
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                later.image.as_deref(),
+                later.version.as_deref(),
+                later.group.as_deref()
+            ),
+            (Some("win11"), Some("abcd"), Some("room-1"))
+        );
+        // not handed out before its time, but open
+        assert!(due_for(&c, a, 99).unwrap().is_none());
+        assert_eq!(due_for(&c, a, 100).unwrap().unwrap().id, later.id);
+        assert_eq!(open_for(&c, a).unwrap().unwrap().id, later.id);
+        let tb = create(&c, b, TaskKind::Capture, 11).unwrap();
+        assert_eq!(due_for(&c, b, 0).unwrap().unwrap().id, tb.id);
+        // newest first; by host; closed ones only with `all`
+        let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(list(&c, None, false).unwrap()), [tb.id, later.id]);
+        assert_eq!(ids(list(&c, Some(a), false).unwrap()), [later.id]);
+        let p = Progress {
+            bytes_done: 250,
+            bytes_total: 1000,
+            percent: 0,
+            rate: 50,
+            eta: Some(15),
+            updated_at: 20,
+        };
+        // another host's progress touches nothing
+        assert!(record_progress(&c, b, later.id, &p).unwrap().is_none());
+        let t = record_progress(&c, a, later.id, &p).unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Running);
+        let got = t.progress.unwrap();
+        assert_eq!(
+            (got.percent, got.rate, got.eta, got.updated_at),
+            (25, 50, Some(15), 20)
+        );
+        set_state(&c, a, later.id, TaskState::Done, None, 30).unwrap();
+        assert!(record_progress(&c, a, later.id, &p).unwrap().is_none());
+        assert_eq!(ids(list(&c, None, false).unwrap()), [tb.id]);
+        assert_eq!(ids(list(&c, Some(a), true).unwrap()), [later.id]);
+        let j = serde_json::to_value(get(&c, later.id).unwrap().unwrap()).unwrap();
+        assert_eq!(j["state"], "done");
+        assert_eq!(j["not_before"], "1970-01-01T00:01:40Z");
+        assert_eq!(j["progress"]["percent"], 25);
     }
 }

@@ -1,4 +1,5 @@
-//! `/api/v1`: the agent's hello (open) and the staff endpoints (token).
+//! `/api/v1`: the agent's endpoints (hello, task progress/done/failed; authenticated by the
+//! per-boot nonce) and the staff endpoints (token): hosts, groups, tasks.
 
 use std::net::SocketAddr;
 
@@ -10,8 +11,51 @@ use axum::Json;
 use super::AppState;
 use crate::agent::proto::{Hello, HelloReply};
 use crate::config::AfterRegister;
-use crate::db::{hosts, tasks, TaskState};
+use rusqlite::Connection;
+use serde::Deserialize;
+
+use crate::agent::proto::{TaskAck, TaskDone, TaskFailed, TaskProgress};
+use crate::db::{groups, hosts, tasks, DbError, TaskState};
 use crate::mac::Mac;
+use crate::schedule::{self, CancelTarget, ScheduleError, TaskRequest};
+
+/// Why an agent request's nonce was refused.
+pub struct NonceRefused {
+    /// The server did start a boot-environment boot for this MAC (the nonce is stale or wrong).
+    known_boot: bool,
+}
+
+impl NonceRefused {
+    fn response(&self, mac: Mac, peer: SocketAddr, what: &str) -> Response {
+        tracing::warn!(%mac, peer = %peer.ip(), "agent {what} refused: nonce missing or stale");
+        let why = if self.known_boot {
+            format!("this {what}'s bootcast.nonce does not match the last boot the server started for this MAC")
+        } else {
+            "the server started no boot-environment boot for this MAC".to_string()
+        };
+        super::error(
+            StatusCode::FORBIDDEN,
+            format!("{why}; network-boot the machine through bootcast again"),
+        )
+        .into_response()
+    }
+}
+
+/// The one check of every agent request: `nonce` must be the one the server put on the kernel
+/// command line of `mac`'s last boot-environment script (a MAC is no secret).
+fn check_nonce(
+    c: &Connection,
+    mac: Mac,
+    nonce: Option<&str>,
+) -> Result<Result<(), NonceRefused>, DbError> {
+    let expected = hosts::boot_nonce(c, mac)?;
+    Ok(match (&expected, nonce) {
+        (Some(e), Some(n)) if e == n => Ok(()),
+        _ => Err(NonceRefused {
+            known_boot: expected.is_some(),
+        }),
+    })
+}
 
 /// `POST /api/v1/agent/hello`: the agent is up. Records the host (registering it) and says
 /// what to do next.
@@ -45,10 +89,8 @@ pub async fn agent_hello(
     let res = st
         .db
         .call(move |c| {
-            let expected = hosts::boot_nonce(c, mac)?;
-            let nonce_ok = matches!((&expected, &h.nonce), (Some(e), Some(n)) if e == n);
-            if !nonce_ok {
-                return Ok(Err(expected.is_some()));
+            if let Err(refused) = check_nonce(c, mac, h.nonce.as_deref())? {
+                return Ok(Err(refused));
             }
             let host = hosts::record_hello(
                 c,
@@ -86,19 +128,7 @@ pub async fn agent_hello(
         .await;
     let (host, task) = match res {
         Ok(Ok(x)) => x,
-        Ok(Err(known_boot)) => {
-            tracing::warn!(%mac, peer = %peer.ip(), "agent hello refused: nonce missing or stale");
-            let why = if known_boot {
-                "this hello's bootcast.nonce does not match the last boot the server started for this MAC"
-            } else {
-                "the server started no boot-environment boot for this MAC"
-            };
-            return super::error(
-                StatusCode::FORBIDDEN,
-                format!("{why}; network-boot the machine through bootcast again"),
-            )
-            .into_response();
-        }
+        Ok(Err(refused)) => return refused.response(mac, peer, "hello"),
         Err(e) => return super::internal(e).into_response(),
     };
     if let (Some(id), None) = (hello.task, &task) {
@@ -150,6 +180,217 @@ pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Re
         Ok((None, ..)) => {
             super::error(StatusCode::NOT_FOUND, format!("no host {mac}")).into_response()
         }
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// What an agent reports about its task.
+enum Report {
+    Progress(tasks::Progress),
+    Done,
+    Failed(String),
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    super::error(StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+/// The shared path of the agent's task reports: nonce, then the task must be the caller's own
+/// open task.
+async fn agent_report(
+    st: AppState,
+    peer: SocketAddr,
+    mac: &str,
+    nonce: String,
+    id: i64,
+    report: Report,
+) -> Response {
+    let mac: Mac = match mac.parse() {
+        Ok(m) => m,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let what = match report {
+        Report::Progress(_) => "progress",
+        Report::Done => "done",
+        Report::Failed(_) => "failed",
+    };
+    let now = crate::time::now_unix();
+    let res = st
+        .db
+        .call(move |c| {
+            if let Err(refused) = check_nonce(c, mac, Some(&nonce))? {
+                return Ok(Err(Err(refused)));
+            }
+            let task = match tasks::get(c, id)? {
+                Some(t) if t.mac == mac => t,
+                _ => return Ok(Err(Ok((StatusCode::NOT_FOUND, format!(
+                    "host {mac} has no task {id}; report only the task named by bootcast.task= on this boot's kernel command line"
+                ))))),
+            };
+            if !task.state.is_open() {
+                return Ok(Err(Ok((StatusCode::CONFLICT, format!(
+                    "task {id} is already {}; stop working on it and reboot",
+                    task.state.as_str()
+                )))));
+            }
+            let updated = match report {
+                Report::Progress(p) => tasks::record_progress(c, mac, id, &tasks::Progress { updated_at: now, ..p })?,
+                Report::Done => tasks::set_state(c, mac, id, TaskState::Done, None, now)?,
+                Report::Failed(reason) => {
+                    tasks::set_state(c, mac, id, TaskState::Failed, Some(&reason), now)?
+                }
+            };
+            Ok(Ok(updated.expect("open task of this host, checked in this call")))
+        })
+        .await;
+    match res {
+        Ok(Ok(t)) => {
+            tracing::info!(%mac, task = t.id, state = t.state.as_str(), "agent {what}");
+            Json(TaskAck {
+                task: t.id,
+                state: t.state.as_str().to_string(),
+            })
+            .into_response()
+        }
+        Ok(Err(Err(refused))) => refused.response(mac, peer, what),
+        Ok(Err(Ok((status, msg)))) => {
+            tracing::warn!(%mac, task = id, "agent {what} refused: {msg}");
+            super::error(status, msg).into_response()
+        }
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+fn to_i64(v: u64, field: &str) -> Result<i64, String> {
+    i64::try_from(v).map_err(|_| format!("{field} {v} is too large"))
+}
+
+/// `POST /api/v1/agent/progress`: `{mac, nonce, task, bytes_done, bytes_total, rate, eta?}`.
+pub async fn agent_progress(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(p): Json<TaskProgress>,
+) -> Response {
+    if p.bytes_done > p.bytes_total {
+        return bad_request(format!(
+            "bytes_done {} is more than bytes_total {}",
+            p.bytes_done, p.bytes_total
+        ));
+    }
+    let progress = (|| {
+        Ok::<_, String>(tasks::Progress {
+            bytes_done: to_i64(p.bytes_done, "bytes_done")?,
+            bytes_total: to_i64(p.bytes_total, "bytes_total")?,
+            percent: 0,
+            rate: to_i64(p.rate, "rate")?,
+            eta: p.eta.map(|e| to_i64(e, "eta")).transpose()?,
+            updated_at: 0,
+        })
+    })();
+    match progress {
+        Ok(pr) => agent_report(st, peer, &p.mac, p.nonce, p.task, Report::Progress(pr)).await,
+        Err(msg) => bad_request(msg),
+    }
+}
+
+/// `POST /api/v1/agent/done`: `{mac, nonce, task}`.
+pub async fn agent_done(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(d): Json<TaskDone>,
+) -> Response {
+    agent_report(st, peer, &d.mac, d.nonce, d.task, Report::Done).await
+}
+
+/// `POST /api/v1/agent/failed`: `{mac, nonce, task, reason}`.
+pub async fn agent_failed(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(f): Json<TaskFailed>,
+) -> Response {
+    let reason: String = f
+        .reason
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if reason.is_empty() || reason.chars().count() > 2000 {
+        return bad_request("reason must say what went wrong, in 1 to 2000 characters");
+    }
+    agent_report(st, peer, &f.mac, f.nonce, f.task, Report::Failed(reason)).await
+}
+
+fn schedule_error(e: ScheduleError) -> Response {
+    if let ScheduleError::Db(e) = e {
+        return super::internal(e).into_response();
+    }
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    super::error(status, e.to_string()).into_response()
+}
+
+/// `GET /api/v1/tasks?host=MAC&all=true` query.
+#[derive(Debug, Deserialize)]
+pub struct TaskQuery {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /api/v1/tasks[?host=MAC][&all=true]`: open tasks (every task with `all`), newest first.
+pub async fn list_tasks(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<TaskQuery>,
+) -> Response {
+    let mac = match q.host.as_deref().map(str::parse::<Mac>).transpose() {
+        Ok(m) => m,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    match st.db.call(move |c| tasks::list(c, mac, q.all)).await {
+        Ok(t) => Json(serde_json::json!({ "tasks": t })).into_response(),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `POST /api/v1/tasks` with a [`TaskRequest`]: 201 `{"tasks": [...]}` (one per host).
+pub async fn create_tasks(State(st): State<AppState>, Json(req): Json<TaskRequest>) -> Response {
+    let data = st.data.clone();
+    let now = crate::time::now_unix();
+    match st
+        .db
+        .call(move |c| Ok(schedule::create(c, &data, &req, now)))
+        .await
+    {
+        Ok(Ok(t)) => {
+            tracing::info!(tasks = t.len(), "tasks created through the API");
+            (StatusCode::CREATED, Json(serde_json::json!({ "tasks": t }))).into_response()
+        }
+        Ok(Err(e)) => schedule_error(e),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `DELETE /api/v1/tasks/{id}`: cancels an open task → `{"task": ...}`.
+pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Response {
+    let now = crate::time::now_unix();
+    match st
+        .db
+        .call(move |c| Ok(schedule::cancel(c, &CancelTarget::Id(id), now)))
+        .await
+    {
+        Ok(Ok(mut t)) if t.len() == 1 => {
+            Json(serde_json::json!({ "task": t.pop() })).into_response()
+        }
+        Ok(Ok(_)) => schedule_error(ScheduleError::NoTask(id)),
+        Ok(Err(e)) => schedule_error(e),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `GET /api/v1/groups`: every group with its hosts.
+pub async fn list_groups(State(st): State<AppState>) -> Response {
+    match st.db.call(|c| groups::list(c)).await {
+        Ok(g) => Json(serde_json::json!({ "groups": g })).into_response(),
         Err(e) => super::internal(e).into_response(),
     }
 }

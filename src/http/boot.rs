@@ -93,7 +93,8 @@ pub async fn host_script(
                 },
                 now,
             )?;
-            let task = tasks::open_for(c, mac)?;
+            // a task scheduled for later (`--at`) waits: local disk (or registration) until then
+            let task = tasks::due_for(c, mac, now)?;
             let uefi = firmware.or(host.firmware) == Some(Firmware::Uefi);
             let plan = match (&task, host.registered()) {
                 (Some(t), _) => BootScript::BootEnv {

@@ -8,12 +8,14 @@
 //! | `GET /boot/{mac}.ipxe` | iPXE: this host's script | none |
 //! | `GET /bootenv/{vmlinuz,initrd.img}` | iPXE: the boot environment | none |
 //! | `GET /ipxe/{name}` | UEFI HTTP boot: the iPXE binaries | none |
-//! | `POST /api/v1/agent/hello` | the agent | none (acts only on the caller's own MAC) |
+//! | `POST /api/v1/agent/hello` | the agent | the per-boot nonce (acts only on the caller's own MAC) |
+//! | `POST /api/v1/agent/{progress,done,failed}` | the agent: its task | the per-boot nonce; only the caller's own open task |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
 //! | `GET /api/v1/images` | staff | token |
 //! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | none (see [`chunks`]) |
 //! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | none (see [`chunks`]) |
 //! | `GET /metrics` | monitoring (Prometheus) | none |
+//! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
 
 pub mod api;
 pub mod auth;
@@ -71,6 +73,15 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/{mac}", get(api::get_host))
         .route("/api/v1/images", get(chunks::list_images))
+        .route(
+            "/api/v1/tasks",
+            get(api::list_tasks).post(api::create_tasks),
+        )
+        .route(
+            "/api/v1/tasks/{id}",
+            axum::routing::delete(api::cancel_task),
+        )
+        .route("/api/v1/groups", get(api::list_groups))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
             auth::require_token,
@@ -89,6 +100,9 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/chunks/batch", post(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
         .route("/metrics", get(chunks::metrics))
+        .route("/api/v1/agent/progress", post(api::agent_progress))
+        .route("/api/v1/agent/done", post(api::agent_done))
+        .route("/api/v1/agent/failed", post(api::agent_failed))
         .merge(staff)
         .with_state(state)
 }

@@ -306,6 +306,37 @@ pub fn bootenv_build(lab: &Lab) -> Output {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bootenv");
     lab.run(&["bootenv", "build", "--cache", cache.to_str().unwrap()])
 }
+/// A stand-in boot environment: two files and the record `bootenv::load` checks.
+pub fn fake_bootenv(lab: &Lab) {
+    use bootcast::bootenv::{BootEnvInfo, FileInfo};
+    let d = lab.data().join("bootenv");
+    std::fs::create_dir_all(&d).unwrap();
+    let kernel = b"kernel bytes".to_vec();
+    let initrd = vec![7u8; 100_000];
+    std::fs::write(d.join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(d.join("initrd.img"), &initrd).unwrap();
+    let file = |b: &[u8]| FileInfo {
+        size: b.len() as u64,
+        blake3: blake3::hash(b).to_hex().to_string(),
+    };
+    let info = BootEnvInfo {
+        kernel_version: "test".into(),
+        kernel_package: "none".into(),
+        vmlinuz: file(&kernel),
+        initrd: file(&initrd),
+        initrd_compression: "none".into(),
+        modules: vec![],
+        modules_builtin: vec![],
+        modules_missing: vec![],
+        agent_size: 0,
+        agent_stripped: false,
+        busybox: String::new(),
+        built_at: 0,
+        bootcast_version: "test".into(),
+    };
+    std::fs::write(d.join("bootenv.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+}
+
 pub mod netlab;
 
 /// Prints a line on the real stderr, past the test harness's output capture, so that SKIP

@@ -1,0 +1,190 @@
+//! `bootcast host ...` and `bootcast group ...`: the hosts the server has seen, and groups of
+//! them (a room). They work on `--data DIR` directly, beside a running server.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use bootcast::db::{groups, hosts, tasks, Db};
+use bootcast::mac::Mac;
+
+use super::output::{utc, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Every host that network-booted through bootcast
+    List,
+    /// One host: its groups, last boots and tasks
+    Show { mac: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// Put hosts into group NAME (created if needed); a host may be in several groups
+    Add {
+        name: String,
+        #[arg(required = true)]
+        macs: Vec<String>,
+    },
+    /// Take hosts out of group NAME; with no MAC, remove the group itself
+    Remove { name: String, macs: Vec<String> },
+    /// Every group with its hosts
+    List,
+}
+
+/// Opens (creating if needed) the database in `data`.
+pub fn open_db(data: &Path) -> Result<Db> {
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    Ok(Db::open(&bootcast::db::path(data))?)
+}
+
+pub fn parse_macs(macs: &[String]) -> Result<Vec<Mac>> {
+    Ok(macs
+        .iter()
+        .map(|m| m.parse())
+        .collect::<Result<Vec<Mac>, _>>()?)
+}
+
+pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
+    let db = open_db(data)?;
+    let c = db.lock();
+    match cmd {
+        HostCmd::List => {
+            let list = hosts::list(&c)?;
+            let mut rows = Vec::new();
+            for h in &list {
+                rows.push((h.clone(), groups::of_host(&c, h.mac)?));
+            }
+            let json: Vec<_> = rows
+                .iter()
+                .map(|(h, g)| {
+                    let mut v = serde_json::to_value(h).expect("host serialises");
+                    v["groups"] = serde_json::json!(g);
+                    v
+                })
+                .collect();
+            out.emit(&serde_json::json!({ "hosts": json }), || {
+                if rows.is_empty() {
+                    return "no hosts yet: a machine appears here after its first network boot through bootcast".into();
+                }
+                let mut s = format!(
+                    "{:<17}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  GROUPS\n",
+                    "MAC", "ARCH", "FW", "BOOTS", "LAST BOOT", "REGISTERED"
+                );
+                for (h, g) in &rows {
+                    s += &format!(
+                        "{:<17}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  {}\n",
+                        h.mac,
+                        h.arch.as_deref().unwrap_or("-"),
+                        h.firmware.map(|f| f.as_str()).unwrap_or("-"),
+                        h.boots,
+                        utc(h.last_boot),
+                        if h.registered() { "yes" } else { "no" },
+                        g.join(",")
+                    );
+                }
+                s
+            });
+        }
+        HostCmd::Show { mac } => {
+            let mac: Mac = mac.parse()?;
+            let Some(h) = hosts::get(&c, mac)? else {
+                bail!("no host {mac} is known: network-boot it through bootcast once; `bootcast host list` shows the known hosts");
+            };
+            let g = groups::of_host(&c, mac)?;
+            let boots = hosts::boots(&c, mac, 20)?;
+            let t = tasks::list(&c, Some(mac), true)?;
+            out.emit(
+                &serde_json::json!({ "host": h, "groups": g, "boots": boots, "tasks": t }),
+                || {
+                    let mut s = format!(
+                        "host {}\n  arch {}  firmware {}  boots {}\n  first boot {}  last boot {}  last ip {}\n  registered {}\n  groups {}\n",
+                        h.mac,
+                        h.arch.as_deref().unwrap_or("-"),
+                        h.firmware.map(|f| f.as_str()).unwrap_or("-"),
+                        h.boots,
+                        utc(h.first_boot),
+                        utc(h.last_boot),
+                        h.last_ip.as_deref().unwrap_or("-"),
+                        h.registered_at.map(utc).unwrap_or_else(|| "no".into()),
+                        if g.is_empty() { "-".into() } else { g.join(", ") },
+                    );
+                    s += "tasks:\n";
+                    if t.is_empty() {
+                        s += "  none\n";
+                    }
+                    for t in &t {
+                        s += &format!("  {}\n", super::task::one_line(t));
+                    }
+                    s
+                },
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_group(cmd: GroupCmd, data: &Path, out: &Output) -> Result<ExitCode> {
+    let db = open_db(data)?;
+    let mut c = db.lock();
+    let check_name = |name: &str| {
+        if !groups::valid_name(name) {
+            bail!("invalid group name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ - , not starting with '.' or '-'");
+        }
+        Ok(())
+    };
+    match cmd {
+        GroupCmd::Add { name, macs } => {
+            check_name(&name)?;
+            let macs = parse_macs(&macs)?;
+            for m in &macs {
+                if hosts::get(&c, *m)?.is_none() {
+                    bail!("no host {m} is known: network-boot it through bootcast once (it registers itself), then add it; `bootcast host list` shows the known hosts");
+                }
+            }
+            let g = groups::add(&mut c, &name, &macs, bootcast::time::now_unix())?;
+            out.emit(&g, || {
+                format!("group {}: {} host(s)", g.name, g.hosts.len())
+            });
+        }
+        GroupCmd::Remove { name, macs } => {
+            check_name(&name)?;
+            let macs = parse_macs(&macs)?;
+            if !groups::remove(&mut c, &name, &macs)? {
+                bail!("no group {name:?}; `bootcast group list` shows the groups");
+            }
+            match groups::get(&c, &name)? {
+                Some(g) => out.emit(&serde_json::json!({ "group": g, "removed": false }), || {
+                    format!("group {}: {} host(s)", g.name, g.hosts.len())
+                }),
+                None => out.emit(
+                    &serde_json::json!({ "group": { "name": name }, "removed": true }),
+                    || format!("group {name} removed"),
+                ),
+            }
+        }
+        GroupCmd::List => {
+            let list = groups::list(&c)?;
+            out.emit(&serde_json::json!({ "groups": list }), || {
+                if list.is_empty() {
+                    return "no groups: create one with `bootcast group add NAME MAC...`".into();
+                }
+                list.iter()
+                    .map(|g| {
+                        let macs: Vec<String> = g.hosts.iter().map(|m| m.to_string()).collect();
+                        format!(
+                            "{}  ({} hosts)  {}\n",
+                            g.name,
+                            g.hosts.len(),
+                            macs.join(" ")
+                        )
+                    })
+                    .collect()
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

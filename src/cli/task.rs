@@ -1,0 +1,199 @@
+//! `bootcast task ...`: reimage and capture tasks for hosts or groups, their states and
+//! progress, cancelling. The rules are the library's (`bootcast::schedule`), shared with the API.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{ArgGroup, Subcommand};
+
+use bootcast::db::{tasks, Task, TaskKind};
+use bootcast::mac::Mac;
+use bootcast::schedule::{self, CancelTarget, TaskRequest};
+
+use super::host::open_db;
+use super::output::{bytes, utc, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Reimage a host, or every host of a group, at its next network boot (one task per host)
+    #[command(group(ArgGroup::new("target").required(true).args(["host", "group"])))]
+    Reimage {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// NAME[@VERSION]: the version is fixed now (a later `image add` does not change it)
+        #[arg(long)]
+        image: String,
+        /// Not before: HH:MM (this server's local time; today, or tomorrow if already past) or RFC 3339
+        #[arg(long)]
+        at: Option<String>,
+        /// Cancel a host's open task instead of refusing
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Capture a host's disk as a new version of image NAME at its next network boot
+    Capture {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        image: String,
+        /// Not before: HH:MM (this server's local time) or RFC 3339
+        #[arg(long)]
+        at: Option<String>,
+        /// Cancel the host's open task instead of refusing
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Open tasks (pending, booting, running), newest first; --all for finished ones too
+    List {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Cancel task ID, or every open task of a host or of a group's hosts
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "host", "group"])))]
+    Cancel {
+        id: Option<i64>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+fn duration(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// One task on one line (for `task list` and `host show`).
+pub fn one_line(t: &Task) -> String {
+    let image = match (&t.image, &t.version) {
+        (Some(i), Some(v)) => format!("{i}@{}", &v[..v.len().min(12)]),
+        (Some(i), None) => i.clone(),
+        _ => "-".into(),
+    };
+    let progress = match &t.progress {
+        Some(p) => format!(
+            "{:>3}% {}/{} {}/s eta {}",
+            p.percent,
+            bytes(p.bytes_done as u64),
+            bytes(p.bytes_total as u64),
+            bytes(p.rate as u64),
+            p.eta.map(duration).unwrap_or_else(|| "?".into())
+        ),
+        None => "-".into(),
+    };
+    let mut s = format!(
+        "{:>5}  {}  {:<8} {:<24} {:<9} {}",
+        t.id,
+        t.mac,
+        t.kind.as_str(),
+        image,
+        t.state.as_str(),
+        progress
+    );
+    if let Some(nb) = t.not_before {
+        s += &format!("  not before {}", utc(nb));
+    }
+    if let Some(g) = &t.group {
+        s += &format!("  group {g}");
+    }
+    if let Some(d) = &t.detail {
+        s += &format!("  ({d})");
+    }
+    s
+}
+
+fn table(list: &[Task]) -> String {
+    let mut s = format!(
+        "{:>5}  {:<17}  {:<8} {:<24} {:<9} PROGRESS\n",
+        "ID", "HOST", "KIND", "IMAGE", "STATE"
+    );
+    for t in list {
+        s += &one_line(t);
+        s.push('\n');
+    }
+    s
+}
+
+pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
+    let db = open_db(data)?;
+    let mut c = db.lock();
+    let now = bootcast::time::now_unix();
+    match cmd {
+        TaskCmd::Reimage {
+            host,
+            group,
+            image,
+            at,
+            replace,
+        } => {
+            let req = TaskRequest {
+                kind: TaskKind::Reimage,
+                host,
+                group,
+                image,
+                at,
+                replace,
+            };
+            let created = schedule::create(&mut c, data, &req, now)?;
+            out.emit(&serde_json::json!({ "tasks": created }), || table(&created));
+        }
+        TaskCmd::Capture {
+            host,
+            image,
+            at,
+            replace,
+        } => {
+            let req = TaskRequest {
+                kind: TaskKind::Capture,
+                host: Some(host),
+                group: None,
+                image,
+                at,
+                replace,
+            };
+            let created = schedule::create(&mut c, data, &req, now)?;
+            out.emit(&serde_json::json!({ "tasks": created }), || table(&created));
+        }
+        TaskCmd::List { host, all } => {
+            let mac = host.map(|h| h.parse::<Mac>()).transpose()?;
+            let list = tasks::list(&c, mac, all)?;
+            out.emit(&serde_json::json!({ "tasks": list }), || {
+                if list.is_empty() {
+                    if all {
+                        "no tasks".into()
+                    } else {
+                        "no open tasks (--all shows finished ones)".into()
+                    }
+                } else {
+                    table(&list)
+                }
+            });
+        }
+        TaskCmd::Cancel { id, host, group } => {
+            let target = match (id, host, group) {
+                (Some(id), None, None) => CancelTarget::Id(id),
+                (None, Some(h), None) => CancelTarget::Host(h.parse()?),
+                (None, None, Some(g)) => CancelTarget::Group(g),
+                _ => anyhow::bail!("name one of: a task ID, --host MAC or --group NAME"),
+            };
+            let cancelled = schedule::cancel(&mut c, &target, now)?;
+            out.emit(&serde_json::json!({ "cancelled": cancelled }), || {
+                if cancelled.is_empty() {
+                    "no open task to cancel".into()
+                } else {
+                    table(&cancelled)
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

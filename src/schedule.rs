@@ -1,0 +1,277 @@
+//! Staff-side task rules, shared by the CLI (`bootcast task ...`) and the API
+//! (`/api/v1/tasks`): who a task is for (a host or every host of a group), what image it is
+//! about (a reimage's version is resolved now, so a later `image add` does not change a queued
+//! task), when it may start (`--at`), and one open task per host unless replaced.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Deserialize;
+
+use crate::db::{groups, hosts, tasks, DbError, Task, TaskKind, TaskState};
+use crate::mac::{BadMac, Mac};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("name the target: either one host (--host MAC, API \"host\") or a group (--group NAME, API \"group\"), not both")]
+    Target,
+    #[error(transparent)]
+    BadMac(#[from] BadMac),
+    #[error("no host {0} is known: network-boot it through bootcast once (it registers itself), then retry; `bootcast host list` shows the known hosts")]
+    UnknownHost(Mac),
+    #[error("no group {0:?}: create it with `bootcast group add {0} MAC...`; `bootcast group list` shows the groups")]
+    UnknownGroup(String),
+    #[error("invalid group name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ - , not starting with '.' or '-'")]
+    BadGroupName(String),
+    #[error("group {0} has no hosts: add some with `bootcast group add {0} MAC...`")]
+    EmptyGroup(String),
+    #[error("cannot use image {spec:?} for this task: {cause}")]
+    Image { spec: String, cause: StoreError },
+    #[error("a capture makes a new version of an image: give the image NAME without @VERSION (not {0:?})")]
+    CaptureVersion(String),
+    #[error("{0} tasks are created by the server itself; ask for a reimage or a capture")]
+    Kind(&'static str),
+    #[error("{0}")]
+    BadTime(String),
+    #[error("--at {0} is in the past; leave --at out to start at the host's next network boot")]
+    Past(String),
+    #[error("host {mac} already has open task {id} ({kind}, {state}); cancel it with `bootcast task cancel {id}` or replace it (--replace, API \"replace\": true)")]
+    Busy {
+        mac: Mac,
+        id: i64,
+        kind: &'static str,
+        state: &'static str,
+    },
+    #[error("no task {0}; `bootcast task list --all` shows every task")]
+    NoTask(i64),
+    #[error(
+        "task {id} is already {state}; only pending, booting or running tasks can be cancelled"
+    )]
+    Closed { id: i64, state: &'static str },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl ScheduleError {
+    /// The HTTP status this error answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ScheduleError::UnknownHost(_)
+            | ScheduleError::UnknownGroup(_)
+            | ScheduleError::NoTask(_) => 404,
+            ScheduleError::Image {
+                cause:
+                    StoreError::UnknownImage(_)
+                    | StoreError::UnknownVersion { .. }
+                    | StoreError::NoStore(_),
+                ..
+            } => 404,
+            ScheduleError::Busy { .. } | ScheduleError::Closed { .. } => 409,
+            ScheduleError::Db(_) => 500,
+            ScheduleError::Image {
+                cause: StoreError::BadName(_) | StoreError::AmbiguousVersion { .. },
+                ..
+            } => 400,
+            ScheduleError::Image { .. } => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// A request for new tasks (the body of `POST /api/v1/tasks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub kind: TaskKind,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `NAME[@VERSION]` for a reimage, `NAME` for a capture.
+    pub image: String,
+    /// `HH:MM` (the server's local time) or RFC 3339; see [`crate::time::parse_at`].
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Cancel the host's open task instead of refusing.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// The hosts `host` or `group` names (exactly one of them), every one known.
+fn targets(
+    conn: &Connection,
+    host: Option<&str>,
+    group: Option<&str>,
+) -> Result<Vec<Mac>, ScheduleError> {
+    match (host, group) {
+        (Some(h), None) => {
+            let mac: Mac = h.parse()?;
+            if hosts::get(conn, mac)?.is_none() {
+                return Err(ScheduleError::UnknownHost(mac));
+            }
+            Ok(vec![mac])
+        }
+        (None, Some(g)) => {
+            if !groups::valid_name(g) {
+                return Err(ScheduleError::BadGroupName(g.to_string()));
+            }
+            if !groups::exists(conn, g)? {
+                return Err(ScheduleError::UnknownGroup(g.to_string()));
+            }
+            let macs = groups::members(conn, g)?;
+            if macs.is_empty() {
+                return Err(ScheduleError::EmptyGroup(g.to_string()));
+            }
+            Ok(macs)
+        }
+        _ => Err(ScheduleError::Target),
+    }
+}
+
+/// Creates one task per target host, all or none. `data` is the data directory (image store).
+pub fn create(
+    conn: &mut Connection,
+    data: &Path,
+    req: &TaskRequest,
+    now: i64,
+) -> Result<Vec<Task>, ScheduleError> {
+    let image_err = |cause| ScheduleError::Image {
+        spec: req.image.clone(),
+        cause,
+    };
+    let (image, version) = match req.kind {
+        TaskKind::Register => return Err(ScheduleError::Kind("register")),
+        TaskKind::Reimage => {
+            let v = Store::open(data)
+                .and_then(|s| s.resolve(&req.image))
+                .map_err(image_err)?;
+            (v.name, Some(v.id.to_string()))
+        }
+        TaskKind::Capture => {
+            if req.image.contains('@') {
+                return Err(ScheduleError::CaptureVersion(req.image.clone()));
+            }
+            crate::store::catalog::validate_name(&req.image).map_err(image_err)?;
+            (req.image.clone(), None)
+        }
+    };
+    let not_before = match &req.at {
+        Some(at) => {
+            let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
+                .map_err(ScheduleError::BadTime)?;
+            if t < now {
+                return Err(ScheduleError::Past(at.clone()));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let tx = conn.transaction().map_err(|cause| DbError::Query {
+        what: "begin",
+        cause,
+    })?;
+    let macs = targets(&tx, req.host.as_deref(), req.group.as_deref())?;
+    let mut created = Vec::with_capacity(macs.len());
+    for mac in macs {
+        if let Some(open) = tasks::open_for(&tx, mac)? {
+            if !req.replace {
+                return Err(ScheduleError::Busy {
+                    mac,
+                    id: open.id,
+                    kind: open.kind.as_str(),
+                    state: open.state.as_str(),
+                });
+            }
+            for t in tasks::list(&tx, Some(mac), false)? {
+                tasks::set_state(
+                    &tx,
+                    mac,
+                    t.id,
+                    TaskState::Cancelled,
+                    Some("replaced by a newer task"),
+                    now,
+                )?;
+            }
+        }
+        created.push(tasks::create_with(
+            &tx,
+            mac,
+            req.kind,
+            &tasks::NewTask {
+                image: Some(&image),
+                version: version.as_deref(),
+                group: req.group.as_deref(),
+                not_before,
+            },
+            now,
+        )?);
+    }
+    tx.commit().map_err(|cause| DbError::Query {
+        what: "commit",
+        cause,
+    })?;
+    Ok(created)
+}
+
+/// What `task cancel` names.
+#[derive(Debug, Clone)]
+pub enum CancelTarget {
+    Id(i64),
+    Host(Mac),
+    Group(String),
+}
+
+/// Cancels the task named, or every open task of a host or of a group's hosts. Returns the
+/// tasks cancelled (empty when a host or group had none open).
+pub fn cancel(
+    conn: &mut Connection,
+    target: &CancelTarget,
+    now: i64,
+) -> Result<Vec<Task>, ScheduleError> {
+    let tx = conn.transaction().map_err(|cause| DbError::Query {
+        what: "begin",
+        cause,
+    })?;
+    let open: Vec<Task> = match target {
+        CancelTarget::Id(id) => {
+            let t = tasks::get(&tx, *id)?.ok_or(ScheduleError::NoTask(*id))?;
+            if !t.state.is_open() {
+                return Err(ScheduleError::Closed {
+                    id: t.id,
+                    state: t.state.as_str(),
+                });
+            }
+            vec![t]
+        }
+        CancelTarget::Host(mac) => {
+            let macs = targets(&tx, Some(&mac.to_string()), None)?;
+            tasks::list(&tx, Some(macs[0]), false)?
+        }
+        CancelTarget::Group(g) => {
+            let mut all = Vec::new();
+            for mac in targets(&tx, None, Some(g))? {
+                all.extend(tasks::list(&tx, Some(mac), false)?);
+            }
+            all
+        }
+    };
+    let mut done = Vec::new();
+    for t in open {
+        if let Some(t) = tasks::set_state(
+            &tx,
+            t.mac,
+            t.id,
+            TaskState::Cancelled,
+            Some("cancelled by staff"),
+            now,
+        )? {
+            done.push(t);
+        }
+    }
+    tx.commit().map_err(|cause| DbError::Query {
+        what: "commit",
+        cause,
+    })?;
+    Ok(done)
+}

@@ -1,0 +1,517 @@
+//! Tasks end to end: groups, reimage and capture tasks from the CLI and the API, the boot
+//! script handing them out (or holding them back with `--at`), the agent's progress, done and
+//! failed reports (nonce-checked, own task only), and cancelling.
+
+mod common;
+
+use serde_json::{json, Value};
+
+use common::{fake_bootenv, http, Lab, Served};
+
+const A: &str = "52:54:00:00:10:0a";
+const B: &str = "52:54:00:00:10:0b";
+
+fn serve(lab: &Lab) -> Served {
+    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+}
+
+fn nonce_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.nonce="))
+        .unwrap_or_else(|| panic!("no nonce in {script}"))
+        .to_string()
+}
+
+/// Fetches `mac`'s boot script.
+fn boot(s: &Served, mac: &str) -> String {
+    let (code, script) = http(
+        "GET",
+        &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    script
+}
+
+/// A first network boot and the agent's hello: `mac` is a registered host.
+fn register(s: &Served, mac: &str) {
+    let script = boot(s, mac);
+    assert!(script.contains("registering"), "{script}");
+    let hello = json!({
+        "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64,
+        "nonce": nonce_of(&script)
+    });
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// POSTs an agent report; returns (status, body as JSON).
+fn agent(s: &Served, what: &str, body: Value) -> (u16, Value) {
+    let (code, text) = http(
+        "POST",
+        &format!("{}/api/v1/agent/{what}", s.url),
+        None,
+        Some(&body.to_string()),
+    );
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+    )
+}
+
+fn api(s: &Served, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (code, text) = http(
+        method,
+        &format!("{}{path}", s.url),
+        s.token.as_deref(),
+        body.map(|b| b.to_string()).as_deref(),
+    );
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+    )
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn refused(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.run(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    common::stderr(&out)
+}
+
+fn task_of<'a>(tasks: &'a Value, mac: &str) -> &'a Value {
+    tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["mac"] == mac)
+        .unwrap_or_else(|| panic!("no task for {mac} in {tasks}"))
+}
+
+#[test]
+fn group_reimage_boot_progress_done_and_failed() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let v1 = lab.add(
+        "win11",
+        &lab.file("v1.img", &common::random_bytes(300_000, 1)),
+    )["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = serve(&lab);
+    register(&s, A);
+    register(&s, B);
+
+    let g = lab.json(&["group", "add", "room-101", A, B]);
+    assert_eq!(g["hosts"], json!([A, B]));
+    let (code, groups) = api(&s, "GET", "/api/v1/groups", None);
+    assert_eq!(code, 200);
+    assert_eq!(groups["groups"][0]["name"], "room-101");
+    let hosts = lab.json(&["host", "list"]);
+    assert_eq!(hosts["hosts"][0]["groups"], json!(["room-101"]));
+
+    // one task per host of the group, the version pinned now
+    let created = lab.json(&["task", "reimage", "--group", "room-101", "--image", "win11"]);
+    let tasks = created["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        assert_eq!(
+            (&t["kind"], &t["state"], &t["image"], &t["group"]),
+            (
+                &json!("reimage"),
+                &json!("pending"),
+                &json!("win11"),
+                &json!("room-101")
+            )
+        );
+        assert_eq!(t["version"], v1.as_str());
+    }
+    let id_a = task_of(&created["tasks"], A)["id"].as_i64().unwrap();
+    let id_b = task_of(&created["tasks"], B)["id"].as_i64().unwrap();
+    // a newer version of the image does not change the queued tasks
+    lab.add(
+        "win11",
+        &lab.file("v2.img", &common::random_bytes(300_000, 2)),
+    );
+    let listed = lab.json(&["task", "list"]);
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(task_of(&listed["tasks"], A)["version"], v1.as_str());
+    // a second open task for a host is refused, with the way out
+    let err = refused(&lab, &["task", "reimage", "--host", A, "--image", "win11"]);
+    assert!(
+        err.contains(&format!("already has open task {id_a}")) && err.contains("--replace"),
+        "{err}"
+    );
+    let (code, api_tasks) = api(&s, "GET", "/api/v1/tasks", None);
+    assert_eq!(code, 200);
+    assert_eq!(api_tasks["tasks"].as_array().unwrap().len(), 2);
+
+    // each host's boot script carries its task; it moves to booting
+    let script_a = boot(&s, A);
+    assert!(
+        script_a.contains(&format!("bootcast.task={id_a}")),
+        "{script_a}"
+    );
+    let script_b = boot(&s, B);
+    assert!(
+        script_b.contains(&format!("bootcast.task={id_b}")),
+        "{script_b}"
+    );
+    let (na, nb) = (nonce_of(&script_a), nonce_of(&script_b));
+    let listed = lab.json(&["task", "list", "--host", A]);
+    assert_eq!(listed["tasks"][0]["state"], "booting");
+
+    let progress = |mac: &str, nonce: &str, task: i64, done: u64| {
+        json!({
+            "mac": mac, "nonce": nonce, "task": task,
+            "bytes_done": done, "bytes_total": 1000u64, "rate": 100u64, "eta": 5u64
+        })
+    };
+    // B's nonce does not work for A; A cannot report B's task; no nonce, no report
+    let (code, body) = agent(&s, "progress", progress(A, &nb, id_a, 100));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("network-boot"),
+        "{body}"
+    );
+    let (code, body) = agent(&s, "progress", progress(A, &na, id_b, 100));
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("bootcast.task="),
+        "{body}"
+    );
+    let (code, _) = agent(&s, "done", json!({ "mac": A, "task": id_a }));
+    assert_eq!(code, 422);
+    let (code, _) = agent(&s, "progress", progress(A, &na, id_a, 2000));
+    assert_eq!(code, 400);
+    let listed = lab.json(&["task", "list"]);
+    assert_eq!(task_of(&listed["tasks"], A)["state"], "booting");
+    assert_eq!(task_of(&listed["tasks"], B)["state"], "booting");
+
+    // A's own progress: running, with percent, rate and ETA shown by CLI and API
+    let (code, ack) = agent(&s, "progress", progress(A, &na, id_a, 250));
+    assert_eq!(code, 200, "{ack}");
+    assert_eq!(ack, json!({ "task": id_a, "state": "running" }));
+    let listed = lab.json(&["task", "list"]);
+    let p = &task_of(&listed["tasks"], A)["progress"];
+    assert_eq!(
+        (
+            &p["bytes_done"],
+            &p["bytes_total"],
+            &p["percent"],
+            &p["rate"],
+            &p["eta"]
+        ),
+        (
+            &json!(250),
+            &json!(1000),
+            &json!(25),
+            &json!(100),
+            &json!(5)
+        )
+    );
+    let human = String::from_utf8(lab.run(&["task", "list"]).stdout).unwrap();
+    assert!(
+        human.contains("running") && human.contains(" 25%"),
+        "{human}"
+    );
+    let (_, api_tasks) = api(&s, "GET", &format!("/api/v1/tasks?host={A}"), None);
+    assert_eq!(api_tasks["tasks"][0]["progress"]["percent"], 25);
+
+    // done; a second report about a closed task is a conflict
+    let done = json!({ "mac": A, "nonce": na, "task": id_a });
+    let (code, ack) = agent(&s, "done", done.clone());
+    assert_eq!((code, &ack["state"]), (200, &json!("done")), "{ack}");
+    let (code, body) = agent(&s, "done", done);
+    assert_eq!(code, 409);
+    assert!(
+        body["error"].as_str().unwrap().contains("already done"),
+        "{body}"
+    );
+
+    // B fails with a reason, kept for staff
+    let (code, _) = agent(
+        &s,
+        "failed",
+        json!({ "mac": B, "nonce": nb, "task": id_b, "reason": "" }),
+    );
+    assert_eq!(code, 400);
+    let (code, ack) = agent(
+        &s,
+        "failed",
+        json!({ "mac": B, "nonce": nb, "task": id_b, "reason": "disk /dev/sda is 64 GB, image needs 128 GB" }),
+    );
+    assert_eq!((code, &ack["state"]), (200, &json!("failed")), "{ack}");
+    assert_eq!(lab.json(&["task", "list"])["tasks"], json!([]));
+    let all = lab.json(&["task", "list", "--all"]);
+    assert_eq!(
+        task_of(&all["tasks"], B)["detail"],
+        "disk /dev/sda is 64 GB, image needs 128 GB"
+    );
+    let shown = lab.json(&["host", "show", B]);
+    assert_eq!(shown["tasks"][0]["state"], "failed");
+    assert_eq!(shown["groups"], json!(["room-101"]));
+
+    // nothing open: the local disk
+    let script = boot(&s, A);
+    assert!(script.contains("sanboot"), "{script}");
+}
+
+#[test]
+fn at_holds_a_task_back_cancel_replace_capture_and_api_rules() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add(
+        "win11",
+        &lab.file("v1.img", &common::random_bytes(200_000, 3)),
+    );
+    let s = serve(&lab);
+    register(&s, A);
+
+    // a task for an hour from now: the host keeps booting its local disk
+    let at = bootcast::time::rfc3339(bootcast::time::now_unix() + 3600);
+    let t = lab.json(&[
+        "task", "reimage", "--host", A, "--image", "win11", "--at", &at,
+    ]);
+    let id = t["tasks"][0]["id"].as_i64().unwrap();
+    assert_eq!(t["tasks"][0]["not_before"], at.as_str());
+    let script = boot(&s, A);
+    assert!(script.contains("sanboot"), "{script}");
+    assert!(!script.contains("bootcast.task="), "{script}");
+    assert_eq!(lab.json(&["task", "list"])["tasks"][0]["state"], "pending");
+
+    // cancel through the API; a second cancel is a conflict, an unknown id not found
+    let (code, body) = api(&s, "DELETE", &format!("/api/v1/tasks/{id}"), None);
+    assert_eq!(
+        (code, &body["task"]["state"]),
+        (200, &json!("cancelled")),
+        "{body}"
+    );
+    let (code, body) = api(&s, "DELETE", &format!("/api/v1/tasks/{id}"), None);
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = api(&s, "DELETE", "/api/v1/tasks/999999", None);
+    assert_eq!(code, 404);
+    let (code, _) = http(
+        "DELETE",
+        &format!("{}/api/v1/tasks/{id}", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 401);
+
+    // the API creates tasks under the same rules as the CLI
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "group": "nosuch", "image": "win11" })),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("bootcast group add nosuch"),
+        "{body}"
+    );
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "host": A, "image": "nosuch" })),
+    );
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "host": A, "group": "x", "image": "win11" })),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "register", "host": A, "image": "win11" })),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "host": A, "image": "win11", "when": "now" })),
+    );
+    assert_eq!(code, 422, "unknown fields are refused");
+    let (code, _) = http(
+        "POST",
+        &format!("{}/api/v1/tasks", s.url),
+        None,
+        Some(&json!({ "kind": "reimage", "host": A, "image": "win11" }).to_string()),
+    );
+    assert_eq!(code, 401);
+    assert_eq!(lab.json(&["task", "list"])["tasks"], json!([]));
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "host": A, "image": "win11" })),
+    );
+    assert_eq!(code, 201, "{body}");
+    let first = body["tasks"][0]["id"].as_i64().unwrap();
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "capture", "host": A, "image": "golden" })),
+    );
+    assert_eq!(code, 409, "{body}");
+    // --replace: the open task is cancelled, the capture takes its place
+    let err = refused(
+        &lab,
+        &["task", "capture", "--host", A, "--image", "golden@abcd"],
+    );
+    assert!(err.contains("without @VERSION"), "{err}");
+    let cap = lab.json(&[
+        "task",
+        "capture",
+        "--host",
+        A,
+        "--image",
+        "golden",
+        "--replace",
+    ]);
+    let cap_id = cap["tasks"][0]["id"].as_i64().unwrap();
+    assert_eq!(
+        (
+            &cap["tasks"][0]["kind"],
+            &cap["tasks"][0]["image"],
+            &cap["tasks"][0]["version"]
+        ),
+        (&json!("capture"), &json!("golden"), &Value::Null)
+    );
+    let all = lab.json(&["task", "list", "--all", "--host", A]);
+    let states: Vec<(i64, String)> = all["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_i64().unwrap(),
+                t["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (cap_id, "pending".to_string()),
+            (first, "cancelled".to_string()),
+            (id, "cancelled".to_string())
+        ]
+    );
+    let script = boot(&s, A);
+    assert!(
+        script.contains(&format!("bootcast.task={cap_id}")),
+        "{script}"
+    );
+
+    // cancel by host from the CLI; the boot after that is the local disk
+    let c = lab.json(&["task", "cancel", "--host", A]);
+    assert_eq!(c["cancelled"][0]["id"], cap_id);
+    assert_eq!(
+        lab.json(&["task", "cancel", "--host", A])["cancelled"],
+        json!([])
+    );
+    let script = boot(&s, A);
+    assert!(script.contains("sanboot"), "{script}");
+}
+
+#[test]
+fn cli_refuses_unknown_hosts_groups_images_and_times_with_the_fix() {
+    let lab = Lab::new();
+    lab.add(
+        "win11",
+        &lab.file("v1.img", &common::random_bytes(100_000, 4)),
+    );
+    // make A known without a server: the database the server would write
+    let db = bootcast::db::Db::open(&lab.data().join("bootcast.db")).unwrap();
+    bootcast::db::hosts::record_script_boot(
+        &mut db.lock(),
+        A.parse().unwrap(),
+        &Default::default(),
+        1,
+    )
+    .unwrap();
+
+    let err = refused(&lab, &["task", "reimage", "--host", B, "--image", "win11"]);
+    assert!(
+        err.contains(&format!("no host {B}")) && err.contains("network-boot"),
+        "{err}"
+    );
+    let err = refused(&lab, &["group", "add", "lab", A, B]);
+    assert!(err.contains(&format!("no host {B}")), "{err}");
+    let err = refused(
+        &lab,
+        &["task", "reimage", "--group", "lab", "--image", "win11"],
+    );
+    assert!(err.contains("bootcast group add lab"), "{err}");
+    lab.json(&["group", "add", "lab", A]);
+    let err = refused(
+        &lab,
+        &["task", "reimage", "--group", "lab", "--image", "nosuch"],
+    );
+    assert!(err.contains("no image named \"nosuch\""), "{err}");
+    let err = refused(
+        &lab,
+        &["task", "reimage", "--group", "lab", "--image", "win11@ffff"],
+    );
+    assert!(err.contains("bootcast image show win11"), "{err}");
+    let err = refused(
+        &lab,
+        &[
+            "task", "reimage", "--host", A, "--image", "win11", "--at", "soon",
+        ],
+    );
+    assert!(err.contains("HH:MM"), "{err}");
+    let err = refused(
+        &lab,
+        &[
+            "task",
+            "reimage",
+            "--host",
+            A,
+            "--image",
+            "win11",
+            "--at",
+            "2001-01-01T00:00:00Z",
+        ],
+    );
+    assert!(err.contains("in the past"), "{err}");
+    let err = refused(&lab, &["task", "reimage", "--image", "win11"]);
+    assert!(err.contains("--host") && err.contains("--group"), "{err}");
+    let err = refused(&lab, &["task", "cancel", "42"]);
+    assert!(err.contains("no task 42"), "{err}");
+    // errors as JSON with --json
+    let out = lab.run(&["--json", "task", "reimage", "--host", B, "--image", "win11"]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("network-boot"), "{v}");
+    // nothing was created by the refusals
+    assert_eq!(lab.json(&["task", "list", "--all"])["tasks"], json!([]));
+    // group remove: a member, then the group
+    let g = lab.json(&["group", "remove", "lab", A]);
+    assert_eq!(
+        (&g["removed"], &g["group"]["hosts"]),
+        (&json!(false), &json!([]))
+    );
+    assert_eq!(lab.json(&["group", "remove", "lab"])["removed"], true);
+    assert_eq!(lab.json(&["group", "list"])["groups"], json!([]));
+}
