@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fake_bootenv, http, Lab, Served};
+use common::{fake_bootenv, http, nonce_of, Lab, Served};
 
 fn serve(lab: &Lab, extra: &[&str]) -> Served {
     let mut args = vec!["--http", "127.0.0.1:0", "--tftp", "off"];
@@ -14,16 +14,6 @@ fn serve(lab: &Lab, extra: &[&str]) -> Served {
 }
 
 const MAC: &str = "52:54:00:12:34:56";
-
-/// The `bootcast.nonce=` of a boot-environment script.
-fn nonce_of(script: &str) -> String {
-    let n = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.nonce="))
-        .unwrap_or_else(|| panic!("no nonce in {script}"));
-    assert_eq!(n.len(), 32);
-    n.to_string()
-}
 
 #[test]
 fn host_lifecycle_unknown_then_registered_then_task() {

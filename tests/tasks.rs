@@ -6,21 +6,13 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, Lab, Served};
+use common::{fake_bootenv, http, nonce_of, Lab, Served};
 
 const A: &str = "52:54:00:00:10:0a";
 const B: &str = "52:54:00:00:10:0b";
 
 fn serve(lab: &Lab) -> Served {
     Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
-}
-
-fn nonce_of(script: &str) -> String {
-    script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.nonce="))
-        .unwrap_or_else(|| panic!("no nonce in {script}"))
-        .to_string()
 }
 
 /// Fetches `mac`'s boot script.

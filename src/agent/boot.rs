@@ -332,9 +332,39 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         }
     };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
+    if let HelloReply::Reimage {
+        task,
+        image,
+        version,
+    } = &reply
+    {
+        let args = KernelArgs::parse(&read(cfg.proc.join("cmdline")).unwrap_or_default());
+        let job = super::restore::Job {
+            server: server.clone(),
+            mac: hello.mac.clone(),
+            nonce: hello.nonce.clone().unwrap_or_default(),
+            task: *task,
+            image: image.clone(),
+            version: version.clone(),
+            disk: args.disk.map(PathBuf::from),
+        };
+        console.line(&format!(
+            "bootcast-agent: task {task}: reimage with {image}"
+        ));
+        // the restore uses blocking HTTP: run it off the hello's runtime
+        drop(rt);
+        let mut log = |l: &str| console.line(l);
+        match super::restore::run(&job, &cfg.sys, &cfg.proc, &mut log) {
+            Ok(r) => console.line(&format!(
+                "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
+                hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
+            )),
+            Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
+        }
+    }
     let action = match reply {
         HelloReply::Poweroff => "poweroff",
-        HelloReply::Reboot => "reboot",
+        HelloReply::Reboot | HelloReply::Reimage { .. } => "reboot",
     };
     console.line(&format!("BOOTCAST-AGENT-ACTION {action}"));
     if cfg.act {
@@ -357,7 +387,7 @@ pub fn perform(reply: &HelloReply) -> Result<()> {
     nix::unistd::sync();
     let (mode, action) = match reply {
         HelloReply::Poweroff => (RebootMode::RB_POWER_OFF, "poweroff"),
-        HelloReply::Reboot => (RebootMode::RB_AUTOBOOT, "reboot"),
+        HelloReply::Reboot | HelloReply::Reimage { .. } => (RebootMode::RB_AUTOBOOT, "reboot"),
     };
     match reboot(mode) {
         Err(source) => Err(AgentError::Act { action, source }),

@@ -5,3 +5,4 @@
 
 pub mod boot;
 pub mod proto;
+pub mod restore;

@@ -57,6 +57,13 @@ pub enum HelloReply {
     Poweroff,
     /// Reboot (the next boot script decides what the machine boots).
     Reboot,
+    /// Write image `image` at version `version` (a full id) to the local disk for task
+    /// `task`, reporting progress, then done or failed; then reboot.
+    Reimage {
+        task: i64,
+        image: String,
+        version: String,
+    },
 }
 
 /// `POST /api/v1/agent/progress`: how far the agent is with its task; at least every 2 s while
@@ -114,6 +121,8 @@ pub struct KernelArgs {
     pub task: Option<i64>,
     /// `bootcast.nonce=HEX`: the per-boot nonce the server put in this boot's script.
     pub nonce: Option<String>,
+    /// `bootcast.disk=/dev/NAME`: the disk to image, instead of the automatic choice.
+    pub disk: Option<String>,
 }
 
 impl KernelArgs {
@@ -129,6 +138,7 @@ impl KernelArgs {
                 "bootcast.mac" => args.mac = Some(value.to_ascii_lowercase()),
                 "bootcast.task" => args.task = value.parse().ok(),
                 "bootcast.nonce" => args.nonce = Some(value.to_string()),
+                "bootcast.disk" => args.disk = Some(value.to_string()),
                 _ => {}
             }
         }

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::agent::proto::{TaskAck, TaskDone, TaskFailed, TaskProgress};
-use crate::db::{groups, hosts, tasks, DbError, TaskState};
+use crate::db::{groups, hosts, tasks, DbError, TaskKind, TaskState};
 use crate::mac::Mac;
 use crate::schedule::{self, CancelTarget, ScheduleError, TaskRequest};
 
@@ -108,9 +108,12 @@ pub async fn agent_hello(
                 Some(id) => tasks::get(c, id)?.filter(|t| t.mac == mac && t.state.is_open()),
                 None => None,
             };
-            if let Some(t) = &task {
-                // This agent reports and reboots; it runs no task kind yet. Closing the task
-                // (rather than leaving it open) keeps the host from booting it again and again.
+            let runnable = task.as_ref().is_some_and(|t| {
+                t.kind == TaskKind::Reimage && t.image.is_some() && t.version.is_some()
+            });
+            if let Some(t) = task.as_ref().filter(|_| !runnable) {
+                // This agent runs reimage tasks only. Closing the task (rather than leaving it
+                // open) keeps the host from booting it again and again.
                 tasks::set_state(
                     c,
                     mac,
@@ -123,6 +126,8 @@ pub async fn agent_hello(
                     now,
                 )?;
             }
+            // the task this agent will run, if any
+            let task = task.filter(|_| runnable);
             Ok(Ok((host, task)))
         })
         .await;
@@ -132,11 +137,18 @@ pub async fn agent_hello(
         Err(e) => return super::internal(e).into_response(),
     };
     if let (Some(id), None) = (hello.task, &task) {
-        tracing::warn!(%mac, task = id, "hello names a task that is not this host's open task; ignored");
+        tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or not a reimage)");
     }
-    let reply = match st.after_register {
-        AfterRegister::Reboot => HelloReply::Reboot,
-        AfterRegister::Poweroff => HelloReply::Poweroff,
+    let reply = match &task {
+        Some(t) => HelloReply::Reimage {
+            task: t.id,
+            image: t.image.clone().unwrap_or_default(),
+            version: t.version.clone().unwrap_or_default(),
+        },
+        _ => match st.after_register {
+            AfterRegister::Reboot => HelloReply::Reboot,
+            AfterRegister::Poweroff => HelloReply::Poweroff,
+        },
     };
     tracing::info!(
         %mac,

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::durable;
 use super::error::{IoContext, Result, StoreError};
@@ -107,9 +107,19 @@ impl Store {
                 manifest,
             });
         }
-        out.sort_by_key(|v| match &v.manifest {
-            Ok(m) => (0, m.created, v.id),
-            Err(_) => (1, 0, v.id),
+        // Creation times are whole seconds: two versions added within one second are ordered
+        // by when their manifest files were written (nanoseconds), so `latest` is the last one.
+        let written = |p: &Path| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        };
+        out.sort_by_cached_key(|v| match &v.manifest {
+            Ok(m) => (0, m.created, written(&v.path), v.id),
+            Err(_) => (1, 0, 0, v.id),
         });
         Ok(out)
     }

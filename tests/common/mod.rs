@@ -339,6 +339,16 @@ pub fn fake_bootenv(lab: &Lab) {
 
 pub mod netlab;
 
+/// The `bootcast.nonce=` of a boot-environment script.
+pub fn nonce_of(script: &str) -> String {
+    let n = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.nonce="))
+        .unwrap_or_else(|| panic!("no nonce in {script}"));
+    assert_eq!(n.len(), 32, "a nonce is 128 bits in hex");
+    n.to_string()
+}
+
 /// Prints a line on the real stderr, past the test harness's output capture, so that SKIP
 /// lines and measured figures show in every run, passing or not.
 pub fn say(line: &str) {

@@ -1,0 +1,175 @@
+//! The agent's reimage without a VM: `bootcast agent boot` with a fake /proc and /sys whose
+//! kernel command line names a file as the disk (`bootcast.disk=`), against a real
+//! `bootcast serve`: task created by the CLI, image written through the verified path, progress
+//! and done reported, and a second version moves only what changed.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use common::{disk_like, fake_bootenv, http, nonce_of, sha256, Lab, Served};
+
+const MAC: &str = "52:54:00:77:00:01";
+
+fn boot_script(s: &Served) -> String {
+    let (code, script) = http(
+        "GET",
+        &format!("{}/boot/{MAC}.ipxe?platform=pcbios", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    script
+}
+
+/// A fake root for `agent boot --root`: the kernel command line the boot script would give.
+fn fake_root(dir: &Path, cmdline: &str) {
+    std::fs::create_dir_all(dir.join("proc")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/class/net/eth0")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/block")).unwrap();
+    std::fs::write(dir.join("proc/cmdline"), cmdline).unwrap();
+    std::fs::write(dir.join("proc/stat"), "cpu 1\nbtime 1763900000\n").unwrap();
+    std::fs::write(dir.join("proc/mounts"), "").unwrap();
+    std::fs::write(dir.join("sys/class/net/eth0/address"), format!("{MAC}\n")).unwrap();
+}
+
+fn metric(s: &Served, name: &str) -> u64 {
+    let (_, text) = http("GET", &format!("{}/metrics", s.url), None, None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// One boot of the agent for the host's current task; returns the agent's stdout+stderr.
+fn agent_boot(lab: &Lab, s: &Served, target: &Path, tag: &str) -> String {
+    let script = boot_script(s);
+    let task = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.task="))
+        .unwrap_or_else(|| panic!("no task in {script}"));
+    let root = lab.path(&format!("root-{tag}"));
+    fake_root(
+        &root,
+        &format!(
+            "console=ttyS0 bootcast.server={} bootcast.mac={MAC} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
+            s.url,
+            nonce_of(&script),
+            target.display()
+        ),
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn task_state(lab: &Lab) -> Value {
+    let v = lab.json(&["task", "list", "--all", "--host", MAC]);
+    v["tasks"][0].clone()
+}
+
+#[test]
+fn agent_reimages_v1_then_only_what_changed_for_v2() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let v1 = disk_like(6 << 20, 11);
+    let mut v2 = v1.clone();
+    for (i, b) in v2[3 << 20..(3 << 20) + 200_000].iter_mut().enumerate() {
+        *b = (i % 251) as u8 ^ 0x5a;
+    }
+    let a1 = lab.add("m", &lab.file("v1.img", &v1));
+    let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+
+    // register the host (first boot + hello)
+    let script = boot_script(&s);
+    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, _) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200);
+
+    // reimage with v1 onto an empty "disk"
+    let target = lab.path("disk.raw");
+    std::fs::write(&target, b"").unwrap();
+    let spec = format!("m@{}", a1["version"].as_str().unwrap());
+    lab.json(&["task", "reimage", "--host", MAC, "--image", &spec]);
+    let log = agent_boot(&lab, &s, &target, "1");
+    assert!(
+        log.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {MAC}")),
+        "{log}"
+    );
+    assert_eq!(sha256(&std::fs::read(&target).unwrap()), sha256(&v1));
+    let t = task_state(&lab);
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["progress"]["bytes_total"], v1.len() as u64, "{t}");
+
+    // v2: only the changed region crosses the wire
+    let a2 = lab.add("m", &lab.file("v2.img", &v2));
+    let new_bytes = a2["new_bytes"].as_u64().unwrap();
+    assert!(new_bytes > 0);
+    let before = metric(&s, "bootcast_chunk_bytes_served_total");
+    // plain NAME is the newest version, even one added within the same second as v1
+    let t2 = lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
+    assert_eq!(t2["tasks"][0]["version"], a2["version"], "{t2}");
+    let log = agent_boot(&lab, &s, &target, "2");
+    assert!(log.contains("BOOTCAST-AGENT-REIMAGE-DONE"), "{log}");
+    assert_eq!(sha256(&std::fs::read(&target).unwrap()), sha256(&v2));
+    let served = metric(&s, "bootcast_chunk_bytes_served_total") - before;
+    common::say(&format!(
+        "agent reimage v1 -> v2: {served} bytes served for {new_bytes} new compressed bytes ({} image)",
+        v2.len()
+    ));
+    assert!(
+        served * 10 <= new_bytes * 11,
+        "served {served} > 1.1 x {new_bytes}"
+    );
+    assert_eq!(task_state(&lab)["state"], "done");
+    // the host's next boot is its local disk
+    assert!(boot_script(&s).contains("sanboot"));
+}
+
+#[test]
+fn a_corrupt_chunk_fails_the_task_with_its_name() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let v1 = disk_like(3 << 20, 12);
+    lab.add("m", &lab.file("v1.img", &v1));
+    let victim = lab.chunk_files()[0].clone();
+    let id = victim.file_name().unwrap().to_string_lossy().to_string();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    let script = boot_script(&s);
+    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
+    let target = lab.path("disk.raw");
+    std::fs::write(&target, b"").unwrap();
+    let log = agent_boot(&lab, &s, &target, "1");
+    assert!(log.contains("BOOTCAST-AGENT-REIMAGE-FAILED"), "{log}");
+    let t = task_state(&lab);
+    assert_eq!(t["state"], "failed", "{t}");
+    let detail = t["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&id) && detail.contains("corrupt"),
+        "{detail}"
+    );
+}
