@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netlab::{have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::netlab::{
+    copy_bootenv, have_qemu, shared_bootenv, site_dhcp, Firmware, Netns, Nic, Vm,
+};
 use common::{http_in, Lab, Served, BIN};
 
 #[derive(Debug, Clone, Copy)]
@@ -36,37 +37,6 @@ impl Case {
             },
             if self.full { "full DHCP" } else { "proxyDHCP" }
         )
-    }
-}
-
-/// One boot environment for the whole matrix, built with the real CLI.
-fn bootenv() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let lab = Box::leak(Box::new(Lab::new()));
-        let t = Instant::now();
-        let out = common::bootenv_build(lab);
-        assert!(
-            out.status.success(),
-            "bootenv build failed: {}",
-            common::stderr(&out)
-        );
-        common::say(&format!(
-            "bootenv built in {:.1}s",
-            t.elapsed().as_secs_f64()
-        ));
-        lab.data().join("bootenv")
-    })
-}
-
-fn copy_bootenv(data: &Path) {
-    let dst = data.join("bootenv");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
-        let src = bootenv().join(f);
-        if src.exists() {
-            std::fs::copy(&src, dst.join(f)).unwrap();
-        }
     }
 }
 
@@ -225,7 +195,7 @@ fn pxe_boot_matrix() {
         have_qemu(),
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
     );
-    bootenv();
+    shared_bootenv();
     let mut cases = Vec::new();
     let mut n = 1;
     for (firmware, nic) in [

@@ -233,3 +233,32 @@ pub fn have_qemu() -> bool {
     Path::new("/usr/bin/qemu-system-x86_64").exists()
         && Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists()
 }
+
+/// One boot environment per test binary, built with the real CLI (`bootcast bootenv build`).
+pub fn shared_bootenv() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let lab = Box::leak(Box::new(super::Lab::new()));
+        let t = std::time::Instant::now();
+        let out = super::bootenv_build(lab);
+        assert!(
+            out.status.success(),
+            "bootenv build failed: {}",
+            super::stderr(&out)
+        );
+        super::say(&format!(
+            "bootenv built in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+        lab.data().join("bootenv")
+    })
+}
+
+/// Copies the shared boot environment into `data/bootenv`.
+pub fn copy_bootenv(data: &Path) {
+    let dst = data.join("bootenv");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
+        std::fs::copy(shared_bootenv().join(f), dst.join(f)).unwrap();
+    }
+}

@@ -1,0 +1,144 @@
+//! Reimage end to end: a QEMU VM (TCG, BIOS, virtio) with an empty disk PXE-boots through
+//! bootcast (full DHCP mode, in a network namespace), the agent restores the demo master onto
+//! its disk, reboots, the next network boot hands it to its local disk, and the demo master
+//! prints `BOOTCAST-DEMO-OK`. The test then compares the disk's bytes with the image.
+//! Needs root; prints SKIP without.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::{http_in, nonce_of, sha256, Lab, Served, BIN};
+
+fn demo_image() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(repo.join("images/demo/build.sh"))
+        .args(["--version", "v1"])
+        .output()
+        .expect("run images/demo/build.sh");
+    assert!(
+        out.status.success(),
+        "images/demo/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+}
+
+#[test]
+fn vm_reimages_its_empty_disk_and_boots_the_master() {
+    if !common::is_root() {
+        common::skip(
+            "vm_reimages_its_empty_disk_and_boots_the_master",
+            "needs root (network namespaces, tap devices)",
+        );
+        return;
+    }
+    assert!(
+        have_qemu(),
+        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
+    );
+    let image = demo_image();
+    let lab = Lab::new();
+    lab.add("demo", &image);
+    copy_bootenv(&lab.data());
+
+    let mut ns = Netns::new("reimg");
+    ns.bridge_with_tap();
+    let c = site_dhcp(&ns, "br0", lab.dir.path(), false);
+    ns.spawn(c);
+    let mut cmd = ns.cmd(BIN);
+    cmd.arg("--data")
+        .arg(lab.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = Served::start(
+        cmd,
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "0.0.0.0:69",
+            "--advertise",
+            "10.99.0.1",
+            "--dhcp-interface",
+            "br0",
+            "--dhcp-mode",
+            "full",
+            "--dhcp-range",
+            "10.99.0.100,10.99.0.150",
+        ],
+    );
+    let mac = "52:54:00:99:01:01";
+    let url = "http://127.0.0.1:8080";
+    // the host is known (as after its registration boot), then staff queue a reimage
+    let (_, script) = http_in(
+        Some(&ns.name),
+        "GET",
+        &format!("{url}/boot/{mac}.ipxe"),
+        None,
+        None,
+    );
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, _) = http_in(
+        Some(&ns.name),
+        "POST",
+        &format!("{url}/api/v1/agent/hello"),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200);
+    lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
+
+    // an empty disk, larger than the image
+    let disk = lab.path("disk.raw");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(96 << 20).unwrap();
+    drop(f);
+    let mut vm = Vm::new(Firmware::Bios, Nic::Virtio, mac, lab.dir.path());
+    vm.no_reboot = false; // restore, reboot, boot the disk; the demo master powers off
+    vm.timeout = 420;
+    vm.extra = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio", disk.display()),
+    ];
+    let started = Instant::now();
+    let out = vm.command(&ns).output().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let serial = vm.serial();
+    let context = || {
+        let tail: Vec<&str> = serial.lines().rev().take(60).collect();
+        format!(
+            "QEMU: {}\n{}\n--- serial (tail, newest first):\n{}\n--- server:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n"),
+            server.log_text()
+        )
+    };
+    assert!(out.status.success(), "{}", context());
+    assert!(
+        serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {mac}")),
+        "{}",
+        context()
+    );
+    assert!(
+        serial.contains("BOOTCAST-DEMO-OK"),
+        "the restored disk did not boot: {}",
+        context()
+    );
+    common::say(&format!(
+        "VM reimage with the demo master (80 MiB) and boot from disk: {took:.1} s"
+    ));
+
+    let written = std::fs::read(&disk).unwrap();
+    let want = std::fs::read(&image).unwrap();
+    assert_eq!(
+        sha256(&written[..want.len()]),
+        sha256(&want),
+        "disk bytes differ from the image"
+    );
+    let t = lab.json(&["task", "list", "--all", "--host", mac]);
+    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+}
