@@ -13,10 +13,10 @@ use std::time::Instant;
 use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
 use common::{http_in, nonce_of, sha256, Lab, Served, BIN};
 
-fn demo_image() -> PathBuf {
+fn demo_image(version: &str) -> PathBuf {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(repo.join("images/demo/build.sh"))
-        .args(["--version", "v1"])
+        .args(["--version", version])
         .output()
         .expect("run images/demo/build.sh");
     assert!(
@@ -40,7 +40,7 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         have_qemu(),
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
     );
-    let image = demo_image();
+    let image = demo_image("v1");
     let lab = Lab::new();
     lab.add("demo", &image);
     copy_bootenv(&lab.data());
@@ -103,8 +103,57 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         "-drive".into(),
         format!("file={},format=raw,if=virtio", disk.display()),
     ];
+    let (took, written) = boot_vm(&vm, &ns, &server, mac, "v1");
+    common::say(&format!(
+        "VM reimage with the demo master v1 (80 MiB) and boot from disk: {took:.1} s"
+    ));
+    let want = std::fs::read(&image).unwrap();
+    assert_eq!(
+        sha256(&written[..want.len()]),
+        sha256(&want),
+        "disk bytes differ from the image"
+    );
+    let t = lab.json(&["task", "list", "--all", "--host", mac]);
+    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+
+    // v2 of the master onto the same disk: only what changed crosses the wire
+    let image2 = demo_image("v2");
+    let added = lab.add("demo", &image2);
+    let new_bytes = added["new_bytes"].as_u64().unwrap();
+    let served = |ns: &Netns| {
+        let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
+        text.lines()
+            .find_map(|l| l.strip_prefix("bootcast_chunk_bytes_served_total "))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = served(&ns);
+    lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
+    let (took, written) = boot_vm(&vm, &ns, &server, mac, "v2");
+    let moved = served(&ns) - before;
+    common::say(&format!(
+        "VM reimage v1 -> v2 and boot: {took:.1} s; {moved} bytes served for {new_bytes} compressed bytes new in v2"
+    ));
+    let want = std::fs::read(&image2).unwrap();
+    assert_eq!(
+        sha256(&written[..want.len()]),
+        sha256(&want),
+        "disk bytes differ from v2"
+    );
+    assert!(
+        moved * 10 <= new_bytes * 11,
+        "served {moved} > 1.1 x {new_bytes}"
+    );
+}
+
+/// Boots the VM until the demo master powers it off; checks the agent and the master's
+/// markers; returns the time taken and the disk's bytes.
+fn boot_vm(vm: &Vm, ns: &Netns, server: &Served, mac: &str, version: &str) -> (f64, Vec<u8>) {
+    let _ = std::fs::remove_file(vm.serial_log());
     let started = Instant::now();
-    let out = vm.command(&ns).output().unwrap();
+    let out = vm.command(ns).output().unwrap();
     let took = started.elapsed().as_secs_f64();
     let serial = vm.serial();
     let context = || {
@@ -124,21 +173,15 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         context()
     );
     assert!(
-        serial.contains("BOOTCAST-DEMO-OK"),
-        "the restored disk did not boot: {}",
+        serial.contains(&format!("BOOTCAST-DEMO-OK {version}")),
+        "the restored disk did not boot {version}: {}",
         context()
     );
-    common::say(&format!(
-        "VM reimage with the demo master (80 MiB) and boot from disk: {took:.1} s"
-    ));
-
-    let written = std::fs::read(&disk).unwrap();
-    let want = std::fs::read(&image).unwrap();
-    assert_eq!(
-        sha256(&written[..want.len()]),
-        sha256(&want),
-        "disk bytes differ from the image"
-    );
-    let t = lab.json(&["task", "list", "--all", "--host", mac]);
-    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+    let disk = vm.extra[1]
+        .trim_start_matches("file=")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    (took, std::fs::read(disk).unwrap())
 }
