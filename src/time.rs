@@ -10,6 +10,22 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// serde `serialize_with`: Unix seconds as an RFC 3339 string (how the API shows times).
+pub fn serialize_rfc3339<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// [`serialize_rfc3339`] for an optional time (`null` when absent).
+pub fn serialize_opt_rfc3339<S: serde::Serializer>(
+    t: &Option<i64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC) for seconds since the Unix epoch.
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -57,17 +57,7 @@ fn corrupt_chunk_is_named_and_never_exported() {
         "--threads",
         "1",
     ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&id.to_hex()) && err.contains("corrupt"),
-        "{err}"
-    );
-    let written = std::fs::read(&target).unwrap();
-    assert!(
-        written[offset..offset + len].iter().all(|&b| b == 0),
-        "bytes of the corrupt chunk reached the target"
-    );
+    common::assert_corrupt_refused(&out, &id.to_hex(), &target, offset..offset + len);
 }
 
 #[test]

@@ -14,15 +14,15 @@ pub struct Host {
     /// CPU architecture (`x86_64`, ...), as the agent or iPXE reported it.
     pub arch: Option<String>,
     pub firmware: Option<Firmware>,
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub first_boot: i64,
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub last_boot: i64,
     pub last_ip: Option<String>,
     /// Network boots seen (iPXE script requests).
     pub boots: i64,
     /// When the agent first said hello: the host is registered from then on.
-    #[serde(serialize_with = "ser_opt_time")]
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
     pub registered_at: Option<i64>,
 }
 
@@ -35,23 +35,12 @@ impl Host {
 /// One step of one boot: `ipxe` (the boot script was fetched) or `agent` (the agent said hello).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostBoot {
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub at: i64,
     pub stage: String,
     pub firmware: Option<Firmware>,
     pub arch: Option<String>,
     pub ip: Option<String>,
-}
-
-fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::time::rfc3339(*t))
-}
-
-fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
-        None => s.serialize_none(),
-    }
 }
 
 fn firmware_from(s: Option<String>) -> Option<Firmware> {

@@ -94,7 +94,7 @@ pub struct Progress {
     pub rate: i64,
     /// Seconds left, as the agent estimated it.
     pub eta: Option<i64>,
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub updated_at: i64,
 }
 
@@ -104,9 +104,9 @@ pub struct Task {
     pub mac: Mac,
     pub kind: TaskKind,
     pub state: TaskState,
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub created_at: i64,
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub updated_at: i64,
     /// Why it failed or was cancelled (or what the boot environment said).
     pub detail: Option<String>,
@@ -117,20 +117,9 @@ pub struct Task {
     /// The group the task was created for, if any.
     pub group: Option<String>,
     /// Not handed out before this time.
-    #[serde(serialize_with = "ser_opt_time")]
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
     pub not_before: Option<i64>,
     pub progress: Option<Progress>,
-}
-
-fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::time::rfc3339(*t))
-}
-
-fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
-        None => s.serialize_none(),
-    }
 }
 
 const COLUMNS: &str = "id, mac, kind, state, created_at, updated_at, detail, image, version, grp, \

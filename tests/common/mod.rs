@@ -339,6 +339,27 @@ pub fn fake_bootenv(lab: &Lab) {
 
 pub mod netlab;
 
+/// An export that met a corrupt chunk: it failed, its error names the chunk, and none of the
+/// chunk's range of the target was written (still zero).
+pub fn assert_corrupt_refused(
+    out: &Output,
+    id_hex: &str,
+    target: &Path,
+    range: std::ops::Range<usize>,
+) {
+    assert!(
+        !out.status.success(),
+        "an export of a corrupt chunk must fail"
+    );
+    let err = stderr(out);
+    assert!(err.contains(id_hex) && err.contains("corrupt"), "{err}");
+    let written = std::fs::read(target).unwrap();
+    assert!(
+        written[range].iter().all(|&b| b == 0),
+        "bytes of the corrupt chunk reached the target"
+    );
+}
+
 /// The `bootcast.nonce=` of a boot-environment script.
 pub fn nonce_of(script: &str) -> String {
     let n = script
