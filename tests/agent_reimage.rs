@@ -173,3 +173,113 @@ fn a_corrupt_chunk_fails_the_task_with_its_name() {
         "{detail}"
     );
 }
+
+/// A TCP relay between the agent and the server that the test can take down and bring back:
+/// while down, it accepts connections and closes them at once (as a restarting server does).
+struct Relay {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = down.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c1, mut s1) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Relay { port, down }
+    }
+}
+
+#[test]
+fn the_agent_waits_for_an_unreachable_server_and_finishes() {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let v1 = disk_like(4 << 20, 13);
+    lab.add("m", &lab.file("v1.img", &v1));
+    let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    let script = boot_script(&s);
+    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
+    let script = boot_script(&s);
+    let task = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.task="))
+        .unwrap();
+
+    // the agent reaches the server through the relay; the relay goes down right after the
+    // hello, so the restore finds the server unreachable
+    let upstream: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let relay = Relay::start(upstream);
+    let target = lab.path("disk.raw");
+    std::fs::write(&target, b"").unwrap();
+    let root = lab.path("root");
+    fake_root(
+        &root,
+        &format!(
+            "bootcast.server=http://127.0.0.1:{} bootcast.mac={MAC} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
+            relay.port,
+            nonce_of(&script),
+            target.display()
+        ),
+    );
+    let mut agent = std::process::Command::new(common::BIN)
+        .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
+        .arg(&root)
+        .stdout(std::process::Stdio::piped()) // the agent's console lines
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(agent.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let mut next = |what: &str, log: &mut String| loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("agent ended before {what:?}:\n{log}"))
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(what) {
+            return line;
+        }
+    };
+    next("BOOTCAST-AGENT-HELLO-OK", &mut log);
+    relay.down.store(true, Ordering::SeqCst);
+    next("server unreachable", &mut log);
+    relay.down.store(false, Ordering::SeqCst);
+    next("BOOTCAST-AGENT-REIMAGE-DONE", &mut log);
+    assert!(agent.wait().unwrap().success(), "{log}");
+    assert_eq!(sha256(&std::fs::read(&target).unwrap()), sha256(&v1));
+    assert_eq!(task_state(&lab)["state"], "done");
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::proto::{TaskDone, TaskFailed, TaskProgress};
+use crate::store::error::StoreError;
 use crate::store::export::{export, ExportOptions, ExportReport};
 use crate::store::source::{ChunkSource, HttpSource};
 
@@ -99,7 +100,24 @@ pub fn run(
         .no_proxy()
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
-    let result = restore(job, sys, proc, &client, log);
+    // While the server is unreachable (restarting, network down), try again: the disk is its
+    // own seed, so every chunk already written and verified is kept, not fetched again.
+    let mut wait = Duration::from_secs(1);
+    let give_up = Instant::now() + UNREACHABLE_FOR;
+    let result = loop {
+        match restore(job, sys, proc, &client, log) {
+            Err(Failure::Unreachable(e)) if Instant::now() < give_up => {
+                log(&format!(
+                    "bootcast-agent: server unreachable ({e}); trying again in {} s, keeping what is written",
+                    wait.as_secs()
+                ));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(Failure::Unreachable(e)) | Err(Failure::Other(e)) => break Err(e),
+            Ok(r) => break Ok(r),
+        }
+    };
     let post = |path: &str, body: serde_json::Value| {
         client
             .post(format!(
@@ -146,20 +164,36 @@ pub fn run(
     result
 }
 
+/// How long the agent keeps trying while the server is unreachable.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(600);
+
+enum Failure {
+    /// The server could not be reached: worth another attempt.
+    Unreachable(String),
+    Other(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        match e {
+            StoreError::Unreachable { .. } => Failure::Unreachable(e.to_string()),
+            e => Failure::Other(e.to_string()),
+        }
+    }
+}
+
 fn restore(
     job: &Job,
     sys: &Path,
     proc: &Path,
     client: &reqwest::blocking::Client,
     log: &mut dyn FnMut(&str),
-) -> Result<ExportReport, String> {
-    let source = HttpSource::new(&job.server).map_err(|e| e.to_string())?;
-    let (manifest, version) = source
-        .manifest(&format!("{}@{}", job.image, job.version))
-        .map_err(|e| e.to_string())?;
+) -> Result<ExportReport, Failure> {
+    let source = HttpSource::new(&job.server)?;
+    let (manifest, version) = source.manifest(&format!("{}@{}", job.image, job.version))?;
     let target = match &job.disk {
         Some(d) => d.clone(),
-        None => choose_disk(sys, proc, manifest.size)?,
+        None => choose_disk(sys, proc, manifest.size).map_err(Failure::Other)?,
     };
     log(&format!(
         "bootcast-agent: writing {}@{} ({} bytes) to {}",
@@ -216,7 +250,14 @@ fn restore(
     });
     finished.store(true, Ordering::Relaxed);
     let _ = reporter.join();
-    result.map_err(|e| format!("writing {} to {}: {e}", job.image, target.display()))
+    result.map_err(|e| match Failure::from(e) {
+        Failure::Unreachable(e) => Failure::Unreachable(e),
+        Failure::Other(e) => Failure::Other(format!(
+            "writing {} to {}: {e}",
+            job.image,
+            target.display()
+        )),
+    })
 }
 
 #[cfg(test)]

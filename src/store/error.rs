@@ -48,6 +48,10 @@ pub enum StoreError {
     RemoteChunkMissing { id: ChunkId, url: String },
     #[error("fetching {url}: {reason}")]
     Fetch { url: String, reason: String },
+    /// The server could not be reached (or the connection broke) after the retries: worth
+    /// trying again later, unlike [`StoreError::Fetch`] (a refusal or a protocol error).
+    #[error("fetching {url}: {reason}")]
+    Unreachable { url: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

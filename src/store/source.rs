@@ -168,7 +168,7 @@ impl HttpSource {
                 Err(e) => last = error_chain(&e),
             }
         }
-        Err(StoreError::Fetch {
+        Err(StoreError::Unreachable {
             url: url.to_string(),
             reason: format!(
                 "{last} (after {} attempts; check that `bootcast serve` runs there and is reachable)",
@@ -251,7 +251,7 @@ impl ChunkSource for HttpSource {
                 Err(FrameError::Io(e)) => {
                     failures += if out.len() > before { 0 } else { 1 };
                     if failures >= self.attempts {
-                        return Err(StoreError::Fetch {
+                        return Err(StoreError::Unreachable {
                             url,
                             reason: format!("reading the response: {e}"),
                         });
