@@ -27,6 +27,53 @@ fn demo_image(version: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
 }
 
+/// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server.
+fn serve_full(ns: &Netns, lab: &Lab) -> Served {
+    let mut cmd = ns.cmd(BIN);
+    cmd.arg("--data")
+        .arg(lab.data())
+        .env_remove("BOOTCAST_DATA");
+    Served::start(
+        cmd,
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "0.0.0.0:69",
+            "--advertise",
+            "10.99.0.1",
+            "--dhcp-interface",
+            "br0",
+            "--dhcp-mode",
+            "full",
+            "--dhcp-range",
+            "10.99.0.100,10.99.0.150",
+        ],
+    )
+}
+
+/// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
+fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
+    let url = "http://127.0.0.1:8080";
+    let (_, script) = http_in(
+        Some(&ns.name),
+        "GET",
+        &format!("{url}/boot/{mac}.ipxe"),
+        None,
+        None,
+    );
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, _) = http_in(
+        Some(&ns.name),
+        "POST",
+        &format!("{url}/api/v1/agent/hello"),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200);
+    lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
+}
+
 #[test]
 fn vm_reimages_its_empty_disk_and_boots_the_master() {
     if !common::is_root() {
@@ -49,47 +96,11 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     ns.bridge_with_tap();
     let c = site_dhcp(&ns, "br0", lab.dir.path(), false);
     ns.spawn(c);
-    let mut cmd = ns.cmd(BIN);
-    cmd.arg("--data")
-        .arg(lab.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = Served::start(
-        cmd,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--advertise",
-            "10.99.0.1",
-            "--dhcp-interface",
-            "br0",
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ],
-    );
+    let server = serve_full(&ns, &lab);
     let mac = "52:54:00:99:01:01";
     let url = "http://127.0.0.1:8080";
     // the host is known (as after its registration boot), then staff queue a reimage
-    let (_, script) = http_in(
-        Some(&ns.name),
-        "GET",
-        &format!("{url}/boot/{mac}.ipxe"),
-        None,
-        None,
-    );
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    let (code, _) = http_in(
-        Some(&ns.name),
-        "POST",
-        &format!("{url}/api/v1/agent/hello"),
-        None,
-        Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200);
-    lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
+    register_and_queue(&ns, &lab, mac);
 
     // an empty disk, larger than the image
     let disk = lab.path("disk.raw");
@@ -177,11 +188,6 @@ fn boot_vm(vm: &Vm, ns: &Netns, server: &Served, mac: &str, version: &str) -> (f
         "the restored disk did not boot {version}: {}",
         context()
     );
-    let disk = vm.extra[1]
-        .trim_start_matches("file=")
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
+    let disk = vm.dir.join("disk.raw");
     (took, std::fs::read(disk).unwrap())
 }
