@@ -24,6 +24,28 @@ fn boot_script(s: &Served) -> String {
     script
 }
 
+/// The host's first network boot and the agent's hello: `MAC` is registered.
+fn register(s: &Served) {
+    let script = boot_script(s);
+    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The `bootcast.task=` of a boot script.
+fn task_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.task="))
+        .unwrap_or_else(|| panic!("no task in {script}"))
+        .to_string()
+}
+
 /// A fake root for `agent boot --root`: the kernel command line the boot script would give.
 fn fake_root(dir: &Path, cmdline: &str) {
     std::fs::create_dir_all(dir.join("proc")).unwrap();
@@ -45,10 +67,7 @@ fn metric(s: &Served, name: &str) -> u64 {
 /// One boot of the agent for the host's current task; returns the agent's stdout+stderr.
 fn agent_boot(lab: &Lab, s: &Served, target: &Path, tag: &str) -> String {
     let script = boot_script(s);
-    let task = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.task="))
-        .unwrap_or_else(|| panic!("no task in {script}"));
+    let task = task_of(&script);
     let root = lab.path(&format!("root-{tag}"));
     fake_root(
         &root,
@@ -88,16 +107,7 @@ fn agent_reimages_v1_then_only_what_changed_for_v2() {
     let a1 = lab.add("m", &lab.file("v1.img", &v1));
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
 
-    // register the host (first boot + hello)
-    let script = boot_script(&s);
-    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    let (code, _) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200);
+    register(&s);
 
     // reimage with v1 onto an empty "disk"
     let target = lab.path("disk.raw");
@@ -152,14 +162,7 @@ fn a_corrupt_chunk_fails_the_task_with_its_name() {
     bytes[n / 2] ^= 0x40;
     std::fs::write(&victim, bytes).unwrap();
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
-    let script = boot_script(&s);
-    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
+    register(&s);
     lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
     let target = lab.path("disk.raw");
     std::fs::write(&target, b"").unwrap();
@@ -223,20 +226,10 @@ fn the_agent_waits_for_an_unreachable_server_and_finishes() {
     let v1 = disk_like(4 << 20, 13);
     lab.add("m", &lab.file("v1.img", &v1));
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
-    let script = boot_script(&s);
-    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
+    register(&s);
     lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
     let script = boot_script(&s);
-    let task = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.task="))
-        .unwrap();
+    let task = task_of(&script);
 
     // the agent reaches the server through the relay; the relay goes down right after the
     // hello, so the restore finds the server unreachable

@@ -150,8 +150,9 @@ fn read(path: PathBuf) -> Result<String> {
     fs::read_to_string(&path).map_err(|source| AgentError::Read { path, source })
 }
 
-/// The server URL and the [`Hello`] this machine sends.
-pub fn describe(cfg: &BootConfig) -> Result<(String, Hello)> {
+/// The server URL, the [`Hello`] this machine sends, and the kernel command line's
+/// `bootcast.*` words it came from.
+pub fn describe(cfg: &BootConfig) -> Result<(String, Hello, KernelArgs)> {
     let cmdline = read(cfg.proc.join("cmdline"))?;
     let args = KernelArgs::parse(&cmdline);
     let server = cfg
@@ -187,6 +188,7 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello)> {
             task: args.task,
             nonce: args.nonce.clone(),
         },
+        args,
     ))
 }
 
@@ -306,7 +308,7 @@ pub struct Outcome {
 /// The whole `agent boot`: describe, hello, act. With `cfg.act` it does not return on success.
 pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     let mut console = Console::open(cfg);
-    let (server, hello) = match describe(cfg) {
+    let (server, hello, args) = match describe(cfg) {
         Ok(v) => v,
         Err(e) => {
             console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
@@ -338,7 +340,6 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         version,
     } = &reply
     {
-        let args = KernelArgs::parse(&read(cfg.proc.join("cmdline")).unwrap_or_default());
         let job = super::restore::Job {
             server: server.clone(),
             mac: hello.mac.clone(),
@@ -489,7 +490,7 @@ mod tests {
             "console=ttyS0 bootcast.server=http://10.99.0.1:8080/ bootcast.mac=52:54:00:AA:BB:CC bootcast.task=3",
             true,
         );
-        let (server, h) = describe(&quick(r.path())).unwrap();
+        let (server, h, _) = describe(&quick(r.path())).unwrap();
         assert_eq!(server, "http://10.99.0.1:8080");
         assert_eq!(h.mac, "52:54:00:aa:bb:cc");
         assert_eq!(h.firmware, Firmware::Uefi);
@@ -502,7 +503,7 @@ mod tests {
     fn mac_falls_back_to_the_interface_then_the_default_route() {
         let r = fake_root("bootcast.server=http://s", false);
         let mut cfg = quick(r.path());
-        let (_, h) = describe(&cfg).unwrap();
+        let (_, h, _) = describe(&cfg).unwrap();
         assert_eq!(
             (h.mac.as_str(), h.firmware),
             ("52:54:00:12:34:ab", Firmware::Bios)
