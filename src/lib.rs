@@ -10,7 +10,8 @@
 //! - [`config`]: the server's configuration, validated once at start.
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
-#![forbid(unsafe_code)]
+//! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod boot;
@@ -22,6 +23,7 @@ pub mod mac;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod sys;
 #[doc(hidden)]
 pub mod testkit;
 pub mod time;

@@ -435,6 +435,8 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
         "r8169",
         "ahci",
         "nvme",
+        "ext4",
+        "jbd2",
     ] {
         assert!(modules.contains(&m), "{m} not in {modules:?}");
     }
@@ -445,6 +447,7 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
     // Dependencies come before the modules that need them.
     let pos = |m: &str| modules.iter().position(|x| *x == m).unwrap();
     assert!(pos("virtio") < pos("virtio_net") && pos("failover") < pos("net_failover"));
+    assert!(pos("jbd2") < pos("ext4") && pos("mbcache") < pos("ext4"));
 
     let mut ns = Netns::new();
     let leases = lab.path("dnsmasq.leases");

@@ -1,31 +1,18 @@
 //! Reimage end to end: a QEMU VM (TCG, BIOS, virtio) with an empty disk PXE-boots through
 //! bootcast (full DHCP mode, in a network namespace), the agent restores the demo master onto
 //! its disk, reboots, the next network boot hands it to its local disk, and the demo master
-//! prints `BOOTCAST-DEMO-OK`. The test then compares the disk's bytes with the image.
+//! prints `BOOTCAST-DEMO-OK` and the host name the post-deploy step wrote into its ext4 root.
+//! The test then compares the disk's bytes with the image (outside the filesystem the host
+//! name changed).
 //! Needs root; prints SKIP without.
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{http_in, nonce_of, sha256, Lab, Served, BIN};
-
-fn demo_image(version: &str) -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(repo.join("images/demo/build.sh"))
-        .args(["--version", version])
-        .output()
-        .expect("run images/demo/build.sh");
-    assert!(
-        out.status.success(),
-        "images/demo/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
-}
+use common::{demo_image, http_in, nonce_of, sha256, Lab, Served, BIN};
 
 /// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server.
 fn serve_full(ns: &Netns, lab: &Lab) -> Served {
@@ -101,6 +88,8 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     let url = "http://127.0.0.1:8080";
     // the host is known (as after its registration boot), then staff queue a reimage
     register_and_queue(&ns, &lab, mac);
+    // post-deploy: the restored Linux gets the host's name
+    lab.json(&["host", "name", mac, "room12-pc01"]);
 
     // an empty disk, larger than the image
     let disk = lab.path("disk.raw");
@@ -118,19 +107,30 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     common::say(&format!(
         "VM reimage with the demo master v1 (80 MiB) and boot from disk: {took:.1} s"
     ));
-    let want = std::fs::read(&image).unwrap();
-    assert_eq!(
-        sha256(&written[..want.len()]),
-        sha256(&want),
-        "disk bytes differ from the image"
-    );
+    check_disk(&lab, &written, &image, "v1");
     let t = lab.json(&["task", "list", "--all", "--host", mac]);
     assert_eq!(t["tasks"][0]["state"], "done", "{t}");
 
     // v2 of the master onto the same disk: only what changed crosses the wire
     let image2 = demo_image("v2");
     let added = lab.add("demo", &image2);
-    let new_bytes = added["new_bytes"].as_u64().unwrap();
+    // What the disk lacks of v2: its chunks not found at their offsets on the disk as v1 and
+    // the host-name step left it (the compressed bytes the server must send).
+    let lacked = {
+        let store = bootcast::store::Store::open(&lab.data()).unwrap();
+        let v2 = store
+            .resolve(&format!("demo@{}", added["version"].as_str().unwrap()))
+            .unwrap();
+        let disk = std::fs::read(vm.dir.join("disk.raw")).unwrap();
+        v2.manifest
+            .chunks()
+            .filter(|(e, id, _)| {
+                let range = e.offset as usize..(e.offset + e.len) as usize;
+                bootcast::store::id::ChunkId::of(&disk[range]) != *id
+            })
+            .map(|(_, _, compressed)| u64::from(compressed))
+            .sum::<u64>()
+    };
     let served = |ns: &Netns| {
         let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
         text.lines()
@@ -145,18 +145,10 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     let (took, written) = boot_vm(&vm, &ns, &server, mac, "v2");
     let moved = served(&ns) - before;
     common::say(&format!(
-        "VM reimage v1 -> v2 and boot: {took:.1} s; {moved} bytes served for {new_bytes} compressed bytes new in v2"
+        "VM reimage v1 -> v2 and boot: {took:.1} s; {moved} bytes served for {lacked} compressed bytes of chunks the disk lacked"
     ));
-    let want = std::fs::read(&image2).unwrap();
-    assert_eq!(
-        sha256(&written[..want.len()]),
-        sha256(&want),
-        "disk bytes differ from v2"
-    );
-    assert!(
-        moved * 10 <= new_bytes * 11,
-        "served {moved} > 1.1 x {new_bytes}"
-    );
+    check_disk(&lab, &written, &image2, "v2");
+    assert!(moved * 10 <= lacked * 11, "served {moved} > 1.1 x {lacked}");
 }
 
 /// Boots the VM until the demo master powers it off; checks the agent and the master's
@@ -188,6 +180,58 @@ fn boot_vm(vm: &Vm, ns: &Netns, server: &Served, mac: &str, version: &str) -> (f
         "the restored disk did not boot {version}: {}",
         context()
     );
+    // the post-deploy step named the restored system; the master reads /etc/hostname
+    assert!(
+        serial.contains("BOOTCAST-DEMO-HOSTNAME room12-pc01"),
+        "the restored system does not carry the host's name: {}",
+        context()
+    );
     let disk = vm.dir.join("disk.raw");
     (took, std::fs::read(disk).unwrap())
+}
+
+/// Partition 2 of the demo master (ext4, 32 MiB at 48 MiB), where the host name goes.
+const P2: std::ops::Range<usize> = (48 << 20)..(80 << 20);
+
+/// The disk holds `image`: byte for byte outside the ext4 partition; inside it, a clean
+/// filesystem with the image's files and the host name, and only a few blocks changed (the
+/// name's inode, directory, data, bitmaps and journal blocks).
+fn check_disk(lab: &Lab, disk: &[u8], image: &std::path::Path, version: &str) {
+    let want = std::fs::read(image).unwrap();
+    assert!(disk.len() >= want.len(), "disk smaller than the image");
+    assert_eq!(
+        sha256(&disk[..P2.start]),
+        sha256(&want[..P2.start]),
+        "disk bytes before the ext4 partition differ from {version}"
+    );
+    let changed = disk[P2]
+        .chunks(4096)
+        .zip(want[P2].chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        changed <= 64,
+        "{changed} of 8192 blocks of the ext4 partition differ from {version}: more than the host name"
+    );
+    let p2 = lab.path("p2.ext4");
+    std::fs::write(&p2, &disk[P2]).unwrap();
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&p2).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = |f: &str| {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("cat {f}")])
+            .arg(&p2)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cat("etc/hostname"), "room12-pc01\n");
+    assert_eq!(cat("etc/bootcast-demo-version"), format!("{version}\n"));
+    common::say(&format!(
+        "reimage_vm: {version}: disk equals the image outside the ext4 partition; {changed} of its 8192 blocks changed by the host name"
+    ));
 }

@@ -507,3 +507,130 @@ fn cli_refuses_unknown_hosts_groups_images_and_times_with_the_fix() {
     assert_eq!(lab.json(&["group", "remove", "lab"])["removed"], true);
     assert_eq!(lab.json(&["group", "list"])["groups"], json!([]));
 }
+
+/// The host's name reaches the agent with its reimage task (the post-deploy step), unless the
+/// image's post-deploy settings turn it off; names are DNS labels and unique (CLI and API).
+#[test]
+fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add(
+        "linux",
+        &lab.file("l.img", &common::random_bytes(100_000, 3)),
+    );
+    let s = serve(&lab);
+    register(&s, A);
+    register(&s, B);
+
+    // CLI: name A; a bad name or B taking A's name is refused with the fix
+    let h = lab.json(&["host", "name", A, "room12-pc01"]);
+    assert_eq!(h["host"]["name"], "room12-pc01");
+    let e = refused(&lab, &["host", "name", B, "pc_01"]);
+    assert!(e.contains("invalid host name") && e.contains("a-z"), "{e}");
+    let e = refused(&lab, &["host", "name", B, "ROOM12-PC01"]);
+    assert!(e.contains("already belongs to") && e.contains(A), "{e}");
+    let e = refused(&lab, &["host", "name", "52:54:00:00:99:99", "x"]);
+    assert!(e.contains("no host"), "{e}");
+    // API: name B; 409 for a taken name, 400 for a bad one, 401 without the token
+    let (code, body) = api(
+        &s,
+        "PUT",
+        &format!("/api/v1/hosts/{B}/name"),
+        Some(json!({"name": "room12-pc02"})),
+    );
+    assert_eq!((code, &body["host"]["name"]), (200, &json!("room12-pc02")));
+    let (code, body) = api(
+        &s,
+        "PUT",
+        &format!("/api/v1/hosts/{B}/name"),
+        Some(json!({"name": "room12-pc01"})),
+    );
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = api(
+        &s,
+        "PUT",
+        &format!("/api/v1/hosts/{B}/name"),
+        Some(json!({"name": "-x"})),
+    );
+    assert_eq!(code, 400);
+    let (code, _) = http(
+        "PUT",
+        &format!("{}/api/v1/hosts/{B}/name", s.url),
+        None,
+        Some(r#"{"name":"y"}"#),
+    );
+    assert_eq!(code, 401);
+    let list = lab.json(&["host", "list"]);
+    let names: Vec<&Value> = list["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["name"])
+        .collect();
+    assert_eq!(names, [&json!("room12-pc01"), &json!("room12-pc02")]);
+
+    // the reimage hello carries the name...
+    let hello = |mac: &str| {
+        let script = boot(&s, mac);
+        let task: i64 = script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bootcast.task="))
+            .unwrap_or_else(|| panic!("no task in {script}"))
+            .parse()
+            .unwrap();
+        let (code, reply) = agent(
+            &s,
+            "hello",
+            json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1u64,
+                   "task": task, "nonce": nonce_of(&script)}),
+        );
+        assert_eq!(code, 200, "{reply}");
+        reply
+    };
+    lab.json(&["task", "reimage", "--host", A, "--image", "linux"]);
+    let reply = hello(A);
+    assert_eq!(
+        (&reply["action"], &reply["hostname"]),
+        (&json!("reimage"), &json!("room12-pc01"))
+    );
+    // ...not when the image's post-deploy setting is off (CLI), and again when on (API)
+    let pd = lab.json(&["image", "post-deploy", "linux"]);
+    assert_eq!(pd["post_deploy"]["hostname"], true);
+    let pd = lab.json(&["image", "post-deploy", "linux", "--hostname", "off"]);
+    assert_eq!(pd["post_deploy"]["hostname"], false);
+    lab.json(&["task", "reimage", "--host", B, "--image", "linux"]);
+    let reply = hello(B);
+    assert_eq!(reply["action"], "reimage");
+    assert!(reply.get("hostname").is_none(), "{reply}");
+    let (code, body) = api(
+        &s,
+        "PUT",
+        "/api/v1/images/linux/post-deploy",
+        Some(json!({"hostname": true})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = api(&s, "GET", "/api/v1/images/linux/post-deploy", None);
+    assert_eq!(body["post_deploy"]["hostname"], true);
+    lab.json(&[
+        "task",
+        "reimage",
+        "--host",
+        B,
+        "--image",
+        "linux",
+        "--replace",
+    ]);
+    assert_eq!(hello(B)["hostname"], "room12-pc02");
+    // a host without a name gets no name
+    lab.json(&["host", "name", B, "--clear"]);
+    lab.json(&[
+        "task",
+        "reimage",
+        "--host",
+        B,
+        "--image",
+        "linux",
+        "--replace",
+    ]);
+    assert!(hello(B).get("hostname").is_none());
+}

@@ -338,6 +338,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         task,
         image,
         version,
+        hostname,
     } = &reply
     {
         let job = super::restore::Job {
@@ -348,6 +349,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             image: image.clone(),
             version: version.clone(),
             disk: args.disk.map(PathBuf::from),
+            hostname: hostname.clone(),
         };
         console.line(&format!(
             "bootcast-agent: task {task}: reimage with {image}"

@@ -63,6 +63,11 @@ pub enum HelloReply {
         task: i64,
         image: String,
         version: String,
+        /// Post-deploy: the host's name, to write into the restored system where the agent
+        /// knows how (see [`crate::agent::postdeploy`]); absent when the host has no name or
+        /// the image's settings turn the step off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
     },
 }
 

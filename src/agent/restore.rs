@@ -31,6 +31,8 @@ pub struct Job {
     pub version: String,
     /// `bootcast.disk=` from the kernel command line.
     pub disk: Option<PathBuf>,
+    /// Post-deploy: the name to write into the restored system ([`super::postdeploy`]).
+    pub hostname: Option<String>,
 }
 
 /// Device names that are never an imaging target.
@@ -118,6 +120,23 @@ pub fn run(
             Ok(r) => break Ok(r),
         }
     };
+    // Post-deploy, before the task is reported done: the restored system becomes this host's.
+    let result = result.and_then(|(report, target)| {
+        if let Some(name) = &job.hostname {
+            match super::postdeploy::set_hostname(&target, sys, name, log) {
+                Ok(super::postdeploy::HostnameOutcome::Skipped { why }) => log(&format!(
+                    "bootcast-agent: post-deploy: host name {name} not written: {why}"
+                )),
+                Ok(super::postdeploy::HostnameOutcome::Written { .. }) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "the image was written and verified, but writing the host name {name} into it failed: {e}"
+                    ))
+                }
+            }
+        }
+        Ok(report)
+    });
     let post = |path: &str, body: serde_json::Value| {
         client
             .post(format!(
@@ -188,7 +207,7 @@ fn restore(
     proc: &Path,
     client: &reqwest::blocking::Client,
     log: &mut dyn FnMut(&str),
-) -> Result<ExportReport, Failure> {
+) -> Result<(ExportReport, PathBuf), Failure> {
     let source = HttpSource::new(&job.server)?;
     let (manifest, version) = source.manifest(&format!("{}@{}", job.image, job.version))?;
     let target = match &job.disk {
@@ -250,14 +269,16 @@ fn restore(
     });
     finished.store(true, Ordering::Relaxed);
     let _ = reporter.join();
-    result.map_err(|e| match Failure::from(e) {
-        Failure::Unreachable(e) => Failure::Unreachable(e),
-        Failure::Other(e) => Failure::Other(format!(
-            "writing {} to {}: {e}",
-            job.image,
-            target.display()
-        )),
-    })
+    result
+        .map(|r| (r, target.clone()))
+        .map_err(|e| match Failure::from(e) {
+            Failure::Unreachable(e) => Failure::Unreachable(e),
+            Failure::Other(e) => Failure::Other(format!(
+                "writing {} to {}: {e}",
+                job.image,
+                target.display()
+            )),
+        })
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.sh");
 /// virtio-net over virtio-pci; USB adapters (xHCI/EHCI hosts, CDC Ethernet, Realtek r8152,
 /// ASIX AX88179). Not bnx2: it needs non-free firmware files, which are not included.
 /// Disks, for imaging: ahci, nvme, virtio_blk, virtio_scsi, sd_mod, usb-storage.
+/// Filesystems, for the post-deploy steps: ext4 (also mounts ext2/ext3) and crc32c for its
+/// metadata checksums (ext4 only asks for it at mount time, which no modprobe would answer).
 pub const DEFAULT_MODULES: &[&str] = &[
     "e1000",
     "e1000e",
@@ -84,6 +86,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_scsi",
     "sd_mod",
     "usb_storage",
+    "crc32c_generic",
+    "ext4",
 ];
 
 /// Busybox applets `/init` and the udhcpc script use.

@@ -34,10 +34,41 @@ pub enum AgentCmd {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
+    /// Run the post-deploy steps on a restored disk, as a reimage does: write NAME into
+    /// /etc/hostname of every Linux root filesystem on ext2/3/4 (root; partitions are mounted)
+    PostDeploy {
+        /// The whole disk (block device), e.g. /dev/sdb or /dev/loop0 (losetup --partscan)
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        hostname: String,
+    },
 }
 
 pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
     match cmd {
+        AgentCmd::PostDeploy { disk, hostname } => {
+            if !bootcast::db::hosts::valid_name(&hostname) {
+                anyhow::bail!("invalid host name {hostname:?}: use 1-63 characters from a-z A-Z 0-9 and '-', not starting or ending with '-'");
+            }
+            let mut log = |l: &str| eprintln!("{l}");
+            let outcome = bootcast::agent::postdeploy::set_hostname(
+                &disk,
+                std::path::Path::new("/sys"),
+                &hostname,
+                &mut log,
+            )
+            .map_err(|e| anyhow::anyhow!("post-deploy on {}: {e}", disk.display()))?;
+            out.emit(&outcome, || match &outcome {
+                bootcast::agent::postdeploy::HostnameOutcome::Written { partitions } => {
+                    format!("host name {hostname} written on {}", partitions.join(", "))
+                }
+                bootcast::agent::postdeploy::HostnameOutcome::Skipped { why } => {
+                    format!("host name not written: {why}")
+                }
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         AgentCmd::Boot {
             interface,
             server,

@@ -18,6 +18,16 @@ pub enum HostCmd {
     List,
     /// One host: its groups, last boots and tasks
     Show { mac: String },
+    /// Give a host a name (one DNS label, unique); written into the restored system after a
+    /// reimage (see `bootcast image post-deploy`)
+    Name {
+        mac: String,
+        #[arg(required_unless_present = "clear")]
+        name: Option<String>,
+        /// Remove the host's name
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,8 +60,16 @@ pub fn parse_macs(macs: &[String]) -> Result<Vec<Mac>> {
 
 pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     let db = open_db(data)?;
-    let c = db.lock();
+    let mut c = db.lock();
     match cmd {
+        HostCmd::Name { mac, name, .. } => {
+            let mac: Mac = mac.parse()?;
+            let h = hosts::set_name(&mut c, mac, name.as_deref())?;
+            out.emit(&serde_json::json!({ "host": h }), || match &h.name {
+                Some(n) => format!("host {mac} is now named {n}"),
+                None => format!("host {mac} has no name now"),
+            });
+        }
         HostCmd::List => {
             let list = hosts::list(&c)?;
             let mut rows = Vec::new();
@@ -71,13 +89,14 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     return "no hosts yet: a machine appears here after its first network boot through bootcast".into();
                 }
                 let mut s = format!(
-                    "{:<17}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  GROUPS\n",
-                    "MAC", "ARCH", "FW", "BOOTS", "LAST BOOT", "REGISTERED"
+                    "{:<17}  {:<15}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  GROUPS\n",
+                    "MAC", "NAME", "ARCH", "FW", "BOOTS", "LAST BOOT", "REGISTERED"
                 );
                 for (h, g) in &rows {
                     s += &format!(
-                        "{:<17}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  {}\n",
+                        "{:<17}  {:<15}  {:<7}  {:<5}  {:>5}  {:<20}  {:<10}  {}\n",
                         h.mac,
+                        h.name.as_deref().unwrap_or("-"),
                         h.arch.as_deref().unwrap_or("-"),
                         h.firmware.map(|f| f.as_str()).unwrap_or("-"),
                         h.boots,
@@ -101,8 +120,9 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 &serde_json::json!({ "host": h, "groups": g, "boots": boots, "tasks": t }),
                 || {
                     let mut s = format!(
-                        "host {}\n  arch {}  firmware {}  boots {}\n  first boot {}  last boot {}  last ip {}\n  registered {}\n  groups {}\n",
+                        "host {}  name {}\n  arch {}  firmware {}  boots {}\n  first boot {}  last boot {}  last ip {}\n  registered {}\n  groups {}\n",
                         h.mac,
+                        h.name.as_deref().unwrap_or("-"),
                         h.arch.as_deref().unwrap_or("-"),
                         h.firmware.map(|f| f.as_str()).unwrap_or("-"),
                         h.boots,

@@ -54,6 +54,14 @@ pub enum ImageCmd {
     },
     /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
     Rm { spec: String },
+    /// Show or change what the agent does to the restored system after writing NAME
+    PostDeploy {
+        name: String,
+        /// Write the host's name (`bootcast host name`) into /etc/hostname of a Linux root
+        /// filesystem on ext2/3/4 (default: on)
+        #[arg(long, value_parser = ["on", "off"])]
+        hostname: Option<String>,
+    },
 }
 
 fn parse_level(s: &str) -> Result<i32, String> {
@@ -78,6 +86,7 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             threads,
             from,
         } => export_cmd(data, out, &spec, &target, seeds, threads, from.as_deref()),
+        ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
         ImageCmd::Rm { spec } => rm(data, out, &spec),
     }
 }
@@ -317,5 +326,33 @@ fn rm(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
         s += "run `bootcast store gc` to free chunks no other version uses";
         s
     });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `image post-deploy NAME [--hostname on|off]`: settings in the server's database.
+fn post_deploy(
+    data: &Path,
+    out: &Output,
+    name: &str,
+    hostname: Option<String>,
+) -> Result<ExitCode> {
+    use bootcast::db::images;
+    bootcast::store::catalog::validate_name(name)?;
+    let db = super::host::open_db(data)?;
+    let c = db.lock();
+    let mut pd = images::post_deploy(&c, name)?;
+    if let Some(h) = hostname {
+        pd.hostname = h == "on";
+        images::set_post_deploy(&c, name, pd)?;
+    }
+    out.emit(
+        &serde_json::json!({ "image": name, "post_deploy": pd }),
+        || {
+            format!(
+                "image {name}, after a restore:\n  hostname {}  (the host's name into /etc/hostname of a Linux ext2/3/4 root)",
+                if pd.hostname { "on " } else { "off" }
+            )
+        },
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,9 @@ use crate::mac::Mac;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Host {
     pub mac: Mac,
+    /// The name staff gave it (`bootcast host name`); written into the restored system after
+    /// a reimage where the image's post-deploy settings allow it.
+    pub name: Option<String>,
     /// CPU architecture (`x86_64`, ...), as the agent or iPXE reported it.
     pub arch: Option<String>,
     pub firmware: Option<Firmware>,
@@ -48,7 +51,7 @@ fn firmware_from(s: Option<String>) -> Option<Firmware> {
 }
 
 const HOST_COLUMNS: &str =
-    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at";
+    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name";
 
 fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
     let mac: String = r.get(0)?;
@@ -63,6 +66,7 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
         last_ip: r.get(5)?,
         boots: r.get(6)?,
         registered_at: r.get(7)?,
+        name: r.get(8)?,
     })
 }
 
@@ -196,6 +200,73 @@ pub fn list(conn: &Connection) -> Result<Vec<Host>, DbError> {
     rows.collect::<Result<_, _>>().what("list hosts")
 }
 
+/// Why a host name was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("invalid host name {0:?}: use 1-63 characters from a-z A-Z 0-9 and '-', not starting or ending with '-' (one DNS label, as Windows and Linux accept)")]
+    Invalid(String),
+    #[error("host name {name:?} already belongs to {owner}; clear it there first (`bootcast host name {owner} --clear`)")]
+    Taken { name: String, owner: Mac },
+    #[error("no host {0} is known: network-boot it through bootcast once; `bootcast host list` shows the known hosts")]
+    NoHost(Mac),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A host name is one DNS label (RFC 1123): what `/etc/hostname` and Windows both take.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Names `mac` (or clears its name with `None`). Names are unique (case-insensitively).
+pub fn set_name(conn: &mut Connection, mac: Mac, name: Option<&str>) -> Result<Host, NameError> {
+    if let Some(n) = name {
+        if !valid_name(n) {
+            return Err(NameError::Invalid(n.to_string()));
+        }
+    }
+    let tx = conn.transaction().what("begin")?;
+    if let Some(n) = name {
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT mac FROM hosts WHERE lower(name) = lower(?1) AND mac != ?2",
+                params![n, mac.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .what("find host name")?;
+        if let Some(o) = owner {
+            return Err(NameError::Taken {
+                name: n.to_string(),
+                owner: o.parse().map_err(|_| NameError::Invalid(o.clone()))?,
+            });
+        }
+    }
+    let n = tx
+        .execute(
+            "UPDATE hosts SET name = ?2 WHERE mac = ?1",
+            params![mac.to_string(), name],
+        )
+        .what("set host name")?;
+    if n == 0 {
+        return Err(NameError::NoHost(mac));
+    }
+    let host = tx
+        .query_row(
+            &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE mac = ?1"),
+            [mac.to_string()],
+            host_from_row,
+        )
+        .what("read host")?;
+    tx.commit().what("commit")?;
+    Ok(host)
+}
+
 /// The most recent boots of `mac`, newest first.
 pub fn boots(conn: &Connection, mac: Mac, limit: u32) -> Result<Vec<HostBoot>, DbError> {
     let mut st = conn
@@ -292,5 +363,49 @@ mod tests {
         assert_eq!(j["mac"], "52:54:00:00:00:01");
         assert_eq!(j["first_boot"], "1970-01-01T00:01:40Z");
         assert_eq!(j["firmware"], "bios");
+    }
+
+    #[test]
+    fn names_are_dns_labels_and_unique() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        let a: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let b: Mac = "52:54:00:00:00:02".parse().unwrap();
+        assert!(matches!(
+            set_name(&mut c, a, Some("pc-01")),
+            Err(NameError::NoHost(_))
+        ));
+        for m in [a, b] {
+            record_script_boot(&mut c, m, &BootFacts::default(), 1).unwrap();
+        }
+        for bad in ["", "-pc", "pc-", "pc_01", "pc.room", "é", &"x".repeat(64)] {
+            assert!(
+                matches!(set_name(&mut c, a, Some(bad)), Err(NameError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            set_name(&mut c, a, Some("Room12-PC01"))
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("Room12-PC01")
+        );
+        let e = set_name(&mut c, b, Some("room12-pc01")).unwrap_err();
+        assert!(e.to_string().contains("52:54:00:00:00:01"), "{e}");
+        // renaming itself is fine; clearing frees the name
+        set_name(&mut c, a, Some("room12-pc01")).unwrap();
+        assert_eq!(set_name(&mut c, a, None).unwrap().name, None);
+        assert_eq!(
+            set_name(&mut c, b, Some("room12-pc01"))
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("room12-pc01")
+        );
+        assert_eq!(
+            get(&c, b).unwrap().unwrap().name.as_deref(),
+            Some("room12-pc01")
+        );
     }
 }

@@ -6,10 +6,12 @@
 //! ran. A database written by a newer bootcast is refused rather than misread.
 //!
 //! Query groups: [`hosts`] (hosts and their boots), [`tasks`] (what a host should do on its
-//! next network boot), [`groups`] (hosts in named groups, e.g. a room), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
+//! next network boot), [`groups`] (hosts in named groups, e.g. a room), [`images`] (per-image
+//! settings such as the post-deploy steps), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
 pub mod groups;
 pub mod hosts;
+pub mod images;
 pub mod leases;
 pub mod tasks;
 
@@ -118,6 +120,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN rate INTEGER;
     ALTER TABLE tasks ADD COLUMN eta INTEGER;
     ALTER TABLE tasks ADD COLUMN progress_at INTEGER;",
+    // 3: host names (unique when set); per-image post-deploy settings
+    "ALTER TABLE hosts ADD COLUMN name TEXT;
+    CREATE UNIQUE INDEX hosts_name ON hosts(name) WHERE name IS NOT NULL;
+    CREATE TABLE image_settings (
+        image TEXT PRIMARY KEY,
+        set_hostname INTEGER NOT NULL
+    );",
 ];
 
 /// A handle to the database; cheap to clone.
@@ -254,7 +263,7 @@ mod tests {
             .unwrap();
         }
         let db = Db::open(&p).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 2);
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let c = db.lock();
         let t = tasks::list(&c, None, true).unwrap();
         assert_eq!(t.len(), 1);

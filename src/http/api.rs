@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::agent::proto::{TaskAck, TaskDone, TaskFailed, TaskProgress};
+use crate::db::images::{self, PostDeploy};
 use crate::db::{groups, hosts, tasks, DbError, TaskKind, TaskState};
 use crate::mac::Mac;
 use crate::schedule::{self, CancelTarget, ScheduleError, TaskRequest};
@@ -126,12 +127,18 @@ pub async fn agent_hello(
                     now,
                 )?;
             }
-            // the task this agent will run, if any
+            // the task this agent will run, if any, and the name to give the restored system
             let task = task.filter(|_| runnable);
-            Ok(Ok((host, task)))
+            let hostname = match (&task, &host.name) {
+                (Some(t), Some(name)) => images::post_deploy(c, t.image.as_deref().unwrap_or(""))?
+                    .hostname
+                    .then(|| name.clone()),
+                _ => None,
+            };
+            Ok(Ok((host, task, hostname)))
         })
         .await;
-    let (host, task) = match res {
+    let (host, task, hostname) = match res {
         Ok(Ok(x)) => x,
         Ok(Err(refused)) => return refused.response(mac, peer, "hello"),
         Err(e) => return super::internal(e).into_response(),
@@ -144,6 +151,7 @@ pub async fn agent_hello(
             task: t.id,
             image: t.image.clone().unwrap_or_default(),
             version: t.version.clone().unwrap_or_default(),
+            hostname,
         },
         _ => match st.after_register {
             AfterRegister::Reboot => HelloReply::Reboot,
@@ -192,6 +200,67 @@ pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Re
         Ok((None, ..)) => {
             super::error(StatusCode::NOT_FOUND, format!("no host {mac}")).into_response()
         }
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `PUT /api/v1/hosts/{mac}/name` with `{"name": "room12-pc01"}` (or `null` to clear it).
+pub async fn set_host_name(
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+    Json(body): Json<HostName>,
+) -> Response {
+    let mac: Mac = match mac.parse() {
+        Ok(m) => m,
+        Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let res = st
+        .db
+        .call(move |c| Ok(hosts::set_name(c, mac, body.name.as_deref())))
+        .await;
+    match res {
+        Ok(Ok(h)) => Json(serde_json::json!({ "host": h })).into_response(),
+        Ok(Err(hosts::NameError::Db(e))) | Err(e) => super::internal(e).into_response(),
+        Ok(Err(e @ hosts::NameError::NoHost(_))) => {
+            super::error(StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Ok(Err(e @ hosts::NameError::Taken { .. })) => {
+            super::error(StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Ok(Err(e)) => super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HostName {
+    name: Option<String>,
+}
+
+/// `GET /api/v1/images/{name}/post-deploy`: the image's post-deploy settings.
+pub async fn get_post_deploy(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    let n = name.clone();
+    match st.db.call(move |c| images::post_deploy(c, &n)).await {
+        Ok(pd) => Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response(),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `PUT /api/v1/images/{name}/post-deploy` with `{"hostname": true|false}`.
+pub async fn set_post_deploy(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Json(pd): Json<PostDeploy>,
+) -> Response {
+    if let Err(e) = crate::store::catalog::validate_name(&name) {
+        return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response();
+    }
+    let n = name.clone();
+    match st
+        .db
+        .call(move |c| images::set_post_deploy(c, &n, pd))
+        .await
+    {
+        Ok(()) => Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response(),
         Err(e) => super::internal(e).into_response(),
     }
 }

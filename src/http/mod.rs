@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::config::AfterRegister;
@@ -72,6 +72,11 @@ pub fn router(state: AppState, token: String) -> Router {
     let staff = Router::new()
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/{mac}", get(api::get_host))
+        .route("/api/v1/hosts/{mac}/name", put(api::set_host_name))
+        .route(
+            "/api/v1/images/{name}/post-deploy",
+            get(api::get_post_deploy).put(api::set_post_deploy),
+        )
         .route("/api/v1/images", get(chunks::list_images))
         .route(
             "/api/v1/tasks",

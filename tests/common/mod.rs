@@ -381,3 +381,19 @@ pub fn say(line: &str) {
 pub fn skip(test: &str, why: &str) {
     say(&format!("SKIP: {test}: {why}"));
 }
+
+/// Builds (or finds in the cache) the demo master `version` with images/demo/build.sh; its
+/// path. Needs the Debian packages build.sh installs (root for apt-get).
+pub fn demo_image(version: &str) -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(repo.join("images/demo/build.sh"))
+        .args(["--version", version])
+        .output()
+        .expect("run images/demo/build.sh");
+    assert!(
+        out.status.success(),
+        "images/demo/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+}

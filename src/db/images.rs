@@ -1,0 +1,68 @@
+//! Per-image settings kept by the server (the store holds the bytes; this holds what staff
+//! decided about an image): the post-deploy steps the agent runs after a restore.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::{DbError, QueryContext};
+
+/// What the agent does to the restored system before it reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostDeploy {
+    /// Write the host's name (`bootcast host name`) into the restored system where the agent
+    /// knows how: Linux root filesystems on ext2/3/4 (`/etc/hostname`). On by default.
+    pub hostname: bool,
+}
+
+impl Default for PostDeploy {
+    fn default() -> Self {
+        PostDeploy { hostname: true }
+    }
+}
+
+/// The post-deploy settings of image `image` (the defaults unless staff changed them).
+pub fn post_deploy(conn: &Connection, image: &str) -> Result<PostDeploy, DbError> {
+    let set: Option<bool> = conn
+        .query_row(
+            "SELECT set_hostname FROM image_settings WHERE image = ?1",
+            [image],
+            |r| r.get(0),
+        )
+        .optional()
+        .what("get image settings")?;
+    Ok(set.map_or_else(PostDeploy::default, |hostname| PostDeploy { hostname }))
+}
+
+pub fn set_post_deploy(conn: &Connection, image: &str, pd: PostDeploy) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO image_settings (image, set_hostname) VALUES (?1, ?2)
+         ON CONFLICT(image) DO UPDATE SET set_hostname = excluded.set_hostname",
+        params![image, pd.hostname],
+    )
+    .what("set image settings")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn defaults_until_set() {
+        let db = Db::open_in_memory().unwrap();
+        let c = db.lock();
+        assert_eq!(
+            post_deploy(&c, "win11").unwrap(),
+            PostDeploy { hostname: true }
+        );
+        set_post_deploy(&c, "win11", PostDeploy { hostname: false }).unwrap();
+        assert_eq!(
+            post_deploy(&c, "win11").unwrap(),
+            PostDeploy { hostname: false }
+        );
+        assert_eq!(post_deploy(&c, "demo").unwrap(), PostDeploy::default());
+        set_post_deploy(&c, "win11", PostDeploy { hostname: true }).unwrap();
+        assert!(post_deploy(&c, "win11").unwrap().hostname);
+    }
+}
