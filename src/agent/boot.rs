@@ -362,6 +362,9 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
                 "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
                 hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
             )),
+            Err(super::restore::RunError::Cancelled) => {
+                console.line(&format!("BOOTCAST-AGENT-REIMAGE-CANCELLED {}", hello.mac))
+            }
             Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
         }
     }

@@ -89,19 +89,31 @@ pub fn choose_disk(sys: &Path, proc: &Path, need: u64) -> Result<PathBuf, String
     ))
 }
 
-/// Runs the reimage; reports to the server; returns the export report or the reason it
-/// failed (already reported as `failed` when the server could be reached).
+/// Why a reimage did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// Staff closed the task (cancelled or replaced it); the server answered 409.
+    #[error("the task was cancelled on the server; stopped, keeping what was written")]
+    Cancelled,
+    /// Reported to the server as the task's failure reason (when it could be reached).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs the reimage; reports to the server; returns the export report or why it stopped (a
+/// failure is reported as `failed` when the server can be reached; a cancelled task is left
+/// as the server has it).
 pub fn run(
     job: &Job,
     sys: &Path,
     proc: &Path,
     log: &mut dyn FnMut(&str),
-) -> Result<ExportReport, String> {
+) -> Result<ExportReport, RunError> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(15))
         .no_proxy()
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+        .map_err(|e| RunError::Failed(format!("HTTP client: {e}")))?;
     // While the server is unreachable (restarting, network down), try again: the disk is its
     // own seed, so every chunk already written and verified is kept, not fetched again.
     let mut wait = Duration::from_secs(1);
@@ -117,6 +129,10 @@ pub fn run(
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
             Err(Failure::Unreachable(e)) | Err(Failure::Other(e)) => break Err(e),
+            Err(Failure::Cancelled) => {
+                log("bootcast-agent: the server says the task is closed (cancelled); stopping");
+                return Err(RunError::Cancelled);
+            }
             Ok(r) => break Ok(r),
         }
     };
@@ -180,7 +196,17 @@ pub fn run(
             "bootcast-agent: could not report the result to the server: {e}"
         ));
     }
-    result
+    result.map_err(RunError::Failed)
+}
+
+/// Posts a progress report; `Ok(false)` when the server answers 409 (the task is closed).
+fn post_progress(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    p: &TaskProgress,
+) -> Result<bool, reqwest::Error> {
+    let r = client.post(url).json(p).send()?;
+    Ok(r.status() != reqwest::StatusCode::CONFLICT)
 }
 
 /// How long the agent keeps trying while the server is unreachable.
@@ -189,6 +215,8 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(600);
 enum Failure {
     /// The server could not be reached: worth another attempt.
     Unreachable(String),
+    /// The task is closed on the server.
+    Cancelled,
     Other(String),
 }
 
@@ -196,6 +224,7 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Failure {
         match e {
             StoreError::Unreachable { .. } => Failure::Unreachable(e.to_string()),
+            StoreError::Cancelled => Failure::Cancelled,
             e => Failure::Other(e.to_string()),
         }
     }
@@ -221,16 +250,32 @@ fn restore(
         manifest.size,
         target.display()
     ));
+    let url = format!("{}/api/v1/agent/progress", job.server.trim_end_matches('/'));
+    let first = TaskProgress {
+        mac: job.mac.clone(),
+        nonce: job.nonce.clone(),
+        task: job.task,
+        bytes_done: 0,
+        bytes_total: manifest.size,
+        rate: 0,
+        eta: None,
+    };
+    // Before writing (and after every interruption): is the task still open?
+    match post_progress(client, &url, &first) {
+        Ok(true) => {}
+        Ok(false) => return Err(Failure::Cancelled),
+        Err(e) => return Err(Failure::Unreachable(format!("{url}: {e}"))),
+    }
     let done = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicBool::new(false));
-    // Progress to the server every 2 s, from its own thread.
+    let cancel = Arc::new(AtomicBool::new(false));
+    // Progress to the server every 2 s, from its own thread; a 409 answer stops the export.
     let reporter = {
         let done = done.clone();
         let finished = finished.clone();
+        let cancel = cancel.clone();
         let client = client.clone();
-        let url = format!("{}/api/v1/agent/progress", job.server.trim_end_matches('/'));
-        let (mac, nonce, task, total) =
-            (job.mac.clone(), job.nonce.clone(), job.task, manifest.size);
+        let total = manifest.size;
         std::thread::spawn(move || {
             let start = Instant::now();
             while !finished.load(Ordering::Relaxed) {
@@ -238,18 +283,21 @@ fn restore(
                 let secs = start.elapsed().as_secs_f64().max(0.001);
                 let rate = (d as f64 / secs) as u64;
                 let eta = (rate > 0).then(|| total.saturating_sub(d) / rate);
-                let _ = client
-                    .post(&url)
-                    .json(&TaskProgress {
-                        mac: mac.clone(),
-                        nonce: nonce.clone(),
-                        task,
-                        bytes_done: d.min(total),
-                        bytes_total: total,
-                        rate,
-                        eta,
-                    })
-                    .send();
+                let p = TaskProgress {
+                    bytes_done: d.min(total),
+                    rate,
+                    eta,
+                    ..first.clone()
+                };
+                if let Ok(false) = post_progress(&client, &url, &p) {
+                    // (this thread has no console handle; stdout is /dev/console)
+                    println!(
+                        "bootcast-agent: the server closed task {} (cancelled); stopping after the chunks in flight",
+                        p.task
+                    );
+                    cancel.store(true, Ordering::Relaxed);
+                    break;
+                }
                 for _ in 0..20 {
                     if finished.load(Ordering::Relaxed) {
                         break;
@@ -262,6 +310,7 @@ fn restore(
     let opts = ExportOptions {
         seeds: vec![target.clone()],
         threads: 4,
+        cancel: Some(cancel),
     };
     let src: &dyn ChunkSource = &source;
     let result = export(src, &manifest, &target, &opts, &|n| {
@@ -273,6 +322,7 @@ fn restore(
         .map(|r| (r, target.clone()))
         .map_err(|e| match Failure::from(e) {
             Failure::Unreachable(e) => Failure::Unreachable(e),
+            Failure::Cancelled => Failure::Cancelled,
             Failure::Other(e) => Failure::Other(format!(
                 "writing {} to {}: {e}",
                 job.image,

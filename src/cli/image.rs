@@ -274,7 +274,11 @@ fn export_cmd(
         }
     };
     let bar = out.progress(Some(manifest.size), "export");
-    let opts = ExportOptions { seeds, threads };
+    let opts = ExportOptions {
+        seeds,
+        threads,
+        cancel: None,
+    };
     let report = export(source.as_ref(), &manifest, target, &opts, &|n| bar.inc(n))
         .with_context(|| format!("exporting {}@{} to {}", name, id.short(), target.display()))?;
     bar.finish_and_clear();

@@ -52,6 +52,9 @@ pub enum StoreError {
     /// trying again later, unlike [`StoreError::Fetch`] (a refusal or a protocol error).
     #[error("fetching {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The caller asked the export to stop ([`crate::store::export::ExportOptions::cancel`]).
+    #[error("stopped: the work was cancelled")]
+    Cancelled,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

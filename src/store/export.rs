@@ -31,6 +31,9 @@ pub struct ExportOptions {
     /// version on this disk, or the target itself).
     pub seeds: Vec<PathBuf>,
     pub threads: usize,
+    /// Set by the caller to stop the export between batches ([`StoreError::Cancelled`]);
+    /// what is written stays written and verified.
+    pub cancel: Option<std::sync::Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -162,6 +165,14 @@ pub fn export(
                 let mut buf = Vec::new();
                 let send = |w: Write| !abort.load(Ordering::Relaxed) && write_tx.send(w).is_ok();
                 while !abort.load(Ordering::Relaxed) {
+                    if opts
+                        .cancel
+                        .as_ref()
+                        .is_some_and(|c| c.load(Ordering::Relaxed))
+                    {
+                        fail(StoreError::Cancelled);
+                        return;
+                    }
                     let Some(range) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
@@ -465,4 +476,49 @@ fn zero_range(file: &File, off: u64, len: u64) -> io::Result<()> {
         done += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ingest::{ingest, IngestOptions};
+    use crate::store::{Store, StoreConfig};
+
+    #[test]
+    fn a_cancelled_export_stops_before_writing() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(t.path(), StoreConfig::default(), false).unwrap();
+        let data = crate::testkit::random_bytes(2 << 20, 5);
+        let r = ingest(
+            &store,
+            "m",
+            &data[..],
+            "test",
+            &IngestOptions::default(),
+            &|_| {},
+        )
+        .unwrap();
+        let manifest = store
+            .resolve(&format!("m@{}", r.version.to_hex()))
+            .unwrap()
+            .manifest;
+        let target = t.path().join("out.img");
+        let cancel = std::sync::Arc::new(AtomicBool::new(true));
+        let opts = ExportOptions {
+            threads: 2,
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let e = export(&store, &manifest, &target, &opts, &|_| {}).unwrap_err();
+        assert!(matches!(e, StoreError::Cancelled), "{e}");
+        let written = std::fs::read(&target).unwrap();
+        assert!(
+            written.iter().all(|b| *b == 0),
+            "a cancelled export wrote data"
+        );
+        // not cancelled: the same call writes the image
+        cancel.store(false, Ordering::Relaxed);
+        export(&store, &manifest, &target, &opts, &|_| {}).unwrap();
+        assert!(std::fs::read(&target).unwrap() == data);
+    }
 }
