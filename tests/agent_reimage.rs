@@ -175,6 +175,18 @@ fn a_corrupt_chunk_fails_the_task_with_its_name() {
         detail.contains(&id) && detail.contains("corrupt"),
         "{detail}"
     );
+    // nothing unverified reached the disk: every 4 KiB block is still empty or holds the
+    // image's own bytes
+    let disk = std::fs::read(&target).unwrap();
+    let foreign = disk
+        .chunks(4096)
+        .zip(v1.chunks(4096))
+        .filter(|(d, want)| d != want && d.iter().any(|b| *b != 0))
+        .count();
+    assert_eq!(
+        foreign, 0,
+        "{foreign} blocks hold bytes that are not the image's"
+    );
 }
 
 /// A TCP relay between the agent and the server, under the test's control. It forwards
