@@ -34,13 +34,9 @@ impl Drop for Loop {
     }
 }
 
+/// A file of the demo master's ext4 partition in image `img`.
 fn debugfs_cat(img: &std::path::Path, file: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {file}")])
-        .arg(format!("{}?offset={P2_OFFSET}", img.display()))
-        .output()
-        .expect("run debugfs (e2fsprogs)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::debugfs_cat(&format!("{}?offset={P2_OFFSET}", img.display()), file)
 }
 
 #[test]

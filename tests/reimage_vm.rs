@@ -221,14 +221,7 @@ fn check_disk(lab: &Lab, disk: &[u8], image: &std::path::Path, version: &str) {
         "e2fsck: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
-    let cat = |f: &str| {
-        let out = Command::new("debugfs")
-            .args(["-R", &format!("cat {f}")])
-            .arg(&p2)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cat = |f: &str| common::debugfs_cat(p2.to_str().unwrap(), f);
     assert_eq!(cat("etc/hostname"), "room12-pc01\n");
     assert_eq!(cat("etc/bootcast-demo-version"), format!("{version}\n"));
     common::say(&format!(

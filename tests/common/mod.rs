@@ -397,3 +397,14 @@ pub fn demo_image(version: &str) -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
 }
+
+/// `debugfs -R 'cat FILE' FS`: a file of an ext filesystem (FS: an image, or `IMG?offset=N`)
+/// without mounting it; empty if it is not there.
+pub fn debugfs_cat(fs: &str, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(fs)
+        .output()
+        .expect("run debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
