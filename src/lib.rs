@@ -8,6 +8,7 @@
 //! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
+//! - [`push`]: nightly pushes to site relays: windows, rate caps, the scheduler's clock.
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod mac;
+pub mod push;
 pub mod schedule;
 pub mod server;
 pub mod store;
