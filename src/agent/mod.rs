@@ -1,8 +1,13 @@
 //! The agent: runs inside the boot environment (initramfs), talks to the server over HTTP.
 //!
 //! - [`proto`]: the JSON messages exchanged with the server (shared by both sides).
-//! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then power off or reboot.
+//! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then the task, then
+//!   power off or reboot.
+//! - [`restore`]: a reimage task (image from the server onto the local disk).
+//! - [`disk`]: which local disk a task works on; [`task`]: progress, retries, done/failed.
 
 pub mod boot;
+pub mod disk;
 pub mod proto;
 pub mod restore;
+pub mod task;
