@@ -4,9 +4,11 @@
 //! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then the task, then
 //!   power off or reboot.
 //! - [`restore`]: a reimage task (image from the server onto the local disk).
+//! - [`capture`]: a capture task (the local disk into a new image version on the server).
 //! - [`disk`]: which local disk a task works on; [`task`]: progress, retries, done/failed.
 
 pub mod boot;
+pub mod capture;
 pub mod disk;
 pub mod proto;
 pub mod restore;
