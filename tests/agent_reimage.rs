@@ -5,90 +5,14 @@
 
 mod common;
 
-use std::path::Path;
+use serde_json::Value;
 
-use serde_json::{json, Value};
-
-use common::{disk_like, fake_bootenv, http, nonce_of, sha256, Lab, Served};
+use common::{
+    agent_boot, boot_script, disk_like, fake_agent_root, fake_bootenv, metric, nonce_of, register,
+    sha256, task_of, Lab, Relay, Served,
+};
 
 const MAC: &str = "52:54:00:77:00:01";
-
-fn boot_script(s: &Served) -> String {
-    let (code, script) = http(
-        "GET",
-        &format!("{}/boot/{MAC}.ipxe?platform=pcbios", s.url),
-        None,
-        None,
-    );
-    assert_eq!(code, 200, "{script}");
-    script
-}
-
-/// The host's first network boot and the agent's hello: `MAC` is registered.
-fn register(s: &Served) {
-    let script = boot_script(s);
-    let hello = json!({"mac": MAC, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    let (code, body) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200, "{body}");
-}
-
-/// The `bootcast.task=` of a boot script.
-fn task_of(script: &str) -> String {
-    script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.task="))
-        .unwrap_or_else(|| panic!("no task in {script}"))
-        .to_string()
-}
-
-/// A fake root for `agent boot --root`: the kernel command line the boot script would give.
-fn fake_root(dir: &Path, cmdline: &str) {
-    std::fs::create_dir_all(dir.join("proc")).unwrap();
-    std::fs::create_dir_all(dir.join("sys/class/net/eth0")).unwrap();
-    std::fs::create_dir_all(dir.join("sys/block")).unwrap();
-    std::fs::write(dir.join("proc/cmdline"), cmdline).unwrap();
-    std::fs::write(dir.join("proc/stat"), "cpu 1\nbtime 1763900000\n").unwrap();
-    std::fs::write(dir.join("proc/mounts"), "").unwrap();
-    std::fs::write(dir.join("sys/class/net/eth0/address"), format!("{MAC}\n")).unwrap();
-}
-
-fn metric(s: &Served, name: &str) -> u64 {
-    let (_, text) = http("GET", &format!("{}/metrics", s.url), None, None);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
-/// One boot of the agent for the host's current task; returns the agent's stdout+stderr.
-fn agent_boot(lab: &Lab, s: &Served, target: &Path, tag: &str) -> String {
-    let script = boot_script(s);
-    let task = task_of(&script);
-    let root = lab.path(&format!("root-{tag}"));
-    fake_root(
-        &root,
-        &format!(
-            "console=ttyS0 bootcast.server={} bootcast.mac={MAC} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
-            s.url,
-            nonce_of(&script),
-            target.display()
-        ),
-    );
-    let out = std::process::Command::new(common::BIN)
-        .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn task_state(lab: &Lab) -> Value {
     let v = lab.json(&["task", "list", "--all", "--host", MAC]);
@@ -107,14 +31,14 @@ fn agent_reimages_v1_then_only_what_changed_for_v2() {
     let a1 = lab.add("m", &lab.file("v1.img", &v1));
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
 
-    register(&s);
+    register(&s, MAC);
 
     // reimage with v1 onto an empty "disk"
     let target = lab.path("disk.raw");
     std::fs::write(&target, b"").unwrap();
     let spec = format!("m@{}", a1["version"].as_str().unwrap());
     lab.json(&["task", "reimage", "--host", MAC, "--image", &spec]);
-    let log = agent_boot(&lab, &s, &target, "1");
+    let log = agent_boot(&lab, &s, MAC, &target, "1");
     assert!(
         log.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {MAC}")),
         "{log}"
@@ -132,7 +56,7 @@ fn agent_reimages_v1_then_only_what_changed_for_v2() {
     // plain NAME is the newest version, even one added within the same second as v1
     let t2 = lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
     assert_eq!(t2["tasks"][0]["version"], a2["version"], "{t2}");
-    let log = agent_boot(&lab, &s, &target, "2");
+    let log = agent_boot(&lab, &s, MAC, &target, "2");
     assert!(log.contains("BOOTCAST-AGENT-REIMAGE-DONE"), "{log}");
     assert_eq!(sha256(&std::fs::read(&target).unwrap()), sha256(&v2));
     let served = metric(&s, "bootcast_chunk_bytes_served_total") - before;
@@ -146,7 +70,7 @@ fn agent_reimages_v1_then_only_what_changed_for_v2() {
     );
     assert_eq!(task_state(&lab)["state"], "done");
     // the host's next boot is its local disk
-    assert!(boot_script(&s).contains("sanboot"));
+    assert!(boot_script(&s, MAC).contains("sanboot"));
 }
 
 #[test]
@@ -162,11 +86,11 @@ fn a_corrupt_chunk_fails_the_task_with_its_name() {
     bytes[n / 2] ^= 0x40;
     std::fs::write(&victim, bytes).unwrap();
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
-    register(&s);
+    register(&s, MAC);
     lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
     let target = lab.path("disk.raw");
     std::fs::write(&target, b"").unwrap();
-    let log = agent_boot(&lab, &s, &target, "1");
+    let log = agent_boot(&lab, &s, MAC, &target, "1");
     assert!(log.contains("BOOTCAST-AGENT-REIMAGE-FAILED"), "{log}");
     let t = task_state(&lab);
     assert_eq!(t["state"], "failed", "{t}");
@@ -175,46 +99,6 @@ fn a_corrupt_chunk_fails_the_task_with_its_name() {
         detail.contains(&id) && detail.contains("corrupt"),
         "{detail}"
     );
-}
-
-/// A TCP relay between the agent and the server that the test can take down and bring back:
-/// while down, it accepts connections and closes them at once (as a restarting server does).
-struct Relay {
-    port: u16,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Relay {
-    fn start(upstream: std::net::SocketAddr) -> Relay {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d = down.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { continue };
-                if d.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = std::net::TcpStream::connect(upstream) else {
-                    continue;
-                };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut c1, mut s1) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut s1);
-                    let _ = s1.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Relay { port, down }
-    }
 }
 
 #[test]
@@ -226,9 +110,9 @@ fn the_agent_waits_for_an_unreachable_server_and_finishes() {
     let v1 = disk_like(4 << 20, 13);
     lab.add("m", &lab.file("v1.img", &v1));
     let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
-    register(&s);
+    register(&s, MAC);
     lab.json(&["task", "reimage", "--host", MAC, "--image", "m"]);
-    let script = boot_script(&s);
+    let script = boot_script(&s, MAC);
     let task = task_of(&script);
 
     // the agent reaches the server through the relay; the relay goes down right after the
@@ -238,8 +122,9 @@ fn the_agent_waits_for_an_unreachable_server_and_finishes() {
     let target = lab.path("disk.raw");
     std::fs::write(&target, b"").unwrap();
     let root = lab.path("root");
-    fake_root(
+    fake_agent_root(
         &root,
+        MAC,
         &format!(
             "bootcast.server=http://127.0.0.1:{} bootcast.mac={MAC} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
             relay.port,

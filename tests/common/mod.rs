@@ -381,3 +381,127 @@ pub fn say(line: &str) {
 pub fn skip(test: &str, why: &str) {
     say(&format!("SKIP: {test}: {why}"));
 }
+
+/// The boot script the server gives `mac` (BIOS).
+pub fn boot_script(s: &Served, mac: &str) -> String {
+    let (code, script) = http(
+        "GET",
+        &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    script
+}
+
+/// The host's first network boot and the agent's hello: `mac` is registered.
+pub fn register(s: &Served, mac: &str) {
+    let script = boot_script(s, mac);
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The `bootcast.task=` of a boot script.
+pub fn task_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.task="))
+        .unwrap_or_else(|| panic!("no task in {script}"))
+        .to_string()
+}
+
+/// A fake root for `agent boot --root`: the kernel command line the boot script would give.
+pub fn fake_agent_root(dir: &Path, mac: &str, cmdline: &str) {
+    std::fs::create_dir_all(dir.join("proc")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/class/net/eth0")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/block")).unwrap();
+    std::fs::write(dir.join("proc/cmdline"), cmdline).unwrap();
+    std::fs::write(dir.join("proc/stat"), "cpu 1\nbtime 1763900000\n").unwrap();
+    std::fs::write(dir.join("proc/mounts"), "").unwrap();
+    std::fs::write(dir.join("sys/class/net/eth0/address"), format!("{mac}\n")).unwrap();
+}
+
+/// A counter of the server's `/metrics`.
+pub fn metric(s: &Served, name: &str) -> u64 {
+    let (_, text) = http("GET", &format!("{}/metrics", s.url), None, None);
+    text.lines()
+        .find_map(|l| match l.split_once(' ') {
+            Some((n, v)) if n == name => Some(v.trim().parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// One boot of the agent for `mac`'s current task, with `disk` as its disk
+/// (`bootcast.disk=`); returns the agent's stdout+stderr.
+pub fn agent_boot(lab: &Lab, s: &Served, mac: &str, disk: &Path, tag: &str) -> String {
+    let script = boot_script(s, mac);
+    let task = task_of(&script);
+    let root = lab.path(&format!("root-{tag}"));
+    fake_agent_root(
+        &root,
+        mac,
+        &format!(
+            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
+            s.url,
+            nonce_of(&script),
+            disk.display()
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A TCP relay between the agent and the server that the test can take down and bring back:
+/// while down, it accepts connections and closes them at once (as a restarting server does).
+pub struct Relay {
+    pub port: u16,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(upstream: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = down.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c1, mut s1) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Relay { port, down }
+    }
+}
