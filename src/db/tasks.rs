@@ -4,7 +4,8 @@
 //! `booting` (its boot script carried the task), `running` (the agent reports progress),
 //! `done`, `failed` (with the reason in `detail`), `cancelled`. A task may wait for a time
 //! (`not_before`): [`due_for`] is what the boot script hands out. A reimage's image version is
-//! pinned when the task is created. The agent endpoints only ever touch the task of the MAC
+//! pinned when the task is created; a capture records the version it made when it is done
+//! ([`finish_capture`]). The agent endpoints only ever touch the task of the MAC
 //! that asks. The staff rules (one open task per host, groups) are in `crate::schedule`.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
