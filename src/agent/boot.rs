@@ -11,6 +11,8 @@
 //! - posts a [`Hello`] to `SERVER/api/v1/agent/hello`, retrying with exponential backoff
 //!   (default 10 tries, 1 s doubling to at most 10 s, 10 s per request) on connection errors
 //!   and non-2xx answers; prints `BOOTCAST-AGENT-HELLO-OK <mac>` on the console;
+//! - runs the task the reply names: a reimage ([`super::restore`]) or a capture
+//!   ([`super::capture`]), printing `BOOTCAST-AGENT-{REIMAGE,CAPTURE}-{DONE,FAILED} ...`;
 //! - performs the [`HelloReply`]: prints `BOOTCAST-AGENT-ACTION <action>`, waits until the
 //!   consoles have sent their output (`tcdrain`), syncs, and calls `reboot(2)` itself (power
 //!   off or restart).
@@ -334,43 +336,78 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         }
     };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
-    if let HelloReply::Reimage {
-        task,
-        image,
-        version,
-        hostname,
-    } = &reply
-    {
-        let job = super::restore::Job {
-            server: server.clone(),
-            mac: hello.mac.clone(),
-            nonce: hello.nonce.clone().unwrap_or_default(),
-            task: *task,
-            image: image.clone(),
-            version: version.clone(),
-            disk: args.disk.map(PathBuf::from),
-            hostname: hostname.clone(),
-        };
-        console.line(&format!(
-            "bootcast-agent: task {task}: reimage with {image}"
-        ));
-        // the restore uses blocking HTTP: run it off the hello's runtime
-        drop(rt);
-        let mut log = |l: &str| console.line(l);
-        match super::restore::run(&job, &cfg.sys, &cfg.proc, &mut log) {
-            Ok(r) => console.line(&format!(
-                "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
-                hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
-            )),
-            Err(super::restore::RunError::Cancelled) => {
-                console.line(&format!("BOOTCAST-AGENT-REIMAGE-CANCELLED {}", hello.mac))
+    match &reply {
+        HelloReply::Reimage {
+            task,
+            image,
+            version,
+            hostname,
+        } => {
+            let job = super::restore::Job {
+                server: server.clone(),
+                mac: hello.mac.clone(),
+                nonce: hello.nonce.clone().unwrap_or_default(),
+                task: *task,
+                image: image.clone(),
+                version: version.clone(),
+                disk: args.disk.map(PathBuf::from),
+                hostname: hostname.clone(),
+            };
+            console.line(&format!(
+                "bootcast-agent: task {task}: reimage with {image}"
+            ));
+            // the restore uses blocking HTTP: run it off the hello's runtime
+            drop(rt);
+            let mut log = |l: &str| console.line(l);
+            match super::restore::run(&job, &cfg.sys, &cfg.proc, &mut log) {
+                Ok(r) => console.line(&format!(
+                    "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
+                    hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
+                )),
+                Err(super::restore::RunError::Cancelled) => {
+                    console.line(&format!("BOOTCAST-AGENT-REIMAGE-CANCELLED {}", hello.mac))
+                }
+                Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
             }
-            Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
         }
+        HelloReply::Capture {
+            task,
+            image,
+            chunker,
+            zstd_level,
+        } => {
+            let job = super::capture::Job {
+                server: server.clone(),
+                mac: hello.mac.clone(),
+                nonce: hello.nonce.clone().unwrap_or_default(),
+                task: *task,
+                image: image.clone(),
+                chunker: *chunker,
+                zstd_level: *zstd_level,
+                disk: args.disk.map(PathBuf::from),
+            };
+            console.line(&format!(
+                "bootcast-agent: task {task}: capture into {image}"
+            ));
+            // the capture uses blocking HTTP: run it off the hello's runtime
+            drop(rt);
+            let mut log = |l: &str| console.line(l);
+            match super::capture::run(&job, &cfg.sys, &cfg.proc, &mut log) {
+                Ok(r) => console.line(&format!(
+                    "BOOTCAST-AGENT-CAPTURE-DONE {} {} uploaded {} bytes ({} chunks of {})",
+                    hello.mac, r.version, r.new_bytes, r.new_chunks, r.chunks
+                )),
+                Err(super::task::RunError::Cancelled) => {
+                    console.line(&format!("BOOTCAST-AGENT-CAPTURE-CANCELLED {}", hello.mac))
+                }
+                Err(e) => console.line(&format!("BOOTCAST-AGENT-CAPTURE-FAILED {e}")),
+            }
+        }
+        HelloReply::Poweroff | HelloReply::Reboot => {}
     }
     let action = match reply {
         HelloReply::Poweroff => "poweroff",
-        HelloReply::Reboot | HelloReply::Reimage { .. } => "reboot",
+        HelloReply::Reboot | HelloReply::Reimage { .. } | HelloReply::Capture { .. } => "reboot",
     };
     console.line(&format!("BOOTCAST-AGENT-ACTION {action}"));
     if cfg.act {
@@ -393,7 +430,9 @@ pub fn perform(reply: &HelloReply) -> Result<()> {
     nix::unistd::sync();
     let (mode, action) = match reply {
         HelloReply::Poweroff => (RebootMode::RB_POWER_OFF, "poweroff"),
-        HelloReply::Reboot | HelloReply::Reimage { .. } => (RebootMode::RB_AUTOBOOT, "reboot"),
+        HelloReply::Reboot | HelloReply::Reimage { .. } | HelloReply::Capture { .. } => {
+            (RebootMode::RB_AUTOBOOT, "reboot")
+        }
     };
     match reboot(mode) {
         Err(source) => Err(AgentError::Act { action, source }),

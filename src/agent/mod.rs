@@ -1,11 +1,17 @@
 //! The agent: runs inside the boot environment (initramfs), talks to the server over HTTP.
 //!
 //! - [`proto`]: the JSON messages exchanged with the server (shared by both sides).
-//! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then power off or reboot.
-//! - [`restore`]: a reimage task: the image onto the local disk.
+//! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then the task, then
+//!   power off or reboot.
+//! - [`restore`]: a reimage task (image from the server onto the local disk).
 //! - [`postdeploy`]: after a restore, the host's name into the restored system.
+//! - [`capture`]: a capture task (the local disk into a new image version on the server).
+//! - [`disk`]: which local disk a task works on; [`task`]: progress, retries, done/failed.
 
 pub mod boot;
+pub mod capture;
+pub mod disk;
 pub mod postdeploy;
 pub mod proto;
 pub mod restore;
+pub mod task;

@@ -3,8 +3,32 @@
 //! The agent learns where the server is from the kernel command line that the iPXE script
 //! set (see [`KernelArgs`]), then posts a [`Hello`] to `POST /api/v1/agent/hello` and does what
 //! the [`HelloReply`] says.
+//!
+//! ## Capture
+//! A [`HelloReply::Capture`] carries the server store's chunker parameters and zstd level, so
+//! the agent cuts its disk exactly as `bootcast image add` on the server would (the version id
+//! depends on the bytes and the chunker parameters only; the level decides the stored frames).
+//! Then, authenticated by the headers [`HEADER_MAC`], [`HEADER_NONCE`] and [`HEADER_TASK`]
+//! (the per-boot nonce, as for the hello; only the host's own open capture task):
+//! - `POST /api/v1/agent/capture/missing`: [`CaptureMissing`] → [`CaptureMissingReply`]: which
+//!   chunks the server lacks (at most [`MISSING_MAX_IDS`] ids per request);
+//! - `POST /api/v1/agent/capture/chunks`: the chunks it lacks, as zstd frames in the upload
+//!   format below (at most [`UPLOAD_MAX_BYTES`] per request) → [`CaptureUploaded`]; every
+//!   frame is decompressed and hashed before anything of the request is stored;
+//! - `POST /api/v1/agent/capture/commit`: the manifest file ([`crate::store::manifest`]) →
+//!   [`CaptureCommitted`]; the version is written and the task is done.
+//!
+//! Upload body (`application/octet-stream`), per chunk, concatenated (the framing of
+//! `POST /chunks/batch` answers, see [`crate::store::source`]):
+//! ```text
+//! id       32 bytes   BLAKE3 of the chunk's plain bytes
+//! length   u32 BE     bytes of the frame that follows
+//! frame    length     the chunk compressed as one zstd frame
+//! ```
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::{ChunkId, ChunkerParams};
 
 /// Firmware the machine booted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +93,106 @@ pub enum HelloReply {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
     },
+    /// Read the local disk into a new version of image `image` on the server for task `task`
+    /// (see the module doc), reporting progress, then failed if it cannot; then reboot.
+    Capture {
+        task: i64,
+        image: String,
+        /// The server store's chunker parameters: cut the disk with these.
+        chunker: ChunkerParams,
+        /// The server store's zstd level: compress new chunks at this level.
+        zstd_level: i32,
+    },
+}
+
+/// Header naming the agent's MAC on the capture endpoints.
+pub const HEADER_MAC: &str = "x-bootcast-mac";
+/// Header carrying the per-boot nonce on the capture endpoints.
+pub const HEADER_NONCE: &str = "x-bootcast-nonce";
+/// Header naming the task on the capture endpoints.
+pub const HEADER_TASK: &str = "x-bootcast-task";
+
+/// Most ids one `capture/missing` request may ask about.
+pub const MISSING_MAX_IDS: usize = 4096;
+/// Most bytes one `capture/chunks` request may carry.
+pub const UPLOAD_MAX_BYTES: usize = 64 << 20;
+/// Most bytes of a manifest a `capture/commit` request may carry: 53 bytes per chunk, so
+/// about 650 GB of non-zero data at 32 KiB chunks.
+pub const MANIFEST_MAX_BYTES: usize = 1 << 30;
+
+/// `POST /api/v1/agent/capture/missing`: which of these chunks does the server lack?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureMissing {
+    /// Chunk ids, 64 hex digits each.
+    pub ids: Vec<String>,
+}
+
+/// The answer to [`CaptureMissing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureMissingReply {
+    /// The ids the server lacks, in the order asked: upload these.
+    pub missing: Vec<String>,
+    /// Per id asked, in order: its compressed size on the server, `null` where it lacks it.
+    pub sizes: Vec<Option<u32>>,
+}
+
+/// The answer to a `capture/chunks` upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureUploaded {
+    /// Chunks received and verified.
+    pub chunks: usize,
+    /// Of those, chunks the store did not hold yet (now stored and durable).
+    pub stored: usize,
+}
+
+/// The answer to a `capture/commit`: the task is done and made `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureCommitted {
+    pub task: i64,
+    pub state: String,
+    /// The new version's id (64 hex digits).
+    pub version: String,
+}
+
+/// Largest frame an upload may hold (a chunk is at most a few hundred KiB compressed).
+const MAX_FRAME: u32 = 16 << 20;
+
+/// Appends one chunk to an upload body.
+pub fn push_frame(body: &mut Vec<u8>, id: &ChunkId, frame: &[u8]) {
+    body.extend_from_slice(&id.0);
+    body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    body.extend_from_slice(frame);
+}
+
+/// Splits an upload body into (id, frame) pairs; `Err` says what is wrong with it.
+pub fn parse_frames(body: &[u8]) -> Result<Vec<(ChunkId, &[u8])>, String> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 36 {
+            return Err(format!(
+                "the upload ends inside the header of chunk {} (36 bytes: id and length)",
+                out.len() + 1
+            ));
+        }
+        let id = ChunkId(rest[..32].try_into().expect("32 bytes"));
+        let len = u32::from_be_bytes(rest[32..36].try_into().expect("4 bytes"));
+        if len > MAX_FRAME {
+            return Err(format!(
+                "chunk {id} claims a {len}-byte frame, more than any chunk can be"
+            ));
+        }
+        let end = 36 + len as usize;
+        if rest.len() < end {
+            return Err(format!(
+                "the upload ends inside the frame of chunk {id} ({len} bytes announced, {} there)",
+                rest.len() - 36
+            ));
+        }
+        out.push((id, &rest[36..end]));
+        rest = &rest[end..];
+    }
+    Ok(out)
 }
 
 /// `POST /api/v1/agent/progress`: how far the agent is with its task; at least every 2 s while
@@ -164,6 +288,39 @@ mod tests {
         assert_eq!(a.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
         assert_eq!(a.task, Some(7));
         assert_eq!(KernelArgs::parse("quiet"), KernelArgs::default());
+    }
+
+    #[test]
+    fn upload_frames_round_trip_and_refuse_truncation() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let mut body = Vec::new();
+        push_frame(&mut body, &a, b"frame-a");
+        push_frame(&mut body, &b, b"");
+        let got = parse_frames(&body).unwrap();
+        assert_eq!(got, vec![(a, &b"frame-a"[..]), (b, &b""[..])]);
+        assert_eq!(parse_frames(&[]).unwrap(), vec![]);
+        for cut in [1, 35, 40] {
+            assert!(parse_frames(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = a.0.to_vec();
+        huge.extend(u32::MAX.to_be_bytes());
+        assert!(parse_frames(&huge)
+            .unwrap_err()
+            .contains("more than any chunk"));
+    }
+
+    #[test]
+    fn capture_reply_json() {
+        let r = HelloReply::Capture {
+            task: 4,
+            image: "win11".into(),
+            chunker: ChunkerParams::default(),
+            zstd_level: 1,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["action"], "capture");
+        assert_eq!(j["chunker"]["avg"], 32768);
+        assert_eq!(serde_json::from_value::<HelloReply>(j).unwrap(), r);
     }
 
     #[test]

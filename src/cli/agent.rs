@@ -12,8 +12,9 @@ use super::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum AgentCmd {
-    /// Say hello to the server named by bootcast.server= on the kernel command line, then do
-    /// what it answers (power off or reboot). Run by the initramfs /init.
+    /// Say hello to the server named by bootcast.server= on the kernel command line, run the
+    /// reimage or capture task it answers with, then power off or reboot. Run by the
+    /// initramfs /init.
     Boot {
         /// The network interface /init configured (its MAC is used without bootcast.mac=)
         #[arg(long)]

@@ -4,7 +4,8 @@
 //! `booting` (its boot script carried the task), `running` (the agent reports progress),
 //! `done`, `failed` (with the reason in `detail`), `cancelled`. A task may wait for a time
 //! (`not_before`): [`due_for`] is what the boot script hands out. A reimage's image version is
-//! pinned when the task is created. The agent endpoints only ever touch the task of the MAC
+//! pinned when the task is created; a capture records the version it made when it is done
+//! ([`finish_capture`]). The agent endpoints only ever touch the task of the MAC
 //! that asks. The staff rules (one open task per host, groups) are in `crate::schedule`.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -112,7 +113,8 @@ pub struct Task {
     pub detail: Option<String>,
     /// The image to write (reimage) or to create a version of (capture).
     pub image: Option<String>,
-    /// Reimage: the version id, resolved when the task was created.
+    /// Reimage: the version id, resolved when the task was created. Capture: the version id
+    /// it made, once done.
     pub version: Option<String>,
     /// The group the task was created for, if any.
     pub group: Option<String>,
@@ -319,6 +321,30 @@ pub fn set_state(
     get(conn, id)
 }
 
+/// Closes `mac`'s open capture task `id` as done, recording the version it made. Returns the
+/// task as updated, or `None` when `mac` has no such open capture task.
+pub fn finish_capture(
+    conn: &Connection,
+    mac: Mac,
+    id: i64,
+    version: &str,
+    now: i64,
+) -> Result<Option<Task>, DbError> {
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE tasks SET state = 'done', version = ?3, updated_at = ?4
+                 WHERE id = ?1 AND mac = ?2 AND kind = 'capture' AND {OPEN}"
+            ),
+            params![id, mac.to_string(), version, now],
+        )
+        .what("finish capture")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    get(conn, id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +418,9 @@ mod tests {
         assert_eq!(open_for(&c, a).unwrap().unwrap().id, later.id);
         let tb = create(&c, b, TaskKind::Capture, 11).unwrap();
         assert_eq!(due_for(&c, b, 0).unwrap().unwrap().id, tb.id);
+        // only the host's own open capture task records a version
+        assert!(finish_capture(&c, a, tb.id, "v", 12).unwrap().is_none());
+        assert!(finish_capture(&c, a, later.id, "v", 12).unwrap().is_none());
         // newest first; by host; closed ones only with `all`
         let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
         assert_eq!(ids(list(&c, None, false).unwrap()), [tb.id, later.id]);
@@ -421,5 +450,11 @@ mod tests {
         assert_eq!(j["state"], "done");
         assert_eq!(j["not_before"], "1970-01-01T00:01:40Z");
         assert_eq!(j["progress"]["percent"], 25);
+        let t = finish_capture(&c, b, tb.id, "abcd", 40).unwrap().unwrap();
+        assert_eq!(
+            (t.state, t.version.as_deref()),
+            (TaskState::Done, Some("abcd"))
+        );
+        assert!(finish_capture(&c, b, tb.id, "ef01", 41).unwrap().is_none());
     }
 }

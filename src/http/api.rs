@@ -1,5 +1,6 @@
 //! `/api/v1`: the agent's endpoints (hello, task progress/done/failed; authenticated by the
-//! per-boot nonce) and the staff endpoints (token): hosts, groups, tasks.
+//! per-boot nonce; the capture endpoints are in [`super::capture`]) and the staff endpoints
+//! (token): hosts, groups, tasks.
 
 use std::net::SocketAddr;
 
@@ -27,7 +28,7 @@ pub struct NonceRefused {
 }
 
 impl NonceRefused {
-    fn response(&self, mac: Mac, peer: SocketAddr, what: &str) -> Response {
+    pub(super) fn response(&self, mac: Mac, peer: SocketAddr, what: &str) -> Response {
         tracing::warn!(%mac, peer = %peer.ip(), "agent {what} refused: nonce missing or stale");
         let why = if self.known_boot {
             format!("this {what}'s bootcast.nonce does not match the last boot the server started for this MAC")
@@ -44,7 +45,7 @@ impl NonceRefused {
 
 /// The one check of every agent request: `nonce` must be the one the server put on the kernel
 /// command line of `mac`'s last boot-environment script (a MAC is no secret).
-fn check_nonce(
+pub(super) fn check_nonce(
     c: &Connection,
     mac: Mac,
     nonce: Option<&str>,
@@ -86,6 +87,7 @@ pub async fn agent_hello(
     }
     let ip = peer.ip().to_string();
     let now = crate::time::now_unix();
+    st.chunks.captures.sweep();
     let h = hello.clone();
     let res = st
         .db
@@ -109,12 +111,14 @@ pub async fn agent_hello(
                 Some(id) => tasks::get(c, id)?.filter(|t| t.mac == mac && t.state.is_open()),
                 None => None,
             };
-            let runnable = task.as_ref().is_some_and(|t| {
-                t.kind == TaskKind::Reimage && t.image.is_some() && t.version.is_some()
+            let runnable = task.as_ref().is_some_and(|t| match t.kind {
+                TaskKind::Reimage => t.image.is_some() && t.version.is_some(),
+                TaskKind::Capture => t.image.is_some(),
+                TaskKind::Register => false,
             });
             if let Some(t) = task.as_ref().filter(|_| !runnable) {
-                // This agent runs reimage tasks only. Closing the task (rather than leaving it
-                // open) keeps the host from booting it again and again.
+                // This agent runs reimage and capture tasks only. Closing the task (rather
+                // than leaving it open) keeps the host from booting it again and again.
                 tasks::set_state(
                     c,
                     mac,
@@ -144,19 +148,55 @@ pub async fn agent_hello(
         Err(e) => return super::internal(e).into_response(),
     };
     if let (Some(id), None) = (hello.task, &task) {
-        tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or not a reimage)");
+        tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
     }
+    let idle = match st.after_register {
+        AfterRegister::Reboot => HelloReply::Reboot,
+        AfterRegister::Poweroff => HelloReply::Poweroff,
+    };
     let reply = match &task {
+        Some(t) if t.kind == TaskKind::Capture => {
+            // The agent cuts with the store's parameters, so the store must exist: a capture
+            // may be this server's first image.
+            let chunks = st.chunks.clone();
+            let store = match tokio::task::spawn_blocking(move || chunks.store_or_create()).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err((_, Json(body)))) => {
+                    Err(body["error"].as_str().unwrap_or_default().to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match store {
+                Ok(store) => HelloReply::Capture {
+                    task: t.id,
+                    image: t.image.clone().unwrap_or_default(),
+                    chunker: store.config().chunker,
+                    zstd_level: store.config().zstd_level,
+                },
+                Err(e) => {
+                    let (id, reason) = (t.id, format!("the server's image store cannot be used: {e}; fix it, then create the capture task again"));
+                    tracing::error!(%mac, task = id, "{reason}");
+                    let now = crate::time::now_unix();
+                    if let Err(e) = st
+                        .db
+                        .call(move |c| {
+                            tasks::set_state(c, mac, id, TaskState::Failed, Some(&reason), now)
+                        })
+                        .await
+                    {
+                        return super::internal(e).into_response();
+                    }
+                    idle
+                }
+            }
+        }
         Some(t) => HelloReply::Reimage {
             task: t.id,
             image: t.image.clone().unwrap_or_default(),
             version: t.version.clone().unwrap_or_default(),
             hostname,
         },
-        _ => match st.after_register {
-            AfterRegister::Reboot => HelloReply::Reboot,
-            AfterRegister::Poweroff => HelloReply::Poweroff,
-        },
+        None => idle,
     };
     tracing::info!(
         %mac,
@@ -295,6 +335,7 @@ async fn agent_report(
         Report::Done => "done",
         Report::Failed(_) => "failed",
     };
+    let closing = !matches!(report, Report::Progress(_));
     let now = crate::time::now_unix();
     let res = st
         .db
@@ -326,6 +367,10 @@ async fn agent_report(
         .await;
     match res {
         Ok(Ok(t)) => {
+            if closing {
+                // a capture's session (if any) protects its chunks no longer
+                st.chunks.captures.end(t.id);
+            }
             tracing::info!(%mac, task = t.id, state = t.state.as_str(), "agent {what}");
             Json(TaskAck {
                 task: t.id,
@@ -460,6 +505,7 @@ pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Res
         .await
     {
         Ok(Ok(mut t)) if t.len() == 1 => {
+            st.chunks.captures.end(id);
             Json(serde_json::json!({ "task": t.pop() })).into_response()
         }
         Ok(Ok(_)) => schedule_error(ScheduleError::NoTask(id)),

@@ -7,7 +7,7 @@
 //! | `GET /api/v1/images/{name}/{version}/manifest` | the manifest file (version: full id, unique prefix of 4+ hex digits, or `latest`) |
 //! | `GET /chunks/{id}` | the stored zstd frame; `ETag: "<id>"`, immutable, Range |
 //! | `POST /chunks/batch` | many frames in one response; format in [`crate::store::source`] |
-//! | `GET /metrics` | Prometheus text: bytes and chunks served |
+//! | `GET /metrics` | Prometheus text: bytes and chunks served, capture bytes received |
 //!
 //! **No token for manifests and chunks**: the agent in a boot environment holds no staff
 //! token, and a PC being reimaged must read them. Anyone who can reach the HTTP port can
@@ -41,6 +41,8 @@ pub struct ChunkService {
     data: PathBuf,
     store: OnceLock<Store>,
     pub metrics: Metrics,
+    /// Captures in progress (see [`super::capture`]).
+    pub captures: super::capture::Captures,
 }
 
 /// Counters since start.
@@ -53,6 +55,13 @@ pub struct Metrics {
     pub chunk_requests: AtomicU64,
     pub batch_requests: AtomicU64,
     pub manifests_served: AtomicU64,
+    /// Bytes of capture upload bodies received (`POST /api/v1/agent/capture/chunks`).
+    pub capture_bytes_received: AtomicU64,
+    pub capture_uploads: AtomicU64,
+    /// Uploaded chunks the store lacked, now stored.
+    pub capture_chunks_stored: AtomicU64,
+    /// Uploaded chunks that did not match their id (the request was refused).
+    pub capture_chunks_refused: AtomicU64,
 }
 
 impl ChunkService {
@@ -61,6 +70,19 @@ impl ChunkService {
             data,
             store: OnceLock::new(),
             metrics: Metrics::default(),
+            captures: Default::default(),
+        }
+    }
+
+    /// The store, created with the default configuration if there is none yet (a capture
+    /// may be this server's first image, as an `image add` may be). Blocking (file system).
+    pub fn store_or_create(&self) -> Result<Store, Refusal> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        match Store::open_or_create(&self.data, crate::store::StoreConfig::default(), false) {
+            Ok(s) => Ok(self.store.get_or_init(|| s).clone()),
+            Err(e) => Err(store_refusal(e)),
         }
     }
 
@@ -80,14 +102,14 @@ impl ChunkService {
 }
 
 /// An error answer: status and `{"error": ...}`.
-type Refusal = (StatusCode, Json<serde_json::Value>);
+pub(super) type Refusal = (StatusCode, Json<serde_json::Value>);
 
 /// A store error as an HTTP answer: unknown names 404, bad input 400, the rest 500.
 fn store_error(e: StoreError) -> Response {
     store_refusal(e).into_response()
 }
 
-fn store_refusal(e: StoreError) -> Refusal {
+pub(super) fn store_refusal(e: StoreError) -> Refusal {
     let status = match &e {
         StoreError::UnknownImage(_) | StoreError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
         StoreError::BadName(_) | StoreError::AmbiguousVersion { .. } => StatusCode::BAD_REQUEST,
@@ -97,6 +119,20 @@ fn store_refusal(e: StoreError) -> Refusal {
         }
     };
     super::error(status, e.to_string())
+}
+
+/// An error with its causes, on one line.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s += &format!(": {text}");
+        }
+        cause = c.source();
+    }
+    s
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> Response {
@@ -355,7 +391,7 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let m = &st.chunks.metrics;
-    let rows: [(&str, &str, &AtomicU64); 6] = [
+    let rows: [(&str, &str, &AtomicU64); 10] = [
         (
             "bootcast_chunk_bytes_served_total",
             "Compressed chunk bytes sent (GET /chunks/{id} and POST /chunks/batch).",
@@ -386,6 +422,26 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             "Manifests sent.",
             &m.manifests_served,
         ),
+        (
+            "bootcast_capture_bytes_received_total",
+            "Bytes of capture uploads received (POST /api/v1/agent/capture/chunks bodies).",
+            &m.capture_bytes_received,
+        ),
+        (
+            "bootcast_capture_uploads_total",
+            "POST /api/v1/agent/capture/chunks requests that reached the body.",
+            &m.capture_uploads,
+        ),
+        (
+            "bootcast_capture_chunks_stored_total",
+            "Uploaded chunks the store lacked, verified and stored.",
+            &m.capture_chunks_stored,
+        ),
+        (
+            "bootcast_capture_chunks_refused_total",
+            "Uploaded chunks that did not match their id.",
+            &m.capture_chunks_refused,
+        ),
     ];
     let mut text = String::new();
     for (name, help, v) in rows {
@@ -394,5 +450,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             v.load(Ordering::Relaxed)
         );
     }
+    let open = st.chunks.captures.count();
+    text += &format!(
+        "# HELP bootcast_captures_open Captures with a session on this server now.\n# TYPE bootcast_captures_open gauge\nbootcast_captures_open {open}\n"
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -10,6 +10,7 @@
 //! | `GET /ipxe/{name}` | UEFI HTTP boot: the iPXE binaries | none |
 //! | `POST /api/v1/agent/hello` | the agent | the per-boot nonce (acts only on the caller's own MAC) |
 //! | `POST /api/v1/agent/{progress,done,failed}` | the agent: its task | the per-boot nonce; only the caller's own open task |
+//! | `POST /api/v1/agent/capture/{missing,chunks,commit}` | the agent: a capture (see [`capture`]) | the per-boot nonce in headers; only the caller's own open capture task |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
 //! | `GET /api/v1/images` | staff | token |
 //! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | none (see [`chunks`]) |
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod capture;
 pub mod chunks;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -108,6 +110,9 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
         .route("/api/v1/agent/failed", post(api::agent_failed))
+        .route("/api/v1/agent/capture/missing", post(capture::missing))
+        .route("/api/v1/agent/capture/chunks", post(capture::chunks))
+        .route("/api/v1/agent/capture/commit", post(capture::commit))
         .merge(staff)
         .with_state(state)
 }

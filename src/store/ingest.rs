@@ -1,8 +1,15 @@
-//! Ingest: source bytes → zero runs and chunks → hash + compress in parallel → store → manifest.
+//! Ingest: source bytes → zero runs and chunks → hash + compress in parallel → a sink → manifest.
 //!
 //! One thread reads and cuts (the chunker), `threads` workers hash, look up, compress and write,
 //! and the calling thread puts results back in order, publishes batches and commits. Channels
-//! are bounded, so memory stays near `(2 × threads + 4) × max chunk` plus the read buffer.
+//! are bounded, so memory stays near `(3 × threads + 2)` batches of pieces plus the read buffer
+//! (a batch is about 1 MiB for the local store).
+//!
+//! Where chunks go is a [`ChunkSink`]: the local store ([`LocalSink`], `bootcast image add`) or
+//! a server (the agent's capture, `crate::agent::capture`). Whatever the sink, the cut, the
+//! hashing and the compression are this one pipeline, so the same bytes give the same manifest
+//! and the same version id. A sink is asked about a worker's whole batch of chunk ids at once
+//! (one round trip per batch for a server) and is handed only the chunks it lacks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -12,12 +19,102 @@ use std::sync::{mpsc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::catalog::validate_name;
-use super::chunker::{is_zero, Chunker, Piece};
+use super::chunker::{is_zero, Chunker, ChunkerParams, Piece};
 use super::error::{IoContext, Result, StoreError};
 use super::id::{ChunkId, VersionId};
 use super::manifest::{ExtentKind, ExtentList, Manifest};
 use super::session::Session;
 use super::Store;
+
+/// Where an ingest puts its chunks and its manifest.
+///
+/// The pipeline calls [`lookup`](Self::lookup) and [`put`](Self::put) from its worker threads,
+/// [`publish`](Self::publish) from its publisher thread and [`commit`](Self::commit) once at
+/// the end, after every chunk was published.
+pub trait ChunkSink: Sync {
+    /// What a chunk written but not yet published leaves for [`publish`](Self::publish)
+    /// (the local store: its temp file).
+    type Written: Send;
+
+    /// The chunker parameters chunks are cut with (they decide chunk and version ids).
+    fn params(&self) -> ChunkerParams;
+
+    /// The zstd level new chunks are compressed at unless the caller names one.
+    fn default_level(&self) -> i32;
+
+    /// How the chunker groups pieces for one worker: (bytes, pieces). One batch is one
+    /// [`lookup`](Self::lookup) and at most one [`put`](Self::put).
+    fn batch_size(&self) -> (usize, usize) {
+        (1 << 20, 32)
+    }
+
+    /// For each of `ids` (distinct, and new to this ingest), in order: its compressed size if
+    /// the sink already holds it, else `None`. A chunk reported held must stay until
+    /// [`commit`](Self::commit) (the local store claims it in its session first).
+    fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<u32>>>;
+
+    /// Stores chunks the sink lacks, as compressed zstd frames. Returns, per chunk, what
+    /// [`publish`](Self::publish) needs.
+    fn put(&self, chunks: &[(ChunkId, Vec<u8>)]) -> Result<Vec<Self::Written>>;
+
+    /// Makes a batch of written chunks durable and visible; empties `batch`.
+    fn publish(&self, batch: &mut Vec<(ChunkId, Self::Written)>) -> Result<()>;
+
+    /// Writes the manifest: the version becomes visible. Returns its id.
+    fn commit(&self, manifest: &Manifest) -> Result<VersionId>;
+}
+
+/// The local store as a sink: claims in an ingest [`Session`], temp files published in batches.
+pub struct LocalSink {
+    store: Store,
+    session: Session,
+}
+
+impl LocalSink {
+    pub fn begin(store: &Store) -> Result<LocalSink> {
+        Ok(LocalSink {
+            store: store.clone(),
+            session: Session::begin(store)?,
+        })
+    }
+}
+
+impl ChunkSink for LocalSink {
+    type Written = PathBuf;
+
+    fn params(&self) -> ChunkerParams {
+        self.store.config().chunker
+    }
+
+    fn default_level(&self) -> i32 {
+        self.store.config().zstd_level
+    }
+
+    fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
+        ids.iter()
+            .map(|id| {
+                // Claimed before looking: gc keeps what a live session claimed.
+                self.session.claim(id)?;
+                Ok(self.store.chunk_size(id)?.map(|n| n as u32))
+            })
+            .collect()
+    }
+
+    fn put(&self, chunks: &[(ChunkId, Vec<u8>)]) -> Result<Vec<PathBuf>> {
+        chunks
+            .iter()
+            .map(|(id, compressed)| self.session.write_temp(id, compressed))
+            .collect()
+    }
+
+    fn publish(&self, batch: &mut Vec<(ChunkId, PathBuf)>) -> Result<()> {
+        self.session.publish(batch)
+    }
+
+    fn commit(&self, manifest: &Manifest) -> Result<VersionId> {
+        self.session.commit(manifest)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -58,15 +155,15 @@ pub struct IngestReport {
 }
 
 /// What a worker learned about one piece.
-enum Done {
+enum Done<W> {
     Zero {
         len: u64,
     },
     Chunk {
         len: u64,
         id: ChunkId,
-        /// Set when this worker wrote the chunk: its temp file and compressed size.
-        written: Option<(PathBuf, u32)>,
+        /// Set when this worker wrote the chunk: what publishing needs, and its compressed size.
+        written: Option<(W, u32)>,
     },
 }
 
@@ -78,7 +175,7 @@ enum Known {
     New(u32),
 }
 
-/// Reads `src` to the end and stores it as a new version of image `name`.
+/// Reads `src` to the end and stores it as a new version of image `name` in the local store.
 pub fn ingest<R: Read + Send>(
     store: &Store,
     name: &str,
@@ -88,20 +185,36 @@ pub fn ingest<R: Read + Send>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<IngestReport> {
     validate_name(name)?;
-    let level = opts.level.unwrap_or(store.config().zstd_level);
-    let params = store.config().chunker;
+    let sink = LocalSink::begin(store)?;
+    ingest_to(&sink, name, src, source_label, opts, progress)
+}
+
+/// Reads `src` to the end, cuts, hashes and compresses it, hands the chunks `sink` lacks to
+/// `sink`, and commits the manifest of a new version of image `name` there.
+pub fn ingest_to<S: ChunkSink, R: Read + Send>(
+    sink: &S,
+    name: &str,
+    src: R,
+    source_label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<IngestReport> {
+    validate_name(name)?;
+    let level = opts.level.unwrap_or(sink.default_level());
+    let params = sink.params();
+    let (batch_max_bytes, batch_max_pieces) = sink.batch_size();
     let threads = opts.threads.max(1);
-    let session = Session::begin(store)?;
     let known: Mutex<HashMap<ChunkId, Known>> = Mutex::new(HashMap::new());
     let abort = AtomicBool::new(false);
 
-    // Pieces travel in batches (about 1 MiB) so the threads hand over work rarely.
+    // Pieces travel in batches (the sink's batch size) so the threads hand over work rarely.
     let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<Piece>)>(threads * 2);
     let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<Result<(u64, Vec<Done>)>>(threads * 2 + 2);
+    let (done_tx, done_rx) =
+        mpsc::sync_channel::<Result<(u64, Vec<Done<S::Written>>)>>(threads * 2 + 2);
 
     let mut extents = ExtentList::default();
-    let mut batch: Vec<(ChunkId, PathBuf)> = Vec::new();
+    let mut batch: Vec<(ChunkId, S::Written)> = Vec::new();
     let mut batch_bytes = 0u64;
     let mut first_error: Option<StoreError> = None;
 
@@ -134,7 +247,10 @@ pub fn ingest<R: Read + Send>(
                     None => 0,
                 };
                 batch.extend(piece);
-                if (end && !batch.is_empty()) || batch_len >= 1 << 20 || batch.len() >= 32 {
+                if (end && !batch.is_empty())
+                    || batch_len >= batch_max_bytes
+                    || batch.len() >= batch_max_pieces
+                {
                     if job_tx.send((batch_no, std::mem::take(&mut batch))).is_err() {
                         break;
                     }
@@ -148,7 +264,7 @@ pub fn ingest<R: Read + Send>(
         });
         for _ in 0..threads {
             let tx = done_tx.clone();
-            let (job_rx, known, session, abort) = (&job_rx, &known, &session, &abort);
+            let (job_rx, known, abort) = (&job_rx, &known, &abort);
             scope.spawn(move || {
                 let mut zstd = zstd::bulk::Compressor::new(level).expect("zstd level checked");
                 // After an abort, keep draining so the chunker never blocks on a full channel.
@@ -158,10 +274,7 @@ pub fn ingest<R: Read + Send>(
                     if abort.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let result: Result<Vec<Done>> = pieces
-                        .into_iter()
-                        .map(|piece| process(piece, store, session, known, &mut zstd))
-                        .collect();
+                    let result = process(pieces, sink, known, &mut zstd);
                     let failed = result.is_err();
                     if tx.send(result.map(|d| (batch_no, d))).is_err() || failed {
                         abort.store(true, Ordering::Relaxed);
@@ -173,12 +286,11 @@ pub fn ingest<R: Read + Send>(
 
         // Publisher: makes batches durable and renames them into place while the pipeline
         // goes on, so the disk flush overlaps hashing and compression.
-        let (publish_tx, publish_rx) = mpsc::sync_channel::<Vec<(ChunkId, PathBuf)>>(1);
-        let session_ref = &session;
+        let (publish_tx, publish_rx) = mpsc::sync_channel::<Vec<(ChunkId, S::Written)>>(1);
         let abort_pub = &abort;
         let publisher = scope.spawn(move || -> Result<()> {
             for mut batch in publish_rx.iter() {
-                if let Err(e) = session_ref.publish(&mut batch) {
+                if let Err(e) = sink.publish(&mut batch) {
                     abort_pub.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
@@ -187,7 +299,7 @@ pub fn ingest<R: Read + Send>(
         });
 
         // Collector: put results back in order; publish in batches.
-        let mut pending: BTreeMap<u64, Vec<Done>> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Vec<Done<S::Written>>> = BTreeMap::new();
         let mut next = 0u64;
         for result in done_rx.iter() {
             let (batch_no, done) = match result {
@@ -235,7 +347,7 @@ pub fn ingest<R: Read + Send>(
     if let Some(e) = first_error {
         return Err(e);
     }
-    session.publish(&mut batch)?;
+    sink.publish(&mut batch)?;
 
     // Fill in compressed sizes and totals.
     let known = known.into_inner().unwrap();
@@ -274,7 +386,7 @@ pub fn ingest<R: Read + Send>(
         size,
         extents,
     };
-    let version = session.commit(&manifest)?;
+    let version = sink.commit(&manifest)?;
     Ok(IngestReport {
         name: name.to_string(),
         version,
@@ -303,56 +415,241 @@ impl<R: Read> Read for CancelOnAbort<'_, R> {
     }
 }
 
-fn process(
-    piece: Piece,
-    store: &Store,
-    session: &Session,
+/// One worker batch: hash every piece, ask the sink once about the chunks new to this ingest,
+/// compress and hand it those it lacks. Results come back in the pieces' order.
+fn process<S: ChunkSink>(
+    pieces: Vec<Piece>,
+    sink: &S,
     known: &Mutex<HashMap<ChunkId, Known>>,
     zstd: &mut zstd::bulk::Compressor,
-) -> Result<Done> {
-    let bytes = match piece {
-        Piece::Zero { len, .. } => return Ok(Done::Zero { len }),
-        Piece::Data { bytes, .. } => bytes,
-    };
-    let len = bytes.len() as u64;
-    if is_zero(&bytes) {
-        return Ok(Done::Zero { len });
-    }
-    let id = ChunkId::of(&bytes);
-    {
-        let mut known = known.lock().unwrap();
-        if known.contains_key(&id) {
-            return Ok(Done::Chunk {
-                len,
-                id,
-                written: None,
-            });
+) -> Result<Vec<Done<S::Written>>> {
+    // (len, id, bytes if this worker is the first to meet the chunk in this ingest)
+    let mut chunks: Vec<(u64, ChunkId, Option<Vec<u8>>)> = Vec::with_capacity(pieces.len());
+    let mut order: Vec<Option<usize>> = Vec::with_capacity(pieces.len());
+    let mut zeros: Vec<u64> = Vec::new();
+    for piece in pieces {
+        let bytes = match piece {
+            Piece::Zero { len, .. } => {
+                order.push(None);
+                zeros.push(len);
+                continue;
+            }
+            Piece::Data { bytes, .. } => bytes,
+        };
+        let len = bytes.len() as u64;
+        if is_zero(&bytes) {
+            order.push(None);
+            zeros.push(len);
+            continue;
         }
-        known.insert(id, Known::InFlight);
+        let id = ChunkId::of(&bytes);
+        let first = match known.lock().unwrap().entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Known::InFlight);
+                true
+            }
+        };
+        order.push(Some(chunks.len()));
+        chunks.push((len, id, first.then_some(bytes)));
     }
-    session.claim(&id)?;
-    if let Some(stored) = store.chunk_size(&id)? {
-        known
-            .lock()
-            .unwrap()
-            .insert(id, Known::Stored(stored as u32));
-        return Ok(Done::Chunk {
-            len,
-            id,
-            written: None,
-        });
+
+    // The chunks this worker met first: does the sink hold them?
+    let fresh: Vec<usize> = (0..chunks.len())
+        .filter(|&i| chunks[i].2.is_some())
+        .collect();
+    let ids: Vec<ChunkId> = fresh.iter().map(|&i| chunks[i].1).collect();
+    let held = sink.lookup(&ids)?;
+    if held.len() != ids.len() {
+        return Err(StoreError::Target(format!(
+            "the chunk sink answered about {} chunks where {} were asked",
+            held.len(),
+            ids.len()
+        )));
     }
-    let compressed = zstd
-        .compress(&bytes)
-        .map_err(|e| StoreError::Target(format!("zstd compression failed: {e}")))?;
-    let tmp = session.write_temp(&id, &compressed)?;
-    known
-        .lock()
-        .unwrap()
-        .insert(id, Known::New(compressed.len() as u32));
-    Ok(Done::Chunk {
-        len,
-        id,
-        written: Some((tmp, compressed.len() as u32)),
-    })
+    let mut new: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut new_at: Vec<usize> = Vec::new();
+    for (&i, held) in fresh.iter().zip(held) {
+        let id = chunks[i].1;
+        match held {
+            Some(size) => {
+                known.lock().unwrap().insert(id, Known::Stored(size));
+            }
+            None => {
+                let bytes = chunks[i].2.as_ref().expect("fresh chunks keep their bytes");
+                let compressed = zstd
+                    .compress(bytes)
+                    .map_err(|e| StoreError::Target(format!("zstd compression failed: {e}")))?;
+                new.push((id, compressed));
+                new_at.push(i);
+            }
+        }
+    }
+    let mut written: Vec<Option<(S::Written, u32)>> = (0..chunks.len()).map(|_| None).collect();
+    if !new.is_empty() {
+        let sizes: Vec<u32> = new.iter().map(|(_, c)| c.len() as u32).collect();
+        let receipts = sink.put(&new)?;
+        if receipts.len() != new.len() {
+            return Err(StoreError::Target(format!(
+                "the chunk sink stored {} chunks where {} were given",
+                receipts.len(),
+                new.len()
+            )));
+        }
+        let mut known = known.lock().unwrap();
+        for ((i, receipt), size) in new_at.into_iter().zip(receipts).zip(sizes) {
+            known.insert(chunks[i].1, Known::New(size));
+            written[i] = Some((receipt, size));
+        }
+    }
+
+    let mut zeros = zeros.into_iter();
+    let mut written = written.into_iter();
+    let mut chunks = chunks.into_iter();
+    Ok(order
+        .into_iter()
+        .map(|slot| match slot {
+            None => Done::Zero {
+                len: zeros.next().expect("one length per zero piece"),
+            },
+            Some(_) => {
+                let (len, id, _) = chunks.next().expect("one chunk per data piece");
+                Done::Chunk {
+                    len,
+                    id,
+                    written: written.next().expect("one slot per chunk"),
+                }
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use crate::testkit::random_bytes;
+
+    /// A sink that is not the store: chunks and the manifest in memory, every call counted.
+    #[derive(Default)]
+    struct MemorySink {
+        chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
+        manifest: Mutex<Option<Manifest>>,
+        lookups: Mutex<Vec<usize>>,
+        level: i32,
+    }
+
+    impl ChunkSink for MemorySink {
+        type Written = ();
+        fn params(&self) -> ChunkerParams {
+            ChunkerParams::default()
+        }
+        fn default_level(&self) -> i32 {
+            self.level
+        }
+        fn batch_size(&self) -> (usize, usize) {
+            (8 << 20, 256)
+        }
+        fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
+            self.lookups.lock().unwrap().push(ids.len());
+            let chunks = self.chunks.lock().unwrap();
+            Ok(ids
+                .iter()
+                .map(|id| chunks.get(id).map(|c| c.len() as u32))
+                .collect())
+        }
+        fn put(&self, chunks: &[(ChunkId, Vec<u8>)]) -> Result<Vec<()>> {
+            let mut held = self.chunks.lock().unwrap();
+            for (id, c) in chunks {
+                assert!(held.insert(*id, c.clone()).is_none(), "{id} put twice");
+            }
+            Ok(vec![(); chunks.len()])
+        }
+        fn publish(&self, batch: &mut Vec<(ChunkId, ())>) -> Result<()> {
+            batch.clear();
+            Ok(())
+        }
+        fn commit(&self, manifest: &Manifest) -> Result<VersionId> {
+            *self.manifest.lock().unwrap() = Some(manifest.clone());
+            Ok(manifest.version_id())
+        }
+    }
+
+    /// Data, a repeat of it, a long zero run and a zero tail: every kind of piece.
+    fn sample() -> Vec<u8> {
+        let mut v = random_bytes(3 << 20, 7);
+        v.extend(vec![0u8; 1 << 20]);
+        v.extend(random_bytes(1 << 20, 7)); // chunks seen before in this ingest
+        v.extend(random_bytes(700_000, 8));
+        v.extend(vec![0u8; 100_000]);
+        v
+    }
+
+    #[test]
+    fn a_sink_other_than_the_store_gets_the_same_manifest() {
+        let data = sample();
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(t.path(), StoreConfig::default(), false).unwrap();
+        let opts = IngestOptions {
+            threads: 3,
+            ..IngestOptions::default()
+        };
+        let local = ingest(&store, "m", &data[..], "sample", &opts, &|_| {}).unwrap();
+        let stored = store.resolve("m").unwrap().manifest;
+
+        let sink = MemorySink {
+            level: store.config().zstd_level,
+            ..MemorySink::default()
+        };
+        let read = std::sync::atomic::AtomicU64::new(0);
+        let remote = ingest_to(&sink, "m", &data[..], "sample", &opts, &|n| {
+            read.fetch_add(n, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(read.into_inner(), data.len() as u64);
+        assert_eq!(remote.version, local.version);
+        let m = sink.manifest.lock().unwrap().clone().unwrap();
+        // same extents, same compressed sizes (same level); only the creation time may differ
+        assert_eq!(m.extents, stored.extents);
+        assert_eq!((m.size, m.params), (stored.size, stored.params));
+        assert_eq!(
+            (
+                remote.chunks,
+                remote.new_chunks,
+                remote.new_bytes,
+                remote.zero_bytes
+            ),
+            (
+                local.chunks,
+                local.new_chunks,
+                local.new_bytes,
+                local.zero_bytes
+            )
+        );
+        // the sink got every chunk once, as frames that decode to their ids
+        let chunks = sink.chunks.lock().unwrap();
+        assert_eq!(chunks.len(), remote.chunks);
+        let mut d = crate::store::source::Decoder::new(128 << 10);
+        for (id, frame) in chunks.iter() {
+            d.decode(id, frame).unwrap();
+        }
+        // a worker batch is one lookup of up to the sink's batch size
+        assert!(sink.lookups.lock().unwrap().iter().all(|&n| n <= 256));
+    }
+
+    #[test]
+    fn a_sink_is_handed_only_what_it_lacks() {
+        let data = sample();
+        let sink = MemorySink {
+            level: 1,
+            ..MemorySink::default()
+        };
+        let opts = IngestOptions::default();
+        let first = ingest_to(&sink, "m", &data[..], "sample", &opts, &|_| {}).unwrap();
+        // MemorySink::put panics on a chunk it already holds
+        let again = ingest_to(&sink, "m", &data[..], "sample", &opts, &|_| {}).unwrap();
+        assert_eq!(again.version, first.version);
+        assert_eq!((again.new_chunks, again.new_bytes), (0, 0));
+        assert_eq!(again.stored_bytes, first.stored_bytes);
+    }
 }

@@ -10,7 +10,12 @@
 //!    without fsync. A batch is published by one `syncfs` (contents durable) and then a rename of
 //!    each file to its final name, so a file under a chunk's name always holds complete bytes.
 //! 4. Commit: `syncfs` again (renames durable), then the manifest is written atomically while the
-//!    gc lock is held shared, so no gc is midway between moving chunks to trash and back.
+//!    gc lock is held shared, so no gc is midway between moving chunks to trash and back. The
+//!    manifest records each chunk's compressed size as stored.
+//!
+//! A session may outlive one call: the server keeps one per capture in progress (chunks arrive
+//! over many requests), so its claims protect uploaded chunks from gc until the capture commits
+//! or the session is dropped.
 //!
 //! A crash at any point leaves only unreferenced chunks, temp files of a dead session and its
 //! directory, all removed by the next gc; no manifest ever names a chunk that is not durable.
@@ -27,8 +32,8 @@ use super::id::{ChunkId, VersionId};
 use super::manifest::Manifest;
 use super::Store;
 
-pub struct Session<'s> {
-    store: &'s Store,
+pub struct Session {
+    store: Store,
     sid: String,
     dir: PathBuf,
     ids: Mutex<File>,
@@ -39,8 +44,8 @@ pub struct Session<'s> {
     _lock: File,
 }
 
-impl<'s> Session<'s> {
-    pub fn begin(store: &'s Store) -> Result<Session<'s>> {
+impl Session {
+    pub fn begin(store: &Store) -> Result<Session> {
         let sessions = store.sessions_dir();
         durable::create_dir_durable(&sessions)?;
         let nanos = SystemTime::now()
@@ -60,7 +65,7 @@ impl<'s> Session<'s> {
             .open(dir.join("ids"))
             .ctx("creating session id list in", &dir)?;
         Ok(Session {
-            store,
+            store: store.clone(),
             sid,
             dir,
             ids: Mutex::new(ids),
@@ -110,21 +115,41 @@ impl<'s> Session<'s> {
         Ok(())
     }
 
-    /// Makes everything durable and writes the manifest: the version becomes visible.
-    pub fn commit(self, manifest: &Manifest) -> Result<VersionId> {
-        let _gc = shared_gc_lock(self.store)?;
+    /// Makes everything durable and writes the manifest: the version becomes visible. Every
+    /// chunk it names must be in the store; the compressed sizes recorded are those stored.
+    /// The session stays usable (a server's capture session is shared by its requests).
+    pub fn commit(&self, manifest: &Manifest) -> Result<VersionId> {
+        let _gc = shared_gc_lock(&self.store)?;
         // No gc runs now. One that failed or was killed may have left chunks in trash: put
         // them back, then make sure every chunk the manifest names is in place.
-        super::gc::restore_all_trash(self.store)?;
-        let mut seen = std::collections::HashSet::new();
+        super::gc::restore_all_trash(&self.store)?;
+        let mut sizes = std::collections::HashMap::new();
         for (_, id, _) in manifest.chunks() {
-            if seen.insert(id) && self.store.chunk_size(&id)?.is_none() {
-                return Err(super::StoreError::ChunkMissing {
-                    id,
-                    path: self.store.chunk_path(&id),
-                });
+            if let std::collections::hash_map::Entry::Vacant(slot) = sizes.entry(id) {
+                match self.store.chunk_size(&id)? {
+                    Some(n) => slot.insert(u32::try_from(n).unwrap_or(u32::MAX)),
+                    None => {
+                        return Err(super::StoreError::ChunkMissing {
+                            id,
+                            path: self.store.chunk_path(&id),
+                        })
+                    }
+                };
             }
         }
+        let sized;
+        let manifest = if manifest.chunks().all(|(_, id, c)| sizes[&id] == c) {
+            manifest
+        } else {
+            let mut m = manifest.clone();
+            for e in m.extents.iter_mut() {
+                if let super::ExtentKind::Chunk { id, compressed } = &mut e.kind {
+                    *compressed = sizes[id];
+                }
+            }
+            sized = m;
+            &sized
+        };
         // One flush makes the published renames and any restore durable.
         self.sync()?;
         let version = self.store.write_manifest(manifest)?;
@@ -141,7 +166,7 @@ impl<'s> Session<'s> {
     }
 }
 
-impl Drop for Session<'_> {
+impl Drop for Session {
     fn drop(&mut self) {
         // After a failure: drop temp chunks (published ones are gone from these paths already).
         for path in self.unpublished.get_mut().unwrap().drain(..) {

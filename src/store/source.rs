@@ -136,9 +136,14 @@ impl HttpSource {
         &self.base
     }
 
+    /// The HTTP client (keep-alive connections shared with [`send`](Self::send)).
+    pub(crate) fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
+    }
+
     /// Sends a request (built anew per attempt), retrying connection errors and 5xx answers
     /// with backoff; a 4xx is returned at once with the server's message.
-    fn send(
+    pub(crate) fn send(
         &self,
         url: &str,
         build: impl Fn() -> reqwest::blocking::RequestBuilder,

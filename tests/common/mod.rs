@@ -408,3 +408,316 @@ pub fn debugfs_cat(fs: &str, file: &str) -> String {
         .expect("run debugfs (e2fsprogs)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The boot script the server gives `mac` (BIOS).
+pub fn boot_script(s: &Served, mac: &str) -> String {
+    let (code, script) = http(
+        "GET",
+        &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    script
+}
+
+/// The host's first network boot and the agent's hello: `mac` is registered.
+pub fn register(s: &Served, mac: &str) {
+    let script = boot_script(s, mac);
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The `bootcast.task=` of a boot script.
+pub fn task_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootcast.task="))
+        .unwrap_or_else(|| panic!("no task in {script}"))
+        .to_string()
+}
+
+/// A fake root for `agent boot --root`: the kernel command line the boot script would give.
+pub fn fake_agent_root(dir: &Path, mac: &str, cmdline: &str) {
+    std::fs::create_dir_all(dir.join("proc")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/class/net/eth0")).unwrap();
+    std::fs::create_dir_all(dir.join("sys/block")).unwrap();
+    std::fs::write(dir.join("proc/cmdline"), cmdline).unwrap();
+    std::fs::write(dir.join("proc/stat"), "cpu 1\nbtime 1763900000\n").unwrap();
+    std::fs::write(dir.join("proc/mounts"), "").unwrap();
+    std::fs::write(dir.join("sys/class/net/eth0/address"), format!("{mac}\n")).unwrap();
+}
+
+/// A counter of the server's `/metrics`.
+pub fn metric(s: &Served, name: &str) -> u64 {
+    let (_, text) = http("GET", &format!("{}/metrics", s.url), None, None);
+    text.lines()
+        .find_map(|l| match l.split_once(' ') {
+            Some((n, v)) if n == name => Some(v.trim().parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// One boot of the agent for `mac`'s current task, with `disk` as its disk
+/// (`bootcast.disk=`); returns the agent's stdout+stderr.
+pub fn agent_boot(lab: &Lab, s: &Served, mac: &str, disk: &Path, tag: &str) -> String {
+    let script = boot_script(s, mac);
+    let task = task_of(&script);
+    let root = lab.path(&format!("root-{tag}"));
+    fake_agent_root(
+        &root,
+        mac,
+        &format!(
+            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
+            s.url,
+            nonce_of(&script),
+            disk.display()
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A TCP relay between the agent and the server, under the test's control. It forwards
+/// everything, except that after [`Relay::hold_after`] the *chunk* connections (those whose
+/// first request is for a manifest or chunks, not the agent's reports) stop passing server
+/// bytes once the budget is spent: the agent is then mid-restore, deterministically.
+/// [`Relay::cut`] closes every connection made so far and points new ones at another
+/// upstream, or refuses them (accepts and closes at once, as a host whose server is down).
+pub struct Relay {
+    pub port: u16,
+    state: std::sync::Arc<(std::sync::Mutex<RelayState>, std::sync::Condvar)>,
+}
+
+struct RelayState {
+    upstream: Option<std::net::SocketAddr>,
+    /// Chunk bytes that may still pass; `None`: no limit.
+    budget: Option<u64>,
+    /// A chunk connection is waiting for budget.
+    holding: bool,
+    /// Bumped by `cut`: connections of an older generation close.
+    generation: u64,
+    /// Server-to-agent bytes on chunk connections, in total.
+    chunk_bytes: u64,
+}
+
+impl Relay {
+    /// A relay to `upstream`; `held` are the request path prefixes whose connections
+    /// [`Relay::hold_after`] limits (e.g. `/chunks/`).
+    pub fn start(upstream: std::net::SocketAddr, held: &'static [&'static str]) -> Relay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(RelayState {
+                upstream: Some(upstream),
+                budget: None,
+                holding: false,
+                generation: 0,
+                chunk_bytes: 0,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (upstream, generation) = {
+                    let g = st.0.lock().unwrap();
+                    (g.upstream, g.generation)
+                };
+                let Some(server) = upstream.and_then(|u| TcpStream::connect(u).ok()) else {
+                    drop(client);
+                    continue;
+                };
+                // the first request line says what kind of connection this is
+                let mut first = vec![0u8; 64];
+                let n = client.read(&mut first).unwrap_or(0);
+                first.truncate(n);
+                let head = String::from_utf8_lossy(&first).to_string();
+                let chunky = head
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|path| held.iter().any(|p| path.starts_with(p)));
+                let mut s1 = server.try_clone().unwrap();
+                if s1.write_all(&first).is_err() {
+                    continue;
+                }
+                let mut c1 = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(Shutdown::Write);
+                });
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = vec![0u8; 16 << 10];
+                    'conn: loop {
+                        let n = match server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut sent = 0;
+                        while sent < n {
+                            let take = {
+                                let (lock, cv) = &*st;
+                                let mut g = lock.lock().unwrap();
+                                loop {
+                                    if g.generation != generation {
+                                        break 'conn;
+                                    }
+                                    match (chunky, g.budget) {
+                                        (true, Some(0)) => {
+                                            g.holding = true;
+                                            cv.notify_all();
+                                            g = cv.wait(g).unwrap();
+                                        }
+                                        (true, Some(b)) => {
+                                            let t = (n - sent).min(b as usize);
+                                            g.budget = Some(b - t as u64);
+                                            break t;
+                                        }
+                                        _ => break n - sent,
+                                    }
+                                }
+                            };
+                            if client.write_all(&buf[sent..sent + take]).is_err() {
+                                break 'conn;
+                            }
+                            if chunky {
+                                st.0.lock().unwrap().chunk_bytes += take as u64;
+                            }
+                            sent += take;
+                        }
+                    }
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Relay { port, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, at most `bytes` more server bytes on chunk connections, then they wait.
+    pub fn hold_after(&self, bytes: u64) {
+        self.state.0.lock().unwrap().budget = Some(bytes);
+    }
+
+    /// Waits until a chunk connection waits for budget.
+    pub fn wait_held(&self) {
+        let (lock, cv) = &*self.state;
+        let mut g = lock.lock().unwrap();
+        while !g.holding {
+            g = cv.wait(g).unwrap();
+        }
+    }
+
+    /// Closes every connection so far; new ones go to `upstream` (refused if `None`), without
+    /// a budget.
+    pub fn cut(&self, upstream: Option<std::net::SocketAddr>) {
+        let (lock, cv) = &*self.state;
+        let mut g = lock.lock().unwrap();
+        g.generation += 1;
+        g.budget = None;
+        g.holding = false;
+        g.upstream = upstream;
+        cv.notify_all();
+    }
+
+    pub fn chunk_bytes(&self) -> u64 {
+        self.state.0.lock().unwrap().chunk_bytes
+    }
+}
+
+/// `agent boot` as a child process, its console lines read as they come.
+pub struct Agent {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    log: String,
+}
+
+impl Agent {
+    /// `agent boot` for the host's current task, reaching the server at `server`.
+    pub fn spawn(lab: &Lab, s: &Served, mac: &str, server: &str, target: &Path) -> Agent {
+        use std::io::BufRead;
+        let script = boot_script(s, mac);
+        let root = lab.path("root");
+        fake_agent_root(
+            &root,
+            mac,
+            &format!(
+                "bootcast.server={server} bootcast.mac={mac} bootcast.task={} bootcast.nonce={} bootcast.disk={}",
+                task_of(&script),
+                nonce_of(&script),
+                target.display()
+            ),
+        );
+        let mut child = std::process::Command::new(BIN)
+            .args(["agent", "boot", "--no-act", "--tries", "2", "--root"])
+            .arg(&root)
+            .stdout(std::process::Stdio::piped()) // the agent's console lines
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Agent {
+            child,
+            lines,
+            log: String::new(),
+        }
+    }
+
+    /// Reads console lines up to the first containing `what`; returns it.
+    pub fn line(&mut self, what: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .next()
+                .unwrap_or_else(|| panic!("agent ended before {what:?}:\n{}", self.log))
+                .unwrap();
+            self.log.push_str(&line);
+            self.log.push('\n');
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> String {
+        for l in self.lines.by_ref() {
+            self.log.push_str(&l.unwrap());
+            self.log.push('\n');
+        }
+        assert!(self.child.wait().unwrap().success(), "{}", self.log);
+        self.log
+    }
+}
+
+/// The number after `word` in `line` (`... kept 123 in place ...`).
+pub fn number_after(line: &str, word: &str) -> u64 {
+    let mut w = line.split_whitespace();
+    w.find(|x| *x == word)
+        .and_then(|_| w.next())
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number after {word:?} in {line:?}"))
+}

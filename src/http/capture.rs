@@ -1,0 +1,529 @@
+//! The agent's capture endpoints: a host's disk becomes a new image version in this server's
+//! store (wire format in [`crate::agent::proto`]).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/v1/agent/capture/missing` | `{ids}` → `{missing, sizes}`: which chunks the store lacks |
+//! | `POST /api/v1/agent/capture/chunks` | upload frames → `{chunks, stored}`; all verified before any is stored |
+//! | `POST /api/v1/agent/capture/commit` | the manifest file → `{task, state: "done", version}` |
+//!
+//! Every request carries `X-Bootcast-Mac`, `X-Bootcast-Nonce` and `X-Bootcast-Task`: the
+//! per-boot nonce as for the hello (403 otherwise), and the task must be that host's own open
+//! capture task (404 another's, 409 once closed: the agent stops).
+//!
+//! **Store writes** go through an ingest [`Session`] kept per capture while it runs: chunks
+//! are claimed when asked about and when uploaded (so `store gc` keeps them, see
+//! [`crate::store::gc`]), written to temp files and published (synced, renamed) before an
+//! upload is answered, and the manifest is written by the session's commit, as `image add`
+//! does. A session ends with the commit, when the task is reported failed or cancelled through
+//! the API, when a request finds the task closed, or after [`IDLE`] without requests; its
+//! chunks are then protected no longer. The agent's next question recreates it, and chunks
+//! still in the store are not sent again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::AppState;
+use crate::agent::proto::{
+    parse_frames, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded,
+    HEADER_MAC, HEADER_NONCE, HEADER_TASK, MANIFEST_MAX_BYTES, MISSING_MAX_IDS, UPLOAD_MAX_BYTES,
+};
+use crate::db::{tasks, Task, TaskKind, TaskState};
+use crate::mac::Mac;
+use crate::store::session::Session;
+use crate::store::source::Decoder;
+use crate::store::{ChunkId, Manifest, Store, StoreError};
+
+/// A capture session unused for this long is dropped.
+pub const IDLE: Duration = Duration::from_secs(3600);
+
+/// The capture sessions in progress, by task id.
+#[derive(Default)]
+pub struct Captures {
+    open: Mutex<HashMap<i64, Arc<Capture>>>,
+}
+
+/// One capture in progress: its ingest session.
+pub struct Capture {
+    session: Session,
+    /// Writes and the commit of one capture go one at a time (two requests carrying the same
+    /// chunk must not share its temp file).
+    writing: Mutex<()>,
+    last_used: Mutex<Instant>,
+}
+
+impl Captures {
+    /// The session of task `task`, begun if there is none; drops sessions idle for [`IDLE`].
+    /// Blocking (file system).
+    fn session(&self, task: i64, store: &Store) -> Result<Arc<Capture>, StoreError> {
+        let now = Instant::now();
+        let mut open = self.open.lock().unwrap();
+        Self::drop_idle(&mut open, now);
+        if let Some(c) = open.get(&task) {
+            *c.last_used.lock().unwrap() = now;
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Capture {
+            session: Session::begin(store)?,
+            writing: Mutex::new(()),
+            last_used: Mutex::new(now),
+        });
+        open.insert(task, c.clone());
+        Ok(c)
+    }
+
+    /// Forgets task `task`'s session (committed, failed or cancelled); its directory goes when
+    /// the last request using it ends.
+    pub fn end(&self, task: i64) {
+        self.open.lock().unwrap().remove(&task);
+    }
+
+    /// Captures with a session now (after dropping idle ones).
+    pub fn count(&self) -> usize {
+        self.sweep();
+        self.open.lock().unwrap().len()
+    }
+
+    /// Drops the sessions idle for [`IDLE`] (a capture whose agent went away, or whose task
+    /// was cancelled from the command line, which does not reach this process).
+    pub fn sweep(&self) {
+        Self::drop_idle(&mut self.open.lock().unwrap(), Instant::now());
+    }
+
+    fn drop_idle(open: &mut HashMap<i64, Arc<Capture>>, now: Instant) {
+        open.retain(|_, c| now.duration_since(*c.last_used.lock().unwrap()) < IDLE);
+    }
+}
+
+type Refusal = (StatusCode, Json<serde_json::Value>);
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
+    super::error(status, msg).into_response()
+}
+
+/// The host and task a capture request is for, once its headers check out.
+struct Caller {
+    mac: Mac,
+    task: Task,
+    image: String,
+}
+
+/// Checks a capture request's headers: nonce (403), the host's own task (404), a capture (400),
+/// open (409, unless `closed_ok`).
+async fn caller(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    what: &'static str,
+    closed_ok: bool,
+) -> Result<Caller, Response> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mac: Mac = match get(HEADER_MAC).map(str::parse) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        None => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("no {HEADER_MAC} header: name the MAC this boot's kernel command line carries (bootcast.mac=)"),
+            ))
+        }
+    };
+    let Some(id) = get(HEADER_TASK).and_then(|t| t.parse::<i64>().ok()) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("no task number in the {HEADER_TASK} header: name the task of bootcast.task= on the kernel command line"),
+        ));
+    };
+    let nonce = get(HEADER_NONCE).map(str::to_string);
+    let res = st
+        .db
+        .call(move |c| {
+            if let Err(refused) = super::api::check_nonce(c, mac, nonce.as_deref())? {
+                return Ok(Err(refused));
+            }
+            Ok(Ok(tasks::get(c, id)?))
+        })
+        .await;
+    let task = match res {
+        Ok(Ok(Some(t))) if t.mac == mac => t,
+        Ok(Ok(_)) => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
+            ))
+        }
+        Ok(Err(refused)) => return Err(refused.response(mac, peer, what)),
+        Err(e) => return Err(super::internal(e).into_response()),
+    };
+    if task.kind != TaskKind::Capture {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "task {id} is a {} task, not a capture; the capture endpoints serve capture tasks only",
+                task.kind.as_str()
+            ),
+        ));
+    }
+    if !task.state.is_open() {
+        // closed (done, failed, cancelled from the command line): its session is of no use
+        st.chunks.captures.end(id);
+    }
+    if !task.state.is_open() && !closed_ok {
+        tracing::warn!(%mac, task = id, "agent {what} refused: task {}", task.state.as_str());
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "task {id} is already {}; stop working on it and reboot",
+                task.state.as_str()
+            ),
+        ));
+    }
+    let Some(image) = task.image.clone() else {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!("capture task {id} names no image; cancel it and create it again with `bootcast task capture --image NAME`"),
+        ));
+    };
+    Ok(Caller { mac, task, image })
+}
+
+/// The store, created with the defaults if this server has none yet (as `image add` does).
+async fn store(st: &AppState) -> Result<Store, Refusal> {
+    let chunks = st.chunks.clone();
+    tokio::task::spawn_blocking(move || chunks.store_or_create())
+        .await
+        .unwrap_or_else(|e| {
+            Err(super::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {e}"),
+            ))
+        })
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> Response {
+    refuse(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+fn store_failed(e: StoreError) -> Refusal {
+    super::chunks::store_refusal(e)
+}
+
+/// Reads a request body of at most `max` bytes; 413 beyond, naming the limit.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    what: &str,
+) -> Result<Bytes, Response> {
+    let too_large = |len: String| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{what} of {len} bytes; at most {max} bytes ({} MiB) per request: send less per request",
+                max >> 20
+            ),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_large(len.to_string()));
+        }
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let text = super::chunks::error_chain(&e);
+        if text.contains("length limit") {
+            too_large("more than that".into())
+        } else {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("reading the {what}: {text}"),
+            )
+        }
+    })
+}
+
+fn parse_id(s: &str) -> Result<ChunkId, String> {
+    match s.parse::<ChunkId>() {
+        Ok(id) if s.len() == 64 => Ok(id),
+        _ => Err(format!(
+            "{s:?} is not a chunk id: expected 64 hex digits (a BLAKE3 hash)"
+        )),
+    }
+}
+
+/// `POST /api/v1/agent/capture/missing`: `{ids}` → `{missing, sizes}`. Every id asked about is
+/// claimed for the capture first, so gc keeps the chunks the answer says are there.
+pub async fn missing(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&st, peer, &headers, "capture/missing", false).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req: CaptureMissing = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"ids\": [\"<64 hex digits>\", ...]}}: {e}"),
+            )
+        }
+    };
+    if req.ids.len() > MISSING_MAX_IDS {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} ids in one request; at most {MISSING_MAX_IDS}: split it",
+                req.ids.len()
+            ),
+        );
+    }
+    let ids: Vec<ChunkId> = match req.ids.iter().map(|s| parse_id(s)).collect() {
+        Ok(ids) => ids,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    let store = match store(&st).await {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let chunks = st.chunks.clone();
+    let task = who.task.id;
+    let res = tokio::task::spawn_blocking(move || {
+        let capture = chunks.captures.session(task, &store)?;
+        let mut sizes = Vec::with_capacity(ids.len());
+        for id in &ids {
+            capture.session.claim(id)?;
+            sizes.push(store.chunk_size(id)?.map(|n| n as u32));
+        }
+        Ok::<_, StoreError>((ids, sizes))
+    })
+    .await;
+    match res {
+        Ok(Ok((ids, sizes))) => Json(CaptureMissingReply {
+            missing: ids
+                .iter()
+                .zip(&sizes)
+                .filter(|(_, s)| s.is_none())
+                .map(|(id, _)| id.to_hex())
+                .collect(),
+            sizes,
+        })
+        .into_response(),
+        Ok(Err(e)) => store_failed(e).into_response(),
+        Err(e) => blocking_failed(e),
+    }
+}
+
+/// `POST /api/v1/agent/capture/chunks`: upload frames (format in [`crate::agent::proto`]).
+/// Every frame is decompressed and hashed first; one that does not match its id refuses the
+/// whole request (400 naming it) and nothing of it is stored. The rest are written, synced
+/// and published before the answer.
+pub async fn chunks(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let who = match caller(&st, peer, &headers, "capture/chunks", false).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let body = match read_body(&headers, body, UPLOAD_MAX_BYTES, "an upload").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let m = &st.chunks.metrics;
+    m.capture_bytes_received
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    m.capture_uploads.fetch_add(1, Ordering::Relaxed);
+    let store = match store(&st).await {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let service = st.chunks.clone();
+    let task = who.task.id;
+    let mac = who.mac;
+    let res = tokio::task::spawn_blocking(move || -> Result<CaptureUploaded, Refusal> {
+        let frames =
+            parse_frames(&body).map_err(|e| super::error(StatusCode::BAD_REQUEST, e))?;
+        let mut decoder = Decoder::new(store.config().chunker.max as usize);
+        for (id, frame) in &frames {
+            if let Err(reason) = decoder.decode(id, frame) {
+                service
+                    .metrics
+                    .capture_chunks_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%mac, task, "capture upload refused: chunk {id}: {reason}");
+                return Err(super::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("chunk {id} does not match its id: {reason}; nothing of this upload was stored; upload each chunk as the zstd frame of the bytes its id is the BLAKE3 hash of"),
+                ));
+            }
+        }
+        let capture = service.captures.session(task, &store).map_err(store_failed)?;
+        let _writing = capture.writing.lock().unwrap();
+        let mut batch = Vec::new();
+        let mut seen = HashSet::new();
+        for (id, frame) in &frames {
+            capture.session.claim(id).map_err(store_failed)?;
+            if seen.insert(*id) && store.chunk_size(id).map_err(store_failed)?.is_none() {
+                let tmp = capture
+                    .session
+                    .write_temp(id, frame)
+                    .map_err(store_failed)?;
+                batch.push((*id, tmp));
+            }
+        }
+        let stored = batch.len();
+        capture.session.publish(&mut batch).map_err(store_failed)?;
+        service
+            .metrics
+            .capture_chunks_stored
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        Ok(CaptureUploaded {
+            chunks: frames.len(),
+            stored,
+        })
+    })
+    .await;
+    match res {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(r)) => r.into_response(),
+        Err(e) => blocking_failed(e),
+    }
+}
+
+/// `POST /api/v1/agent/capture/commit`: the manifest file. Checked (decodes, names the task's
+/// image, cut with the store's chunker parameters, every chunk present), stamped with this
+/// server's time, written through the session's commit; the task is done with the version.
+/// Committing again the version a done task made answers the same (a lost answer is retried).
+pub async fn commit(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let who = match caller(&st, peer, &headers, "capture/commit", true).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let body = match read_body(&headers, body, MANIFEST_MAX_BYTES, "a manifest").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (mut manifest, version) = match Manifest::decode(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the manifest sent is not valid: {e}"),
+            )
+        }
+    };
+    let id = who.task.id;
+    let done = |version: String| {
+        Json(CaptureCommitted {
+            task: id,
+            state: TaskState::Done.as_str().to_string(),
+            version,
+        })
+        .into_response()
+    };
+    if !who.task.state.is_open() {
+        if who.task.state == TaskState::Done
+            && who.task.version.as_deref() == Some(&version.to_hex())
+        {
+            return done(version.to_hex());
+        }
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "task {id} is already {}; stop working on it and reboot",
+                who.task.state.as_str()
+            ),
+        );
+    }
+    if manifest.name != who.image {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the manifest names image {:?}, task {id} captures {:?}; commit under the image of the hello reply",
+                manifest.name, who.image
+            ),
+        );
+    }
+    let store = match store(&st).await {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let want = store.config().chunker;
+    if manifest.params != want {
+        let p = manifest.params;
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the manifest was cut with chunk sizes {}:{}:{} (zero runs from {}), the server's store uses {}:{}:{} (zero runs from {}); cut with the chunker parameters of the hello reply",
+                p.min, p.avg, p.max, p.zero_min, want.min, want.avg, want.max, want.zero_min
+            ),
+        );
+    }
+    // The agent's clock may be off (many PCs keep local time in their RTC); `latest` goes by
+    // this server's.
+    manifest.created = crate::time::now_unix();
+    let service = st.chunks.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let capture = service.captures.session(id, &store)?;
+        let _writing = capture.writing.lock().unwrap();
+        capture.session.commit(&manifest)
+    })
+    .await;
+    let version = match res {
+        Ok(Ok(v)) => v,
+        Ok(Err(StoreError::ChunkMissing { id: chunk, .. })) => {
+            return refuse(
+                StatusCode::CONFLICT,
+                format!("chunk {chunk} of the manifest is not on the server; upload it (capture/chunks), then commit again"),
+            )
+        }
+        Ok(Err(e)) => return store_failed(e).into_response(),
+        Err(e) => return blocking_failed(e),
+    };
+    let mac = who.mac;
+    let hex = version.to_hex();
+    let v = hex.clone();
+    let now = crate::time::now_unix();
+    let res = st
+        .db
+        .call(move |c| tasks::finish_capture(c, mac, id, &v, now))
+        .await;
+    st.chunks.captures.end(id);
+    match res {
+        Ok(Some(_)) => {
+            tracing::info!(%mac, task = id, image = %who.image, version = %hex, "capture committed");
+            done(hex)
+        }
+        Ok(None) => refuse(
+            StatusCode::CONFLICT,
+            format!("task {id} was closed while its version was written ({}@{hex} is stored all the same); stop working on it and reboot", who.image),
+        ),
+        Err(e) => super::internal(e).into_response(),
+    }
+}

@@ -1,0 +1,373 @@
+//! The agent's capture without a VM: `bootcast agent boot` with a fake /proc and /sys whose
+//! kernel command line names a file as the disk (`bootcast.disk=`), against a real
+//! `bootcast serve`: the capture task is created by the CLI, the disk becomes a version whose
+//! id is the one `image add` gives the same bytes, a second capture moves only what changed,
+//! and the capture endpoints refuse forged chunks and callers without this boot's nonce.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde_json::Value;
+
+use bootcast::store::{ChunkId, Manifest};
+use common::{
+    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, nonce_of, random_bytes,
+    register, say, task_of, Agent, Lab, Relay, Served,
+};
+
+const MAC: &str = "52:54:00:77:00:02";
+
+fn serve(lab: &Lab) -> Served {
+    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+}
+
+fn task_state(lab: &Lab) -> Value {
+    let v = lab.json(&["task", "list", "--all", "--host", MAC]);
+    v["tasks"][0].clone()
+}
+
+/// The version id `bootcast image add` gives `file` in a fresh data directory of its own.
+fn image_add_version(file: &Path) -> String {
+    let fresh = Lab::new();
+    fresh.add("master", file)["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A manifest of the server's store.
+fn manifest(lab: &Lab, version: &str) -> Manifest {
+    let path = lab
+        .data()
+        .join("images/master")
+        .join(format!("{version}.bcm"));
+    Manifest::decode(&std::fs::read(&path).unwrap()).unwrap().0
+}
+
+/// ~32 MiB like a disk: text-like data with short zero runs, incompressible data, and a long
+/// zero run (free space).
+fn master_disk() -> Vec<u8> {
+    let mut d = disk_like(24 << 20, 31);
+    d.extend(random_bytes(4 << 20, 32));
+    d.extend(vec![0u8; 3 << 20]);
+    d.extend(disk_like(1 << 20, 33));
+    d
+}
+
+#[test]
+fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    // no image yet: the capture creates the store and the image
+    let mut s = serve(&lab);
+    register(&s, MAC);
+
+    // (a) the first capture
+    let v1 = master_disk();
+    let disk = lab.file("disk.raw", &v1);
+    let t = lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
+    assert_eq!(t["tasks"][0]["kind"], "capture", "{t}");
+    let log = agent_boot(&lab, &s, MAC, &disk, "1");
+    let done = log
+        .lines()
+        .find(|l| l.starts_with("BOOTCAST-AGENT-CAPTURE-DONE"))
+        .unwrap_or_else(|| panic!("no capture done line:\n{log}"));
+    let words: Vec<&str> = done.split_whitespace().collect();
+    assert_eq!(words[1], MAC, "{done}");
+    let version1 = words[2].to_string();
+    assert_eq!(version1, image_add_version(&disk), "capture vs image add");
+    let t = task_state(&lab);
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["version"], version1.as_str(), "{t}");
+    assert_eq!(t["progress"]["bytes_total"], v1.len() as u64, "{t}");
+    let list = lab.json(&["image", "list"]);
+    let listed: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] == "master")
+        .collect();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["version"], version1.as_str());
+    assert_eq!(listed[0]["size"], v1.len() as u64);
+    let received1 = metric(&s, "bootcast_capture_bytes_received_total");
+    let stored1 = listed[0]["stored_bytes"].as_u64().unwrap();
+    say(&format!(
+        "agent capture v1: {received1} bytes received for {stored1} compressed bytes stored ({} image, {} zero)",
+        v1.len(),
+        listed[0]["zero_bytes"]
+    ));
+    assert!(received1 >= stored1 && received1 * 10 <= stored1 * 11);
+    // the exported version is the disk, byte for byte
+    assert!(lab.export(&format!("master@{version1}"), "v1.out") == v1);
+
+    // (b) ~1 MiB changes on the disk; capture again
+    let mut v2 = v1.clone();
+    v2[9 << 20..(9 << 20) + (1 << 20)].copy_from_slice(&random_bytes(1 << 20, 34));
+    std::fs::write(&disk, &v2).unwrap();
+    let before = metric(&s, "bootcast_capture_bytes_received_total");
+    lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
+    let log = agent_boot(&lab, &s, MAC, &disk, "2");
+    let done = log
+        .lines()
+        .find(|l| l.starts_with("BOOTCAST-AGENT-CAPTURE-DONE"))
+        .unwrap_or_else(|| panic!("no capture done line:\n{log}"));
+    let version2 = done.split_whitespace().nth(2).unwrap().to_string();
+    assert_ne!(version2, version1);
+    assert_eq!(version2, image_add_version(&disk), "capture vs image add");
+    assert_eq!(task_state(&lab)["version"], version2.as_str());
+    let received = metric(&s, "bootcast_capture_bytes_received_total") - before;
+    // what the store lacked: the chunks of v2 that v1 does not have, at their stored sizes
+    let old: HashSet<ChunkId> = manifest(&lab, &version1)
+        .chunks()
+        .map(|(_, id, _)| id)
+        .collect();
+    let lacking: HashMap<ChunkId, u32> = manifest(&lab, &version2)
+        .chunks()
+        .filter(|(_, id, _)| !old.contains(id))
+        .map(|(_, id, c)| (id, c))
+        .collect();
+    let lacking_bytes: u64 = lacking.values().map(|&c| u64::from(c)).sum();
+    say(&format!(
+        "agent capture v1 -> v2: {received} bytes received for {lacking_bytes} compressed bytes of {} chunks the store lacked ({} image)",
+        lacking.len(),
+        v2.len()
+    ));
+    assert!(lacking_bytes > 0);
+    assert!(
+        received * 10 <= lacking_bytes * 11,
+        "received {received} > 1.1 x {lacking_bytes}"
+    );
+    assert!(
+        done.contains(&format!(
+            "uploaded {lacking_bytes} bytes ({} chunks",
+            lacking.len()
+        )),
+        "{done}"
+    );
+    assert!(lab.export(&format!("master@{version2}"), "v2.out") == v2);
+    assert!(s.stop().success());
+}
+
+/// POSTs `body` to a capture endpoint with the given headers; returns (status, body).
+fn post(lab: &Lab, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let file = lab.path("body.bin");
+    std::fs::write(&file, body).unwrap();
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url]);
+    for (k, v) in headers {
+        c.arg("-H").arg(format!("{k}: {v}"));
+    }
+    c.arg("--data-binary").arg(format!("@{}", file.display()));
+    let out = c.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// One chunk as an upload frame: id, u32 BE length, zstd frame.
+fn frame(id: &ChunkId, compressed: &[u8]) -> Vec<u8> {
+    let mut f = id.0.to_vec();
+    f.extend((compressed.len() as u32).to_be_bytes());
+    f.extend(compressed);
+    f
+}
+
+/// A served lab with `MAC` registered and booted for a capture task: (server, task, nonce).
+fn booted_for_capture(lab: &Lab) -> (Served, String, String) {
+    fake_bootenv(lab);
+    let s = serve(lab);
+    register(&s, MAC);
+    lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
+    let script = boot_script(&s, MAC);
+    let (task, nonce) = (task_of(&script), nonce_of(&script));
+    (s, task, nonce)
+}
+
+fn in_store(lab: &Lab, id: &ChunkId) -> bool {
+    let hex = id.to_hex();
+    lab.data()
+        .join("store/chunks")
+        .join(&hex[..3])
+        .join(&hex)
+        .exists()
+}
+
+#[test]
+fn an_upload_with_a_chunk_that_is_not_its_id_is_refused_and_nothing_is_stored() {
+    let lab = Lab::new();
+    let (s, task, nonce) = booted_for_capture(&lab);
+    let url = format!("{}/api/v1/agent/capture/chunks", s.url);
+    let auth = [
+        ("X-Bootcast-Mac", MAC),
+        ("X-Bootcast-Nonce", nonce.as_str()),
+        ("X-Bootcast-Task", task.as_str()),
+    ];
+    let good = random_bytes(40_000, 41);
+    let good_id = ChunkId::of(&good);
+    let claimed = random_bytes(40_000, 42);
+    let bad_id = ChunkId::of(&claimed);
+    // the frame under bad_id holds other bytes
+    let forged = zstd::bulk::compress(&random_bytes(40_000, 43), 1).unwrap();
+    let mut body = frame(&good_id, &zstd::bulk::compress(&good, 1).unwrap());
+    body.extend(frame(&bad_id, &forged));
+    let (code, answer) = post(&lab, &url, &auth, &body);
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains(&bad_id.to_hex()), "{answer}");
+    assert!(
+        !in_store(&lab, &good_id) && !in_store(&lab, &bad_id),
+        "nothing of a refused upload is stored"
+    );
+    // not a zstd frame at all
+    let (code, answer) = post(&lab, &url, &auth, &frame(&good_id, b"not zstd"));
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer.contains(&good_id.to_hex()) && answer.contains("zstd"),
+        "{answer}"
+    );
+    // a body cut short
+    let (code, answer) = post(&lab, &url, &auth, &body[..100]);
+    assert_eq!(code, 400, "{answer}");
+    assert!(!in_store(&lab, &good_id));
+    // too large for one request: 413, naming the limit
+    let (code, answer) = post(&lab, &url, &auth, &vec![0u8; (64 << 20) + 1]);
+    assert_eq!(code, 413, "{answer}");
+    assert!(answer.contains("64 MiB"), "{answer}");
+    assert_eq!(metric(&s, "bootcast_capture_chunks_stored_total"), 0);
+    assert!(metric(&s, "bootcast_capture_chunks_refused_total") >= 2);
+
+    // the good chunk alone is stored, and then answered as present
+    let (code, answer) = post(
+        &lab,
+        &url,
+        &auth,
+        &frame(&good_id, &zstd::bulk::compress(&good, 1).unwrap()),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(in_store(&lab, &good_id));
+    let ask = serde_json::json!({"ids": [good_id.to_hex(), bad_id.to_hex()]}).to_string();
+    let (code, answer) = post(
+        &lab,
+        &format!("{}/api/v1/agent/capture/missing", s.url),
+        &auth,
+        ask.as_bytes(),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["missing"], serde_json::json!([bad_id.to_hex()]), "{v}");
+    assert!(
+        v["sizes"][0].as_u64().unwrap() > 0 && v["sizes"][1].is_null(),
+        "{v}"
+    );
+
+    // gc beside a capture in progress: the uploaded chunk belongs to no version yet, but the
+    // capture's session claimed it, so gc keeps it...
+    let gc = lab.json(&["store", "gc"]);
+    assert!(
+        in_store(&lab, &good_id),
+        "gc removed a chunk of a running capture: {gc}"
+    );
+    assert!(gc["kept_for_ingest"].as_u64().unwrap() >= 1, "{gc}");
+    // ...until the capture ends (here: cancelled through the API)
+    let (code, answer) = http(
+        "DELETE",
+        &format!("{}/api/v1/tasks/{task}", s.url),
+        s.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let gc = lab.json(&["store", "gc"]);
+    assert!(!in_store(&lab, &good_id), "{gc}");
+}
+
+#[test]
+fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
+    let lab = Lab::new();
+    let (s, task, nonce) = booted_for_capture(&lab);
+    let ask = serde_json::json!({"ids": [ChunkId::of(b"x").to_hex()]}).to_string();
+    let wrong = "0".repeat(32);
+    for endpoint in ["missing", "chunks", "commit"] {
+        let url = format!("{}/api/v1/agent/capture/{endpoint}", s.url);
+        let body = ask.as_bytes();
+        let (code, answer) = post(
+            &lab,
+            &url,
+            &[("X-Bootcast-Mac", MAC), ("X-Bootcast-Task", task.as_str())],
+            body,
+        );
+        assert_eq!(code, 403, "{endpoint} without a nonce: {answer}");
+        assert!(answer.contains("network-boot"), "{answer}");
+        let (code, answer) = post(
+            &lab,
+            &url,
+            &[
+                ("X-Bootcast-Mac", MAC),
+                ("X-Bootcast-Nonce", wrong.as_str()),
+                ("X-Bootcast-Task", task.as_str()),
+            ],
+            body,
+        );
+        assert_eq!(code, 403, "{endpoint} with a wrong nonce: {answer}");
+        // the right nonce, another task number: not this host's task
+        let (code, answer) = post(
+            &lab,
+            &url,
+            &[
+                ("X-Bootcast-Mac", MAC),
+                ("X-Bootcast-Nonce", nonce.as_str()),
+                ("X-Bootcast-Task", "999"),
+            ],
+            body,
+        );
+        assert_eq!(code, 404, "{endpoint} for another task: {answer}");
+    }
+    // a cancelled capture: 409, the agent stops
+    lab.json(&["task", "cancel", "--host", MAC]);
+    let (code, answer) = post(
+        &lab,
+        &format!("{}/api/v1/agent/capture/missing", s.url),
+        &[
+            ("X-Bootcast-Mac", MAC),
+            ("X-Bootcast-Nonce", nonce.as_str()),
+            ("X-Bootcast-Task", task.as_str()),
+        ],
+        ask.as_bytes(),
+    );
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.contains("cancelled"), "{answer}");
+    assert_eq!(metric(&s, "bootcast_capture_bytes_received_total"), 0);
+}
+
+#[test]
+fn the_capture_waits_for_an_unreachable_server_and_finishes() {
+    let lab = Lab::new();
+    let (s, task, nonce) = booted_for_capture(&lab);
+    let v1 = disk_like(8 << 20, 61);
+    let disk = lab.file("disk.raw", &v1);
+
+    // the agent reaches the server through a relay that holds its first capture request,
+    // then goes down: the capture finds the server unreachable
+    let upstream: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let relay = Relay::start(upstream, &["/api/v1/agent/capture/"]);
+    relay.hold_after(0);
+    let _ = (task, nonce); // Agent::spawn boots the host again (a fresh nonce)
+    let mut agent = Agent::spawn(&lab, &s, MAC, &relay.url(), &disk);
+    relay.wait_held();
+    relay.cut(None);
+    agent.line("server unreachable");
+    relay.cut(Some(upstream));
+    let done = agent.line("BOOTCAST-AGENT-CAPTURE-DONE");
+    let log = agent.finish();
+    let version = done.split_whitespace().nth(2).unwrap();
+    assert_eq!(version, image_add_version(&disk), "{log}");
+    let t = task_state(&lab);
+    assert_eq!(
+        (&t["state"], &t["version"]),
+        (&Value::from("done"), &Value::from(version))
+    );
+    // every chunk was stored once
+    let chunks = lab.json(&["image", "list"])[0]["chunks"].as_u64().unwrap();
+    assert_eq!(metric(&s, "bootcast_capture_chunks_stored_total"), chunks);
+}
