@@ -3,7 +3,8 @@
 //! its disk, reboots, the next network boot hands it to its local disk, and the demo master
 //! prints `BOOTCAST-DEMO-OK` and the host name the post-deploy step wrote into its ext4 root.
 //! The test then compares the disk's bytes with the image (outside the filesystem the host
-//! name changed).
+//! name changed). Then v2 moves only the chunks the disk lacks, and a capture task reads the
+//! VM's disk into a version whose id equals `image add` of the disk file on the host.
 //! Needs root; prints SKIP without.
 
 mod common;
@@ -148,6 +149,42 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         "VM reimage v1 -> v2 and boot: {took:.1} s; {moved} bytes served for {lacked} compressed bytes of chunks the disk lacked"
     ));
     check_disk(&lab, &written, &image2, "v2");
+
+    // capture the VM's disk: the new version's id is the one `image add` of the disk file on
+    // the host gives (QEMU ends at the agent's reboot, so the disk is what was captured)
+    lab.json(&["task", "capture", "--host", mac, "--image", "captured"]);
+    let _ = std::fs::remove_file(vm.serial_log());
+    vm.no_reboot = true;
+    let started = Instant::now();
+    let out = vm.command(&ns).output().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let serial = vm.serial();
+    let done = serial
+        .lines()
+        .find(|l| l.contains(&format!("BOOTCAST-AGENT-CAPTURE-DONE {mac}")))
+        .unwrap_or_else(|| {
+            panic!(
+                "no capture: QEMU {}\n{}\n--- server:\n{}",
+                out.status,
+                serial,
+                server.log_text()
+            )
+        })
+        .to_string();
+    let captured = done.split_whitespace().nth(2).unwrap().to_string();
+    let added = lab.add("on-host", &vm.dir.join("disk.raw"));
+    common::say(&format!(
+        "VM capture of its 96 MiB disk: {took:.1} s; version {} = image add's {}",
+        &captured[..12],
+        &added["version"].as_str().unwrap()[..12]
+    ));
+    assert_eq!(added["version"], captured.as_str(), "{done}");
+    let t = lab.json(&["task", "list", "--all", "--host", mac]);
+    assert_eq!(
+        (&t["tasks"][0]["kind"], &t["tasks"][0]["state"]),
+        (&serde_json::json!("capture"), &serde_json::json!("done")),
+        "{t}"
+    );
     assert!(moved * 10 <= lacked * 11, "served {moved} > 1.1 x {lacked}");
 }
 
