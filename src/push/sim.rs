@@ -288,7 +288,8 @@ pub struct SiteResult {
     pub cap: u64,
     pub zone: String,
     pub bytes: u64,
-    /// When its first night ends (Unix seconds).
+    /// When its first night opens (after the start) and ends (Unix seconds).
+    pub first_night_opens: i64,
     pub first_night_end: i64,
     /// Seconds of open window from the start to the end of its first night.
     pub first_night_open_seconds: i64,
@@ -345,6 +346,8 @@ pub struct Outcome {
     pub peak_rate: u64,
     pub peak_at: i64,
     pub peak_sites: usize,
+    /// Seconds during which the central egress ran at its cap (sites slowed by sharing).
+    pub saturated_seconds: i64,
 }
 
 impl Outcome {
@@ -354,22 +357,47 @@ impl Outcome {
     }
 }
 
+/// The rates of sites pulling at the same moment with these caps (bytes/s) from a central
+/// egress of `egress` bytes/s: their caps if those fit, else every cap scaled down by the same
+/// factor `egress / sum of caps`, rounded down, the bytes/s lost to rounding handed out one
+/// each to the largest remainders (ties: first site first). The sum is then exactly `egress`
+/// and no rate exceeds its cap.
+pub fn share(caps: &[u64], egress: u64) -> Vec<u64> {
+    let demand: u128 = caps.iter().map(|&c| c as u128).sum();
+    if demand <= egress as u128 {
+        return caps.to_vec();
+    }
+    let e = egress as u128;
+    let mut rates: Vec<u64> = caps
+        .iter()
+        .map(|&c| (c as u128 * e / demand) as u64)
+        .collect();
+    let left = egress - rates.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..caps.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(caps[k] as u128 * e % demand));
+    for &k in order.iter().take(left as usize) {
+        rates[k] += 1;
+    }
+    rates
+}
+
 /// The next state change of a window, or a day later if it has none (always open).
 fn next_change(w: &Windows, z: &Zone, t: i64) -> i64 {
     w.next_change(t, z).unwrap_or(t + 86_400)
 }
 
-/// End of the first night (see the module doc).
-fn first_night_end(w: &Windows, z: &Zone, start: i64) -> i64 {
+/// The first night of a site for a push starting at `start` (see the module doc): when that
+/// window span opens (after `start`) and when it closes.
+pub fn first_night(w: &Windows, z: &Zone, start: i64) -> (i64, i64) {
     if w.is_always() {
-        return start + 86_400;
+        return (start, start + 86_400);
     }
     let opens = if w.is_open(start, z) {
         next_change(w, z, next_change(w, z, start))
     } else {
         next_change(w, z, start)
     };
-    next_change(w, z, opens)
+    (opens, next_change(w, z, opens))
 }
 
 /// End of the night after the one ending at `end`.
@@ -404,6 +432,7 @@ impl Sim {
             .collect();
         let mut intervals = Vec::new();
         let (mut egress_bytes, mut peak_rate, mut peak_at, mut peak_sites) = (0u64, 0u64, t, 0);
+        let mut saturated = 0;
 
         while t < end && remaining.iter().any(|&r| r > 0) {
             for (i, s) in self.sites.iter().enumerate() {
@@ -413,18 +442,8 @@ impl Sim {
                 }
             }
             let active: Vec<usize> = (0..n).filter(|&i| open[i] && remaining[i] > 0).collect();
-            let demand: u128 = active.iter().map(|&i| self.sites[i].cap as u128).sum();
-            let rates: Vec<u64> = active
-                .iter()
-                .map(|&i| {
-                    let cap = self.sites[i].cap.max(1);
-                    if demand <= egress as u128 {
-                        cap
-                    } else {
-                        ((cap as u128 * egress as u128 / demand) as u64).max(1)
-                    }
-                })
-                .collect();
+            let caps: Vec<u64> = active.iter().map(|&i| self.sites[i].cap).collect();
+            let rates = share(&caps, egress);
             let mut next = end;
             for i in 0..n {
                 if remaining[i] > 0 {
@@ -432,11 +451,16 @@ impl Sim {
                 }
             }
             for (k, &i) in active.iter().enumerate() {
-                next = next.min(t + remaining[i].div_ceil(rates[k]) as i64);
+                if rates[k] > 0 {
+                    next = next.min(t + remaining[i].div_ceil(rates[k]) as i64);
+                }
             }
             let dt = (next - t) as u64;
             let mut flows = Vec::with_capacity(active.len());
             for (k, &i) in active.iter().enumerate() {
+                if rates[k] == 0 {
+                    continue;
+                }
                 let b = remaining[i].min(rates[k].saturating_mul(dt));
                 remaining[i] -= b;
                 egress_bytes += b;
@@ -458,6 +482,9 @@ impl Sim {
                 if iv.rate() > peak_rate {
                     (peak_rate, peak_at, peak_sites) = (iv.rate(), t, iv.flows.len());
                 }
+                if iv.rate() == egress {
+                    saturated += next - t;
+                }
                 intervals.push(iv);
             }
             t = next;
@@ -469,7 +496,7 @@ impl Sim {
             .zip(&done_at)
             .map(|(s, &done)| {
                 let (w, z) = (&s.window, &s.zone);
-                let first_end = first_night_end(w, z, self.start);
+                let (first_opens, first_end) = first_night(w, z, self.start);
                 let nights = done.map(|d| {
                     if s.bytes == 0 {
                         return 0;
@@ -495,6 +522,7 @@ impl Sim {
                     cap: s.cap,
                     zone: s.zone_name.clone(),
                     bytes: s.bytes,
+                    first_night_opens: first_opens,
                     first_night_end: first_end,
                     first_night_open_seconds: w.open_seconds(self.start, first_end, z),
                     done_at: done,
@@ -515,6 +543,7 @@ impl Sim {
             peak_rate,
             peak_at,
             peak_sites,
+            saturated_seconds: saturated,
         }
     }
 }
@@ -728,6 +757,7 @@ mod tests {
         let o = s.run();
         let by = |n: &str| o.sites.iter().find(|r| r.name == n).unwrap();
         let first_end = at(24 + 6, 0);
+        assert_eq!(by("fits").first_night_opens, at(22, 0));
         assert_eq!(by("fits").first_night_end, first_end);
         assert_eq!(by("fits").first_night_open_seconds, 8 * 3600);
         assert_eq!(by("fits").done_at, Some(first_end));
@@ -761,7 +791,10 @@ mod tests {
         s.start = at(4, 0);
         let o = s.run();
         let r = &o.sites[0];
-        assert_eq!(r.first_night_end, at(24 + 6, 0));
+        assert_eq!(
+            (r.first_night_opens, r.first_night_end),
+            (at(22, 0), at(24 + 6, 0))
+        );
         assert_eq!(r.first_night_open_seconds, 10 * 3600);
         assert_eq!(r.done_at, Some(at(24 + 5, 0)));
         assert_eq!((r.nights, r.misses_first_night), (Some(1), false));
@@ -813,6 +846,7 @@ mod tests {
         assert_eq!(o.sites[0].done_at, Some(at(23, 30)));
         assert_eq!(o.peak_rate, egress);
         assert_eq!(o.peak_sites, 2);
+        assert_eq!(o.saturated_seconds, 5400);
         check_invariants(&s, &o);
         // shared so much that a site fitting the night alone misses it: SharedEgress
         let bytes = cap * 7 * 3600;
@@ -823,6 +857,20 @@ mod tests {
             assert_eq!(r.nights, Some(2));
         }
         check_invariants(&s, &o);
+    }
+
+    #[test]
+    fn shares_scale_caps_down_to_exactly_the_egress() {
+        assert_eq!(share(&[10, 20], 100), [10, 20]);
+        assert_eq!(share(&[100, 100], 100), [50, 50]);
+        // scaled by 100/700: 14.29, 42.86, 42.86, rounded down 14, 42, 42; the 2 bytes/s
+        // left go to the largest remainders
+        assert_eq!(share(&[100, 300, 300], 100), [14, 43, 43]);
+        let caps = log_caps(94, 1_250_000, 125_000_000, 3);
+        let r = share(&caps, 1_250_000_000);
+        assert_eq!(r.iter().sum::<u64>(), 1_250_000_000);
+        assert!(r.iter().zip(&caps).all(|(r, c)| r < c));
+        assert_eq!(share(&[], 5), Vec::<u64>::new());
     }
 
     #[test]
