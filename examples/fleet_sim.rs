@@ -15,7 +15,10 @@ use clap::Parser;
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(about = "Simulates a push of new master chunks to a fleet of site relays")]
+#[command(
+    about = "Simulates a push of new master chunks to a fleet of site relays",
+    args_override_self = true
+)]
 struct Args {
     #[arg(long, default_value_t = 94)]
     sites: usize,
