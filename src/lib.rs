@@ -9,6 +9,7 @@
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
 //! - [`push`]: nightly pushes to site relays: windows, rate caps, the scheduler's clock.
+//! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
@@ -22,6 +23,7 @@ pub mod db;
 pub mod http;
 pub mod mac;
 pub mod push;
+pub mod relay;
 pub mod schedule;
 pub mod server;
 pub mod store;

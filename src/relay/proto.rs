@@ -1,0 +1,178 @@
+//! Messages between a site relay and the server above it (the central server, or another
+//! relay that passes them on unchanged).
+//!
+//! A relay posts a [`Heartbeat`] to `POST /api/v1/relay/heartbeat` with
+//! `Authorization: Bearer <site relay token>` (made by `bootcast site add`, shown by
+//! `bootcast site token`) every [`HeartbeatReply::interval`] seconds, and at once when a push
+//! changes state. The reply tells it the site's schedule and the pushes it must prestage.
+//!
+//! Requests a relay passes on for its clients (boot scripts, the agent's reports) carry
+//! [`RELAY_TOKEN_HEADER`] and [`RELAY_URL_HEADER`], so the central server writes the relay's
+//! address into the boot scripts of that site's machines, and [`FORWARDED_FOR_HEADER`] with
+//! the client's address.
+
+use serde::{Deserialize, Serialize};
+
+/// The site relay token of a relay passing a client's request on.
+pub const RELAY_TOKEN_HEADER: &str = "x-bootcast-relay-token";
+/// The base URL (`http://IP:PORT`) at which that relay's clients reach it.
+pub const RELAY_URL_HEADER: &str = "x-bootcast-relay-url";
+/// The address of the client a relay passes a request on for.
+pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
+
+/// One image version, by name and full version id (64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VersionRef {
+    pub image: String,
+    pub version: String,
+}
+
+/// Where a relay is with one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushState {
+    /// Not started, or between windows: waiting for the site's window to open.
+    Waiting,
+    /// Fetching chunks.
+    Running,
+    /// Staff paused the push.
+    Paused,
+    /// Every version of the push is complete on the relay.
+    Done,
+    /// Cannot go on (e.g. a version no longer exists upstream); `detail` says why.
+    Failed,
+}
+
+impl PushState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushState::Waiting => "waiting",
+            PushState::Running => "running",
+            PushState::Paused => "paused",
+            PushState::Done => "done",
+            PushState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PushState> {
+        [
+            PushState::Waiting,
+            PushState::Running,
+            PushState::Paused,
+            PushState::Done,
+            PushState::Failed,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// A relay's progress with one push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushProgress {
+    pub push: i64,
+    pub state: PushState,
+    /// Compressed bytes of the push's chunks this relay holds / needs in all (chunks it held
+    /// before the push count as done).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Compressed bytes fetched from upstream for this push so far.
+    pub fetched: u64,
+    /// Bytes per second over the last seconds of fetching (0 when not running).
+    pub rate: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `POST /api/v1/relay/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub site: String,
+    /// The base URL at which the site's machines and downstream relays reach this relay.
+    pub url: String,
+    /// The relay's bootcast version.
+    pub version: String,
+    /// Compressed bytes of chunks in the relay's store, and its quota (if any).
+    pub cache_bytes: u64,
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// Versions complete in the relay's store (manifest and every chunk): the only ones the
+    /// relay offers its clients without going upstream.
+    pub complete: Vec<VersionRef>,
+    pub pushes: Vec<PushProgress>,
+}
+
+/// A site's schedule, as the relay applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSchedule {
+    /// Time zone name (`Europe/Paris`), for the windows.
+    pub tz: String,
+    /// Transfer windows ([`crate::push::window::Windows`] syntax; `always`).
+    pub windows: String,
+    /// Bandwidth cap in bytes per second, shared by all of the relay's upstream connections.
+    pub rate: Option<u64>,
+}
+
+/// A push the relay must carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushOrder {
+    pub id: i64,
+    /// Staff paused it: hold, keep what is fetched.
+    pub paused: bool,
+    pub versions: Vec<VersionRef>,
+    /// Overrides of the site's schedule for this push.
+    #[serde(default)]
+    pub windows: Option<String>,
+    #[serde(default)]
+    pub rate: Option<u64>,
+    /// Unix seconds, for the status's warning only.
+    #[serde(default)]
+    pub deadline: Option<i64>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub schedule: SiteSchedule,
+    /// Open pushes for this site (cancelled ones are left out: the relay drops them).
+    pub pushes: Vec<PushOrder>,
+    /// Image names assigned to the site: the relay's quota eviction keeps their chunks.
+    pub assigned: Vec<String>,
+    /// Seconds until the next heartbeat.
+    pub interval: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_round_trips() {
+        let hb = Heartbeat {
+            site: "lycee-nord".into(),
+            url: "http://10.99.1.2:8080".into(),
+            version: "0.1.0".into(),
+            cache_bytes: 5,
+            quota_bytes: None,
+            complete: vec![VersionRef {
+                image: "win11".into(),
+                version: "ab".repeat(32),
+            }],
+            pushes: vec![PushProgress {
+                push: 3,
+                state: PushState::Running,
+                bytes_done: 1,
+                bytes_total: 2,
+                fetched: 1,
+                rate: 9,
+                detail: None,
+            }],
+        };
+        let j = serde_json::to_string(&hb).unwrap();
+        assert!(j.contains(r#""state":"running""#), "{j}");
+        assert_eq!(serde_json::from_str::<Heartbeat>(&j).unwrap(), hb);
+        for s in ["waiting", "running", "paused", "done", "failed"] {
+            assert_eq!(PushState::parse(s).unwrap().as_str(), s);
+        }
+    }
+}
