@@ -14,6 +14,8 @@
 //! ```
 
 use std::io::Read;
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{Result, StoreError};
@@ -95,11 +97,40 @@ impl Decoder {
 ///
 /// It uses reqwest's blocking client, like export's worker threads: call it from plain
 /// threads (or `spawn_blocking`), not from inside an async task.
+///
+/// A site relay makes one per upstream ([`HttpSource::with_options`]): its requests carry the
+/// relay's headers, and every byte of a batch body is read through its [`Throttle`] (the
+/// relay's one token bucket), so the cap holds for all of its connections together.
 pub struct HttpSource {
     base: String,
     client: reqwest::blocking::Client,
     /// Attempts per request on connection errors and 5xx answers.
     attempts: u32,
+    throttle: Option<Arc<dyn Throttle>>,
+}
+
+/// Paces the reading of batch bodies: called with the size of every read, before the next.
+pub trait Throttle: Send + Sync {
+    /// `n` bytes were just read; blocks as long as the cap requires.
+    fn take(&self, n: u64);
+}
+
+/// A body read in steps of at most 16 KiB, each paid to the throttle.
+struct Throttled<'t, R> {
+    inner: R,
+    throttle: Option<&'t dyn Throttle>,
+}
+
+impl<R: Read> Read for Throttled<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(t) = self.throttle else {
+            return self.inner.read(buf);
+        };
+        let cap = buf.len().min(16 << 10);
+        let n = self.inner.read(&mut buf[..cap])?;
+        t.take(n as u64);
+        Ok(n)
+    }
 }
 
 /// Largest frame accepted from a server (a chunk is at most a few hundred KiB compressed).
@@ -109,6 +140,16 @@ impl HttpSource {
     /// A source for the server at `base_url` (e.g. `http://10.0.0.5:8080`). Connections are
     /// kept alive between batches.
     pub fn new(base_url: &str) -> Result<HttpSource> {
+        HttpSource::with_options(base_url, &[], None)
+    }
+
+    /// A source whose requests all carry `headers`, and whose batch bodies are read through
+    /// `throttle`.
+    pub fn with_options(
+        base_url: &str,
+        headers: &[(&'static str, String)],
+        throttle: Option<Arc<dyn Throttle>>,
+    ) -> Result<HttpSource> {
         let base = base_url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(StoreError::Fetch {
@@ -116,19 +157,28 @@ impl HttpSource {
                 reason: "not an http:// URL; give the server as http://HOST:PORT".into(),
             });
         }
+        let bad = |reason: String| StoreError::Fetch {
+            url: base.clone(),
+            reason,
+        };
+        let mut defaults = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            let v = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| bad(format!("header {name}: {value:?} is not a valid value")))?;
+            defaults.insert(*name, v);
+        }
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .pool_idle_timeout(Duration::from_secs(90))
+            .default_headers(defaults)
             .build()
-            .map_err(|e| StoreError::Fetch {
-                url: base.clone(),
-                reason: format!("cannot make an HTTP client: {e}"),
-            })?;
+            .map_err(|e| bad(format!("cannot make an HTTP client: {e}")))?;
         Ok(HttpSource {
             base,
             client,
             attempts: 4,
+            throttle,
         })
     }
 
@@ -225,14 +275,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl ChunkSource for HttpSource {
-    fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+impl HttpSource {
+    /// Fetches `ids` in batches and hands each frame (unverified) to `on_frame` as soon as it
+    /// is read, in order; `on_frame` may stop the transfer after any frame
+    /// (`ControlFlow::Break`: the connection is dropped, nothing more is read). Returns how
+    /// many frames were handed over. A connection lost mid-body is asked again for the rest,
+    /// a bounded number of times; a chunk the server lacks ends it with
+    /// [`StoreError::RemoteChunkMissing`] after the frames before it.
+    pub fn fetch_each(
+        &self,
+        ids: &[ChunkId],
+        on_frame: &mut dyn FnMut(ChunkId, Vec<u8>) -> ControlFlow<()>,
+    ) -> Result<usize> {
         let url = format!("{}/chunks/batch", self.base);
-        let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(ids.len());
+        let mut done = 0;
         let mut failures = 0;
-        // A connection lost mid-body: ask again for the rest, a bounded number of times.
-        while out.len() < ids.len() {
-            let rest = &ids[out.len()..];
+        while done < ids.len() {
+            let rest = &ids[done..];
             let n = rest.len().min(BATCH_MAX_IDS);
             let body: Vec<u8> = rest[..n].iter().flat_map(|id| id.0).collect();
             let resp = self.send(&url, || {
@@ -241,8 +300,22 @@ impl ChunkSource for HttpSource {
                     .header("content-type", "application/octet-stream")
                     .body(body.clone())
             })?;
-            let before = out.len();
-            match read_frames(resp, &rest[..n], &mut out) {
+            let reader = Throttled {
+                inner: resp,
+                throttle: self.throttle.as_deref(),
+            };
+            let before = done;
+            let mut stopped = false;
+            let r = read_frames(reader, &rest[..n], &mut |id, data| {
+                done += 1;
+                let flow = on_frame(id, data);
+                stopped = flow.is_break();
+                flow
+            });
+            if stopped {
+                return Ok(done);
+            }
+            match r {
                 Ok(()) => {}
                 Err(FrameError::Missing(id)) => {
                     return Err(StoreError::RemoteChunkMissing {
@@ -254,7 +327,7 @@ impl ChunkSource for HttpSource {
                     return Err(StoreError::Fetch { url, reason });
                 }
                 Err(FrameError::Io(e)) => {
-                    failures += if out.len() > before { 0 } else { 1 };
+                    failures += if done > before { 0 } else { 1 };
                     if failures >= self.attempts {
                         return Err(StoreError::Unreachable {
                             url,
@@ -264,6 +337,17 @@ impl ChunkSource for HttpSource {
                 }
             }
         }
+        Ok(done)
+    }
+}
+
+impl ChunkSource for HttpSource {
+    fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(ids.len());
+        self.fetch_each(ids, &mut |id, data| {
+            out.push((id, data));
+            ControlFlow::Continue(())
+        })?;
         Ok(out)
     }
 
@@ -288,11 +372,12 @@ enum FrameError {
     Io(std::io::Error),
 }
 
-/// Reads one batch response, checking each frame names the id asked for in order.
+/// Reads one batch response, checking each frame names the id asked for in order, and hands
+/// each frame to `on_frame` (which may stop the reading).
 fn read_frames(
     mut body: impl Read,
     ids: &[ChunkId],
-    out: &mut Vec<(ChunkId, Vec<u8>)>,
+    on_frame: &mut dyn FnMut(ChunkId, Vec<u8>) -> ControlFlow<()>,
 ) -> std::result::Result<(), FrameError> {
     for want in ids {
         let mut head = [0u8; 36];
@@ -314,7 +399,9 @@ fn read_frames(
         }
         let mut data = vec![0u8; len as usize];
         body.read_exact(&mut data).map_err(FrameError::Io)?;
-        out.push((got, data));
+        if on_frame(got, data).is_break() {
+            return Ok(());
+        }
     }
     let mut extra = [0u8; 1];
     match body.read(&mut extra) {
@@ -342,38 +429,54 @@ mod tests {
         f
     }
 
+    type Frames = Vec<(ChunkId, Vec<u8>)>;
+
+    /// Reads a batch body, collecting its frames.
+    fn collect(body: &[u8], ids: &[ChunkId]) -> (std::result::Result<(), FrameError>, Frames) {
+        let mut out = Vec::new();
+        let r = read_frames(body, ids, &mut |id, data| {
+            out.push((id, data));
+            ControlFlow::Continue(())
+        });
+        (r, out)
+    }
+
     #[test]
     fn frames_are_read_in_order_and_checked() {
         let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
         let mut body = frame(a, Some(b"xx"));
         body.extend(frame(b, Some(b"")));
-        let mut out = Vec::new();
-        assert!(read_frames(&body[..], &[a, b], &mut out).is_ok());
+        let (r, out) = collect(&body, &[a, b]);
+        assert!(r.is_ok());
         assert_eq!(out, vec![(a, b"xx".to_vec()), (b, vec![])]);
 
-        let mut out = Vec::new();
         assert!(matches!(
-            read_frames(&body[..], &[b, a], &mut out),
+            collect(&body, &[b, a]).0,
             Err(FrameError::Protocol(_))
         ));
         let missing = frame(a, None);
         assert!(matches!(
-            read_frames(&missing[..], &[a], &mut Vec::new()),
+            collect(&missing, &[a]).0,
             Err(FrameError::Missing(id)) if id == a
         ));
         // truncated body: an I/O error (retried by the caller), frames before it kept
-        let mut out = Vec::new();
-        assert!(matches!(
-            read_frames(&body[..body.len() - 30], &[a, b], &mut out),
-            Err(FrameError::Io(_))
-        ));
+        let (r, out) = collect(&body[..body.len() - 30], &[a, b]);
+        assert!(matches!(r, Err(FrameError::Io(_))));
         assert_eq!(out.len(), 1);
         let mut extra = frame(a, Some(b"x"));
         extra.push(0);
         assert!(matches!(
-            read_frames(&extra[..], &[a], &mut Vec::new()),
+            collect(&extra, &[a]).0,
             Err(FrameError::Protocol(_))
         ));
+        // the callback stops the reading after a frame
+        let mut seen = 0;
+        let r = read_frames(&body[..], &[a, b], &mut |_, _| {
+            seen += 1;
+            ControlFlow::Break(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(seen, 1);
     }
 
     #[test]
@@ -453,6 +556,38 @@ mod tests {
             matches!(e, StoreError::RemoteChunkMissing { id: got, .. } if got == id),
             "{e}"
         );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn every_body_byte_goes_through_the_throttle() {
+        struct Count(std::sync::atomic::AtomicU64);
+        impl Throttle for Count {
+            fn take(&self, n: u64) {
+                self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let mut body = frame(a, Some(&[1u8; 40_000]));
+        body.extend(frame(b, Some(b"bb")));
+        let len = body.len() as u64;
+        let (url, server) = responder(vec![("200 OK", body)]);
+        let count = Arc::new(Count(Default::default()));
+        let source = HttpSource::with_options(
+            &url,
+            &[("x-test", "1".into())],
+            Some(count.clone() as Arc<dyn Throttle>),
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        let n = source
+            .fetch_each(&[a, b], &mut |id, _| {
+                ids.push(id);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!((n, ids), (2, vec![a, b]));
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), len);
         server.join().unwrap();
     }
 }
