@@ -141,6 +141,33 @@ impl Zone {
             .unwrap_or_else(Zone::utc)
     }
 
+    /// The zone called `name` (`Europe/Paris`, `UTC`) from `/usr/share/zoneinfo`; the error
+    /// says why not (Debian: the `tzdata` package holds the files).
+    pub fn named(name: &str) -> Result<Zone, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with(['/', '.', '-'])
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "time zone {name:?} is not a zone name like Europe/Paris"
+            ));
+        }
+        let path = std::path::Path::new("/usr/share/zoneinfo").join(name);
+        match std::fs::read(&path) {
+            Ok(b) => Zone::parse(&b)
+                .ok_or_else(|| format!("{} is not a time zone file", path.display())),
+            Err(_) if name == "UTC" || name == "Etc/UTC" => Ok(Zone::utc()),
+            Err(e) => Err(format!(
+                "unknown time zone {name:?} ({}: {e}; the Debian package tzdata installs the zones)",
+                path.display()
+            )),
+        }
+    }
+
     /// Parses a TZif file (version 1, or the 64-bit block of versions 2+).
     pub fn parse(b: &[u8]) -> Option<Zone> {
         fn be(b: &[u8], at: usize, n: usize) -> Option<i64> {
@@ -341,6 +368,28 @@ mod tests {
                 );
             }
             Err(e) => eprintln!("SKIP: zone_offsets_from_tzif (Europe/Paris): {e}"),
+        }
+    }
+
+    #[test]
+    fn zones_by_name() {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "/etc/localtime",
+            "Europe/../../x",
+            "a b",
+        ] {
+            let e = Zone::named(bad).unwrap_err();
+            assert!(e.contains("zone"), "{bad}: {e}");
+        }
+        assert!(Zone::named("Nowhere/Atlantis")
+            .unwrap_err()
+            .contains("tzdata"));
+        assert_eq!(Zone::named("UTC").unwrap().offset_at(0), 0);
+        if std::path::Path::new("/usr/share/zoneinfo/Europe/Paris").exists() {
+            let winter = parse_rfc3339("2026-01-15T12:00:00Z").unwrap();
+            assert_eq!(Zone::named("Europe/Paris").unwrap().offset_at(winter), 3600);
         }
     }
 }

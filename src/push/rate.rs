@@ -102,6 +102,17 @@ impl Bucket {
         self.tokens = 0.0;
         self.at = now;
     }
+
+    /// Changes the most credit the bucket holds.
+    pub fn set_burst(&mut self, burst: u64) {
+        self.burst = burst.max(1) as f64;
+        self.tokens = self.tokens.min(self.burst);
+    }
+}
+
+/// The burst of a [`SharedBucket`] at `rate`: 250 ms of it, at least 64 KiB.
+fn burst_for(rate: u64) -> u64 {
+    (rate / 4).max(64 << 10)
 }
 
 /// A [`Bucket`] shared by threads, on the monotonic clock.
@@ -115,7 +126,7 @@ impl SharedBucket {
     pub fn new(rate: u64) -> SharedBucket {
         SharedBucket {
             origin: Instant::now(),
-            bucket: Mutex::new(Bucket::new(rate, (rate / 4).max(64 << 10), 0.0)),
+            bucket: Mutex::new(Bucket::new(rate, burst_for(rate), 0.0)),
         }
     }
 
@@ -125,24 +136,28 @@ impl SharedBucket {
 
     /// Blocks until `n` bytes may pass.
     pub fn acquire(&self, n: u64) {
-        let wait = {
-            let now = self.now();
-            self.bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(n, now)
-        };
+        let wait = self.reserve(n);
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
     }
 
-    pub fn set_rate(&self, rate: u64) {
+    /// Takes `n` bytes now and returns how long the caller must wait before they pass (for
+    /// callers that wait their own way, e.g. an async task).
+    pub fn reserve(&self, n: u64) -> Duration {
         let now = self.now();
         self.bucket
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .reset(rate, now);
+            .take(n, now)
+    }
+
+    /// A new cap (and the burst that goes with it); credit and debt are forgotten.
+    pub fn set_rate(&self, rate: u64) {
+        let now = self.now();
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.reset(rate, now);
+        b.set_burst(burst_for(rate));
     }
 
     pub fn rate(&self) -> u64 {
