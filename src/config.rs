@@ -31,6 +31,14 @@
 //!
 //! [agent]
 //! after_register = "reboot"      # or "poweroff": what a newly registered PC does next
+//!
+//! [relay]                        # `bootcast relay` only (`serve` refuses these keys)
+//! upstream = "http://10.0.0.5:8080"   # the central server, or another relay
+//! site = "lycee-nord"
+//! token = "..."                  # the site relay token (`bootcast site token NAME` upstream)
+//! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay
+//! quota = "500G"                 # evict chunks of images not assigned to the site beyond it
+//! incomplete = "wait"            # or "upstream": a version not complete here yet
 //! ```
 
 use std::collections::BTreeMap;
@@ -60,6 +68,8 @@ pub struct RawConfig {
     pub dhcp: RawDhcp,
     #[serde(default)]
     pub agent: RawAgent,
+    #[serde(default)]
+    pub relay: RawRelay,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -97,6 +107,101 @@ pub struct RawAgent {
     pub after_register: Option<String>,
 }
 
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    pub upstream: Option<String>,
+    pub site: Option<String>,
+    pub token: Option<String>,
+    pub url: Option<String>,
+    pub quota: Option<String>,
+    pub incomplete: Option<String>,
+    /// Tests only (`--clock-file`): the scheduler's clock, see [`crate::push::clock::FileClock`].
+    #[serde(skip)]
+    pub clock_file: Option<PathBuf>,
+}
+
+impl RawRelay {
+    /// No relay setting at all (`bootcast serve`).
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_none()
+            && self.site.is_none()
+            && self.token.is_none()
+            && self.url.is_none()
+            && self.quota.is_none()
+            && self.incomplete.is_none()
+            && self.clock_file.is_none()
+    }
+}
+
+/// A site relay's settings (`bootcast relay`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Base URL of the server above (the central server or another relay), no trailing `/`.
+    pub upstream: String,
+    pub site: String,
+    /// The site relay token.
+    pub token: String,
+    /// Base URL at which the site's machines reach this relay; `None`: from `advertise` or
+    /// the HTTP listen address, once bound.
+    pub url: Option<String>,
+    /// Compressed bytes of chunks the store may hold before eviction.
+    pub quota: Option<u64>,
+    pub incomplete: IncompletePolicy,
+    pub clock_file: Option<PathBuf>,
+}
+
+/// What a relay answers for a version it does not hold completely yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncompletePolicy {
+    /// 503: the version arrives with the push.
+    Wait,
+    /// Pull it through from upstream.
+    Upstream,
+}
+
+impl IncompletePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncompletePolicy::Wait => "wait",
+            IncompletePolicy::Upstream => "upstream",
+        }
+    }
+}
+
+/// Parses a size: `500G`, `1.5T`, `800M`, `64k` (powers of 1000), `2GiB`, `512MiB` (powers of
+/// 1024), a bare number of bytes; a trailing `B` is optional.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!("size {s:?} is not understood: write e.g. 500G, 1.5T, 800M (powers of 1000) or 512GiB (powers of 1024)")
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -107,6 +212,8 @@ pub struct Config {
     pub tftp: TftpConfig,
     pub dhcp: Option<DhcpConfig>,
     pub after_register: AfterRegister,
+    /// Set for `bootcast relay`: this process is a site relay.
+    pub relay: Option<RelayConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +334,9 @@ impl RawConfig {
         };
 
         let dhcp = self.validate_dhcp(iface_addr, &mut advertise, &mut p);
+        let relay = (!self.relay.is_empty())
+            .then(|| self.validate_relay(&mut p))
+            .flatten();
 
         if problems.is_empty() {
             Ok(Config {
@@ -240,10 +350,104 @@ impl RawConfig {
                 },
                 dhcp,
                 after_register,
+                relay,
             })
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    fn validate_relay(&self, p: &mut dyn FnMut(String)) -> Option<RelayConfig> {
+        let r = &self.relay;
+        let http_url = |key: &str, v: &str, p: &mut dyn FnMut(String)| -> Option<String> {
+            let v = v.trim().trim_end_matches('/');
+            let rest = v
+                .strip_prefix("http://")
+                .or_else(|| v.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', ' ', '?', '#']) => {
+                    Some(v.to_string())
+                }
+                _ => {
+                    p(format!(
+                        "{key} = {v:?}: write the base URL, http://HOST:PORT (e.g. http://10.0.0.5:8080)"
+                    ));
+                    None
+                }
+            }
+        };
+        let upstream = match r.upstream.as_deref() {
+            Some(u) => http_url("relay.upstream (--upstream)", u, p),
+            None => {
+                p("relay.upstream (--upstream URL) is missing: the central server (or the relay above this one) as http://HOST:PORT".into());
+                None
+            }
+        };
+        let site = match r.site.as_deref() {
+            Some(s)
+                if !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                Some(s.to_string())
+            }
+            Some(s) => {
+                p(format!("relay.site (--site) = {s:?}: a site name is 1-64 characters from A-Z a-z 0-9 . _ -, as `bootcast site add` made it"));
+                None
+            }
+            None => {
+                p("relay.site (--site NAME) is missing: the site this relay serves (`bootcast site list` on the central server)".into());
+                None
+            }
+        };
+        let token = match r.token.as_deref() {
+            Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(t.to_string())
+            }
+            Some(_) => {
+                p("relay.token (--token): the site relay token is printable ASCII without spaces; `bootcast site token NAME` on the central server shows it".into());
+                None
+            }
+            None => {
+                p("relay.token (--token TOKEN or BOOTCAST_RELAY_TOKEN) is missing: `bootcast site token NAME` on the central server shows it".into());
+                None
+            }
+        };
+        let url = r
+            .url
+            .as_deref()
+            .map(|u| http_url("relay.url (--url)", u, p));
+        let quota = r.quota.as_deref().map(|q| match parse_size(q) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                p(format!("relay.quota (--quota): {e}"));
+                None
+            }
+        });
+        let incomplete = match r.incomplete.as_deref() {
+            None | Some("wait") => IncompletePolicy::Wait,
+            Some("upstream") => IncompletePolicy::Upstream,
+            Some(other) => {
+                p(format!("relay.incomplete (--incomplete) = {other:?}: use \"wait\" (clients get 503 until the push brings the version) or \"upstream\" (pull it through)"));
+                IncompletePolicy::Wait
+            }
+        };
+        Some(RelayConfig {
+            upstream: upstream?,
+            site: site?,
+            token: token?,
+            url: match url {
+                Some(u) => Some(u?),
+                None => None,
+            },
+            quota: match quota {
+                Some(q) => Some(q?),
+                None => None,
+            },
+            incomplete,
+            clock_file: r.clock_file.clone(),
+        })
     }
 
     fn validate_dhcp(
@@ -585,6 +789,35 @@ mod tests {
             problems("[dhcp]\ninterface='br0'\nrange='10.99.0.5,10.99.0.6'\n")[0]
                 .contains("only used with")
         );
+    }
+
+    #[test]
+    fn relay_settings() {
+        let c = RawConfig::from_toml(
+            "[relay]\nupstream='http://10.0.0.5:8080/'\nsite='lycee-nord'\ntoken='abc'\nquota='1.5G'\nincomplete='upstream'\n",
+        )
+        .unwrap()
+        .validate(&iface)
+        .unwrap();
+        let r = c.relay.unwrap();
+        assert_eq!(r.upstream, "http://10.0.0.5:8080");
+        assert_eq!(r.quota, Some(1_500_000_000));
+        assert_eq!(r.incomplete, IncompletePolicy::Upstream);
+        assert!(RawConfig::default()
+            .validate(&iface)
+            .unwrap()
+            .relay
+            .is_none());
+        let ps = problems(
+            "[relay]\nupstream='10.0.0.5'\nsite='a b'\nquota='lots'\nincomplete='never'\n",
+        );
+        assert_eq!(ps.len(), 5, "{ps:#?}");
+        assert!(ps[0].contains("http://HOST:PORT"));
+        assert!(ps.iter().any(|p| p.contains("relay.token")));
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("800MB").unwrap(), 800_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-1G").is_err());
     }
 
     #[test]
