@@ -9,6 +9,9 @@
 //! | `POST /chunks/batch` | many frames in one response; format in [`crate::store::source`] |
 //! | `GET /metrics` | Prometheus text: bytes and chunks served, capture bytes received |
 //!
+//! On a site relay the service has a [`PullThrough`]: a chunk the relay's store lacks is
+//! fetched from upstream (verified, stored) before it is served, by the same handlers.
+//!
 //! **No token for manifests and chunks**: the agent in a boot environment holds no staff
 //! token, and a PC being reimaged must read them. Anyone who can reach the HTTP port can
 //! therefore download any image whose name they know; keep the port on the deployment
@@ -18,7 +21,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -43,6 +46,16 @@ pub struct ChunkService {
     pub metrics: Metrics,
     /// Captures in progress (see [`super::capture`]).
     pub captures: super::capture::Captures,
+    /// On a relay: where chunks the store lacks come from.
+    pull: Option<Arc<dyn PullThrough>>,
+}
+
+/// Where a relay's chunk service gets the chunks its store lacks (see
+/// [`crate::relay::pull`]).
+pub trait PullThrough: Send + Sync {
+    /// Brings every chunk of `ids` into the store (blocking); returns those the upstream
+    /// lacks too, or why they could not be had (the message names the chunk).
+    fn pull(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, String>;
 }
 
 /// Counters since start.
@@ -71,6 +84,43 @@ impl ChunkService {
             store: OnceLock::new(),
             metrics: Metrics::default(),
             captures: Default::default(),
+            pull: None,
+        }
+    }
+
+    /// A relay's service: chunks the store lacks are pulled through `pull` first.
+    pub fn with_pull(mut self, pull: Arc<dyn PullThrough>) -> ChunkService {
+        self.pull = Some(pull);
+        self
+    }
+
+    /// Pulls the chunks of `ids` the store lacks (a relay; nothing otherwise); returns those
+    /// the upstream lacks too.
+    async fn pull_missing(&self, store: &Store, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Refusal> {
+        let Some(pull) = self.pull.clone() else {
+            return Ok(Vec::new());
+        };
+        let paths: Vec<(ChunkId, PathBuf)> =
+            ids.iter().map(|id| (*id, store.chunk_path(id))).collect();
+        let res = tokio::task::spawn_blocking(move || {
+            let lacking: Vec<ChunkId> = paths
+                .iter()
+                .filter(|(_, p)| !p.exists())
+                .map(|(id, _)| *id)
+                .collect();
+            if lacking.is_empty() {
+                return Ok(Vec::new());
+            }
+            pull.pull(&lacking)
+        })
+        .await;
+        match res {
+            Ok(Ok(missing)) => Ok(missing),
+            Ok(Err(why)) => Err(super::error(StatusCode::BAD_GATEWAY, why)),
+            Err(e) => Err(super::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {e}"),
+            )),
         }
     }
 
@@ -238,6 +288,9 @@ pub async fn chunk(
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
+        if let Err(r) = st.chunks.pull_missing(&store, &[id]).await {
+            return r.into_response();
+        }
         let path = store.chunk_path(&id);
         match tokio::fs::metadata(&path).await {
             Ok(_) => {}
@@ -322,6 +375,11 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    // On a relay: what the store lacks comes from upstream first (one upstream batch);
+    // what the upstream lacks too is answered as missing, in-band.
+    if let Err(r) = service.pull_missing(&store, &ids).await {
+        return r.into_response();
+    }
     let paths: Vec<PathBuf> = ids.iter().map(|id| store.chunk_path(id)).collect();
     let p = paths.clone();
     let total = tokio::task::spawn_blocking(move || {
@@ -390,7 +448,16 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let m = &st.chunks.metrics;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(&st.chunks),
+    )
+        .into_response()
+}
+
+/// The chunk service's counters in Prometheus text format.
+pub fn metrics_text(service: &ChunkService) -> String {
+    let m = &service.metrics;
     let rows: [(&str, &str, &AtomicU64); 10] = [
         (
             "bootcast_chunk_bytes_served_total",
@@ -450,9 +517,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             v.load(Ordering::Relaxed)
         );
     }
-    let open = st.chunks.captures.count();
+    let open = service.captures.count();
     text += &format!(
         "# HELP bootcast_captures_open Captures with a session on this server now.\n# TYPE bootcast_captures_open gauge\nbootcast_captures_open {open}\n"
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    text
 }
