@@ -203,21 +203,27 @@ impl HttpSource {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
             }
+            let message = |r: reqwest::blocking::Response| {
+                let status = r.status();
+                let body = r.text().unwrap_or_default();
+                let msg = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(body);
+                if msg.is_empty() {
+                    format!("server answered {status}")
+                } else {
+                    format!("server answered {status}: {msg}")
+                }
+            };
             match build().send() {
                 Ok(r) if r.status().is_success() => return Ok(r),
-                Ok(r) if r.status().is_server_error() => {
-                    last = format!("server answered {}", r.status());
-                }
+                // e.g. a relay's 503 for a version it does not hold yet: say why
+                Ok(r) if r.status().is_server_error() => last = message(r),
                 Ok(r) => {
-                    let status = r.status();
-                    let body = r.text().unwrap_or_default();
-                    let msg = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["error"].as_str().map(str::to_string))
-                        .unwrap_or(body);
                     return Err(StoreError::Fetch {
                         url: url.to_string(),
-                        reason: format!("server answered {status}: {msg}"),
+                        reason: message(r),
                     });
                 }
                 Err(e) => last = error_chain(&e),
