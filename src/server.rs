@@ -1,9 +1,13 @@
-//! `bootcast serve`: every service in one tokio runtime.
+//! `bootcast serve` and `bootcast relay`: every service in one tokio runtime.
 //!
 //! [`Server::bind`] opens the database, the API token and every socket, so that all start-up
 //! errors (a port in use, a missing permission) surface before anything runs; [`Server::run`]
 //! then runs the services in a `JoinSet` until the cancellation token fires (SIGINT/SIGTERM
 //! in the CLI) or one service fails, and shuts the others down gracefully.
+//!
+//! With [`Config::relay`] set the server is a site relay ([`crate::relay`]): the same DHCP and
+//! TFTP services, the relay's HTTP routes instead of the server's (no staff API, no API
+//! token), and two more services: the heartbeat loop and the prestage worker.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +49,10 @@ pub enum ServeError {
         service: &'static str,
         cause: String,
     },
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
+    #[error("the relay's URL: HTTP listens on {0}, which is no address clients can use; give --url http://IP:PORT (how the site's machines reach this relay) or --advertise IP")]
+    RelayUrl(SocketAddr),
 }
 
 /// What a running server listens on, for the banner and for tests.
@@ -60,6 +68,8 @@ pub struct Listening {
     pub bootenv: Option<String>,
     /// True when boot scripts use the address each request came to (no `advertise`).
     pub base_from_request: bool,
+    /// A relay: the URL its clients reach it at.
+    pub relay_url: Option<String>,
 }
 
 pub struct Server {
@@ -71,6 +81,7 @@ pub struct Server {
     tftp: Option<tokio::net::UdpSocket>,
     dhcp: Option<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
     listening: Listening,
+    relay: Option<Arc<crate::relay::Relay>>,
 }
 
 fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
@@ -94,7 +105,11 @@ impl Server {
             cause,
         })?;
         let db = Db::open(&crate::db::path(data))?;
-        let (token, created) = http::auth::load_or_create_token(data)?;
+        // a relay has no staff API, hence no API token
+        let (token, created) = match config.relay {
+            None => http::auth::load_or_create_token(data)?,
+            Some(_) => (String::new(), false),
+        };
         let http = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|cause| ServeError::Bind {
@@ -127,6 +142,32 @@ impl Server {
             chunks: Arc::new(http::chunks::ChunkService::new(data.to_path_buf())),
         }
         .base_url(None);
+        let relay = match &config.relay {
+            None => None,
+            Some(rc) => {
+                let url = match (&rc.url, config.advertise) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(_)) => state_base.clone(),
+                    (None, None) if !http_addr.ip().is_unspecified() => {
+                        format!("http://{http_addr}")
+                    }
+                    (None, None) => return Err(ServeError::RelayUrl(http_addr)),
+                };
+                let (rc, dir) = (rc.clone(), data.to_path_buf());
+                let r =
+                    tokio::task::spawn_blocking(move || crate::relay::Relay::open(rc, &dir, url))
+                        .await
+                        .map_err(|e| ServeError::Service {
+                            service: "relay",
+                            cause: e.to_string(),
+                        })??;
+                Some(Arc::new(r))
+            }
+        };
+        let state_base = match &relay {
+            Some(r) => r.url.clone(),
+            None => state_base,
+        };
         let dhcp = match &config.dhcp {
             None => None,
             Some(d) => {
@@ -170,8 +211,9 @@ impl Server {
                 )
             }),
             new_token: created.then(|| token.clone()),
-            base_from_request: config.advertise.is_none(),
+            base_from_request: config.advertise.is_none() && relay.is_none(),
             base_url: state_base,
+            relay_url: relay.as_ref().map(|r| r.url.clone()),
             bootenv: match bootenv {
                 Ok(Some(_)) => None,
                 Ok(None) => Some("no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into()),
@@ -187,6 +229,7 @@ impl Server {
             tftp,
             dhcp,
             listening,
+            relay,
         })
     }
 
@@ -202,11 +245,45 @@ impl Server {
             advertise: self.config.advertise,
             http_port: self.listening.http.port(),
             after_register: self.config.after_register,
-            chunks: Arc::new(http::chunks::ChunkService::new(self.data.clone())),
+            chunks: Arc::new(match &self.relay {
+                None => http::chunks::ChunkService::new(self.data.clone()),
+                Some(r) => http::chunks::ChunkService::new(self.data.clone())
+                    .with_pull(r.pull.clone() as Arc<dyn http::chunks::PullThrough>),
+            }),
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 
-        let app = http::router(state, self.token.clone());
+        let app = match &self.relay {
+            None => http::router(state, self.token.clone()),
+            Some(r) => crate::relay::routes::router(state, r.clone()),
+        };
+        if let Some(relay) = &self.relay {
+            let (r, c) = (relay.clone(), cancel.clone());
+            set.spawn(async move { ("relay heartbeat", crate::relay::heartbeat::run(r, c).await) });
+            // The prestage worker is a thread that may sit in a blocking read of a stalled
+            // link: at shutdown it is not waited for (what it stored stays; the rest is
+            // fetched again after the restart).
+            let (r, c) = (relay.clone(), cancel.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("prestage".into())
+                .spawn(move || {
+                    crate::relay::prestage::run(r, c);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| ServeError::Service {
+                    service: "relay prestage",
+                    cause: e.to_string(),
+                })?;
+            let (c, r) = (cancel.clone(), relay.clone());
+            set.spawn(async move {
+                tokio::select! {
+                    _ = done_rx => {}
+                    _ = c.cancelled() => r.stop(),
+                }
+                ("relay prestage", Ok(()))
+            });
+        }
         let c = cancel.clone();
         let listener = self.http;
         set.spawn(async move {

@@ -5,6 +5,7 @@ mod bootenv;
 mod host;
 mod image;
 mod output;
+mod relay;
 mod serve;
 mod store;
 mod task;
@@ -57,6 +58,8 @@ pub enum Command {
     /// Create, verify and garbage-collect the chunk store
     #[command(subcommand)]
     Store(store::StoreCmd),
+    /// Run a site relay: boot services and a pull-through cache fed by nightly pushes
+    Relay(relay::RelayArgs),
     /// Run the boot services (DHCP, TFTP), HTTP and the API
     Serve(serve::ServeArgs),
     /// Reimage and capture tasks: create, list (states, progress), cancel
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(cmd) => task::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
+        Command::Relay(args) => relay::run(args, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data, &out),
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),
     }

@@ -15,6 +15,13 @@ use super::output::Output;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+/// The flags `serve` and `relay` share: configuration file, HTTP, TFTP and DHCP.
+#[derive(Args, Debug)]
+pub struct BootArgs {
     /// TOML configuration file (default: DATA/bootcast.toml if it exists); flags win over it
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
@@ -41,8 +48,9 @@ pub struct ServeArgs {
     dhcp_range: Option<String>,
 }
 
-impl ServeArgs {
-    fn raw_config(&self, data: &Path) -> Result<RawConfig> {
+impl BootArgs {
+    /// The configuration file (if any) with these flags over it.
+    pub fn raw_config(&self, data: &Path) -> Result<RawConfig> {
         let file = match &self.config {
             Some(p) => Some(p.clone()),
             None => Some(data.join("bootcast.toml")).filter(|p| p.is_file()),
@@ -71,8 +79,12 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     init_logging();
-    let raw = args.raw_config(data)?;
-    let lookup = |name: &str| -> Option<(Ipv4Addr, Ipv4Addr)> { interface_ipv4(name) };
+    let raw = args.boot.raw_config(data)?;
+    if !raw.relay.is_empty() {
+        anyhow::bail!(
+            "the configuration has a [relay] section: those settings are for `bootcast relay`; remove it to run `bootcast serve`"
+        );
+    }
     let config = raw.validate(&lookup)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     rt.block_on(async move {
@@ -89,32 +101,43 @@ pub fn run(args: ServeArgs, data: &Path, out: &Output) -> Result<ExitCode> {
                 String::new,
             );
         }
-        let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            let which = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-                _ = c.cancelled() => return,
-            };
-            tracing::info!("{which}: shutting down");
-            c.cancel();
-        });
+        let cancel = on_signals();
         server.run(cancel).await?;
         eprintln!("bootcast: stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn init_logging() {
+/// Looks up an interface's IPv4 address and netmask, for validation.
+pub fn lookup(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    interface_ipv4(name)
+}
+
+/// A token cancelled by SIGINT or SIGTERM (call inside the runtime).
+pub fn on_signals() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let which = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = c.cancelled() => return,
+        };
+        tracing::info!("{which}: shutting down");
+        c.cancel();
+    });
+    cancel
+}
+
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BOOTCAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -123,6 +146,21 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The banner lines for TFTP and DHCP.
+pub fn boot_lines(l: &bootcast::server::Listening) -> Vec<String> {
+    vec![
+        match l.tftp {
+            Some(a) => format!("  TFTP   {a}  (iPXE binaries)"),
+            None => "  TFTP   off".into(),
+        },
+        match &l.dhcp {
+            Some(d) => format!("  DHCP   {d}"),
+            None => "  DHCP   off (name an interface with --dhcp-interface to answer PXE clients)"
+                .into(),
+        },
+    ]
 }
 
 fn banner(l: &bootcast::server::Listening, data: &Path) {
@@ -140,16 +178,8 @@ fn banner(l: &bootcast::server::Listening, data: &Path) {
         } else {
             format!("  HTTP   {}  (PCs reach it as {})", l.http, l.base_url)
         },
-        match l.tftp {
-            Some(a) => format!("  TFTP   {a}  (iPXE binaries)"),
-            None => "  TFTP   off".into(),
-        },
-        match &l.dhcp {
-            Some(d) => format!("  DHCP   {d}"),
-            None => "  DHCP   off (name an interface with --dhcp-interface to answer PXE clients)"
-                .into(),
-        },
     ];
+    lines.extend(boot_lines(l));
     if let Some(why) = &l.bootenv {
         lines.push(format!("  note: {why}"));
     }

@@ -1,5 +1,352 @@
 //! Site relays: a pull-through cache of the store for one site, which prestages pushed image
 //! versions inside the site's windows and under its cap, and serves the site's machines.
 //!
+//! `bootcast relay --upstream URL --site NAME --token TOKEN` is `bootcast serve` in relay mode
+//! ([`crate::config::RelayConfig`]): the same DHCP and TFTP services, and an HTTP service
+//! ([`routes`]) that answers chunks and complete manifests from the relay's own store, pulls
+//! what it lacks from upstream, and passes boot scripts and the agent's reports upstream. A
+//! relay's upstream is the central server or another relay (relays chain).
+//!
 //! - [`proto`]: messages between a relay and the server above it.
+//! - [`upstream`]: the relay's link upstream: one HTTP source whose reads all go through one
+//!   token bucket, and the counters of what crossed it.
+//! - [`pull`]: pull-through: fetch, verify and store what a client asks for and the store
+//!   lacks; concurrent misses of one chunk share one upstream fetch.
+//! - [`prestage`]: the push worker: fetches the chunks of pushed versions the relay lacks, only
+//!   inside the windows, and writes a version's manifest once it is complete.
+//! - [`heartbeat`]: registers with upstream, reports progress, applies schedule and orders.
+//! - [`proxy`]: boot scripts and agent reports passed upstream with the relay's headers; the
+//!   boot environment and iPXE files through a small file cache.
+//! - [`evict`]: the quota: chunks no assigned image uses go first, oldest first.
+//! - [`routes`]: the relay's HTTP routes, manifests and `/metrics`.
+//!
+//! State on disk, beside the store (`DATA/store`, `DATA/images`: complete versions only):
+//! ```text
+//! DATA/relay.lock                 held by the running relay (one per data directory)
+//! DATA/relay/pending/NAME@ID.bcm  manifests of versions being prestaged (not yet complete)
+//! DATA/relay/files/{bootenv,ipxe}/ the file cache, with a .meta beside each file
+//! ```
+
+pub mod evict;
+pub mod heartbeat;
+pub mod prestage;
 pub mod proto;
+pub mod proxy;
+pub mod pull;
+pub mod routes;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::config::RelayConfig;
+use crate::push::clock::{Clock, FileClock, SystemClock};
+use crate::push::window::Windows;
+use crate::store::{Store, StoreError};
+use crate::time::Zone;
+use proto::{HeartbeatReply, PushOrder, PushProgress, PushState};
+
+/// Why a relay cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("another bootcast relay runs on {0}: one relay per data directory (stop it, or give this one its own --data)")]
+    Locked(PathBuf),
+    #[error("{what} {path}: {cause}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+/// Counters of `/metrics` (besides the chunk service's).
+#[derive(Default)]
+pub struct RelayMetrics {
+    pub heartbeats: AtomicU64,
+    pub heartbeat_failures: AtomicU64,
+    /// Unix time of the last accepted heartbeat (0: none yet).
+    pub last_heartbeat: AtomicU64,
+    pub evicted_chunks: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    /// Compressed bytes of chunks in the store, as of the last heartbeat.
+    pub cache_bytes: AtomicU64,
+    /// Bytes of boot environment and iPXE files fetched from upstream.
+    pub file_bytes: AtomicU64,
+    /// Manifests of incomplete versions refused (policy `wait`) / pulled through.
+    pub manifests_refused: AtomicU64,
+    pub manifests_pulled: AtomicU64,
+}
+
+/// What the last heartbeat reply said, as the relay applies it.
+pub struct SiteState {
+    pub reply: Option<HeartbeatReply>,
+    pub zone: Zone,
+    pub windows: Windows,
+    /// Bumped when the pushes or the schedule change: prestage re-plans.
+    pub generation: u64,
+}
+
+/// One push as the relay carries it out.
+#[derive(Debug, Clone)]
+pub struct PushStatus {
+    pub progress: PushProgress,
+    /// (when, fetched) over the last seconds, for the rate.
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl PushStatus {
+    fn new(push: i64) -> PushStatus {
+        PushStatus {
+            progress: PushProgress {
+                push,
+                state: PushState::Waiting,
+                bytes_done: 0,
+                bytes_total: 0,
+                fetched: 0,
+                rate: 0,
+                detail: None,
+            },
+            samples: Default::default(),
+        }
+    }
+
+    /// The progress with its rate over the last 5 s (0 unless running).
+    pub fn snapshot(&self) -> PushProgress {
+        let mut p = self.progress.clone();
+        p.rate = match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) if p.state == PushState::Running && b.0 > a.0 => {
+                ((b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64()) as u64
+            }
+            _ => 0,
+        };
+        p
+    }
+
+    fn sample(&mut self) {
+        let now = std::time::Instant::now();
+        self.samples.push_back((now, self.progress.fetched));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t).as_secs_f64() > 5.0)
+        {
+            self.samples.pop_front();
+        }
+    }
+}
+
+/// A running relay: its settings, store, link upstream and the state its services share.
+pub struct Relay {
+    pub config: RelayConfig,
+    /// The base URL the site's machines reach this relay at.
+    pub url: String,
+    pub store: Store,
+    pub link: Arc<upstream::Link>,
+    pub pull: Arc<pull::Puller>,
+    pub files: proxy::FileCache,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: RelayMetrics,
+    site: Mutex<SiteState>,
+    /// Signalled with `site` when orders change or the relay stops.
+    changed: Condvar,
+    pushes: Mutex<BTreeMap<i64, PushStatus>>,
+    /// Wakes the heartbeat loop: a push changed state.
+    pub heartbeat_now: tokio::sync::Notify,
+    _lock: File,
+}
+
+impl Relay {
+    /// Opens (or creates) the relay's store and takes its data directory. Blocking: call it
+    /// outside async tasks (it makes the blocking HTTP client).
+    pub fn open(config: RelayConfig, data: &Path, url: String) -> Result<Relay, RelayError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |cause| RelayError::Io { what, path, cause }
+        };
+        let lock_path = data.join("relay.lock");
+        let lock = File::create(&lock_path).map_err(io("creating", &lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(RelayError::Locked(data.to_path_buf()));
+        }
+        let store = Store::open_or_create(data, crate::store::StoreConfig::default(), false)?;
+        for dir in [pending_dir(data), data.join("relay/files")] {
+            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        }
+        pull::remove_temp_files(&store)?;
+        let link = Arc::new(upstream::Link::new(&config, &url)?);
+        let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
+        let clock: Arc<dyn Clock> = match &config.clock_file {
+            Some(p) => Arc::new(FileClock { path: p.clone() }),
+            None => Arc::new(SystemClock),
+        };
+        Ok(Relay {
+            files: proxy::FileCache::new(data.join("relay/files")),
+            url,
+            store,
+            link,
+            pull,
+            clock,
+            metrics: RelayMetrics::default(),
+            site: Mutex::new(SiteState {
+                reply: None,
+                zone: Zone::utc(),
+                windows: Windows::always(),
+                generation: 0,
+            }),
+            changed: Condvar::new(),
+            pushes: Mutex::new(BTreeMap::new()),
+            heartbeat_now: tokio::sync::Notify::new(),
+            config,
+            _lock: lock,
+        })
+    }
+
+    pub fn site(&self) -> MutexGuard<'_, SiteState> {
+        self.site.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pushes(&self) -> MutexGuard<'_, BTreeMap<i64, PushStatus>> {
+        self.pushes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a heartbeat reply: schedule, orders, assigned images.
+    pub fn apply(&self, reply: HeartbeatReply) {
+        let zone = match Zone::named(&reply.schedule.tz) {
+            Ok(z) => Some(z),
+            Err(e) => {
+                tracing::error!("the site's schedule: {e}; keeping the previous zone");
+                None
+            }
+        };
+        let windows = match Windows::parse(&reply.schedule.windows) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("the site's schedule: {e}; keeping the previous windows");
+                None
+            }
+        };
+        let mut site = self.site();
+        let changed = site
+            .reply
+            .as_ref()
+            .is_none_or(|old| old.pushes != reply.pushes || old.schedule != reply.schedule);
+        if let Some(z) = zone {
+            site.zone = z;
+        }
+        if let Some(w) = windows {
+            site.windows = w;
+        }
+        if changed {
+            site.generation += 1;
+            tracing::info!(
+                "schedule: windows {} ({}), cap {}; {} open push(es)",
+                site.windows,
+                reply.schedule.tz,
+                reply
+                    .schedule
+                    .rate
+                    .map_or("none".to_string(), crate::push::rate::format_rate),
+                reply.pushes.len()
+            );
+        }
+        site.reply = Some(reply);
+        drop(site);
+        if changed {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Orders and generation now (no orders before the first heartbeat reply).
+    pub fn orders(&self) -> (Vec<PushOrder>, u64) {
+        let site = self.site();
+        let pushes = site
+            .reply
+            .as_ref()
+            .map(|r| r.pushes.clone())
+            .unwrap_or_default();
+        (pushes, site.generation)
+    }
+
+    /// The site's cap (bytes/s), if any.
+    pub fn site_rate(&self) -> Option<u64> {
+        self.site().reply.as_ref().and_then(|r| r.schedule.rate)
+    }
+
+    /// Image names assigned to the site (`None` before the first reply).
+    pub fn assigned(&self) -> Option<Vec<String>> {
+        self.site().reply.as_ref().map(|r| r.assigned.clone())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.site().generation
+    }
+
+    /// Waits until the orders change (generation other than `seen`), `cancel` is set (see
+    /// [`Relay::stop`]) or `timeout` passes.
+    pub fn wait_change(&self, seen: u64, timeout: std::time::Duration) {
+        let site = self.site();
+        if site.generation != seen {
+            return;
+        }
+        let _ = self
+            .changed
+            .wait_timeout(site, timeout)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    /// Wakes whatever waits in [`Relay::wait_change`] (the relay stops).
+    pub fn stop(&self) {
+        let mut site = self.site();
+        site.generation += 1;
+        drop(site);
+        self.changed.notify_all();
+    }
+
+    /// Every push's progress, for the heartbeat and `/metrics`; pushes in the orders that
+    /// prestage has not looked at yet are `waiting`.
+    pub fn progress(&self) -> Vec<PushProgress> {
+        let (orders, _) = self.orders();
+        let pushes = self.pushes();
+        orders
+            .iter()
+            .map(|o| match pushes.get(&o.id) {
+                Some(s) => s.snapshot(),
+                None => PushStatus::new(o.id).snapshot(),
+            })
+            .collect()
+    }
+
+    /// Updates a push's progress; a change of state wakes the heartbeat.
+    pub fn update_push(&self, push: i64, f: impl FnOnce(&mut PushProgress)) {
+        let mut pushes = self.pushes();
+        let s = pushes.entry(push).or_insert_with(|| PushStatus::new(push));
+        let before = (s.progress.state, s.progress.detail.clone());
+        f(&mut s.progress);
+        s.sample();
+        let changed = before != (s.progress.state, s.progress.detail.clone());
+        drop(pushes);
+        if changed {
+            self.heartbeat_now.notify_one();
+        }
+    }
+
+    /// Forgets pushes no longer in the orders (cancelled or closed upstream).
+    pub fn retain_pushes(&self, open: &[i64]) {
+        self.pushes().retain(|id, _| open.contains(id));
+    }
+
+    /// Compressed bytes received from upstream: chunks (`bootcast_relay_upstream_bytes_total`).
+    pub fn upstream_bytes(&self) -> u64 {
+        self.link.upstream_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Where manifests of versions being prestaged wait until the version is complete.
+pub fn pending_dir(data: &Path) -> PathBuf {
+    data.join("relay/pending")
+}

@@ -1,0 +1,120 @@
+//! `bootcast relay`: a site relay (pull-through cache, prestage of pushes, heartbeat) with the
+//! same boot services as `serve`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use bootcast::server::Server;
+
+use super::output::Output;
+use super::serve::{boot_lines, init_logging, lookup, on_signals, BootArgs};
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// The server above: the central server, or another relay
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// The site this relay serves (`bootcast site add` on the central server)
+    #[arg(long, value_name = "NAME")]
+    site: Option<String>,
+    /// The site relay token (`bootcast site token NAME` on the central server)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BOOTCAST_RELAY_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// How the site's machines reach this relay [default: http://ADVERTISE:PORT, or the HTTP address]
+    #[arg(long, value_name = "http://IP:PORT")]
+    url: Option<String>,
+    /// Most compressed chunk bytes to keep; beyond it, chunks of images not assigned to the site go, oldest first (e.g. 500G)
+    #[arg(long, value_name = "SIZE")]
+    quota: Option<String>,
+    /// A version not complete here yet: wait (clients get 503 until the push brings it) or upstream (pull it through) [default: wait]
+    #[arg(long, value_name = "wait|upstream")]
+    incomplete: Option<String>,
+    /// Tests: the scheduler's clock from this file (Unix seconds)
+    #[arg(long, value_name = "PATH", hide = true)]
+    clock_file: Option<PathBuf>,
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
+    init_logging();
+    let mut raw = args.boot.raw_config(data)?;
+    let set = |dst: &mut Option<String>, src: &Option<String>| {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
+    };
+    let r = &mut raw.relay;
+    set(&mut r.upstream, &args.upstream);
+    set(&mut r.site, &args.site);
+    set(&mut r.token, &args.token);
+    set(&mut r.url, &args.url);
+    set(&mut r.quota, &args.quota);
+    set(&mut r.incomplete, &args.incomplete);
+    r.clock_file = args.clock_file.clone();
+    let mut config = raw.validate(&lookup)?;
+    let relay = match config.relay.take() {
+        Some(r) => r,
+        None => anyhow::bail!(
+            "a relay needs --upstream URL, --site NAME and --token TOKEN (or a [relay] section in the configuration file)"
+        ),
+    };
+    config.relay = Some(relay.clone());
+    let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(config, data).await?;
+        let l = server.listening();
+        let mut lines = vec![
+            format!(
+                "bootcast {} relay for site {} from {}",
+                env!("CARGO_PKG_VERSION"),
+                relay.site,
+                data.display()
+            ),
+            format!("  upstream  {}", relay.upstream),
+            format!(
+                "  HTTP   {}  (clients reach it as {})",
+                l.http,
+                l.relay_url.as_deref().unwrap_or("?")
+            ),
+        ];
+        lines.extend(boot_lines(l));
+        lines.push(format!(
+            "  incomplete versions: {}",
+            match relay.incomplete {
+                bootcast::config::IncompletePolicy::Wait =>
+                    "wait (clients get 503 until the push brings them)",
+                bootcast::config::IncompletePolicy::Upstream => "pulled through from upstream",
+            }
+        ));
+        lines.push(format!(
+            "  quota  {}",
+            relay
+                .quota
+                .map_or("none".to_string(), |q| format!("{q} bytes"))
+        ));
+        lines.push("bootcast: ready".into());
+        eprintln!("{}", lines.join("\n"));
+        if out.json {
+            out.emit(
+                &serde_json::json!({
+                    "http": l.http, "tftp": l.tftp, "dhcp": l.dhcp, "url": l.relay_url,
+                    "site": relay.site, "upstream": relay.upstream,
+                }),
+                String::new,
+            );
+        }
+        let cancel = on_signals();
+        server.run(cancel).await?;
+        eprintln!("bootcast: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,196 @@
+//! The heartbeat loop: registers the relay with the server above and keeps it informed.
+//!
+//! Every `interval` seconds of the last reply (and soon after a push changes state) the relay
+//! posts a [`Heartbeat`] to `UPSTREAM/api/v1/relay/heartbeat` with
+//! `Authorization: Bearer SITE_TOKEN`: its URL, cache size and quota, the versions complete in
+//! its store and each push's progress. The reply's schedule (zone, windows, cap), push orders
+//! and assigned images are applied at once ([`Relay::apply`]); eviction runs after each reply
+//! when a quota is set. While upstream cannot be reached, the last reply stays in force and
+//! the relay retries (1 s doubling to 30 s); errors are logged when they change.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{Heartbeat, HeartbeatReply, VersionRef};
+use super::Relay;
+
+/// The heartbeat as of now (blocking: lists the store).
+pub fn heartbeat(relay: &Relay) -> Heartbeat {
+    let cache_bytes = match relay.store.list_chunks() {
+        Ok(c) => c.iter().map(|(_, n)| n).sum(),
+        Err(e) => {
+            tracing::warn!("listing the store: {e}");
+            relay.metrics.cache_bytes.load(Ordering::Relaxed)
+        }
+    };
+    relay
+        .metrics
+        .cache_bytes
+        .store(cache_bytes, Ordering::Relaxed);
+    Heartbeat {
+        site: relay.config.site.clone(),
+        url: relay.url.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        cache_bytes,
+        quota_bytes: relay.config.quota,
+        complete: complete_versions(relay),
+        pushes: relay.progress(),
+    }
+}
+
+/// Versions whose manifest is in the store: the relay writes one only once every chunk is.
+pub fn complete_versions(relay: &Relay) -> Vec<VersionRef> {
+    match relay.store.all_version_files() {
+        Ok(files) => files
+            .into_iter()
+            .filter(|f| f.manifest.is_ok())
+            .map(|f| VersionRef {
+                image: f.name,
+                version: f.id.to_hex(),
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("listing the relay's versions: {e}");
+            Vec::new()
+        }
+    }
+}
+
+enum Failure {
+    /// Worth logging every time it changes.
+    Refused(String),
+    Unreachable(String),
+}
+
+/// One heartbeat: the reply's interval on success.
+async fn beat(relay: &Arc<Relay>) -> Result<u64, Failure> {
+    let r = relay.clone();
+    let hb = tokio::task::spawn_blocking(move || heartbeat(&r))
+        .await
+        .map_err(|e| Failure::Refused(format!("internal error: {e}")))?;
+    let url = relay.link.url("/api/v1/relay/heartbeat");
+    let resp = relay
+        .link
+        .client
+        .post(&url)
+        .bearer_auth(&relay.config.token)
+        .timeout(Duration::from_secs(20))
+        .json(&hb)
+        .send()
+        .await
+        .map_err(|e| Failure::Unreachable(format!("cannot reach {url}: {}", chain(&e))))?;
+    let status = resp.status();
+    if status.is_success() {
+        let reply: HeartbeatReply = resp.json().await.map_err(|e| {
+            Failure::Refused(format!(
+                "{url} answered something that is not a heartbeat reply ({e}); is the upstream a bootcast server of the same version?"
+            ))
+        })?;
+        let interval = reply.interval.clamp(1, 3600);
+        let r = relay.clone();
+        tokio::task::spawn_blocking(move || r.apply(reply))
+            .await
+            .map_err(|e| Failure::Refused(format!("internal error: {e}")))?;
+        return Ok(interval);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let msg = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or(body);
+    let site = &relay.config.site;
+    Err(match status.as_u16() {
+        401 | 403 => Failure::Refused(format!(
+            "heartbeat refused ({status}): the site token is wrong: `bootcast site token {site}` on the central server shows it ({msg})"
+        )),
+        404 => Failure::Refused(format!(
+            "heartbeat refused ({status}): {msg} (is site {site} known upstream? `bootcast site list` on the central server)"
+        )),
+        s if s >= 500 => Failure::Unreachable(format!("{url} answered {status}: {msg}")),
+        _ => Failure::Refused(format!("{url} answered {status}: {msg}")),
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s += &format!(": {t}");
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// Runs until `cancel` fires.
+pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), String> {
+    let mut backoff = 1u64;
+    let mut last_error: Option<String> = None;
+    let mut connected = false;
+    loop {
+        let wait = match beat(&relay).await {
+            Ok(interval) => {
+                relay.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+                relay
+                    .metrics
+                    .last_heartbeat
+                    .store(crate::time::now_unix() as u64, Ordering::Relaxed);
+                if !connected || last_error.is_some() {
+                    tracing::info!(
+                        "heartbeat: site {} registered with {}",
+                        relay.config.site,
+                        relay.link.base
+                    );
+                }
+                connected = true;
+                last_error = None;
+                backoff = 1;
+                if relay.config.quota.is_some() {
+                    let r = relay.clone();
+                    match tokio::task::spawn_blocking(move || super::evict::run(&r)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!("eviction: {e}"),
+                        Err(e) => tracing::error!("eviction: internal error: {e}"),
+                    }
+                }
+                interval
+            }
+            Err(f) => {
+                relay
+                    .metrics
+                    .heartbeat_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let (msg, refused) = match f {
+                    Failure::Refused(m) => (m, true),
+                    Failure::Unreachable(m) => (m, false),
+                };
+                if last_error.as_deref() != Some(&msg) {
+                    if refused {
+                        tracing::error!("{msg}");
+                    } else {
+                        tracing::warn!(
+                            "heartbeat: {msg}; retrying (the last schedule stays in force)"
+                        );
+                    }
+                }
+                last_error = Some(msg);
+                let wait = backoff;
+                backoff = (backoff * 2).min(30);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = relay.heartbeat_now.notified() => {
+                // a push changed state: tell upstream soon, once for a burst of changes
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}

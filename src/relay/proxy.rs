@@ -1,0 +1,328 @@
+//! What the relay passes upstream: boot scripts and agent reports, requests of relays below,
+//! and the boot environment and iPXE files through a small file cache.
+//!
+//! [`forward`] (`/boot.ipxe`, `/boot/{file}`, `/api/v1/agent/*`) sends the request upstream
+//! as it came (method, query, body, content type) with [`RELAY_TOKEN_HEADER`] (the site
+//! token), [`RELAY_URL_HEADER`] (this relay's URL) and [`FORWARDED_FOR_HEADER`] (the client's
+//! address): the central server writes the relay's URL into that site's boot scripts and
+//! records the client's address. A request that already carries a relay token comes from a
+//! relay below this one, and `/api/v1/relay/*` (a lower relay's heartbeat) is relay business
+//! too: those are passed on unchanged, so the server sees the lowest relay.
+//!
+//! [`cached_file`] (`/bootenv/{file}`, `/ipxe/{file}`): asks upstream for the file's size and
+//! date (`HEAD`); the cached copy is served if it matches, else the file is fetched (through
+//! the link's token bucket), its size checked, and kept. When upstream cannot be reached the
+//! cached copy is served as it is. Range requests are answered from the cached copy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use super::proto::{FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
+use super::Relay;
+use crate::http::error;
+
+/// Largest request body passed upstream (a capture upload is at most 64 MiB).
+const MAX_BODY: usize = 65 << 20;
+
+/// Request headers not passed on (hop-by-hop, or set by the client library).
+const DROPPED: [&str; 8] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "content-length",
+    "proxy-connection",
+];
+
+/// Passes a request upstream and its answer back.
+pub async fn forward(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let url = relay.link.url(path);
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body not read: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let from_relay = parts.uri.path().starts_with("/api/v1/relay/")
+        || parts.headers.contains_key(RELAY_TOKEN_HEADER);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if !DROPPED.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if !from_relay {
+        for (name, value) in [
+            (RELAY_TOKEN_HEADER, relay.config.token.clone()),
+            (RELAY_URL_HEADER, relay.url.clone()),
+            (FORWARDED_FOR_HEADER, peer.ip().to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
+    let sent = relay
+        .link
+        .client
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .timeout(Duration::from_secs(120))
+        .body(body)
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("passing {} {path} upstream: {e}", parts.method);
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the relay cannot reach its upstream {}: {e}",
+                    relay.link.base
+                ),
+            )
+            .into_response();
+        }
+    };
+    let status = resp.status();
+    let mut out = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        let n = name.as_str();
+        if n == "content-type" || n == "cache-control" || n.starts_with("x-bootcast-") {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    match resp.bytes().await {
+        Ok(b) => (status, out, b).into_response(),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("reading the answer of {url}: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// The relay's copies of upstream files, one lock per file so concurrent requests fetch it
+/// once.
+pub struct FileCache {
+    dir: PathBuf,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl FileCache {
+    pub fn new(dir: PathBuf) -> FileCache {
+        FileCache {
+            dir,
+            locks: Default::default(),
+        }
+    }
+
+    fn lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+fn valid_file(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `GET /bootenv/{file}` and `GET /ipxe/{file}` through the file cache.
+pub async fn cached_file(
+    State(relay): State<Arc<Relay>>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Response {
+    let kind = if req.uri().path().starts_with("/bootenv/") {
+        "bootenv"
+    } else {
+        "ipxe"
+    };
+    if !valid_file(&file) {
+        return error(StatusCode::NOT_FOUND, format!("no file {file:?}")).into_response();
+    }
+    let key = format!("{kind}/{file}");
+    let path = relay.files.dir.join(kind).join(&file);
+    let meta_path = relay.files.dir.join(kind).join(format!(".{file}.meta"));
+    let lock = relay.files.lock(&key);
+    let guard = lock.lock().await;
+    match refresh(&relay, &key, &path, &meta_path).await {
+        Ok(()) => {}
+        Err(Refresh::Answer(status, msg)) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            let _ = tokio::fs::remove_file(&meta_path).await;
+            return error(status, msg).into_response();
+        }
+        Err(Refresh::Unreachable(e)) => {
+            if tokio::fs::metadata(&path).await.is_err() {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the relay has no copy of /{key} and cannot reach its upstream: {e}"),
+                )
+                .into_response();
+            }
+            tracing::warn!("/{key}: upstream unreachable ({e}); serving the cached copy");
+        }
+    }
+    drop(guard);
+    match ServeFile::new(path).oneshot(req).await {
+        Ok(r) => r.map(Body::new),
+        Err(e) => match e {},
+    }
+}
+
+enum Refresh {
+    /// Upstream's answer to pass on (e.g. 404).
+    Answer(StatusCode, String),
+    Unreachable(String),
+}
+
+/// Brings the cached copy of `key` up to date with upstream.
+async fn refresh(
+    relay: &Relay,
+    key: &str,
+    path: &std::path::Path,
+    meta_path: &std::path::Path,
+) -> Result<(), Refresh> {
+    let url = relay.link.url(&format!("/{key}"));
+    let unreachable = |e: reqwest::Error| Refresh::Unreachable(e.to_string());
+    let head = relay
+        .link
+        .client
+        .head(&url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if !head.status().is_success() {
+        if head.status().is_server_error() {
+            return Err(Refresh::Unreachable(format!(
+                "{url} answered {}",
+                head.status()
+            )));
+        }
+        return Err(Refresh::Answer(
+            head.status(),
+            format!("upstream has no /{key} ({})", head.status()),
+        ));
+    }
+    let size = head
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let stamp = head
+        .headers()
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let meta = format!("{} {stamp}", size.map_or("?".into(), |s| s.to_string()));
+    let cached = tokio::fs::metadata(path).await.ok().map(|m| m.len());
+    if size.is_some()
+        && cached == size
+        && tokio::fs::read_to_string(meta_path).await.ok().as_deref() == Some(meta.as_str())
+    {
+        return Ok(());
+    }
+    // fetch into a temp file, check the size, then rename
+    let mut resp = relay
+        .link
+        .client
+        .get(&url)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if !resp.status().is_success() {
+        return Err(Refresh::Unreachable(format!(
+            "{url} answered {}",
+            resp.status()
+        )));
+    }
+    let dir = path.parent().expect("a cached file has a directory");
+    let io = |e: std::io::Error| {
+        Refresh::Answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("caching /{key}: {e}"),
+        )
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+    let mut got = 0u64;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Refresh::Unreachable(format!("reading {url}: {e}")));
+            }
+        };
+        let wait = relay.link.limiter.reserve(chunk.len() as u64);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        got += chunk.len() as u64;
+        relay
+            .metrics
+            .file_bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        f.write_all(&chunk).await.map_err(io)?;
+    }
+    f.flush().await.map_err(io)?;
+    drop(f);
+    if size.is_some_and(|s| s != got) {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(Refresh::Unreachable(format!(
+            "{url} sent {got} bytes where it announced {}",
+            size.unwrap_or(0)
+        )));
+    }
+    tokio::fs::rename(&tmp, path).await.map_err(io)?;
+    tokio::fs::write(meta_path, format!("{got} {stamp}"))
+        .await
+        .map_err(io)?;
+    tracing::info!("/{key}: {got} bytes fetched from upstream and cached");
+    Ok(())
+}

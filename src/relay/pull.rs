@@ -1,0 +1,327 @@
+//! Pull-through: a chunk the relay's store lacks is fetched from upstream, verified, stored
+//! and then served; concurrent misses of one chunk share one upstream fetch.
+//!
+//! [`fetch_verified`] is the one way chunks enter a relay's store (prestage uses it too): each
+//! frame is decompressed and its BLAKE3 checked against the id asked for; a frame that does
+//! not match is rejected (counted in `bootcast_relay_chunks_rejected_total`, never stored) and
+//! asked for again, at most [`ATTEMPTS`] times in all, then the error names the chunk. A
+//! verified frame is written to a temp file beside its final name and renamed into place at
+//! once, without fsync: the store is a cache, every read rehashes, and a kill loses at most
+//! the chunk in flight. (Only a version's manifest is written durably, after a `syncfs`; see
+//! [`super::prestage`].)
+//!
+//! Coalescing: [`Puller`] keeps one in-flight entry per chunk being fetched; a request that
+//! finds its chunk in flight waits for that fetch's outcome instead of asking upstream again
+//! (`bootcast_relay_pulls_coalesced_total` counts them).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::http::chunks::PullThrough;
+use crate::store::source::Decoder;
+use crate::store::{ChunkId, Store, StoreError};
+
+use super::upstream::Link;
+
+/// Fetches of one chunk before its rejection becomes an error.
+pub const ATTEMPTS: u32 = 3;
+
+/// Largest plain chunk accepted (the chunker's largest maximum).
+const MAX_CHUNK: usize = 16 << 20;
+
+/// Why chunks could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("chunk {id} from {url} failed verification {ATTEMPTS} times ({reason}); run `bootcast store verify` upstream to list the affected versions")]
+    Corrupt {
+        id: ChunkId,
+        url: String,
+        reason: String,
+    },
+    /// Upstream down or the link cut: worth trying again later.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a [`fetch_verified`] did.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Chunks the upstream lacks.
+    pub missing: Vec<ChunkId>,
+    /// `on_stored` stopped it.
+    pub stopped: bool,
+}
+
+/// Fetches `ids` from upstream in one batch request (more if frames are rejected or the
+/// connection breaks), verifies and stores each frame as it arrives, and calls `on_stored`
+/// with each stored chunk's id and compressed size; `on_stored` may stop the transfer (the
+/// chunk in flight is the last).
+pub fn fetch_verified(
+    link: &Link,
+    store: &Store,
+    ids: &[ChunkId],
+    on_stored: &mut dyn FnMut(ChunkId, u64) -> ControlFlow<()>,
+) -> Result<Fetched, FetchError> {
+    let mut decoder = Decoder::new(MAX_CHUNK);
+    let mut out = Fetched::default();
+    let mut pending: Vec<ChunkId> = ids.to_vec();
+    let mut attempts: HashMap<ChunkId, (u32, String)> = HashMap::new();
+    while !pending.is_empty() {
+        let mut rejected: Vec<ChunkId> = Vec::new();
+        let mut seen = 0usize;
+        let mut failed: Option<FetchError> = None;
+        let r = link.source.fetch_each(&pending, &mut |id, frame| {
+            seen += 1;
+            let len = frame.len() as u64;
+            link.upstream_bytes.fetch_add(len, Ordering::Relaxed);
+            match store_frame(store, &mut decoder, id, &frame) {
+                Ok(()) => {
+                    let flow = on_stored(id, len);
+                    out.stopped = flow.is_break();
+                    flow
+                }
+                Err(Stored::Corrupt(reason)) => {
+                    link.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("chunk {id} from {}: {reason}; rejected", link.base);
+                    let a = attempts.entry(id).or_insert((0, String::new()));
+                    a.0 += 1;
+                    a.1 = reason;
+                    rejected.push(id);
+                    ControlFlow::Continue(())
+                }
+                Err(Stored::Io(e)) => {
+                    failed = Some(FetchError::Other(format!("storing chunk {id}: {e}")));
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if out.stopped {
+            return Ok(out);
+        }
+        let mut next: Vec<ChunkId> = Vec::new();
+        match r {
+            Ok(_) => {}
+            Err(StoreError::RemoteChunkMissing { id, .. }) => {
+                // frames come in order: the missing one follows the `seen` delivered
+                out.missing.push(id);
+                next.extend(pending.iter().skip(seen + 1));
+            }
+            Err(e @ StoreError::Unreachable { .. }) => {
+                return Err(FetchError::Unreachable(e.to_string()))
+            }
+            Err(e) => return Err(FetchError::Other(e.to_string())),
+        }
+        for id in rejected {
+            let (n, reason) = &attempts[&id];
+            if *n >= ATTEMPTS {
+                return Err(FetchError::Corrupt {
+                    id,
+                    url: link.url(&format!("/chunks/{id}")),
+                    reason: reason.clone(),
+                });
+            }
+            next.push(id);
+        }
+        pending = next;
+    }
+    Ok(out)
+}
+
+enum Stored {
+    Corrupt(String),
+    Io(StoreError),
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Prefix of the relay's temp chunk files (`.relay-PID-SEQ.ID`), removed at start.
+const TEMP_PREFIX: &str = ".relay-";
+
+/// Verifies `frame` as chunk `id` and puts it in the store (temp file, rename).
+fn store_frame(
+    store: &Store,
+    decoder: &mut Decoder,
+    id: ChunkId,
+    frame: &[u8],
+) -> Result<(), Stored> {
+    decoder.decode(&id, frame).map_err(Stored::Corrupt)?;
+    let dest = store.chunk_path(&id);
+    let dir = dest.parent().expect("a chunk path has a parent");
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}.{id}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let io = |what: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |cause| Stored::Io(StoreError::Io { what, path, cause })
+    };
+    let write = |tmp: &std::path::Path| std::fs::write(tmp, frame);
+    match write(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io("creating chunk directory", dir))?;
+            write(&tmp)
+        }
+        r => r,
+    }
+    .map_err(io("writing chunk file", &tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(|cause| {
+        let _ = std::fs::remove_file(&tmp);
+        Stored::Io(StoreError::Io {
+            what: "publishing chunk",
+            path: dest.clone(),
+            cause,
+        })
+    })
+}
+
+/// Removes temp chunk files a killed relay left.
+pub fn remove_temp_files(store: &Store) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    store.for_each_chunk_entry(|entry| {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX))
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+        Ok(())
+    })?;
+    Ok(removed)
+}
+
+/// The outcome of one chunk's fetch, shared with the requests that waited for it.
+type Outcome = Result<bool, String>;
+
+/// One chunk being fetched: its outcome once known (`Ok(true)`: upstream lacks it).
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Outcome {
+        let mut g = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(o) = g.as_ref() {
+                return o.clone();
+            }
+            g = self.done.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The relay's pull-through, shared by every request.
+pub struct Puller {
+    store: Store,
+    link: Arc<Link>,
+    inflight: Mutex<HashMap<ChunkId, Arc<Flight>>>,
+    /// Requests for a chunk already being fetched that waited for that fetch.
+    pub coalesced: AtomicU64,
+    /// Chunks fetched and stored for clients.
+    pub pulled: AtomicU64,
+}
+
+impl Puller {
+    pub fn new(store: Store, link: Arc<Link>) -> Puller {
+        Puller {
+            store,
+            link,
+            inflight: Mutex::new(HashMap::new()),
+            coalesced: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+        }
+    }
+
+    /// Brings `ids` into the store; returns those upstream lacks. Blocking.
+    pub fn pull_ids(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, String> {
+        let mut lead: Vec<ChunkId> = Vec::new();
+        let mut follow: Vec<(ChunkId, Arc<Flight>)> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashSet::new();
+            for id in ids {
+                if !seen.insert(*id) {
+                    continue;
+                }
+                if let Some(f) = inflight.get(id) {
+                    self.coalesced.fetch_add(1, Ordering::Relaxed);
+                    follow.push((*id, f.clone()));
+                } else if !self.store.chunk_path(id).exists() {
+                    // a leader stores its chunk before it leaves `inflight`: checked under
+                    // the lock, a chunk is either in flight or settled
+                    inflight.insert(*id, Arc::new(Flight::default()));
+                    lead.push(*id);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut error: Option<String> = None;
+        if !lead.is_empty() {
+            let res = fetch_verified(&self.link, &self.store, &lead, &mut |_, _| {
+                self.pulled.fetch_add(1, Ordering::Relaxed);
+                ControlFlow::Continue(())
+            });
+            let (lacking, err): (HashSet<ChunkId>, Option<String>) = match res {
+                Ok(f) => (f.missing.into_iter().collect(), None),
+                Err(e) => (HashSet::new(), Some(e.to_string())),
+            };
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &lead {
+                let outcome = if lacking.contains(id) {
+                    Ok(true)
+                } else if self.store.chunk_path(id).exists() {
+                    Ok(false)
+                } else {
+                    Err(err.clone().unwrap_or_else(|| {
+                        format!("chunk {id} could not be had from {}", self.link.base)
+                    }))
+                };
+                if let Some(f) = inflight.remove(id) {
+                    f.finish(outcome.clone());
+                }
+                match outcome {
+                    Ok(true) => missing.push(*id),
+                    Ok(false) => {}
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        for (id, f) in follow {
+            match f.wait() {
+                Ok(true) => missing.push(id),
+                Ok(false) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(missing),
+        }
+    }
+}
+
+impl PullThrough for Puller {
+    fn pull(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, String> {
+        self.pull_ids(ids)
+    }
+}

@@ -1,0 +1,326 @@
+//! The relay's HTTP service.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | `ok` |
+//! | `GET /metrics` | the chunk service's counters and the relay's (upstream bytes, rejected chunks, pushes) |
+//! | `GET /chunks/{id}`, `POST /chunks/batch` | as the server (same handlers, [`crate::http::chunks`]); what the store lacks is pulled through first ([`super::pull`]) |
+//! | `GET /api/v1/images/{name}/{version}/manifest` | a version complete here; otherwise the incomplete policy decides (below) |
+//! | `GET /boot.ipxe`, `GET /boot/{file}`, `/api/v1/agent/*` | passed upstream with the relay's headers ([`super::proxy`]) |
+//! | `/api/v1/relay/*` | passed upstream unchanged (relays below this one) |
+//! | `GET /bootenv/{file}`, `GET /ipxe/{file}` | through the file cache |
+//!
+//! Manifests: `latest` and version prefixes are resolved upstream (the local copy is used when
+//! upstream cannot be reached). A version complete on the relay is served from its store. A
+//! version that is not: with `--incomplete wait` (the default) the answer is `503` with
+//! `{"error": "version X of IMAGE is not complete on relay SITE yet; it arrives with the push"}`,
+//! so a client never starts on a version the relay cannot serve by itself; with
+//! `--incomplete upstream` the manifest is passed through and its chunks are pulled through
+//! as the client asks for them. A relay below this one (its requests carry a relay token)
+//! always gets the manifest: it prestages from this relay.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+
+use super::proto::{PushState, RELAY_TOKEN_HEADER};
+use super::{proxy, Relay};
+use crate::config::IncompletePolicy;
+use crate::http::{chunks, error, AppState};
+use crate::store::Manifest;
+
+/// The relay's routes: the chunk service's handlers on `app`, the rest on `relay`.
+pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
+    let chunk_routes = Router::new()
+        .route("/chunks/batch", post(chunks::batch))
+        .route("/chunks/{id}", get(chunks::chunk))
+        .with_state(app.clone());
+    let both = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/images/{name}/{version}/manifest", get(manifest))
+        .with_state((app, relay.clone()));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/boot.ipxe", get(proxy::forward))
+        .route("/boot/{file}", get(proxy::forward))
+        .route("/api/v1/agent/{*rest}", any(proxy::forward))
+        .route("/api/v1/relay/{*rest}", any(proxy::forward))
+        .route("/bootenv/{file}", get(proxy::cached_file))
+        .route("/ipxe/{file}", get(proxy::cached_file))
+        .with_state(relay)
+        .merge(chunk_routes)
+        .merge(both)
+}
+
+fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>) -> Response {
+    app.chunks
+        .metrics
+        .manifests_served
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (
+                header::HeaderName::from_static("x-bootcast-version"),
+                id.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// A version complete in the relay's store, by `NAME@SPEC`.
+async fn local(relay: &Arc<Relay>, spec: String) -> Option<(String, Vec<u8>)> {
+    let r = relay.clone();
+    tokio::task::spawn_blocking(move || r.store.resolve(&spec).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|v| (v.id.to_hex(), v.manifest.encode()))
+}
+
+/// `GET /api/v1/images/{name}/{version}/manifest` on a relay.
+async fn manifest(
+    State((app, relay)): State<(AppState, Arc<Relay>)>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if crate::store::catalog::validate_name(&name).is_err()
+        || !(version == "latest" || version.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid image name {name:?} or version {version:?}"),
+        )
+        .into_response();
+    }
+    let full = version.len() == 64;
+    if full {
+        if let Some((id, bytes)) = local(&relay, format!("{name}@{version}")).await {
+            return manifest_response(&app, &id, bytes);
+        }
+    }
+    // Ask upstream which version this is (and whether it exists).
+    let url = relay
+        .link
+        .url(&format!("/api/v1/images/{name}/{version}/manifest"));
+    let upstream = relay
+        .link
+        .client
+        .get(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let resp = match upstream {
+        Ok(r) => r,
+        Err(e) => {
+            // upstream unreachable: what the relay holds completely is still good
+            if !full {
+                if let Some((id, bytes)) = local(&relay, format!("{name}@{version}")).await {
+                    return manifest_response(&app, &id, bytes);
+                }
+            }
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{name}@{version} is not complete on relay {} and its upstream cannot be reached: {e}",
+                    relay.config.site
+                ),
+            )
+            .into_response();
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        return error(status, msg).into_response();
+    }
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(StatusCode::BAD_GATEWAY, format!("reading {url}: {e}")).into_response()
+        }
+    };
+    let id = match Manifest::decode(&bytes) {
+        Ok((_, id)) => id.to_hex(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("the manifest {url} sent is damaged: {e}"),
+            )
+            .into_response()
+        }
+    };
+    if let Some((id, bytes)) = local(&relay, format!("{name}@{id}")).await {
+        return manifest_response(&app, &id, bytes);
+    }
+    let below = headers.contains_key(RELAY_TOKEN_HEADER);
+    if relay.config.incomplete == IncompletePolicy::Wait && !below {
+        relay
+            .metrics
+            .manifests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "version {id} of {name} is not complete on relay {} yet; it arrives with the push",
+                relay.config.site
+            ),
+        )
+        .into_response();
+    }
+    relay
+        .metrics
+        .manifests_pulled
+        .fetch_add(1, Ordering::Relaxed);
+    manifest_response(&app, &id, bytes.to_vec())
+}
+
+/// `GET /metrics`: the chunk service's counters, then the relay's.
+async fn metrics(State((app, relay)): State<(AppState, Arc<Relay>)>) -> Response {
+    let mut text = chunks::metrics_text(&app.chunks);
+    let m = &relay.metrics;
+    let link = &relay.link;
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "bootcast_relay_upstream_bytes_total",
+            "Compressed chunk bytes received from upstream (prestage and pull-through).",
+            link.upstream_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_chunks_rejected_total",
+            "Upstream chunks that failed verification (not stored).",
+            link.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_pull_chunks_total",
+            "Chunks fetched from upstream for clients (pull-through).",
+            relay.pull.pulled.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_pulls_coalesced_total",
+            "Requests for a chunk already being fetched that waited for that fetch.",
+            relay.pull.coalesced.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_file_bytes_total",
+            "Bytes of boot environment and iPXE files fetched from upstream.",
+            m.file_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_manifests_refused_total",
+            "Manifests of versions not complete here refused (policy wait).",
+            m.manifests_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_manifests_pulled_total",
+            "Manifests of versions not complete here passed through from upstream.",
+            m.manifests_pulled.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_heartbeats_total",
+            "Heartbeats upstream accepted.",
+            m.heartbeats.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_heartbeat_failures_total",
+            "Heartbeats that failed (unreachable or refused).",
+            m.heartbeat_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_evicted_bytes_total",
+            "Compressed chunk bytes evicted for the quota.",
+            m.evicted_bytes.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        text += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    }
+    let gauges: [(&str, &str, u64); 3] = [
+        (
+            "bootcast_relay_cache_bytes",
+            "Compressed bytes of chunks in the relay's store (as of the last heartbeat).",
+            m.cache_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "bootcast_relay_rate_cap_bytes",
+            "The cap on upstream reads now, bytes per second (0: none).",
+            link.limiter.rate().unwrap_or(0),
+        ),
+        (
+            "bootcast_relay_last_heartbeat_seconds",
+            "Unix time of the last accepted heartbeat (0: none yet).",
+            m.last_heartbeat.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        text += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    }
+    let pushes = relay.progress();
+    if !pushes.is_empty() {
+        text += "# HELP bootcast_relay_push_state The state of each open push on this relay (1 for its state).\n# TYPE bootcast_relay_push_state gauge\n";
+        for p in &pushes {
+            for s in [
+                PushState::Waiting,
+                PushState::Running,
+                PushState::Paused,
+                PushState::Done,
+                PushState::Failed,
+            ] {
+                text += &format!(
+                    "bootcast_relay_push_state{{push=\"{}\",state=\"{}\"}} {}\n",
+                    p.push,
+                    s.as_str(),
+                    u8::from(p.state == s)
+                );
+            }
+        }
+        for (name, help, f) in [
+            (
+                "bootcast_relay_push_bytes_done",
+                "Compressed bytes of the push's chunks the relay holds.",
+                (|p: &super::proto::PushProgress| p.bytes_done) as fn(&_) -> u64,
+            ),
+            (
+                "bootcast_relay_push_bytes_total",
+                "Compressed bytes of all of the push's chunks.",
+                |p| p.bytes_total,
+            ),
+            (
+                "bootcast_relay_push_fetched_bytes",
+                "Compressed bytes fetched from upstream for the push since the relay started.",
+                |p| p.fetched,
+            ),
+            (
+                "bootcast_relay_push_rate_bytes",
+                "Bytes per second fetched for the push over the last seconds.",
+                |p| p.rate,
+            ),
+        ] {
+            text += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
+            for p in &pushes {
+                text += &format!("{name}{{push=\"{}\"}} {}\n", p.push, f(p));
+            }
+        }
+    }
+    let complete = {
+        let r = relay.clone();
+        tokio::task::spawn_blocking(move || super::heartbeat::complete_versions(&r).len())
+            .await
+            .unwrap_or(0)
+    };
+    text += &format!("# HELP bootcast_relay_versions_complete Versions complete in the relay's store.\n# TYPE bootcast_relay_versions_complete gauge\nbootcast_relay_versions_complete {complete}\n");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
