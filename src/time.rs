@@ -141,6 +141,28 @@ impl Zone {
             .unwrap_or_else(Zone::utc)
     }
 
+    /// The zone `name` (`Europe/Paris`, `UTC`) from /usr/share/zoneinfo; `None` if there is
+    /// no such zone (or the name could leave the zoneinfo directory).
+    pub fn named(name: &str) -> Option<Zone> {
+        if name.eq_ignore_ascii_case("utc") {
+            return Some(Zone::utc());
+        }
+        let ok = !name.is_empty()
+            && !name.starts_with('/')
+            && name
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b));
+        if !ok {
+            return None;
+        }
+        std::fs::read(std::path::Path::new("/usr/share/zoneinfo").join(name))
+            .ok()
+            .and_then(|b| Zone::parse(&b))
+    }
+
     /// Parses a TZif file (version 1, or the 64-bit block of versions 2+).
     pub fn parse(b: &[u8]) -> Option<Zone> {
         fn be(b: &[u8], at: usize, n: usize) -> Option<i64> {
