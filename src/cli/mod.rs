@@ -5,8 +5,10 @@ mod bootenv;
 mod host;
 mod image;
 mod output;
+mod push;
 mod relay;
 mod serve;
+mod site;
 mod store;
 mod task;
 mod token;
@@ -55,6 +57,12 @@ pub enum Command {
     /// Add, list, show, export and remove disk images
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Push image versions to sites' relays at night: create, list, status, pause, resume, cancel
+    #[command(subcommand)]
+    Push(push::PushCmd),
+    /// Sites and their relays' schedule (time zone, windows, bandwidth cap)
+    #[command(subcommand)]
+    Site(site::SiteCmd),
     /// Create, verify and garbage-collect the chunk store
     #[command(subcommand)]
     Store(store::StoreCmd),
@@ -80,7 +88,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(cmd) => task::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
+        Command::Push(cmd) => push::run(cmd, &cli.data, &out),
         Command::Relay(args) => relay::run(args, &cli.data, &out),
+        Command::Site(cmd) => site::run(cmd, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data, &out),
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),
     }

@@ -7,12 +7,15 @@
 //!
 //! Query groups: [`hosts`] (hosts and their boots), [`tasks`] (what a host should do on its
 //! next network boot), [`groups`] (hosts in named groups, e.g. a room), [`images`] (per-image
-//! settings such as the post-deploy steps), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
+//! settings such as the post-deploy steps), [`sites`] (sites, their schedule and relay),
+//! [`pushes`] (image versions pushed to sites, and each site's progress), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
 pub mod groups;
 pub mod hosts;
 pub mod images;
 pub mod leases;
+pub mod pushes;
+pub mod sites;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -126,6 +129,57 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE image_settings (
         image TEXT PRIMARY KEY,
         set_hostname INTEGER NOT NULL
+    );",
+    // 4: sites (schedule, relay token, what the relay last reported), hosts bound to sites,
+    // pushes of image versions to sites and each site's progress
+    "CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        subnets TEXT NOT NULL DEFAULT '',
+        tz TEXT NOT NULL DEFAULT 'UTC',
+        windows TEXT NOT NULL DEFAULT 'always',
+        rate INTEGER,
+        incomplete TEXT NOT NULL DEFAULT 'wait',
+        relay_token TEXT NOT NULL UNIQUE,
+        relay_url TEXT,
+        relay_version TEXT,
+        last_heartbeat INTEGER,
+        cache_bytes INTEGER,
+        quota_bytes INTEGER,
+        complete TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE hosts ADD COLUMN site TEXT;
+    CREATE TABLE pushes (
+        id INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        windows TEXT,
+        rate INTEGER,
+        deadline INTEGER
+    );
+    CREATE TABLE push_versions (
+        push INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
+        image TEXT NOT NULL,
+        version TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (push, image, version)
+    );
+    CREATE TABLE push_sites (
+        push INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
+        site TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+        state TEXT NOT NULL DEFAULT 'waiting',
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER,
+        fetched INTEGER NOT NULL DEFAULT 0,
+        rate INTEGER NOT NULL DEFAULT 0,
+        detail TEXT,
+        updated_at INTEGER,
+        PRIMARY KEY (push, site)
+    );
+    CREATE TABLE site_images (
+        site TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+        image TEXT NOT NULL,
+        PRIMARY KEY (site, image)
     );",
 ];
 

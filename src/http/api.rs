@@ -69,6 +69,7 @@ pub(super) fn check_nonce(
 pub async fn agent_hello(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(hello): Json<Hello>,
 ) -> Response {
     let mac: Mac = match hello.mac.parse() {
@@ -85,7 +86,9 @@ pub async fn agent_hello(
         )
         .into_response();
     }
-    let ip = peer.ip().to_string();
+    // through a site relay: the machine's own address from the relay's header
+    let relayed = super::relay::Relayed::from_headers(&headers);
+    let ip = super::relay::client_ip(relayed.as_ref(), peer).to_string();
     let now = crate::time::now_unix();
     st.chunks.captures.sweep();
     let h = hello.clone();

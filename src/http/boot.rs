@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::relay::{client_ip, Relayed};
 use super::AppState;
 use crate::agent::proto::Firmware;
 use crate::boot::ipxe::{self, BootScript};
@@ -32,9 +33,22 @@ fn script(body: String) -> Response {
         .into_response()
 }
 
+/// The base URL a client should use: its site relay's when the request came through one
+/// (with a valid site token), else this server's.
+async fn client_base(st: &AppState, headers: &HeaderMap) -> String {
+    if let Some(r) = Relayed::from_headers(headers) {
+        let url = r.url.clone();
+        if let Ok(Some(_)) = st.db.call(move |c| r.site(c)).await {
+            return url;
+        }
+        tracing::warn!("a request carried relay headers with an unknown site token; answering as for a direct client");
+    }
+    st.base_url(host_header(headers))
+}
+
 /// `GET /boot.ipxe`: the file DHCP names for iPXE clients.
 pub async fn chain(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    script(ipxe::chain_script(&st.base_url(host_header(&headers))))
+    script(ipxe::chain_script(&client_base(&st, &headers).await))
 }
 
 /// `GET /boot/{mac}.ipxe?platform=pcbios|efi&buildarch=...`: this host's script.
@@ -65,7 +79,9 @@ pub async fn host_script(
     };
     // iPXE's buildarch (i386, x86_64, arm64): kept with the boot record only
     let arch = q.get("buildarch").filter(|a| valid_arch(a)).cloned();
-    let ip = peer.ip().to_string();
+    let relayed = Relayed::from_headers(&headers);
+    let ip = client_ip(relayed.as_ref(), peer).to_string();
+    let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
     let bootenv_ready = matches!(bootenv, Ok(Some(_)));
     let nonce = match crate::http::auth::random_hex(16) {
@@ -93,8 +109,32 @@ pub async fn host_script(
                 },
                 now,
             )?;
+            // booted through a site relay: the host belongs to that site
+            let site = match &relayed {
+                Some(r) => r.site(c)?,
+                None => None,
+            };
+            if let Some(s) = &site {
+                crate::db::sites::bind_host(c, mac, &s.name)?;
+            }
             // a task scheduled for later (`--at`) waits: local disk (or registration) until then
             let task = tasks::due_for(c, mac, now)?;
+            // a reimage whose version the site's relay does not hold yet waits too (policy
+            // `wait`), so the relay never has to offer an incomplete version
+            let task = task.filter(|t| match (&site, &t.version) {
+                (Some(s), Some(v)) if t.kind == crate::db::TaskKind::Reimage
+                    && s.incomplete == crate::db::sites::Incomplete::Wait =>
+                {
+                    let held = s.relay.as_ref().is_some_and(|r| {
+                        r.complete.iter().any(|c| Some(&c.image) == t.image.as_ref() && &c.version == v)
+                    });
+                    if !held {
+                        tracing::info!(%mac, task = t.id, site = %s.name, "task waits: its version is not complete on the site's relay yet");
+                    }
+                    held
+                }
+                _ => true,
+            });
             let uefi = firmware.or(host.firmware) == Some(Firmware::Uefi);
             let plan = match (&task, host.registered()) {
                 (Some(t), _) => BootScript::BootEnv {
@@ -139,7 +179,7 @@ pub async fn host_script(
         p => p,
     };
     tracing::info!(%mac, firmware = ?firmware, peer = %peer.ip(), "boot script: {plan:?}");
-    script(plan.render(&st.base_url(host_header(&headers))))
+    script(plan.render(&base))
 }
 
 /// An architecture name as iPXE or `uname -m` print it.

@@ -16,6 +16,8 @@
 //! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | none (see [`chunks`]) |
 //! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | none (see [`chunks`]) |
 //! | `GET /metrics` | monitoring (Prometheus) | none |
+//! | `POST /api/v1/relay/heartbeat` | site relays (see [`relay`]) | the site's relay token |
+//! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod boot;
 pub mod capture;
 pub mod chunks;
+pub mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -89,6 +92,8 @@ pub fn router(state: AppState, token: String) -> Router {
             axum::routing::delete(api::cancel_task),
         )
         .route("/api/v1/groups", get(api::list_groups))
+        .route("/api/v1/sites", get(relay::list_sites))
+        .route("/api/v1/pushes", get(relay::push_status))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
             auth::require_token,
@@ -100,6 +105,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/bootenv/{file}", get(boot::bootenv_file))
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/api/v1/agent/hello", post(api::agent_hello))
+        .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
         .route(
             "/api/v1/images/{name}/{version}/manifest",
             get(chunks::manifest),

@@ -3,10 +3,12 @@
 //!
 //! - [`window`]: daily windows in a site's time zone (pure).
 //! - [`rate`]: rate parsing and the token bucket shared by a relay's connections (pure core).
+//! - [`status`]: a push's status per site (ETA over windows, deadline warning).
 //! - [`clock`]: the scheduler's clock, injectable for tests.
 //! - [`sim`]: a fleet push simulation over windows and caps: per-site completion, nights
 //!   missed, central egress (pure).
 pub mod clock;
 pub mod rate;
 pub mod sim;
+pub mod status;
 pub mod window;

@@ -216,13 +216,13 @@ impl Relay {
 
     /// Applies a heartbeat reply: schedule, orders, assigned images.
     pub fn apply(&self, reply: HeartbeatReply) {
-        let zone = match Zone::named(&reply.schedule.tz) {
-            Ok(z) => Some(z),
-            Err(e) => {
-                tracing::error!("the site's schedule: {e}; keeping the previous zone");
-                None
-            }
-        };
+        let zone = Zone::named(&reply.schedule.tz);
+        if zone.is_none() {
+            tracing::error!(
+                "the site's schedule names time zone {:?}, unknown here (the Debian package tzdata installs the zones); keeping the previous zone",
+                reply.schedule.tz
+            );
+        }
         let windows = match Windows::parse(&reply.schedule.windows) {
             Ok(w) => Some(w),
             Err(e) => {

@@ -87,6 +87,35 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A point-to-point veth link from this namespace (`here`, address `addr`) to `other`
+    /// (`there`, address `peer_addr`); CIDRs in 10.99.0.0/16. With `rate` (tc syntax, e.g.
+    /// `100mbit`), both ends are shaped with tbf, as a WAN link is.
+    pub fn link(
+        &self,
+        other: &Netns,
+        (here, addr): (&str, &str),
+        (there, peer_addr): (&str, &str),
+        rate: Option<&str>,
+    ) {
+        self.sh(&format!(
+            "ip link add {here} type veth peer name {there} netns {} && ip addr add {addr} dev {here} && ip link set {here} up",
+            other.name
+        ));
+        other.sh(&format!(
+            "ip addr add {peer_addr} dev {there} && ip link set {there} up"
+        ));
+        if let Some(r) = rate {
+            self.sh(&format!(
+                "tc qdisc add dev {here} root tbf rate {r} burst 64kb latency 100ms"
+            ));
+            other.sh(&format!(
+                "tc qdisc add dev {there} root tbf rate {r} burst 64kb latency 100ms"
+            ));
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for c in &mut self.children {

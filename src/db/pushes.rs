@@ -1,0 +1,400 @@
+//! Pushes: image versions sent to sites' relays, and each site's progress as its relay
+//! reports it in heartbeats.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{DbError, QueryContext};
+use crate::relay::proto::{PushOrder, VersionRef};
+
+/// What staff made of a push. A push whose every site is done shows as `done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    Active,
+    Paused,
+    Cancelled,
+    Done,
+}
+
+impl PushStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushStatus::Active => "active",
+            PushStatus::Paused => "paused",
+            PushStatus::Cancelled => "cancelled",
+            PushStatus::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> PushStatus {
+        match s {
+            "paused" => PushStatus::Paused,
+            "cancelled" => PushStatus::Cancelled,
+            "done" => PushStatus::Done,
+            _ => PushStatus::Active,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushVersion {
+    pub image: String,
+    pub version: String,
+    /// Compressed bytes of the version's distinct chunks (what a relay holding none needs).
+    pub bytes: u64,
+}
+
+/// One site's progress with a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushSite {
+    pub site: String,
+    /// `waiting`, `running`, `paused`, `done` or `failed`, as the relay reports it.
+    pub state: String,
+    pub bytes_done: u64,
+    /// What the relay needs in all (unknown until its first report).
+    pub bytes_total: Option<u64>,
+    /// Bytes the relay fetched from upstream for this push.
+    pub fetched: u64,
+    pub rate: u64,
+    pub detail: Option<String>,
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Push {
+    pub id: i64,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub created_at: i64,
+    pub state: PushStatus,
+    /// Overrides of the sites' windows and caps.
+    pub windows: Option<String>,
+    pub rate: Option<u64>,
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub deadline: Option<i64>,
+    pub versions: Vec<PushVersion>,
+    pub sites: Vec<PushSite>,
+}
+
+/// What `push create` asks for (validated by the caller).
+#[derive(Debug, Clone)]
+pub struct NewPush {
+    pub versions: Vec<PushVersion>,
+    pub sites: Vec<String>,
+    pub windows: Option<String>,
+    pub rate: Option<u64>,
+    pub deadline: Option<i64>,
+}
+
+pub fn create(conn: &mut Connection, p: &NewPush, now: i64) -> Result<Push, DbError> {
+    let tx = conn.transaction().what("begin")?;
+    tx.execute(
+        "INSERT INTO pushes (created_at, state, windows, rate, deadline) VALUES (?1, 'active', ?2, ?3, ?4)",
+        params![now, p.windows, p.rate.map(|r| r as i64), p.deadline],
+    )
+    .what("create push")?;
+    let id = tx.last_insert_rowid();
+    for v in &p.versions {
+        tx.execute(
+            "INSERT INTO push_versions (push, image, version, bytes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            params![id, v.image, v.version, v.bytes as i64],
+        )
+        .what("push version")?;
+    }
+    for s in &p.sites {
+        tx.execute(
+            "INSERT INTO push_sites (push, site) VALUES (?1, ?2)",
+            params![id, s],
+        )
+        .what("push site")?;
+        for v in &p.versions {
+            tx.execute(
+                "INSERT INTO site_images (site, image) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![s, v.image],
+            )
+            .what("assign image")?;
+        }
+    }
+    tx.commit().what("commit")?;
+    Ok(get(conn, id)?.expect("push just created"))
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<Push>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT id, created_at, state, windows, rate, deadline FROM pushes WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(Push {
+                    id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    state: PushStatus::parse(&r.get::<_, String>(2)?),
+                    windows: r.get(3)?,
+                    rate: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    deadline: r.get(5)?,
+                    versions: Vec::new(),
+                    sites: Vec::new(),
+                })
+            },
+        )
+        .optional()
+        .what("get push")?;
+    let Some(mut push) = row else { return Ok(None) };
+    let mut st = conn
+        .prepare("SELECT image, version, bytes FROM push_versions WHERE push = ?1 ORDER BY image, version")
+        .what("push versions")?;
+    push.versions = st
+        .query_map([id], |r| {
+            Ok(PushVersion {
+                image: r.get(0)?,
+                version: r.get(1)?,
+                bytes: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .what("push versions")?
+        .collect::<Result<_, _>>()
+        .what("push versions")?;
+    let mut st = conn
+        .prepare(
+            "SELECT site, state, bytes_done, bytes_total, fetched, rate, detail, updated_at
+             FROM push_sites WHERE push = ?1 ORDER BY site",
+        )
+        .what("push sites")?;
+    push.sites = st
+        .query_map([id], |r| {
+            Ok(PushSite {
+                site: r.get(0)?,
+                state: r.get(1)?,
+                bytes_done: r.get::<_, i64>(2)? as u64,
+                bytes_total: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                fetched: r.get::<_, i64>(4)? as u64,
+                rate: r.get::<_, i64>(5)? as u64,
+                detail: r.get(6)?,
+                updated_at: r.get(7)?,
+            })
+        })
+        .what("push sites")?
+        .collect::<Result<_, _>>()
+        .what("push sites")?;
+    if push.state == PushStatus::Active
+        && !push.sites.is_empty()
+        && push.sites.iter().all(|s| s.state == "done")
+    {
+        push.state = PushStatus::Done;
+    }
+    Ok(Some(push))
+}
+
+/// Pushes, newest first; without `all`, only those not cancelled or done.
+pub fn list(conn: &Connection, all: bool) -> Result<Vec<Push>, DbError> {
+    let mut st = conn
+        .prepare("SELECT id FROM pushes ORDER BY id DESC")
+        .what("list pushes")?;
+    let ids: Vec<i64> = st
+        .query_map([], |r| r.get(0))
+        .what("list pushes")?
+        .collect::<Result<_, _>>()
+        .what("list pushes")?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(p) = get(conn, id)? {
+            if all || matches!(p.state, PushStatus::Active | PushStatus::Paused) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why a state change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no push {0}; `bootcast push list --all` shows them")]
+    NoPush(i64),
+    #[error("push {id} is {state}: it cannot be {action}")]
+    Refused {
+        id: i64,
+        state: &'static str,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// `pause`, `resume` or `cancel` a push.
+pub fn change(conn: &Connection, id: i64, to: PushStatus) -> Result<Push, ChangeError> {
+    let push = get(conn, id)?.ok_or(ChangeError::NoPush(id))?;
+    let (ok, action) = match to {
+        PushStatus::Paused => (push.state == PushStatus::Active, "paused"),
+        PushStatus::Active => (push.state == PushStatus::Paused, "resumed"),
+        PushStatus::Cancelled => (
+            matches!(push.state, PushStatus::Active | PushStatus::Paused),
+            "cancelled",
+        ),
+        PushStatus::Done => (false, "marked done"),
+    };
+    if !ok {
+        return Err(ChangeError::Refused {
+            id,
+            state: push.state.as_str(),
+            action,
+        });
+    }
+    conn.execute(
+        "UPDATE pushes SET state = ?2 WHERE id = ?1",
+        params![id, to.as_str()],
+    )
+    .what("change push")?;
+    Ok(get(conn, id)?.expect("push exists"))
+}
+
+/// The open pushes for `site` as orders for its relay (not cancelled; done ones stay listed
+/// so a relay that lost its store fetches them again).
+pub fn orders_for(conn: &Connection, site: &str) -> Result<Vec<PushOrder>, DbError> {
+    let mut st = conn
+        .prepare(
+            "SELECT p.id FROM pushes p JOIN push_sites s ON s.push = p.id
+             WHERE s.site = ?1 AND p.state IN ('active', 'paused') ORDER BY p.id",
+        )
+        .what("push orders")?;
+    let ids: Vec<i64> = st
+        .query_map([site], |r| r.get(0))
+        .what("push orders")?
+        .collect::<Result<_, _>>()
+        .what("push orders")?;
+    let mut out = Vec::new();
+    for id in ids {
+        let p = get(conn, id)?.expect("listed push exists");
+        out.push(PushOrder {
+            id,
+            paused: p.state == PushStatus::Paused,
+            versions: p
+                .versions
+                .iter()
+                .map(|v| VersionRef {
+                    image: v.image.clone(),
+                    version: v.version.clone(),
+                })
+                .collect(),
+            windows: p.windows.clone(),
+            rate: p.rate,
+            deadline: p.deadline,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sites::{self, Incomplete, SiteSettings};
+    use crate::db::Db;
+    use crate::relay::proto::{Heartbeat, PushProgress, PushState};
+
+    fn settings() -> SiteSettings {
+        SiteSettings {
+            subnets: vec!["10.99.1.0/24".into()],
+            tz: "Europe/Paris".into(),
+            windows: "22:00-06:00".into(),
+            rate: Some(6_250_000),
+            incomplete: Incomplete::Wait,
+        }
+    }
+
+    #[test]
+    fn a_push_reaches_its_sites_relays_and_collects_their_progress() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        assert!(sites::add(&c, "nord", &settings(), "tok-n", 1).unwrap());
+        assert!(sites::add(&c, "sud", &settings(), "tok-s", 1).unwrap());
+        assert!(!sites::add(&c, "sud", &settings(), "tok-x", 1).unwrap());
+        let v = PushVersion {
+            image: "win11".into(),
+            version: "ab".repeat(32),
+            bytes: 1000,
+        };
+        let p = create(
+            &mut c,
+            &NewPush {
+                versions: vec![v.clone()],
+                sites: vec!["nord".into()],
+                windows: None,
+                rate: None,
+                deadline: Some(99),
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!((p.state, p.sites.len()), (PushStatus::Active, 1));
+        assert_eq!(sites::get(&c, "nord").unwrap().unwrap().images, ["win11"]);
+        assert!(orders_for(&c, "sud").unwrap().is_empty());
+        let o = orders_for(&c, "nord").unwrap();
+        assert_eq!(
+            (o[0].id, o[0].paused, o[0].deadline),
+            (p.id, false, Some(99))
+        );
+        assert_eq!(o[0].versions[0].image, "win11");
+
+        // the relay's heartbeat lands in the push's status
+        let site = sites::by_token(&c, "tok-n").unwrap().unwrap();
+        assert_eq!(site.name, "nord");
+        let hb = Heartbeat {
+            site: "nord".into(),
+            url: "http://10.99.1.2:8080".into(),
+            version: "0.1.0".into(),
+            cache_bytes: 10,
+            quota_bytes: None,
+            complete: vec![],
+            pushes: vec![PushProgress {
+                push: p.id,
+                state: PushState::Running,
+                bytes_done: 400,
+                bytes_total: 1000,
+                fetched: 400,
+                rate: 50,
+                detail: None,
+            }],
+        };
+        sites::record_heartbeat(&mut c, "nord", &hb, 7).unwrap();
+        let got = get(&c, p.id).unwrap().unwrap();
+        assert_eq!(
+            (
+                got.sites[0].state.as_str(),
+                got.sites[0].bytes_done,
+                got.sites[0].bytes_total
+            ),
+            ("running", 400, Some(1000))
+        );
+        let relay = sites::get(&c, "nord").unwrap().unwrap().relay.unwrap();
+        assert_eq!(
+            (relay.last_heartbeat, relay.url.as_deref()),
+            (7, Some("http://10.99.1.2:8080"))
+        );
+
+        // pause / resume / cancel rules
+        assert_eq!(
+            change(&c, p.id, PushStatus::Paused).unwrap().state,
+            PushStatus::Paused
+        );
+        assert!(orders_for(&c, "nord").unwrap()[0].paused);
+        assert!(change(&c, p.id, PushStatus::Paused).is_err());
+        assert_eq!(
+            change(&c, p.id, PushStatus::Active).unwrap().state,
+            PushStatus::Active
+        );
+        // every site done: the push is done, and can no longer be cancelled
+        let mut done = hb.clone();
+        done.pushes[0].state = PushState::Done;
+        sites::record_heartbeat(&mut c, "nord", &done, 8).unwrap();
+        assert_eq!(get(&c, p.id).unwrap().unwrap().state, PushStatus::Done);
+        assert!(list(&c, false).unwrap().is_empty());
+        let e = change(&c, p.id, PushStatus::Cancelled).unwrap_err();
+        assert!(e.to_string().contains("is done"), "{e}");
+        assert!(matches!(
+            change(&c, 77, PushStatus::Paused),
+            Err(ChangeError::NoPush(77))
+        ));
+    }
+}

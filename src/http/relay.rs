@@ -1,0 +1,185 @@
+//! The central side of site relays: `POST /api/v1/relay/heartbeat` (a relay reports and gets
+//! its site's schedule and pushes), and recognising requests a relay passes on for its
+//! site's machines (boot scripts then name the relay, not this server).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rusqlite::Connection;
+
+use super::AppState;
+use crate::db::{pushes, sites, DbError};
+use crate::relay::proto::{
+    Heartbeat, HeartbeatReply, SiteSchedule, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER,
+    RELAY_URL_HEADER,
+};
+
+/// Seconds between a relay's heartbeats.
+pub const HEARTBEAT_INTERVAL: u64 = 5;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// `POST /api/v1/relay/heartbeat` with `Authorization: Bearer <site relay token>`.
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(hb): Json<Heartbeat>,
+) -> Response {
+    let Some(token) = bearer(&headers).map(str::to_string) else {
+        return super::error(
+            StatusCode::UNAUTHORIZED,
+            "a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site token NAME` on the central server)",
+        )
+        .into_response();
+    };
+    let now = crate::time::now_unix();
+    let res = st
+        .db
+        .call(move |c| {
+            let Some(site) = sites::by_token(c, &token)? else {
+                return Ok(Err((
+                    StatusCode::UNAUTHORIZED,
+                    "no site has this relay token; `bootcast site token NAME` on the central server shows a site's token".to_string(),
+                )));
+            };
+            if site.name != hb.site {
+                return Ok(Err((
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "this token is site {:?}'s, not {:?}: start the relay with --site {}",
+                        site.name, hb.site, site.name
+                    ),
+                )));
+            }
+            sites::record_heartbeat(c, &site.name, &hb, now)?;
+            let site = sites::get(c, &site.name)?.expect("site exists");
+            Ok(Ok(HeartbeatReply {
+                schedule: SiteSchedule {
+                    tz: site.tz.clone(),
+                    windows: site.windows.clone(),
+                    rate: site.rate,
+                },
+                pushes: pushes::orders_for(c, &site.name)?,
+                assigned: site.images.clone(),
+                interval: HEARTBEAT_INTERVAL,
+            }))
+        })
+        .await;
+    match res {
+        Ok(Ok(reply)) => Json(reply).into_response(),
+        Ok(Err((code, msg))) => super::error(code, msg).into_response(),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// A request a site relay passes on for one of its machines, as the relay's headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub token: String,
+    /// The relay's base URL for its clients.
+    pub url: String,
+    /// The machine's address (else the relay's).
+    pub client: Option<IpAddr>,
+}
+
+impl Relayed {
+    /// The relay headers of a request; `None` when it came directly (or the headers are
+    /// malformed: then the request is treated as direct).
+    pub fn from_headers(headers: &HeaderMap) -> Option<Relayed> {
+        let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim);
+        let token = get(RELAY_TOKEN_HEADER)?;
+        let url = get(RELAY_URL_HEADER)?;
+        let hostport = url.strip_prefix("http://")?.trim_end_matches('/');
+        if hostport.is_empty()
+            || !hostport
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            return None;
+        }
+        Some(Relayed {
+            token: token.to_string(),
+            url: format!("http://{hostport}"),
+            client: get(FORWARDED_FOR_HEADER)
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok()),
+        })
+    }
+
+    /// The site this relay serves, if its token is right.
+    pub fn site(&self, c: &Connection) -> Result<Option<sites::Site>, DbError> {
+        sites::by_token(c, &self.token)
+    }
+}
+
+/// The client's address: the relay's `x-forwarded-for` for a relayed request, else the peer.
+pub fn client_ip(relayed: Option<&Relayed>, peer: SocketAddr) -> IpAddr {
+    relayed.and_then(|r| r.client).unwrap_or(peer.ip())
+}
+
+/// `GET /api/v1/sites` (staff): every site with its schedule and relay state.
+pub async fn list_sites(State(st): State<AppState>) -> Response {
+    match st.db.call(|c| sites::list(c)).await {
+        Ok(list) => Json(serde_json::json!({ "sites": list })).into_response(),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+/// `GET /api/v1/pushes` (staff): open pushes with each site's status (as `push status`).
+pub async fn push_status(State(st): State<AppState>) -> Response {
+    let now = crate::time::now_unix();
+    let res = st
+        .db
+        .call(move |c| {
+            let mut out = Vec::new();
+            for p in pushes::list(c, false)? {
+                let mut rows = Vec::new();
+                for ps in &p.sites {
+                    if let Some(site) = sites::get(c, &ps.site)? {
+                        rows.push(crate::push::status::site_status(&p, ps, &site, now));
+                    }
+                }
+                out.push(serde_json::json!({ "push": p.id, "state": p.state, "versions": p.versions, "sites": rows }));
+            }
+            Ok(out)
+        })
+        .await;
+    match res {
+        Ok(list) => Json(serde_json::json!({ "pushes": list })).into_response(),
+        Err(e) => super::internal(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Relayed::from_headers(&h), None);
+        h.insert(RELAY_TOKEN_HEADER, "tok".parse().unwrap());
+        h.insert(RELAY_URL_HEADER, "http://10.99.1.2:8080/".parse().unwrap());
+        h.insert(
+            FORWARDED_FOR_HEADER,
+            "10.99.1.50, 10.99.0.2".parse().unwrap(),
+        );
+        let r = Relayed::from_headers(&h).unwrap();
+        assert_eq!(r.url, "http://10.99.1.2:8080");
+        assert_eq!(r.client, Some("10.99.1.50".parse().unwrap()));
+        // a URL that could inject script text is not taken
+        h.insert(RELAY_URL_HEADER, "http://x y/".parse().unwrap());
+        assert_eq!(Relayed::from_headers(&h), None);
+        h.insert(RELAY_URL_HEADER, "ftp://10.0.0.1".parse().unwrap());
+        assert_eq!(Relayed::from_headers(&h), None);
+    }
+}
