@@ -102,9 +102,18 @@ impl Link {
         ];
         let source =
             HttpSource::with_options(&config.upstream, &headers, Some(limiter.clone() as _))?;
+        let mut defaults = reqwest::header::HeaderMap::new();
+        for (name, value) in &headers {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(value) {
+                defaults.insert(*name, v);
+            }
+        }
+        // a request that sets these headers itself (one passed on for a relay below) keeps
+        // its own
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
+            .default_headers(defaults)
             .build()
             .map_err(|e| StoreError::Fetch {
                 url: config.upstream.clone(),
