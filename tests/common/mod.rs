@@ -184,9 +184,14 @@ pub struct Served {
 impl Served {
     /// Starts `bootcast --data DATA serve ARGS` and waits for its `bootcast: ready` line.
     /// Panics with the server's output if it exits first.
-    pub fn start(mut cmd: Command, args: &[&str]) -> Served {
+    pub fn start(cmd: Command, args: &[&str]) -> Served {
+        Served::start_as(cmd, "serve", args)
+    }
+
+    /// [`Served::start`] for another server command (`relay`).
+    pub fn start_as(mut cmd: Command, command: &str, args: &[&str]) -> Served {
         use std::io::BufRead;
-        cmd.arg("serve")
+        cmd.arg(command)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -621,6 +626,15 @@ impl Relay {
     /// From now on, at most `bytes` more server bytes on chunk connections, then they wait.
     pub fn hold_after(&self, bytes: u64) {
         self.state.0.lock().unwrap().budget = Some(bytes);
+    }
+
+    /// Lifts the budget: held connections go on (none is closed).
+    pub fn release(&self) {
+        let (lock, cv) = &*self.state;
+        let mut g = lock.lock().unwrap();
+        g.budget = None;
+        g.holding = false;
+        cv.notify_all();
     }
 
     /// Waits until a chunk connection waits for budget.

@@ -1,0 +1,716 @@
+//! `bootcast relay` against a real central `bootcast serve` on 127.0.0.1: pull-through (the
+//! second fetch costs no upstream byte), coalesced misses, a corrupted chunk upstream
+//! rejected and fetched again once good, the incomplete-version policy, prestage of a push
+//! inside its window (opened and closed through the relay's clock file), kill -9 mid-push
+//! and resume, a relay behind a relay, the quota, and a wrong site token.
+//!
+//! Waits are on reported state (the relay's `/metrics`, the central `push status`), polled;
+//! never a sleep standing in for an event.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bootcast::store::{ChunkId, Store};
+use serde_json::Value;
+
+use common::*;
+
+/// Streams a relay's prestage uses (each may lose its chunk in flight to a kill).
+const STREAMS: u64 = bootcast::relay::prestage::STREAMS as u64;
+
+fn central(lab: &Lab) -> Served {
+    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+}
+
+/// `bootcast site add NAME ARGS...`: the site's relay token.
+fn site(lab: &Lab, name: &str, args: &[&str]) -> String {
+    let mut a = vec!["site", "add", name];
+    a.extend_from_slice(args);
+    lab.json(&a)["token"].as_str().unwrap().to_string()
+}
+
+/// A relay with its data in `lab`/`dir`, on a free port.
+fn relay(lab: &Lab, dir: &str, upstream: &str, site: &str, token: &str, extra: &[&str]) -> Served {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data")
+        .arg(lab.path(dir))
+        .env_remove("BOOTCAST_DATA");
+    let mut args = vec![
+        "--upstream",
+        upstream,
+        "--site",
+        site,
+        "--token",
+        token,
+        "--http",
+        "127.0.0.1:0",
+        "--tftp",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    Served::start_as(cmd, "relay", &args)
+}
+
+/// A counter or gauge of `/metrics` (`name` with its labels, as printed).
+fn metric_at(url: &str, name: &str) -> u64 {
+    let (code, text) = http("GET", &format!("{url}/metrics"), None, None);
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| match l.split_once(' ') {
+            Some((n, v)) if n == name => v.trim().parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+const UP: &str = "bootcast_relay_upstream_bytes_total";
+const SERVED: &str = "bootcast_chunk_bytes_served_total";
+
+/// Polls `cond` every 100 ms until it gives a value; panics naming `what` after `secs`.
+fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The central view of `site` in push `id` (`push status --json`).
+fn push_row(lab: &Lab, id: i64, site: &str) -> Value {
+    let st = lab.json(&["push", "status", &id.to_string()]);
+    st["pushes"][0]["sites"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["site"] == site))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn push(lab: &Lab, args: &[&str]) -> i64 {
+    let mut a = vec!["push", "create"];
+    a.extend_from_slice(args);
+    lab.json(&a)["push"]["id"].as_i64().unwrap()
+}
+
+fn wait_done(lab: &Lab, id: i64, site: &str, secs: u64) {
+    wait_for(&format!("push {id} done at {site}"), secs, || {
+        (push_row(lab, id, site)["state"] == "done").then_some(())
+    });
+}
+
+/// Compressed bytes of the distinct chunks of `spec`, and the largest one.
+fn need(lab: &Lab, spec: &str) -> (u64, u64) {
+    let v = Store::open(&lab.data()).unwrap().resolve(spec).unwrap();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut max = 0;
+    for (_, id, c) in v.manifest.chunks() {
+        if seen.insert(id) {
+            total += u64::from(c);
+            max = max.max(u64::from(c));
+        }
+    }
+    (total, max)
+}
+
+fn chunk_ids(lab: &Lab, spec: &str) -> Vec<ChunkId> {
+    let v = Store::open(&lab.data()).unwrap().resolve(spec).unwrap();
+    let mut seen = HashSet::new();
+    v.manifest
+        .chunks()
+        .map(|(_, id, _)| id)
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
+/// Compressed bytes of `ids` held in the store of data directory `data`.
+fn held(data: &Path, ids: &[ChunkId]) -> u64 {
+    let store = Store::open(data).unwrap();
+    ids.iter()
+        .filter_map(|id| std::fs::metadata(store.chunk_path(id)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `curl URL` into a file: (status, body).
+fn get(lab: &Lab, url: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let out_file = lab.path(&format!(
+        "get-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let out = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(&out_file)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (code, std::fs::read(&out_file).unwrap_or_default())
+}
+
+fn export(client: &Lab, spec: &str, from: &str, target: &str) -> std::process::Output {
+    client.run(&[
+        "image",
+        "export",
+        spec,
+        client.path(target).to_str().unwrap(),
+        "--from",
+        from,
+    ])
+}
+
+#[test]
+fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let image = disk_like(3 << 20, 71);
+    lab.add("disk", &lab.file("d.img", &image));
+    let c = central(&lab);
+    let token = site(&lab, "s1", &[]);
+    let r = relay(
+        &lab,
+        "relay",
+        &c.url,
+        "s1",
+        &token,
+        &["--incomplete", "upstream"],
+    );
+    let (need_bytes, _) = need(&lab, "disk");
+
+    let client = Lab::new();
+    let out = export(&client, "disk", &r.url, "a.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("a.img")).unwrap()),
+        sha256(&image)
+    );
+    let up = metric_at(&r.url, UP);
+    let served = metric_at(&c.url, SERVED);
+    say(&format!(
+        "pull-through: first export {} image bytes, {up} compressed bytes from upstream ({need_bytes} distinct)",
+        image.len()
+    ));
+    assert_eq!(up, need_bytes, "each distinct chunk once from upstream");
+    assert_eq!(served, need_bytes, "the central server served exactly that");
+    assert_eq!(metric_at(&r.url, "bootcast_relay_chunks_rejected_total"), 0);
+
+    // the second export comes from the relay's store alone
+    let out = export(&client, "disk", &r.url, "b.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("b.img")).unwrap()),
+        sha256(&image)
+    );
+    assert_eq!(
+        metric_at(&r.url, UP),
+        need_bytes,
+        "second fetch: 0 upstream bytes"
+    );
+    assert_eq!(metric_at(&c.url, SERVED), need_bytes);
+    assert!(metric_at(&r.url, SERVED) >= 2 * need_bytes);
+
+    // boot scripts come from the central server, naming the relay
+    let (code, chain) = http("GET", &format!("{}/boot.ipxe", r.url), None, None);
+    assert_eq!(code, 200, "{chain}");
+    assert!(chain.contains(&format!("chain {}/boot/", r.url)), "{chain}");
+    let mac = "52:54:00:77:00:01";
+    let script = boot_script(&r, mac);
+    assert!(
+        script.contains(&format!("bootcast.server={}", r.url)),
+        "{script}"
+    );
+    // the agent's hello goes through the relay too
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", r.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // boot environment and iPXE files through the file cache, Range included
+    let initrd = std::fs::read(lab.data().join("bootenv/initrd.img")).unwrap();
+    for _ in 0..2 {
+        let (code, body) = get(&client, &format!("{}/bootenv/initrd.img", r.url), &[]);
+        assert_eq!((code, body.len()), (200, initrd.len()));
+        assert_eq!(body, initrd);
+    }
+    let (code, part) = get(
+        &client,
+        &format!("{}/bootenv/initrd.img", r.url),
+        &["-H", "Range: bytes=10-19"],
+    );
+    assert_eq!((code, part.len()), (206, 10));
+    let kpxe = bootcast::boot::ipxe::UNDIONLY_KPXE.bytes;
+    let (code, body) = get(&client, &format!("{}/ipxe/undionly.kpxe", r.url), &[]);
+    assert_eq!(code, 200);
+    assert_eq!(body, kpxe);
+    assert_eq!(
+        metric_at(&r.url, "bootcast_relay_file_bytes_total"),
+        (initrd.len() + kpxe.len()) as u64,
+        "each file fetched from upstream once"
+    );
+    assert_eq!(
+        http("GET", &format!("{}/healthz", r.url), None, None).0,
+        200
+    );
+}
+
+#[test]
+fn concurrent_misses_of_one_chunk_share_one_upstream_fetch() {
+    let lab = Lab::new();
+    lab.add("disk", &lab.file("d.img", &disk_like(1 << 20, 72)));
+    let c = central(&lab);
+    let token = site(&lab, "s1", &[]);
+    // the relay reaches the central server through a gate that holds chunk answers
+    let gate = common::Relay::start(
+        c.url.trim_start_matches("http://").parse().unwrap(),
+        &["/chunks/"],
+    );
+    let r = relay(&lab, "relay", &gate.url(), "s1", &token, &[]);
+    let id = chunk_ids(&lab, "disk")[3];
+    let frame = std::fs::read(Store::open(&lab.data()).unwrap().chunk_path(&id)).unwrap();
+    gate.hold_after(0);
+
+    const N: usize = 8;
+    let client = Lab::new();
+    let url = format!("{}/chunks/{id}", r.url);
+    let answers = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|_| s.spawn(|| get(&client, &url, &[])))
+            .collect();
+        // every request but the first joins the fetch in flight
+        wait_for("the other requests to join the fetch", 60, || {
+            (metric_at(&r.url, "bootcast_relay_pulls_coalesced_total") == N as u64 - 1)
+                .then_some(())
+        });
+        gate.release();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (code, body) in &answers {
+        assert_eq!(*code, 200, "{}", String::from_utf8_lossy(body));
+        assert_eq!(body, &frame);
+    }
+    let served = metric_at(&c.url, SERVED);
+    say(&format!(
+        "coalescing: {N} concurrent requests for a missing chunk of {} bytes: the central server served {served} bytes",
+        frame.len()
+    ));
+    assert_eq!(served, frame.len() as u64, "one upstream fetch");
+    assert_eq!(metric_at(&r.url, UP), frame.len() as u64);
+    assert_eq!(metric_at(&r.url, "bootcast_relay_pull_chunks_total"), 1);
+}
+
+#[test]
+fn a_corrupted_chunk_upstream_is_rejected_counted_and_fetched_again_once_fixed() {
+    let lab = Lab::new();
+    lab.add("disk", &lab.file("d.img", &disk_like(1 << 20, 73)));
+    let c = central(&lab);
+    let token = site(&lab, "s1", &[]);
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    let id = chunk_ids(&lab, "disk")[2];
+    let path = Store::open(&lab.data()).unwrap().chunk_path(&id);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x40;
+    std::fs::write(&path, &bad).unwrap();
+
+    let client = Lab::new();
+    let url = format!("{}/chunks/{id}", r.url);
+    let (code, body) = get(&client, &url, &[]);
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{text}");
+    assert!(
+        text.contains(&id.to_hex()) && text.contains("verification"),
+        "{text}"
+    );
+    let rejected = metric_at(&r.url, "bootcast_relay_chunks_rejected_total");
+    assert_eq!(
+        rejected,
+        bootcast::relay::pull::ATTEMPTS as u64,
+        "each fetch counted"
+    );
+    assert!(
+        !Store::open(&lab.path("relay"))
+            .unwrap()
+            .chunk_path(&id)
+            .exists(),
+        "a rejected chunk is never stored"
+    );
+
+    std::fs::write(&path, &good).unwrap();
+    let (code, body) = get(&client, &url, &[]);
+    assert_eq!(code, 200);
+    assert_eq!(body, good, "the good copy, once upstream is fixed");
+    assert_eq!(
+        metric_at(&r.url, "bootcast_relay_chunks_rejected_total"),
+        rejected
+    );
+    say(&format!(
+        "corrupt chunk upstream: rejected {rejected} times (502 naming it), then fetched good"
+    ));
+}
+
+#[test]
+fn incomplete_versions_wait_or_come_from_upstream() {
+    let lab = Lab::new();
+    let image = disk_like(2 << 20, 74);
+    let added = lab.add("disk", &lab.file("d.img", &image));
+    let version = added["version"].as_str().unwrap().to_string();
+    let c = central(&lab);
+    let tw = site(&lab, "sw", &[]);
+    let tu = site(&lab, "su", &[]);
+    let w = relay(&lab, "rw", &c.url, "sw", &tw, &[]);
+    let u = relay(&lab, "ru", &c.url, "su", &tu, &["--incomplete", "upstream"]);
+
+    // wait: 503 naming the version, for latest and the full id alike
+    for v in ["latest", &version] {
+        let (code, body) = http(
+            "GET",
+            &format!("{}/api/v1/images/disk/{v}/manifest", w.url),
+            None,
+            None,
+        );
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains(&format!(
+                "version {version} of disk is not complete on relay sw yet; it arrives with the push"
+            )),
+            "{body}"
+        );
+    }
+    let (code, body) = http(
+        "GET",
+        &format!("{}/api/v1/images/nope/latest/manifest", w.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 404, "{body}");
+    let client = Lab::new();
+    let out = export(&client, "disk", &w.url, "w.img");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not complete on relay sw"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(metric_at(&w.url, UP), 0, "nothing fetched for it");
+
+    // upstream: passed through, chunks pulled through
+    let out = export(&client, "disk", &u.url, "u.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("u.img")).unwrap()),
+        sha256(&image)
+    );
+    assert!(metric_at(&u.url, "bootcast_relay_manifests_pulled_total") >= 1);
+
+    // once pushed, the waiting relay serves it from its own store
+    let id = push(&lab, &["--image", "disk", "--sites", "sw"]);
+    wait_done(&lab, id, "sw", 60);
+    let before = metric_at(&c.url, SERVED);
+    let out = export(&client, "disk", &w.url, "w.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("w.img")).unwrap()),
+        sha256(&image)
+    );
+    assert_eq!(
+        metric_at(&c.url, SERVED),
+        before,
+        "served by the relay alone"
+    );
+    assert_eq!(metric_at(&w.url, "bootcast_relay_versions_complete"), 1);
+}
+
+#[test]
+fn prestage_runs_only_while_the_window_is_open() {
+    let lab = Lab::new();
+    // incompressible, so compressed bytes are image bytes: 3 MiB at 4 Mbit/s is ~6 s of window
+    let image = random_bytes(3 << 20, 75);
+    lab.add("disk", &lab.file("d.img", &image));
+    let (need_bytes, _) = need(&lab, "disk");
+    let c = central(&lab);
+    let token = site(
+        &lab,
+        "night",
+        &["--tz", "UTC", "--window", "22:00-06:00", "--rate", "4Mbit"],
+    );
+    let clock = lab.path("clock");
+    let day = bootcast::time::now_unix() / 86_400 * 86_400;
+    let set_clock = |t: i64| std::fs::write(&clock, format!("{t}\n")).unwrap();
+    set_clock(day + 12 * 3600); // midday: closed
+    let r = relay(
+        &lab,
+        "relay",
+        &c.url,
+        "night",
+        &token,
+        &["--clock-file", clock.to_str().unwrap()],
+    );
+    let id = push(&lab, &["--image", "disk", "--sites", "night"]);
+    let state = |s: &str| format!("bootcast_relay_push_state{{push=\"{id}\",state=\"{s}\"}}");
+    let done_bytes = format!("bootcast_relay_push_bytes_done{{push=\"{id}\"}}");
+    wait_for("the relay to wait for its window", 30, || {
+        (metric_at(&r.url, &state("waiting")) == 1).then_some(())
+    });
+    // a heartbeat later, still nothing fetched
+    let beats = metric_at(&r.url, "bootcast_relay_heartbeats_total");
+    wait_for("a heartbeat", 30, || {
+        (metric_at(&r.url, "bootcast_relay_heartbeats_total") > beats).then_some(())
+    });
+    assert_eq!(metric_at(&r.url, UP), 0, "nothing moves outside the window");
+
+    // 22:00: the window opens; close it (06:00) once a third has arrived
+    set_clock(day + 22 * 3600);
+    wait_for("a third of the push", 60, || {
+        (metric_at(&r.url, &done_bytes) >= need_bytes / 3).then_some(())
+    });
+    set_clock(day + 30 * 3600);
+    wait_for("the relay to stop at the window's end", 30, || {
+        (metric_at(&r.url, &state("waiting")) == 1).then_some(())
+    });
+    let up1 = metric_at(&r.url, UP);
+    let done1 = metric_at(&r.url, &done_bytes);
+    assert!(up1 < need_bytes, "stopped mid-push: {up1} of {need_bytes}");
+    assert_eq!(
+        up1, done1,
+        "the chunks in flight were kept, none was wasted"
+    );
+    let row = push_row(&lab, id, "night");
+    let beats = metric_at(&r.url, "bootcast_relay_heartbeats_total");
+    wait_for("a heartbeat", 30, || {
+        (metric_at(&r.url, "bootcast_relay_heartbeats_total") > beats).then_some(())
+    });
+    assert_eq!(metric_at(&r.url, UP), up1, "nothing moves while closed");
+    let row2 = push_row(&lab, id, "night");
+    assert_eq!(row2["state"], "waiting", "{row} {row2}");
+
+    // the next night finishes it, fetching only what is missing
+    set_clock(day + 46 * 3600);
+    let t0 = Instant::now();
+    wait_done(&lab, id, "night", 60);
+    let took = t0.elapsed().as_secs_f64();
+    let up = metric_at(&r.url, UP);
+    let rate = (need_bytes - up1) as f64 / took;
+    say(&format!(
+        "window: stopped at {up1} of {need_bytes} bytes when the window closed; the next window fetched the other {} bytes in {took:.1} s ({rate:.0} B/s, cap 500000 B/s); {up} bytes from upstream in all",
+        need_bytes - up1
+    ));
+    assert_eq!(up, need_bytes, "no chunk fetched twice");
+    assert!(rate < 500_000.0 * 1.25, "the cap held: {rate:.0} B/s");
+    let (code, _) = http(
+        "GET",
+        &format!("{}/api/v1/images/disk/latest/manifest", r.url),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "complete now");
+}
+
+#[test]
+fn a_relay_killed_mid_push_resumes_and_refetches_at_most_one_chunk_per_stream() {
+    let lab = Lab::new();
+    let image = random_bytes(4 << 20, 76);
+    lab.add("disk", &lab.file("d.img", &image));
+    let (need_bytes, max_chunk) = need(&lab, "disk");
+    let ids = chunk_ids(&lab, "disk");
+    let c = central(&lab);
+    // 8 Mbit/s: the 4 MiB push takes ~4 s
+    let token = site(&lab, "s1", &["--rate", "8Mbit"]);
+    let mut r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    let id = push(&lab, &["--image", "disk", "--sites", "s1"]);
+    let t0 = wait_for("the push to start", 30, || {
+        (metric_at(&r.url, UP) > 0).then(Instant::now)
+    });
+    let b0 = metric_at(&r.url, UP);
+    let b1 = wait_for("a third of the push", 60, || {
+        Some(metric_at(&r.url, UP)).filter(|b| *b >= need_bytes / 3)
+    });
+    let rate = (b1 - b0) as f64 / t0.elapsed().as_secs_f64();
+    r.child.kill().unwrap(); // SIGKILL
+    r.child.wait().unwrap();
+    let served_at_kill = metric_at(&c.url, SERVED);
+    let held_at_kill = held(&lab.path("relay"), &ids);
+    assert!(held_at_kill < need_bytes, "killed mid-push");
+
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    wait_done(&lab, id, "s1", 60);
+    let after = metric_at(&r.url, UP);
+    let served = metric_at(&c.url, SERVED);
+    let extra = served - need_bytes;
+    say(&format!(
+        "kill -9: killed at {held_at_kill} of {need_bytes} bytes held ({served_at_kill} served so far, {rate:.0} B/s against a cap of 1000000); after the restart the relay fetched {after} bytes; the central server served {served} in all: {extra} bytes fetched twice (bound: {STREAMS} streams x {max_chunk})"
+    ));
+    assert_eq!(
+        after,
+        need_bytes - held_at_kill,
+        "the restart fetched only what it lacked"
+    );
+    assert_eq!(served, served_at_kill + after);
+    assert!(
+        extra <= STREAMS * max_chunk,
+        "{extra} bytes fetched twice: more than one chunk per stream"
+    );
+    assert!(rate < 1_000_000.0 * 1.25, "the cap held: {rate:.0} B/s");
+    // the store is whole: an export from the relay verifies every chunk
+    let client = Lab::new();
+    let before = metric_at(&c.url, SERVED);
+    let out = export(&client, "disk", &r.url, "k.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("k.img")).unwrap()),
+        sha256(&image)
+    );
+    assert_eq!(metric_at(&c.url, SERVED), before);
+    // no temp file of the killed relay is left
+    let leftovers = walk(&lab.path("relay/store/chunks"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_relay_behind_a_relay_prestages_through_it() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let image = disk_like(3 << 20, 77);
+    lab.add("disk", &lab.file("d.img", &image));
+    let (need_bytes, _) = need(&lab, "disk");
+    let c = central(&lab);
+    let ta = site(&lab, "a", &[]);
+    let tb = site(&lab, "b", &[]);
+    let a = relay(&lab, "ra", &c.url, "a", &ta, &[]);
+    let b = relay(&lab, "rb", &a.url, "b", &tb, &[]);
+    // b's heartbeat reaches the central server through a; its push runs through a
+    let id = push(&lab, &["--image", "disk", "--sites", "b"]);
+    wait_done(&lab, id, "b", 60);
+    let (up_a, up_b, served) = (
+        metric_at(&a.url, UP),
+        metric_at(&b.url, UP),
+        metric_at(&c.url, SERVED),
+    );
+    say(&format!(
+        "relay behind relay: b fetched {up_b} bytes from a, a {up_a} from the central server, which served {served} ({need_bytes} needed)"
+    ));
+    assert_eq!((up_a, up_b, served), (need_bytes, need_bytes, need_bytes));
+    let sites = lab.json(&["site", "list"]);
+    let row = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .cloned()
+        .unwrap();
+    assert!(
+        row.to_string().contains(&b.url),
+        "the central server knows b: {row}"
+    );
+
+    // b's machines get b's address in their scripts, through a
+    let mac = "52:54:00:77:00:02";
+    let script = boot_script(&b, mac);
+    assert!(
+        script.contains(&format!("bootcast.server={}", b.url)),
+        "{script}"
+    );
+    // b serves it from its own store
+    let client = Lab::new();
+    let out = export(&client, "disk", &b.url, "b.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("b.img")).unwrap()),
+        sha256(&image)
+    );
+    assert_eq!(
+        (metric_at(&a.url, UP), metric_at(&c.url, SERVED)),
+        (need_bytes, need_bytes)
+    );
+}
+
+#[test]
+fn the_quota_evicts_what_no_assigned_image_uses() {
+    let lab = Lab::new();
+    let kept = random_bytes(1 << 20, 78);
+    let other = random_bytes(1 << 20, 79);
+    lab.add("kept", &lab.file("k.img", &kept));
+    lab.add("other", &lab.file("o.img", &other));
+    let (need_kept, _) = need(&lab, "kept");
+    let (need_other, _) = need(&lab, "other");
+    let c = central(&lab);
+    let token = site(&lab, "s1", &[]);
+    let quota = (need_kept + need_other / 2).to_string();
+    let r = relay(
+        &lab,
+        "relay",
+        &c.url,
+        "s1",
+        &token,
+        &["--quota", &quota, "--incomplete", "upstream"],
+    );
+    // a client pulls `other` through (not assigned to the site), then `kept` is pushed
+    let client = Lab::new();
+    assert!(export(&client, "other", &r.url, "o.img").status.success());
+    let id = push(&lab, &["--image", "kept", "--sites", "s1"]);
+    wait_done(&lab, id, "s1", 60);
+    let other_ids = chunk_ids(&lab, "other");
+    let kept_ids = chunk_ids(&lab, "kept");
+    let evicted = wait_for("the eviction", 30, || {
+        Some(metric_at(&r.url, "bootcast_relay_evicted_bytes_total")).filter(|b| *b > 0)
+    });
+    let cache = metric_at(&r.url, "bootcast_relay_cache_bytes");
+    say(&format!(
+        "quota {quota}: evicted {evicted} bytes of the unassigned image; the store holds {cache}"
+    ));
+    assert!(cache <= need_kept + need_other / 2);
+    assert_eq!(
+        held(&lab.path("relay"), &kept_ids),
+        need_kept,
+        "the pushed image stays"
+    );
+    assert!(held(&lab.path("relay"), &other_ids) < need_other);
+}
+
+#[test]
+fn a_wrong_site_token_is_named_in_the_log() {
+    let lab = Lab::new();
+    let c = central(&lab);
+    site(&lab, "s1", &[]);
+    let r = relay(&lab, "relay", &c.url, "s1", "not-the-token", &[]);
+    wait_for("the relay to say its token is wrong", 30, || {
+        r.log_text()
+            .contains(
+                "the site token is wrong: `bootcast site token s1` on the central server shows it",
+            )
+            .then_some(())
+    });
+    assert!(metric_at(&r.url, "bootcast_relay_heartbeat_failures_total") >= 1);
+}
