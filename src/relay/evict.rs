@@ -32,6 +32,9 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
     let (Some(quota), Some(assigned)) = (relay.config.quota, relay.assigned()) else {
         return Ok(None);
     };
+    if relay.link.cache_bytes.load(Ordering::Relaxed) <= quota {
+        return Ok(None); // no listing while the count says the store fits
+    }
     let (orders, _) = relay.orders();
     let mut keep_versions: HashSet<(String, String)> = HashSet::new();
     for o in &orders {
@@ -81,7 +84,7 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
         );
     }
     relay
-        .metrics
+        .link
         .cache_bytes
         .store(r.cache_bytes, Ordering::Relaxed);
     Ok(Some(r))

@@ -17,19 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::proto::{Heartbeat, HeartbeatReply, VersionRef};
 use super::Relay;
 
-/// The heartbeat as of now (blocking: lists the store).
+/// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
-    let cache_bytes = match relay.store.list_chunks() {
-        Ok(c) => c.iter().map(|(_, n)| n).sum(),
-        Err(e) => {
-            tracing::warn!("listing the store: {e}");
-            relay.metrics.cache_bytes.load(Ordering::Relaxed)
-        }
-    };
-    relay
-        .metrics
-        .cache_bytes
-        .store(cache_bytes, Ordering::Relaxed);
+    let cache_bytes = relay.link.cache_bytes.load(Ordering::Relaxed);
     Heartbeat {
         site: relay.config.site.clone(),
         url: relay.url.clone(),

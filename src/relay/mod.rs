@@ -73,8 +73,6 @@ pub struct RelayMetrics {
     pub last_heartbeat: AtomicU64,
     pub evicted_chunks: AtomicU64,
     pub evicted_bytes: AtomicU64,
-    /// Compressed bytes of chunks in the store, as of the last heartbeat.
-    pub cache_bytes: AtomicU64,
     /// Bytes of boot environment and iPXE files fetched from upstream.
     pub file_bytes: AtomicU64,
     /// Manifests of incomplete versions refused (policy `wait`) / pulled through.
@@ -179,6 +177,9 @@ impl Relay {
         }
         pull::remove_temp_files(&store)?;
         let link = Arc::new(upstream::Link::new(&config, &url)?);
+        // one listing at start; from then on the relay counts what it stores and evicts
+        let held: u64 = store.list_chunks()?.iter().map(|(_, n)| n).sum();
+        link.cache_bytes.store(held, Ordering::Relaxed);
         let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
         let clock: Arc<dyn Clock> = match &config.clock_file {
             Some(p) => Arc::new(FileClock { path: p.clone() }),

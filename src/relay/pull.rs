@@ -80,6 +80,7 @@ pub fn fetch_verified(
             link.upstream_bytes.fetch_add(len, Ordering::Relaxed);
             match store_frame(store, &mut decoder, id, &frame) {
                 Ok(()) => {
+                    link.cache_bytes.fetch_add(len, Ordering::Relaxed);
                     let flow = on_stored(id, len);
                     out.stopped = flow.is_break();
                     flow

@@ -251,8 +251,8 @@ async fn metrics(State((app, relay)): State<(AppState, Arc<Relay>)>) -> Response
     let gauges: [(&str, &str, u64); 3] = [
         (
             "bootcast_relay_cache_bytes",
-            "Compressed bytes of chunks in the relay's store (as of the last heartbeat).",
-            m.cache_bytes.load(Ordering::Relaxed),
+            "Compressed bytes of chunks in the relay's store.",
+            link.cache_bytes.load(Ordering::Relaxed),
         ),
         (
             "bootcast_relay_rate_cap_bytes",

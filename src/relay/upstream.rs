@@ -90,6 +90,9 @@ pub struct Link {
     pub upstream_bytes: AtomicU64,
     /// Upstream chunks that failed verification.
     pub rejected: AtomicU64,
+    /// Compressed bytes of the chunks in the relay's store: listed at start, then kept up to
+    /// date by what the relay stores and evicts (and set again by each eviction's listing).
+    pub cache_bytes: AtomicU64,
 }
 
 impl Link {
@@ -126,6 +129,7 @@ impl Link {
             limiter,
             upstream_bytes: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            cache_bytes: AtomicU64::new(0),
         })
     }
 
