@@ -184,9 +184,14 @@ pub struct Served {
 impl Served {
     /// Starts `bootcast --data DATA serve ARGS` and waits for its `bootcast: ready` line.
     /// Panics with the server's output if it exits first.
-    pub fn start(mut cmd: Command, args: &[&str]) -> Served {
+    pub fn start(cmd: Command, args: &[&str]) -> Served {
+        Served::start_as(cmd, "serve", args)
+    }
+
+    /// [`Served::start`] for another server command (`relay`).
+    pub fn start_as(mut cmd: Command, command: &str, args: &[&str]) -> Served {
         use std::io::BufRead;
-        cmd.arg("serve")
+        cmd.arg(command)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
