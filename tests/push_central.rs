@@ -87,7 +87,10 @@ fn sites_pushes_and_relay_heartbeats() {
         lab.json(&["site", "token", "nord"])["token"],
         token.as_str()
     );
-    lab.json(&["site", "add", "sud"]);
+    // sud holds the loopback subnet: machines booting directly from there belong to it
+    lab.json(&["site", "add", "sud", "--subnets", "127.0.0.0/8"]);
+    let e = common::stderr(&lab.run(&["site", "add", "y", "--subnets", "10.0.0.0"]));
+    assert!(e.contains("not a CIDR"), "{e}");
 
     // a push to nord with a deadline in one hour: 300 KB at 1 kB/s in night windows cannot make it
     let e = common::stderr(&lab.run(&["push", "create", "--image", "win11", "--sites", "nowhere"]));
@@ -191,6 +194,11 @@ fn sites_pushes_and_relay_heartbeats() {
     assert!(script.contains("bootcast.task="), "{script}");
     let hosts = lab.json(&["host", "show", MAC]);
     assert_eq!(hosts["host"]["last_ip"], "10.99.1.50", "{hosts}");
+    assert_eq!(hosts["host"]["site"], "nord", "{hosts}");
+    // a machine booting directly from a site's subnet belongs to that site
+    let other = "52:54:00:66:00:02";
+    http("GET", &format!("{}/boot/{other}.ipxe", s.url), None, None);
+    assert_eq!(lab.json(&["host", "show", other])["host"]["site"], "sud");
     // a direct boot still names the central server
     let (_, direct) = http("GET", &format!("{}/boot/{MAC}.ipxe", s.url), None, None);
     assert!(!direct.contains("10.99.1.2"), "{direct}");

@@ -14,6 +14,8 @@ pub struct Host {
     /// The name staff gave it (`bootcast host name`); written into the restored system after
     /// a reimage where the image's post-deploy settings allow it.
     pub name: Option<String>,
+    /// The site it belongs to (the relay it last booted through).
+    pub site: Option<String>,
     /// CPU architecture (`x86_64`, ...), as the agent or iPXE reported it.
     pub arch: Option<String>,
     pub firmware: Option<Firmware>,
@@ -51,7 +53,7 @@ fn firmware_from(s: Option<String>) -> Option<Firmware> {
 }
 
 const HOST_COLUMNS: &str =
-    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name";
+    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name, site";
 
 fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
     let mac: String = r.get(0)?;
@@ -67,6 +69,7 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
         boots: r.get(6)?,
         registered_at: r.get(7)?,
         name: r.get(8)?,
+        site: r.get(9)?,
     })
 }
 

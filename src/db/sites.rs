@@ -263,3 +263,53 @@ pub fn bind_host(conn: &Connection, mac: crate::mac::Mac, site: &str) -> Result<
     .what("bind host to site")?;
     Ok(())
 }
+
+/// Whether `ip` is in `cidr` (`10.20.0.0/16`, `fd99::/64`); false for a malformed CIDR.
+pub fn cidr_contains(cidr: &str, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<IpAddr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if len <= 32 => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if len <= 128 => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The site whose subnets hold `ip` (the first by name), for machines that boot directly.
+pub fn by_address(conn: &Connection, ip: std::net::IpAddr) -> Result<Option<Site>, DbError> {
+    Ok(list(conn)?
+        .into_iter()
+        .find(|s| s.subnets.iter().any(|c| cidr_contains(c, ip))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(cidr_contains("10.20.0.0/16", ip("10.20.3.4")));
+        assert!(!cidr_contains("10.20.0.0/16", ip("10.21.0.1")));
+        assert!(cidr_contains("0.0.0.0/0", ip("1.2.3.4")));
+        assert!(cidr_contains("fd99::/64", ip("fd99::5")));
+        assert!(!cidr_contains("fd99::/64", ip("10.20.3.4")));
+        assert!(!cidr_contains("10.20.0.0/33", ip("10.20.3.4")));
+        assert!(!cidr_contains("nonsense", ip("10.20.3.4")));
+    }
+}

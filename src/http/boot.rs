@@ -109,13 +109,21 @@ pub async fn host_script(
                 },
                 now,
             )?;
-            // booted through a site relay: the host belongs to that site
+            // booted through a site relay: the host belongs to that site; else its address
+            // may be in a site's subnets
             let site = match &relayed {
                 Some(r) => r.site(c)?,
                 None => None,
             };
-            if let Some(s) = &site {
-                crate::db::sites::bind_host(c, mac, &s.name)?;
+            let bound = match &site {
+                Some(s) => Some(s.name.clone()),
+                None => match ip.parse() {
+                    Ok(a) => crate::db::sites::by_address(c, a)?.map(|s| s.name),
+                    Err(_) => None,
+                },
+            };
+            if let Some(name) = &bound {
+                crate::db::sites::bind_host(c, mac, name)?;
             }
             // a task scheduled for later (`--at`) waits: local disk (or registration) until then
             let task = tasks::due_for(c, mac, now)?;
