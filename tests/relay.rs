@@ -228,6 +228,8 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
         script.contains(&format!("bootcast.server={}", r.url)),
         "{script}"
     );
+    let h = lab.json(&["host", "show", mac]);
+    assert_eq!(h["host"]["site"], "s1", "bound to the relay's site: {h}");
     // the agent's hello goes through the relay too
     let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
     let (code, body) = http(
@@ -642,6 +644,7 @@ fn a_relay_behind_a_relay_prestages_through_it() {
         script.contains(&format!("bootcast.server={}", b.url)),
         "{script}"
     );
+    assert_eq!(lab.json(&["host", "show", mac])["host"]["site"], "b");
     // b serves it from its own store
     let client = Lab::new();
     let out = export(&client, "disk", &b.url, "b.img");
