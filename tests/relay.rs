@@ -716,4 +716,89 @@ fn a_wrong_site_token_is_named_in_the_log() {
             .then_some(())
     });
     assert!(metric_at(&r.url, "bootcast_relay_heartbeat_failures_total") >= 1);
+    let mut r = r;
+    assert!(r.stop().success(), "SIGTERM stops the relay cleanly");
+    assert!(
+        r.log_text().contains("bootcast: stopped"),
+        "{}",
+        r.log_text()
+    );
+}
+
+#[test]
+fn a_link_drop_mid_push_is_retried_keeping_what_is_stored() {
+    let lab = Lab::new();
+    let image = random_bytes(4 << 20, 80);
+    lab.add("disk", &lab.file("d.img", &image));
+    let (need_bytes, max_chunk) = need(&lab, "disk");
+    let c = central(&lab);
+    let token = site(&lab, "s1", &["--rate", "16Mbit"]);
+    // the relay's link to the central server: a gate whose image connections stop after a
+    // third of the push, and which is then cut (refusing new connections) and restored
+    let gate = common::Relay::start(
+        c.url.trim_start_matches("http://").parse().unwrap(),
+        &["/chunks/", "/api/v1/images/"],
+    );
+    gate.hold_after(need_bytes / 3);
+    let r = relay(&lab, "relay", &gate.url(), "s1", &token, &[]);
+    let id = push(&lab, &["--image", "disk", "--sites", "s1"]);
+    gate.wait_held();
+    gate.cut(None);
+    let failures = metric_at(&r.url, "bootcast_relay_heartbeat_failures_total");
+    wait_for("the relay to see the link down", 60, || {
+        (metric_at(&r.url, "bootcast_relay_heartbeat_failures_total") > failures).then_some(())
+    });
+    let held_down = held(&lab.path("relay"), &chunk_ids(&lab, "disk"));
+    assert!(held_down < need_bytes, "the link dropped mid-push");
+    gate.cut(Some(c.url.trim_start_matches("http://").parse().unwrap()));
+    wait_done(&lab, id, "s1", 120);
+    let served = metric_at(&c.url, SERVED);
+    let extra = served - need_bytes;
+    say(&format!(
+        "link drop: cut with {held_down} of {need_bytes} bytes stored; after it came back the push finished; the central server served {served} ({extra} fetched twice, bound {STREAMS} x {max_chunk})"
+    ));
+    assert!(extra <= STREAMS * max_chunk, "{extra} bytes fetched twice");
+    let client = Lab::new();
+    let out = export(&client, "disk", &r.url, "l.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256(&std::fs::read(client.path("l.img")).unwrap()),
+        sha256(&image)
+    );
+}
+
+#[test]
+fn a_paused_push_holds_and_resumes() {
+    let lab = Lab::new();
+    let image = random_bytes(3 << 20, 81);
+    lab.add("disk", &lab.file("d.img", &image));
+    let (need_bytes, _) = need(&lab, "disk");
+    let c = central(&lab);
+    // 2 Mbit/s: 12 s for the push, and the pause reaches the relay within a heartbeat (5 s)
+    let token = site(&lab, "s1", &["--rate", "2Mbit"]);
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    let id = push(&lab, &["--image", "disk", "--sites", "s1"]);
+    let state = |s: &str| format!("bootcast_relay_push_state{{push=\"{id}\",state=\"{s}\"}}");
+    wait_for("the push to run", 30, || {
+        (metric_at(&r.url, UP) > 0).then_some(())
+    });
+    lab.json(&["push", "pause", &id.to_string()]);
+    wait_for("the relay to pause", 30, || {
+        (metric_at(&r.url, &state("paused")) == 1).then_some(())
+    });
+    let up = metric_at(&r.url, UP);
+    assert!(up < need_bytes, "paused mid-push");
+    let beats = metric_at(&r.url, "bootcast_relay_heartbeats_total");
+    wait_for("a heartbeat", 30, || {
+        (metric_at(&r.url, "bootcast_relay_heartbeats_total") > beats).then_some(())
+    });
+    assert_eq!(metric_at(&r.url, UP), up, "nothing moves while paused");
+    assert_eq!(push_row(&lab, id, "s1")["state"], "paused");
+    lab.json(&["push", "resume", &id.to_string()]);
+    wait_done(&lab, id, "s1", 60);
+    say(&format!(
+        "pause: held at {up} of {need_bytes} bytes; resumed and done with {} bytes from upstream",
+        metric_at(&r.url, UP)
+    ));
+    assert_eq!(metric_at(&r.url, UP), need_bytes, "nothing fetched twice");
 }
