@@ -124,6 +124,49 @@ impl Store {
         Ok(out)
     }
 
+    /// Where version `id` of `name` has its manifest.
+    pub fn version_path(&self, name: &str, id: &VersionId) -> PathBuf {
+        self.image_dir(name).join(format!("{id}.{EXT}"))
+    }
+
+    /// Version `id` of `name` alone (one file read and checked, not the image's others);
+    /// `None` if the store has no such version.
+    pub fn load_version(&self, name: &str, id: &VersionId) -> Result<Option<Manifest>> {
+        validate_name(name)?;
+        let path = self.version_path(name, id);
+        if !path.exists() {
+            return Ok(None);
+        }
+        load(&path, *id).map(Some)
+    }
+
+    /// Every (name, version id) with a manifest file, without reading them.
+    pub fn version_ids(&self) -> Result<Vec<(String, VersionId)>> {
+        let mut out = Vec::new();
+        for name in self.image_names()? {
+            let dir = self.image_dir(&name);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx("listing", dir),
+            };
+            for entry in entries {
+                let path = entry.ctx("listing", &dir)?.path();
+                if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
+                    continue;
+                }
+                if let Some(id) = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<VersionId>().ok())
+                {
+                    out.push((name.clone(), id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Decoded versions of `name`, oldest first; a damaged manifest is an error naming its file.
     pub fn versions(&self, name: &str) -> Result<Vec<Version>> {
         self.version_files(name)?
