@@ -31,15 +31,15 @@ pub fn heartbeat(relay: &Relay) -> Heartbeat {
     }
 }
 
-/// Versions whose manifest is in the store: the relay writes one only once every chunk is.
+/// Versions whose manifest is in the store: the relay writes one only once every chunk is
+/// (the files are listed, not read).
 pub fn complete_versions(relay: &Relay) -> Vec<VersionRef> {
-    match relay.store.all_version_files() {
-        Ok(files) => files
+    match relay.store.version_ids() {
+        Ok(ids) => ids
             .into_iter()
-            .filter(|f| f.manifest.is_ok())
-            .map(|f| VersionRef {
-                image: f.name,
-                version: f.id.to_hex(),
+            .map(|(image, id)| VersionRef {
+                image,
+                version: id.to_hex(),
             })
             .collect(),
         Err(e) => {

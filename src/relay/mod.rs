@@ -336,6 +336,11 @@ impl Relay {
         }
     }
 
+    /// The state prestage last gave push `push`.
+    pub fn push_state(&self, push: i64) -> Option<PushState> {
+        self.pushes().get(&push).map(|s| s.progress.state)
+    }
+
     /// Forgets pushes no longer in the orders (cancelled or closed upstream).
     pub fn retain_pushes(&self, open: &[i64]) {
         self.pushes().retain(|id, _| open.contains(id));

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::push::window::Windows;
-use crate::store::{durable, ChunkId, Manifest, StoreError};
+use crate::store::{durable, ChunkId, Manifest, StoreError, VersionId};
 use crate::time::Zone;
 
 use super::proto::{PushOrder, PushState, VersionRef};
@@ -182,17 +182,34 @@ fn schedule(relay: &Relay, order: &PushOrder) -> Result<(Windows, Zone, Option<u
     Ok((windows, site.zone.clone(), order.rate))
 }
 
+fn version_id(v: &VersionRef) -> Option<VersionId> {
+    (v.version.len() == 64)
+        .then(|| v.version.parse().ok())
+        .flatten()
+}
+
+/// The manifest of `v` if it is complete here (that one file read).
 fn local_manifest(relay: &Relay, v: &VersionRef) -> Option<Manifest> {
     relay
         .store
-        .resolve(&format!("{}@{}", v.image, v.version))
+        .load_version(&v.image, &version_id(v)?)
         .ok()
-        .filter(|found| found.id.to_hex() == v.version)
-        .map(|found| found.manifest)
+        .flatten()
 }
 
 /// True (and the push marked done, with its totals) when every version is complete here.
+/// A push already marked done costs one `stat` per version.
 fn already_done(relay: &Relay, order: &PushOrder) -> bool {
+    let all_there = order
+        .versions
+        .iter()
+        .all(|v| version_id(v).is_some_and(|id| relay.store.version_path(&v.image, &id).exists()));
+    if !all_there {
+        return false;
+    }
+    if relay.push_state(order.id) == Some(PushState::Done) {
+        return true;
+    }
     let mut total = 0;
     let mut seen = HashSet::new();
     for v in &order.versions {
@@ -206,10 +223,8 @@ fn already_done(relay: &Relay, order: &PushOrder) -> bool {
         }
     }
     relay.update_push(order.id, |p| {
-        if p.state != PushState::Done {
-            p.state = PushState::Done;
-            p.detail = None;
-        }
+        p.state = PushState::Done;
+        p.detail = None;
         p.bytes_total = total;
         p.bytes_done = total;
     });
@@ -225,7 +240,7 @@ fn pending_path(relay: &Relay, v: &VersionRef) -> std::path::PathBuf {
 fn pending_manifest(relay: &Relay, v: &VersionRef) -> Result<Manifest, Outcome> {
     crate::store::catalog::validate_name(&v.image)
         .map_err(|e| Outcome::Failed(format!("push names {}: {e}", v.image)))?;
-    if v.version.len() != 64 || !v.version.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if version_id(v).is_none() {
         return Err(Outcome::Failed(format!(
             "push names version {:?} of {}: not a full version id",
             v.version, v.image

@@ -77,14 +77,24 @@ fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// A version complete in the relay's store, by `NAME@SPEC`.
-async fn local(relay: &Arc<Relay>, spec: String) -> Option<(String, Vec<u8>)> {
+/// A version complete in the relay's store: `version` a full id (that one manifest is read),
+/// else a prefix or `latest` (resolved among the image's versions here).
+async fn local(relay: &Arc<Relay>, name: &str, version: &str) -> Option<(String, Vec<u8>)> {
     let r = relay.clone();
-    tokio::task::spawn_blocking(move || r.store.resolve(&spec).ok())
-        .await
-        .ok()
-        .flatten()
-        .map(|v| (v.id.to_hex(), v.manifest.encode()))
+    let (name, version) = (name.to_string(), version.to_string());
+    tokio::task::spawn_blocking(move || {
+        if version.len() == 64 {
+            let id: crate::store::VersionId = version.parse().ok()?;
+            let m = r.store.load_version(&name, &id).ok()??;
+            Some((id.to_hex(), m.encode()))
+        } else {
+            let v = r.store.resolve(&format!("{name}@{version}")).ok()?;
+            Some((v.id.to_hex(), v.manifest.encode()))
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// `GET /api/v1/images/{name}/{version}/manifest` on a relay.
@@ -104,7 +114,7 @@ async fn manifest(
     }
     let full = version.len() == 64;
     if full {
-        if let Some((id, bytes)) = local(&relay, format!("{name}@{version}")).await {
+        if let Some((id, bytes)) = local(&relay, &name, &version).await {
             return manifest_response(&app, &id, bytes);
         }
     }
@@ -124,7 +134,7 @@ async fn manifest(
         Err(e) => {
             // upstream unreachable: what the relay holds completely is still good
             if !full {
-                if let Some((id, bytes)) = local(&relay, format!("{name}@{version}")).await {
+                if let Some((id, bytes)) = local(&relay, &name, &version).await {
                     return manifest_response(&app, &id, bytes);
                 }
             }
@@ -163,7 +173,7 @@ async fn manifest(
             .into_response()
         }
     };
-    if let Some((id, bytes)) = local(&relay, format!("{name}@{id}")).await {
+    if let Some((id, bytes)) = local(&relay, &name, &id).await {
         return manifest_response(&app, &id, bytes);
     }
     let below = headers.contains_key(RELAY_TOKEN_HEADER);
