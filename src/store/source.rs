@@ -84,9 +84,20 @@ impl Decoder {
         id: &ChunkId,
         compressed: &[u8],
     ) -> std::result::Result<VerifiedChunk, String> {
+        // the buffer is the size the frame declares (bounded by the cap), not the cap
+        let want = match zstd::zstd_safe::get_frame_content_size(compressed) {
+            Ok(Some(n)) if n > self.cap as u64 => {
+                return Err(format!(
+                    "the frame declares {n} bytes, more than a chunk can be ({})",
+                    self.cap
+                ))
+            }
+            Ok(Some(n)) => n as usize,
+            _ => self.cap,
+        };
         let data = self
             .zstd
-            .decompress(compressed, self.cap)
+            .decompress(compressed, want)
             .map_err(|e| format!("not a valid zstd frame ({e})"))?;
         VerifiedChunk::verify(*id, data).map_err(|(m, _)| format!("content hashes to {}", m.actual))
     }
@@ -495,6 +506,8 @@ mod tests {
         let other = ChunkId::of(b"other");
         assert!(d.decode(&other, &frame).unwrap_err().contains("hashes to"));
         assert!(d.decode(&id, b"junk").unwrap_err().contains("zstd"));
+        let big = zstd::bulk::compress(&[0u8; 2 << 20], 1).unwrap();
+        assert!(d.decode(&id, &big).unwrap_err().contains("declares"));
     }
 
     /// A one-shot HTTP responder on 127.0.0.1: answers the n-th connection with `answers[n]`
