@@ -374,21 +374,22 @@ fn run_push(
         stop.is_set()
     };
     if !lacking.is_empty() {
-        let queue: VecDeque<Vec<ChunkId>> = lacking
-            .chunks(BATCH_CHUNKS)
-            .map(|b| b.iter().map(|(id, _)| *id).collect())
-            .collect();
-        let queue = Mutex::new(queue);
+        let queue: Mutex<VecDeque<ChunkId>> =
+            Mutex::new(lacking.iter().map(|(id, _)| *id).collect());
         std::thread::scope(|s| {
             for _ in 0..STREAMS {
                 s.spawn(|| loop {
                     if check(&stop) {
                         return;
                     }
-                    let Some(batch) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-                    else {
-                        return;
+                    let batch: Vec<ChunkId> = {
+                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = q.len().min(BATCH_CHUNKS);
+                        q.drain(..n).collect()
                     };
+                    if batch.is_empty() {
+                        return;
+                    }
                     let r = fetch_verified(&relay.link, &relay.store, &batch, &mut |_, len| {
                         relay.update_push(order.id, |p| {
                             p.bytes_done += len;

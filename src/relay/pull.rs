@@ -66,7 +66,24 @@ pub fn fetch_verified(
     ids: &[ChunkId],
     on_stored: &mut dyn FnMut(ChunkId, u64) -> ControlFlow<()>,
 ) -> Result<Fetched, FetchError> {
-    let mut decoder = Decoder::new(MAX_CHUNK);
+    DECODER.with_borrow_mut(|decoder| {
+        let decoder = decoder.get_or_insert_with(|| Decoder::new(MAX_CHUNK));
+        fetch_with(link, store, decoder, ids, on_stored)
+    })
+}
+
+thread_local! {
+    /// One decompressor per thread, reused from chunk to chunk.
+    static DECODER: std::cell::RefCell<Option<Decoder>> = const { std::cell::RefCell::new(None) };
+}
+
+fn fetch_with(
+    link: &Link,
+    store: &Store,
+    decoder: &mut Decoder,
+    ids: &[ChunkId],
+    on_stored: &mut dyn FnMut(ChunkId, u64) -> ControlFlow<()>,
+) -> Result<Fetched, FetchError> {
     let mut out = Fetched::default();
     let mut pending: Vec<ChunkId> = ids.to_vec();
     let mut attempts: HashMap<ChunkId, (u32, String)> = HashMap::new();
@@ -78,7 +95,7 @@ pub fn fetch_verified(
             seen += 1;
             let len = frame.len() as u64;
             link.upstream_bytes.fetch_add(len, Ordering::Relaxed);
-            match store_frame(store, &mut decoder, id, &frame) {
+            match store_frame(store, decoder, id, &frame) {
                 Ok(()) => {
                     link.cache_bytes.fetch_add(len, Ordering::Relaxed);
                     let flow = on_stored(id, len);
