@@ -328,6 +328,7 @@ fn run_push(
             tracing::info!("push {}: the window is open; fetching", order.id);
         }
         p.state = PushState::Running;
+        p.detail = None;
     });
     // 1. manifests
     let mut versions: Vec<(VersionRef, Manifest, bool)> = Vec::new();
