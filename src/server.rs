@@ -323,6 +323,43 @@ impl Server {
             });
         }
 
+        // recurring pushes (`push create --every`): checked every 30 s
+        {
+            let (db, data, c) = (self.db.clone(), self.data.clone(), cancel.clone());
+            set.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = c.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let (db, data) = (db.clone(), data.clone());
+                    let ran = tokio::task::spawn_blocking(move || {
+                        let Ok(store) = crate::store::Store::open(&data) else {
+                            return Ok(Vec::new());
+                        };
+                        crate::push::plan::run_due_rules(
+                            &mut db.lock(),
+                            &store,
+                            crate::time::now_unix(),
+                            &crate::time::Zone::local(),
+                        )
+                    })
+                    .await;
+                    match ran {
+                        Ok(Ok(made)) => {
+                            for p in made {
+                                tracing::info!(push = p.id, "recurring push: new versions pushed");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!("recurring pushes: {e}"),
+                        Err(e) => tracing::warn!("recurring pushes: {e}"),
+                    }
+                }
+                ("push rules", Ok(()))
+            });
+        }
+
         let mut first_error = None;
         while let Some(joined) = set.join_next().await {
             let (service, result) = match joined {

@@ -229,4 +229,19 @@ fn sites_pushes_and_relay_heartbeats() {
     );
     let sites = lab.json(&["site", "list"]);
     assert_eq!(sites["sites"][0]["relay"]["url"], "http://10.99.1.2:8080");
+
+    // a recurring push: pushes now, then at each tick when the versions changed (the
+    // server's ticker; its rules are unit-tested in push::plan)
+    let e = common::stderr(&lab.run(&[
+        "push", "create", "--image", "win11", "--sites", "nord", "--every", "nightly",
+    ]));
+    assert!(e.contains("cron expression"), "{e}");
+    let p3 = lab.json(&[
+        "push", "create", "--image", "win11", "--sites", "nord", "--every", "0 20 * * *",
+    ]);
+    let rules = lab.json(&["push", "rules"]);
+    assert_eq!(rules["rules"][0]["every"], "0 20 * * *");
+    assert_eq!(rules["rules"][0]["last_push"], p3["push"]["id"]);
+    lab.json(&["push", "unschedule", &rules["rules"][0]["id"].to_string()]);
+    assert!(lab.json(&["push", "rules"])["rules"].as_array().unwrap().is_empty());
 }

@@ -2,15 +2,15 @@
 //! their caps, and follow them. They work on `--data DIR` directly, beside a running server;
 //! the relays learn of a push at their next heartbeat.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use bootcast::db::pushes::{self, NewPush, PushStatus, PushVersion};
+use bootcast::db::pushes::{self, PushStatus};
 use bootcast::db::sites;
+use bootcast::push::plan;
 use bootcast::push::rate::{format_rate, parse_rate};
 use bootcast::push::status::{site_status, SiteStatus};
 use bootcast::push::window::Windows;
@@ -39,7 +39,15 @@ pub enum PushCmd {
         /// cannot make it at its cap
         #[arg(long)]
         deadline: Option<String>,
+        /// Also again at every tick of this cron expression (server local time), e.g.
+        /// "0 20 * * *": the newest versions of the images, when they changed
+        #[arg(long, value_name = "CRON")]
+        every: Option<String>,
     },
+    /// Recurring pushes (`push create --every`)
+    Rules,
+    /// Stop a recurring push (its pushes so far stay)
+    Unschedule { rule: i64 },
     /// Open pushes (--all: also done and cancelled ones)
     List {
         #[arg(long)]
@@ -66,6 +74,7 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             window,
             rate,
             deadline,
+            every,
         } => {
             let windows = window
                 .map(|w| Windows::parse(&w).map(|w| w.to_string()))
@@ -81,55 +90,52 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!(e.replace("--at", "--deadline")))
                 })
                 .transpose()?;
-            let all = sites::list(&c)?;
-            let targets: Vec<String> = if names.trim() == "all" {
-                if all.is_empty() {
-                    bail!("there are no sites yet: `bootcast site add NAME ...` first");
-                }
-                all.iter().map(|s| s.name.clone()).collect()
-            } else {
-                let mut v = Vec::new();
-                for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    if !all.iter().any(|s| s.name == n) {
-                        bail!("no site {n:?}; `bootcast site list` shows them");
-                    }
-                    if !v.contains(&n.to_string()) {
-                        v.push(n.to_string());
-                    }
-                }
-                if v.is_empty() {
-                    bail!("--sites names no site: give NAME,NAME or all");
-                }
-                v
-            };
+            let site_names: Vec<String> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
             let store = Store::open(data).context("pushes need the image store on this server")?;
-            let mut versions = Vec::new();
-            for spec in &images {
-                let v = store.resolve(spec)?;
-                let mut seen = HashSet::new();
-                let bytes: u64 = v
-                    .manifest
-                    .chunks()
-                    .filter(|(_, id, _)| seen.insert(*id))
-                    .map(|(_, _, c)| u64::from(c))
-                    .sum();
-                versions.push(PushVersion {
-                    image: v.name.clone(),
-                    version: v.id.to_hex(),
-                    bytes,
-                });
+            let zone = bootcast::time::Zone::local();
+            if let Some(e) = &every {
+                plan::next_tick(e, now, &zone)?;
             }
-            let p = pushes::create(
+            let p = plan::create(
                 &mut c,
-                &NewPush {
-                    versions,
-                    sites: targets,
-                    windows,
+                &store,
+                &plan::Request {
+                    images: images.clone(),
+                    sites: site_names.clone(),
+                    windows: windows.clone(),
                     rate,
                     deadline,
                 },
                 now,
             )?;
+            let rule = match &every {
+                Some(e) => Some(pushes::create_rule(
+                    &c,
+                    &pushes::Rule {
+                        id: 0,
+                        created_at: now,
+                        every: e.clone(),
+                        images,
+                        sites: site_names,
+                        windows,
+                        rate,
+                        last_run: now,
+                        last_push: Some(p.id),
+                    },
+                )?),
+                None => None,
+            };
+            if let (Some(r), Some(e)) = (rule, &every) {
+                eprintln!(
+                    "recurring push {r}: again at {} (server local time) and each tick of {e:?} when the versions changed; `bootcast push unschedule {r}` stops it",
+                    utc(plan::next_tick(e, now, &zone)?)
+                );
+            }
             out.emit(&serde_json::json!({ "push": p }), || {
                 format!(
                     "push {} created: {} to {}; relays start at their next heartbeat, inside their windows",
@@ -230,6 +236,38 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     }
                 }
                 s
+            });
+        }
+        PushCmd::Rules => {
+            let rules = pushes::rules(&c)?;
+            let zone = bootcast::time::Zone::local();
+            out.emit(&serde_json::json!({ "rules": rules }), || {
+                if rules.is_empty() {
+                    return "no recurring pushes (push create --every CRON)".into();
+                }
+                let mut s = String::new();
+                for r in &rules {
+                    s += &format!(
+                        "rule {:<4} every {:?}  next {}  images {}  sites {}  last push {}\n",
+                        r.id,
+                        r.every,
+                        plan::next_tick(&r.every, now.max(r.last_run), &zone)
+                            .map(utc)
+                            .unwrap_or_else(|_| "?".into()),
+                        r.images.join(","),
+                        r.sites.join(","),
+                        r.last_push.map_or("-".into(), |p| p.to_string())
+                    );
+                }
+                s
+            });
+        }
+        PushCmd::Unschedule { rule } => {
+            if !pushes::remove_rule(&c, rule)? {
+                bail!("no recurring push {rule}; `bootcast push rules` lists them");
+            }
+            out.emit(&serde_json::json!({ "removed": rule }), || {
+                format!("recurring push {rule} stopped")
             });
         }
         PushCmd::Pause { id } | PushCmd::Resume { id } | PushCmd::Cancel { id } => {

@@ -180,6 +180,17 @@ pub const MIGRATIONS: &[&str] = &[
         site TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
         image TEXT NOT NULL,
         PRIMARY KEY (site, image)
+    );
+    CREATE TABLE push_rules (
+        id INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        every TEXT NOT NULL,
+        images TEXT NOT NULL,
+        sites TEXT NOT NULL,
+        windows TEXT,
+        rate INTEGER,
+        last_run INTEGER NOT NULL,
+        last_push INTEGER
     );",
 ];
 

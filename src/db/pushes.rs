@@ -286,6 +286,93 @@ pub fn orders_for(conn: &Connection, site: &str) -> Result<Vec<PushOrder>, DbErr
     Ok(out)
 }
 
+/// A recurring push (`push create --every CRON`): at each tick, the newest versions of its
+/// images go to its sites if they differ from what it pushed last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub id: i64,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub created_at: i64,
+    /// Cron expression (minute hour day-of-month month day-of-week), server local time.
+    pub every: String,
+    /// Image specs (NAME follows the newest version; NAME@VERSION stays).
+    pub images: Vec<String>,
+    /// Site names, or `["all"]`.
+    pub sites: Vec<String>,
+    pub windows: Option<String>,
+    pub rate: Option<u64>,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub last_run: i64,
+    pub last_push: Option<i64>,
+}
+
+pub fn create_rule(conn: &Connection, r: &Rule) -> Result<i64, DbError> {
+    conn.execute(
+        "INSERT INTO push_rules (created_at, every, images, sites, windows, rate, last_run, last_push)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            r.created_at,
+            r.every,
+            serde_json::to_string(&r.images).expect("serialises"),
+            serde_json::to_string(&r.sites).expect("serialises"),
+            r.windows,
+            r.rate.map(|v| v as i64),
+            r.last_run,
+            r.last_push
+        ],
+    )
+    .what("create push rule")?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn rules(conn: &Connection) -> Result<Vec<Rule>, DbError> {
+    let mut st = conn
+        .prepare(
+            "SELECT id, created_at, every, images, sites, windows, rate, last_run, last_push
+             FROM push_rules ORDER BY id",
+        )
+        .what("list push rules")?;
+    let rows = st
+        .query_map([], |r| {
+            let images: String = r.get(3)?;
+            let sites: String = r.get(4)?;
+            Ok(Rule {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                every: r.get(2)?,
+                images: serde_json::from_str(&images).unwrap_or_default(),
+                sites: serde_json::from_str(&sites).unwrap_or_default(),
+                windows: r.get(5)?,
+                rate: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                last_run: r.get(7)?,
+                last_push: r.get(8)?,
+            })
+        })
+        .what("list push rules")?;
+    rows.collect::<Result<_, _>>().what("list push rules")
+}
+
+pub fn set_rule_run(
+    conn: &Connection,
+    id: i64,
+    last_run: i64,
+    last_push: Option<i64>,
+) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE push_rules SET last_run = ?2, last_push = coalesce(?3, last_push) WHERE id = ?1",
+        params![id, last_run, last_push],
+    )
+    .what("record push rule run")?;
+    Ok(())
+}
+
+pub fn remove_rule(conn: &Connection, id: i64) -> Result<bool, DbError> {
+    let n = conn
+        .execute("DELETE FROM push_rules WHERE id = ?1", [id])
+        .what("remove push rule")?;
+    Ok(n == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
