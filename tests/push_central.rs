@@ -237,11 +237,21 @@ fn sites_pushes_and_relay_heartbeats() {
     ]));
     assert!(e.contains("cron expression"), "{e}");
     let p3 = lab.json(&[
-        "push", "create", "--image", "win11", "--sites", "nord", "--every", "0 20 * * *",
+        "push",
+        "create",
+        "--image",
+        "win11",
+        "--sites",
+        "nord",
+        "--every",
+        "0 20 * * *",
     ]);
     let rules = lab.json(&["push", "rules"]);
     assert_eq!(rules["rules"][0]["every"], "0 20 * * *");
     assert_eq!(rules["rules"][0]["last_push"], p3["push"]["id"]);
     lab.json(&["push", "unschedule", &rules["rules"][0]["id"].to_string()]);
-    assert!(lab.json(&["push", "rules"])["rules"].as_array().unwrap().is_empty());
+    assert!(lab.json(&["push", "rules"])["rules"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

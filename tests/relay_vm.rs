@@ -1,0 +1,205 @@
+//! A machine of a relay's site is reimaged from the relay: in network namespaces, a central
+//! server and a site relay (full DHCP, TFTP and HTTP on the site's VLAN); the demo master is
+//! pushed to the relay first; then a QEMU VM (TCG, BIOS, virtio) with an empty disk
+//! PXE-boots through the relay, restores the master from the relay's store, and boots it.
+//! The central server serves not one chunk byte during the restore. Needs root; prints SKIP
+//! without.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::{demo_image, http_in, sha256, Lab, Served, BIN};
+
+fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
+    let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
+    text.lines()
+        .find_map(|l| match l.split_once(' ') {
+            Some((n, v)) if n == name => v.trim().parse::<f64>().ok().map(|v| v as u64),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
+    if !common::is_root() {
+        common::skip(
+            "a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes",
+            "needs root (network namespaces, tap devices)",
+        );
+        return;
+    }
+    assert!(
+        have_qemu(),
+        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
+    );
+    let central = Lab::new();
+    let image = demo_image("v1");
+    central.add("demo", &image);
+    copy_bootenv(&central.data());
+    let token = central.json(&["site", "add", "lycee"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // central <- 100 Mbit -> relay; the relay's VLAN is br0 with the VM's tap
+    let c = Netns::new("vcen");
+    let mut site = Netns::new("vsite");
+    c.link(
+        &site,
+        ("s1", "10.99.4.1/30"),
+        ("up0", "10.99.4.2/30"),
+        Some("100mbit"),
+    );
+    site.bridge_with_tap();
+    let ra = site_dhcp(&site, "br0", central.dir.path(), false); // IPv6 RAs only
+    site.spawn(ra);
+    let mut cmd = c.cmd(BIN);
+    cmd.arg("--data")
+        .arg(central.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+    let relay_data = central.path("relay");
+    let mut cmd = site.cmd(BIN);
+    cmd.arg("--data")
+        .arg(&relay_data)
+        .env_remove("BOOTCAST_DATA");
+    let relay = Served::start_as(
+        cmd,
+        "relay",
+        &[
+            "--upstream",
+            "http://10.99.4.1:8080",
+            "--site",
+            "lycee",
+            "--token",
+            &token,
+            "--url",
+            "http://10.99.0.1:8080",
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "0.0.0.0:69",
+            "--advertise",
+            "10.99.0.1",
+            "--dhcp-interface",
+            "br0",
+            "--dhcp-mode",
+            "full",
+            "--dhcp-range",
+            "10.99.0.100,10.99.0.150",
+        ],
+    );
+
+    // the master reaches the relay first (a push), then staff queue the reimage
+    let p = central.json(&["push", "create", "--image", "demo", "--sites", "lycee"]);
+    let id = p["push"]["id"].as_i64().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = central.json(&["push", "status", &id]);
+        if st["pushes"][0]["sites"][0]["state"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < end, "the push did not finish: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mac = "52:54:00:99:04:01";
+    register_in(&c, mac);
+    central.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
+
+    let before = metric_in(
+        &c,
+        "http://127.0.0.1:8080",
+        "bootcast_chunk_bytes_served_total",
+    );
+    let relay_served_before = metric_in(
+        &site,
+        "http://127.0.0.1:8080",
+        "bootcast_chunk_bytes_served_total",
+    );
+    let disk = central.path("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let mut vm = Vm::new(Firmware::Bios, Nic::Virtio, mac, central.dir.path());
+    vm.no_reboot = false; // restore, reboot, boot the disk; the demo master powers off
+    vm.timeout = 420;
+    vm.extra = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio", disk.display()),
+    ];
+    let started = Instant::now();
+    let out = vm.command(&site).output().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let serial = vm.serial();
+    let context = || {
+        format!(
+            "QEMU {}\n--- serial:\n{serial}\n--- relay:\n{}\n--- central:\n{}",
+            out.status,
+            relay.log_text(),
+            server.log_text()
+        )
+    };
+    assert!(
+        serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {mac}")),
+        "{}",
+        context()
+    );
+    assert!(serial.contains("BOOTCAST-DEMO-OK v1"), "{}", context());
+    assert!(
+        serial.contains("bootcast.server=http://10.99.0.1:8080")
+            || serial.contains("-> http://10.99.0.1:8080"),
+        "the agent did not talk to the relay: {}",
+        context()
+    );
+    let central_chunks = metric_in(
+        &c,
+        "http://127.0.0.1:8080",
+        "bootcast_chunk_bytes_served_total",
+    ) - before;
+    let relay_chunks = metric_in(
+        &site,
+        "http://127.0.0.1:8080",
+        "bootcast_chunk_bytes_served_total",
+    ) - relay_served_before;
+    common::say(&format!(
+        "VM reimaged from its site relay: {took:.1} s; chunk bytes served by the relay {relay_chunks}, by the central server {central_chunks}"
+    ));
+    assert_eq!(
+        central_chunks, 0,
+        "the central server served chunks during the restore"
+    );
+    assert!(relay_chunks > 0);
+    let want = std::fs::read(&image).unwrap();
+    let written = std::fs::read(&disk).unwrap();
+    // outside the ext4 partition (the host has no name: nothing changes inside either)
+    assert_eq!(sha256(&written[..want.len()]), sha256(&want));
+    let t = central.json(&["task", "list", "--all", "--host", mac]);
+    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+    let h = central.json(&["host", "show", mac]);
+    assert_eq!(h["host"]["site"], "lycee", "{h}");
+}
+
+/// The host's first network boot and hello, sent to the central server in its namespace.
+fn register_in(c: &Netns, mac: &str) {
+    let url = "http://127.0.0.1:8080";
+    let (_, script) = http_in(
+        Some(&c.name),
+        "GET",
+        &format!("{url}/boot/{mac}.ipxe"),
+        None,
+        None,
+    );
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": common::nonce_of(&script)});
+    let (code, body) = http_in(
+        Some(&c.name),
+        "POST",
+        &format!("{url}/api/v1/agent/hello"),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}
