@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bootcast::store::{ChunkId, Store};
 use serde_json::Value;
@@ -55,32 +55,13 @@ fn relay(lab: &Lab, dir: &str, upstream: &str, site: &str, token: &str, extra: &
     Served::start_as(cmd, "relay", &args)
 }
 
-/// A counter or gauge of `/metrics` (`name` with its labels, as printed).
+/// A counter or gauge of `/metrics` (0 when not printed yet).
 fn metric_at(url: &str, name: &str) -> u64 {
-    let (code, text) = http("GET", &format!("{url}/metrics"), None, None);
-    assert_eq!(code, 200, "{text}");
-    text.lines()
-        .find_map(|l| match l.split_once(' ') {
-            Some((n, v)) if n == name => v.trim().parse().ok(),
-            _ => None,
-        })
-        .unwrap_or(0)
+    common::metric_in(None, url, name).unwrap_or(0)
 }
 
 const UP: &str = "bootcast_relay_upstream_bytes_total";
 const SERVED: &str = "bootcast_chunk_bytes_served_total";
-
-/// Polls `cond` every 100 ms until it gives a value; panics naming `what` after `secs`.
-fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The central view of `site` in push `id` (`push status --json`).
 fn push_row(lab: &Lab, id: i64, site: &str) -> Value {

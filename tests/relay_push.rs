@@ -12,29 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::netlab::Netns;
-use common::{http_in, Lab, Served, BIN};
-
-/// Polls `cond` every 200 ms until it holds; panics with `what` and the last state after
-/// `secs` seconds.
-fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::{wait_for, Lab, Served, BIN};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
-    let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
-    text.lines()
-        .find_map(|l| match l.split_once(' ') {
-            Some((n, v)) if n == name => v.trim().parse::<f64>().ok().map(|v| v as u64),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
 }
 
 /// The central server's view of `site` in push `id`.

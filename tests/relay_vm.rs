@@ -13,13 +13,7 @@ use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, V
 use common::{demo_image, http_in, sha256, Lab, Served, BIN};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
-    let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
-    text.lines()
-        .find_map(|l| match l.split_once(' ') {
-            Some((n, v)) if n == name => v.trim().parse::<f64>().ok().map(|v| v as u64),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
 }
 
 #[test]

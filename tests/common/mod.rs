@@ -459,15 +459,35 @@ pub fn fake_agent_root(dir: &Path, mac: &str, cmdline: &str) {
     std::fs::write(dir.join("sys/class/net/eth0/address"), format!("{mac}\n")).unwrap();
 }
 
-/// A counter of the server's `/metrics`.
+/// A counter or gauge of `URL/metrics` (`name` with its labels, as printed), fetched from
+/// inside network namespace `ns` if given; `None` if the server does not print it.
+pub fn metric_in(ns: Option<&str>, url: &str, name: &str) -> Option<u64> {
+    let (code, text) = http_in(ns, "GET", &format!("{url}/metrics"), None, None);
+    assert_eq!(code, 200, "{text}");
+    text.lines().find_map(|l| match l.split_once(' ') {
+        Some((n, v)) if n == name => v.trim().parse::<f64>().ok().map(|v| v as u64),
+        _ => None,
+    })
+}
+
+/// A counter of the server's `/metrics` (it must be there).
 pub fn metric(s: &Served, name: &str) -> u64 {
-    let (_, text) = http("GET", &format!("{}/metrics", s.url), None, None);
-    text.lines()
-        .find_map(|l| match l.split_once(' ') {
-            Some((n, v)) if n == name => Some(v.trim().parse().unwrap()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    metric_in(None, &s.url, name).unwrap_or_else(|| panic!("no {name} in {}/metrics", s.url))
+}
+
+/// Polls `cond` every 100 ms until it gives a value; panics naming `what` after `secs`.
+pub fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// One boot of the agent for `mac`'s current task, with `disk` as its disk
