@@ -9,6 +9,7 @@
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
 //! - [`push`]: nightly pushes to site relays: windows, rate caps, the scheduler's clock.
+//! - [`multicast`]: room multicast sessions (sender, receiver, datagram protocol).
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod mac;
+pub mod multicast;
 pub mod push;
 pub mod relay;
 pub mod schedule;

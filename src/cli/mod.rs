@@ -4,6 +4,7 @@ mod agent;
 mod bootenv;
 mod host;
 mod image;
+mod multicast;
 mod output;
 mod push;
 mod relay;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Add, list, show, export and remove disk images
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Room multicast sessions by hand: send an image to a group, receive it
+    #[command(subcommand)]
+    Multicast(multicast::MulticastCmd),
     /// Push image versions to sites' relays at night: create, list, status, pause, resume, cancel
     #[command(subcommand)]
     Push(push::PushCmd),
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(cmd) => host::run_host(cmd, &cli.data, &out),
         Command::Task(cmd) => task::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
+        Command::Multicast(cmd) => multicast::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
         Command::Push(cmd) => push::run(cmd, &cli.data, &out),
         Command::Relay(args) => relay::run(args, &cli.data, &out),

@@ -103,6 +103,11 @@ impl Bucket {
         self.at = now;
     }
 
+    /// Changes the rate, keeping credit and debt (a rate adjusted under load, not a new cap).
+    pub fn reset_rate_keep_credit(&mut self, rate: u64) {
+        self.rate = rate.max(1) as f64;
+    }
+
     /// Changes the most credit the bucket holds.
     pub fn set_burst(&mut self, burst: u64) {
         self.burst = burst.max(1) as f64;

@@ -77,17 +77,6 @@ pub fn export(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ExportReport> {
     let existing = std::fs::metadata(target).ok();
-    let is_block = existing
-        .as_ref()
-        .is_some_and(|m| m.file_type().is_block_device());
-    if let Some(m) = &existing {
-        if !(is_block || m.is_file()) {
-            return Err(StoreError::Target(format!(
-                "export target {} is neither a regular file nor a block device",
-                target.display()
-            )));
-        }
-    }
     // Seeds; the target counts as "in place" when it is one of them.
     let mut seeds = Vec::new();
     let mut in_place = false;
@@ -108,30 +97,8 @@ pub fn export(
         });
     }
 
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(!is_block)
-        .truncate(false)
-        .open(target)
-        .ctx("opening export target", target)?;
-    if is_block {
-        let dev_size = file.seek(SeekFrom::End(0)).ctx("sizing", target)?;
-        if dev_size < manifest.size {
-            return Err(StoreError::Target(format!(
-                "target device {} holds {dev_size} bytes but the image needs {}; choose a larger disk",
-                target.display(),
-                manifest.size
-            )));
-        }
-    } else {
-        if !in_place {
-            // Fresh content: old bytes must not survive in zero runs.
-            file.set_len(0).ctx("truncating", target)?;
-        }
-        file.set_len(manifest.size).ctx("sizing", target)?;
-    }
-    let punch_zero = is_block || in_place;
+    let out = Target::open(target, manifest.size, in_place)?;
+    let (file, punch_zero) = (&out.file, out.punch_zero);
 
     let counters = Counters::default();
     let next = AtomicUsize::new(0);
@@ -151,7 +118,6 @@ pub fn export(
             let write_tx = write_tx.clone();
             let (seeds, counters, next, abort, fail) = (&seeds, &counters, &next, &abort, &fail);
             let batches = &batches;
-            let file = &file;
             scope.spawn(move || {
                 let worker = Worker {
                     source,
@@ -191,7 +157,7 @@ pub fn export(
         // Start writeback early, beside the writer, so the final fsync has little left to do.
         // Its first error fails the export: the kernel reports a write-back error once.
         let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
-        let (file_ref, fail_ref) = (&file, &fail);
+        let (file_ref, fail_ref) = (file, &fail);
         scope.spawn(move || {
             for () in flush_rx.iter() {
                 if let Err(cause) = file_ref.sync_data() {
@@ -211,15 +177,8 @@ pub fn export(
             }
             let (len, result) = match write {
                 Write::Nothing { len } => (len, Ok(())),
-                Write::Zero { offset, len } => (
-                    len,
-                    zero_range(&file, offset, len).ctx("zeroing a range of", target),
-                ),
-                Write::Run(run) => (
-                    run.bytes().len() as u64,
-                    file.write_all_at(run.bytes(), run.offset())
-                        .ctx("writing to export target", target),
-                ),
+                Write::Zero { offset, len } => (len, out.zero(offset, len)),
+                Write::Run(run) => (run.bytes().len() as u64, out.write_run(&run)),
                 Write::Chunk(_) => unreachable!("workers send chunks as runs"),
             };
             match result {
@@ -237,7 +196,7 @@ pub fn export(
     if let Some(e) = first_error.into_inner().unwrap() {
         return Err(e);
     }
-    file.sync_all().ctx("syncing", target)?;
+    out.sync()?;
     Ok(ExportReport {
         size: manifest.size,
         fetched: counters.fetched.into_inner(),
@@ -246,6 +205,98 @@ pub fn export(
         in_place: counters.in_place.into_inner(),
         zero: counters.zero.into_inner(),
     })
+}
+
+/// An open export target: the only code that writes image bytes to a file or disk. Export
+/// drives it for whole images; a multicast receiver calls it for each chunk it verified.
+pub struct Target {
+    file: File,
+    path: PathBuf,
+    punch_zero: bool,
+}
+
+impl Target {
+    /// Opens (or creates) `target` for an image of `size` bytes. A regular file is sized to
+    /// `size`, and emptied first unless `in_place` (the target is its own seed, so the chunks
+    /// it holds are kept); a block device must hold `size` bytes.
+    pub fn open(target: &Path, size: u64, in_place: bool) -> Result<Target> {
+        let existing = std::fs::metadata(target).ok();
+        let is_block = existing
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        if let Some(m) = &existing {
+            if !(is_block || m.is_file()) {
+                return Err(StoreError::Target(format!(
+                    "export target {} is neither a regular file nor a block device",
+                    target.display()
+                )));
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!is_block)
+            .truncate(false)
+            .open(target)
+            .ctx("opening export target", target)?;
+        if is_block {
+            let dev_size = file.seek(SeekFrom::End(0)).ctx("sizing", target)?;
+            if dev_size < size {
+                return Err(StoreError::Target(format!(
+                    "target device {} holds {dev_size} bytes but the image needs {size}; choose a larger disk",
+                    target.display(),
+                )));
+            }
+        } else {
+            if !in_place {
+                // Fresh content: old bytes must not survive in zero runs.
+                file.set_len(0).ctx("truncating", target)?;
+            }
+            file.set_len(size).ctx("sizing", target)?;
+        }
+        Ok(Target {
+            file,
+            path: target.to_path_buf(),
+            punch_zero: is_block || in_place,
+        })
+    }
+
+    /// Writes a run of verified chunks.
+    pub fn write_run(&self, run: &VerifiedRun) -> Result<()> {
+        self.file
+            .write_all_at(run.bytes(), run.offset())
+            .ctx("writing to export target", &self.path)
+    }
+
+    /// Writes one verified chunk at `offset`.
+    pub fn write_chunk(&self, offset: u64, chunk: &VerifiedChunk) -> Result<()> {
+        let mut run = VerifiedRun::new(offset);
+        run.push(chunk);
+        self.write_run(&run)
+    }
+
+    /// Makes a zero run read as zeros (nothing to do on a fresh file: it reads as zeros).
+    pub fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.punch_zero {
+            return Ok(());
+        }
+        zero_range(&self.file, offset, len).ctx("zeroing a range of", &self.path)
+    }
+
+    /// Whether the target already holds chunk `id` (`len` bytes) at `offset`.
+    pub fn holds(&self, offset: u64, len: u64, id: ChunkId) -> Result<bool> {
+        let mut buf = Vec::new();
+        Ok(
+            read_chunk_at(&self.file, offset, len as usize, &mut buf, id)
+                .ctx("reading", &self.path)?
+                .is_some(),
+        )
+    }
+
+    /// Flushes everything written to stable storage.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_all().ctx("syncing", &self.path)
+    }
 }
 
 /// One change to the target, decided by a worker and applied by the writer.

@@ -1,0 +1,170 @@
+//! `bootcast multicast send|receive`: a room multicast session by hand (tests, benchmarks).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use bootcast::multicast::receiver::{receive, ReceiveOptions};
+use bootcast::multicast::sender::{send, SendOptions};
+use bootcast::multicast::{proto, Endpoint};
+use bootcast::push::rate::parse_rate;
+use bootcast::store::Store;
+
+use super::output::Output;
+
+#[derive(Subcommand, Debug)]
+pub enum MulticastCmd {
+    /// Stream NAME[@VERSION] from the local store to a multicast group
+    Send {
+        spec: String,
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        group: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        /// Start when this many receivers joined...
+        #[arg(long, default_value_t = 1)]
+        min_receivers: usize,
+        /// ...or after this many seconds
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[arg(long, default_value = "100Mbit", value_parser = parse_rate)]
+        max_rate: u64,
+        #[arg(long, default_value = "1Mbit", value_parser = parse_rate)]
+        min_rate: u64,
+        /// End the session after this many seconds (receivers finish over HTTP)
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Largest datagram (UDP payload bytes)
+        #[arg(long, default_value_t = proto::DEFAULT_DATAGRAM)]
+        datagram: usize,
+        #[arg(long, default_value_t = 1)]
+        ttl: u32,
+    },
+    /// Receive NAME@VERSION from a session and write it to a file or block device
+    Receive {
+        /// The server running the session (manifest, and the HTTP fallback)
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        group: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        /// Finish over HTTP after this many seconds without a datagram from the sender
+        #[arg(long, default_value_t = 10)]
+        idle_timeout: u64,
+        /// Finish over HTTP when still lacking chunks after this pass
+        #[arg(long, default_value_t = 20)]
+        max_passes: u32,
+        /// Test hook: drop this share of received datagrams (percent, deterministic)
+        #[arg(long, default_value_t = 0.0, hide = true)]
+        drop_percent: f64,
+    },
+}
+
+pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
+    let say = |line: &str| eprintln!("bootcast-multicast: {line}");
+    match cmd {
+        MulticastCmd::Send {
+            spec,
+            interface,
+            group,
+            port,
+            min_receivers,
+            wait,
+            max_rate,
+            min_rate,
+            timeout,
+            datagram,
+            ttl,
+        } => {
+            let store = Store::open(data)?;
+            let resolved = store.resolve(&spec)?;
+            let endpoint = Endpoint {
+                interface,
+                group,
+                port,
+                ttl,
+            };
+            let opts = SendOptions {
+                min_receivers,
+                wait: Duration::from_secs(wait),
+                max_rate,
+                min_rate,
+                timeout: Duration::from_secs(timeout),
+                datagram,
+                ..Default::default()
+            };
+            let r = send(&store, &resolved.manifest, &endpoint, &opts, &mut |l| {
+                say(l)
+            })
+            .context("multicast session")?;
+            out.emit(&r, || {
+                format!(
+                    "sent {} bytes in {} datagrams over {} passes ({:.3} × the compressed image, {} bytes); {} of {} receivers done ({})",
+                    r.bytes,
+                    r.datagrams,
+                    r.passes,
+                    r.bytes as f64 / r.compressed.max(1) as f64,
+                    r.compressed,
+                    r.receivers_done,
+                    r.receivers_joined,
+                    r.ended
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        MulticastCmd::Receive {
+            server,
+            image,
+            target,
+            interface,
+            group,
+            port,
+            idle_timeout,
+            max_passes,
+            drop_percent,
+        } => {
+            let endpoint = Endpoint {
+                interface,
+                group,
+                port,
+                ttl: 1,
+            };
+            let opts = ReceiveOptions {
+                server,
+                image,
+                receiver: None,
+                idle_timeout: Duration::from_secs(idle_timeout),
+                max_passes,
+                drop_percent,
+            };
+            let r =
+                receive(&endpoint, &opts, &target, &mut |l| say(l)).context("multicast receive")?;
+            out.emit(&r, || {
+                format!(
+                    "received {} bytes in {} datagrams; wrote {} bytes ({} chunks by multicast, {} over HTTP, {} already there); {} datagrams dropped",
+                    r.bytes_received,
+                    r.datagrams,
+                    r.bytes_written,
+                    r.chunks_multicast,
+                    r.chunks_http,
+                    r.chunks_in_place,
+                    r.dropped
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

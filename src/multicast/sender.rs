@@ -1,0 +1,436 @@
+//! The sending end: [`Carousel`] (pure: which chunks each pass sends), [`RateControl`] (pure:
+//! the rate under NAK pressure) and [`send`] (the session on a socket).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::proto::{self, ListedChunk, Message};
+use super::{is_timeout, Endpoint, MulticastError, Rng};
+use crate::push::rate::Bucket;
+use crate::store::manifest::Manifest;
+use crate::store::Store;
+
+/// Which chunk indexes each pass sends: the first pass all of them, each later pass those
+/// NAKed since the previous pass began.
+#[derive(Debug)]
+pub struct Carousel {
+    total: u32,
+    queue: Vec<u32>,
+    pos: usize,
+    pending: BTreeSet<u32>,
+    pub pass: u32,
+}
+
+impl Carousel {
+    pub fn new(total: u32) -> Carousel {
+        Carousel {
+            total,
+            queue: (0..total).collect(),
+            pos: 0,
+            pending: BTreeSet::new(),
+            pass: 1,
+        }
+    }
+
+    /// Records a NAK's ranges (out-of-range indexes are ignored).
+    pub fn nak(&mut self, ranges: &[(u32, u32)]) {
+        for &(a, b) in ranges {
+            self.pending.extend(a.min(self.total)..b.min(self.total));
+        }
+    }
+
+    /// The next chunk to send in this pass, or `None` at the pass's end.
+    pub fn next_chunk(&mut self) -> Option<u32> {
+        let i = self.queue.get(self.pos).copied();
+        if i.is_some() {
+            self.pos += 1;
+        }
+        i
+    }
+
+    /// Position in the current pass: (sent, in the pass).
+    pub fn position(&self) -> (usize, usize) {
+        (self.pos, self.queue.len())
+    }
+
+    /// Starts the next pass if anything was NAKed; `false`: nothing to send.
+    pub fn next_pass(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        self.queue = std::mem::take(&mut self.pending).into_iter().collect();
+        self.pos = 0;
+        self.pass += 1;
+        true
+    }
+}
+
+/// The sending rate: a configured maximum, cut by a quarter at most every `cut_every` seconds
+/// while NAKs arrive, raised by a twentieth of the maximum every `raise_every` seconds without
+/// one, never below the floor.
+#[derive(Debug, Clone)]
+pub struct RateControl {
+    pub max: u64,
+    pub floor: u64,
+    pub rate: u64,
+    last_cut: f64,
+    last_change: f64,
+    last_nak: f64,
+}
+
+impl RateControl {
+    const CUT_EVERY: f64 = 0.5;
+    const RAISE_EVERY: f64 = 0.1;
+
+    pub fn new(max: u64, floor: u64) -> RateControl {
+        let floor = floor.min(max).max(1);
+        RateControl {
+            max,
+            floor,
+            rate: max,
+            last_cut: f64::NEG_INFINITY,
+            last_change: 0.0,
+            last_nak: f64::NEG_INFINITY,
+        }
+    }
+
+    /// A NAK arrived at `now`.
+    pub fn nak(&mut self, now: f64) {
+        self.last_nak = now;
+        if now - self.last_cut >= Self::CUT_EVERY {
+            self.last_cut = now;
+            self.last_change = now;
+            self.rate = (self.rate - self.rate / 4).max(self.floor);
+        }
+    }
+
+    /// The rate at `now` (additive recovery since the last NAK).
+    pub fn tick(&mut self, now: f64) -> u64 {
+        if now - self.last_nak >= Self::RAISE_EVERY && now - self.last_change >= Self::RAISE_EVERY {
+            self.last_change = now;
+            self.rate = (self.rate + (self.max / 20).max(1)).min(self.max);
+        }
+        self.rate
+    }
+}
+
+/// How a session runs.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Start when this many receivers joined...
+    pub min_receivers: usize,
+    /// ...or after this long, whichever comes first.
+    pub wait: Duration,
+    /// Bytes per second (datagrams as sent).
+    pub max_rate: u64,
+    pub min_rate: u64,
+    /// Whole session limit; END is sent then, receivers finish over HTTP.
+    pub timeout: Duration,
+    /// Largest datagram (UDP payload).
+    pub datagram: usize,
+    /// A receiver silent this long is no longer waited for.
+    pub receiver_timeout: Duration,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            min_receivers: 1,
+            wait: Duration::from_secs(60),
+            max_rate: 100_000_000 / 8,
+            min_rate: 1_000_000 / 8,
+            timeout: Duration::from_secs(3600),
+            datagram: proto::DEFAULT_DATAGRAM,
+            receiver_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a session did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SendReport {
+    pub session: String,
+    pub chunks: u32,
+    /// Compressed bytes of the distinct chunks: what one copy of the image weighs.
+    pub compressed: u64,
+    pub datagrams: u64,
+    /// Every byte the sender sent (UDP payloads: DATA, PASS, END).
+    pub bytes: u64,
+    pub passes: u32,
+    pub naks: u64,
+    pub receivers_joined: usize,
+    pub receivers_done: usize,
+    /// `done` (every joined receiver said so) or `timeout`.
+    pub ended: String,
+    pub seconds: f64,
+}
+
+struct Peers {
+    last_heard: HashMap<u32, f64>,
+    done: HashSet<u32>,
+}
+
+/// Runs a session for `manifest` (chunks read from `store`); `progress(line)` gets a line when
+/// the session starts, at each tenth of the first pass, and at the end of each pass.
+pub fn send(
+    store: &Store,
+    manifest: &Manifest,
+    endpoint: &Endpoint,
+    opts: &SendOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SendReport, MulticastError> {
+    let started = Instant::now();
+    let now = || started.elapsed().as_secs_f64();
+    let list: Vec<ListedChunk> = proto::chunk_list(manifest);
+    let session = (Rng::from_entropy().next_u64() as u32).max(1);
+    let socket = endpoint.socket(false, Duration::from_millis(5))?;
+    let dest = endpoint.destination();
+    let mut report = SendReport {
+        session: format!("{session:08x}"),
+        chunks: list.len() as u32,
+        compressed: list.iter().map(|c| u64::from(c.compressed)).sum(),
+        ..Default::default()
+    };
+    let mut peers = Peers {
+        last_heard: HashMap::new(),
+        done: HashSet::new(),
+    };
+    let mut carousel = Carousel::new(list.len() as u32);
+    let mut rate = RateControl::new(opts.max_rate, opts.min_rate);
+    let mut bucket = Bucket::new(opts.max_rate, (opts.max_rate / 50).max(64 << 10), 0.0);
+    let mut out = Vec::with_capacity(opts.datagram);
+    let mut inbuf = vec![0u8; 65536];
+
+    let transmit = |m: &Message, report: &mut SendReport, out: &mut Vec<u8>| {
+        proto::encode(session, m, out);
+        match socket.send_to(out, dest) {
+            Ok(_) => {
+                report.datagrams += 1;
+                report.bytes += out.len() as u64;
+                Ok(())
+            }
+            Err(cause) => Err(MulticastError::Socket {
+                what: "sending",
+                cause,
+            }),
+        }
+    };
+    // Reads what receivers sent, without waiting beyond the socket's timeout.
+    let drain = |peers: &mut Peers,
+                 carousel: &mut Carousel,
+                 rate: &mut RateControl,
+                 report: &mut SendReport,
+                 inbuf: &mut [u8],
+                 blocking: bool|
+     -> Result<(), MulticastError> {
+        loop {
+            let n = match socket.recv(inbuf) {
+                Ok(n) => n,
+                Err(e) if is_timeout(&e) => return Ok(()),
+                Err(cause) => {
+                    return Err(MulticastError::Socket {
+                        what: "receiving",
+                        cause,
+                    })
+                }
+            };
+            let t = now();
+            if let Ok(d) = proto::decode(&inbuf[..n]) {
+                if d.session == session || d.session == 0 {
+                    match d.message {
+                        Message::Nak { receiver, ranges } if d.session == session => {
+                            report.naks += 1;
+                            peers.last_heard.insert(receiver, t);
+                            peers.done.remove(&receiver);
+                            carousel.nak(&ranges);
+                            rate.nak(t);
+                        }
+                        Message::Join(s) | Message::Status(s) => {
+                            peers.last_heard.insert(s.receiver, t);
+                            if s.held < s.total {
+                                peers.done.remove(&s.receiver);
+                            }
+                        }
+                        Message::Done(s) => {
+                            peers.last_heard.insert(s.receiver, t);
+                            peers.done.insert(s.receiver);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !blocking {
+                // one datagram at a time between sends keeps the pacing steady
+                return Ok(());
+            }
+        }
+    };
+
+    // Waiting for receivers: PASS 0 tells them the session id.
+    progress(&format!(
+        "session {session:08x}: {} chunks, {} bytes compressed; waiting for {} receivers (up to {} s)",
+        report.chunks,
+        report.compressed,
+        opts.min_receivers,
+        opts.wait.as_secs()
+    ));
+    let mut last_pass_msg = f64::NEG_INFINITY;
+    while peers.last_heard.len() < opts.min_receivers && now() < opts.wait.as_secs_f64() {
+        if now() - last_pass_msg >= 0.2 {
+            last_pass_msg = now();
+            transmit(
+                &Message::Pass {
+                    pass: 0,
+                    total: report.chunks,
+                },
+                &mut report,
+                &mut out,
+            )?;
+        }
+        drain(
+            &mut peers,
+            &mut carousel,
+            &mut rate,
+            &mut report,
+            &mut inbuf,
+            true,
+        )?;
+    }
+    progress(&format!(
+        "started with {} receivers",
+        peers.last_heard.len()
+    ));
+
+    let payload = proto::payload_size(opts.datagram);
+    let mut tenth = 0;
+    let ended = loop {
+        if now() > opts.timeout.as_secs_f64() {
+            break "timeout";
+        }
+        if let Some(index) = carousel.next_chunk() {
+            let c = &list[index as usize];
+            let frame = store.read_compressed(&c.id)?;
+            for (k, piece) in frame.chunks(payload).enumerate() {
+                let t = now();
+                bucket.reset_rate_keep_credit(rate.tick(t));
+                let wait = bucket.take((piece.len() + proto::DATA_HEADER) as u64, t);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                transmit(
+                    &Message::Data {
+                        index,
+                        offset: (k * payload) as u32,
+                        total: frame.len() as u32,
+                        id: c.id,
+                        payload: piece,
+                    },
+                    &mut report,
+                    &mut out,
+                )?;
+                drain(
+                    &mut peers,
+                    &mut carousel,
+                    &mut rate,
+                    &mut report,
+                    &mut inbuf,
+                    false,
+                )?;
+            }
+            if carousel.pass == 1 {
+                let (pos, len) = carousel.position();
+                let t = pos * 10 / len.max(1);
+                if t > tenth {
+                    tenth = t;
+                    progress(&format!("pass 1 at {}%", t * 10));
+                }
+            }
+            continue;
+        }
+        // end of a pass
+        let t = now();
+        if t - last_pass_msg >= 0.2 {
+            last_pass_msg = t;
+            transmit(
+                &Message::Pass {
+                    pass: carousel.pass,
+                    total: report.chunks,
+                },
+                &mut report,
+                &mut out,
+            )?;
+        }
+        drain(
+            &mut peers,
+            &mut carousel,
+            &mut rate,
+            &mut report,
+            &mut inbuf,
+            true,
+        )?;
+        // receivers silent too long have left (fell back to HTTP, or are gone)
+        let limit = opts.receiver_timeout.as_secs_f64();
+        peers.last_heard.retain(|_, heard| now() - *heard < limit);
+        let everyone_done =
+            !peers.last_heard.is_empty() && peers.last_heard.keys().all(|r| peers.done.contains(r));
+        if everyone_done {
+            break "done";
+        }
+        if peers.last_heard.is_empty() && now() > opts.wait.as_secs_f64() + limit {
+            break "no receivers";
+        }
+        let pass = carousel.pass;
+        if carousel.next_pass() {
+            progress(&format!(
+                "pass {pass} done; pass {} sends {} chunks",
+                carousel.pass,
+                carousel.position().1
+            ));
+        }
+    };
+    for _ in 0..3 {
+        transmit(&Message::End, &mut report, &mut out)?;
+    }
+    report.passes = carousel.pass;
+    report.receivers_joined = peers.last_heard.len().max(peers.done.len());
+    report.receivers_done = peers.done.len();
+    report.ended = ended.into();
+    report.seconds = started.elapsed().as_secs_f64();
+    progress(&format!("session ended: {ended}"));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_passes_send_only_what_was_naked() {
+        let mut c = Carousel::new(5);
+        let first: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+        assert_eq!(first, vec![0, 1, 2, 3, 4]);
+        c.nak(&[(1, 3), (4, 9)]);
+        c.nak(&[(2, 3)]);
+        assert!(c.next_pass());
+        assert_eq!(c.pass, 2);
+        let second: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+        assert_eq!(second, vec![1, 2, 4]);
+        assert!(!c.next_pass());
+    }
+
+    #[test]
+    fn nak_pressure_slows_the_rate_down_to_the_floor_and_it_recovers() {
+        let mut r = RateControl::new(1000, 300);
+        let mut t = 0.0;
+        for _ in 0..20 {
+            r.nak(t);
+            t += 0.5;
+        }
+        assert_eq!(r.rate, 300);
+        let mut t2 = t;
+        while r.tick(t2) < 1000 {
+            t2 += 0.1;
+        }
+        assert!(t2 - t > 1.0, "recovers additively, not at once");
+    }
+}
