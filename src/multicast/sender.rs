@@ -65,9 +65,11 @@ impl Carousel {
     }
 }
 
-/// The sending rate: a configured maximum, cut by a quarter at most every `cut_every` seconds
-/// while NAKs arrive, raised by a twentieth of the maximum every `raise_every` seconds without
-/// one, never below the floor.
+/// The sending rate: a configured maximum, cut by a quarter at most every 0.5 s while NAK
+/// pressure lasts, raised by a twentieth of the maximum every 0.1 s without it, never below the
+/// floor. Pressure means congestion: NAKs from more than half of the joined receivers within
+/// the last second. Loss at a few receivers (a bad cable, a busy PC) does not slow the room
+/// down: those receivers get their chunks in later passes, or over HTTP.
 #[derive(Debug, Clone)]
 pub struct RateControl {
     pub max: u64,
@@ -76,6 +78,8 @@ pub struct RateControl {
     last_cut: f64,
     last_change: f64,
     last_nak: f64,
+    /// When each receiver last NAKed.
+    nakers: std::collections::HashMap<u32, f64>,
 }
 
 impl RateControl {
@@ -91,11 +95,17 @@ impl RateControl {
             last_cut: f64::NEG_INFINITY,
             last_change: 0.0,
             last_nak: f64::NEG_INFINITY,
+            nakers: std::collections::HashMap::new(),
         }
     }
 
-    /// A NAK arrived at `now`.
-    pub fn nak(&mut self, now: f64) {
+    /// A NAK from `receiver` arrived at `now`, with `joined` receivers in the session.
+    pub fn nak(&mut self, now: f64, receiver: u32, joined: usize) {
+        self.nakers.insert(receiver, now);
+        self.nakers.retain(|_, t| now - *t <= 1.0);
+        if self.nakers.len() * 2 <= joined.max(1) {
+            return; // a few lossy receivers: no congestion
+        }
         self.last_nak = now;
         if now - self.last_cut >= Self::CUT_EVERY {
             self.last_cut = now;
@@ -243,7 +253,7 @@ pub fn send(
                             peers.last_heard.insert(receiver, t);
                             peers.done.remove(&receiver);
                             carousel.nak(&ranges);
-                            rate.nak(t);
+                            rate.nak(t, receiver, peers.last_heard.len());
                         }
                         Message::Join(s) | Message::Status(s) => {
                             peers.last_heard.insert(s.receiver, t);
@@ -420,11 +430,19 @@ mod tests {
 
     #[test]
     fn nak_pressure_slows_the_rate_down_to_the_floor_and_it_recovers() {
+        // NAKs from 2 of 8 receivers: no congestion, the rate stays
         let mut r = RateControl::new(1000, 300);
         let mut t = 0.0;
-        for _ in 0..20 {
-            r.nak(t);
+        for i in 0..20 {
+            r.nak(t, i % 2, 8);
             t += 0.5;
+        }
+        assert_eq!(r.rate, 1000);
+        // from 5 of 8: congestion, down to the floor
+        let mut t = 0.0;
+        for i in 0..40 {
+            r.nak(t, i % 5, 8);
+            t += 0.25;
         }
         assert_eq!(r.rate, 300);
         let mut t2 = t;
