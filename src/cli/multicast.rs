@@ -20,11 +20,15 @@ use super::output::Output;
 pub enum MulticastCmd {
     /// Stream NAME[@VERSION] from the local store to a multicast group
     Send {
+        /// The image version to send
         spec: String,
+        /// The interface the room's network is on (IP_MULTICAST_IF)
         #[arg(long)]
         interface: String,
+        /// The session's IPv4 multicast group (e.g. 239.255.42.1)
         #[arg(long)]
         group: Ipv4Addr,
+        /// The session's UDP port
         #[arg(long)]
         port: u16,
         /// Start when this many receivers joined...
@@ -33,8 +37,10 @@ pub enum MulticastCmd {
         /// ...or after this many seconds
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Highest sending rate (50Mbit, 1Gbit, 5MB)
         #[arg(long, default_value = "100Mbit", value_parser = parse_rate)]
         max_rate: u64,
+        /// The rate never goes below this under NAK pressure
         #[arg(long, default_value = "1Mbit", value_parser = parse_rate)]
         min_rate: u64,
         /// End the session after this many seconds (receivers finish over HTTP)
@@ -43,6 +49,7 @@ pub enum MulticastCmd {
         /// Largest datagram (UDP payload bytes)
         #[arg(long, default_value_t = proto::DEFAULT_DATAGRAM)]
         datagram: usize,
+        /// IP TTL of the datagrams (1: the room's network only)
         #[arg(long, default_value_t = 1)]
         ttl: u32,
     },
@@ -51,14 +58,19 @@ pub enum MulticastCmd {
         /// The server running the session (manifest, and the HTTP fallback)
         #[arg(long)]
         server: String,
+        /// NAME@VERSION (the session's)
         #[arg(long)]
         image: String,
+        /// The file or block device to write
         #[arg(long)]
         target: PathBuf,
+        /// The interface to join the group on (IGMP)
         #[arg(long)]
         interface: String,
+        /// The session's IPv4 multicast group
         #[arg(long)]
         group: Ipv4Addr,
+        /// The session's UDP port
         #[arg(long)]
         port: u16,
         /// Finish over HTTP after this many seconds without a datagram from the sender
