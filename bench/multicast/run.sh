@@ -117,13 +117,15 @@ PIDS=()
 NSS=()
 cleanup() {
 	local p n
+	# finish even if signalled again or stderr is gone (e.g. `| tail` killed with the group)
+	trap '' INT TERM HUP PIPE
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	for n in "${NSS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
 	rm -rf "$W"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 cp "$BOOTCAST" "$W/bootcast"
 BC=$W/bootcast
