@@ -213,7 +213,13 @@ impl Core {
     /// Chunks this receiver should ask for now: lacking, reached by the sender, not asked for
     /// (by anyone) within the NAK interval.
     fn candidates(&self, now: f64) -> Vec<u32> {
-        (0..self.frontier.min(self.total()))
+        // below the chunk arriving now (its fragments are still coming), or all after a PASS
+        let upto = if self.frontier >= self.total() {
+            self.total()
+        } else {
+            self.frontier.saturating_sub(1)
+        };
+        (0..upto)
             .filter(|&i| !self.held[i as usize])
             .filter(|i| {
                 self.last_nak
@@ -565,7 +571,7 @@ mod tests {
         let l = list(6);
         let mut c = Core::new(1, &l, 7);
         c.suppress = 0.1;
-        // the sender reached chunk 3; chunks 0..3 lack
+        // the sender reached chunk 3; chunks 0..3 lack (3 itself is still arriving)
         c.on_datagram(&data(5, 3, l[3].id, 0, &[0; 10]), 0.0);
         let mut t = 0.0;
         let mut sent = None;
@@ -573,7 +579,7 @@ mod tests {
             sent = c.nak(t);
             t += 0.01;
         }
-        assert_eq!(sent, Some(vec![(0, 4)]));
+        assert_eq!(sent, Some(vec![(0, 3)]));
         // asked: not again within the interval
         assert_eq!(c.nak(t), None);
         // another receiver asks for 0..6 before ours is due: suppressed

@@ -32,11 +32,15 @@ impl Carousel {
         }
     }
 
-    /// Records a NAK's ranges (out-of-range indexes are ignored).
-    pub fn nak(&mut self, ranges: &[(u32, u32)]) {
+    /// Records a NAK's ranges (out-of-range indexes are ignored); returns how many chunks it
+    /// asked for that were not asked for already (a receiver repeats its NAK until the next
+    /// pass carries the chunk: only news is loss).
+    pub fn nak(&mut self, ranges: &[(u32, u32)]) -> usize {
+        let before = self.pending.len();
         for &(a, b) in ranges {
             self.pending.extend(a.min(self.total)..b.min(self.total));
         }
+        self.pending.len() - before
     }
 
     /// The next chunk to send in this pass, or `None` at the pass's end.
@@ -252,8 +256,11 @@ pub fn send(
                             report.naks += 1;
                             peers.last_heard.insert(receiver, t);
                             peers.done.remove(&receiver);
-                            carousel.nak(&ranges);
-                            rate.nak(t, receiver, peers.last_heard.len());
+                            // only new losses count as pressure: repeats of a NAK the next
+                            // pass answers anyway would hold the rate at its floor
+                            if carousel.nak(&ranges) > 0 {
+                                rate.nak(t, receiver, peers.last_heard.len());
+                            }
                         }
                         Message::Join(s) | Message::Status(s) => {
                             peers.last_heard.insert(s.receiver, t);
@@ -419,8 +426,8 @@ mod tests {
         let mut c = Carousel::new(5);
         let first: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
         assert_eq!(first, vec![0, 1, 2, 3, 4]);
-        c.nak(&[(1, 3), (4, 9)]);
-        c.nak(&[(2, 3)]);
+        assert_eq!(c.nak(&[(1, 3), (4, 9)]), 3); // 1, 2 and 4 (5.. is out of range)
+        assert_eq!(c.nak(&[(2, 3)]), 0, "a repeated NAK is no news");
         assert!(c.next_pass());
         assert_eq!(c.pass, 2);
         let second: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
