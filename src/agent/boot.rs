@@ -336,6 +336,13 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         }
     };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
+    // who reports on a task: this boot's MAC and nonce, to the server it said hello to
+    let task_ref = |task: i64| super::task::TaskRef {
+        server: server.clone(),
+        mac: hello.mac.clone(),
+        nonce: hello.nonce.clone().unwrap_or_default(),
+        task,
+    };
     match &reply {
         HelloReply::Reimage {
             task,
@@ -344,10 +351,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             hostname,
         } => {
             let job = super::restore::Job {
-                server: server.clone(),
-                mac: hello.mac.clone(),
-                nonce: hello.nonce.clone().unwrap_or_default(),
-                task: *task,
+                task: task_ref(*task),
                 image: image.clone(),
                 version: version.clone(),
                 disk: args.disk.map(PathBuf::from),
@@ -377,10 +381,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             zstd_level,
         } => {
             let job = super::capture::Job {
-                server: server.clone(),
-                mac: hello.mac.clone(),
-                nonce: hello.nonce.clone().unwrap_or_default(),
-                task: *task,
+                task: task_ref(*task),
                 image: image.clone(),
                 chunker: *chunker,
                 zstd_level: *zstd_level,

@@ -37,27 +37,14 @@ pub const UPLOAD_BYTES: usize = 4 << 20;
 /// What the server asked for, and who asks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub server: String,
-    pub mac: String,
-    pub nonce: String,
-    pub task: i64,
+    /// The task, and what proves it is this boot's (server, mac, nonce).
+    pub task: TaskRef,
     pub image: String,
     /// The server store's chunker parameters and zstd level (from the hello reply).
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
     /// `bootcast.disk=` from the kernel command line.
     pub disk: Option<PathBuf>,
-}
-
-impl Job {
-    fn task_ref(&self) -> TaskRef {
-        TaskRef {
-            server: self.server.clone(),
-            mac: self.mac.clone(),
-            nonce: self.nonce.clone(),
-            task: self.task,
-        }
-    }
 }
 
 /// Runs the capture; returns the ingest report (its `version` is the new version) or the
@@ -70,12 +57,12 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> std::result::Result<IngestReport, RunError> {
     let client = task::client().map_err(RunError::Failed)?;
-    let me = job.task_ref();
+    let me = &job.task;
     let result =
         task::retry_while_unreachable(log, "not sending again what the server has", |log| {
-            capture(job, &me, sys, proc, &client, log)
+            capture(job, me, sys, proc, &client, log)
         });
-    task::report(&client, &me, &result, false, log);
+    task::report(&client, me, &result, false, log);
     result
 }
 
@@ -155,10 +142,10 @@ pub struct RemoteSink {
 impl RemoteSink {
     pub fn new(job: &Job) -> Result<RemoteSink> {
         Ok(RemoteSink {
-            http: HttpSource::new(&job.server)?,
-            mac: job.mac.clone(),
-            nonce: job.nonce.clone(),
-            task: job.task.to_string(),
+            http: HttpSource::new(&job.task.server)?,
+            mac: job.task.mac.clone(),
+            nonce: job.task.nonce.clone(),
+            task: job.task.task.to_string(),
             params: job.chunker,
             level: job.zstd_level,
         })
@@ -343,10 +330,12 @@ mod tests {
 
     fn job(url: &str, task: i64, nonce: &str) -> Job {
         Job {
-            server: url.to_string(),
-            mac: MAC.into(),
-            nonce: nonce.into(),
-            task,
+            task: TaskRef {
+                server: url.to_string(),
+                mac: MAC.into(),
+                nonce: nonce.into(),
+                task,
+            },
             image: "m".into(),
             chunker: ChunkerParams::default(),
             zstd_level: 1,

@@ -19,27 +19,14 @@ use crate::store::source::{ChunkSource, HttpSource};
 /// What the server asked for, and who asks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub server: String,
-    pub mac: String,
-    pub nonce: String,
-    pub task: i64,
+    /// The task, and what proves it is this boot's (server, mac, nonce).
+    pub task: TaskRef,
     pub image: String,
     pub version: String,
     /// `bootcast.disk=` from the kernel command line.
     pub disk: Option<PathBuf>,
     /// Post-deploy: the name to write into the restored system ([`super::postdeploy`]).
     pub hostname: Option<String>,
-}
-
-impl Job {
-    fn task_ref(&self) -> TaskRef {
-        TaskRef {
-            server: self.server.clone(),
-            mac: self.mac.clone(),
-            nonce: self.nonce.clone(),
-            task: self.task,
-        }
-    }
 }
 
 /// Runs the reimage and the post-deploy steps; reports to the server; returns the export
@@ -52,11 +39,11 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<ExportReport, RunError> {
     let client = task::client().map_err(RunError::Failed)?;
-    let me = job.task_ref();
+    let me = &job.task;
     // While the server is unreachable (restarting, network down), try again: the disk is its
     // own seed, so every chunk already written and verified is kept, not fetched again.
     let result = task::retry_while_unreachable(log, "keeping what is written", |log| {
-        restore(job, &me, sys, proc, &client, log)
+        restore(job, me, sys, proc, &client, log)
     });
     // Post-deploy, before the task is reported done: the restored system becomes this host's.
     let result = result.and_then(|(report, target)| {
@@ -75,7 +62,7 @@ pub fn run(
         }
         Ok(report)
     });
-    task::report(&client, &me, &result, true, log);
+    task::report(&client, me, &result, true, log);
     result
 }
 
@@ -87,7 +74,7 @@ fn restore(
     client: &reqwest::blocking::Client,
     log: &mut dyn FnMut(&str),
 ) -> Result<(ExportReport, PathBuf), Failure> {
-    let source = HttpSource::new(&job.server)?;
+    let source = HttpSource::new(&job.task.server)?;
     let (manifest, version) = source.manifest(&format!("{}@{}", job.image, job.version))?;
     let target =
         super::disk::pick(job.disk.as_deref(), sys, proc, manifest.size).map_err(Failure::Other)?;
