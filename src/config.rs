@@ -700,6 +700,30 @@ pub fn interface_ipv4(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
     None
 }
 
+/// The local interface whose IPv4 subnet holds `peer` (where a room multicast to it goes out).
+pub fn interface_facing(peer: Ipv4Addr) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let ip = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|s| s.ip());
+        let mask = a
+            .netmask
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|m| m.ip());
+        if let (Some(ip), Some(mask)) = (ip, mask) {
+            let m = u32::from(mask);
+            if !ip.is_loopback() && u32::from(ip) & m == u32::from(peer) & m {
+                return Some(a.interface_name);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

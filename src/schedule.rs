@@ -49,6 +49,10 @@ pub enum ScheduleError {
         "task {id} is already {state}; only pending, booting or running tasks can be cancelled"
     )]
     Closed { id: i64, state: &'static str },
+    #[error("multicast is for reimage tasks: a capture reads one disk")]
+    MulticastCapture,
+    #[error("multicast: {0}")]
+    BadMulticast(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -96,7 +100,30 @@ pub struct TaskRequest {
     /// Cancel the host's open task instead of refusing.
     #[serde(default)]
     pub replace: bool,
+    /// Reimage by room multicast: one session for every task created.
+    #[serde(default)]
+    pub multicast: Option<MulticastRequest>,
 }
+
+/// How a room multicast session runs (API `"multicast": {...}`, CLI `--multicast`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastRequest {
+    /// Start when this many receivers joined; default: every host the request names.
+    #[serde(default)]
+    pub min_receivers: Option<u32>,
+    /// ...or this many seconds after the first agent's hello, whichever comes first.
+    #[serde(default)]
+    pub wait_secs: Option<u32>,
+    /// Most the sender sends, e.g. `500Mbit` (the default).
+    #[serde(default)]
+    pub max_rate: Option<String>,
+}
+
+/// Default wait for the room before a session starts anyway.
+pub const MULTICAST_WAIT_SECS: u32 = 120;
+/// Default sending rate of a session.
+pub const MULTICAST_MAX_RATE: &str = "500Mbit";
 
 /// The hosts `host` or `group` names (exactly one of them), every one known.
 fn targets(
@@ -172,6 +199,36 @@ pub fn create(
         cause,
     })?;
     let macs = targets(&tx, req.host.as_deref(), req.group.as_deref())?;
+    let session = match (&req.multicast, req.kind, &version) {
+        (None, ..) => None,
+        (Some(_), TaskKind::Capture, _) => return Err(ScheduleError::MulticastCapture),
+        (Some(m), _, version) => {
+            let max_rate =
+                crate::push::rate::parse_rate(m.max_rate.as_deref().unwrap_or(MULTICAST_MAX_RATE))
+                    .map_err(ScheduleError::BadMulticast)?;
+            let receivers = m.min_receivers.unwrap_or(macs.len() as u32);
+            if receivers == 0 {
+                return Err(ScheduleError::BadMulticast(
+                    "--min-receivers must be at least 1".into(),
+                ));
+            }
+            Some(
+                crate::db::sessions::create(
+                    &tx,
+                    &crate::db::sessions::NewSession {
+                        image: &image,
+                        version: version.as_deref().unwrap_or_default(),
+                        group: req.group.as_deref(),
+                        receivers,
+                        wait_secs: m.wait_secs.unwrap_or(MULTICAST_WAIT_SECS),
+                        max_rate,
+                    },
+                    now,
+                )?
+                .id,
+            )
+        }
+    };
     let mut created = Vec::with_capacity(macs.len());
     for mac in macs {
         if let Some(open) = tasks::open_for(&tx, mac)? {
@@ -203,6 +260,7 @@ pub fn create(
                 version: version.as_deref(),
                 group: req.group.as_deref(),
                 not_before,
+                multicast: session,
             },
             now,
         )?);

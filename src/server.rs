@@ -140,6 +140,7 @@ impl Server {
             http_port: http_addr.port(),
             after_register: config.after_register,
             chunks: Arc::new(http::chunks::ChunkService::new(data.to_path_buf())),
+            multicast: crate::multicast::sessions::Sessions::new(),
         }
         .base_url(None);
         let relay = match &config.relay {
@@ -250,6 +251,10 @@ impl Server {
                 Some(r) => http::chunks::ChunkService::new(self.data.clone())
                     .with_pull(r.pull.clone() as Arc<dyn http::chunks::PullThrough>),
             }),
+            multicast: match &self.relay {
+                None => crate::multicast::sessions::Sessions::new(),
+                Some(r) => r.sessions.clone(),
+            },
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 

@@ -1,5 +1,6 @@
 //! Room multicast end to end, in network namespaces on one bridge: a `bootcast serve` (manifest
-//! and HTTP fallback), one `bootcast multicast send`, receivers as processes writing files.
+//! and HTTP fallback), one `bootcast multicast send`, receivers as processes writing files; and
+//! a multicast reimage task for a group, run by the server for eight `agent boot` processes.
 //! Needs root; prints SKIP without. Figures (sender bytes / compressed image) are printed.
 
 mod common;
@@ -75,6 +76,20 @@ impl Proc {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// Waits for the exit, requires success, returns stdout (an agent's console).
+    fn stdout(mut self) -> String {
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let status = self.child.wait().unwrap();
+        self.log.extend(self.lines.try_iter());
+        assert!(
+            status.success(),
+            "failed ({status}):\n{out}\n{}",
+            self.log.join("\n")
+        );
+        out
+    }
+
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -99,12 +114,13 @@ struct Room {
     _server: Served,
     sender_ns: Netns,
     receivers: Vec<Netns>,
-    _hub: Netns,
+    hub: Netns,
 }
 
 impl Room {
     fn new(n: usize, image: Vec<u8>) -> Room {
         let lab = Lab::new();
+        common::fake_bootenv(&lab); // boot scripts for the agents (their tasks, their nonces)
         let src = lab.file("master.img", &image);
         let added = lab.add("room", &src);
         let spec = format!("room@{}", added["version"].as_str().unwrap());
@@ -133,7 +149,7 @@ impl Room {
             _server: server,
             sender_ns,
             receivers,
-            _hub: hub,
+            hub,
         }
     }
 
@@ -246,18 +262,17 @@ fn with_two_percent_loss_at_two_of_eight_receivers_all_finish() {
     }
     let room = Room::new(8, image());
     let (sent, got) = session(&room, 8, &[2, 5]);
+    let others = || got.iter().enumerate().filter(|(i, _)| ![2, 5].contains(i));
     say(&format!(
-        "multicast loss at 2 of 8: sender {} bytes ({:.3} × image), {} passes, {} NAKs; lossy receivers took {:.2}/{:.2} s, others ≤ {:.2} s",
+        "multicast loss at 2 of 8: sender {} bytes ({:.3} × image), {} passes, {} NAKs; lossy receivers complete after {:.2}/{:.2} s, others ≤ {:.2} s (timing ratios: bench/multicast)",
         sent["bytes"],
         sent["bytes"].as_f64().unwrap() / sent["compressed"].as_f64().unwrap(),
         sent["passes"],
         sent["naks"],
-        got[2]["seconds"].as_f64().unwrap(),
-        got[5]["seconds"].as_f64().unwrap(),
-        got.iter()
-            .enumerate()
-            .filter(|(i, _)| ![2, 5].contains(i))
-            .map(|(_, r)| r["seconds"].as_f64().unwrap())
+        got[2]["complete_after"].as_f64().unwrap(),
+        got[5]["complete_after"].as_f64().unwrap(),
+        others()
+            .map(|(_, r)| r["complete_after"].as_f64().unwrap())
             .fold(0.0, f64::max)
     ));
     assert_eq!(sent["ended"], "done", "{sent}");
@@ -265,6 +280,14 @@ fn with_two_percent_loss_at_two_of_eight_receivers_all_finish() {
         sent["passes"].as_u64().unwrap() >= 2,
         "losses were repaired"
     );
+    // the six others are not held back: everything in the first pass, nothing asked again
+    for (i, r) in others() {
+        assert_eq!(r["naks_sent"], 0, "receiver {i}: {r}");
+        assert_eq!(r["chunks_multicast"], r["chunks"], "receiver {i}: {r}");
+    }
+    for i in [2, 5] {
+        assert!(got[i]["naks_sent"].as_u64().unwrap() > 0, "{}", got[i]);
+    }
 }
 
 #[test]
@@ -358,4 +381,128 @@ fn a_spoofed_chunk_sent_to_the_group_never_reaches_a_target() {
     ));
     assert!(first["dropped"].as_u64().unwrap() >= 1, "{first}");
     assert_eq!(second["dropped"], 0);
+}
+
+#[test]
+fn a_multicast_reimage_task_for_a_group_restores_eight_agents_from_one_stream() {
+    if !root("multicast reimage task") {
+        return;
+    }
+    let n = 8;
+    let room = Room::new(n, image());
+    let hub = room.hub.name.clone();
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        common::http_in(
+            Some(&hub),
+            method,
+            &format!("http://10.99.0.1:8080{path}"),
+            None,
+            body,
+        )
+    };
+    let script_of = |mac: &str| {
+        let (code, script) = api("GET", &format!("/boot/{mac}.ipxe?platform=pcbios"), None);
+        assert_eq!(code, 200, "{script}");
+        script
+    };
+    let macs: Vec<String> = (0..n)
+        .map(|i| format!("52:54:00:99:07:{:02x}", 0x10 + i))
+        .collect();
+    for mac in &macs {
+        let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": common::nonce_of(&script_of(mac))});
+        let (code, body) = api("POST", "/api/v1/agent/hello", Some(&hello.to_string()));
+        assert_eq!(code, 200, "{body}");
+    }
+    let mut args = vec!["group", "add", "room12"];
+    args.extend(macs.iter().map(String::as_str));
+    room.lab.json(&args);
+    let created = room.lab.json(&[
+        "task",
+        "reimage",
+        "--group",
+        "room12",
+        "--image",
+        &room.spec,
+        "--multicast",
+        "--wait",
+        "60",
+        "--max-rate",
+        "40Mbit",
+    ]);
+    let session = created["tasks"][0]["multicast"]
+        .as_i64()
+        .expect("tasks carry their session");
+    assert!(created["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["multicast"] == session));
+
+    // eight agents, one per namespace, each writing its own disk file
+    let agents: Vec<Proc> = (0..n)
+        .map(|i| {
+            let script = script_of(&macs[i]);
+            let root = room.lab.path(&format!("agent-root{i}"));
+            common::fake_agent_root(
+                &root,
+                &macs[i],
+                &format!(
+                    "bootcast.server=http://10.99.0.1:8080 bootcast.mac={} bootcast.task={} bootcast.nonce={} bootcast.disk={}",
+                    macs[i],
+                    common::task_of(&script),
+                    common::nonce_of(&script),
+                    room.target(i).display()
+                ),
+            );
+            let _ = std::fs::remove_file(room.target(i));
+            std::fs::write(room.target(i), b"").unwrap();
+            let mut c = room.receivers[i].cmd(BIN);
+            c.args(["agent", "boot", "--no-act", "--tries", "2", "--root"]).arg(&root);
+            Proc::start(c)
+        })
+        .collect();
+    let mut logs = Vec::new();
+    for (i, a) in agents.into_iter().enumerate() {
+        let console = a.stdout();
+        assert!(
+            console.contains("BOOTCAST-AGENT-REIMAGE-DONE"),
+            "agent {i}:\n{console}"
+        );
+        logs.push(console);
+    }
+    for (i, log) in logs.iter().enumerate() {
+        room.assert_identical(i);
+        let line = log
+            .lines()
+            .find(|l| l.contains("chunks by multicast"))
+            .unwrap_or_else(|| panic!("agent {i} did not restore by multicast:\n{log}"));
+        assert!(common::number_after(line, "multicast:") > 0, "{line}");
+        assert!(line.contains(" 0 over HTTP"), "agent {i}: {line}");
+    }
+    // every task done, with progress reported for the whole image
+    let tasks = room.lab.json(&["task", "list", "--all"]);
+    for t in tasks["tasks"].as_array().unwrap() {
+        assert_eq!(t["state"], "done", "{t}");
+        assert_eq!(
+            t["progress"]["bytes_total"].as_u64(),
+            Some(room.image.len() as u64),
+            "{t}"
+        );
+    }
+    // the server ran one run for the eight and kept its report
+    let report = common::wait_for("the session's report", 60, || {
+        let s = room.lab.json(&["multicast", "sessions"]);
+        let s = s["sessions"][0].clone();
+        s["last_report"].is_object().then_some(s)
+    });
+    let r = &report["last_report"];
+    let ratio = r["bytes"].as_f64().unwrap() / r["compressed"].as_f64().unwrap();
+    say(&format!(
+        "multicast reimage task, 8 agents: session {session}, {} runs; sender {} bytes for {} compressed ({ratio:.4}), {} passes, {} NAKs, {}/{} receivers done",
+        report["runs"], r["bytes"], r["compressed"], r["passes"], r["naks"], r["receivers_done"], r["receivers_joined"]
+    ));
+    assert_eq!(report["runs"], 1, "{report}");
+    assert_eq!(r["ended"], "done", "{r}");
+    assert_eq!(r["receivers_done"], n, "{r}");
+    assert!(ratio <= 1.05, "{ratio}");
 }

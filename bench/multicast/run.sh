@@ -18,10 +18,11 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 usage() {
 	cat <<EOF
-usage: sudo bench/multicast/run.sh [--size MIB] [--rate RATE] [--counts "1 4 8"] [--no-build]
+usage: sudo bench/multicast/run.sh [--size MIB] [--rate RATE] [--counts "1 4 8"] [--no-build] [--no-loss]
   --size MIB     image size in MiB (default 1024)
   --rate RATE    bootcast --max-rate (default 1Gbit); udpcast gets the same as --max-bitrate
   --counts LIST  receiver counts (default "1 4 8")
+  --no-loss      skip the loss run (largest N, 2 % loss at two receivers, vs the same N clean)
 EOF
 }
 
@@ -29,12 +30,14 @@ SIZE_MIB=1024
 RATE=1Gbit
 COUNTS="1 4 8"
 BUILD=1
+LOSS=1
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--size) SIZE_MIB=$2; shift 2 ;;
 	--rate) RATE=$2; shift 2 ;;
 	--counts) COUNTS=$2; shift 2 ;;
 	--no-build) BUILD=0; shift ;;
+	--no-loss) LOSS=0; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument $1" ;;
 	esac
@@ -188,10 +191,13 @@ RES=$B/results.txt
 : >"$RES"
 put() { printf '%s=%s\n' "$1" "$2" >>"$RES"; }
 
-# session TOOL N: one timed session to receivers 0..N-1; sets S_SECS, S_BYTES; verifies outputs
+# session TOOL N [LOSSY]: one timed session to receivers 0..N-1 (bootcast: the first LOSSY drop
+# 2 % of datagrams in user space); sets S_SECS, S_BYTES; verifies outputs
 session() {
-	local tool=$1 n=$2 i rc t0 t1 tx0 tx1 spid out sha
+	local tool=$1 n=$2 lossy=${3:-0} i rc t0 t1 tx0 tx1 spid out sha tag drop
 	local rpids=()
+	tag=$tool-$n
+	((lossy == 0)) || tag=$tool-$n-loss
 	rm -f "$W"/out-*
 	sync
 	tx0=$(tx_bytes)
@@ -199,7 +205,7 @@ session() {
 	if [[ $tool == bootcast ]]; then
 		ip netns exec "$SND" "$BC" --data "$D" --json multicast send "$SPEC" --interface eth0 \
 			--group "$GROUP" --port "$PORT" --min-receivers "$n" --wait 60 --timeout 600 \
-			--max-rate "$RATE" >"$LOGS/$tool-$n-send.out" 2>"$LOGS/$tool-$n-send.err" &
+			--max-rate "$RATE" >"$LOGS/$tag-send.out" 2>"$LOGS/$tag-send.err" &
 	else
 		ip netns exec "$SND" udp-sender --file "$IMAGE" --interface eth0 --nokbd --no-progress \
 			--mcast-rdv-address "$UDP_RDV" --mcast-data-address "$UDP_DATA" --portbase "$UDP_PORTBASE" \
@@ -210,9 +216,11 @@ session() {
 	PIDS+=("$spid")
 	for i in $(seq 0 $((n - 1))); do
 		if [[ $tool == bootcast ]]; then
+			drop=0
+			((i < lossy)) && drop=2
 			ip netns exec "${RCV[$i]}" "$BC" --json multicast receive --server "http://$SRV_IP:8080" \
-				--image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" \
-				--target "$W/out-$i" >"$LOGS/$tool-$n-recv$i.out" 2>"$LOGS/$tool-$n-recv$i.err" &
+				--image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" --drop-percent "$drop" \
+				--target "$W/out-$i" >"$LOGS/$tag-recv$i.out" 2>"$LOGS/$tag-recv$i.err" &
 		else
 			ip netns exec "${RCV[$i]}" udp-receiver --file "$W/out-$i" --interface eth0 --nokbd \
 				--mcast-rdv-address "$UDP_RDV" --portbase "$UDP_PORTBASE" \
@@ -228,7 +236,7 @@ session() {
 	t1=$(now)
 	wait "$spid" || { rc=$?; log "$tool N=$n: sender exited with $rc"; }
 	tx1=$(tx_bytes)
-	((rc == 0)) || die "$tool N=$n failed; logs in $LOGS/$tool-$n-*"
+	((rc == 0)) || die "$tool N=$n failed; logs in $LOGS/$tag-*"
 	S_SECS=$(elapsed "$t0" "$t1")
 	S_BYTES=$((tx1 - tx0))
 	for i in $(seq 0 $((n - 1))); do
@@ -237,8 +245,8 @@ session() {
 		[[ $sha == "$IMG_SHA" ]] || die "$tool N=$n: receiver $i's output differs from the image (sha256 $sha)"
 	done
 	rm -f "$W"/out-*
-	put "${tool}_${n}_s" "$S_SECS"
-	put "${tool}_${n}_bytes" "$S_BYTES"
+	put "${tag//-/_}_s" "$S_SECS"
+	put "${tag//-/_}_bytes" "$S_BYTES"
 	log "$tool N=$n: ${S_SECS}s, sender eth0 tx $S_BYTES bytes; $n outputs match the image (sha256)"
 }
 
@@ -249,13 +257,19 @@ for n in $COUNTS; do
 	session bootcast "$n"
 	session udpcast "$n"
 done
+# loss: the largest N again with 2 % loss at two receivers; each receiver's time to a complete
+# target (its report's complete_after) against the clean run above tells whether the lossy two slowed the others
+if ((LOSS && max_n >= 4)); then
+	session bootcast "$max_n" 2
+fi
 put load_end "$(cut -d' ' -f1 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------------------------
 # report
-python3 - "$RES" "$IMAGE" "$SIZE" "$STORED" "$RATE" "$COUNTS" "$LOGS" <<'PY'
+python3 - "$RES" "$IMAGE" "$SIZE" "$STORED" "$RATE" "$COUNTS" "$LOGS" "$((LOSS && max_n >= 4 ? max_n : 0))" <<'PY'
 import json, sys
-res, image, size, stored, rate, counts, logs = sys.argv[1:8]
+res, image, size, stored, rate, counts, logs, loss_n = sys.argv[1:9]
+loss_n = int(loss_n)
 size, stored = int(size), int(stored)
 r = dict(l.rstrip("\n").split("=", 1) for l in open(res))
 M = 1e6
@@ -285,4 +299,16 @@ for n in counts.split():
               f"{s.get('naks', '?')} NAKs, ended {s['ended']}, {s['receivers_done']}/{s['receivers_joined']} done")
     except Exception as e:
         print(f"bootcast N={n}: no sender report ({e})")
+if loss_n:
+    def times(tag):
+        return [json.load(open(f"{logs}/{tag}-recv{i}.out"))["complete_after"] for i in range(loss_n)]
+    clean, lossy = times(f"bootcast-{loss_n}"), times(f"bootcast-{loss_n}-loss")
+    send = json.load(open(f"{logs}/bootcast-{loss_n}-loss-send.out"))
+    others_clean, others_loss = max(clean[2:]), max(lossy[2:])
+    print(f"loss, N={loss_n}: receivers 0 and 1 drop 2 % of datagrams; each receiver's time to a complete target (s): "
+          f"clean {' '.join(f'{t:.2f}' for t in clean)}; with loss {' '.join(f'{t:.2f}' for t in lossy)}")
+    print(f"  the {loss_n - 2} others: slowest {others_clean:.2f} s clean, {others_loss:.2f} s with loss: "
+          f"ratio {others_loss / others_clean:.2f} (issue 7: at most 1.20); lossy two: {max(lossy[:2]):.2f} s; "
+          f"sender {send['bytes']} bytes in {send['passes']} passes (clean: "
+          f"{r[f'bootcast_{loss_n}_bytes']} eth0 bytes)")
 PY

@@ -349,6 +349,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             image,
             version,
             hostname,
+            multicast,
         } => {
             let job = super::restore::Job {
                 task: task_ref(*task),
@@ -356,6 +357,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
                 version: version.clone(),
                 disk: args.disk.map(PathBuf::from),
                 hostname: hostname.clone(),
+                multicast: multicast.clone(),
             };
             console.line(&format!(
                 "bootcast-agent: task {task}: reimage with {image}"

@@ -308,6 +308,7 @@ mod tests {
             http_port: 0,
             after_register: crate::config::AfterRegister::Reboot,
             chunks: Arc::new(ChunkService::new(data.to_path_buf())),
+            multicast: crate::multicast::sessions::Sessions::new(),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

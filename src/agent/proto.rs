@@ -92,6 +92,10 @@ pub enum HelloReply {
         /// the image's settings turn the step off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
+        /// Reimage by room multicast: receive the chunks from this session, the rest (and
+        /// everything, if the session cannot be joined) over HTTP.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multicast: Option<MulticastJoin>,
     },
     /// Read the local disk into a new version of image `image` on the server for task `task`
     /// (see the module doc), reporting progress, then failed if it cannot; then reboot.
@@ -103,6 +107,21 @@ pub enum HelloReply {
         /// The server store's zstd level: compress new chunks at this level.
         zstd_level: i32,
     },
+}
+
+/// A room multicast session to join ([`crate::multicast`]); the node that answered the hello
+/// (the server, or the site relay the machine boots through) runs its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MulticastJoin {
+    pub session: i64,
+    pub group: std::net::Ipv4Addr,
+    pub port: u16,
+    /// How the sender runs (a relay passing the reply on starts the sender with these): the
+    /// first run starts when `receivers` joined or `wait_secs` after the first hello.
+    pub receivers: u32,
+    pub wait_secs: u32,
+    /// Bytes per second.
+    pub max_rate: u64,
 }
 
 /// Header naming the agent's MAC on the capture endpoints.

@@ -11,8 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+use super::proto::MulticastJoin;
 pub use super::task::RunError;
 use super::task::{self, Failure, Reporter, TaskRef};
+use crate::multicast::receiver::{receive, ReceiveOptions};
+use crate::multicast::{Endpoint, MulticastError};
 use crate::store::export::{export, ExportOptions, ExportReport};
 use crate::store::source::{ChunkSource, HttpSource};
 
@@ -27,6 +30,8 @@ pub struct Job {
     pub disk: Option<PathBuf>,
     /// Post-deploy: the name to write into the restored system ([`super::postdeploy`]).
     pub hostname: Option<String>,
+    /// Receive the chunks from this room multicast session (the rest over HTTP).
+    pub multicast: Option<MulticastJoin>,
 }
 
 /// Runs the reimage and the post-deploy steps; reports to the server; returns the export
@@ -88,16 +93,45 @@ fn restore(
     task::check_open(client, me, manifest.size)?;
     // Progress to the server every 2 s, from its own thread; a closed task stops the export.
     let reporter = Reporter::start(client, me, manifest.size);
-    let opts = ExportOptions {
-        seeds: vec![target.clone()],
-        threads: 4,
-        cancel: Some(reporter.cancel.clone()),
+    let by_http = || {
+        let opts = ExportOptions {
+            seeds: vec![target.clone()],
+            threads: 4,
+            cancel: Some(reporter.cancel.clone()),
+        };
+        let src: &dyn ChunkSource = &source;
+        let done = reporter.done.clone();
+        export(src, &manifest, &target, &opts, &|n| {
+            done.fetch_add(n, Ordering::Relaxed);
+        })
     };
-    let src: &dyn ChunkSource = &source;
-    let done = reporter.done.clone();
-    let result = export(src, &manifest, &target, &opts, &|n| {
-        done.fetch_add(n, Ordering::Relaxed);
-    });
+    let result = match &job.multicast {
+        None => by_http(),
+        Some(join) => {
+            let spec = format!("{}@{}", job.image, version.to_hex());
+            match by_multicast(job, join, &spec, sys, &target, &reporter, log) {
+                // the socket could not be set up: the same verified write path over HTTP,
+                // keeping every chunk already on the disk
+                Err(MulticastError::Store(e)) => Err(e),
+                Err(e) => {
+                    log(&format!(
+                        "bootcast-agent: multicast session {} not joined ({e}); restoring over HTTP",
+                        join.session
+                    ));
+                    reporter.done.store(0, Ordering::Relaxed);
+                    by_http()
+                }
+                Ok(r) => Ok(ExportReport {
+                    size: manifest.size,
+                    fetched: r.bytes_written,
+                    fetched_compressed: r.bytes_received,
+                    from_seed: 0,
+                    in_place: r.bytes_in_place,
+                    zero: r.bytes_zero,
+                }),
+            }
+        }
+    };
     reporter.finish();
     result
         .map(|r| (r, target.clone()))
@@ -109,5 +143,62 @@ fn restore(
                 job.image,
                 target.display()
             )),
+        })
+}
+
+/// Receives the image from the room multicast session `join` on the interface with this
+/// boot's MAC, writing `target` through the same verified path (chunks the stream does not
+/// bring come over HTTP from the same server).
+fn by_multicast(
+    job: &Job,
+    join: &MulticastJoin,
+    spec: &str,
+    sys: &Path,
+    target: &Path,
+    reporter: &Reporter,
+    log: &mut dyn FnMut(&str),
+) -> Result<crate::multicast::receiver::ReceiveReport, MulticastError> {
+    let interface = interface_with_mac(sys, &job.task.mac)
+        .ok_or_else(|| MulticastError::Interface(format!("(none with MAC {})", job.task.mac)))?;
+    log(&format!(
+        "bootcast-agent: joining multicast session {} ({}:{}) on {interface}",
+        join.session, join.group, join.port
+    ));
+    let endpoint = Endpoint {
+        interface,
+        group: join.group,
+        port: join.port,
+        ttl: 1,
+    };
+    let opts = ReceiveOptions {
+        progress: Some(reporter.done.clone()),
+        cancel: Some(reporter.cancel.clone()),
+        ..ReceiveOptions::new(&job.task.server, spec)
+    };
+    let r = receive(&endpoint, &opts, target, &mut |l| {
+        log(&format!("bootcast-agent: multicast: {l}"))
+    })?;
+    log(&format!(
+        "bootcast-agent: multicast: {} chunks by multicast, {} over HTTP{}, {} in place; {} datagrams dropped, {} NAKs sent",
+        r.chunks_multicast,
+        r.chunks_http,
+        r.fell_back.as_deref().map(|w| format!(" ({w})")).unwrap_or_default(),
+        r.chunks_in_place,
+        r.dropped,
+        r.naks_sent
+    ));
+    Ok(r)
+}
+
+/// The network interface whose address is `mac` (from `sys/class/net/*/address`).
+fn interface_with_mac(sys: &Path, mac: &str) -> Option<String> {
+    std::fs::read_dir(sys.join("class/net"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let addr = std::fs::read_to_string(e.path().join("address")).ok()?;
+            addr.trim()
+                .eq_ignore_ascii_case(mac)
+                .then(|| e.file_name().to_string_lossy().into_owned())
         })
 }

@@ -1,4 +1,6 @@
-//! `bootcast multicast send|receive`: a room multicast session by hand (tests, benchmarks).
+//! `bootcast multicast send|receive`: a room multicast session by hand (on demand, tests,
+//! benchmarks); `bootcast multicast sessions`: the sessions reimage tasks made
+//! (`bootcast task reimage --group G --multicast`), which the server or relay runs itself.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -83,11 +85,55 @@ pub enum MulticastCmd {
         #[arg(long, default_value_t = 0.0, hide = true)]
         drop_percent: f64,
     },
+    /// Sessions of multicast reimage tasks, newest first, with their last run's report
+    Sessions {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     let say = |line: &str| eprintln!("bootcast-multicast: {line}");
     match cmd {
+        MulticastCmd::Sessions { limit } => {
+            let db = super::host::open_db(data)?;
+            let list = bootcast::db::sessions::list(&db.lock(), limit)?;
+            out.emit(&serde_json::json!({ "sessions": list }), || {
+                if list.is_empty() {
+                    return "no multicast sessions (bootcast task reimage --group G --image I --multicast)".into();
+                }
+                list.iter()
+                    .map(|s| {
+                        let (group, port) = bootcast::multicast::sessions::address(s.id);
+                        let last = match &s.last_report {
+                            Some(r) => format!(
+                                "last run: {}, {}/{} receivers done, {} bytes in {} passes ({:.3} × the image)",
+                                r["ended"].as_str().unwrap_or("?"),
+                                r["receivers_done"],
+                                r["receivers_joined"],
+                                r["bytes"],
+                                r["passes"],
+                                r["bytes"].as_f64().unwrap_or(0.0) / r["compressed"].as_f64().unwrap_or(1.0).max(1.0)
+                            ),
+                            None => "no run ended yet".into(),
+                        };
+                        format!(
+                            "{:>4}  {}@{}  {}  {group}:{port}  {} receivers / {} s  {}/s  {} runs  {last}",
+                            s.id,
+                            s.image,
+                            &s.version[..s.version.len().min(12)],
+                            s.group.as_deref().unwrap_or("-"),
+                            s.receivers,
+                            s.wait_secs,
+                            bootcast::push::rate::format_rate(s.max_rate),
+                            s.runs
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         MulticastCmd::Send {
             spec,
             interface,
@@ -155,12 +201,10 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 ttl: 1,
             };
             let opts = ReceiveOptions {
-                server,
-                image,
-                receiver: None,
                 idle_timeout: Duration::from_secs(idle_timeout),
                 max_passes,
                 drop_percent,
+                ..ReceiveOptions::new(&server, &image)
             };
             let r =
                 receive(&endpoint, &opts, &target, &mut |l| say(l)).context("multicast receive")?;

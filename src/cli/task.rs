@@ -9,7 +9,7 @@ use clap::{ArgGroup, Subcommand};
 
 use bootcast::db::{tasks, Task, TaskKind};
 use bootcast::mac::Mac;
-use bootcast::schedule::{self, CancelTarget, TaskRequest};
+use bootcast::schedule::{self, CancelTarget, MulticastRequest, TaskRequest};
 
 use super::host::open_db;
 use super::output::{bytes, utc, Output};
@@ -32,6 +32,18 @@ pub enum TaskCmd {
         /// Cancel a host's open task instead of refusing
         #[arg(long)]
         replace: bool,
+        /// Reimage the hosts together by room multicast (one stream; stragglers repaired over HTTP)
+        #[arg(long)]
+        multicast: bool,
+        /// Multicast: start when this many hosts joined (default: all the tasks created)
+        #[arg(long, requires = "multicast")]
+        min_receivers: Option<u32>,
+        /// Multicast: ...or this many seconds after the first host's agent said hello
+        #[arg(long, requires = "multicast", default_value_t = bootcast::schedule::MULTICAST_WAIT_SECS)]
+        wait: u32,
+        /// Multicast: most the sender sends, e.g. 500Mbit
+        #[arg(long, requires = "multicast", default_value = bootcast::schedule::MULTICAST_MAX_RATE)]
+        max_rate: String,
     },
     /// Capture a host's disk as a new version of image NAME at its next network boot
     Capture {
@@ -102,6 +114,9 @@ pub fn one_line(t: &Task) -> String {
     if let Some(nb) = t.not_before {
         s += &format!("  not before {}", utc(nb));
     }
+    if let Some(m) = t.multicast {
+        s += &format!("  multicast session {m}");
+    }
     if let Some(g) = &t.group {
         s += &format!("  group {g}");
     }
@@ -134,6 +149,10 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             image,
             at,
             replace,
+            multicast,
+            min_receivers,
+            wait,
+            max_rate,
         } => {
             let req = TaskRequest {
                 kind: TaskKind::Reimage,
@@ -142,6 +161,11 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 image,
                 at,
                 replace,
+                multicast: multicast.then_some(MulticastRequest {
+                    min_receivers,
+                    wait_secs: Some(wait),
+                    max_rate: Some(max_rate),
+                }),
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));
@@ -159,6 +183,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 image,
                 at,
                 replace,
+                multicast: None,
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));

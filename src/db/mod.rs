@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod images;
 pub mod leases;
 pub mod pushes;
+pub mod sessions;
 pub mod sites;
 pub mod tasks;
 
@@ -192,6 +193,21 @@ pub const MIGRATIONS: &[&str] = &[
         last_run INTEGER NOT NULL,
         last_push INTEGER
     );",
+    // 5: room multicast sessions; a reimage task may belong to one
+    "CREATE TABLE mcast_sessions (
+        id INTEGER PRIMARY KEY,
+        image TEXT NOT NULL,
+        version TEXT NOT NULL,
+        grp TEXT,
+        receivers INTEGER NOT NULL,
+        wait_secs INTEGER NOT NULL,
+        max_rate INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        runs INTEGER NOT NULL DEFAULT 0,
+        last_run_at INTEGER,
+        last_report TEXT
+    );
+    ALTER TABLE tasks ADD COLUMN mcast INTEGER REFERENCES mcast_sessions(id);",
 ];
 
 /// A handle to the database; cheap to clone.

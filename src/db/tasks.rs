@@ -122,10 +122,12 @@ pub struct Task {
     #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
     pub not_before: Option<i64>,
     pub progress: Option<Progress>,
+    /// Reimage by room multicast: the session ([`super::sessions`]) it belongs to.
+    pub multicast: Option<i64>,
 }
 
 const COLUMNS: &str = "id, mac, kind, state, created_at, updated_at, detail, image, version, grp, \
-    not_before, bytes_done, bytes_total, rate, eta, progress_at";
+    not_before, bytes_done, bytes_total, rate, eta, progress_at, mcast";
 
 const OPEN: &str = "state IN ('pending','booting','running')";
 
@@ -167,6 +169,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         group: r.get(9)?,
         not_before: r.get(10)?,
         progress,
+        multicast: r.get(16)?,
     })
 }
 
@@ -177,6 +180,7 @@ pub struct NewTask<'a> {
     pub version: Option<&'a str>,
     pub group: Option<&'a str>,
     pub not_before: Option<i64>,
+    pub multicast: Option<i64>,
 }
 
 /// Creates a pending task for a known host.
@@ -193,8 +197,8 @@ pub fn create_with(
     now: i64,
 ) -> Result<Task, DbError> {
     conn.execute(
-        "INSERT INTO tasks (mac, kind, state, created_at, updated_at, image, version, grp, not_before)
-         VALUES (?1, ?2, 'pending', ?3, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tasks (mac, kind, state, created_at, updated_at, image, version, grp, not_before, mcast)
+         VALUES (?1, ?2, 'pending', ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             mac.to_string(),
             kind.as_str(),
@@ -202,7 +206,8 @@ pub fn create_with(
             new.image,
             new.version,
             new.group,
-            new.not_before
+            new.not_before,
+            new.multicast
         ],
     )
     .what("create task")?;
@@ -400,6 +405,7 @@ mod tests {
                 version: Some("abcd"),
                 group: Some("room-1"),
                 not_before: Some(100),
+                multicast: None,
             },
             10,
         )

@@ -88,7 +88,8 @@ pub async fn agent_hello(
     }
     // through a site relay: the machine's own address from the relay's header
     let relayed = super::relay::Relayed::from_headers(&headers);
-    let ip = super::relay::client_ip(relayed.as_ref(), peer).to_string();
+    let agent_ip = super::relay::client_ip(relayed.as_ref(), peer);
+    let ip = agent_ip.to_string();
     let now = crate::time::now_unix();
     st.chunks.captures.sweep();
     let h = hello.clone();
@@ -142,10 +143,14 @@ pub async fn agent_hello(
                     .then(|| name.clone()),
                 _ => None,
             };
-            Ok(Ok((host, task, hostname)))
+            let session = match task.as_ref().and_then(|t| t.multicast) {
+                Some(id) => crate::db::sessions::get(c, id)?,
+                None => None,
+            };
+            Ok(Ok((host, task, hostname, session)))
         })
         .await;
-    let (host, task, hostname) = match res {
+    let (host, task, hostname, session) = match res {
         Ok(Ok(x)) => x,
         Ok(Err(refused)) => return refused.response(mac, peer, "hello"),
         Err(e) => return super::internal(e).into_response(),
@@ -198,6 +203,10 @@ pub async fn agent_hello(
             image: t.image.clone().unwrap_or_default(),
             version: t.version.clone().unwrap_or_default(),
             hostname,
+            multicast: match session {
+                Some(sess) => offer_multicast(&st, sess, relayed.is_some(), agent_ip).await,
+                None => None,
+            },
         },
         None => idle,
     };
@@ -210,6 +219,62 @@ pub async fn agent_hello(
         "agent hello; reply {reply:?}"
     );
     Json(reply).into_response()
+}
+
+/// The multicast session to join for a reimage task of session `sess`. Through a site relay
+/// the relay runs the sender (it starts it when it passes this reply on); else this server
+/// does, on the interface facing the agent. `None`: restore over HTTP.
+async fn offer_multicast(
+    st: &AppState,
+    sess: crate::db::sessions::Session,
+    relayed: bool,
+    agent: std::net::IpAddr,
+) -> Option<crate::agent::proto::MulticastJoin> {
+    use crate::multicast::sessions::Ensured;
+    let (group, port) = crate::multicast::sessions::address(sess.id);
+    let join = crate::agent::proto::MulticastJoin {
+        session: sess.id,
+        group,
+        port,
+        receivers: sess.receivers,
+        wait_secs: sess.wait_secs,
+        max_rate: sess.max_rate,
+    };
+    if relayed {
+        return Some(join);
+    }
+    let (sessions, chunks, db) = (st.multicast.clone(), st.chunks.clone(), st.db.clone());
+    let id = sess.id;
+    let offered = tokio::task::spawn_blocking(move || {
+        let db2 = db.clone();
+        let offered = crate::multicast::sessions::offer(
+            &sessions,
+            chunks.store().ok(),
+            join,
+            &sess.image,
+            &sess.version,
+            agent,
+            move |report| {
+                let report = match report {
+                    Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                let c = db2.lock();
+                if let Err(e) = crate::db::sessions::run_ended(&c, id, &report) {
+                    tracing::warn!(session = id, "recording the multicast report: {e}");
+                }
+            },
+        );
+        if let Some((_, Ensured::Started { .. })) = offered {
+            let c = db.lock();
+            if let Err(e) = crate::db::sessions::run_started(&c, id, crate::time::now_unix()) {
+                tracing::warn!(session = id, "recording the multicast run: {e}");
+            }
+        }
+        offered.map(|(join, _)| join)
+    })
+    .await;
+    offered.ok().flatten()
 }
 
 /// `GET /api/v1/hosts`: every host.

@@ -136,7 +136,8 @@ impl ChunkService {
         }
     }
 
-    fn store(&self) -> Result<Store, Refusal> {
+    /// The store, if there is one. Blocking (file system).
+    pub fn store(&self) -> Result<Store, Refusal> {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }

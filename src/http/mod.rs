@@ -51,6 +51,8 @@ pub struct AppState {
     pub after_register: AfterRegister,
     /// The chunk store as served, and the counters of `/metrics`.
     pub chunks: Arc<chunks::ChunkService>,
+    /// Room multicast sessions this node runs.
+    pub multicast: Arc<crate::multicast::sessions::Sessions>,
 }
 
 impl AppState {

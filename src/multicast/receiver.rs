@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::proto::{self, ListedChunk, Message, Status};
@@ -12,6 +14,7 @@ use crate::store::export::Target;
 use crate::store::id::ChunkId;
 use crate::store::manifest::ExtentKind;
 use crate::store::source::{ChunkSource, Decoder, HttpSource};
+use crate::store::StoreError;
 
 /// A chunk being reassembled.
 #[derive(Debug, Default)]
@@ -47,6 +50,8 @@ pub struct Core {
     pub session: Option<u32>,
     /// One past the highest chunk index the sender has reached.
     frontier: u32,
+    /// The sender announced the end of a pass: every chunk has been sent at least once.
+    passed: bool,
     last_nak: HashMap<u32, f64>,
     nak_due: Option<f64>,
     last_sent_nak: f64,
@@ -73,6 +78,7 @@ impl Core {
             partial: HashMap::new(),
             session: None,
             frontier: 0,
+            passed: false,
             last_nak: HashMap::new(),
             nak_due: None,
             last_sent_nak: f64::NEG_INFINITY,
@@ -202,6 +208,7 @@ impl Core {
             Message::Pass { pass, .. } => {
                 if pass > 0 {
                     self.frontier = self.total();
+                    self.passed = true;
                 }
                 Event::Pass(pass)
             }
@@ -214,7 +221,8 @@ impl Core {
     /// (by anyone) within the NAK interval.
     fn candidates(&self, now: f64) -> Vec<u32> {
         // below the chunk arriving now (its fragments are still coming), or all after a PASS
-        let upto = if self.frontier >= self.total() {
+        // (the last chunk arriving makes the frontier the total too: only a PASS means all)
+        let upto = if self.passed {
             self.total()
         } else {
             self.frontier.saturating_sub(1)
@@ -273,11 +281,16 @@ pub struct ReceiveReport {
     pub datagrams: u64,
     /// DATA bytes received (whole datagrams).
     pub bytes_received: u64,
-    /// Image bytes written to the target.
+    /// Image bytes written to the target, found there already, zero extents.
     pub bytes_written: u64,
+    pub bytes_in_place: u64,
+    pub bytes_zero: u64,
     pub dropped: u64,
     pub naks_sent: u64,
     pub fell_back: Option<String>,
+    /// Seconds from the start until the target held the whole image (synced).
+    pub complete_after: f64,
+    /// Seconds until the receiver left (it lingers a little after DONE).
     pub seconds: f64,
 }
 
@@ -295,6 +308,39 @@ pub struct ReceiveOptions {
     pub max_passes: u32,
     /// Test hook: drop this share of datagrams in user space (deterministic).
     pub drop_percent: f64,
+    /// Image bytes on the target so far (written, found in place, zero): added to as it goes.
+    pub progress: Option<Arc<AtomicU64>>,
+    /// Set from outside to stop (the task was cancelled): `StoreError::Cancelled`.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl ReceiveOptions {
+    /// Defaults for receiving `image` (`NAME@VERSION`) from `server`.
+    pub fn new(server: &str, image: &str) -> ReceiveOptions {
+        ReceiveOptions {
+            server: server.to_string(),
+            image: image.to_string(),
+            receiver: None,
+            idle_timeout: Duration::from_secs(10),
+            max_passes: 20,
+            drop_percent: 0.0,
+            progress: None,
+            cancel: None,
+        }
+    }
+
+    fn add_progress(&self, n: u64) {
+        if let Some(p) = &self.progress {
+            p.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn check_cancel(&self) -> Result<(), MulticastError> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(StoreError::Cancelled.into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Receives the image over multicast and writes it to `target`; returns what happened.
@@ -330,6 +376,8 @@ pub fn receive(
     for e in &manifest.extents {
         if e.kind == ExtentKind::Zero {
             out.zero(e.offset, e.len)?;
+            report.bytes_zero += e.len;
+            opts.add_progress(e.len);
         }
     }
     let mut core = Core::new(id, &list, u64::from(id) ^ 0x5eed);
@@ -342,6 +390,8 @@ pub fn receive(
             if all {
                 core.verified(i as u32);
                 report.chunks_in_place += 1;
+                report.bytes_in_place += c.len * c.offsets.len() as u64;
+                opts.add_progress(c.len * c.offsets.len() as u64);
             }
         }
     }
@@ -358,10 +408,12 @@ pub fn receive(
     let mut fallback: Option<String> = None;
     let mut announced = false;
     loop {
+        opts.check_cancel()?;
         let t = now();
         if core.done() && done_at.is_none() {
             out.sync()?;
             done_at = Some(t);
+            report.complete_after = started.elapsed().as_secs_f64();
             if let Some(s) = core.session {
                 send(&Message::Done(core.status()), s);
             }
@@ -434,6 +486,7 @@ pub fn receive(
                         for &o in &c.offsets {
                             out.write_chunk(o, &chunk)?;
                             report.bytes_written += c.len;
+                            opts.add_progress(c.len);
                         }
                         core.verified(index);
                         report.chunks_multicast += 1;
@@ -472,6 +525,7 @@ pub fn receive(
             fallback.as_deref().unwrap_or("")
         ));
         for batch in lacking.chunks(256) {
+            opts.check_cancel()?;
             let ids: Vec<_> = batch.iter().map(|&i| list[i as usize].id).collect();
             let fetched = source.fetch(&ids)?;
             for (&i, (got, frame)) in batch.iter().zip(fetched) {
@@ -484,12 +538,14 @@ pub fn receive(
                 for &o in &c.offsets {
                     out.write_chunk(o, &chunk)?;
                     report.bytes_written += c.len;
+                    opts.add_progress(c.len);
                 }
                 core.verified(i);
                 report.chunks_http += 1;
             }
         }
         out.sync()?;
+        report.complete_after = started.elapsed().as_secs_f64();
         if let Some(s) = core.session {
             send(&Message::Done(core.status()), s);
         }
@@ -580,6 +636,13 @@ mod tests {
             t += 0.01;
         }
         assert_eq!(sent, Some(vec![(0, 3)]));
+        // the last chunk arriving: still not asked for until a PASS says the pass ended
+        c.on_datagram(&data(5, 5, l[5].id, 0, &[0; 10]), 0.0);
+        assert!(
+            c.candidates(100.0).iter().all(|&i| i < 5),
+            "{:?}",
+            c.candidates(100.0)
+        );
         // asked: not again within the interval
         assert_eq!(c.nak(t), None);
         // another receiver asks for 0..6 before ours is due: suppressed

@@ -17,6 +17,8 @@ pub struct Carousel {
     total: u32,
     queue: Vec<u32>,
     pos: usize,
+    /// Chunks still to come in this pass (`queue[pos..]`).
+    coming: Vec<bool>,
     pending: BTreeSet<u32>,
     pub pass: u32,
 }
@@ -27,18 +29,24 @@ impl Carousel {
             total,
             queue: (0..total).collect(),
             pos: 0,
+            coming: vec![true; total as usize],
             pending: BTreeSet::new(),
             pass: 1,
         }
     }
 
     /// Records a NAK's ranges (out-of-range indexes are ignored); returns how many chunks it
-    /// asked for that were not asked for already (a receiver repeats its NAK until the next
-    /// pass carries the chunk: only news is loss).
+    /// asked for that were not asked for already. A chunk still to come in this pass is not
+    /// queued again: a receiver repeats its NAK until the chunk arrives, and the pass carrying
+    /// it answers the repeats too (only news is loss).
     pub fn nak(&mut self, ranges: &[(u32, u32)]) -> usize {
         let before = self.pending.len();
         for &(a, b) in ranges {
-            self.pending.extend(a.min(self.total)..b.min(self.total));
+            for i in a.min(self.total)..b.min(self.total) {
+                if !self.coming[i as usize] {
+                    self.pending.insert(i);
+                }
+            }
         }
         self.pending.len() - before
     }
@@ -46,8 +54,9 @@ impl Carousel {
     /// The next chunk to send in this pass, or `None` at the pass's end.
     pub fn next_chunk(&mut self) -> Option<u32> {
         let i = self.queue.get(self.pos).copied();
-        if i.is_some() {
+        if let Some(i) = i {
             self.pos += 1;
+            self.coming[i as usize] = false;
         }
         i
     }
@@ -63,6 +72,9 @@ impl Carousel {
             return false;
         }
         self.queue = std::mem::take(&mut self.pending).into_iter().collect();
+        for &i in &self.queue {
+            self.coming[i as usize] = true;
+        }
         self.pos = 0;
         self.pass += 1;
         true
@@ -238,7 +250,14 @@ pub fn send(
                  blocking: bool|
      -> Result<(), MulticastError> {
         loop {
-            let n = match socket.recv(inbuf) {
+            // between two sends, only what already arrived: a blocking read here would wait
+            // out the socket's timeout after every datagram and cap the rate at a few Mbit/s
+            let got = if blocking {
+                socket.recv(inbuf)
+            } else {
+                super::recv_now(&socket, inbuf)
+            };
+            let n = match got {
                 Ok(n) => n,
                 Err(e) if is_timeout(&e) => return Ok(()),
                 Err(cause) => {
@@ -424,14 +443,21 @@ mod tests {
     #[test]
     fn later_passes_send_only_what_was_naked() {
         let mut c = Carousel::new(5);
+        assert_eq!(c.next_chunk(), Some(0));
+        assert_eq!(
+            c.nak(&[(0, 3)]),
+            1,
+            "1 and 2 are still to come in this pass"
+        );
         let first: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
-        assert_eq!(first, vec![0, 1, 2, 3, 4]);
+        assert_eq!(first, vec![1, 2, 3, 4]);
         assert_eq!(c.nak(&[(1, 3), (4, 9)]), 3); // 1, 2 and 4 (5.. is out of range)
         assert_eq!(c.nak(&[(2, 3)]), 0, "a repeated NAK is no news");
         assert!(c.next_pass());
         assert_eq!(c.pass, 2);
+        assert_eq!(c.nak(&[(4, 5)]), 0, "4 comes in this pass");
         let second: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
-        assert_eq!(second, vec![1, 2, 4]);
+        assert_eq!(second, vec![0, 1, 2, 4]);
         assert!(!c.next_pass());
     }
 

@@ -149,6 +149,8 @@ pub struct Relay {
     pub files: proxy::FileCache,
     pub clock: Arc<dyn Clock>,
     pub metrics: RelayMetrics,
+    /// Room multicast sessions this relay runs for agents of its site.
+    pub sessions: Arc<crate::multicast::sessions::Sessions>,
     site: Mutex<SiteState>,
     /// Signalled with `site` when orders change or the relay stops.
     changed: Condvar,
@@ -193,6 +195,7 @@ impl Relay {
             pull,
             clock,
             metrics: RelayMetrics::default(),
+            sessions: crate::multicast::sessions::Sessions::new(),
             site: Mutex::new(SiteState {
                 reply: None,
                 zone: Zone::utc(),

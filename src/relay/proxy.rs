@@ -120,7 +120,9 @@ pub async fn forward(
             out.append(name.clone(), value.clone());
         }
     }
+    let hello = !from_relay && status.is_success() && parts.uri.path() == "/api/v1/agent/hello";
     match resp.bytes().await {
+        Ok(b) if hello => (status, out, run_multicast(&relay, b, peer.ip()).await).into_response(),
         Ok(b) => (status, out, b).into_response(),
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
@@ -128,6 +130,48 @@ pub async fn forward(
         )
         .into_response(),
     }
+}
+
+/// A hello reply on its way to an agent of this site: a reimage by room multicast runs here,
+/// from this relay's store, on the site's network. If the relay cannot run it (the version is
+/// not complete here yet, no interface faces the agent), the reply loses its session and the
+/// agent restores over HTTP through the relay.
+async fn run_multicast(
+    relay: &Arc<Relay>,
+    body: axum::body::Bytes,
+    agent: std::net::IpAddr,
+) -> axum::body::Bytes {
+    use crate::agent::proto::HelloReply;
+    let Ok(HelloReply::Reimage {
+        task,
+        image,
+        version,
+        hostname,
+        multicast: Some(join),
+    }) = serde_json::from_slice::<HelloReply>(&body)
+    else {
+        return body;
+    };
+    let (sessions, store) = (relay.sessions.clone(), relay.store.clone());
+    let (i, v) = (image.clone(), version.clone());
+    let offered = tokio::task::spawn_blocking(move || {
+        crate::multicast::sessions::offer(&sessions, Some(store), join, &i, &v, agent, |r| match r {
+            Ok(r) => tracing::info!(session = %r.session, "multicast run ended: {}, {} of {} receivers done, {} bytes in {} passes", r.ended, r.receivers_done, r.receivers_joined, r.bytes, r.passes),
+            Err(e) => tracing::warn!("multicast run failed: {e}"),
+        })
+        .map(|(join, _)| join)
+    })
+    .await
+    .ok()
+    .flatten();
+    let reply = HelloReply::Reimage {
+        task,
+        image,
+        version,
+        hostname,
+        multicast: offered,
+    };
+    serde_json::to_vec(&reply).map(Into::into).unwrap_or(body)
 }
 
 /// The relay's copies of upstream files, one lock per file so concurrent requests fetch it
