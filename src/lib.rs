@@ -22,6 +22,7 @@ pub mod bootenv;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod inventory;
 pub mod mac;
 pub mod multicast;
 pub mod push;
