@@ -39,6 +39,13 @@
 //! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay
 //! quota = "500G"                 # evict chunks of images not assigned to the site beyond it
 //! incomplete = "wait"            # or "upstream": a version not complete here yet
+//!
+//! [glpi]
+//! url = "http://glpi.example/front/inventory.php"   # forward every inventory (native JSON)
+//!
+//! [[hooks]]                      # any number; see crate::hooks
+//! on = ["inventory_changed"]
+//! command = ["/usr/local/bin/notify"]
 //! ```
 
 use std::collections::BTreeMap;
@@ -70,6 +77,19 @@ pub struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub relay: RawRelay,
+    /// `[[hooks]]`: commands and webhooks on events ([`crate::hooks`]).
+    #[serde(default)]
+    pub hooks: Vec<crate::hooks::RawHook>,
+    #[serde(default)]
+    pub glpi: RawGlpi,
+}
+
+/// `[glpi]`: forward every inventory to a GLPI server (native inventory format).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlpi {
+    /// e.g. `http://glpi.example/front/inventory.php`
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -214,6 +234,9 @@ pub struct Config {
     pub after_register: AfterRegister,
     /// Set for `bootcast relay`: this process is a site relay.
     pub relay: Option<RelayConfig>,
+    pub hooks: Vec<crate::hooks::Hook>,
+    /// `[glpi] url`: where inventories are forwarded.
+    pub glpi_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -338,6 +361,16 @@ impl RawConfig {
             .then(|| self.validate_relay(&mut p))
             .flatten();
 
+        let hooks = crate::hooks::validate(&self.hooks, &mut p);
+        let glpi_url = match self.glpi.url.as_deref().map(str::trim) {
+            None => None,
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
+            Some(u) => {
+                p(format!("glpi.url = {u:?}: write the URL of GLPI's inventory endpoint, e.g. http://glpi.example/front/inventory.php"));
+                None
+            }
+        };
+
         if problems.is_empty() {
             Ok(Config {
                 advertise,
@@ -351,6 +384,8 @@ impl RawConfig {
                 dhcp,
                 after_register,
                 relay,
+                hooks,
+                glpi_url,
             })
         } else {
             Err(ConfigError { problems })

@@ -21,6 +21,7 @@ pub mod boot;
 pub mod bootenv;
 pub mod config;
 pub mod db;
+pub mod hooks;
 pub mod http;
 pub mod inventory;
 pub mod mac;

@@ -141,6 +141,8 @@ impl Server {
             after_register: config.after_register,
             chunks: Arc::new(http::chunks::ChunkService::new(data.to_path_buf())),
             multicast: crate::multicast::sessions::Sessions::new(),
+            hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
+            glpi_url: None,
         }
         .base_url(None);
         let relay = match &config.relay {
@@ -255,6 +257,8 @@ impl Server {
                 None => crate::multicast::sessions::Sessions::new(),
                 Some(r) => r.sessions.clone(),
             },
+            hooks: crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone()),
+            glpi_url: self.config.glpi_url.clone(),
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 
@@ -325,6 +329,15 @@ impl Server {
                     .await
                     .map_err(|e| e.to_string());
                 ("DHCP", r)
+            });
+        }
+
+        // inventories to GLPI (`[glpi] url`), from the queue in the database
+        if let Some(url) = self.config.glpi_url.clone() {
+            let (db, c) = (self.db.clone(), cancel.clone());
+            set.spawn(async move {
+                crate::http::inventory::forward_to_glpi(db, url, c).await;
+                ("GLPI forwarding", Ok(()))
             });
         }
 

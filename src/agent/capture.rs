@@ -309,6 +309,8 @@ mod tests {
             after_register: crate::config::AfterRegister::Reboot,
             chunks: Arc::new(ChunkService::new(data.to_path_buf())),
             multicast: crate::multicast::sessions::Sessions::new(),
+            hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
+            glpi_url: None,
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -124,6 +124,23 @@ pub struct MulticastJoin {
     pub max_rate: u64,
 }
 
+/// `POST /api/v1/agent/inventory`: the machine's hardware, on every boot (after the hello, with
+/// the same nonce).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryReport {
+    pub mac: String,
+    pub nonce: String,
+    pub inventory: crate::inventory::Inventory,
+}
+
+/// What the server made of an inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryAck {
+    pub id: i64,
+    /// What changed since the previous boot (`new_machine` on the first).
+    pub changes: Vec<String>,
+}
+
 /// Header naming the agent's MAC on the capture endpoints.
 pub const HEADER_MAC: &str = "x-bootcast-mac";
 /// Header carrying the per-boot nonce on the capture endpoints.

@@ -4,6 +4,7 @@ mod agent;
 mod bootenv;
 mod host;
 mod image;
+mod inventory;
 mod multicast;
 mod output;
 mod push;
@@ -58,6 +59,11 @@ pub enum Command {
     /// Add, list, show, export and remove disk images
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// The hardware inventory each host reported: show, export (GLPI), history
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCmd),
+    /// Events (boots, inventories, changes, reimages, pushes) and the hook runs they started
+    Events(inventory::EventsArgs),
     /// Room multicast sessions by hand: send an image to a group, receive it
     #[command(subcommand)]
     Multicast(multicast::MulticastCmd),
@@ -91,6 +97,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(cmd) => host::run_host(cmd, &cli.data, &out),
         Command::Task(cmd) => task::run(cmd, &cli.data, &out),
         Command::Image(cmd) => image::run(cmd, &cli.data, &out),
+        Command::Inventory(cmd) => inventory::run(cmd, &cli.data, &out),
+        Command::Events(args) => inventory::run_events(args, &cli.data, &out),
         Command::Multicast(cmd) => multicast::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
         Command::Push(cmd) => push::run(cmd, &cli.data, &out),

@@ -10,9 +10,11 @@
 //! settings such as the post-deploy steps), [`sites`] (sites, their schedule and relay),
 //! [`pushes`] (image versions pushed to sites, and each site's progress), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
+pub mod events;
 pub mod groups;
 pub mod hosts;
 pub mod images;
+pub mod inventories;
 pub mod leases;
 pub mod pushes;
 pub mod sessions;
@@ -208,6 +210,42 @@ pub const MIGRATIONS: &[&str] = &[
         last_report TEXT
     );
     ALTER TABLE tasks ADD COLUMN mcast INTEGER REFERENCES mcast_sessions(id);",
+    // 6: hardware inventories (every boot's), events, hook runs, the GLPI forwarding queue
+    "CREATE TABLE inventories (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX inventories_by_mac ON inventories(mac, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        mac TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_by_mac ON events(mac, id);
+    CREATE TABLE hook_runs (
+        id INTEGER PRIMARY KEY,
+        event INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        hook TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT NOT NULL DEFAULT 'running',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        detail TEXT
+    );
+    CREATE TABLE glpi_queue (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        last_error TEXT
+    );",
 ];
 
 /// A handle to the database; cheap to clone.

@@ -210,6 +210,17 @@ pub async fn agent_hello(
         },
         None => idle,
     };
+    st.hooks.emit(
+        crate::hooks::EventKind::Boot,
+        Some(mac.to_string()),
+        serde_json::json!({
+            "ip": agent_ip.to_string(),
+            "arch": hello.arch,
+            "firmware": hello.firmware.as_str(),
+            "registered": host.registered_at.is_some(),
+            "task": task.as_ref().map(|t| t.id),
+        }),
+    );
     tracing::info!(
         %mac,
         arch = %hello.arch,
@@ -438,6 +449,24 @@ async fn agent_report(
             if closing {
                 // a capture's session (if any) protects its chunks no longer
                 st.chunks.captures.end(t.id);
+            }
+            if closing && t.kind == TaskKind::Reimage {
+                let kind = if t.state == TaskState::Done {
+                    crate::hooks::EventKind::ReimageDone
+                } else {
+                    crate::hooks::EventKind::ReimageFailed
+                };
+                st.hooks.emit(
+                    kind,
+                    Some(mac.to_string()),
+                    serde_json::json!({
+                        "task": t.id,
+                        "image": t.image,
+                        "version": t.version,
+                        "group": t.group,
+                        "reason": t.detail,
+                    }),
+                );
             }
             tracing::info!(%mac, task = t.id, state = t.state.as_str(), "agent {what}");
             Json(TaskAck {

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod boot;
 pub mod capture;
 pub mod chunks;
+pub mod inventory;
 pub mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,6 +54,10 @@ pub struct AppState {
     pub chunks: Arc<chunks::ChunkService>,
     /// Room multicast sessions this node runs.
     pub multicast: Arc<crate::multicast::sessions::Sessions>,
+    /// Events and the hooks they run.
+    pub hooks: crate::hooks::Hooks,
+    /// `[glpi] url`: inventories are queued for it.
+    pub glpi_url: Option<String>,
 }
 
 impl AppState {
@@ -94,6 +99,16 @@ pub fn router(state: AppState, token: String) -> Router {
             axum::routing::delete(api::cancel_task),
         )
         .route("/api/v1/groups", get(api::list_groups))
+        .route(
+            "/api/v1/hosts/{mac}/inventory",
+            get(inventory::host_inventory),
+        )
+        .route(
+            "/api/v1/hosts/{mac}/inventory/history",
+            get(inventory::host_inventory_history),
+        )
+        .route("/api/v1/events", get(inventory::list_events))
+        .route("/api/v1/hooks/runs", get(inventory::hook_runs))
         .route("/api/v1/sites", get(relay::list_sites))
         .route("/api/v1/pushes", get(relay::push_status))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -118,6 +133,12 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
         .route("/api/v1/agent/failed", post(api::agent_failed))
+        .route(
+            "/api/v1/agent/inventory",
+            post(inventory::agent_inventory).layer(axum::extract::DefaultBodyLimit::max(
+                inventory::MAX_INVENTORY,
+            )),
+        )
         .route("/api/v1/agent/capture/missing", post(capture::missing))
         .route("/api/v1/agent/capture/chunks", post(capture::chunks))
         .route("/api/v1/agent/capture/commit", post(capture::commit))

@@ -60,9 +60,21 @@ pub async fn heartbeat(
                     ),
                 )));
             }
+            let done = |c: &rusqlite::Connection| -> Result<Vec<i64>, crate::db::DbError> {
+                Ok(pushes::list(c, true)?
+                    .into_iter()
+                    .filter(|p| p.state == pushes::PushStatus::Done)
+                    .map(|p| p.id)
+                    .collect())
+            };
+            let done_before = done(c)?;
             sites::record_heartbeat(c, &site.name, &hb, now)?;
+            let newly_done: Vec<i64> = done(c)?
+                .into_iter()
+                .filter(|id| !done_before.contains(id))
+                .collect();
             let site = sites::get(c, &site.name)?.expect("site exists");
-            Ok(Ok(HeartbeatReply {
+            Ok(Ok((newly_done, HeartbeatReply {
                 schedule: SiteSchedule {
                     tz: site.tz.clone(),
                     windows: site.windows.clone(),
@@ -71,11 +83,20 @@ pub async fn heartbeat(
                 pushes: pushes::orders_for(c, &site.name)?,
                 assigned: site.images.clone(),
                 interval: HEARTBEAT_INTERVAL,
-            }))
+            })))
         })
         .await;
     match res {
-        Ok(Ok(reply)) => Json(reply).into_response(),
+        Ok(Ok((newly_done, reply))) => {
+            for id in newly_done {
+                st.hooks.emit(
+                    crate::hooks::EventKind::PushDone,
+                    None,
+                    serde_json::json!({ "push": id }),
+                );
+            }
+            Json(reply).into_response()
+        }
         Ok(Err((code, msg))) => super::error(code, msg).into_response(),
         Err(e) => super::internal(e).into_response(),
     }

@@ -278,7 +278,14 @@ pub fn send(
                             // only new losses count as pressure: repeats of a NAK the next
                             // pass answers anyway would hold the rate at its floor
                             if carousel.nak(&ranges) > 0 {
-                                rate.nak(t, receiver, peers.last_heard.len());
+                                // the majority is of the receivers still working: once most
+                                // are done, the rest set the pace
+                                let working = peers
+                                    .last_heard
+                                    .keys()
+                                    .filter(|r| !peers.done.contains(r))
+                                    .count();
+                                rate.nak(t, receiver, working);
                             }
                         }
                         Message::Join(s) | Message::Status(s) => {
