@@ -283,6 +283,61 @@ pub async fn post_hello(
     })
 }
 
+/// Collects this machine's inventory ([`crate::inventory::collect`]) and posts it with the
+/// boot's nonce. A failure is logged on the console; the boot goes on.
+pub async fn send_inventory(cfg: &BootConfig, server: &str, hello: &Hello, console: &mut Console) {
+    let root = cfg.sys.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mac = hello.mac.clone();
+    let now = crate::time::now_unix();
+    let inventory = crate::inventory::collect::collect(&root, &mac, now);
+    for w in &inventory.warnings {
+        console.line(&format!("bootcast-agent: inventory: {w}"));
+    }
+    let report = super::proto::InventoryReport {
+        mac: hello.mac.clone(),
+        nonce: hello.nonce.clone().unwrap_or_default(),
+        inventory,
+    };
+    let sent = async {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .post(format!("{server}/api/v1/agent/inventory"))
+            .json(&report)
+            .send()
+            .await
+            .map_err(|e| chain(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!("HTTP {status}: {}", body.trim()));
+        }
+        resp.json::<super::proto::InventoryAck>()
+            .await
+            .map_err(|e| format!("bad reply: {}", chain(&e)))
+    }
+    .await;
+    match sent {
+        Ok(ack) => console.line(&format!(
+            "BOOTCAST-AGENT-INVENTORY-OK {} {} disks, {} MiB memory; changes: {}",
+            hello.mac,
+            report.inventory.storage.len(),
+            report.inventory.memory_mib(),
+            if ack.changes.is_empty() {
+                "none".to_string()
+            } else {
+                ack.changes.join(",")
+            }
+        )),
+        Err(e) => console.line(&format!(
+            "bootcast-agent: inventory not sent (the boot goes on): {e}"
+        )),
+    }
+}
+
 /// An error with its causes (reqwest's own message leaves out why a connection failed).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -336,6 +391,8 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         }
     };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
+    // the hardware inventory, on every boot; it never holds the boot up
+    rt.block_on(send_inventory(cfg, &server, &hello, &mut console));
     // who reports on a task: this boot's MAC and nonce, to the server it said hello to
     let task_ref = |task: i64| super::task::TaskRef {
         server: server.clone(),
