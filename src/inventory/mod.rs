@@ -1,7 +1,7 @@
-//! Hardware inventory (issue 8): what the agent collects on every boot ([`model`],
-//! [`collect`] from sysfs, procfs and the SMBIOS tables parsed by [`smbios`]), its GLPI native
-//! form ([`glpi`]), and what changed between two boots ([`diff`]).
+//! Hardware inventory (issue 8): what the agent collects on every boot ([`model`]), and the
+//! SMBIOS tables it reads it from ([`smbios`]).
 
 pub mod model;
+pub mod smbios;
 
 pub use model::Inventory;
