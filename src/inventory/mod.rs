@@ -1,6 +1,7 @@
-//! Hardware inventory (issue 8): what the agent collects on every boot ([`model`]), and the
-//! SMBIOS tables it reads it from ([`smbios`]).
+//! Hardware inventory (issue 8): what the agent collects on every boot ([`model`],
+//! [`collect`] from sysfs, procfs and the SMBIOS tables parsed by [`smbios`]).
 
+pub mod collect;
 pub mod model;
 pub mod smbios;
 
