@@ -41,7 +41,14 @@ fn serve_full(ns: &Netns, lab: &Lab) -> Served {
 
 /// Boots the VM once (it ends at the agent's reboot) with a disk of `disk_mib`; returns the
 /// serial console.
-fn boot(vm: &mut Vm, ns: &Netns, server: &Served, lab: &Lab, disk_mib: u64, marker: &str) -> String {
+fn boot(
+    vm: &mut Vm,
+    ns: &Netns,
+    server: &Served,
+    lab: &Lab,
+    disk_mib: u64,
+    marker: &str,
+) -> String {
     let disk = lab.path(&format!("disk-{disk_mib}.raw"));
     let f = std::fs::File::create(&disk).unwrap();
     f.set_len(disk_mib << 20).unwrap();
@@ -94,11 +101,22 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
 
     // first boot: a new machine registers; its agent reports the inventory, then reboots
     let t = std::time::Instant::now();
-    let serial = boot(&mut vm, &ns, &server, &lab, 96, &format!("BOOTCAST-AGENT-INVENTORY-OK {MAC}"));
+    let serial = boot(
+        &mut vm,
+        &ns,
+        &server,
+        &lab,
+        96,
+        &format!("BOOTCAST-AGENT-INVENTORY-OK {MAC}"),
+    );
     common::say(&format!(
         "inventory VM, first boot: {:.1} s; {}",
         t.elapsed().as_secs_f64(),
-        serial.lines().find(|l| l.contains("BOOTCAST-AGENT-INVENTORY-OK")).unwrap_or("").trim()
+        serial
+            .lines()
+            .find(|l| l.contains("BOOTCAST-AGENT-INVENTORY-OK"))
+            .unwrap_or("")
+            .trim()
     ));
     let shown = lab.json(&["inventory", "show", "--host", MAC]);
     let inv = &shown["inventory"];
@@ -128,22 +146,44 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
         "the boot NIC is not in {}",
         inv["network"]
     );
-    assert!(inv["memory"].as_array().is_some_and(|m| !m.is_empty()), "{inv}");
-    assert!(inv["cpus"].as_array().is_some_and(|c| !c.is_empty()), "{inv}");
+    assert!(
+        inv["memory"].as_array().is_some_and(|m| !m.is_empty()),
+        "{inv}"
+    );
+    assert!(
+        inv["cpus"].as_array().is_some_and(|c| !c.is_empty()),
+        "{inv}"
+    );
 
     // the GLPI export validates against GLPI's schema
     let out = lab.path("glpi.json");
-    lab.json(&["inventory", "export", "--host", MAC, "--format", "glpi", "--output", out.to_str().unwrap()]);
+    lab.json(&[
+        "inventory",
+        "export",
+        "--host",
+        MAC,
+        "--format",
+        "glpi",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     let native: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let schema_path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/glpi/inventory.schema.json");
-    let schema: Value = serde_json::from_slice(&std::fs::read(&schema_path).unwrap_or_else(|e| {
-        panic!("GLPI schema {}: {e}", schema_path.display())
-    }))
+    let schema_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/glpi/inventory.schema.json");
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(&schema_path)
+            .unwrap_or_else(|e| panic!("GLPI schema {}: {e}", schema_path.display())),
+    )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the GLPI schema compiles");
-    let errors: Vec<String> = validator.iter_errors(&native).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "GLPI export invalid: {errors:?}\n{native}");
+    let errors: Vec<String> = validator
+        .iter_errors(&native)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "GLPI export invalid: {errors:?}\n{native}"
+    );
     assert_eq!(native["content"]["bios"]["ssn"], "SN-0042", "{native}");
     let events = lab.json(&["events", "--host", MAC]);
     let kinds: Vec<&str> = events["events"]
@@ -152,12 +192,22 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"boot") && kinds.contains(&"inventory_changed"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"boot") && kinds.contains(&"inventory_changed"),
+        "{kinds:?}"
+    );
 
     // the same VM with a bigger disk, booted for a reimage: the inventory changed
     lab.json(&["task", "reimage", "--host", MAC, "--image", "demo"]);
     let t = std::time::Instant::now();
-    boot(&mut vm, &ns, &server, &lab, 128, &format!("BOOTCAST-AGENT-INVENTORY-OK {MAC}"));
+    boot(
+        &mut vm,
+        &ns,
+        &server,
+        &lab,
+        128,
+        &format!("BOOTCAST-AGENT-INVENTORY-OK {MAC}"),
+    );
     let changed = lab.json(&["events", "--host", MAC, "--kind", "inventory_changed"]);
     let newest = &changed["events"][0]["data"]["changes"];
     common::say(&format!(
@@ -166,5 +216,8 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
     ));
     assert_eq!(changed["events"].as_array().unwrap().len(), 2, "{changed}");
     assert_eq!(newest[0]["what"], "disk", "{newest}");
-    assert!(newest[0]["detail"].as_str().unwrap().contains("134217728"), "{newest}");
+    assert!(
+        newest[0]["detail"].as_str().unwrap().contains("134217728"),
+        "{newest}"
+    );
 }

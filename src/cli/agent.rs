@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::Subcommand;
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
 
 use bootcast::agent::boot;
 
@@ -44,10 +44,36 @@ pub enum AgentCmd {
         #[arg(long)]
         hostname: String,
     },
+    /// Collect this machine's hardware inventory (SMBIOS tables, /proc/cpuinfo, sysfs) and
+    /// print it as JSON: bootcast's own form, or GLPI's native inventory. Parts that cannot be
+    /// read are listed as warnings (in the JSON, or on stderr for GLPI), never an error.
+    Inventory {
+        /// json: bootcast's inventory; glpi: GLPI native inventory (deviceid
+        /// bootcast-<mac without colons>)
+        #[arg(long, value_enum, default_value_t = InventoryFormat::Json)]
+        format: InventoryFormat,
+        /// Read proc/ and sys/ under this directory instead of /
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// MAC of the boot interface [default: that of the default route's interface, else
+        /// none]
+        #[arg(long)]
+        mac: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InventoryFormat {
+    Json,
+    Glpi,
 }
 
 pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
     match cmd {
+        AgentCmd::Inventory { format, root, mac } => {
+            inventory(format, &root, mac.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         AgentCmd::PostDeploy { disk, hostname } => {
             if !bootcast::db::hosts::valid_name(&hostname) {
                 anyhow::bail!("invalid host name {hostname:?}: use 1-63 characters from a-z A-Z 0-9 and '-', not starting or ending with '-'");
@@ -96,4 +122,43 @@ pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `bootcast agent inventory`: collects under `root` and prints the JSON on stdout.
+fn inventory(format: InventoryFormat, root: &std::path::Path, mac: Option<&str>) -> Result<()> {
+    use bootcast::inventory::{collect, glpi};
+    if !root.is_dir() {
+        anyhow::bail!(
+            "--root {}: not a directory: give the directory that holds proc/ and sys/ (/ on a running machine)",
+            root.display()
+        );
+    }
+    let mac = match mac {
+        Some(m) => m
+            .parse::<bootcast::mac::Mac>()
+            .with_context(|| format!("--mac {m:?}"))?
+            .to_string(),
+        None => collect::default_route_mac(root).unwrap_or_default(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let inv = collect::collect(root, &mac, now);
+    let text = match format {
+        InventoryFormat::Json => serde_json::to_string_pretty(&inv),
+        InventoryFormat::Glpi => {
+            for w in &inv.warnings {
+                eprintln!("warning: {w}");
+            }
+            let deviceid = if mac.is_empty() {
+                "bootcast-unknown".to_string()
+            } else {
+                format!("bootcast-{}", mac.replace(':', ""))
+            };
+            serde_json::to_string_pretty(&glpi::to_glpi(&inv, &deviceid))
+        }
+    };
+    println!("{}", text.context("inventory to JSON")?);
+    Ok(())
 }

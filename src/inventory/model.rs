@@ -116,7 +116,8 @@ pub struct Disk {
     pub firmware: Option<String>,
 }
 
-/// One network interface with a hardware address (loopback and virtual ones left out).
+/// One network interface with a hardware address (loopback left out, and virtual ones unless
+/// they carry the boot MAC).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetInterface {
     pub name: String,
@@ -127,6 +128,9 @@ pub struct NetInterface {
     pub link: bool,
     /// `vvvv:dddd` of the PCI function behind it.
     pub pci_id: Option<String>,
+    /// No device behind it (a bridge, a veth, a tap): kept because it carries the boot MAC.
+    #[serde(default)]
+    pub is_virtual: bool,
 }
 
 /// One PCI function (from /sys/bus/pci/devices).
