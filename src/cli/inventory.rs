@@ -149,7 +149,9 @@ pub fn run(cmd: InventoryCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     std::fs::rename(&tmp, &p).with_context(|| {
                         format!("renaming {} to {}", tmp.display(), p.display())
                     })?;
-                    eprintln!("wrote {}", p.display());
+                    out.emit(&serde_json::json!({ "output": p, "host": mac }), || {
+                        format!("wrote {}", p.display())
+                    });
                 }
                 None => println!("{text}"),
             }
