@@ -9,35 +9,11 @@ mod common;
 
 use serde_json::Value;
 
-use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{demo_image, Lab, Served, BIN};
+use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::{demo_image, Lab, Served};
 
 const MAC: &str = "52:54:00:99:08:42";
 const UUID: &str = "6a1f3c2e-8d4b-4f7a-9e21-0c5d7b3a9f10";
-
-fn serve_full(ns: &Netns, lab: &Lab) -> Served {
-    let mut cmd = ns.cmd(BIN);
-    cmd.arg("--data")
-        .arg(lab.data())
-        .env_remove("BOOTCAST_DATA");
-    Served::start(
-        cmd,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--advertise",
-            "10.99.0.1",
-            "--dhcp-interface",
-            "br0",
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ],
-    )
-}
 
 /// Boots the VM once (it ends at the agent's reboot) with a disk of `disk_mib`; returns the
 /// serial console.

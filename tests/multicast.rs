@@ -63,16 +63,8 @@ impl Proc {
     }
 
     /// Waits for the exit, requires success, parses the JSON report on stdout.
-    fn report(mut self) -> Value {
-        let mut out = String::new();
-        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        let status = self.child.wait().unwrap();
-        self.log.extend(self.lines.try_iter());
-        assert!(
-            status.success(),
-            "failed ({status}):\n{}",
-            self.log.join("\n")
-        );
+    fn report(self) -> Value {
+        let out = self.stdout();
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 

@@ -12,33 +12,8 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{demo_image, http_in, nonce_of, sha256, Lab, Served, BIN};
-
-/// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server.
-fn serve_full(ns: &Netns, lab: &Lab) -> Served {
-    let mut cmd = ns.cmd(BIN);
-    cmd.arg("--data")
-        .arg(lab.data())
-        .env_remove("BOOTCAST_DATA");
-    Served::start(
-        cmd,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--advertise",
-            "10.99.0.1",
-            "--dhcp-interface",
-            "br0",
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ],
-    )
-}
+use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::{demo_image, http_in, nonce_of, sha256, Lab, Served};
 
 /// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
 fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {

@@ -150,3 +150,37 @@ pub fn queued(conn: &Connection) -> Result<u64, DbError> {
     conn.query_row("SELECT count(*) FROM glpi_queue", [], |r| r.get(0))
         .what("GLPI queue length")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_glpi_queue_keeps_a_row_until_delivered_and_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootcast.db");
+        let mac: Mac = "52:54:00:00:00:07".parse().unwrap();
+        {
+            let db = crate::db::Db::open(&path).unwrap();
+            let c = db.lock();
+            enqueue(&c, mac, "agent-id", "{}", 100).unwrap();
+            let due_now = due(&c, 100, 10).unwrap();
+            assert_eq!(due_now.len(), 1);
+            // GLPI refused: not due again before the backoff
+            let next = 100 + crate::http::inventory::glpi_backoff(due_now[0].attempts);
+            failed(&c, due_now[0].id, next, "HTTP 500").unwrap();
+            assert!(due(&c, next - 1, 10).unwrap().is_empty());
+        }
+        // the server restarts: the row is still there, due at its time, with its attempts
+        let db = crate::db::Db::open(&path).unwrap();
+        let c = db.lock();
+        assert_eq!(queued(&c).unwrap(), 1);
+        let later = due(&c, 100 + 30, 10).unwrap();
+        assert_eq!((later.len(), later[0].attempts), (1, 1));
+        delivered(&c, later[0].id).unwrap();
+        assert_eq!(queued(&c).unwrap(), 0);
+        // the backoff doubles from 30 s up to an hour
+        let b: Vec<i64> = (0..9).map(crate::http::inventory::glpi_backoff).collect();
+        assert_eq!(b, vec![30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+}

@@ -291,3 +291,29 @@ pub fn copy_bootenv(data: &Path) {
         std::fs::copy(shared_bootenv().join(f), dst.join(f)).unwrap();
     }
 }
+
+/// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server (full mode on `br0`,
+/// 10.99.0.1, TFTP and HTTP on port 8080).
+pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
+    let mut cmd = ns.cmd(super::BIN);
+    cmd.arg("--data")
+        .arg(lab.data())
+        .env_remove("BOOTCAST_DATA");
+    super::Served::start(
+        cmd,
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "0.0.0.0:69",
+            "--advertise",
+            "10.99.0.1",
+            "--dhcp-interface",
+            "br0",
+            "--dhcp-mode",
+            "full",
+            "--dhcp-range",
+            "10.99.0.100,10.99.0.150",
+        ],
+    )
+}
