@@ -198,22 +198,12 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello, KernelArgs)> {
 fn interface_mac(cfg: &BootConfig) -> Result<String> {
     let iface = match &cfg.interface {
         Some(i) => i.clone(),
-        None => {
-            let routes = read(cfg.proc.join("net/route"))?;
-            // Iface Destination Gateway ...: the default route has destination 00000000.
-            routes
-                .lines()
-                .skip(1)
-                .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .find(|f| f.len() > 1 && f[1] == "00000000")
-                .map(|f| f[0].to_string())
-                .ok_or_else(|| {
-                    AgentError::NoMac(
-                        "no bootcast.mac= on the kernel command line, no --interface and no default route"
-                            .into(),
-                    )
-                })?
-        }
+        None => crate::inventory::collect::default_route_interface(&cfg.proc).ok_or_else(|| {
+            AgentError::NoMac(
+                "no bootcast.mac= on the kernel command line, no --interface and no default route"
+                    .into(),
+            )
+        })?,
     };
     let mac = read(cfg.sys.join("class/net").join(&iface).join("address"))?;
     Ok(mac.trim().to_ascii_lowercase())

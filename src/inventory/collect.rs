@@ -57,17 +57,22 @@ pub fn collect(root: &Path, mac: &str, now: i64) -> Inventory {
     inv
 }
 
-/// The MAC (lower case) of the interface holding the default route in `root/proc/net/route`;
-/// `None` when there is no default route or its interface has no readable address.
-pub fn default_route_mac(root: &Path) -> Option<String> {
-    let routes = fs::read_to_string(root.join("proc/net/route")).ok()?;
+/// The interface holding the default route in `proc/net/route` (`proc`: procfs' mount point).
+pub fn default_route_interface(proc: &Path) -> Option<String> {
+    let routes = fs::read_to_string(proc.join("net/route")).ok()?;
     // Iface Destination Gateway ...: the default route has destination 00000000.
-    let iface = routes
+    routes
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.len() > 1 && f[1] == "00000000")
-        .map(|f| f[0].to_string())?;
+        .map(|f| f[0].to_string())
+}
+
+/// The MAC (lower case) of the interface holding the default route in `root/proc/net/route`;
+/// `None` when there is no default route or its interface has no readable address.
+pub fn default_route_mac(root: &Path) -> Option<String> {
+    let iface = default_route_interface(&root.join("proc"))?;
     let mac = read_str(&root.join("sys/class/net").join(iface).join("address"))?;
     Some(mac.to_ascii_lowercase())
 }
