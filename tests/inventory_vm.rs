@@ -145,7 +145,7 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
     ]);
     let native: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let schema_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/glpi/inventory.schema.json");
+        .join("tests/fixtures/glpi/inventory.schema.json");
     let schema: Value = serde_json::from_slice(
         &std::fs::read(&schema_path)
             .unwrap_or_else(|e| panic!("GLPI schema {}: {e}", schema_path.display())),

@@ -273,17 +273,17 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn schema_path() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/glpi/inventory.schema.json")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/glpi/inventory.schema.json")
     }
 
-    /// GLPI's schema, from shared/glpi beside the repository; a test that needs it fails,
-    /// rather than passes, when it is not there.
+    /// GLPI's schema (vendored, MIT: tests/fixtures/glpi); a test that needs it fails, rather
+    /// than passes, when it is not there.
     fn schema() -> Value {
         let path = schema_path();
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "GLPI inventory schema not found at {} ({e}): these tests validate against it; \
-                 put GLPI's inventory.schema.json at shared/glpi/ beside the repository",
+                 restore tests/fixtures/glpi/inventory.schema.json (git checkout)",
                 path.display()
             )
         });
