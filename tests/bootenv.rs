@@ -111,7 +111,8 @@ struct Request {
     at: Instant,
 }
 
-/// Answers every POST with `{"action":"poweroff"}` and reports it on the channel.
+/// Answers the inventory with an acknowledgement and every other POST with
+/// `{"action":"poweroff"}`, and reports each request on the channel.
 fn stub_server(l: TcpListener) -> mpsc::Receiver<Request> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -141,7 +142,11 @@ fn stub_server(l: TcpListener) -> mpsc::Receiver<Request> {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 at: Instant::now(),
             });
-            let reply = r#"{"action":"poweroff"}"#;
+            let reply = if line.starts_with("POST /api/v1/agent/inventory ") {
+                r#"{"id":1,"changes":["new_machine"]}"#
+            } else {
+                r#"{"action":"poweroff"}"#
+            };
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
@@ -231,14 +236,38 @@ fn boot(
             out.status
         ));
     }
-    let requests: Vec<Request> = rx.try_iter().collect();
+    let (requests, inventories): (Vec<Request>, Vec<Request>) = rx
+        .try_iter()
+        .partition(|r| r.line == "POST /api/v1/agent/hello HTTP/1.1");
     let Some(last) = requests.last() else {
         return fail("no hello reached the stub server".into());
     };
-    for r in &requests {
-        if r.line != "POST /api/v1/agent/hello HTTP/1.1" {
+    for r in &inventories {
+        if r.line != "POST /api/v1/agent/inventory HTTP/1.1" {
             return fail(format!("unexpected request {:?}", r.line));
         }
+    }
+    // after the hello, the agent reports this machine's inventory, once
+    let [inv] = &inventories[..] else {
+        return fail(format!("{} inventory reports, want 1", inventories.len()));
+    };
+    let report: serde_json::Value = serde_json::from_str(&inv.body)
+        .map_err(|e| format!("{}: bad inventory {:?}: {e}", case.name, inv.body))?;
+    let want_mode = if case.uefi { "uefi" } else { "bios" };
+    let nic_found = report["inventory"]["network"]
+        .as_array()
+        .is_some_and(|n| n.iter().any(|n| n["mac"] == case.mac));
+    if report["mac"] != case.mac
+        || report["inventory"]["firmware"]["mode"] != want_mode
+        || !nic_found
+    {
+        return fail(format!(
+            "inventory {report}: want mac {}, firmware mode {want_mode}, the boot NIC listed",
+            case.mac
+        ));
+    }
+    if !log.contains(&format!("BOOTCAST-AGENT-INVENTORY-OK {}", case.mac)) {
+        return fail("no BOOTCAST-AGENT-INVENTORY-OK line".into());
     }
     let hello: Hello = serde_json::from_str(&last.body)
         .map_err(|e| format!("{}: bad hello {:?}: {e}", case.name, last.body))?;
