@@ -92,10 +92,12 @@ fn sites_pushes_and_relay_heartbeats() {
     let e = common::stderr(&lab.run(&["site", "add", "y", "--subnets", "10.0.0.0"]));
     assert!(e.contains("not a CIDR"), "{e}");
 
-    // a push to nord with a deadline in one hour: 300 KB at 1 kB/s in night windows cannot make it
+    // a push to nord with a deadline in two minutes: 300 KB at 1 kB/s takes 300 s of open
+    // window, so it cannot make it at any time of day (with a deadline an hour away it could
+    // when the test runs inside the 22:00-06:00 window)
     let e = common::stderr(&lab.run(&["push", "create", "--image", "win11", "--sites", "nowhere"]));
     assert!(e.contains("no site \"nowhere\""), "{e}");
-    let deadline = bootcast::time::rfc3339(bootcast::time::now_unix() + 3600);
+    let deadline = bootcast::time::rfc3339(bootcast::time::now_unix() + 120);
     let p = lab.json(&[
         "push",
         "create",
