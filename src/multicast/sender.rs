@@ -317,26 +317,35 @@ pub fn send(
         opts.min_receivers,
         opts.wait.as_secs()
     ));
+    // PASS `pass` (at most every 0.2 s: it tells late receivers the session and where the
+    // carousel is), then what receivers sent until the socket's read timeout
+    let announce_and_listen = |pass: u32,
+                               last_pass_msg: &mut f64,
+                               peers: &mut Peers,
+                               carousel: &mut Carousel,
+                               rate: &mut RateControl,
+                               report: &mut SendReport,
+                               out: &mut Vec<u8>,
+                               inbuf: &mut [u8]|
+     -> Result<(), MulticastError> {
+        if now() - *last_pass_msg >= 0.2 {
+            *last_pass_msg = now();
+            let total = report.chunks;
+            transmit(&Message::Pass { pass, total }, report, out)?;
+        }
+        drain(peers, carousel, rate, report, inbuf, true)
+    };
     let mut last_pass_msg = f64::NEG_INFINITY;
     while peers.last_heard.len() < opts.min_receivers && now() < opts.wait.as_secs_f64() {
-        if now() - last_pass_msg >= 0.2 {
-            last_pass_msg = now();
-            transmit(
-                &Message::Pass {
-                    pass: 0,
-                    total: report.chunks,
-                },
-                &mut report,
-                &mut out,
-            )?;
-        }
-        drain(
+        announce_and_listen(
+            0,
+            &mut last_pass_msg,
             &mut peers,
             &mut carousel,
             &mut rate,
             &mut report,
+            &mut out,
             &mut inbuf,
-            true,
         )?;
     }
     progress(&format!(
@@ -391,25 +400,16 @@ pub fn send(
             continue;
         }
         // end of a pass
-        let t = now();
-        if t - last_pass_msg >= 0.2 {
-            last_pass_msg = t;
-            transmit(
-                &Message::Pass {
-                    pass: carousel.pass,
-                    total: report.chunks,
-                },
-                &mut report,
-                &mut out,
-            )?;
-        }
-        drain(
+        let pass = carousel.pass;
+        announce_and_listen(
+            pass,
+            &mut last_pass_msg,
             &mut peers,
             &mut carousel,
             &mut rate,
             &mut report,
+            &mut out,
             &mut inbuf,
-            true,
         )?;
         // receivers silent too long have left (fell back to HTTP, or are gone)
         let limit = opts.receiver_timeout.as_secs_f64();
@@ -422,7 +422,6 @@ pub fn send(
         if peers.last_heard.is_empty() && now() > opts.wait.as_secs_f64() + limit {
             break "no receivers";
         }
-        let pass = carousel.pass;
         if carousel.next_pass() {
             progress(&format!(
                 "pass {pass} done; pass {} sends {} chunks",
