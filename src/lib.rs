@@ -8,7 +8,10 @@
 //! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
+//! - [`proto`]: wire messages shared by several layers (agent ↔ server, relay ↔ server).
+//! - [`netif`]: local network interfaces (addresses, the one facing a peer).
 //! - [`push`]: nightly pushes to site relays: windows, rate caps, the scheduler's clock.
+//! - [`rate`]: bandwidth caps: rate parsing and the token bucket (relay, multicast, pushes).
 //! - [`multicast`]: room multicast sessions (sender, receiver, datagram protocol).
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
@@ -26,7 +29,10 @@ pub mod http;
 pub mod inventory;
 pub mod mac;
 pub mod multicast;
+pub mod netif;
+pub mod proto;
 pub mod push;
+pub mod rate;
 pub mod relay;
 pub mod schedule;
 pub mod server;

@@ -204,7 +204,7 @@ pub fn create(
         (Some(_), TaskKind::Capture, _) => return Err(ScheduleError::MulticastCapture),
         (Some(m), _, version) => {
             let max_rate =
-                crate::push::rate::parse_rate(m.max_rate.as_deref().unwrap_or(MULTICAST_MAX_RATE))
+                crate::rate::parse_rate(m.max_rate.as_deref().unwrap_or(MULTICAST_MAX_RATE))
                     .map_err(ScheduleError::BadMulticast)?;
             let receivers = m.min_receivers.unwrap_or(macs.len() as u32);
             if receivers == 0 {

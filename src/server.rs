@@ -97,19 +97,19 @@ fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
     }
 }
 
-impl Server {
-    /// Opens everything the services need; nothing runs yet.
-    pub async fn bind(config: Config, data: &Path) -> Result<Server, ServeError> {
-        std::fs::create_dir_all(data).map_err(|cause| ServeError::DataDir {
-            path: data.to_path_buf(),
-            cause,
-        })?;
-        let db = Db::open(&crate::db::path(data))?;
-        // a relay has no staff API, hence no API token
-        let (token, created) = match config.relay {
-            None => http::auth::load_or_create_token(data)?,
-            Some(_) => (String::new(), false),
-        };
+/// The HTTP listener and the TFTP socket a server runs on. [`Sockets::bind`] binds them as the
+/// configuration says; a caller that binds its own (a test on `127.0.0.1:0`, a socket handed
+/// over by a service manager) builds this directly.
+pub struct Sockets {
+    pub http: tokio::net::TcpListener,
+    /// `None`: no TFTP service.
+    pub tftp: Option<tokio::net::UdpSocket>,
+}
+
+impl Sockets {
+    /// Binds `config.http` and, when TFTP is on, `config.tftp.listen`; errors name the
+    /// address and the likely fix.
+    pub async fn bind(config: &Config) -> Result<Sockets, ServeError> {
         let http = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|cause| ServeError::Bind {
@@ -118,7 +118,6 @@ impl Server {
                 hint: bind_hint(&cause, config.http.port()),
                 cause,
             })?;
-        let http_addr = http.local_addr().expect("bound socket has an address");
         let tftp = match config.tftp.enabled {
             false => None,
             true => Some(
@@ -132,19 +131,55 @@ impl Server {
                     })?,
             ),
         };
+        Ok(Sockets { http, tftp })
+    }
+
+    /// Sockets the caller bound itself, as std sockets (made non-blocking here). Call it
+    /// inside the runtime the server will run on.
+    pub fn from_std(
+        http: std::net::TcpListener,
+        tftp: Option<std::net::UdpSocket>,
+    ) -> std::io::Result<Sockets> {
+        http.set_nonblocking(true)?;
+        let tftp = match tftp {
+            Some(t) => {
+                t.set_nonblocking(true)?;
+                Some(tokio::net::UdpSocket::from_std(t)?)
+            }
+            None => None,
+        };
+        Ok(Sockets {
+            http: tokio::net::TcpListener::from_std(http)?,
+            tftp,
+        })
+    }
+}
+
+impl Server {
+    /// Binds the configured sockets and opens everything the services need; nothing runs
+    /// yet ([`Sockets::bind`], then [`Server::new`]).
+    pub async fn bind(config: Config, data: &Path) -> Result<Server, ServeError> {
+        let sockets = Sockets::bind(&config).await?;
+        Server::new(config, data, sockets).await
+    }
+
+    /// Opens the database, the API token, the relay state and DHCP's sockets, for a server
+    /// that will run on `sockets`; nothing runs yet.
+    pub async fn new(config: Config, data: &Path, sockets: Sockets) -> Result<Server, ServeError> {
+        std::fs::create_dir_all(data).map_err(|cause| ServeError::DataDir {
+            path: data.to_path_buf(),
+            cause,
+        })?;
+        let db = Db::open(&crate::db::path(data))?;
+        // a relay has no staff API, hence no API token
+        let (token, created) = match config.relay {
+            None => http::auth::load_or_create_token(data)?,
+            Some(_) => (String::new(), false),
+        };
+        let Sockets { http, tftp } = sockets;
+        let http_addr = http.local_addr().expect("bound socket has an address");
         let tftp_addr = tftp.as_ref().map(|s| s.local_addr().expect("bound"));
-        let state_base = AppState {
-            db: db.clone(),
-            data: data.to_path_buf(),
-            advertise: config.advertise,
-            http_port: http_addr.port(),
-            after_register: config.after_register,
-            chunks: Arc::new(http::chunks::ChunkService::new(data.to_path_buf())),
-            multicast: crate::multicast::sessions::Sessions::new(),
-            hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
-            glpi_url: None,
-        }
-        .base_url(None);
+        let state_base = http::base_url(config.advertise, http_addr.port(), None);
         let relay = match &config.relay {
             None => None,
             Some(rc) => {
@@ -240,6 +275,11 @@ impl Server {
         &self.listening
     }
 
+    /// The staff API token (empty on a relay, which has no staff API).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Runs until `cancel` fires or a service fails; then stops the others and waits.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ServeError> {
         let state = AppState {
@@ -251,7 +291,7 @@ impl Server {
             chunks: Arc::new(match &self.relay {
                 None => http::chunks::ChunkService::new(self.data.clone()),
                 Some(r) => http::chunks::ChunkService::new(self.data.clone())
-                    .with_pull(r.pull.clone() as Arc<dyn http::chunks::PullThrough>),
+                    .with_pull(r.pull.clone() as Arc<dyn crate::store::PullThrough>),
             }),
             multicast: match &self.relay {
                 None => crate::multicast::sessions::Sessions::new(),

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use bootcast::agent::proto::{Firmware, Hello};
+use bootcast::proto::agent::{Firmware, Hello};
 use common::*;
 
 fn repo() -> PathBuf {

@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{Firmware, Hello, HelloReply, KernelArgs};
+use crate::proto::agent::{Firmware, Hello, HelloReply, KernelArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -283,7 +283,7 @@ pub async fn send_inventory(cfg: &BootConfig, server: &str, hello: &Hello, conso
     for w in &inventory.warnings {
         console.line(&format!("bootcast-agent: inventory: {w}"));
     }
-    let report = super::proto::InventoryReport {
+    let report = crate::proto::agent::InventoryReport {
         mac: hello.mac.clone(),
         nonce: hello.nonce.clone().unwrap_or_default(),
         inventory,
@@ -305,7 +305,7 @@ pub async fn send_inventory(cfg: &BootConfig, server: &str, hello: &Hello, conso
             let body = resp.text().await.unwrap_or_default();
             return Err(format!("HTTP {status}: {}", body.trim()));
         }
-        resp.json::<super::proto::InventoryAck>()
+        resp.json::<crate::proto::agent::InventoryAck>()
             .await
             .map_err(|e| format!("bad reply: {}", chain(&e)))
     }

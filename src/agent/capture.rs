@@ -20,18 +20,18 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::proto::{
+use super::task::{self, Failure, Reporter, RunError, TaskRef};
+use crate::proto::agent::{
     push_frame, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded, HEADER_MAC,
     HEADER_NONCE, HEADER_TASK, MISSING_MAX_IDS,
 };
-use super::task::{self, Failure, Reporter, RunError, TaskRef};
 use crate::store::error::{Result, StoreError};
 use crate::store::ingest::{ingest_to, ChunkSink, IngestOptions, IngestReport};
 use crate::store::source::HttpSource;
 use crate::store::{ChunkId, ChunkerParams, Manifest, VersionId};
 
 /// Largest upload request the agent sends (the server takes up to
-/// [`super::proto::UPLOAD_MAX_BYTES`]).
+/// [`crate::proto::agent::UPLOAD_MAX_BYTES`]).
 pub const UPLOAD_BYTES: usize = 4 << 20;
 
 /// What the server asked for, and who asks.

@@ -1,6 +1,6 @@
 //! The agent: runs inside the boot environment (initramfs), talks to the server over HTTP.
 //!
-//! - [`proto`]: the JSON messages exchanged with the server (shared by both sides).
+//! The JSON messages it exchanges with the server are [`crate::proto::agent`].
 //! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then the task, then
 //!   power off or reboot.
 //! - [`restore`]: a reimage task (image from the server onto the local disk).
@@ -12,6 +12,5 @@ pub mod boot;
 pub mod capture;
 pub mod disk;
 pub mod postdeploy;
-pub mod proto;
 pub mod restore;
 pub mod task;

@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::proto::MulticastJoin;
 pub use super::task::RunError;
 use super::task::{self, Failure, Reporter, TaskRef};
 use crate::multicast::receiver::{receive, ReceiveOptions};
 use crate::multicast::{Endpoint, MulticastError};
+use crate::proto::agent::MulticastJoin;
 use crate::store::export::{export, ExportOptions, ExportReport};
 use crate::store::source::{ChunkSource, HttpSource};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::proto::{TaskDone, TaskFailed, TaskProgress};
+use crate::proto::agent::{TaskDone, TaskFailed, TaskProgress};
 use crate::store::error::StoreError;
 
 /// The task the agent works on, and what proves it is this boot's (mac + nonce).

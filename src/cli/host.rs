@@ -1,13 +1,14 @@
 //! `bootcast host ...` and `bootcast group ...`: the hosts the server has seen, and groups of
 //! them (a room). They work on `--data DIR` directly, beside a running server.
 
+use super::open_db;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 
-use bootcast::db::{groups, hosts, tasks, Db};
+use bootcast::db::{groups, hosts, tasks};
 use bootcast::mac::Mac;
 
 use super::output::{utc, Output};
@@ -45,12 +46,6 @@ pub enum GroupCmd {
 }
 
 /// Opens (creating if needed) the database in `data`.
-pub fn open_db(data: &Path) -> Result<Db> {
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    Ok(Db::open(&bootcast::db::path(data))?)
-}
-
 pub fn parse_macs(macs: &[String]) -> Result<Vec<Mac>> {
     Ok(macs
         .iter()

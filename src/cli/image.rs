@@ -342,7 +342,7 @@ fn post_deploy(
 ) -> Result<ExitCode> {
     use bootcast::db::images;
     bootcast::store::catalog::validate_name(name)?;
-    let db = super::host::open_db(data)?;
+    let db = super::open_db(data)?;
     let c = db.lock();
     let mut pd = images::post_deploy(&c, name)?;
     if let Some(h) = hostname {

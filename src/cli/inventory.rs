@@ -12,7 +12,7 @@ use bootcast::db::{events, hosts, inventories};
 use bootcast::inventory::glpi;
 use bootcast::mac::Mac;
 
-use super::host::open_db;
+use super::open_db;
 use super::output::{utc, Output};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -108,3 +108,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),
     }
 }
+
+/// The data directory's database, the directory created if it does not exist yet.
+pub fn open_db(data: &std::path::Path) -> anyhow::Result<bootcast::db::Db> {
+    use anyhow::Context;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    Ok(bootcast::db::Db::open(&bootcast::db::path(data))?)
+}

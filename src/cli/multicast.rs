@@ -13,7 +13,7 @@ use clap::Subcommand;
 use bootcast::multicast::receiver::{receive, ReceiveOptions};
 use bootcast::multicast::sender::{send, SendOptions};
 use bootcast::multicast::{proto, Endpoint};
-use bootcast::push::rate::parse_rate;
+use bootcast::rate::parse_rate;
 use bootcast::store::Store;
 
 use super::output::Output;
@@ -96,7 +96,7 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     let say = |line: &str| eprintln!("bootcast-multicast: {line}");
     match cmd {
         MulticastCmd::Sessions { limit } => {
-            let db = super::host::open_db(data)?;
+            let db = super::open_db(data)?;
             let list = bootcast::db::sessions::list(&db.lock(), limit)?;
             out.emit(&serde_json::json!({ "sessions": list }), || {
                 if list.is_empty() {
@@ -125,7 +125,7 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                             s.group.as_deref().unwrap_or("-"),
                             s.receivers,
                             s.wait_secs,
-                            bootcast::push::rate::format_rate(s.max_rate),
+                            bootcast::rate::format_rate(s.max_rate),
                             s.runs
                         )
                     })

@@ -11,12 +11,12 @@ use clap::Subcommand;
 use bootcast::db::pushes::{self, PushStatus};
 use bootcast::db::sites;
 use bootcast::push::plan;
-use bootcast::push::rate::{format_rate, parse_rate};
 use bootcast::push::status::{site_status, SiteStatus};
 use bootcast::push::window::Windows;
+use bootcast::rate::{format_rate, parse_rate};
 use bootcast::store::Store;
 
-use super::host::open_db;
+use super::open_db;
 use super::output::{bytes, utc, Output};
 
 #[derive(Subcommand, Debug)]

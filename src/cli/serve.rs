@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use bootcast::config::{interface_ipv4, RawConfig};
+use bootcast::config::RawConfig;
+use bootcast::netif::interface_ipv4;
 use bootcast::server::Server;
 
 use super::output::Output;

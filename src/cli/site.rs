@@ -9,10 +9,10 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use bootcast::db::sites::{self, Incomplete, SiteSettings};
-use bootcast::push::rate::{format_rate, parse_rate};
 use bootcast::push::window::Windows;
+use bootcast::rate::{format_rate, parse_rate};
 
-use super::host::open_db;
+use super::open_db;
 use super::output::{utc, Output};
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use bootcast::db::{tasks, Task, TaskKind};
 use bootcast::mac::Mac;
 use bootcast::schedule::{self, CancelTarget, MulticastRequest, TaskRequest};
 
-use super::host::open_db;
+use super::open_db;
 use super::output::{bytes, utc, Output};
 
 #[derive(Subcommand, Debug)]

@@ -4,8 +4,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{DbError, QueryContext};
-use crate::agent::proto::Firmware;
 use crate::mac::Mac;
+use crate::proto::agent::Firmware;
 
 /// A machine known by the MAC it network-boots from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{DbError, QueryContext};
-use crate::relay::proto::{PushOrder, VersionRef};
+use crate::proto::relay::{PushOrder, VersionRef};
 
 /// What staff made of a push. A push whose every site is done shows as `done`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -378,7 +378,7 @@ mod tests {
     use super::*;
     use crate::db::sites::{self, Incomplete, SiteSettings};
     use crate::db::Db;
-    use crate::relay::proto::{Heartbeat, PushProgress, PushState};
+    use crate::proto::relay::{Heartbeat, PushProgress, PushState};
 
     fn settings() -> SiteSettings {
         SiteSettings {

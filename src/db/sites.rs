@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{DbError, QueryContext};
-use crate::relay::proto::{Heartbeat, VersionRef};
+use crate::proto::relay::{Heartbeat, VersionRef};
 
 /// What to do with a reimage task whose version is not complete on the site's relay yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

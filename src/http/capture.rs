@@ -1,5 +1,5 @@
 //! The agent's capture endpoints: a host's disk becomes a new image version in this server's
-//! store (wire format in [`crate::agent::proto`]).
+//! store (wire format in [`crate::proto::agent`]).
 //!
 //! | route | answer |
 //! |---|---|
@@ -33,12 +33,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::AppState;
-use crate::agent::proto::{
+use crate::db::{tasks, Task, TaskKind, TaskState};
+use crate::mac::Mac;
+use crate::proto::agent::{
     parse_frames, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded,
     HEADER_MAC, HEADER_NONCE, HEADER_TASK, MANIFEST_MAX_BYTES, MISSING_MAX_IDS, UPLOAD_MAX_BYTES,
 };
-use crate::db::{tasks, Task, TaskKind, TaskState};
-use crate::mac::Mac;
 use crate::store::session::Session;
 use crate::store::source::Decoder;
 use crate::store::{ChunkId, Manifest, Store, StoreError};
@@ -161,7 +161,7 @@ async fn caller(
                 format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
             ))
         }
-        Ok(Err(refused)) => return Err(refused.response(mac, peer, what)),
+        Ok(Err(refused)) => return Err(refused.error(mac, peer, what).into_response()),
         Err(e) => return Err(super::internal(e).into_response()),
     };
     if task.kind != TaskKind::Capture {
@@ -332,7 +332,7 @@ pub async fn missing(
     }
 }
 
-/// `POST /api/v1/agent/capture/chunks`: upload frames (format in [`crate::agent::proto`]).
+/// `POST /api/v1/agent/capture/chunks`: upload frames (format in [`crate::proto::agent`]).
 /// Every frame is decompressed and hashed first; one that does not match its id refuses the
 /// whole request (400 naming it) and nothing of it is stored. The rest are written, synced
 /// and published before the answer.

@@ -9,7 +9,7 @@
 //! | `POST /chunks/batch` | many frames in one response; format in [`crate::store::source`] |
 //! | `GET /metrics` | Prometheus text: bytes and chunks served, capture bytes received |
 //!
-//! On a site relay the service has a [`PullThrough`]: a chunk the relay's store lacks is
+//! On a site relay the service has a [`PullThrough`](crate::store::PullThrough): a chunk the relay's store lacks is
 //! fetched from upstream (verified, stored) before it is served, by the same handlers.
 //!
 //! **No token for manifests and chunks**: the agent in a boot environment holds no staff
@@ -34,7 +34,7 @@ use tower_http::services::ServeFile;
 
 use super::AppState;
 use crate::store::source::{BATCH_MAX_BYTES, BATCH_MAX_IDS, MISSING};
-use crate::store::{ChunkId, Store, StoreError};
+use crate::store::{ChunkId, PullThrough, Store, StoreError};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -48,14 +48,6 @@ pub struct ChunkService {
     pub captures: super::capture::Captures,
     /// On a relay: where chunks the store lacks come from.
     pull: Option<Arc<dyn PullThrough>>,
-}
-
-/// Where a relay's chunk service gets the chunks its store lacks (see
-/// [`crate::relay::pull`]).
-pub trait PullThrough: Send + Sync {
-    /// Brings every chunk of `ids` into the store (blocking); returns those the upstream
-    /// lacks too, or why they could not be had (the message names the chunk).
-    fn pull(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, String>;
 }
 
 /// Counters since start.

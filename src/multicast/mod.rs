@@ -46,7 +46,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// The interface's IPv4 address.
     pub fn local(&self) -> Result<Ipv4Addr, MulticastError> {
-        crate::config::interface_ipv4(&self.interface)
+        crate::netif::interface_ipv4(&self.interface)
             .map(|(ip, _)| ip)
             .ok_or_else(|| MulticastError::Interface(self.interface.clone()))
     }

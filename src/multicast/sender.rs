@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::proto::{self, ListedChunk, Message};
 use super::{is_timeout, Endpoint, MulticastError, Rng};
-use crate::push::rate::Bucket;
+use crate::rate::Bucket;
 use crate::store::manifest::Manifest;
 use crate::store::Store;
 

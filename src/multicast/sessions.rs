@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::sender::{send, SendOptions, SendReport};
 use super::{Endpoint, MulticastError};
-use crate::agent::proto::MulticastJoin;
+use crate::proto::agent::MulticastJoin;
 use crate::store::Store;
 
 /// The group and port of session `id`.
@@ -150,7 +150,7 @@ pub fn offer(
     let std::net::IpAddr::V4(v4) = agent else {
         return refuse("the agent has no IPv4 address (multicast sessions are IPv4)".into());
     };
-    let Some(interface) = crate::config::interface_facing(v4) else {
+    let Some(interface) = crate::netif::interface_facing(v4) else {
         return refuse(format!("no local interface is on the subnet of {v4}"));
     };
     let Some(store) = store else {

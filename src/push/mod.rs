@@ -2,7 +2,6 @@
 //! transfer windows and under its bandwidth cap.
 //!
 //! - [`window`]: daily windows in a site's time zone (pure).
-//! - [`rate`]: rate parsing and the token bucket shared by a relay's connections (pure core).
 //! - [`plan`]: creating pushes (versions, sites) and running recurring ones (`--every`).
 //! - [`status`]: a push's status per site (ETA over windows, deadline warning).
 //! - [`clock`]: the scheduler's clock, injectable for tests.
@@ -10,7 +9,6 @@
 //!   missed, central egress (pure).
 pub mod clock;
 pub mod plan;
-pub mod rate;
 pub mod sim;
 pub mod status;
 pub mod window;

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::proto::{Heartbeat, HeartbeatReply, VersionRef};
 use super::Relay;
+use crate::proto::relay::{Heartbeat, HeartbeatReply, VersionRef};
 
 /// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {

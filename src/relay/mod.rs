@@ -7,7 +7,7 @@
 //! what it lacks from upstream, and passes boot scripts and the agent's reports upstream. A
 //! relay's upstream is the central server or another relay (relays chain).
 //!
-//! - [`proto`]: messages between a relay and the server above it.
+//! - [`crate::proto::relay`]: messages between a relay and the server above it.
 //! - [`upstream`]: the relay's link upstream: one HTTP source whose reads all go through one
 //!   token bucket, and the counters of what crossed it.
 //! - [`pull`]: pull-through: fetch, verify and store what a client asks for and the store
@@ -30,7 +30,6 @@
 pub mod evict;
 pub mod heartbeat;
 pub mod prestage;
-pub mod proto;
 pub mod proxy;
 pub mod pull;
 pub mod routes;
@@ -43,11 +42,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::config::RelayConfig;
+use crate::proto::relay::{HeartbeatReply, PushOrder, PushProgress, PushState};
 use crate::push::clock::{Clock, FileClock, SystemClock};
 use crate::push::window::Windows;
 use crate::store::{Store, StoreError};
 use crate::time::Zone;
-use proto::{HeartbeatReply, PushOrder, PushProgress, PushState};
 
 /// Why a relay cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +253,7 @@ impl Relay {
                 reply
                     .schedule
                     .rate
-                    .map_or("none".to_string(), crate::push::rate::format_rate),
+                    .map_or("none".to_string(), crate::rate::format_rate),
                 reply.pushes.len()
             );
         }

@@ -39,9 +39,9 @@ use crate::push::window::Windows;
 use crate::store::{durable, ChunkId, Manifest, StoreError, VersionId};
 use crate::time::Zone;
 
-use super::proto::{PushOrder, PushState, VersionRef};
 use super::pull::{fetch_verified, FetchError};
 use super::Relay;
+use crate::proto::relay::{PushOrder, PushState, VersionRef};
 
 /// Upstream connections a push uses at once (each loses at most its chunk in flight to a
 /// kill).

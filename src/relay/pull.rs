@@ -19,8 +19,8 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::http::chunks::PullThrough;
 use crate::store::source::Decoder;
+use crate::store::PullThrough;
 use crate::store::{ChunkId, Store, StoreError};
 
 use super::upstream::Link;

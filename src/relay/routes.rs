@@ -29,10 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 
-use super::proto::{PushState, RELAY_TOKEN_HEADER};
 use super::{proxy, Relay};
 use crate::config::IncompletePolicy;
 use crate::http::{chunks, error, AppState};
+use crate::proto::relay::{PushState, RELAY_TOKEN_HEADER};
 use crate::store::Manifest;
 
 /// The relay's routes: the chunk service's handlers on `app`, the rest on `relay`.
@@ -301,7 +301,7 @@ async fn metrics(State((app, relay)): State<(AppState, Arc<Relay>)>) -> Response
             (
                 "bootcast_relay_push_bytes_done",
                 "Compressed bytes of the push's chunks the relay holds.",
-                (|p: &super::proto::PushProgress| p.bytes_done) as fn(&_) -> u64,
+                (|p: &crate::proto::relay::PushProgress| p.bytes_done) as fn(&_) -> u64,
             ),
             (
                 "bootcast_relay_push_bytes_total",

@@ -7,8 +7,8 @@
 //! Heartbeats, manifests, boot scripts and agent reports are small and not counted against
 //! the cap.
 //!
-//! Every request carries the relay's site token ([`super::proto::RELAY_TOKEN_HEADER`]) and
-//! URL ([`super::proto::RELAY_URL_HEADER`]), so the server above knows who pulls (and a relay
+//! Every request carries the relay's site token ([`crate::proto::relay::RELAY_TOKEN_HEADER`]) and
+//! URL ([`crate::proto::relay::RELAY_URL_HEADER`]), so the server above knows who pulls (and a relay
 //! above passes manifests through to a relay below whatever its own policy).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RelayConfig;
-use crate::push::rate::SharedBucket;
+use crate::rate::SharedBucket;
 use crate::store::source::{HttpSource, Throttle};
 use crate::store::StoreError;
 
-use super::proto::{RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
+use crate::proto::relay::{RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
 
 /// The relay's cap: one token bucket, or no cap.
 pub struct Limiter {
@@ -48,7 +48,7 @@ impl Limiter {
             }
             tracing::info!(
                 "upstream cap: {}",
-                rate.map_or("none".to_string(), crate::push::rate::format_rate)
+                rate.map_or("none".to_string(), crate::rate::format_rate)
             );
         }
     }

@@ -18,8 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use super::durable;
 use super::error::{IoContext, Result, StoreError};
+use super::gclock::{exclusive_gc_lock, restore_all_trash};
 use super::id::ChunkId;
-use super::session::{exclusive_gc_lock, temp_file_session};
+use super::session::temp_file_session;
 use super::Store;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -116,34 +117,6 @@ fn remove_dead_temp_files(store: &Store) -> Result<usize> {
         Ok(())
     })?;
     Ok(removed)
-}
-
-/// Moves every chunk in `trash/` back into place.
-pub(crate) fn restore_all_trash(store: &Store) -> Result<()> {
-    let trash = store.trash_dir();
-    let entries = match fs::read_dir(&trash) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).ctx("listing", trash),
-    };
-    for entry in entries {
-        let path = entry.ctx("listing", &trash)?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<ChunkId>().ok())
-        else {
-            continue;
-        };
-        let dest = store.chunk_path(&id);
-        fs::create_dir_all(dest.parent().unwrap()).ctx("creating", dest.parent().unwrap())?;
-        match fs::rename(&path, &dest) {
-            // Another commit restored it first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            other => other.ctx("restoring from trash", &path)?,
-        }
-    }
-    Ok(())
 }
 
 /// True when the process whose pid starts session id `sid` (`<pid>-<nanos>`) no longer exists.

@@ -20,6 +20,7 @@ pub mod durable;
 pub mod error;
 pub mod export;
 pub mod gc;
+mod gclock;
 pub mod id;
 pub mod ingest;
 pub mod manifest;
@@ -271,4 +272,13 @@ impl ChunkReader<'_> {
             .decode(id, compressed)
             .map_err(|reason| self.store.corrupt(*id, reason))
     }
+}
+
+/// Where a store gets the chunks it lacks when a client asks for them: a site relay's
+/// pull-through from upstream (`crate::relay::pull`); the chunk service calls it before
+/// serving.
+pub trait PullThrough: Send + Sync {
+    /// Brings every chunk of `ids` into the store (blocking); returns those the upstream
+    /// lacks too, or why they could not be had (the message names the chunk).
+    fn pull(&self, ids: &[ChunkId]) -> std::result::Result<Vec<ChunkId>, String>;
 }

@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::durable;
 use super::error::{IoContext, Result};
+use super::gclock::shared_gc_lock;
 use super::id::{ChunkId, VersionId};
 use super::manifest::Manifest;
 use super::Store;
@@ -122,7 +123,7 @@ impl Session {
         let _gc = shared_gc_lock(&self.store)?;
         // No gc runs now. One that failed or was killed may have left chunks in trash: put
         // them back, then make sure every chunk the manifest names is in place.
-        super::gc::restore_all_trash(&self.store)?;
+        super::gclock::restore_all_trash(&self.store)?;
         let mut sizes = std::collections::HashMap::new();
         for (_, id, _) in manifest.chunks() {
             if let std::collections::hash_map::Entry::Vacant(slot) = sizes.entry(id) {
@@ -181,29 +182,4 @@ pub(crate) fn temp_file_session(name: &str) -> Option<&str> {
     let rest = name.strip_prefix('.')?;
     let (sid, id) = rest.rsplit_once('.')?;
     (id.len() == 64).then_some(sid)
-}
-
-fn open_gc_lock(store: &Store) -> Result<File> {
-    let path = store.gc_lock_path();
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx("opening", path)
-}
-
-/// Held by a commit: waits for a running gc to finish.
-pub(crate) fn shared_gc_lock(store: &Store) -> Result<File> {
-    let f = open_gc_lock(store)?;
-    f.lock_shared()
-        .ctx("waiting for gc lock", store.gc_lock_path())?;
-    Ok(f)
-}
-
-/// Held by gc for its whole run.
-pub(crate) fn exclusive_gc_lock(store: &Store) -> Result<File> {
-    let f = open_gc_lock(store)?;
-    f.lock().ctx("waiting for gc lock", store.gc_lock_path())?;
-    Ok(f)
 }

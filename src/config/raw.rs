@@ -1,0 +1,122 @@
+//! The configuration file as written: every key optional, unknown keys refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The configuration file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub tftp: RawTftp,
+    #[serde(default)]
+    pub dhcp: RawDhcp,
+    #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub relay: RawRelay,
+    /// `[[hooks]]`: commands and webhooks on events ([`crate::hooks`]).
+    #[serde(default)]
+    pub hooks: Vec<crate::hooks::RawHook>,
+    #[serde(default)]
+    pub glpi: RawGlpi,
+}
+
+/// `[glpi]`: forward every inventory to a GLPI server (native inventory format).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlpi {
+    /// e.g. `http://glpi.example/front/inventory.php`
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    pub listen: Option<String>,
+    pub root: Option<PathBuf>,
+    pub max_transfers: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcp {
+    pub interface: Option<String>,
+    pub mode: Option<String>,
+    pub range: Option<String>,
+    pub netmask: Option<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub lease_secs: Option<u32>,
+    #[serde(default)]
+    pub boot_files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub after_register: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    pub upstream: Option<String>,
+    pub site: Option<String>,
+    pub token: Option<String>,
+    pub url: Option<String>,
+    pub quota: Option<String>,
+    pub incomplete: Option<String>,
+    /// Tests only (`--clock-file`): the scheduler's clock, see [`crate::push::clock::FileClock`].
+    #[serde(skip)]
+    pub clock_file: Option<PathBuf>,
+}
+
+impl RawRelay {
+    /// No relay setting at all (`bootcast serve`).
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_none()
+            && self.site.is_none()
+            && self.token.is_none()
+            && self.url.is_none()
+            && self.quota.is_none()
+            && self.incomplete.is_none()
+            && self.clock_file.is_none()
+    }
+}
+
+impl RawConfig {
+
+    /// Reads a TOML file; errors name the file and, for syntax errors, the line.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("cannot read config file {}: {e}", path.display())],
+        })?;
+        Self::from_toml(&text).map_err(|mut e| {
+            for p in &mut e.problems {
+                *p = format!("{}: {p}", path.display());
+            }
+            e
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![e.to_string().trim_end().replace('\n', "\n    ")],
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! `[relay]`: a site relay's validated settings and their checks.
+
+use std::path::PathBuf;
+
+use super::validate::parse_size;
+use super::*;
+
+/// A site relay's settings (`bootcast relay`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Base URL of the server above (the central server or another relay), no trailing `/`.
+    pub upstream: String,
+    pub site: String,
+    /// The site relay token.
+    pub token: String,
+    /// Base URL at which the site's machines reach this relay; `None`: from `advertise` or
+    /// the HTTP listen address, once bound.
+    pub url: Option<String>,
+    /// Compressed bytes of chunks the store may hold before eviction.
+    pub quota: Option<u64>,
+    pub incomplete: IncompletePolicy,
+    pub clock_file: Option<PathBuf>,
+}
+
+/// What a relay answers for a version it does not hold completely yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncompletePolicy {
+    /// 503: the version arrives with the push.
+    Wait,
+    /// Pull it through from upstream.
+    Upstream,
+}
+
+impl IncompletePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncompletePolicy::Wait => "wait",
+            IncompletePolicy::Upstream => "upstream",
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate_relay(&self, p: &mut dyn FnMut(String)) -> Option<RelayConfig> {
+        let r = &self.relay;
+        let http_url = |key: &str, v: &str, p: &mut dyn FnMut(String)| -> Option<String> {
+            let v = v.trim().trim_end_matches('/');
+            let rest = v
+                .strip_prefix("http://")
+                .or_else(|| v.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', ' ', '?', '#']) => {
+                    Some(v.to_string())
+                }
+                _ => {
+                    p(format!(
+                        "{key} = {v:?}: write the base URL, http://HOST:PORT (e.g. http://10.0.0.5:8080)"
+                    ));
+                    None
+                }
+            }
+        };
+        let upstream = match r.upstream.as_deref() {
+            Some(u) => http_url("relay.upstream (--upstream)", u, p),
+            None => {
+                p("relay.upstream (--upstream URL) is missing: the central server (or the relay above this one) as http://HOST:PORT".into());
+                None
+            }
+        };
+        let site = match r.site.as_deref() {
+            Some(s)
+                if !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                Some(s.to_string())
+            }
+            Some(s) => {
+                p(format!("relay.site (--site) = {s:?}: a site name is 1-64 characters from A-Z a-z 0-9 . _ -, as `bootcast site add` made it"));
+                None
+            }
+            None => {
+                p("relay.site (--site NAME) is missing: the site this relay serves (`bootcast site list` on the central server)".into());
+                None
+            }
+        };
+        let token = match r.token.as_deref() {
+            Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(t.to_string())
+            }
+            Some(_) => {
+                p("relay.token (--token): the site relay token is printable ASCII without spaces; `bootcast site token NAME` on the central server shows it".into());
+                None
+            }
+            None => {
+                p("relay.token (--token TOKEN or BOOTCAST_RELAY_TOKEN) is missing: `bootcast site token NAME` on the central server shows it".into());
+                None
+            }
+        };
+        let url = r
+            .url
+            .as_deref()
+            .map(|u| http_url("relay.url (--url)", u, p));
+        let quota = r.quota.as_deref().map(|q| match parse_size(q) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                p(format!("relay.quota (--quota): {e}"));
+                None
+            }
+        });
+        let incomplete = match r.incomplete.as_deref() {
+            None | Some("wait") => IncompletePolicy::Wait,
+            Some("upstream") => IncompletePolicy::Upstream,
+            Some(other) => {
+                p(format!("relay.incomplete (--incomplete) = {other:?}: use \"wait\" (clients get 503 until the push brings the version) or \"upstream\" (pull it through)"));
+                IncompletePolicy::Wait
+            }
+        };
+        Some(RelayConfig {
+            upstream: upstream?,
+            site: site?,
+            token: token?,
+            url: match url {
+                Some(u) => Some(u?),
+                None => None,
+            },
+            quota: match quota {
+                Some(q) => Some(q?),
+                None => None,
+            },
+            incomplete,
+            clock_file: r.clock_file.clone(),
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! [`RawConfig::validate`]: every value checked once, one problem per mistake.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::*;
+
+impl RawConfig {
+    /// Checks everything; `iface_addr` looks up an interface's IPv4 address and netmask
+    /// (injected so tests need no real interfaces).
+    pub fn validate(
+        &self,
+        iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut p = |s: String| problems.push(s);
+
+        let http = parse_socket(
+            "http.listen (--http)",
+            self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP),
+            &mut p,
+        );
+        let tftp_text = self.tftp.listen.as_deref().unwrap_or(DEFAULT_TFTP);
+        let tftp_enabled = tftp_text != "off";
+        let tftp_listen = parse_socket(
+            "tftp.listen (--tftp)",
+            if tftp_enabled {
+                tftp_text
+            } else {
+                DEFAULT_TFTP
+            },
+            &mut p,
+        );
+        if let Some(root) = &self.tftp.root {
+            if !root.is_dir() {
+                p(format!(
+                    "tftp.root (--tftp-root): {} is not a directory; create it or remove the setting",
+                    root.display()
+                ));
+            }
+        }
+        let max_transfers = self.tftp.max_transfers.unwrap_or(DEFAULT_MAX_TRANSFERS);
+        if max_transfers == 0 {
+            p("tftp.max_transfers must be at least 1".into());
+        }
+
+        let mut advertise = self
+            .advertise
+            .as_deref()
+            .and_then(|s| parse_ipv4("advertise (--advertise)", s, &mut p));
+
+        let after_register = match self.agent.after_register.as_deref() {
+            None | Some("reboot") => AfterRegister::Reboot,
+            Some("poweroff") => AfterRegister::Poweroff,
+            Some(other) => {
+                p(format!(
+                    "agent.after_register = {other:?}: use \"reboot\" or \"poweroff\""
+                ));
+                AfterRegister::Reboot
+            }
+        };
+
+        let dhcp = self.validate_dhcp(iface_addr, &mut advertise, &mut p);
+        let relay = (!self.relay.is_empty())
+            .then(|| self.validate_relay(&mut p))
+            .flatten();
+
+        let hooks = crate::hooks::validate(&self.hooks, &mut p);
+        let glpi_url = match self.glpi.url.as_deref().map(str::trim) {
+            None => None,
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
+            Some(u) => {
+                p(format!("glpi.url = {u:?}: write the URL of GLPI's inventory endpoint, e.g. http://glpi.example/front/inventory.php"));
+                None
+            }
+        };
+
+        if problems.is_empty() {
+            Ok(Config {
+                advertise,
+                http: http.expect("checked"),
+                tftp: TftpConfig {
+                    enabled: tftp_enabled,
+                    listen: tftp_listen.expect("checked"),
+                    root: self.tftp.root.clone(),
+                    max_transfers,
+                },
+                dhcp,
+                after_register,
+                relay,
+                hooks,
+                glpi_url,
+            })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// Parses a size: `500G`, `1.5T`, `800M`, `64k` (powers of 1000), `2GiB`, `512MiB` (powers of
+/// 1024), a bare number of bytes; a trailing `B` is optional.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!("size {s:?} is not understood: write e.g. 500G, 1.5T, 800M (powers of 1000) or 512GiB (powers of 1024)")
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_socket(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p(format!(
+                "{key} = {s:?}: write ADDRESS:PORT, e.g. 0.0.0.0:8080 or [::]:8080"
+            ));
+            None
+        }
+    }
+}
+
+fn parse_ipv4(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<Ipv4Addr> {
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => {
+            Some(a)
+        }
+        Ok(_) => {
+            p(format!(
+                "{key} = {s:?}: need a unicast IPv4 address (PXE firmware speaks IPv4)"
+            ));
+            None
+        }
+        Err(_) => {
+            p(format!(
+                "{key} = {s:?} is not an IPv4 address, e.g. 10.99.0.1"
+            ));
+            None
+        }
+    }
+}
