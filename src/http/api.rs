@@ -6,19 +6,18 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::Json;
-
-use super::AppState;
-use crate::agent::proto::{Hello, HelloReply};
-use crate::config::AfterRegister;
 use rusqlite::Connection;
 use serde::Deserialize;
 
-use crate::agent::proto::{TaskAck, TaskDone, TaskFailed, TaskProgress};
+use super::error::{parse_mac, ApiError, ApiResult};
+use super::AppState;
+use crate::config::AfterRegister;
 use crate::db::images::{self, PostDeploy};
 use crate::db::{groups, hosts, tasks, DbError, TaskKind, TaskState};
 use crate::mac::Mac;
+use crate::proto::agent::{Hello, HelloReply, TaskAck, TaskDone, TaskFailed, TaskProgress};
 use crate::schedule::{self, CancelTarget, ScheduleError, TaskRequest};
 
 /// Why an agent request's nonce was refused.
@@ -28,18 +27,16 @@ pub struct NonceRefused {
 }
 
 impl NonceRefused {
-    pub(super) fn response(&self, mac: Mac, peer: SocketAddr, what: &str) -> Response {
+    pub(super) fn error(&self, mac: Mac, peer: SocketAddr, what: &str) -> ApiError {
         tracing::warn!(%mac, peer = %peer.ip(), "agent {what} refused: nonce missing or stale");
         let why = if self.known_boot {
             format!("this {what}'s bootcast.nonce does not match the last boot the server started for this MAC")
         } else {
             "the server started no boot-environment boot for this MAC".to_string()
         };
-        super::error(
-            StatusCode::FORBIDDEN,
-            format!("{why}; network-boot the machine through bootcast again"),
-        )
-        .into_response()
+        ApiError::forbidden(format!(
+            "{why}; network-boot the machine through bootcast again"
+        ))
     }
 }
 
@@ -71,20 +68,13 @@ pub async fn agent_hello(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     Json(hello): Json<Hello>,
-) -> Response {
-    let mac: Mac = match hello.mac.parse() {
-        Ok(m) => m,
-        Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
+) -> ApiResult {
+    let mac = parse_mac(&hello.mac)?;
     if !super::boot::valid_arch(&hello.arch) {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "arch {:?} is not an architecture name like x86_64",
-                hello.arch
-            ),
-        )
-        .into_response();
+        return Err(ApiError::bad_request(format!(
+            "arch {:?} is not an architecture name like x86_64",
+            hello.arch
+        )));
     }
     // through a site relay: the machine's own address from the relay's header
     let relayed = super::relay::Relayed::from_headers(&headers);
@@ -149,12 +139,8 @@ pub async fn agent_hello(
             };
             Ok(Ok((host, task, hostname, session)))
         })
-        .await;
-    let (host, task, hostname, session) = match res {
-        Ok(Ok(x)) => x,
-        Ok(Err(refused)) => return refused.response(mac, peer, "hello"),
-        Err(e) => return super::internal(e).into_response(),
-    };
+        .await?;
+    let (host, task, hostname, session) = res.map_err(|r| r.error(mac, peer, "hello"))?;
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
     }
@@ -185,15 +171,11 @@ pub async fn agent_hello(
                     let (id, reason) = (t.id, format!("the server's image store cannot be used: {e}; fix it, then create the capture task again"));
                     tracing::error!(%mac, task = id, "{reason}");
                     let now = crate::time::now_unix();
-                    if let Err(e) = st
-                        .db
+                    st.db
                         .call(move |c| {
                             tasks::set_state(c, mac, id, TaskState::Failed, Some(&reason), now)
                         })
-                        .await
-                    {
-                        return super::internal(e).into_response();
-                    }
+                        .await?;
                     idle
                 }
             }
@@ -229,7 +211,7 @@ pub async fn agent_hello(
         registered = %host.registered_at.map(crate::time::rfc3339).unwrap_or_default(),
         "agent hello; reply {reply:?}"
     );
-    Json(reply).into_response()
+    Ok(Json(reply).into_response())
 }
 
 /// The multicast session to join for a reimage task of session `sess`. Through a site relay
@@ -240,10 +222,10 @@ async fn offer_multicast(
     sess: crate::db::sessions::Session,
     relayed: bool,
     agent: std::net::IpAddr,
-) -> Option<crate::agent::proto::MulticastJoin> {
+) -> Option<crate::proto::agent::MulticastJoin> {
     use crate::multicast::sessions::Ensured;
     let (group, port) = crate::multicast::sessions::address(sess.id);
-    let join = crate::agent::proto::MulticastJoin {
+    let join = crate::proto::agent::MulticastJoin {
         session: sess.id,
         group,
         port,
@@ -289,19 +271,14 @@ async fn offer_multicast(
 }
 
 /// `GET /api/v1/hosts`: every host.
-pub async fn list_hosts(State(st): State<AppState>) -> Response {
-    match st.db.call(|c| hosts::list(c)).await {
-        Ok(h) => Json(serde_json::json!({ "hosts": h })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+pub async fn list_hosts(State(st): State<AppState>) -> ApiResult {
+    let h = st.db.call(|c| hosts::list(c)).await?;
+    Ok(Json(serde_json::json!({ "hosts": h })).into_response())
 }
 
 /// `GET /api/v1/hosts/{mac}`: one host with its recent boots and open task.
-pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Response {
-    let mac: Mac = match mac.parse() {
-        Ok(m) => m,
-        Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
+pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> ApiResult {
+    let mac = parse_mac(&mac)?;
     let res = st
         .db
         .call(move |c| {
@@ -311,15 +288,13 @@ pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Re
                 tasks::open_for(c, mac)?,
             ))
         })
-        .await;
+        .await?;
     match res {
-        Ok((Some(h), boots, task)) => {
-            Json(serde_json::json!({ "host": h, "boots": boots, "task": task })).into_response()
-        }
-        Ok((None, ..)) => {
-            super::error(StatusCode::NOT_FOUND, format!("no host {mac}")).into_response()
-        }
-        Err(e) => super::internal(e).into_response(),
+        (Some(h), boots, task) => Ok(Json(
+            serde_json::json!({ "host": h, "boots": boots, "task": task }),
+        )
+        .into_response()),
+        (None, ..) => Err(ApiError::not_found(format!("no host {mac}"))),
     }
 }
 
@@ -328,25 +303,18 @@ pub async fn set_host_name(
     State(st): State<AppState>,
     Path(mac): Path<String>,
     Json(body): Json<HostName>,
-) -> Response {
-    let mac: Mac = match mac.parse() {
-        Ok(m) => m,
-        Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
+) -> ApiResult {
+    let mac = parse_mac(&mac)?;
     let res = st
         .db
         .call(move |c| Ok(hosts::set_name(c, mac, body.name.as_deref())))
-        .await;
+        .await?;
     match res {
-        Ok(Ok(h)) => Json(serde_json::json!({ "host": h })).into_response(),
-        Ok(Err(hosts::NameError::Db(e))) | Err(e) => super::internal(e).into_response(),
-        Ok(Err(e @ hosts::NameError::NoHost(_))) => {
-            super::error(StatusCode::NOT_FOUND, e.to_string()).into_response()
-        }
-        Ok(Err(e @ hosts::NameError::Taken { .. })) => {
-            super::error(StatusCode::CONFLICT, e.to_string()).into_response()
-        }
-        Ok(Err(e)) => super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Ok(h) => Ok(Json(serde_json::json!({ "host": h })).into_response()),
+        Err(hosts::NameError::Db(e)) => Err(e.into()),
+        Err(e @ hosts::NameError::NoHost(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ hosts::NameError::Taken { .. }) => Err(ApiError::conflict(e.to_string())),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
     }
 }
 
@@ -356,12 +324,10 @@ pub struct HostName {
 }
 
 /// `GET /api/v1/images/{name}/post-deploy`: the image's post-deploy settings.
-pub async fn get_post_deploy(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+pub async fn get_post_deploy(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let n = name.clone();
-    match st.db.call(move |c| images::post_deploy(c, &n)).await {
-        Ok(pd) => Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+    let pd = st.db.call(move |c| images::post_deploy(c, &n)).await?;
+    Ok(Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response())
 }
 
 /// `PUT /api/v1/images/{name}/post-deploy` with `{"hostname": true|false}`.
@@ -369,19 +335,14 @@ pub async fn set_post_deploy(
     State(st): State<AppState>,
     Path(name): Path<String>,
     Json(pd): Json<PostDeploy>,
-) -> Response {
-    if let Err(e) = crate::store::catalog::validate_name(&name) {
-        return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response();
-    }
+) -> ApiResult {
+    crate::store::catalog::validate_name(&name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let n = name.clone();
-    match st
-        .db
+    st.db
         .call(move |c| images::set_post_deploy(c, &n, pd))
-        .await
-    {
-        Ok(()) => Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+        .await?;
+    Ok(Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response())
 }
 
 /// What an agent reports about its task.
@@ -389,10 +350,6 @@ enum Report {
     Progress(tasks::Progress),
     Done,
     Failed(String),
-}
-
-fn bad_request(msg: impl Into<String>) -> Response {
-    super::error(StatusCode::BAD_REQUEST, msg).into_response()
 }
 
 /// The shared path of the agent's task reports: nonce, then the task must be the caller's own
@@ -404,11 +361,8 @@ async fn agent_report(
     nonce: String,
     id: i64,
     report: Report,
-) -> Response {
-    let mac: Mac = match mac.parse() {
-        Ok(m) => m,
-        Err(e) => return bad_request(e.to_string()),
-    };
+) -> ApiResult {
+    let mac = parse_mac(mac)?;
     let what = match report {
         Report::Progress(_) => "progress",
         Report::Done => "done",
@@ -443,9 +397,9 @@ async fn agent_report(
             };
             Ok(Ok(updated.expect("open task of this host, checked in this call")))
         })
-        .await;
+        .await?;
     match res {
-        Ok(Ok(t)) => {
+        Ok(t) => {
             if closing {
                 // a capture's session (if any) protects its chunks no longer
                 st.chunks.captures.end(t.id);
@@ -469,18 +423,17 @@ async fn agent_report(
                 );
             }
             tracing::info!(%mac, task = t.id, state = t.state.as_str(), "agent {what}");
-            Json(TaskAck {
+            Ok(Json(TaskAck {
                 task: t.id,
                 state: t.state.as_str().to_string(),
             })
-            .into_response()
+            .into_response())
         }
-        Ok(Err(Err(refused))) => refused.response(mac, peer, what),
-        Ok(Err(Ok((status, msg)))) => {
+        Err(Err(refused)) => Err(refused.error(mac, peer, what)),
+        Err(Ok((status, msg))) => {
             tracing::warn!(%mac, task = id, "agent {what} refused: {msg}");
-            super::error(status, msg).into_response()
+            Err(ApiError::new(status, msg))
         }
-        Err(e) => super::internal(e).into_response(),
     }
 }
 
@@ -493,12 +446,12 @@ pub async fn agent_progress(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(p): Json<TaskProgress>,
-) -> Response {
+) -> ApiResult {
     if p.bytes_done > p.bytes_total {
-        return bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "bytes_done {} is more than bytes_total {}",
             p.bytes_done, p.bytes_total
-        ));
+        )));
     }
     let progress = (|| {
         Ok::<_, String>(tasks::Progress {
@@ -509,11 +462,17 @@ pub async fn agent_progress(
             eta: p.eta.map(|e| to_i64(e, "eta")).transpose()?,
             updated_at: 0,
         })
-    })();
-    match progress {
-        Ok(pr) => agent_report(st, peer, &p.mac, p.nonce, p.task, Report::Progress(pr)).await,
-        Err(msg) => bad_request(msg),
-    }
+    })()
+    .map_err(ApiError::bad_request)?;
+    agent_report(
+        st,
+        peer,
+        &p.mac,
+        p.nonce,
+        p.task,
+        Report::Progress(progress),
+    )
+    .await
 }
 
 /// `POST /api/v1/agent/done`: `{mac, nonce, task}`.
@@ -521,7 +480,7 @@ pub async fn agent_done(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(d): Json<TaskDone>,
-) -> Response {
+) -> ApiResult {
     agent_report(st, peer, &d.mac, d.nonce, d.task, Report::Done).await
 }
 
@@ -530,7 +489,7 @@ pub async fn agent_failed(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(f): Json<TaskFailed>,
-) -> Response {
+) -> ApiResult {
     let reason: String = f
         .reason
         .trim()
@@ -538,17 +497,22 @@ pub async fn agent_failed(
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if reason.is_empty() || reason.chars().count() > 2000 {
-        return bad_request("reason must say what went wrong, in 1 to 2000 characters");
+        return Err(ApiError::bad_request(
+            "reason must say what went wrong, in 1 to 2000 characters",
+        ));
     }
     agent_report(st, peer, &f.mac, f.nonce, f.task, Report::Failed(reason)).await
 }
 
-fn schedule_error(e: ScheduleError) -> Response {
-    if let ScheduleError::Db(e) = e {
-        return super::internal(e).into_response();
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> ApiError {
+        if let ScheduleError::Db(e) = e {
+            return e.into();
+        }
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.to_string())
     }
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    super::error(status, e.to_string()).into_response()
 }
 
 /// `GET /api/v1/tasks?host=MAC&all=true` query.
@@ -564,57 +528,40 @@ pub struct TaskQuery {
 pub async fn list_tasks(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
-) -> Response {
-    let mac = match q.host.as_deref().map(str::parse::<Mac>).transpose() {
-        Ok(m) => m,
-        Err(e) => return bad_request(e.to_string()),
-    };
-    match st.db.call(move |c| tasks::list(c, mac, q.all)).await {
-        Ok(t) => Json(serde_json::json!({ "tasks": t })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+) -> ApiResult {
+    let mac = q.host.as_deref().map(parse_mac).transpose()?;
+    let t = st.db.call(move |c| tasks::list(c, mac, q.all)).await?;
+    Ok(Json(serde_json::json!({ "tasks": t })).into_response())
 }
 
 /// `POST /api/v1/tasks` with a [`TaskRequest`]: 201 `{"tasks": [...]}` (one per host).
-pub async fn create_tasks(State(st): State<AppState>, Json(req): Json<TaskRequest>) -> Response {
+pub async fn create_tasks(State(st): State<AppState>, Json(req): Json<TaskRequest>) -> ApiResult {
     let data = st.data.clone();
     let now = crate::time::now_unix();
-    match st
+    let t = st
         .db
         .call(move |c| Ok(schedule::create(c, &data, &req, now)))
-        .await
-    {
-        Ok(Ok(t)) => {
-            tracing::info!(tasks = t.len(), "tasks created through the API");
-            (StatusCode::CREATED, Json(serde_json::json!({ "tasks": t }))).into_response()
-        }
-        Ok(Err(e)) => schedule_error(e),
-        Err(e) => super::internal(e).into_response(),
-    }
+        .await??;
+    tracing::info!(tasks = t.len(), "tasks created through the API");
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "tasks": t }))).into_response())
 }
 
 /// `DELETE /api/v1/tasks/{id}`: cancels an open task → `{"task": ...}`.
-pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Response {
+pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
     let now = crate::time::now_unix();
-    match st
+    let mut t = st
         .db
         .call(move |c| Ok(schedule::cancel(c, &CancelTarget::Id(id), now)))
-        .await
-    {
-        Ok(Ok(mut t)) if t.len() == 1 => {
-            st.chunks.captures.end(id);
-            Json(serde_json::json!({ "task": t.pop() })).into_response()
-        }
-        Ok(Ok(_)) => schedule_error(ScheduleError::NoTask(id)),
-        Ok(Err(e)) => schedule_error(e),
-        Err(e) => super::internal(e).into_response(),
+        .await??;
+    if t.len() != 1 {
+        return Err(ScheduleError::NoTask(id).into());
     }
+    st.chunks.captures.end(id);
+    Ok(Json(serde_json::json!({ "task": t.pop() })).into_response())
 }
 
 /// `GET /api/v1/groups`: every group with its hosts.
-pub async fn list_groups(State(st): State<AppState>) -> Response {
-    match st.db.call(|c| groups::list(c)).await {
-        Ok(g) => Json(serde_json::json!({ "groups": g })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+pub async fn list_groups(State(st): State<AppState>) -> ApiResult {
+    let g = st.db.call(|c| groups::list(c)).await?;
+    Ok(Json(serde_json::json!({ "groups": g })).into_response())
 }

@@ -6,9 +6,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, ApiResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -131,30 +132,31 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// Middleware: `Authorization: Bearer TOKEN` or 401.
 pub async fn require_token(
     State(token): State<std::sync::Arc<String>>,
     req: Request,
     next: Next,
-) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => super::error(
+) -> ApiResult {
+    match bearer(req.headers()) {
+        Some(t) if same(t.as_bytes(), token.as_bytes()) => Ok(next.run(req).await),
+        Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "wrong API token (see `bootcast token show` on the server)",
-        )
-        .into_response(),
-        None => super::error(
+        )),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this endpoint needs `Authorization: Bearer TOKEN` (see `bootcast token show` on the server)",
-        )
-        .into_response(),
+        )),
     }
 }
 

@@ -11,12 +11,13 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::error::{ApiError, ApiResult};
 use super::relay::{client_ip, Relayed};
 use super::AppState;
-use crate::agent::proto::Firmware;
 use crate::boot::ipxe::{self, BootScript};
 use crate::db::{hosts, tasks, TaskState};
 use crate::mac::Mac;
+use crate::proto::agent::Firmware;
 
 fn host_header(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::HOST).and_then(|v| v.to_str().ok())
@@ -61,16 +62,14 @@ pub async fn host_script(
     Query(q): Query<HashMap<String, String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Response {
+) -> ApiResult {
     let Some(mac) = file
         .strip_suffix(".ipxe")
         .and_then(|m| m.parse::<Mac>().ok())
     else {
-        return super::error(
-            StatusCode::NOT_FOUND,
-            format!("{file:?}: expected /boot/MAC.ipxe, e.g. /boot/52:54:00:12:34:56.ipxe"),
-        )
-        .into_response();
+        return Err(ApiError::not_found(format!(
+            "{file:?}: expected /boot/MAC.ipxe, e.g. /boot/52:54:00:12:34:56.ipxe"
+        )));
     };
     let firmware = match q.get("platform").map(String::as_str) {
         Some("efi") => Some(Firmware::Uefi),
@@ -84,16 +83,8 @@ pub async fn host_script(
     let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
     let bootenv_ready = matches!(bootenv, Ok(Some(_)));
-    let nonce = match crate::http::auth::random_hex(16) {
-        Ok(n) => n,
-        Err(e) => {
-            return super::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read random bytes: {e}"),
-            )
-            .into_response()
-        }
-    };
+    let nonce = super::auth::random_hex(16)
+        .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
     let now = crate::time::now_unix();
     let decided = st
         .db
@@ -168,12 +159,8 @@ pub async fn host_script(
             }
             Ok(plan)
         })
-        .await;
+        .await?;
     let plan = match decided {
-        Ok(p) => p,
-        Err(e) => return super::internal(e).into_response(),
-    };
-    let plan = match plan {
         BootScript::BootEnv { .. } if !bootenv_ready => {
             let why = match bootenv {
                 Err(e) => format!("the boot environment on the server is damaged ({e})"),
@@ -187,7 +174,7 @@ pub async fn host_script(
         p => p,
     };
     tracing::info!(%mac, firmware = ?firmware, peer = %peer.ip(), "boot script: {plan:?}");
-    script(plan.render(&base))
+    Ok(script(plan.render(&base)))
 }
 
 /// An architecture name as iPXE or `uname -m` print it.
@@ -200,50 +187,42 @@ pub async fn bootenv_file(
     State(st): State<AppState>,
     Path(file): Path<String>,
     req: Request,
-) -> Response {
+) -> ApiResult {
     if file != "vmlinuz" && file != "initrd.img" {
-        return super::error(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::not_found(
             "the boot environment has vmlinuz and initrd.img",
-        )
-        .into_response();
+        ));
     }
     match crate::bootenv::load(&st.data) {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return super::error(
-                StatusCode::NOT_FOUND,
+            return Err(ApiError::not_found(
                 "the boot environment is not built; run `bootcast bootenv build` on the server",
-            )
-            .into_response()
+            ))
         }
         Err(e) => {
-            return super::error(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                 "the boot environment is damaged ({e}); run `bootcast bootenv build` on the server"
             ),
-            )
-            .into_response()
+            ))
         }
     }
     let path = st.data.join("bootenv").join(&file);
     match ServeFile::new(path).oneshot(req).await {
-        Ok(r) => r.map(Body::new),
+        Ok(r) => Ok(r.map(Body::new)),
         Err(e) => match e {},
     }
 }
 
 /// `GET /ipxe/{name}`: the embedded iPXE binaries over HTTP (UEFI HTTP boot).
-pub async fn ipxe_binary(Path(file): Path<String>) -> Response {
-    match ipxe::find(&file) {
-        Some(b) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            b.bytes,
-        )
-            .into_response(),
-        None => {
-            super::error(StatusCode::NOT_FOUND, format!("no iPXE binary {file:?}")).into_response()
-        }
-    }
+pub async fn ipxe_binary(Path(file): Path<String>) -> ApiResult {
+    let b =
+        ipxe::find(&file).ok_or_else(|| ApiError::not_found(format!("no iPXE binary {file:?}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        b.bytes,
+    )
+        .into_response())
 }

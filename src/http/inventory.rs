@@ -7,19 +7,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::api::check_nonce;
+use super::error::{parse_mac, ApiError, ApiResult};
 use super::AppState;
-use crate::agent::proto::{InventoryAck, InventoryReport};
 use crate::db::{events, hosts, inventories, Db};
 use crate::hooks::EventKind;
 use crate::inventory::{diff, glpi};
-use crate::mac::Mac;
+use crate::proto::agent::{InventoryAck, InventoryReport};
 
 /// Largest inventory accepted (a machine with hundreds of PCI functions is ~200 KiB).
 pub const MAX_INVENTORY: usize = 4 << 20;
@@ -31,20 +30,13 @@ pub async fn agent_inventory(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(r): Json<InventoryReport>,
-) -> Response {
-    let mac: Mac = match r.mac.parse() {
-        Ok(m) => m,
-        Err(e) => return super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
+) -> ApiResult {
+    let mac = parse_mac(&r.mac)?;
     if r.inventory.mac != r.mac {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the inventory is of MAC {:?}, the report of {}: send the boot interface's inventory",
-                r.inventory.mac, r.mac
-            ),
-        )
-        .into_response();
+        return Err(ApiError::bad_request(format!(
+            "the inventory is of MAC {:?}, the report of {}: send the boot interface's inventory",
+            r.inventory.mac, r.mac
+        )));
     }
     let now = crate::time::now_unix();
     let glpi_url = st.glpi_url.clone();
@@ -64,12 +56,8 @@ pub async fn agent_inventory(
             }
             Ok(Ok((stored, changes)))
         })
-        .await;
-    let (stored, changes) = match res {
-        Ok(Ok(x)) => x,
-        Ok(Err(refused)) => return refused.response(mac, peer, "inventory"),
-        Err(e) => return super::internal(e).into_response(),
-    };
+        .await?;
+    let (stored, changes) = res.map_err(|r| r.error(mac, peer, "inventory"))?;
     let summary = serde_json::json!({
         "inventory": stored.id,
         "system": stored.inventory.system,
@@ -85,11 +73,11 @@ pub async fn agent_inventory(
             .emit(EventKind::InventoryChanged, Some(mac.to_string()), data);
     }
     tracing::info!(%mac, id = stored.id, changes = changes.len(), "inventory");
-    Json(InventoryAck {
+    Ok(Json(InventoryAck {
         id: stored.id,
         changes: changes.iter().map(|c| c.what.to_string()).collect(),
     })
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,49 +86,35 @@ pub struct FormatQuery {
     format: Option<String>,
 }
 
-fn parse_mac(s: &str) -> Result<Mac, Box<Response>> {
-    s.parse().map_err(|e: crate::mac::BadMac| {
-        Box::new(super::error(StatusCode::BAD_REQUEST, e.to_string()).into_response())
-    })
-}
-
 /// `GET /api/v1/hosts/{mac}/inventory[?format=json|glpi]`: the newest inventory.
 pub async fn host_inventory(
     State(st): State<AppState>,
     Path(mac): Path<String>,
     Query(q): Query<FormatQuery>,
-) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
+) -> ApiResult {
+    let mac = parse_mac(&mac)?;
     let glpi_form = match q.format.as_deref() {
         None | Some("json") => false,
         Some("glpi") => true,
         Some(f) => {
-            return super::error(
-                StatusCode::BAD_REQUEST,
-                format!("format={f}: use json or glpi"),
-            )
-            .into_response()
+            return Err(ApiError::bad_request(format!(
+                "format={f}: use json or glpi"
+            )))
         }
     };
     let res = st
         .db
         .call(move |c| Ok((inventories::latest(c, mac)?, hosts::get(c, mac)?)))
-        .await;
+        .await?;
     match res {
-        Ok((Some(s), host)) if glpi_form => {
+        (Some(s), host) if glpi_form => {
             let id = crate::inventory::glpi_device_id(host.and_then(|h| h.name).as_deref(), &mac);
-            Json(glpi::to_glpi(&s.inventory, &id)).into_response()
+            Ok(Json(glpi::to_glpi(&s.inventory, &id)).into_response())
         }
-        Ok((Some(s), _)) => Json(s).into_response(),
-        Ok((None, _)) => super::error(
-            StatusCode::NOT_FOUND,
-            format!("no inventory of {mac} yet: it reports one each time it network-boots into the bootcast environment"),
-        )
-        .into_response(),
-        Err(e) => super::internal(e).into_response(),
+        (Some(s), _) => Ok(Json(s).into_response()),
+        (None, _) => Err(ApiError::not_found(format!(
+            "no inventory of {mac} yet: it reports one each time it network-boots into the bootcast environment"
+        ))),
     }
 }
 
@@ -148,19 +122,13 @@ pub async fn host_inventory(
 pub async fn host_inventory_history(
     State(st): State<AppState>,
     Path(mac): Path<String>,
-) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
-    match st
+) -> ApiResult {
+    let mac = parse_mac(&mac)?;
+    let list = st
         .db
         .call(move |c| inventories::history(c, mac, 1000))
-        .await
-    {
-        Ok(list) => Json(serde_json::json!({ "inventories": list })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+        .await?;
+    Ok(Json(serde_json::json!({ "inventories": list })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,38 +142,31 @@ pub struct EventQuery {
 }
 
 /// `GET /api/v1/events[?host=MAC][&kind=K][&limit=N]`: newest first.
-pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>) -> Response {
-    let host = match q.host.as_deref().map(parse_mac).transpose() {
-        Ok(m) => m.map(|m| m.to_string()),
-        Err(r) => return *r,
-    };
+pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>) -> ApiResult {
+    let host = q
+        .host
+        .as_deref()
+        .map(parse_mac)
+        .transpose()?
+        .map(|m| m.to_string());
     if let Some(k) = q.kind.as_deref().filter(|k| EventKind::parse(k).is_none()) {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "kind={k}: use one of {}",
-                EventKind::ALL.map(|k| k.as_str()).join(", ")
-            ),
-        )
-        .into_response();
+        return Err(ApiError::bad_request(format!(
+            "kind={k}: use one of {}",
+            EventKind::ALL.map(|k| k.as_str()).join(", ")
+        )));
     }
     let limit = q.limit.unwrap_or(100).min(10_000);
-    match st
+    let list = st
         .db
         .call(move |c| events::list(c, host.as_deref(), q.kind.as_deref(), limit))
-        .await
-    {
-        Ok(list) => Json(serde_json::json!({ "events": list })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+        .await?;
+    Ok(Json(serde_json::json!({ "events": list })).into_response())
 }
 
 /// `GET /api/v1/hooks/runs`: the newest hook runs.
-pub async fn hook_runs(State(st): State<AppState>) -> Response {
-    match st.db.call(|c| events::runs(c, 1000)).await {
-        Ok(list) => Json(serde_json::json!({ "runs": list })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+pub async fn hook_runs(State(st): State<AppState>) -> ApiResult {
+    let list = st.db.call(|c| events::runs(c, 1000)).await?;
+    Ok(Json(serde_json::json!({ "runs": list })).into_response())
 }
 
 /// Seconds before attempt `attempts + 1` after a failure: 30 s doubling, at most an hour.

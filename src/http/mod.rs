@@ -25,6 +25,7 @@ pub mod auth;
 pub mod boot;
 pub mod capture;
 pub mod chunks;
+pub mod error;
 pub mod inventory;
 pub mod relay;
 
@@ -63,11 +64,17 @@ pub struct AppState {
 impl AppState {
     /// The server's base URL as this client should use it.
     pub fn base_url(&self, host_header: Option<&str>) -> String {
-        match (self.advertise, host_header) {
-            (Some(ip), _) => format!("http://{}", SocketAddr::from((ip, self.http_port))),
-            (None, Some(h)) if valid_host(h) => format!("http://{h}"),
-            (None, _) => format!("http://127.0.0.1:{}", self.http_port),
-        }
+        base_url(self.advertise, self.http_port, host_header)
+    }
+}
+
+/// The base URL PCs use: the advertised address, else the `Host` a request came with, else
+/// loopback.
+pub fn base_url(advertise: Option<Ipv4Addr>, port: u16, host_header: Option<&str>) -> String {
+    match (advertise, host_header) {
+        (Some(ip), _) => format!("http://{}", SocketAddr::from((ip, port))),
+        (None, Some(h)) if valid_host(h) => format!("http://{h}"),
+        (None, _) => format!("http://127.0.0.1:{port}"),
     }
 }
 

@@ -5,14 +5,16 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use rusqlite::Connection;
 
+use super::auth::bearer;
+use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::db::{pushes, sites, DbError};
-use crate::relay::proto::{
+use crate::proto::relay::{
     Heartbeat, HeartbeatReply, SiteSchedule, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER,
     RELAY_URL_HEADER,
 };
@@ -20,26 +22,17 @@ use crate::relay::proto::{
 /// Seconds between a relay's heartbeats.
 pub const HEARTBEAT_INTERVAL: u64 = 5;
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
 /// `POST /api/v1/relay/heartbeat` with `Authorization: Bearer <site relay token>`.
 pub async fn heartbeat(
     State(st): State<AppState>,
     headers: HeaderMap,
     Json(hb): Json<Heartbeat>,
-) -> Response {
+) -> ApiResult {
     let Some(token) = bearer(&headers).map(str::to_string) else {
-        return super::error(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site token NAME` on the central server)",
-        )
-        .into_response();
+        ));
     };
     let now = crate::time::now_unix();
     let res = st
@@ -85,21 +78,16 @@ pub async fn heartbeat(
                 interval: HEARTBEAT_INTERVAL,
             })))
         })
-        .await;
-    match res {
-        Ok(Ok((newly_done, reply))) => {
-            for id in newly_done {
-                st.hooks.emit(
-                    crate::hooks::EventKind::PushDone,
-                    None,
-                    serde_json::json!({ "push": id }),
-                );
-            }
-            Json(reply).into_response()
-        }
-        Ok(Err((code, msg))) => super::error(code, msg).into_response(),
-        Err(e) => super::internal(e).into_response(),
+        .await?;
+    let (newly_done, reply) = res.map_err(|(code, msg)| ApiError::new(code, msg))?;
+    for id in newly_done {
+        st.hooks.emit(
+            crate::hooks::EventKind::PushDone,
+            None,
+            serde_json::json!({ "push": id }),
+        );
     }
+    Ok(Json(reply).into_response())
 }
 
 /// A request a site relay passes on for one of its machines, as the relay's headers say.
@@ -148,15 +136,13 @@ pub fn client_ip(relayed: Option<&Relayed>, peer: SocketAddr) -> IpAddr {
 }
 
 /// `GET /api/v1/sites` (staff): every site with its schedule and relay state.
-pub async fn list_sites(State(st): State<AppState>) -> Response {
-    match st.db.call(|c| sites::list(c)).await {
-        Ok(list) => Json(serde_json::json!({ "sites": list })).into_response(),
-        Err(e) => super::internal(e).into_response(),
-    }
+pub async fn list_sites(State(st): State<AppState>) -> ApiResult {
+    let list = st.db.call(|c| sites::list(c)).await?;
+    Ok(Json(serde_json::json!({ "sites": list })).into_response())
 }
 
 /// `GET /api/v1/pushes` (staff): open pushes with each site's status (as `push status`).
-pub async fn push_status(State(st): State<AppState>) -> Response {
+pub async fn push_status(State(st): State<AppState>) -> ApiResult {
     let now = crate::time::now_unix();
     let res = st
         .db
@@ -175,8 +161,8 @@ pub async fn push_status(State(st): State<AppState>) -> Response {
         })
         .await;
     match res {
-        Ok(list) => Json(serde_json::json!({ "pushes": list })).into_response(),
-        Err(e) => super::internal(e).into_response(),
+        Ok(list) => Ok(Json(serde_json::json!({ "pushes": list })).into_response()),
+        Err(e) => Err(e.into()),
     }
 }
 

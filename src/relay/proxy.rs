@@ -23,15 +23,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use super::proto::{FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
 use super::Relay;
-use crate::http::error;
+use crate::http::error::{ApiError, ApiResult};
+use crate::proto::relay::{FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
 
 /// Largest request body passed upstream (a capture upload is at most 64 MiB).
 const MAX_BODY: usize = 65 << 20;
@@ -53,23 +53,16 @@ pub async fn forward(
     State(relay): State<Arc<Relay>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
-) -> Response {
+) -> ApiResult {
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
     let url = relay.link.url(path);
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body not read: {e}"),
-            )
-            .into_response()
-        }
-    };
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::too_large(format!("request body not read: {e}")))?;
     let from_relay = parts.uri.path().starts_with("/api/v1/relay/")
         || parts.headers.contains_key(RELAY_TOKEN_HEADER);
     let mut headers = HeaderMap::new();
@@ -98,20 +91,13 @@ pub async fn forward(
         .body(body)
         .send()
         .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("passing {} {path} upstream: {e}", parts.method);
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "the relay cannot reach its upstream {}: {e}",
-                    relay.link.base
-                ),
-            )
-            .into_response();
-        }
-    };
+    let resp = sent.map_err(|e| {
+        tracing::warn!("passing {} {path} upstream: {e}", parts.method);
+        ApiError::bad_gateway(format!(
+            "the relay cannot reach its upstream {}: {e}",
+            relay.link.base
+        ))
+    })?;
     let status = resp.status();
     let mut out = HeaderMap::new();
     for (name, value) in resp.headers() {
@@ -121,15 +107,15 @@ pub async fn forward(
         }
     }
     let hello = !from_relay && status.is_success() && parts.uri.path() == "/api/v1/agent/hello";
-    match resp.bytes().await {
-        Ok(b) if hello => (status, out, run_multicast(&relay, b, peer.ip()).await).into_response(),
-        Ok(b) => (status, out, b).into_response(),
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            format!("reading the answer of {url}: {e}"),
-        )
-        .into_response(),
-    }
+    let b = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::bad_gateway(format!("reading the answer of {url}: {e}")))?;
+    Ok(if hello {
+        (status, out, run_multicast(&relay, b, peer.ip()).await).into_response()
+    } else {
+        (status, out, b).into_response()
+    })
 }
 
 /// A hello reply on its way to an agent of this site: a reimage by room multicast runs here,
@@ -141,7 +127,7 @@ async fn run_multicast(
     body: axum::body::Bytes,
     agent: std::net::IpAddr,
 ) -> axum::body::Bytes {
-    use crate::agent::proto::HelloReply;
+    use crate::proto::agent::HelloReply;
     let Ok(HelloReply::Reimage {
         task,
         image,
@@ -213,14 +199,14 @@ pub async fn cached_file(
     State(relay): State<Arc<Relay>>,
     Path(file): Path<String>,
     req: Request,
-) -> Response {
+) -> ApiResult {
     let kind = if req.uri().path().starts_with("/bootenv/") {
         "bootenv"
     } else {
         "ipxe"
     };
     if !valid_file(&file) {
-        return error(StatusCode::NOT_FOUND, format!("no file {file:?}")).into_response();
+        return Err(ApiError::not_found(format!("no file {file:?}")));
     }
     let key = format!("{kind}/{file}");
     let path = relay.files.dir.join(kind).join(&file);
@@ -229,32 +215,30 @@ pub async fn cached_file(
     let guard = lock.lock().await;
     match refresh(&relay, &key, &path, &meta_path).await {
         Ok(()) => {}
-        Err(Refresh::Answer(status, msg)) => {
+        Err(Refresh::Answer(e)) => {
             let _ = tokio::fs::remove_file(&path).await;
             let _ = tokio::fs::remove_file(&meta_path).await;
-            return error(status, msg).into_response();
+            return Err(e);
         }
         Err(Refresh::Unreachable(e)) => {
             if tokio::fs::metadata(&path).await.is_err() {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the relay has no copy of /{key} and cannot reach its upstream: {e}"),
-                )
-                .into_response();
+                return Err(ApiError::bad_gateway(format!(
+                    "the relay has no copy of /{key} and cannot reach its upstream: {e}"
+                )));
             }
             tracing::warn!("/{key}: upstream unreachable ({e}); serving the cached copy");
         }
     }
     drop(guard);
     match ServeFile::new(path).oneshot(req).await {
-        Ok(r) => r.map(Body::new),
+        Ok(r) => Ok(r.map(Body::new)),
         Err(e) => match e {},
     }
 }
 
 enum Refresh {
     /// Upstream's answer to pass on (e.g. 404).
-    Answer(StatusCode, String),
+    Answer(ApiError),
     Unreachable(String),
 }
 
@@ -282,10 +266,10 @@ async fn refresh(
                 head.status()
             )));
         }
-        return Err(Refresh::Answer(
+        return Err(Refresh::Answer(ApiError::new(
             head.status(),
             format!("upstream has no /{key} ({})", head.status()),
-        ));
+        )));
     }
     let size = head
         .headers()
@@ -321,12 +305,8 @@ async fn refresh(
         )));
     }
     let dir = path.parent().expect("a cached file has a directory");
-    let io = |e: std::io::Error| {
-        Refresh::Answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("caching /{key}: {e}"),
-        )
-    };
+    let io =
+        |e: std::io::Error| Refresh::Answer(ApiError::internal(format!("caching /{key}: {e}")));
     tokio::fs::create_dir_all(dir).await.map_err(io)?;
     let tmp = dir.join(format!(
         ".{}.tmp",

@@ -261,12 +261,165 @@ impl Drop for Served {
     }
 }
 
-/// An HTTP request with curl: returns (status, body).
-pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
-    http_in(None, method, url, token, json)
+/// A server that a test talks to over HTTP: its base URL and staff token.
+pub trait Endpoint {
+    fn url(&self) -> &str;
+    fn token(&self) -> Option<&str>;
 }
 
-/// [`http`] from inside network namespace `ns`.
+impl Endpoint for Served {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+/// `bootcast serve` inside the test process, on a listener the test bound on 127.0.0.1 (no
+/// banner to parse, no child process): the real [`bootcast::server::Server`] with the
+/// configuration a TOML text gives, in a runtime thread of its own. Dropping it cancels the
+/// server and waits for its services to stop.
+pub struct InProcess {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The staff API token.
+    pub token: Option<String>,
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Endpoint for InProcess {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+impl InProcess {
+    /// HTTP only (TFTP off), over the lab's data directory.
+    pub fn start(lab: &Lab) -> InProcess {
+        InProcess::start_with(&lab.data(), "[tftp]\nlisten = \"off\"\n")
+    }
+
+    /// With the configuration file `toml` (its `[http] listen` is replaced by the test's
+    /// own listener on 127.0.0.1:0).
+    pub fn start_with(data: &Path, toml: &str) -> InProcess {
+        use bootcast::config::RawConfig;
+        let config = RawConfig::from_toml(toml)
+            .and_then(|r| r.validate(&bootcast::netif::interface_ipv4))
+            .unwrap_or_else(|e| panic!("test configuration: {e}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c, data) = (cancel.clone(), data.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let started = async {
+                    let sockets = bootcast::server::Sockets::from_std(listener, None)
+                        .map_err(|e| e.to_string())?;
+                    bootcast::server::Server::new(config, &data, sockets)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match started {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(server.token().to_string()));
+                        server.run(c).await.map_err(|e| e.to_string())
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.clone()));
+                        Err(e)
+                    }
+                }
+            })
+        });
+        let token = rx
+            .recv()
+            .expect("the server thread answers")
+            .unwrap_or_else(|e| panic!("the in-process server did not start: {e}"));
+        InProcess {
+            url,
+            token: Some(token).filter(|t| !t.is_empty()),
+            cancel,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server; its services' outcome.
+    pub fn stop(&mut self) -> Result<(), String> {
+        self.cancel.cancel();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err("the server thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// One HTTP request with reqwest: (status, response headers with lower-case names, body).
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, std::collections::BTreeMap<String, String>, Vec<u8>) {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()
+            .expect("reqwest client")
+    });
+    let mut req = client.request(method.parse().expect("an HTTP method"), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let head = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.bytes().expect("read the body").to_vec();
+    (status, head, body)
+}
+
+/// An HTTP request: returns (status, body).
+pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    if json.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let (code, _, body) = request(method, url, &headers, json.map(|j| j.as_bytes().to_vec()));
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// [`http`] from inside network namespace `ns` (curl run there), or from here.
 pub fn http_in(
     ns: Option<&str>,
     method: &str,
@@ -274,14 +427,11 @@ pub fn http_in(
     token: Option<&str>,
     json: Option<&str>,
 ) -> (u16, String) {
-    let mut c = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "curl"]);
-            c
-        }
-        None => Command::new("curl"),
+    let Some(ns) = ns else {
+        return http(method, url, token, json);
     };
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "curl"]);
     c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
     if let Some(t) = token {
         c.arg("-H").arg(format!("Authorization: Bearer {t}"));
@@ -415,10 +565,10 @@ pub fn debugfs_cat(fs: &str, file: &str) -> String {
 }
 
 /// The boot script the server gives `mac` (BIOS).
-pub fn boot_script(s: &Served, mac: &str) -> String {
+pub fn boot_script(s: &impl Endpoint, mac: &str) -> String {
     let (code, script) = http(
         "GET",
-        &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url),
+        &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url()),
         None,
         None,
     );
@@ -427,12 +577,12 @@ pub fn boot_script(s: &Served, mac: &str) -> String {
 }
 
 /// The host's first network boot and the agent's hello: `mac` is registered.
-pub fn register(s: &Served, mac: &str) {
+pub fn register(s: &impl Endpoint, mac: &str) {
     let script = boot_script(s, mac);
     let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
     let (code, body) = http(
         "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
+        &format!("{}/api/v1/agent/hello", s.url()),
         None,
         Some(&hello.to_string()),
     );
@@ -471,8 +621,8 @@ pub fn metric_in(ns: Option<&str>, url: &str, name: &str) -> Option<u64> {
 }
 
 /// A counter of the server's `/metrics` (it must be there).
-pub fn metric(s: &Served, name: &str) -> u64 {
-    metric_in(None, &s.url, name).unwrap_or_else(|| panic!("no {name} in {}/metrics", s.url))
+pub fn metric(s: &impl Endpoint, name: &str) -> u64 {
+    metric_in(None, s.url(), name).unwrap_or_else(|| panic!("no {name} in {}/metrics", s.url()))
 }
 
 /// Polls `cond` every 100 ms until it gives a value; panics naming `what` after `secs`.
@@ -492,7 +642,7 @@ pub fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -
 
 /// One boot of the agent for `mac`'s current task, with `disk` as its disk
 /// (`bootcast.disk=`); returns the agent's stdout+stderr.
-pub fn agent_boot(lab: &Lab, s: &Served, mac: &str, disk: &Path, tag: &str) -> String {
+pub fn agent_boot(lab: &Lab, s: &impl Endpoint, mac: &str, disk: &Path, tag: &str) -> String {
     let script = boot_script(s, mac);
     let task = task_of(&script);
     let root = lab.path(&format!("root-{tag}"));
@@ -501,7 +651,7 @@ pub fn agent_boot(lab: &Lab, s: &Served, mac: &str, disk: &Path, tag: &str) -> S
         mac,
         &format!(
             "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
-            s.url,
+            s.url(),
             nonce_of(&script),
             disk.display()
         ),
@@ -692,7 +842,7 @@ pub struct Agent {
 
 impl Agent {
     /// `agent boot` for the host's current task, reaching the server at `server`.
-    pub fn spawn(lab: &Lab, s: &Served, mac: &str, server: &str, target: &Path) -> Agent {
+    pub fn spawn(lab: &Lab, s: &impl Endpoint, mac: &str, server: &str, target: &Path) -> Agent {
         use std::io::BufRead;
         let script = boot_script(s, mac);
         let root = lab.path("root");
