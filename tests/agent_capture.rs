@@ -14,13 +14,13 @@ use serde_json::Value;
 use bootcast::store::{ChunkId, Manifest};
 use common::{
     agent_boot, boot_script, disk_like, fake_bootenv, http, metric, nonce_of, random_bytes,
-    register, say, task_of, Agent, Lab, Relay, Served,
+    register, request, say, task_of, Agent, InProcess, Lab, Relay,
 };
 
 const MAC: &str = "52:54:00:77:00:02";
 
-fn serve(lab: &Lab) -> Served {
-    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+fn serve(lab: &Lab) -> InProcess {
+    InProcess::start(lab)
 }
 
 fn task_state(lab: &Lab) -> Value {
@@ -148,23 +148,13 @@ fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed
         "{done}"
     );
     assert!(lab.export(&format!("master@{version2}"), "v2.out") == v2);
-    assert!(s.stop().success());
+    assert_eq!(s.stop(), Ok(()));
 }
 
 /// POSTs `body` to a capture endpoint with the given headers; returns (status, body).
-fn post(lab: &Lab, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let file = lab.path("body.bin");
-    std::fs::write(&file, body).unwrap();
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url]);
-    for (k, v) in headers {
-        c.arg("-H").arg(format!("{k}: {v}"));
-    }
-    c.arg("--data-binary").arg(format!("@{}", file.display()));
-    let out = c.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
-    (code.trim().parse().unwrap(), body.to_string())
+fn post(_lab: &Lab, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (code, _, body) = request("POST", url, headers, Some(body.to_vec()));
+    (code, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// One chunk as an upload frame: id, u32 BE length, zstd frame.
@@ -176,7 +166,7 @@ fn frame(id: &ChunkId, compressed: &[u8]) -> Vec<u8> {
 }
 
 /// A served lab with `MAC` registered and booted for a capture task: (server, task, nonce).
-fn booted_for_capture(lab: &Lab) -> (Served, String, String) {
+fn booted_for_capture(lab: &Lab) -> (InProcess, String, String) {
     fake_bootenv(lab);
     let s = serve(lab);
     register(&s, MAC);

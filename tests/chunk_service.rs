@@ -4,56 +4,31 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use bootcast::store::{ChunkId, Manifest, Store};
 use common::*;
 
-fn serve(lab: &Lab) -> Served {
-    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+fn serve(lab: &Lab) -> InProcess {
+    InProcess::start(lab)
 }
 
-/// One curl request: (status, response headers lower-cased, body bytes).
-fn curl(lab: &Lab, args: &[&str]) -> (u16, String, Vec<u8>) {
-    let (head, body) = (lab.path("curl.head"), lab.path("curl.body"));
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-D",
-            head.to_str().unwrap(),
-            "-o",
-            body.to_str().unwrap(),
-        ])
-        .args(["-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl (Debian package curl)");
-    let code = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("curl failed: {}", stderr(&out)));
-    let headers = std::fs::read_to_string(&head)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    (code, headers, std::fs::read(&body).unwrap_or_default())
+/// One GET: (status, response headers as `name: value` lines, body bytes).
+fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let (code, head, body) = request("GET", url, headers, None);
+    let head = head.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    (code, head, body)
 }
 
 /// `POST /chunks/batch` with these raw ids.
-fn batch(lab: &Lab, url: &str, ids: &[ChunkId]) -> (u16, String, Vec<u8>) {
+fn batch(url: &str, ids: &[ChunkId]) -> (u16, Vec<u8>) {
     let body: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
-    let file = lab.file("batch.req", &body);
-    curl(
-        lab,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("{url}/chunks/batch"),
-        ],
-    )
+    let (code, _, body) = request(
+        "POST",
+        &format!("{url}/chunks/batch"),
+        &[("content-type", "application/octet-stream")],
+        Some(body),
+    );
+    (code, body)
 }
 
 /// Splits a batch response into (id, Some(bytes) | None for missing).
@@ -103,10 +78,7 @@ fn manifest_chunk_and_batch_endpoints() {
 
     // manifest: by latest, prefix and full id; the bytes decode to that version
     for v in ["latest", &version[..12], &version] {
-        let (code, headers, body) = curl(
-            &server,
-            &[&format!("{url}/api/v1/images/disk/{v}/manifest")],
-        );
+        let (code, headers, body) = get(&format!("{url}/api/v1/images/disk/{v}/manifest"), &[]);
         assert_eq!(code, 200, "{v}: {}", String::from_utf8_lossy(&body));
         assert!(headers.contains(&format!("x-bootcast-version: {version}")));
         let (_, id) = Manifest::decode(&body).expect("a valid manifest");
@@ -141,7 +113,7 @@ fn manifest_chunk_and_batch_endpoints() {
     let ids: Vec<ChunkId> = manifest.chunks().map(|(_, id, _)| id).collect();
     let (a, b) = (ids[0], ids[1]);
     let stored_a = std::fs::read(store.chunk_path(&a)).unwrap();
-    let (code, headers, body) = curl(&server, &[&format!("{url}/chunks/{a}")]);
+    let (code, headers, body) = get(&format!("{url}/chunks/{a}"), &[]);
     assert_eq!(code, 200);
     assert_eq!(body, stored_a, "the stored zstd frame, not decompressed");
     assert!(headers.contains(&format!("etag: \"{a}\"")), "{headers}");
@@ -149,20 +121,11 @@ fn manifest_chunk_and_batch_endpoints() {
         headers.contains("cache-control: public, max-age=31536000, immutable"),
         "{headers}"
     );
-    let (code, headers, body) = curl(
-        &server,
-        &["-H", "Range: bytes=4-13", &format!("{url}/chunks/{a}")],
-    );
+    let (code, headers, body) = get(&format!("{url}/chunks/{a}"), &[("range", "bytes=4-13")]);
     assert_eq!(code, 206, "{headers}");
     assert_eq!(body, stored_a[4..14]);
-    let (code, _, _) = curl(
-        &server,
-        &[
-            "-H",
-            &format!("If-None-Match: \"{a}\""),
-            &format!("{url}/chunks/{a}"),
-        ],
-    );
+    let etag = format!("\"{a}\"");
+    let (code, _, _) = get(&format!("{url}/chunks/{a}"), &[("if-none-match", &etag)]);
     assert_eq!(code, 304);
     let missing = ChunkId::of(b"no such chunk");
     let (code, body) = http("GET", &format!("{url}/chunks/{missing}"), None, None);
@@ -173,7 +136,7 @@ fn manifest_chunk_and_batch_endpoints() {
     assert!(body.contains("64 hex digits"), "{body}");
 
     // batch: request order, a missing chunk in-band, the rest still served
-    let (code, _, body) = batch(&server, url, &[b, missing, a]);
+    let (code, body) = batch(url, &[b, missing, a]);
     assert_eq!(code, 200);
     let got = frames(&body);
     assert_eq!(got.len(), 3);
@@ -184,17 +147,14 @@ fn manifest_chunk_and_batch_endpoints() {
     assert_eq!(got[1], (missing, None));
     assert_eq!(got[2], (a, Some(stored_a.clone())));
     // malformed and oversized batches
-    let file = server.file("odd.req", &[0u8; 33]);
-    let (code, _, body) = curl(
-        &server,
-        &[
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("{url}/chunks/batch"),
-        ],
+    let (code, _, body) = request(
+        "POST",
+        &format!("{url}/chunks/batch"),
+        &[],
+        Some(vec![0u8; 33]),
     );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
-    let (code, _, body) = batch(&server, url, &vec![a; 4097]);
+    let (code, body) = batch(url, &vec![a; 4097]);
     assert_eq!(code, 413);
     assert!(String::from_utf8_lossy(&body).contains("4096"));
 

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use serde_json::{json, Value};
 
-use common::{boot_script, fake_bootenv, http, nonce_of, wait_for, Lab, Served};
+use common::{boot_script, fake_bootenv, http, nonce_of, wait_for, InProcess, Lab};
 
 /// One HTTP request as received: headers (lower-case names) and body.
 struct Request {
@@ -126,17 +126,8 @@ secret = "s3cret"
         )
         .as_bytes(),
     );
-    let server = Served::start(
-        lab.cmd(),
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--tftp",
-            "off",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let server = InProcess::start_with(&lab.data(), &format!("{toml}\n[tftp]\nlisten = \"off\"\n"));
     let mac = "52:54:00:99:08:01";
     let script = boot_script(&server, mac);
     let nonce = nonce_of(&script);

@@ -6,17 +6,17 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, nonce_of, Lab, Served};
+use common::{fake_bootenv, http, nonce_of, InProcess, Lab};
 
 const A: &str = "52:54:00:00:10:0a";
 const B: &str = "52:54:00:00:10:0b";
 
-fn serve(lab: &Lab) -> Served {
-    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+fn serve(lab: &Lab) -> InProcess {
+    InProcess::start(lab)
 }
 
 /// Fetches `mac`'s boot script.
-fn boot(s: &Served, mac: &str) -> String {
+fn boot(s: &InProcess, mac: &str) -> String {
     let (code, script) = http(
         "GET",
         &format!("{}/boot/{mac}.ipxe?platform=pcbios", s.url),
@@ -28,7 +28,7 @@ fn boot(s: &Served, mac: &str) -> String {
 }
 
 /// A first network boot and the agent's hello: `mac` is a registered host.
-fn register(s: &Served, mac: &str) {
+fn register(s: &InProcess, mac: &str) {
     let script = boot(s, mac);
     assert!(script.contains("registering"), "{script}");
     let hello = json!({
@@ -45,7 +45,7 @@ fn register(s: &Served, mac: &str) {
 }
 
 /// POSTs an agent report; returns (status, body as JSON).
-fn agent(s: &Served, what: &str, body: Value) -> (u16, Value) {
+fn agent(s: &InProcess, what: &str, body: Value) -> (u16, Value) {
     let (code, text) = http(
         "POST",
         &format!("{}/api/v1/agent/{what}", s.url),
@@ -58,7 +58,7 @@ fn agent(s: &Served, what: &str, body: Value) -> (u16, Value) {
     )
 }
 
-fn api(s: &Served, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+fn api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let (code, text) = http(
         method,
         &format!("{}{path}", s.url),

@@ -19,7 +19,7 @@ pub struct DhcpConfig {
 }
 
 impl RawConfig {
-    fn validate_dhcp(
+    pub(super) fn validate_dhcp(
         &self,
         iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
         advertise: &mut Option<Ipv4Addr>,

@@ -121,6 +121,7 @@ impl fmt::Display for ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::dhcp::DhcpMode;
 
     fn iface(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
         (name == "br0").then_some((Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(255, 255, 255, 0)))

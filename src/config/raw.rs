@@ -100,7 +100,6 @@ impl RawRelay {
 }
 
 impl RawConfig {
-
     /// Reads a TOML file; errors name the file and, for syntax errors, the line.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

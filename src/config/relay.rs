@@ -41,7 +41,7 @@ impl IncompletePolicy {
 }
 
 impl RawConfig {
-    fn validate_relay(&self, p: &mut dyn FnMut(String)) -> Option<RelayConfig> {
+    pub(super) fn validate_relay(&self, p: &mut dyn FnMut(String)) -> Option<RelayConfig> {
         let r = &self.relay;
         let http_url = |key: &str, v: &str, p: &mut dyn FnMut(String)| -> Option<String> {
             let v = v.trim().trim_end_matches('/');

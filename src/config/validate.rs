@@ -141,7 +141,7 @@ fn parse_socket(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<SocketA
     }
 }
 
-fn parse_ipv4(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<Ipv4Addr> {
+pub(super) fn parse_ipv4(key: &str, s: &str, p: &mut dyn FnMut(String)) -> Option<Ipv4Addr> {
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => {
             Some(a)
