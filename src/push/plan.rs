@@ -19,8 +19,12 @@ pub enum PlanError {
     NoSite(String),
     #[error("--sites names no site: give NAME,NAME or all")]
     EmptySites,
-    #[error("--every {0:?} is not a cron expression: give 5 fields, minute hour day-of-month month day-of-week, e.g. \"0 20 * * 1-5\" (weekdays at 20:00, server local time)")]
+    #[error("--every {0:?} is not a cron expression: give 5 fields, minute hour day-of-month month day-of-week, e.g. \"0 20 * * 1-5\" (weekdays at 20:00 in the rule's --tz)")]
     BadCron(String),
+    #[error("--tz {0:?} is not a time zone: give a tzdb name such as Europe/Paris (or UTC)")]
+    BadZone(String),
+    #[error("this server's time zone has no tzdb name (TZ is a rule or /etc/localtime is not a link into /usr/share/zoneinfo): give --tz, e.g. --tz Europe/Paris")]
+    NoZoneName,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -139,17 +143,46 @@ pub fn next_tick(every: &str, t: i64, zone: &Zone) -> Result<i64, PlanError> {
     Err(bad())
 }
 
-/// Runs the rules whose next tick after their last run has come (in `zone`): each makes a
-/// push when its images' versions differ from its last push's. Returns the pushes made.
+/// The zone a rule's ticks are read in: its own, or `server`'s for a rule made before rules
+/// had one; `None` if its zone is not in the tzdb here.
+pub fn rule_zone(rule: &Rule, server: &Zone) -> Option<Zone> {
+    match &rule.tz {
+        Some(name) => Zone::named(name),
+        None => Some(server.clone()),
+    }
+}
+
+/// The zone of a new rule and the name it is stored with (the tzdb's spelling): `tz`
+/// checked, else this server's zone.
+pub fn rule_tz(tz: Option<&str>) -> Result<(String, Zone), PlanError> {
+    let zone = match tz {
+        Some(name) => Zone::named(name).ok_or_else(|| PlanError::BadZone(name.into()))?,
+        None => Zone::local(),
+    };
+    let name = zone.name().ok_or(PlanError::NoZoneName)?.to_string();
+    Ok((name, zone))
+}
+
+/// Runs the rules whose next tick after their last run has come, each in its own zone (`server`
+/// for a rule without one): each makes a push when its images' versions differ from its last
+/// push's. Returns the pushes made.
 pub fn run_due_rules(
     conn: &mut Connection,
     store: &Store,
     now: i64,
-    zone: &Zone,
+    server: &Zone,
 ) -> Result<Vec<Push>, PlanError> {
     let mut made = Vec::new();
     for rule in pushes::rules(conn)? {
-        let Ok(tick) = next_tick(&rule.every, rule.last_run, zone) else {
+        let Some(zone) = rule_zone(&rule, server) else {
+            tracing::warn!(
+                rule = rule.id,
+                "recurring push: time zone {:?} is not in the tzdb here; the rule waits",
+                rule.tz
+            );
+            continue;
+        };
+        let Ok(tick) = next_tick(&rule.every, rule.last_run, &zone) else {
             continue;
         };
         if tick > now {
@@ -362,6 +395,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_has_its_own_zone() {
+        let (name, zone) = rule_tz(Some("europe/paris")).unwrap();
+        assert_eq!(
+            (name.as_str(), zone.name()),
+            ("Europe/Paris", Some("Europe/Paris"))
+        );
+        assert!(matches!(
+            rule_tz(Some("Paris")),
+            Err(PlanError::BadZone(z)) if z == "Paris"
+        ));
+        let e = PlanError::BadZone("Paris".into()).to_string();
+        assert!(e.contains("--tz") && e.contains("Europe/Paris"), "{e}");
+        let mut rule = Rule {
+            id: 1,
+            created_at: 0,
+            every: "0 20 * * *".into(),
+            tz: None,
+            images: vec![],
+            sites: vec![],
+            windows: None,
+            rate: None,
+            last_run: 0,
+            last_push: None,
+        };
+        let server = Zone::fixed(3600).unwrap();
+        assert_eq!(rule_zone(&rule, &server), Some(server.clone()));
+        rule.tz = Some("Europe/Paris".into());
+        assert_eq!(rule_zone(&rule, &server), Zone::named("Europe/Paris"));
+        rule.tz = Some("Nowhere/Atall".into());
+        assert_eq!(rule_zone(&rule, &server), None);
+    }
+
+    #[test]
     fn a_rule_pushes_only_new_versions() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(t.path(), Default::default(), false).unwrap();
@@ -393,6 +459,7 @@ mod tests {
             id: 0,
             created_at: noon,
             every: "0 20 * * *".into(),
+            tz: Some("UTC".into()),
             images: vec!["win11".into()],
             sites: vec!["all".into()],
             windows: None,
