@@ -63,14 +63,8 @@ struct Args {
 }
 
 fn load_zone(name: &str) -> anyhow::Result<Zone> {
-    let path = if name.starts_with('/') {
-        name.into()
-    } else {
-        std::path::Path::new("/usr/share/zoneinfo").join(name)
-    };
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("zone {name}: cannot read {} (tzdata)", path.display()))?;
-    Zone::parse(&bytes).with_context(|| format!("zone {name}: {} is not TZif", path.display()))
+    Zone::named(name)
+        .with_context(|| format!("zone {name}: not in the tzdb (a name such as Europe/Paris)"))
 }
 
 /// `YYYY-MM-DDTHH:MM[:SS]` local in `zone`, or RFC 3339 with an offset.
@@ -78,25 +72,20 @@ fn parse_start(s: &str, zone: &Zone) -> anyhow::Result<i64> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
-    let Some(local) = parse_rfc3339(&format!("{s}Z")) else {
-        bail!("--start {s:?}: write YYYY-MM-DDTHH:MM (local time in --zone) or RFC 3339");
-    };
-    // the offset in force at that local time (one refinement covers a DST change)
-    let guess = local - zone.offset_at(local);
-    Ok(local - zone.offset_at(guess))
+    match s
+        .trim()
+        .parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|dt| zone.unix(dt))
+    {
+        Some(t) => Ok(t),
+        None => bail!("--start {s:?}: write YYYY-MM-DDTHH:MM (local time in --zone) or RFC 3339"),
+    }
 }
 
 /// `Mon 2026-11-23 22:00` in `zone`.
 fn local(t: i64, zone: &Zone) -> String {
-    let l = t + zone.offset_at(t);
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    let s = rfc3339(l);
-    format!(
-        "{} {} {}",
-        DAYS[l.div_euclid(86_400).rem_euclid(7) as usize],
-        &s[..10],
-        &s[11..16]
-    )
+    zone.civil(t).strftime("%a %Y-%m-%d %H:%M").to_string()
 }
 
 fn utc_offset(zone: &Zone, t: i64) -> String {

@@ -238,6 +238,20 @@ fn sites_pushes_and_relay_heartbeats() {
         "push", "create", "--image", "win11", "--sites", "nord", "--every", "nightly",
     ]));
     assert!(e.contains("cron expression"), "{e}");
+    let e = common::stderr(&lab.run(&[
+        "push",
+        "create",
+        "--image",
+        "win11",
+        "--sites",
+        "nord",
+        "--every",
+        "0 20 * * *",
+        "--tz",
+        "Paris",
+    ]));
+    assert!(e.contains("--tz") && e.contains("Europe/Paris"), "{e}");
+    // its own zone, with the tzdb's spelling (DST through the year: unit-tested in push::plan)
     let p3 = lab.json(&[
         "push",
         "create",
@@ -247,9 +261,12 @@ fn sites_pushes_and_relay_heartbeats() {
         "nord",
         "--every",
         "0 20 * * *",
+        "--tz",
+        "europe/paris",
     ]);
     let rules = lab.json(&["push", "rules"]);
     assert_eq!(rules["rules"][0]["every"], "0 20 * * *");
+    assert_eq!(rules["rules"][0]["tz"], "Europe/Paris");
     assert_eq!(rules["rules"][0]["last_push"], p3["push"]["id"]);
     lab.json(&["push", "unschedule", &rules["rules"][0]["id"].to_string()]);
     assert!(lab.json(&["push", "rules"])["rules"]

@@ -39,10 +39,13 @@ pub enum PushCmd {
         /// cannot make it at its cap
         #[arg(long)]
         deadline: Option<String>,
-        /// Also again at every tick of this cron expression (server local time), e.g.
+        /// Also again at every tick of this cron expression (on the wall clock of --tz), e.g.
         /// "0 20 * * *": the newest versions of the images, when they changed
         #[arg(long, value_name = "CRON")]
         every: Option<String>,
+        /// The time zone of --every, a tzdb name (Europe/Paris); default: this server's
+        #[arg(long, value_name = "ZONE", requires = "every")]
+        tz: Option<String>,
     },
     /// Recurring pushes (`push create --every`)
     Rules,
@@ -75,6 +78,7 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             rate,
             deadline,
             every,
+            tz,
         } => {
             let windows = window
                 .map(|w| Windows::parse(&w).map(|w| w.to_string()))
@@ -97,10 +101,15 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 .map(str::to_string)
                 .collect();
             let store = Store::open(data).context("pushes need the image store on this server")?;
-            let zone = bootcast::time::Zone::local();
-            if let Some(e) = &every {
-                plan::next_tick(e, now, &zone)?;
-            }
+            // the rule's zone, checked with its expression before anything is made
+            let rule_tz = match &every {
+                Some(e) => {
+                    let (name, zone) = plan::rule_tz(tz.as_deref())?;
+                    plan::next_tick(e, now, &zone)?;
+                    Some((name, zone))
+                }
+                None => None,
+            };
             let p = plan::create(
                 &mut c,
                 &store,
@@ -120,6 +129,7 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                         id: 0,
                         created_at: now,
                         every: e.clone(),
+                        tz: rule_tz.as_ref().map(|(name, _)| name.clone()),
                         images,
                         sites: site_names,
                         windows,
@@ -130,10 +140,12 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 )?),
                 None => None,
             };
-            if let (Some(r), Some(e)) = (rule, &every) {
+            if let (Some(r), Some(e), Some((name, zone))) = (rule, &every, &rule_tz) {
+                let next = plan::next_tick(e, now, zone)?;
                 eprintln!(
-                    "recurring push {r}: again at {} (server local time) and each tick of {e:?} when the versions changed; `bootcast push unschedule {r}` stops it",
-                    utc(plan::next_tick(e, now, &zone)?)
+                    "recurring push {r}: again at {} ({} {name}) and each tick of {e:?} in {name} when the versions changed; `bootcast push unschedule {r}` stops it",
+                    utc(next),
+                    zone.wall_clock(next)
                 );
             }
             out.emit(&serde_json::json!({ "push": p }), || {
@@ -240,20 +252,21 @@ pub fn run(cmd: PushCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         }
         PushCmd::Rules => {
             let rules = pushes::rules(&c)?;
-            let zone = bootcast::time::Zone::local();
+            let server = bootcast::time::Zone::local();
             out.emit(&serde_json::json!({ "rules": rules }), || {
                 if rules.is_empty() {
                     return "no recurring pushes (push create --every CRON)".into();
                 }
                 let mut s = String::new();
                 for r in &rules {
+                    let next = plan::rule_zone(r, &server)
+                        .and_then(|z| plan::next_tick(&r.every, now.max(r.last_run), &z).ok());
                     s += &format!(
-                        "rule {:<4} every {:?}  next {}  images {}  sites {}  last push {}\n",
+                        "rule {:<4} every {:?}  tz {}  next {}  images {}  sites {}  last push {}\n",
                         r.id,
                         r.every,
-                        plan::next_tick(&r.every, now.max(r.last_run), &zone)
-                            .map(utc)
-                            .unwrap_or_else(|_| "?".into()),
+                        r.tz.as_deref().unwrap_or("(the server's)"),
+                        next.map(utc).unwrap_or_else(|| "?".into()),
                         r.images.join(","),
                         r.sites.join(","),
                         r.last_push.map_or("-".into(), |p| p.to_string())

@@ -246,6 +246,9 @@ pub const MIGRATIONS: &[&str] = &[
         next_at INTEGER NOT NULL,
         last_error TEXT
     );",
+    // 7: a recurring push's own time zone (a tzdb name); NULL for rules made before it, which
+    // keep the server's zone
+    "ALTER TABLE push_rules ADD COLUMN tz TEXT;",
 ];
 
 /// A handle to the database; cheap to clone.
@@ -390,5 +393,37 @@ mod tests {
         assert_eq!((t[0].image.as_deref(), t[0].not_before), (None, None));
         assert!(t[0].progress.is_none());
         assert!(groups::list(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rule_made_before_migration_7_keeps_the_servers_zone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v6.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 6).unwrap();
+            c.execute_batch(
+                "INSERT INTO push_rules (created_at, every, images, sites, last_run)
+                 VALUES (1, '0 20 * * *', '[\"win11\"]', '[\"all\"]', 1);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&p).unwrap();
+        let c = db.lock();
+        let r = pushes::rules(&c).unwrap();
+        assert_eq!(
+            (r[0].every.as_str(), r[0].tz.as_deref()),
+            ("0 20 * * *", None)
+        );
+        let mut rule = r[0].clone();
+        rule.tz = Some("Europe/Paris".into());
+        pushes::create_rule(&c, &rule).unwrap();
+        assert_eq!(
+            pushes::rules(&c).unwrap()[1].tz.as_deref(),
+            Some("Europe/Paris")
+        );
     }
 }

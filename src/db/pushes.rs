@@ -293,8 +293,11 @@ pub struct Rule {
     pub id: i64,
     #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub created_at: i64,
-    /// Cron expression (minute hour day-of-month month day-of-week), server local time.
+    /// Cron expression (minute hour day-of-month month day-of-week), on the wall clock of `tz`.
     pub every: String,
+    /// Its time zone, a tzdb name (`Europe/Paris`); `None` for a rule made before rules had
+    /// their own: it keeps the server's.
+    pub tz: Option<String>,
     /// Image specs (NAME follows the newest version; NAME@VERSION stays).
     pub images: Vec<String>,
     /// Site names, or `["all"]`.
@@ -308,8 +311,8 @@ pub struct Rule {
 
 pub fn create_rule(conn: &Connection, r: &Rule) -> Result<i64, DbError> {
     conn.execute(
-        "INSERT INTO push_rules (created_at, every, images, sites, windows, rate, last_run, last_push)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO push_rules (created_at, every, images, sites, windows, rate, last_run, last_push, tz)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             r.created_at,
             r.every,
@@ -318,7 +321,8 @@ pub fn create_rule(conn: &Connection, r: &Rule) -> Result<i64, DbError> {
             r.windows,
             r.rate.map(|v| v as i64),
             r.last_run,
-            r.last_push
+            r.last_push,
+            r.tz
         ],
     )
     .what("create push rule")?;
@@ -328,7 +332,7 @@ pub fn create_rule(conn: &Connection, r: &Rule) -> Result<i64, DbError> {
 pub fn rules(conn: &Connection) -> Result<Vec<Rule>, DbError> {
     let mut st = conn
         .prepare(
-            "SELECT id, created_at, every, images, sites, windows, rate, last_run, last_push
+            "SELECT id, created_at, every, images, sites, windows, rate, last_run, last_push, tz
              FROM push_rules ORDER BY id",
         )
         .what("list push rules")?;
@@ -346,6 +350,7 @@ pub fn rules(conn: &Connection) -> Result<Vec<Rule>, DbError> {
                 rate: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                 last_run: r.get(7)?,
                 last_push: r.get(8)?,
+                tz: r.get(9)?,
             })
         })
         .what("list push rules")?;

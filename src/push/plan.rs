@@ -3,7 +3,6 @@
 //! and the server's rule ticker share it.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 
 use rusqlite::Connection;
 
@@ -20,8 +19,12 @@ pub enum PlanError {
     NoSite(String),
     #[error("--sites names no site: give NAME,NAME or all")]
     EmptySites,
-    #[error("--every {0:?} is not a cron expression: give 5 fields, minute hour day-of-month month day-of-week, e.g. \"0 20 * * 1-5\" (weekdays at 20:00, server local time)")]
+    #[error("--every {0:?} is not a cron expression: give 5 fields, minute hour day-of-month month day-of-week, e.g. \"0 20 * * 1-5\" (weekdays at 20:00 in the rule's --tz)")]
     BadCron(String),
+    #[error("--tz {0:?} is not a time zone: give a tzdb name such as Europe/Paris (or UTC)")]
+    BadZone(String),
+    #[error("this server's time zone has no tzdb name (TZ is a rule or /etc/localtime is not a link into /usr/share/zoneinfo): give --tz, e.g. --tz Europe/Paris")]
+    NoZoneName,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -106,30 +109,80 @@ pub fn create(
     )?)
 }
 
-/// The next tick of cron `every` strictly after `t`, in `zone` (its offset at `t`).
+/// The next tick of cron `every` strictly after Unix time `t`, on the wall clock of `zone`:
+/// `0 20 * * *` is 20:00 there in winter and in summer. Where the clocks change, each
+/// matching wall-clock time is read as [`Zone::unix`] reads it and counts once: a time the
+/// clocks skip (02:30 when 02:00 becomes 03:00) runs at the instant it would have been with
+/// the offset before the change (the clocks show 03:30), and a time the clocks show twice
+/// (02:30 when 03:00 becomes 02:00) runs at its first occurrence only.
 pub fn next_tick(every: &str, t: i64, zone: &Zone) -> Result<i64, PlanError> {
-    let cron = croner::Cron::from_str(every).map_err(|_| PlanError::BadCron(every.into()))?;
-    let offset = chrono::FixedOffset::east_opt(zone.offset_at(t) as i32)
-        .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("0 is valid"));
-    let at = chrono::DateTime::from_timestamp(t, 0)
-        .ok_or_else(|| PlanError::BadCron(every.into()))?
-        .with_timezone(&offset);
-    cron.find_next_occurrence(&at, false)
-        .map(|n| n.timestamp())
-        .map_err(|_| PlanError::BadCron(every.into()))
+    let bad = || PlanError::BadCron(every.into());
+    if every.split_ascii_whitespace().count() != 5 {
+        return Err(bad());
+    }
+    // cronexpr walks the matching wall-clock times, read in UTC (no clock changes there, so
+    // each wall-clock minute comes exactly once); each is then placed in `zone`
+    let wall = cronexpr::parse_crontab(&format!("{every} UTC")).map_err(|_| bad())?;
+    let from = zone
+        .civil(t)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|_| bad())?
+        .timestamp();
+    let ticks = wall
+        .iter_after(cronexpr::MakeTimestamp(from))
+        .map_err(|_| bad())?;
+    // a wall-clock time that is not after `t` is skipped: when `t` is in an hour the clocks
+    // repeat, the times whose first occurrence has passed (a clock change repeats no more
+    // than a few hours of minutes: the bound)
+    for tick in ticks.take(24 * 60) {
+        let civil = tick.map_err(|_| bad())?.datetime();
+        if let Some(at) = zone.unix(civil).filter(|&at| at > t) {
+            return Ok(at);
+        }
+    }
+    Err(bad())
 }
 
-/// Runs the rules whose next tick after their last run has come: each makes a push when its
-/// images' versions differ from its last push's. Returns the pushes made.
+/// The zone a rule's ticks are read in: its own, or `server`'s for a rule made before rules
+/// had one; `None` if its zone is not in the tzdb here.
+pub fn rule_zone(rule: &Rule, server: &Zone) -> Option<Zone> {
+    match &rule.tz {
+        Some(name) => Zone::named(name),
+        None => Some(server.clone()),
+    }
+}
+
+/// The zone of a new rule and the name it is stored with (the tzdb's spelling): `tz`
+/// checked, else this server's zone.
+pub fn rule_tz(tz: Option<&str>) -> Result<(String, Zone), PlanError> {
+    let zone = match tz {
+        Some(name) => Zone::named(name).ok_or_else(|| PlanError::BadZone(name.into()))?,
+        None => Zone::local(),
+    };
+    let name = zone.name().ok_or(PlanError::NoZoneName)?.to_string();
+    Ok((name, zone))
+}
+
+/// Runs the rules whose next tick after their last run has come, each in its own zone (`server`
+/// for a rule without one): each makes a push when its images' versions differ from its last
+/// push's. Returns the pushes made.
 pub fn run_due_rules(
     conn: &mut Connection,
     store: &Store,
     now: i64,
-    zone: &Zone,
+    server: &Zone,
 ) -> Result<Vec<Push>, PlanError> {
     let mut made = Vec::new();
     for rule in pushes::rules(conn)? {
-        let Ok(tick) = next_tick(&rule.every, rule.last_run, zone) else {
+        let Some(zone) = rule_zone(&rule, server) else {
+            tracing::warn!(
+                rule = rule.id,
+                "recurring push: time zone {:?} is not in the tzdb here; the rule waits",
+                rule.tz
+            );
+            continue;
+        };
+        let Ok(tick) = next_tick(&rule.every, rule.last_run, &zone) else {
             continue;
         };
         if tick > now {
@@ -196,10 +249,182 @@ mod tests {
             next_tick("0 20 * * *", noon, &paris).unwrap(),
             noon + 7 * 3600
         );
+        for bad in [
+            "nightly",
+            "0 20 * *",
+            "0 20 * * * Europe/Paris",
+            "61 * * * *",
+            "",
+        ] {
+            assert!(
+                matches!(next_tick(bad, noon, &utc), Err(PlanError::BadCron(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    fn utc(s: &str) -> i64 {
+        crate::time::parse_rfc3339(s).unwrap()
+    }
+
+    /// The ticks of `every` in `zone` from `from` to `to` as the server's ticker runs them:
+    /// every 30 s it runs a rule whose next tick after its last run has come, and the run
+    /// becomes its last run.
+    fn ticker_runs(every: &str, zone: &Zone, from: &str, to: &str) -> Vec<String> {
+        let (mut now, to) = (utc(from), utc(to));
+        let (mut last_run, mut runs) = (now, Vec::new());
+        while now <= to {
+            if next_tick(every, last_run, zone).unwrap() <= now {
+                runs.push(crate::time::rfc3339(now));
+                last_run = now;
+            }
+            now += 30;
+        }
+        runs
+    }
+
+    /// Europe/Paris, 2027: on 28 March 02:00 CET (UTC+1) becomes 03:00 CEST (UTC+2), on 31
+    /// October 03:00 CEST becomes 02:00 CET.
+    #[test]
+    fn a_rule_keeps_its_local_time_across_dst_changes() {
+        let paris = Zone::named("Europe/Paris").unwrap();
+        let next = |t: &str| crate::time::rfc3339(next_tick("0 20 * * *", utc(t), &paris).unwrap());
+        // 20:00 local: 19:00Z the day before the clocks go forward, 18:00Z the day of it
+        assert_eq!(next("2027-03-27T12:00:00Z"), "2027-03-27T19:00:00Z");
+        assert_eq!(next("2027-03-27T19:00:00Z"), "2027-03-28T18:00:00Z");
+        assert_eq!(next("2027-03-28T18:00:00Z"), "2027-03-29T18:00:00Z");
+        // and back: 18:00Z the day before, 19:00Z the day the clocks go back
+        assert_eq!(next("2027-10-30T12:00:00Z"), "2027-10-30T18:00:00Z");
+        assert_eq!(next("2027-10-30T18:00:00Z"), "2027-10-31T19:00:00Z");
+        assert_eq!(next("2027-10-31T19:00:00Z"), "2027-11-01T19:00:00Z");
+        // the server's ticker fires them at those instants
+        assert_eq!(
+            ticker_runs(
+                "0 20 * * *",
+                &paris,
+                "2027-03-26T21:00:00Z",
+                "2027-03-29T12:00:00Z"
+            ),
+            ["2027-03-27T19:00:00Z", "2027-03-28T18:00:00Z"]
+        );
+        assert_eq!(
+            ticker_runs(
+                "0 20 * * *",
+                &paris,
+                "2027-10-29T21:00:00Z",
+                "2027-11-01T12:00:00Z"
+            ),
+            ["2027-10-30T18:00:00Z", "2027-10-31T19:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn a_rule_at_0230_runs_once_on_the_nights_the_clocks_change() {
+        let paris = Zone::named("Europe/Paris").unwrap();
+        // 28 March: 02:30 does not exist; it runs at 01:30Z (03:30 CEST, 02:30 read at
+        // UTC+1), once; the nights around it at 02:30 local
+        assert_eq!(
+            ticker_runs(
+                "30 2 * * *",
+                &paris,
+                "2027-03-26T12:00:00Z",
+                "2027-03-29T12:00:00Z"
+            ),
+            [
+                "2027-03-27T01:30:00Z",
+                "2027-03-28T01:30:00Z",
+                "2027-03-29T00:30:00Z"
+            ]
+        );
+        // 31 October: 02:30 comes twice, 00:30Z (CEST) and 01:30Z (CET); it runs at the
+        // first only
+        assert_eq!(
+            ticker_runs(
+                "30 2 * * *",
+                &paris,
+                "2027-10-29T12:00:00Z",
+                "2027-11-01T12:00:00Z"
+            ),
+            [
+                "2027-10-30T00:30:00Z",
+                "2027-10-31T00:30:00Z",
+                "2027-11-01T01:30:00Z"
+            ]
+        );
+        // from between the two 02:30s (a rule made then), the next is the next night's
+        assert_eq!(
+            next_tick("30 2 * * *", utc("2027-10-31T01:00:00Z"), &paris).unwrap(),
+            utc("2027-11-01T01:30:00Z")
+        );
+        // every 15 minutes through both changes: the skipped hour's ticks fall on the
+        // next hour's, and the repeated hour runs once; every instant at most once, in order
+        let spring = ticker_runs(
+            "*/15 * * * *",
+            &paris,
+            "2027-03-28T00:00:00Z",
+            "2027-03-28T02:00:00Z",
+        );
+        assert_eq!(
+            spring,
+            [
+                "2027-03-28T00:15:00Z",
+                "2027-03-28T00:30:00Z",
+                "2027-03-28T00:45:00Z",
+                "2027-03-28T01:00:00Z",
+                "2027-03-28T01:15:00Z",
+                "2027-03-28T01:30:00Z",
+                "2027-03-28T01:45:00Z",
+                "2027-03-28T02:00:00Z"
+            ]
+        );
+        let autumn = ticker_runs(
+            "0 * * * *",
+            &paris,
+            "2027-10-30T23:30:00Z",
+            "2027-10-31T03:30:00Z",
+        );
+        // 02:00 CEST, then 03:00 and 04:00 CET: the second 02:00 (CET, 01:00Z) does not run
+        assert_eq!(
+            autumn,
+            [
+                "2027-10-31T00:00:00Z",
+                "2027-10-31T02:00:00Z",
+                "2027-10-31T03:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rule_has_its_own_zone() {
+        let (name, zone) = rule_tz(Some("europe/paris")).unwrap();
+        assert_eq!(
+            (name.as_str(), zone.name()),
+            ("Europe/Paris", Some("Europe/Paris"))
+        );
         assert!(matches!(
-            next_tick("nightly", noon, &utc),
-            Err(PlanError::BadCron(_))
+            rule_tz(Some("Paris")),
+            Err(PlanError::BadZone(z)) if z == "Paris"
         ));
+        let e = PlanError::BadZone("Paris".into()).to_string();
+        assert!(e.contains("--tz") && e.contains("Europe/Paris"), "{e}");
+        let mut rule = Rule {
+            id: 1,
+            created_at: 0,
+            every: "0 20 * * *".into(),
+            tz: None,
+            images: vec![],
+            sites: vec![],
+            windows: None,
+            rate: None,
+            last_run: 0,
+            last_push: None,
+        };
+        let server = Zone::fixed(3600).unwrap();
+        assert_eq!(rule_zone(&rule, &server), Some(server.clone()));
+        rule.tz = Some("Europe/Paris".into());
+        assert_eq!(rule_zone(&rule, &server), Zone::named("Europe/Paris"));
+        rule.tz = Some("Nowhere/Atall".into());
+        assert_eq!(rule_zone(&rule, &server), None);
     }
 
     #[test]
@@ -234,6 +459,7 @@ mod tests {
             id: 0,
             created_at: noon,
             every: "0 20 * * *".into(),
+            tz: Some("UTC".into()),
             images: vec!["win11".into()],
             sites: vec!["all".into()],
             windows: None,

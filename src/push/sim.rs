@@ -805,26 +805,13 @@ mod tests {
     fn zones_shift_when_a_site_pulls() {
         // UTC+4 (a zone with one fixed offset): its night opens at 18:00 UTC
         let mut east = site("east", 1000, 1000 * 3600);
-        east.zone = Zone::parse(&fixed_zone(4 * 3600)).unwrap();
+        east.zone = Zone::fixed(4 * 3600).unwrap();
         let s = sim(u64::MAX, vec![east, site("utc", 1000, 1000 * 3600)]);
         let o = s.run();
         assert_eq!(o.sites[0].done_at, Some(at(19, 0)));
         assert_eq!(o.sites[1].done_at, Some(at(23, 0)));
         assert_eq!(o.peak_sites, 1);
         check_invariants(&s, &o);
-    }
-
-    /// A TZif v1 file with one type: `offset` seconds east, no transitions.
-    fn fixed_zone(offset: i32) -> Vec<u8> {
-        let mut b = b"TZif".to_vec();
-        b.extend([0u8; 16]);
-        for n in [0u32, 0, 0, 0, 1, 4] {
-            b.extend(n.to_be_bytes());
-        }
-        b.extend(offset.to_be_bytes());
-        b.extend([0, 0]);
-        b.extend(b"XXX\0");
-        b
     }
 
     #[test]
@@ -898,7 +885,7 @@ mod tests {
             min_cap: parse_rate("10Mbit").unwrap(),
             max_cap: parse_rate("1Gbit").unwrap(),
             zone: ("UTC".into(), Zone::utc()),
-            other_zones: vec![("UTC+4".into(), Zone::parse(&fixed_zone(14_400)).unwrap(), 3)],
+            other_zones: vec![("UTC+4".into(), Zone::fixed(14_400).unwrap(), 3)],
             start: at(17, 0),
             horizon: 14 * 86_400,
             seed,
