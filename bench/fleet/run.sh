@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fleet push simulation (no VMs, no network): examples/fleet_sim (push::sim) for the monthly
+# Fleet push simulation (no VMs, no network): examples/fleet_sim (its sim.rs) for the monthly
 # update and for seeding new sites: per-site completion time, upstream bytes, central egress,
 # sites that miss the first night. Then the same two with a smaller central egress, summary
 # only, to show when sharing it starts to cost a night. See bench/README.md.

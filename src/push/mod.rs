@@ -5,10 +5,7 @@
 //! - [`plan`]: creating pushes (versions, sites) and running recurring ones (`--every`).
 //! - [`status`]: a push's status per site (ETA over windows, deadline warning).
 //! - [`clock`]: the scheduler's clock, injectable for tests.
-//! - [`sim`]: a fleet push simulation over windows and caps: per-site completion, nights
-//!   missed, central egress (pure).
 pub mod clock;
 pub mod plan;
-pub mod sim;
 pub mod status;
 pub mod window;

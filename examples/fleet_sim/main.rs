@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use bootcast::push::sim::{self, FleetSpec, Miss, Outcome, Scenario, SiteResult};
+mod sim;
+
+use sim::{FleetSpec, Miss, Outcome, Scenario, SiteResult};
 use bootcast::push::window::Windows;
 use bootcast::rate::{format_rate, parse_rate};
 use bootcast::time::{parse_rfc3339, rfc3339, Zone};

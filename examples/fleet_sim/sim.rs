@@ -6,8 +6,8 @@
 //! (`bench/fleet/run.sh`).
 //!
 //! The model:
-//! - a site pulls at its cap (bytes/s, as [`rate::parse_rate`](crate::rate::parse_rate) reads
-//!   `50Mbit` and the relay's [`Bucket`](crate::rate::Bucket) holds it) while its window is
+//! - a site pulls at its cap (bytes/s, as [`rate::parse_rate`](bootcast::rate::parse_rate) reads
+//!   `50Mbit` and the relay's [`Bucket`](bootcast::rate::Bucket) holds it) while its window is
 //!   open in its zone ([`Windows::is_open`]) and it still lacks bytes;
 //! - the central server's egress is shared: when the caps of the sites pulling at one moment
 //!   add up to more than the egress, every pulling site's rate is scaled down by the same
@@ -31,8 +31,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::window::Windows;
-use crate::time::Zone;
+use bootcast::push::window::Windows;
+use bootcast::time::Zone;
 
 const GIB: u64 = 1 << 30;
 
@@ -635,7 +635,7 @@ pub fn fleet(spec: &FleetSpec) -> Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate::{parse_rate, Bucket};
+    use bootcast::rate::{parse_rate, Bucket};
     use std::time::Duration;
 
     /// 2026-11-23 00:00:00 UTC.
