@@ -263,23 +263,76 @@ pub fn have_qemu() -> bool {
         && Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists()
 }
 
-/// One boot environment per test binary, built with the real CLI (`bootcast bootenv build`).
+/// The suite's shared boot environment: `.cache/bootenv-shared/<key>`, the key being the BLAKE3
+/// hash of the bootcast binary under test (the agent inside the initramfs), and the lock that
+/// guards it (held while the returned file lives).
+fn shared_slot() -> (PathBuf, String, std::fs::File) {
+    let bin = std::fs::read(super::BIN).expect("read the bootcast binary");
+    let key = blake3::hash(&bin).to_hex()[..16].to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bootenv-shared");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(".lock")).unwrap();
+    lock.lock().expect("lock .cache/bootenv-shared");
+    let dir = root.join(&key);
+    if !dir.join("ready").exists() {
+        // older binaries' builds go: one entry is all the suite needs
+        for old in std::fs::read_dir(&root).unwrap().flatten() {
+            if old.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        std::fs::create_dir_all(dir.join("bootenv")).unwrap();
+    }
+    (dir, key, lock)
+}
+
+/// Offers a boot environment that a test built (tests/bootenv.rs checks its own build) as the
+/// suite's shared one, if the suite has none for this binary yet: then no VM test builds
+/// another.
+pub fn publish_bootenv(built: &Path) {
+    let (dir, key, _lock) = shared_slot();
+    if dir.join("ready").exists() {
+        return;
+    }
+    for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
+        std::fs::copy(built.join(f), dir.join("bootenv").join(f)).unwrap();
+    }
+    std::fs::write(dir.join("ready"), &key).unwrap();
+}
+
+/// One boot environment for the whole suite, built once with the real CLI (`bootcast bootenv
+/// build`) and reused by every VM test binary, and every test process when tests run in
+/// parallel, until the bootcast binary changes. Concurrent first users wait on a file lock; a
+/// build that failed half-way leaves no `ready` marker and is redone.
 pub fn shared_bootenv() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let lab = Box::leak(Box::new(super::Lab::new()));
-        let t = std::time::Instant::now();
-        let out = super::bootenv_build(lab);
-        assert!(
-            out.status.success(),
-            "bootenv build failed: {}",
-            super::stderr(&out)
-        );
-        super::say(&format!(
-            "bootenv built in {:.1}s",
-            t.elapsed().as_secs_f64()
-        ));
-        lab.data().join("bootenv")
+        let (dir, key, lock) = shared_slot();
+        if dir.join("ready").exists() {
+            super::say(&format!("bootenv: the suite's shared build .cache/bootenv-shared/{key}"));
+        } else {
+            let lab = super::Lab {
+                dir: tempfile::tempdir_in(&dir).unwrap(),
+            };
+            let t = std::time::Instant::now();
+            let out = super::bootenv_build(&lab);
+            assert!(
+                out.status.success(),
+                "bootenv build failed: {}",
+                super::stderr(&out)
+            );
+            for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
+                std::fs::rename(lab.data().join("bootenv").join(f), dir.join("bootenv").join(f))
+                    .unwrap();
+            }
+            std::fs::write(dir.join("ready"), &key).unwrap();
+            super::say(&format!(
+                "bootenv built in {:.1}s (shared by the suite: .cache/bootenv-shared/{key})",
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        drop(lock);
+        dir.join("bootenv")
     })
 }
 
