@@ -13,6 +13,7 @@
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
+//! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod hooks;
 pub mod http;
 pub mod inventory;
 pub mod mac;
+pub mod metrics;
 pub mod multicast;
 pub mod push;
 pub mod relay;

@@ -8,7 +8,6 @@
 //! when a quota is set. While upstream cannot be reached, the last reply stays in force and
 //! the relay retries (1 s doubling to 30 s); errors are logged when they change.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use super::Relay;
 
 /// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
-    let cache_bytes = relay.link.cache_bytes.load(Ordering::Relaxed);
+    let cache_bytes = relay.link.cache_bytes.get();
     Heartbeat {
         site: relay.config.site.clone(),
         url: relay.url.clone(),
@@ -125,11 +124,11 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
     loop {
         let wait = match beat(&relay).await {
             Ok(interval) => {
-                relay.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+                relay.metrics.heartbeats.inc();
                 relay
                     .metrics
                     .last_heartbeat
-                    .store(crate::time::now_unix() as u64, Ordering::Relaxed);
+                    .set(crate::time::now_unix() as u64);
                 if !connected || last_error.is_some() {
                     tracing::info!(
                         "heartbeat: site {} registered with {}",
@@ -151,10 +150,7 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                 interval
             }
             Err(f) => {
-                relay
-                    .metrics
-                    .heartbeat_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                relay.metrics.heartbeat_failures.inc();
                 let (msg, refused) = match f {
                     Failure::Refused(m) => (m, true),
                     Failure::Unreachable(m) => (m, false),
