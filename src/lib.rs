@@ -11,6 +11,7 @@
 //! - [`push`]: nightly pushes to site relays: windows, rate caps, the scheduler's clock.
 //! - [`multicast`]: room multicast sessions (sender, receiver, datagram protocol).
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
+//! - [`retry`]: the one retry policy (exponential backoff) and its runners.
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod multicast;
 pub mod push;
 pub mod relay;
+pub mod retry;
 pub mod schedule;
 pub mod server;
 pub mod store;
