@@ -20,6 +20,7 @@ use crate::db::{events, hosts, inventories, Db};
 use crate::hooks::EventKind;
 use crate::inventory::{diff, glpi};
 use crate::mac::Mac;
+use crate::retry::Backoff;
 
 /// Largest inventory accepted (a machine with hundreds of PCI functions is ~200 KiB).
 pub const MAX_INVENTORY: usize = 4 << 20;
@@ -208,9 +209,12 @@ pub async fn hook_runs(State(st): State<AppState>) -> Response {
     }
 }
 
+/// The waits between attempts to forward one inventory: 30 s doubling, at most an hour.
+const GLPI_BACKOFF: Backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(3600));
+
 /// Seconds before attempt `attempts + 1` after a failure: 30 s doubling, at most an hour.
 pub fn glpi_backoff(attempts: u32) -> i64 {
-    (30i64 << attempts.min(7)).min(3600)
+    GLPI_BACKOFF.delay(attempts).as_secs() as i64
 }
 
 /// Posts queued inventories to GLPI until `cancel`: every 5 s, what is due; a failure waits

@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::proto::{Heartbeat, HeartbeatReply, VersionRef};
 use super::Relay;
+use crate::retry::Backoff;
+
+/// The waits while upstream cannot be reached: 1 s doubling, at most 30 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
@@ -118,7 +122,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Runs until `cancel` fires.
 pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), String> {
-    let mut backoff = 1u64;
+    // heartbeats failed in a row
+    let mut failures = 0u32;
     let mut last_error: Option<String> = None;
     let mut connected = false;
     loop {
@@ -138,7 +143,7 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                 }
                 connected = true;
                 last_error = None;
-                backoff = 1;
+                failures = 0;
                 if relay.config.quota.is_some() {
                     let r = relay.clone();
                     match tokio::task::spawn_blocking(move || super::evict::run(&r)).await {
@@ -147,7 +152,7 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                         Err(e) => tracing::error!("eviction: internal error: {e}"),
                     }
                 }
-                interval
+                Duration::from_secs(interval)
             }
             Err(f) => {
                 relay.metrics.heartbeat_failures.inc();
@@ -165,13 +170,13 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                     }
                 }
                 last_error = Some(msg);
-                let wait = backoff;
-                backoff = (backoff * 2).min(30);
+                let wait = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
                 wait
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = relay.heartbeat_now.notified() => {
                 // a push changed state: tell upstream soon, once for a burst of changes
                 tokio::time::sleep(Duration::from_millis(200)).await;
