@@ -157,13 +157,10 @@ mod tests {
     fn run_stops_at_the_last_try_or_an_error_not_retried() {
         let b = Backoff::new(MS, MS).tries(3);
         let mut last = None;
-        let (r, n) = b.run(
-            |a| Err::<(), _>(a),
-            |_, f| {
-                last = Some(*f);
-                true
-            },
-        );
+        let (r, n) = b.run(Err::<(), u32>, |_, f| {
+            last = Some(*f);
+            true
+        });
         assert_eq!((r, n), (Err(3), 3));
         assert_eq!(
             last,
@@ -172,10 +169,10 @@ mod tests {
                 next: None
             })
         );
-        let (r, n) = b.run(|a| Err::<(), _>(a), |e, _| *e < 2);
+        let (r, n) = b.run(Err::<(), u32>, |e, _| *e < 2);
         assert_eq!((r, n), (Err(2), 2));
         // no tries still makes one attempt
-        let (r, n) = b.tries(0).run(|a| Err::<(), _>(a), |_, _| true);
+        let (r, n) = b.tries(0).run(Err::<(), u32>, |_, _| true);
         assert_eq!((r, n), (Err(1), 1));
     }
 
