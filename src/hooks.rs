@@ -32,6 +32,10 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::db::Db;
+use crate::retry::Backoff;
+
+/// The waits between a webhook's attempts: 1 s doubling, at most 64 s.
+const WEBHOOK_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(64));
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,29 +323,34 @@ impl Hooks {
         event: &Event,
     ) -> (&'static str, u32, String) {
         let body = serde_json::to_vec(&event.payload()).expect("JSON");
-        let mut last = String::new();
-        for attempt in 1..=retries + 1 {
-            let mut req = self
-                .client
-                .post(url)
-                .header("content-type", "application/json")
-                .header("x-bootcast-event", event.kind.as_str())
-                .body(body.clone());
-            if let Some(s) = secret {
-                req = req.header("x-bootcast-signature", signature(s.as_bytes(), &body));
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {
-                    return ("ok", attempt, format!("HTTP {}", r.status().as_u16()))
-                }
-                Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
-                Err(e) => last = e.to_string(),
-            }
-            if attempt <= retries {
-                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(6))).await;
-            }
+        let (res, attempts) = WEBHOOK_BACKOFF
+            .tries(retries.saturating_add(1))
+            .run_async(
+                |_| {
+                    let mut req = self
+                        .client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .header("x-bootcast-event", event.kind.as_str())
+                        .body(body.clone());
+                    if let Some(s) = secret {
+                        req = req.header("x-bootcast-signature", signature(s.as_bytes(), &body));
+                    }
+                    async move {
+                        match req.send().await {
+                            Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+                            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                },
+                |_, _| true,
+            )
+            .await;
+        match res {
+            Ok(status) => ("ok", attempts, format!("HTTP {status}")),
+            Err(last) => ("failed", attempts, last),
         }
-        ("failed", retries + 1, last)
     }
 }
 

@@ -14,8 +14,10 @@
 //! - [`rate`]: bandwidth caps: rate parsing and the token bucket (relay, multicast, pushes).
 //! - [`multicast`]: room multicast sessions (sender, receiver, datagram protocol).
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
+//! - [`retry`]: the one retry policy (exponential backoff) and its runners.
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
+//! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
 
@@ -28,12 +30,14 @@ pub mod hooks;
 pub mod http;
 pub mod inventory;
 pub mod mac;
+pub mod metrics;
 pub mod multicast;
 pub mod netif;
 pub mod proto;
 pub mod push;
 pub mod rate;
 pub mod relay;
+pub mod retry;
 pub mod schedule;
 pub mod server;
 pub mod store;

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context};
 mod sim;
 
-use sim::{FleetSpec, Miss, Outcome, Scenario, SiteResult};
 use bootcast::push::window::Windows;
 use bootcast::rate::{format_rate, parse_rate};
 use bootcast::time::{parse_rfc3339, rfc3339, Zone};
 use clap::Parser;
 use serde_json::json;
+use sim::{FleetSpec, Miss, Outcome, Scenario, SiteResult};
 
 #[derive(Parser)]
 #[command(

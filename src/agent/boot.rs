@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::agent::{Firmware, Hello, HelloReply, KernelArgs};
+use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -78,7 +79,7 @@ pub struct BootConfig {
     pub interface: Option<String>,
     /// Hello attempts before giving up.
     pub tries: u32,
-    /// First retry delay; doubles up to `max_backoff`.
+    /// First retry delay; doubles up to `max_backoff` ([`Backoff`]).
     pub backoff: Duration,
     pub max_backoff: Duration,
     /// Per-request timeout.
@@ -222,52 +223,41 @@ pub async fn post_hello(
         .no_proxy()
         .build()
         .map_err(|e| AgentError::Client(e.to_string()))?;
-    let mut delay = cfg.backoff;
-    let mut last = String::new();
-    let mut made = 0;
-    for attempt in 1..=cfg.tries.max(1) {
-        made = attempt;
-        let result = async {
-            let resp = client
-                .post(&url)
-                .json(hello)
-                .send()
-                .await
-                .map_err(|e| (false, chain(&e)))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
-                // a 4xx will not change on retry (bad MAC, stale nonce): give up at once
-                return Err((
-                    status.is_client_error(),
-                    format!("HTTP {status}: {}", body.trim()),
-                ));
-            }
-            resp.json::<HelloReply>()
-                .await
-                .map_err(|e| (false, format!("bad reply: {}", chain(&e))))
-        }
-        .await;
-        match result {
-            Ok(reply) => return Ok(reply),
-            Err((permanent, e)) => {
-                console.line(&format!(
-                    "bootcast-agent: hello attempt {attempt} of {} to {url}: {e}",
-                    cfg.tries.max(1)
-                ));
-                last = e;
-                if permanent {
-                    break;
+    let tries = cfg.tries.max(1);
+    let backoff = Backoff::new(cfg.backoff, cfg.max_backoff).tries(tries);
+    let (result, made) = backoff
+        .run_async(
+            |_| async {
+                let resp = client
+                    .post(&url)
+                    .json(hello)
+                    .send()
+                    .await
+                    .map_err(|e| (false, chain(&e)))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.text().await.unwrap_or_default();
+                    // a 4xx will not change on retry (bad MAC, stale nonce): give up at once
+                    return Err((
+                        status.is_client_error(),
+                        format!("HTTP {status}: {}", body.trim()),
+                    ));
                 }
-            }
-        }
-        if attempt < cfg.tries {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(cfg.max_backoff);
-        }
-    }
-    Err(AgentError::Hello {
-        url,
+                resp.json::<HelloReply>()
+                    .await
+                    .map_err(|e| (false, format!("bad reply: {}", chain(&e))))
+            },
+            |(permanent, e), f| {
+                console.line(&format!(
+                    "bootcast-agent: hello attempt {} of {tries} to {url}: {e}",
+                    f.attempt
+                ));
+                !permanent
+            },
+        )
+        .await;
+    result.map_err(|(_, last)| AgentError::Hello {
+        url: url.clone(),
         tries: made,
         last,
     })

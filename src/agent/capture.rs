@@ -8,7 +8,7 @@
 //! pipeline's sink is the server ([`RemoteSink`]): each worker batch of chunk ids (up to 256)
 //! is one `capture/missing` question, the chunks missing go up compressed in uploads of at
 //! most [`UPLOAD_BYTES`], and the manifest is committed last (wire format in
-//! [`super::proto`]); the commit closes the task as done with its version.
+//! [`crate::proto::agent`]); the commit closes the task as done with its version.
 //!
 //! Progress (bytes read of the disk's size) goes to the server every 2 s. While the server is
 //! unreachable the agent tries again (up to 10 min), reading the disk again: the server

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::proto::agent::{TaskDone, TaskFailed, TaskProgress};
+use crate::retry::Backoff;
 use crate::store::error::StoreError;
 
 /// The task the agent works on, and what proves it is this boot's (mac + nonce).
@@ -28,6 +29,8 @@ impl TaskRef {
 
 /// How long the agent keeps trying while the server is unreachable.
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(600);
+/// The waits between those attempts: 1 s doubling, at most 10 s.
+const UNREACHABLE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
 
 /// Why one attempt at a task failed.
 pub enum Failure {
@@ -102,26 +105,29 @@ pub fn retry_while_unreachable<T>(
     keeping: &str,
     mut attempt: impl FnMut(&mut dyn FnMut(&str)) -> Result<T, Failure>,
 ) -> Result<T, RunError> {
-    let mut wait = Duration::from_secs(1);
     let give_up = Instant::now() + UNREACHABLE_FOR;
-    loop {
-        match attempt(log) {
-            Err(Failure::Unreachable(e)) if Instant::now() < give_up => {
-                log(&format!(
+    // both the attempts and the retry's log line write to `log`
+    let log = std::cell::RefCell::new(log);
+    let (result, _) = UNREACHABLE_RETRY.run(
+        |_| attempt(&mut **log.borrow_mut()),
+        |e, f| match (e, f.next) {
+            (Failure::Unreachable(e), Some(wait)) if Instant::now() < give_up => {
+                (log.borrow_mut())(&format!(
                     "bootcast-agent: server unreachable ({e}); trying again in {} s, {keeping}",
                     wait.as_secs()
                 ));
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(10));
+                true
             }
-            Err(Failure::Unreachable(e)) | Err(Failure::Other(e)) => {
-                return Err(RunError::Failed(e))
-            }
-            Err(Failure::Cancelled) => {
-                log("bootcast-agent: the server says the task is closed (cancelled); stopping");
-                return Err(RunError::Cancelled);
-            }
-            Ok(r) => return Ok(r),
+            _ => false,
+        },
+    );
+    let log = log.into_inner();
+    match result {
+        Ok(r) => Ok(r),
+        Err(Failure::Unreachable(e)) | Err(Failure::Other(e)) => Err(RunError::Failed(e)),
+        Err(Failure::Cancelled) => {
+            log("bootcast-agent: the server says the task is closed (cancelled); stopping");
+            Err(RunError::Cancelled)
         }
     }
 }

@@ -167,7 +167,7 @@ mod tests {
             let due_now = due(&c, 100, 10).unwrap();
             assert_eq!(due_now.len(), 1);
             // GLPI refused: not due again before the backoff
-            let next = 100 + crate::http::inventory::glpi_backoff(due_now[0].attempts);
+            let next = 100 + crate::inventory::glpi::glpi_backoff(due_now[0].attempts);
             failed(&c, due_now[0].id, next, "HTTP 500").unwrap();
             assert!(due(&c, next - 1, 10).unwrap().is_empty());
         }
@@ -180,7 +180,7 @@ mod tests {
         delivered(&c, later[0].id).unwrap();
         assert_eq!(queued(&c).unwrap(), 0);
         // the backoff doubles from 30 s up to an hour
-        let b: Vec<i64> = (0..9).map(crate::http::inventory::glpi_backoff).collect();
+        let b: Vec<i64> = (0..9).map(crate::inventory::glpi::glpi_backoff).collect();
         assert_eq!(b, vec![30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
     }
 }

@@ -22,7 +22,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -351,9 +350,8 @@ pub async fn chunks(
         Err(r) => return r,
     };
     let m = &st.chunks.metrics;
-    m.capture_bytes_received
-        .fetch_add(body.len() as u64, Ordering::Relaxed);
-    m.capture_uploads.fetch_add(1, Ordering::Relaxed);
+    m.capture_bytes_received.inc_by(body.len() as u64);
+    m.capture_uploads.inc();
     let store = match store(&st).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -370,7 +368,7 @@ pub async fn chunks(
                 service
                     .metrics
                     .capture_chunks_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                    .inc();
                 tracing::warn!(%mac, task, "capture upload refused: chunk {id}: {reason}");
                 return Err(super::error(
                     StatusCode::BAD_REQUEST,
@@ -397,7 +395,7 @@ pub async fn chunks(
         service
             .metrics
             .capture_chunks_stored
-            .fetch_add(stored as u64, Ordering::Relaxed);
+            .inc_by(stored as u64);
         Ok(CaptureUploaded {
             chunks: frames.len(),
             stored,

@@ -20,7 +20,6 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
@@ -33,6 +32,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::AppState;
+use crate::metrics::{Counter, Gauge, Registry};
 use crate::store::source::{BATCH_MAX_BYTES, BATCH_MAX_IDS, MISSING};
 use crate::store::{ChunkId, PullThrough, Store, StoreError};
 
@@ -50,23 +50,24 @@ pub struct ChunkService {
     pull: Option<Arc<dyn PullThrough>>,
 }
 
-/// Counters since start.
+/// Counters since start, and the gauge of open captures (set at each scrape).
 #[derive(Default)]
 pub struct Metrics {
     /// Compressed chunk bytes put in responses (`/chunks/{id}` bodies, batch frame payloads).
-    pub chunk_bytes_served: AtomicU64,
-    pub chunks_served: AtomicU64,
-    pub chunks_missing: AtomicU64,
-    pub chunk_requests: AtomicU64,
-    pub batch_requests: AtomicU64,
-    pub manifests_served: AtomicU64,
+    pub chunk_bytes_served: Counter,
+    pub chunks_served: Counter,
+    pub chunks_missing: Counter,
+    pub chunk_requests: Counter,
+    pub batch_requests: Counter,
+    pub manifests_served: Counter,
     /// Bytes of capture upload bodies received (`POST /api/v1/agent/capture/chunks`).
-    pub capture_bytes_received: AtomicU64,
-    pub capture_uploads: AtomicU64,
+    pub capture_bytes_received: Counter,
+    pub capture_uploads: Counter,
     /// Uploaded chunks the store lacked, now stored.
-    pub capture_chunks_stored: AtomicU64,
+    pub capture_chunks_stored: Counter,
     /// Uploaded chunks that did not match their id (the request was refused).
-    pub capture_chunks_refused: AtomicU64,
+    pub capture_chunks_refused: Counter,
+    captures_open: Gauge,
 }
 
 impl ChunkService {
@@ -227,10 +228,7 @@ pub async fn manifest(
         Ok(Err(e)) => return store_error(e),
         Err(e) => return blocking_failed(e),
     };
-    st.chunks
-        .metrics
-        .manifests_served
-        .fetch_add(1, Ordering::Relaxed);
+    st.chunks.metrics.manifests_served.inc();
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -264,7 +262,7 @@ pub async fn chunk(
     req: Request,
 ) -> Response {
     let m = &st.chunks.metrics;
-    m.chunk_requests.fetch_add(1, Ordering::Relaxed);
+    m.chunk_requests.inc();
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -288,7 +286,7 @@ pub async fn chunk(
         match tokio::fs::metadata(&path).await {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                m.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                m.chunks_missing.inc();
                 return super::error(
                     StatusCode::NOT_FOUND,
                     format!("no chunk {id} on this server"),
@@ -314,8 +312,8 @@ pub async fn chunk(
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            m.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
-            m.chunks_served.fetch_add(1, Ordering::Relaxed);
+            m.chunk_bytes_served.inc_by(len);
+            m.chunks_served.inc();
         }
         r
     };
@@ -336,10 +334,7 @@ pub async fn chunk(
 /// streamed from disk (see [`crate::store::source`] for the format).
 pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
     let service = st.chunks.clone();
-    service
-        .metrics
-        .batch_requests
-        .fetch_add(1, Ordering::Relaxed);
+    service.metrics.batch_requests.inc();
     if !body.len().is_multiple_of(32) {
         return super::error(
             StatusCode::BAD_REQUEST,
@@ -409,7 +404,7 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    m.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                    m.chunks_missing.inc();
                     head.extend(MISSING.to_be_bytes());
                     if tx.write_all(&head).await.is_err() {
                         return;
@@ -426,9 +421,8 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
             if tx.write_all(&head).await.is_err() || tx.write_all(&data).await.is_err() {
                 return; // the client went away
             }
-            m.chunk_bytes_served
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            m.chunks_served.fetch_add(1, Ordering::Relaxed);
+            m.chunk_bytes_served.inc_by(data.len() as u64);
+            m.chunks_served.inc();
         }
         let _ = tx.shutdown().await;
     });
@@ -439,80 +433,78 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
         .into_response()
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(st): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics_text(&st.chunks),
-    )
-        .into_response()
+/// `GET /metrics`: the service's registry (see [`super::router`]) in Prometheus text format.
+pub async fn metrics(State((st, reg)): State<(AppState, Arc<Registry>)>) -> Response {
+    st.chunks.scrape();
+    crate::metrics::render(&reg)
 }
 
-/// The chunk service's counters in Prometheus text format.
-pub fn metrics_text(service: &ChunkService) -> String {
-    let m = &service.metrics;
-    let rows: [(&str, &str, &AtomicU64); 10] = [
-        (
-            "bootcast_chunk_bytes_served_total",
-            "Compressed chunk bytes sent (GET /chunks/{id} and POST /chunks/batch).",
-            &m.chunk_bytes_served,
-        ),
-        (
-            "bootcast_chunks_served_total",
-            "Chunks sent.",
-            &m.chunks_served,
-        ),
-        (
-            "bootcast_chunks_missing_total",
-            "Chunks asked for that the store lacks.",
-            &m.chunks_missing,
-        ),
-        (
-            "bootcast_chunk_requests_total",
-            "GET /chunks/{id} requests.",
-            &m.chunk_requests,
-        ),
-        (
-            "bootcast_chunk_batch_requests_total",
-            "POST /chunks/batch requests.",
-            &m.batch_requests,
-        ),
-        (
-            "bootcast_manifests_served_total",
-            "Manifests sent.",
-            &m.manifests_served,
-        ),
-        (
-            "bootcast_capture_bytes_received_total",
-            "Bytes of capture uploads received (POST /api/v1/agent/capture/chunks bodies).",
-            &m.capture_bytes_received,
-        ),
-        (
-            "bootcast_capture_uploads_total",
-            "POST /api/v1/agent/capture/chunks requests that reached the body.",
-            &m.capture_uploads,
-        ),
-        (
-            "bootcast_capture_chunks_stored_total",
-            "Uploaded chunks the store lacked, verified and stored.",
-            &m.capture_chunks_stored,
-        ),
-        (
-            "bootcast_capture_chunks_refused_total",
-            "Uploaded chunks that did not match their id.",
-            &m.capture_chunks_refused,
-        ),
-    ];
-    let mut text = String::new();
-    for (name, help, v) in rows {
-        text += &format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            v.load(Ordering::Relaxed)
+impl ChunkService {
+    /// Sets the gauges `/metrics` computes at each scrape; encode the registry after.
+    pub fn scrape(&self) {
+        self.metrics.captures_open.set(self.captures.count() as u64);
+    }
+}
+
+impl Metrics {
+    /// Registers the chunk service's metrics in `reg` (counters without `_total`: the
+    /// encoder appends it).
+    pub fn register(&self, reg: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 10] = [
+            (
+                "bootcast_chunk_bytes_served",
+                "Compressed chunk bytes sent (GET /chunks/{id} and POST /chunks/batch)",
+                &self.chunk_bytes_served,
+            ),
+            ("bootcast_chunks_served", "Chunks sent", &self.chunks_served),
+            (
+                "bootcast_chunks_missing",
+                "Chunks asked for that the store lacks",
+                &self.chunks_missing,
+            ),
+            (
+                "bootcast_chunk_requests",
+                "GET /chunks/{id} requests",
+                &self.chunk_requests,
+            ),
+            (
+                "bootcast_chunk_batch_requests",
+                "POST /chunks/batch requests",
+                &self.batch_requests,
+            ),
+            (
+                "bootcast_manifests_served",
+                "Manifests sent",
+                &self.manifests_served,
+            ),
+            (
+                "bootcast_capture_bytes_received",
+                "Bytes of capture uploads received (POST /api/v1/agent/capture/chunks bodies)",
+                &self.capture_bytes_received,
+            ),
+            (
+                "bootcast_capture_uploads",
+                "POST /api/v1/agent/capture/chunks requests that reached the body",
+                &self.capture_uploads,
+            ),
+            (
+                "bootcast_capture_chunks_stored",
+                "Uploaded chunks the store lacked, verified and stored",
+                &self.capture_chunks_stored,
+            ),
+            (
+                "bootcast_capture_chunks_refused",
+                "Uploaded chunks that did not match their id",
+                &self.capture_chunks_refused,
+            ),
+        ];
+        for (name, help, c) in counters {
+            reg.register(name, help, c.clone());
+        }
+        reg.register(
+            "bootcast_captures_open",
+            "Captures with a session on this server now",
+            self.captures_open.clone(),
         );
     }
-    let open = service.captures.count();
-    text += &format!(
-        "# HELP bootcast_captures_open Captures with a session on this server now.\n# TYPE bootcast_captures_open gauge\nbootcast_captures_open {open}\n"
-    );
-    text
 }

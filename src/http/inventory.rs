@@ -169,13 +169,8 @@ pub async fn hook_runs(State(st): State<AppState>) -> ApiResult {
     Ok(Json(serde_json::json!({ "runs": list })).into_response())
 }
 
-/// Seconds before attempt `attempts + 1` after a failure: 30 s doubling, at most an hour.
-pub fn glpi_backoff(attempts: u32) -> i64 {
-    (30i64 << attempts.min(7)).min(3600)
-}
-
 /// Posts queued inventories to GLPI until `cancel`: every 5 s, what is due; a failure waits
-/// [`glpi_backoff`]. The queue is in the database, so a restart loses nothing.
+/// [`glpi_backoff`](crate::inventory::glpi::glpi_backoff). The queue is in the database, so a restart loses nothing.
 pub async fn forward_to_glpi(db: Db, url: String, cancel: CancellationToken) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -204,7 +199,7 @@ pub async fn forward_to_glpi(db: Db, url: String, cancel: CancellationToken) {
                     Err(e) => inventories::failed(
                         c,
                         id,
-                        crate::time::now_unix() + glpi_backoff(attempts),
+                        crate::time::now_unix() + glpi::glpi_backoff(attempts),
                         e,
                     ),
                 })

@@ -86,8 +86,16 @@ fn valid_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
-/// The router with all routes; `token` guards the staff API.
+/// The router with all routes; `token` guards the staff API. Each router has its own
+/// metrics registry (`/metrics`): the chunk service's counters and the request latency
+/// histogram every route records.
 pub fn router(state: AppState, token: String) -> Router {
+    let mut registry = crate::metrics::Registry::default();
+    state.chunks.metrics.register(&mut registry);
+    let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
+    let metrics = Router::new()
+        .route("/metrics", get(chunks::metrics))
+        .with_state((state.clone(), Arc::new(registry)));
     let staff = Router::new()
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/{mac}", get(api::get_host))
@@ -136,7 +144,6 @@ pub fn router(state: AppState, token: String) -> Router {
         )
         .route("/chunks/batch", post(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
-        .route("/metrics", get(chunks::metrics))
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
         .route("/api/v1/agent/failed", post(api::agent_failed))
@@ -151,6 +158,11 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/agent/capture/commit", post(capture::commit))
         .merge(staff)
         .with_state(state)
+        .merge(metrics)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            crate::metrics::track,
+        ))
 }
 
 /// A JSON error body `{"error": "..."}` with a status.

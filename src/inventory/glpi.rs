@@ -266,6 +266,18 @@ pub fn pci_class_name(class: &str) -> Option<&'static str> {
     })
 }
 
+/// The waits between attempts to forward one inventory to GLPI: 30 s doubling, at most an
+/// hour (the queue in the database keeps each inventory's attempts and next time).
+const GLPI_BACKOFF: crate::retry::Backoff = crate::retry::Backoff::new(
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(3600),
+);
+
+/// Seconds before attempt `attempts + 1` after a failure: 30 s doubling, at most an hour.
+pub fn glpi_backoff(attempts: u32) -> i64 {
+    GLPI_BACKOFF.delay(attempts).as_secs() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use crate::store::{ChunkId, Manifest, Store, StoreError};
 
@@ -32,7 +31,7 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
     let (Some(quota), Some(assigned)) = (relay.config.quota, relay.assigned()) else {
         return Ok(None);
     };
-    if relay.link.cache_bytes.load(Ordering::Relaxed) <= quota {
+    if relay.link.cache_bytes.get() <= quota {
         return Ok(None); // no listing while the count says the store fits
     }
     let (orders, _) = relay.orders();
@@ -54,14 +53,8 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
     }
     let r = evict(&relay.store, quota, &assigned, &keep_versions, &pending)?;
     if r.chunks > 0 {
-        relay
-            .metrics
-            .evicted_chunks
-            .fetch_add(r.chunks, Ordering::Relaxed);
-        relay
-            .metrics
-            .evicted_bytes
-            .fetch_add(r.bytes, Ordering::Relaxed);
+        relay.metrics.evicted_chunks.inc_by(r.chunks);
+        relay.metrics.evicted_bytes.inc_by(r.bytes);
         tracing::info!(
             "quota: evicted {} chunk(s), {} bytes{}; the store holds {} bytes",
             r.chunks,
@@ -83,10 +76,7 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
             r.cache_bytes
         );
     }
-    relay
-        .link
-        .cache_bytes
-        .store(r.cache_bytes, Ordering::Relaxed);
+    relay.link.cache_bytes.set(r.cache_bytes);
     Ok(Some(r))
 }
 

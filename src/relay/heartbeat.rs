@@ -8,7 +8,6 @@
 //! when a quota is set. While upstream cannot be reached, the last reply stays in force and
 //! the relay retries (1 s doubling to 30 s); errors are logged when they change.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 use crate::proto::relay::{Heartbeat, HeartbeatReply, VersionRef};
+use crate::retry::Backoff;
+
+/// The waits while upstream cannot be reached: 1 s doubling, at most 30 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
-    let cache_bytes = relay.link.cache_bytes.load(Ordering::Relaxed);
+    let cache_bytes = relay.link.cache_bytes.get();
     Heartbeat {
         site: relay.config.site.clone(),
         url: relay.url.clone(),
@@ -119,17 +122,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Runs until `cancel` fires.
 pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), String> {
-    let mut backoff = 1u64;
+    // heartbeats failed in a row
+    let mut failures = 0u32;
     let mut last_error: Option<String> = None;
     let mut connected = false;
     loop {
         let wait = match beat(&relay).await {
             Ok(interval) => {
-                relay.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+                relay.metrics.heartbeats.inc();
                 relay
                     .metrics
                     .last_heartbeat
-                    .store(crate::time::now_unix() as u64, Ordering::Relaxed);
+                    .set(crate::time::now_unix() as u64);
                 if !connected || last_error.is_some() {
                     tracing::info!(
                         "heartbeat: site {} registered with {}",
@@ -139,7 +143,7 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                 }
                 connected = true;
                 last_error = None;
-                backoff = 1;
+                failures = 0;
                 if relay.config.quota.is_some() {
                     let r = relay.clone();
                     match tokio::task::spawn_blocking(move || super::evict::run(&r)).await {
@@ -148,13 +152,10 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                         Err(e) => tracing::error!("eviction: internal error: {e}"),
                     }
                 }
-                interval
+                Duration::from_secs(interval)
             }
             Err(f) => {
-                relay
-                    .metrics
-                    .heartbeat_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                relay.metrics.heartbeat_failures.inc();
                 let (msg, refused) = match f {
                     Failure::Refused(m) => (m, true),
                     Failure::Unreachable(m) => (m, false),
@@ -169,13 +170,13 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                     }
                 }
                 last_error = Some(msg);
-                let wait = backoff;
-                backoff = (backoff * 2).min(30);
+                let wait = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
                 wait
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = relay.heartbeat_now.notified() => {
                 // a push changed state: tell upstream soon, once for a burst of changes
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -38,10 +38,10 @@ pub mod upstream;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::config::RelayConfig;
+use crate::metrics::{Counter, Gauge};
 use crate::proto::relay::{HeartbeatReply, PushOrder, PushProgress, PushState};
 use crate::push::clock::{Clock, FileClock, SystemClock};
 use crate::push::window::Windows;
@@ -63,20 +63,20 @@ pub enum RelayError {
     },
 }
 
-/// Counters of `/metrics` (besides the chunk service's).
+/// Counters of `/metrics` (besides the chunk service's; registered by [`routes::router`]).
 #[derive(Default)]
 pub struct RelayMetrics {
-    pub heartbeats: AtomicU64,
-    pub heartbeat_failures: AtomicU64,
+    pub heartbeats: Counter,
+    pub heartbeat_failures: Counter,
     /// Unix time of the last accepted heartbeat (0: none yet).
-    pub last_heartbeat: AtomicU64,
-    pub evicted_chunks: AtomicU64,
-    pub evicted_bytes: AtomicU64,
+    pub last_heartbeat: Gauge,
+    pub evicted_chunks: Counter,
+    pub evicted_bytes: Counter,
     /// Bytes of boot environment and iPXE files fetched from upstream.
-    pub file_bytes: AtomicU64,
+    pub file_bytes: Counter,
     /// Manifests of incomplete versions refused (policy `wait`) / pulled through.
-    pub manifests_refused: AtomicU64,
-    pub manifests_pulled: AtomicU64,
+    pub manifests_refused: Counter,
+    pub manifests_pulled: Counter,
 }
 
 /// What the last heartbeat reply said, as the relay applies it.
@@ -180,7 +180,7 @@ impl Relay {
         let link = Arc::new(upstream::Link::new(&config, &url)?);
         // one listing at start; from then on the relay counts what it stores and evicts
         let held: u64 = store.list_chunks()?.iter().map(|(_, n)| n).sum();
-        link.cache_bytes.store(held, Ordering::Relaxed);
+        link.cache_bytes.set(held);
         let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
         let clock: Arc<dyn Clock> = match &config.clock_file {
             Some(p) => Arc::new(FileClock { path: p.clone() }),
@@ -350,7 +350,7 @@ impl Relay {
 
     /// Compressed bytes received from upstream: chunks (`bootcast_relay_upstream_bytes_total`).
     pub fn upstream_bytes(&self) -> u64 {
-        self.link.upstream_bytes.load(Ordering::Relaxed)
+        self.link.upstream_bytes.get()
     }
 }
 

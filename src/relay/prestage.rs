@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::push::window::Windows;
+use crate::retry::Backoff;
 use crate::store::{durable, ChunkId, Manifest, StoreError, VersionId};
 use crate::time::Zone;
 
@@ -50,6 +51,8 @@ pub const STREAMS: usize = 8;
 pub const BATCH_CHUNKS: usize = 1;
 /// Wait after a failure (a version gone upstream, a chunk that keeps failing verification).
 const FAILED_RETRY: Duration = Duration::from_secs(30);
+/// The waits while upstream cannot be reached: 1 s doubling, at most 30 s.
+const UNREACHABLE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 /// How often the worker looks at the clock while it waits.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -65,7 +68,8 @@ enum Outcome {
 
 /// Runs until `cancel` fires.
 pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
-    let mut retry_at: HashMap<i64, (Instant, Duration)> = HashMap::new();
+    // per push: not before, and the failures so far (for the backoff)
+    let mut retry_at: HashMap<i64, (Instant, u32)> = HashMap::new();
     while !cancel.is_cancelled() {
         let (orders, generation) = relay.orders();
         let open: Vec<i64> = orders.iter().map(|o| o.id).collect();
@@ -137,17 +141,17 @@ pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
                 }
                 Outcome::Interrupted => {}
                 Outcome::Unreachable(e) => {
-                    let wait = retry_at
-                        .get(&order.id)
-                        .map_or(Duration::from_secs(1), |(_, w)| {
-                            (*w * 2).min(Duration::from_secs(30))
-                        });
+                    let failures = retry_at.get(&order.id).map_or(0, |(_, n)| *n);
+                    let wait = UNREACHABLE_RETRY.delay(failures);
                     tracing::warn!(
                         "push {}: upstream unreachable ({e}); keeping what is stored, retrying in {}s",
                         order.id,
                         wait.as_secs()
                     );
-                    retry_at.insert(order.id, (Instant::now() + wait, wait));
+                    retry_at.insert(
+                        order.id,
+                        (Instant::now() + wait, failures.saturating_add(1)),
+                    );
                     relay.update_push(order.id, |p| {
                         p.detail = Some(format!("upstream unreachable, retrying: {e}"));
                     });
@@ -158,7 +162,8 @@ pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
                         order.id,
                         FAILED_RETRY.as_secs()
                     );
-                    retry_at.insert(order.id, (Instant::now() + FAILED_RETRY, FAILED_RETRY));
+                    // the link failing next waits the longest, as after many failures
+                    retry_at.insert(order.id, (Instant::now() + FAILED_RETRY, u32::MAX));
                     relay.update_push(order.id, |p| {
                         p.state = PushState::Failed;
                         p.detail = Some(e);

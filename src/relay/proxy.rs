@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,10 +327,7 @@ async fn refresh(
             tokio::time::sleep(wait).await;
         }
         got += chunk.len() as u64;
-        relay
-            .metrics
-            .file_bytes
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        relay.metrics.file_bytes.inc_by(chunk.len() as u64);
         f.write_all(&chunk).await.map_err(io)?;
     }
     f.flush().await.map_err(io)?;

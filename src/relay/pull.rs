@@ -19,6 +19,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::metrics::Counter;
 use crate::store::source::Decoder;
 use crate::store::PullThrough;
 use crate::store::{ChunkId, Store, StoreError};
@@ -94,16 +95,16 @@ fn fetch_with(
         let r = link.source.fetch_each(&pending, &mut |id, frame| {
             seen += 1;
             let len = frame.len() as u64;
-            link.upstream_bytes.fetch_add(len, Ordering::Relaxed);
+            link.upstream_bytes.inc_by(len);
             match store_frame(store, decoder, id, &frame) {
                 Ok(()) => {
-                    link.cache_bytes.fetch_add(len, Ordering::Relaxed);
+                    link.cache_bytes.inc_by(len);
                     let flow = on_stored(id, len);
                     out.stopped = flow.is_break();
                     flow
                 }
                 Err(Stored::Corrupt(reason)) => {
-                    link.rejected.fetch_add(1, Ordering::Relaxed);
+                    link.rejected.inc();
                     tracing::warn!("chunk {id} from {}: {reason}; rejected", link.base);
                     let a = attempts.entry(id).or_insert((0, String::new()));
                     a.0 += 1;
@@ -250,9 +251,9 @@ pub struct Puller {
     link: Arc<Link>,
     inflight: Mutex<HashMap<ChunkId, Arc<Flight>>>,
     /// Requests for a chunk already being fetched that waited for that fetch.
-    pub coalesced: AtomicU64,
+    pub coalesced: Counter,
     /// Chunks fetched and stored for clients.
-    pub pulled: AtomicU64,
+    pub pulled: Counter,
 }
 
 impl Puller {
@@ -261,8 +262,8 @@ impl Puller {
             store,
             link,
             inflight: Mutex::new(HashMap::new()),
-            coalesced: AtomicU64::new(0),
-            pulled: AtomicU64::new(0),
+            coalesced: Counter::default(),
+            pulled: Counter::default(),
         }
     }
 
@@ -278,7 +279,7 @@ impl Puller {
                     continue;
                 }
                 if let Some(f) = inflight.get(id) {
-                    self.coalesced.fetch_add(1, Ordering::Relaxed);
+                    self.coalesced.inc();
                     follow.push((*id, f.clone()));
                 } else if !self.store.chunk_path(id).exists() {
                     // a leader stores its chunk before it leaves `inflight`: checked under
@@ -292,7 +293,7 @@ impl Puller {
         let mut error: Option<String> = None;
         if !lead.is_empty() {
             let res = fetch_verified(&self.link, &self.store, &lead, &mut |_, _| {
-                self.pulled.fetch_add(1, Ordering::Relaxed);
+                self.pulled.inc();
                 ControlFlow::Continue(())
             });
             let (lacking, err): (HashSet<ChunkId>, Option<String>) = match res {

@@ -19,7 +19,6 @@
 //! as the client asks for them. A relay below this one (its requests carry a relay token)
 //! always gets the manifest: it prestages from this relay.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +27,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 
 use super::{proxy, Relay};
 use crate::config::IncompletePolicy;
 use crate::http::{chunks, error, AppState};
+use crate::metrics::{Counter, Gauge, Registry};
 use crate::proto::relay::{PushState, RELAY_TOKEN_HEADER};
 use crate::store::Manifest;
 
@@ -41,8 +43,13 @@ pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
         .route("/chunks/batch", post(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
         .with_state(app.clone());
+    let (scrape, http_metrics) = Scrape::new(&app, &relay);
+    let metrics_route = Router::new().route("/metrics", get(metrics)).with_state((
+        app.clone(),
+        relay.clone(),
+        Arc::new(scrape),
+    ));
     let both = Router::new()
-        .route("/metrics", get(metrics))
         .route("/api/v1/images/{name}/{version}/manifest", get(manifest))
         .with_state((app, relay.clone()));
     Router::new()
@@ -56,13 +63,15 @@ pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
         .with_state(relay)
         .merge(chunk_routes)
         .merge(both)
+        .merge(metrics_route)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            crate::metrics::track,
+        ))
 }
 
 fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>) -> Response {
-    app.chunks
-        .metrics
-        .manifests_served
-        .fetch_add(1, Ordering::Relaxed);
+    app.chunks.metrics.manifests_served.inc();
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -178,10 +187,7 @@ async fn manifest(
     }
     let below = headers.contains_key(RELAY_TOKEN_HEADER);
     if relay.config.incomplete == IncompletePolicy::Wait && !below {
-        relay
-            .metrics
-            .manifests_refused
-            .fetch_add(1, Ordering::Relaxed);
+        relay.metrics.manifests_refused.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -191,146 +197,211 @@ async fn manifest(
         )
         .into_response();
     }
-    relay
-        .metrics
-        .manifests_pulled
-        .fetch_add(1, Ordering::Relaxed);
+    relay.metrics.manifests_pulled.inc();
     manifest_response(&app, &id, bytes.to_vec())
 }
 
-/// `GET /metrics`: the chunk service's counters, then the relay's.
-async fn metrics(State((app, relay)): State<(AppState, Arc<Relay>)>) -> Response {
-    let mut text = chunks::metrics_text(&app.chunks);
-    let m = &relay.metrics;
-    let link = &relay.link;
-    let counters: [(&str, &str, u64); 10] = [
-        (
-            "bootcast_relay_upstream_bytes_total",
-            "Compressed chunk bytes received from upstream (prestage and pull-through).",
-            link.upstream_bytes.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_chunks_rejected_total",
-            "Upstream chunks that failed verification (not stored).",
-            link.rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_pull_chunks_total",
-            "Chunks fetched from upstream for clients (pull-through).",
-            relay.pull.pulled.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_pulls_coalesced_total",
-            "Requests for a chunk already being fetched that waited for that fetch.",
-            relay.pull.coalesced.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_file_bytes_total",
-            "Bytes of boot environment and iPXE files fetched from upstream.",
-            m.file_bytes.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_manifests_refused_total",
-            "Manifests of versions not complete here refused (policy wait).",
-            m.manifests_refused.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_manifests_pulled_total",
-            "Manifests of versions not complete here passed through from upstream.",
-            m.manifests_pulled.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_heartbeats_total",
-            "Heartbeats upstream accepted.",
-            m.heartbeats.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_heartbeat_failures_total",
-            "Heartbeats that failed (unreachable or refused).",
-            m.heartbeat_failures.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_evicted_bytes_total",
-            "Compressed chunk bytes evicted for the quota.",
-            m.evicted_bytes.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in counters {
-        text += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
-    }
-    let gauges: [(&str, &str, u64); 3] = [
-        (
-            "bootcast_relay_cache_bytes",
-            "Compressed bytes of chunks in the relay's store.",
-            link.cache_bytes.load(Ordering::Relaxed),
-        ),
-        (
-            "bootcast_relay_rate_cap_bytes",
-            "The cap on upstream reads now, bytes per second (0: none).",
-            link.limiter.rate().unwrap_or(0),
-        ),
-        (
-            "bootcast_relay_last_heartbeat_seconds",
-            "Unix time of the last accepted heartbeat (0: none yet).",
-            m.last_heartbeat.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in gauges {
-        text += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
-    }
-    let pushes = relay.progress();
-    if !pushes.is_empty() {
-        text += "# HELP bootcast_relay_push_state The state of each open push on this relay (1 for its state).\n# TYPE bootcast_relay_push_state gauge\n";
-        for p in &pushes {
-            for s in [
-                PushState::Waiting,
-                PushState::Running,
-                PushState::Paused,
-                PushState::Done,
-                PushState::Failed,
-            ] {
-                text += &format!(
-                    "bootcast_relay_push_state{{push=\"{}\",state=\"{}\"}} {}\n",
-                    p.push,
-                    s.as_str(),
-                    u8::from(p.state == s)
-                );
-            }
+/// The labels of `bootcast_relay_push_state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushStateLabels {
+    push: i64,
+    state: &'static str,
+}
+
+/// The label of the other per-push gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabel {
+    push: i64,
+}
+
+/// The relay's registry, and the gauges `/metrics` sets from the relay's state at each scrape.
+struct Scrape {
+    registry: Registry,
+    rate_cap: Gauge,
+    versions_complete: Gauge,
+    push_state: Family<PushStateLabels, Gauge>,
+    /// bytes done, bytes total, fetched, rate
+    push_bytes: [Family<PushLabel, Gauge>; 4],
+    /// One scrape at a time sets the gauges and encodes them.
+    lock: std::sync::Mutex<()>,
+}
+
+impl Scrape {
+    /// The chunk service's metrics, the relay's, and the request latency histogram's.
+    fn new(app: &AppState, relay: &Relay) -> (Scrape, crate::metrics::HttpMetrics) {
+        let mut reg = Registry::default();
+        app.chunks.metrics.register(&mut reg);
+        let m = &relay.metrics;
+        let link = &relay.link;
+        let counters: [(&str, &str, &Counter); 11] = [
+            (
+                "bootcast_relay_upstream_bytes",
+                "Compressed chunk bytes received from upstream (prestage and pull-through)",
+                &link.upstream_bytes,
+            ),
+            (
+                "bootcast_relay_chunks_rejected",
+                "Upstream chunks that failed verification (not stored)",
+                &link.rejected,
+            ),
+            (
+                "bootcast_relay_pull_chunks",
+                "Chunks fetched from upstream for clients (pull-through)",
+                &relay.pull.pulled,
+            ),
+            (
+                "bootcast_relay_pulls_coalesced",
+                "Requests for a chunk already being fetched that waited for that fetch",
+                &relay.pull.coalesced,
+            ),
+            (
+                "bootcast_relay_file_bytes",
+                "Bytes of boot environment and iPXE files fetched from upstream",
+                &m.file_bytes,
+            ),
+            (
+                "bootcast_relay_manifests_refused",
+                "Manifests of versions not complete here refused (policy wait)",
+                &m.manifests_refused,
+            ),
+            (
+                "bootcast_relay_manifests_pulled",
+                "Manifests of versions not complete here passed through from upstream",
+                &m.manifests_pulled,
+            ),
+            (
+                "bootcast_relay_heartbeats",
+                "Heartbeats upstream accepted",
+                &m.heartbeats,
+            ),
+            (
+                "bootcast_relay_heartbeat_failures",
+                "Heartbeats that failed (unreachable or refused)",
+                &m.heartbeat_failures,
+            ),
+            (
+                "bootcast_relay_evicted_bytes",
+                "Compressed chunk bytes evicted for the quota",
+                &m.evicted_bytes,
+            ),
+            (
+                "bootcast_relay_evicted_chunks",
+                "Chunks evicted for the quota",
+                &m.evicted_chunks,
+            ),
+        ];
+        for (name, help, c) in counters {
+            reg.register(name, help, c.clone());
         }
-        for (name, help, f) in [
+        let s = Scrape {
+            registry: Registry::default(),
+            rate_cap: Gauge::default(),
+            versions_complete: Gauge::default(),
+            push_state: Family::default(),
+            push_bytes: Default::default(),
+            lock: Default::default(),
+        };
+        let gauges: [(&str, &str, &Gauge); 4] = [
+            (
+                "bootcast_relay_cache_bytes",
+                "Compressed bytes of chunks in the relay's store",
+                &link.cache_bytes,
+            ),
+            (
+                "bootcast_relay_rate_cap_bytes",
+                "The cap on upstream reads now, bytes per second (0: none)",
+                &s.rate_cap,
+            ),
+            (
+                "bootcast_relay_last_heartbeat_seconds",
+                "Unix time of the last accepted heartbeat (0: none yet)",
+                &m.last_heartbeat,
+            ),
+            (
+                "bootcast_relay_versions_complete",
+                "Versions complete in the relay's store",
+                &s.versions_complete,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            reg.register(name, help, g.clone());
+        }
+        reg.register(
+            "bootcast_relay_push_state",
+            "The state of each open push on this relay (1 for its state)",
+            s.push_state.clone(),
+        );
+        let push_gauges = [
             (
                 "bootcast_relay_push_bytes_done",
-                "Compressed bytes of the push's chunks the relay holds.",
-                (|p: &crate::proto::relay::PushProgress| p.bytes_done) as fn(&_) -> u64,
+                "Compressed bytes of the push's chunks the relay holds",
             ),
             (
                 "bootcast_relay_push_bytes_total",
-                "Compressed bytes of all of the push's chunks.",
-                |p| p.bytes_total,
+                "Compressed bytes of all of the push's chunks",
             ),
             (
                 "bootcast_relay_push_fetched_bytes",
-                "Compressed bytes fetched from upstream for the push since the relay started.",
-                |p| p.fetched,
+                "Compressed bytes fetched from upstream for the push since the relay started",
             ),
             (
                 "bootcast_relay_push_rate_bytes",
-                "Bytes per second fetched for the push over the last seconds.",
-                |p| p.rate,
+                "Bytes per second fetched for the push over the last seconds",
             ),
-        ] {
-            text += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
-            for p in &pushes {
-                text += &format!("{name}{{push=\"{}\"}} {}\n", p.push, f(p));
-            }
+        ];
+        for ((name, help), f) in push_gauges.into_iter().zip(&s.push_bytes) {
+            reg.register(name, help, f.clone());
         }
+        let http = crate::metrics::HttpMetrics::register(&mut reg);
+        (Scrape { registry: reg, ..s }, http)
     }
+}
+
+/// `GET /metrics`: the chunk service's counters, then the relay's.
+async fn metrics(
+    State((app, relay, scrape)): State<(AppState, Arc<Relay>, Arc<Scrape>)>,
+) -> Response {
     let complete = {
         let r = relay.clone();
         tokio::task::spawn_blocking(move || super::heartbeat::complete_versions(&r).len())
             .await
             .unwrap_or(0)
     };
-    text += &format!("# HELP bootcast_relay_versions_complete Versions complete in the relay's store.\n# TYPE bootcast_relay_versions_complete gauge\nbootcast_relay_versions_complete {complete}\n");
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let pushes = relay.progress();
+    let _one = scrape.lock.lock().unwrap_or_else(|p| p.into_inner());
+    app.chunks.scrape();
+    scrape.rate_cap.set(relay.link.limiter.rate().unwrap_or(0));
+    scrape.versions_complete.set(complete as u64);
+    // pushes no longer open go
+    scrape.push_state.clear();
+    for f in &scrape.push_bytes {
+        f.clear();
+    }
+    for p in &pushes {
+        for s in [
+            PushState::Waiting,
+            PushState::Running,
+            PushState::Paused,
+            PushState::Done,
+            PushState::Failed,
+        ] {
+            let labels = PushStateLabels {
+                push: p.push,
+                state: s.as_str(),
+            };
+            scrape
+                .push_state
+                .get_or_create(&labels)
+                .set(u64::from(p.state == s));
+        }
+        let label = PushLabel { push: p.push };
+        for (f, v) in scrape
+            .push_bytes
+            .iter()
+            .zip([p.bytes_done, p.bytes_total, p.fetched, p.rate])
+        {
+            f.get_or_create(&label).set(v);
+        }
+    }
+    crate::metrics::render(&scrape.registry)
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RelayConfig;
+use crate::metrics::{Counter, Gauge};
 use crate::rate::SharedBucket;
 use crate::store::source::{HttpSource, Throttle};
 use crate::store::StoreError;
@@ -87,12 +88,12 @@ pub struct Link {
     pub limiter: Arc<Limiter>,
     /// Compressed chunk bytes received from upstream (prestage and pull-through, rejected
     /// frames included).
-    pub upstream_bytes: AtomicU64,
+    pub upstream_bytes: Counter,
     /// Upstream chunks that failed verification.
-    pub rejected: AtomicU64,
+    pub rejected: Counter,
     /// Compressed bytes of the chunks in the relay's store: listed at start, then kept up to
     /// date by what the relay stores and evicts (and set again by each eviction's listing).
-    pub cache_bytes: AtomicU64,
+    pub cache_bytes: Gauge,
 }
 
 impl Link {
@@ -127,9 +128,9 @@ impl Link {
             source,
             client,
             limiter,
-            upstream_bytes: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            cache_bytes: AtomicU64::new(0),
+            upstream_bytes: Counter::default(),
+            rejected: Counter::default(),
+            cache_bytes: Gauge::default(),
         })
     }
 

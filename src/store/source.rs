@@ -23,6 +23,7 @@ use super::id::{ChunkId, VersionId};
 use super::manifest::Manifest;
 use super::verified::VerifiedChunk;
 use super::Store;
+use crate::retry::Backoff;
 
 /// Most ids one `POST /chunks/batch` may name.
 pub const BATCH_MAX_IDS: usize = 4096;
@@ -115,10 +116,13 @@ impl Decoder {
 pub struct HttpSource {
     base: String,
     client: reqwest::blocking::Client,
-    /// Attempts per request on connection errors and 5xx answers.
+    /// Attempts per request on connection errors and 5xx answers (waits: [`SEND_BACKOFF`]).
     attempts: u32,
     throttle: Option<Arc<dyn Throttle>>,
 }
+
+/// The waits between attempts of one request: 250 ms doubling.
+const SEND_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::MAX);
 
 /// Paces the reading of batch bodies: called with the size of every read, before the next.
 pub trait Throttle: Send + Sync {
@@ -209,44 +213,44 @@ impl HttpSource {
         url: &str,
         build: impl Fn() -> reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response> {
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(250 << (attempt - 1)));
+        let message = |r: reqwest::blocking::Response| {
+            let status = r.status();
+            let body = r.text().unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            if msg.is_empty() {
+                format!("server answered {status}")
+            } else {
+                format!("server answered {status}: {msg}")
             }
-            let message = |r: reqwest::blocking::Response| {
-                let status = r.status();
-                let body = r.text().unwrap_or_default();
-                let msg = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
-                    .unwrap_or(body);
-                if msg.is_empty() {
-                    format!("server answered {status}")
-                } else {
-                    format!("server answered {status}: {msg}")
-                }
-            };
-            match build().send() {
-                Ok(r) if r.status().is_success() => return Ok(r),
+        };
+        // Err((worth another attempt, why))
+        let (res, _) = SEND_BACKOFF.tries(self.attempts).run(
+            |_| match build().send() {
+                Ok(r) if r.status().is_success() => Ok(r),
                 // e.g. a relay's 503 for a version it does not hold yet: say why
-                Ok(r) if r.status().is_server_error() => last = message(r),
-                Ok(r) => {
-                    return Err(StoreError::Fetch {
-                        url: url.to_string(),
-                        reason: message(r),
-                    });
-                }
-                Err(e) => last = error_chain(&e),
-            }
+                Ok(r) if r.status().is_server_error() => Err((true, message(r))),
+                Ok(r) => Err((false, message(r))),
+                Err(e) => Err((true, error_chain(&e))),
+            },
+            |(again, _), _| *again,
+        );
+        match res {
+            Ok(r) => Ok(r),
+            Err((false, reason)) => Err(StoreError::Fetch {
+                url: url.to_string(),
+                reason,
+            }),
+            Err((true, last)) => Err(StoreError::Unreachable {
+                url: url.to_string(),
+                reason: format!(
+                    "{last} (after {} attempts; check that `bootcast serve` runs there and is reachable)",
+                    self.attempts
+                ),
+            }),
         }
-        Err(StoreError::Unreachable {
-            url: url.to_string(),
-            reason: format!(
-                "{last} (after {} attempts; check that `bootcast serve` runs there and is reachable)",
-                self.attempts
-            ),
-        })
     }
 
     /// The manifest of `NAME[@VERSION]` (version: full id, unique prefix or `latest`; none =

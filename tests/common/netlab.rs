@@ -309,7 +309,9 @@ pub fn shared_bootenv() -> &'static Path {
     DIR.get_or_init(|| {
         let (dir, key, lock) = shared_slot();
         if dir.join("ready").exists() {
-            super::say(&format!("bootenv: the suite's shared build .cache/bootenv-shared/{key}"));
+            super::say(&format!(
+                "bootenv: the suite's shared build .cache/bootenv-shared/{key}"
+            ));
         } else {
             let lab = super::Lab {
                 dir: tempfile::tempdir_in(&dir).unwrap(),
@@ -322,8 +324,11 @@ pub fn shared_bootenv() -> &'static Path {
                 super::stderr(&out)
             );
             for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
-                std::fs::rename(lab.data().join("bootenv").join(f), dir.join("bootenv").join(f))
-                    .unwrap();
+                std::fs::rename(
+                    lab.data().join("bootenv").join(f),
+                    dir.join("bootenv").join(f),
+                )
+                .unwrap();
             }
             std::fs::write(dir.join("ready"), &key).unwrap();
             super::say(&format!(
