@@ -155,9 +155,7 @@ pub async fn agent_hello(
             let chunks = st.chunks.clone();
             let store = match tokio::task::spawn_blocking(move || chunks.store_or_create()).await {
                 Ok(Ok(s)) => Ok(s),
-                Ok(Err((_, Json(body)))) => {
-                    Err(body["error"].as_str().unwrap_or_default().to_string())
-                }
+                Ok(Err(e)) => Err(e.message().to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match store {
@@ -378,12 +376,12 @@ async fn agent_report(
             }
             let task = match tasks::get(c, id)? {
                 Some(t) if t.mac == mac => t,
-                _ => return Ok(Err(Ok((StatusCode::NOT_FOUND, format!(
+                _ => return Ok(Err(Ok(ApiError::not_found(format!(
                     "host {mac} has no task {id}; report only the task named by bootcast.task= on this boot's kernel command line"
                 ))))),
             };
             if !task.state.is_open() {
-                return Ok(Err(Ok((StatusCode::CONFLICT, format!(
+                return Ok(Err(Ok(ApiError::conflict(format!(
                     "task {id} is already {}; stop working on it and reboot",
                     task.state.as_str()
                 )))));
@@ -430,9 +428,9 @@ async fn agent_report(
             .into_response())
         }
         Err(Err(refused)) => Err(refused.error(mac, peer, what)),
-        Err(Ok((status, msg))) => {
-            tracing::warn!(%mac, task = id, "agent {what} refused: {msg}");
-            Err(ApiError::new(status, msg))
+        Err(Ok(refused)) => {
+            tracing::warn!(%mac, task = id, "agent {what} refused: {}", refused.message());
+            Err(refused)
         }
     }
 }

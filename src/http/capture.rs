@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::Json;
 
+use super::error::{parse_chunk_id, ApiError, ApiResult};
 use super::AppState;
 use crate::db::{tasks, Task, TaskKind, TaskState};
 use crate::mac::Mac;
@@ -103,12 +104,6 @@ impl Captures {
     }
 }
 
-type Refusal = (StatusCode, Json<serde_json::Value>);
-
-fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
-    super::error(status, msg).into_response()
-}
-
 /// The host and task a capture request is for, once its headers check out.
 struct Caller {
     mac: Mac,
@@ -124,20 +119,20 @@ async fn caller(
     headers: &HeaderMap,
     what: &'static str,
     closed_ok: bool,
-) -> Result<Caller, Response> {
+) -> ApiResult<Caller> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mac: Mac = match get(HEADER_MAC).map(str::parse) {
         Some(Ok(m)) => m,
-        Some(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        Some(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
         None => {
-            return Err(refuse(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("no {HEADER_MAC} header: name the MAC this boot's kernel command line carries (bootcast.mac=)"),
             ))
         }
     };
     let Some(id) = get(HEADER_TASK).and_then(|t| t.parse::<i64>().ok()) else {
-        return Err(refuse(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("no task number in the {HEADER_TASK} header: name the task of bootcast.task= on the kernel command line"),
         ));
@@ -155,16 +150,16 @@ async fn caller(
     let task = match res {
         Ok(Ok(Some(t))) if t.mac == mac => t,
         Ok(Ok(_)) => {
-            return Err(refuse(
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
             ))
         }
-        Ok(Err(refused)) => return Err(refused.error(mac, peer, what).into_response()),
-        Err(e) => return Err(super::internal(e).into_response()),
+        Ok(Err(refused)) => return Err(refused.error(mac, peer, what)),
+        Err(e) => return Err(e.into()),
     };
     if task.kind != TaskKind::Capture {
-        return Err(refuse(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "task {id} is a {} task, not a capture; the capture endpoints serve capture tasks only",
@@ -178,7 +173,7 @@ async fn caller(
     }
     if !task.state.is_open() && !closed_ok {
         tracing::warn!(%mac, task = id, "agent {what} refused: task {}", task.state.as_str());
-        return Err(refuse(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "task {id} is already {}; stop working on it and reboot",
@@ -187,7 +182,7 @@ async fn caller(
         ));
     }
     let Some(image) = task.image.clone() else {
-        return Err(refuse(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("capture task {id} names no image; cancel it and create it again with `bootcast task capture --image NAME`"),
         ));
@@ -196,38 +191,15 @@ async fn caller(
 }
 
 /// The store, created with the defaults if this server has none yet (as `image add` does).
-async fn store(st: &AppState) -> Result<Store, Refusal> {
+async fn store(st: &AppState) -> ApiResult<Store> {
     let chunks = st.chunks.clone();
-    tokio::task::spawn_blocking(move || chunks.store_or_create())
-        .await
-        .unwrap_or_else(|e| {
-            Err(super::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error: {e}"),
-            ))
-        })
-}
-
-fn blocking_failed(e: tokio::task::JoinError) -> Response {
-    refuse(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
-}
-
-fn store_failed(e: StoreError) -> Refusal {
-    super::chunks::store_refusal(e)
+    tokio::task::spawn_blocking(move || chunks.store_or_create()).await?
 }
 
 /// Reads a request body of at most `max` bytes; 413 beyond, naming the limit.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    max: usize,
-    what: &str,
-) -> Result<Bytes, Response> {
+async fn read_body(headers: &HeaderMap, body: Body, max: usize, what: &str) -> ApiResult<Bytes> {
     let too_large = |len: String| {
-        refuse(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "{what} of {len} bytes; at most {max} bytes ({} MiB) per request: send less per request",
@@ -244,25 +216,16 @@ async fn read_body(
         }
     }
     axum::body::to_bytes(body, max).await.map_err(|e| {
-        let text = super::chunks::error_chain(&e);
+        let text = crate::store::source::error_chain(&e);
         if text.contains("length limit") {
             too_large("more than that".into())
         } else {
-            refuse(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("reading the {what}: {text}"),
             )
         }
     })
-}
-
-fn parse_id(s: &str) -> Result<ChunkId, String> {
-    match s.parse::<ChunkId>() {
-        Ok(id) if s.len() == 64 => Ok(id),
-        _ => Err(format!(
-            "{s:?} is not a chunk id: expected 64 hex digits (a BLAKE3 hash)"
-        )),
-    }
 }
 
 /// `POST /api/v1/agent/capture/missing`: `{ids}` → `{missing, sizes}`. Every id asked about is
@@ -272,37 +235,32 @@ pub async fn missing(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let who = match caller(&st, peer, &headers, "capture/missing", false).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    let who = caller(&st, peer, &headers, "capture/missing", false).await?;
     let req: CaptureMissing = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return refuse(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("the body must be {{\"ids\": [\"<64 hex digits>\", ...]}}: {e}"),
-            )
+            ))
         }
     };
     if req.ids.len() > MISSING_MAX_IDS {
-        return refuse(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "{} ids in one request; at most {MISSING_MAX_IDS}: split it",
                 req.ids.len()
             ),
-        );
+        ));
     }
-    let ids: Vec<ChunkId> = match req.ids.iter().map(|s| parse_id(s)).collect() {
-        Ok(ids) => ids,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-    };
-    let store = match store(&st).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let ids: Vec<ChunkId> = req
+        .ids
+        .iter()
+        .map(|s| parse_chunk_id(s))
+        .collect::<ApiResult<_>>()?;
+    let store = store(&st).await?;
     let chunks = st.chunks.clone();
     let task = who.task.id;
     let res = tokio::task::spawn_blocking(move || {
@@ -314,21 +272,18 @@ pub async fn missing(
         }
         Ok::<_, StoreError>((ids, sizes))
     })
-    .await;
-    match res {
-        Ok(Ok((ids, sizes))) => Json(CaptureMissingReply {
-            missing: ids
-                .iter()
-                .zip(&sizes)
-                .filter(|(_, s)| s.is_none())
-                .map(|(id, _)| id.to_hex())
-                .collect(),
-            sizes,
-        })
-        .into_response(),
-        Ok(Err(e)) => store_failed(e).into_response(),
-        Err(e) => blocking_failed(e),
-    }
+    .await?;
+    let (ids, sizes) = res?;
+    Ok(Json(CaptureMissingReply {
+        missing: ids
+            .iter()
+            .zip(&sizes)
+            .filter(|(_, s)| s.is_none())
+            .map(|(id, _)| id.to_hex())
+            .collect(),
+        sizes,
+    })
+    .into_response())
 }
 
 /// `POST /api/v1/agent/capture/chunks`: upload frames (format in [`crate::proto::agent`]).
@@ -340,28 +295,18 @@ pub async fn chunks(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let who = match caller(&st, peer, &headers, "capture/chunks", false).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let body = match read_body(&headers, body, UPLOAD_MAX_BYTES, "an upload").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    let who = caller(&st, peer, &headers, "capture/chunks", false).await?;
+    let body = read_body(&headers, body, UPLOAD_MAX_BYTES, "an upload").await?;
     let m = &st.chunks.metrics;
     m.capture_bytes_received.inc_by(body.len() as u64);
     m.capture_uploads.inc();
-    let store = match store(&st).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let store = store(&st).await?;
     let service = st.chunks.clone();
     let task = who.task.id;
     let mac = who.mac;
-    let res = tokio::task::spawn_blocking(move || -> Result<CaptureUploaded, Refusal> {
-        let frames =
-            parse_frames(&body).map_err(|e| super::error(StatusCode::BAD_REQUEST, e))?;
+    let res = tokio::task::spawn_blocking(move || -> ApiResult<CaptureUploaded> {
+        let frames = parse_frames(&body).map_err(ApiError::bad_request)?;
         let mut decoder = Decoder::new(store.config().chunker.max as usize);
         for (id, frame) in &frames {
             if let Err(reason) = decoder.decode(id, frame) {
@@ -370,28 +315,28 @@ pub async fn chunks(
                     .capture_chunks_refused
                     .inc();
                 tracing::warn!(%mac, task, "capture upload refused: chunk {id}: {reason}");
-                return Err(super::error(
+                return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("chunk {id} does not match its id: {reason}; nothing of this upload was stored; upload each chunk as the zstd frame of the bytes its id is the BLAKE3 hash of"),
                 ));
             }
         }
-        let capture = service.captures.session(task, &store).map_err(store_failed)?;
+        let capture = service.captures.session(task, &store)?;
         let _writing = capture.writing.lock().unwrap();
         let mut batch = Vec::new();
         let mut seen = HashSet::new();
         for (id, frame) in &frames {
-            capture.session.claim(id).map_err(store_failed)?;
-            if seen.insert(*id) && store.chunk_size(id).map_err(store_failed)?.is_none() {
+            capture.session.claim(id)?;
+            if seen.insert(*id) && store.chunk_size(id)?.is_none() {
                 let tmp = capture
                     .session
                     .write_temp(id, frame)
-                    .map_err(store_failed)?;
+                    ?;
                 batch.push((*id, tmp));
             }
         }
         let stored = batch.len();
-        capture.session.publish(&mut batch).map_err(store_failed)?;
+        capture.session.publish(&mut batch)?;
         service
             .metrics
             .capture_chunks_stored
@@ -401,12 +346,8 @@ pub async fn chunks(
             stored,
         })
     })
-    .await;
-    match res {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(r)) => r.into_response(),
-        Err(e) => blocking_failed(e),
-    }
+    .await??;
+    Ok(Json(res).into_response())
 }
 
 /// `POST /api/v1/agent/capture/commit`: the manifest file. Checked (decodes, names the task's
@@ -418,22 +359,16 @@ pub async fn commit(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let who = match caller(&st, peer, &headers, "capture/commit", true).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let body = match read_body(&headers, body, MANIFEST_MAX_BYTES, "a manifest").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    let who = caller(&st, peer, &headers, "capture/commit", true).await?;
+    let body = read_body(&headers, body, MANIFEST_MAX_BYTES, "a manifest").await?;
     let (mut manifest, version) = match Manifest::decode(&body) {
         Ok(m) => m,
         Err(e) => {
-            return refuse(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("the manifest sent is not valid: {e}"),
-            )
+            ))
         }
     };
     let id = who.task.id;
@@ -449,39 +384,36 @@ pub async fn commit(
         if who.task.state == TaskState::Done
             && who.task.version.as_deref() == Some(&version.to_hex())
         {
-            return done(version.to_hex());
+            return Ok(done(version.to_hex()));
         }
-        return refuse(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "task {id} is already {}; stop working on it and reboot",
                 who.task.state.as_str()
             ),
-        );
+        ));
     }
     if manifest.name != who.image {
-        return refuse(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "the manifest names image {:?}, task {id} captures {:?}; commit under the image of the hello reply",
                 manifest.name, who.image
             ),
-        );
+        ));
     }
-    let store = match store(&st).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let store = store(&st).await?;
     let want = store.config().chunker;
     if manifest.params != want {
         let p = manifest.params;
-        return refuse(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "the manifest was cut with chunk sizes {}:{}:{} (zero runs from {}), the server's store uses {}:{}:{} (zero runs from {}); cut with the chunker parameters of the hello reply",
                 p.min, p.avg, p.max, p.zero_min, want.min, want.avg, want.max, want.zero_min
             ),
-        );
+        ));
     }
     // The agent's clock may be off (many PCs keep local time in their RTC); `latest` goes by
     // this server's.
@@ -496,13 +428,13 @@ pub async fn commit(
     let version = match res {
         Ok(Ok(v)) => v,
         Ok(Err(StoreError::ChunkMissing { id: chunk, .. })) => {
-            return refuse(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("chunk {chunk} of the manifest is not on the server; upload it (capture/chunks), then commit again"),
-            )
+            ))
         }
-        Ok(Err(e)) => return store_failed(e).into_response(),
-        Err(e) => return blocking_failed(e),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
     };
     let mac = who.mac;
     let hex = version.to_hex();
@@ -516,12 +448,12 @@ pub async fn commit(
     match res {
         Ok(Some(_)) => {
             tracing::info!(%mac, task = id, image = %who.image, version = %hex, "capture committed");
-            done(hex)
+            Ok(done(hex))
         }
-        Ok(None) => refuse(
+        Ok(None) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("task {id} was closed while its version was written ({}@{hex} is stored all the same); stop working on it and reboot", who.image),
-        ),
-        Err(e) => super::internal(e).into_response(),
+        )),
+        Err(e) => Err(e.into()),
     }
 }

@@ -31,6 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::error::{parse_chunk_id, ApiError, ApiResult};
 use super::AppState;
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::store::source::{BATCH_MAX_BYTES, BATCH_MAX_IDS, MISSING};
@@ -89,7 +90,7 @@ impl ChunkService {
 
     /// Pulls the chunks of `ids` the store lacks (a relay; nothing otherwise); returns those
     /// the upstream lacks too.
-    async fn pull_missing(&self, store: &Store, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Refusal> {
+    async fn pull_missing(&self, store: &Store, ids: &[ChunkId]) -> ApiResult<Vec<ChunkId>> {
         let Some(pull) = self.pull.clone() else {
             return Ok(Vec::new());
         };
@@ -106,96 +107,46 @@ impl ChunkService {
             }
             pull.pull(&lacking)
         })
-        .await;
-        match res {
-            Ok(Ok(missing)) => Ok(missing),
-            Ok(Err(why)) => Err(super::error(StatusCode::BAD_GATEWAY, why)),
-            Err(e) => Err(super::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error: {e}"),
-            )),
-        }
+        .await?;
+        res.map_err(ApiError::bad_gateway)
     }
 
     /// The store, created with the default configuration if there is none yet (a capture
     /// may be this server's first image, as an `image add` may be). Blocking (file system).
-    pub fn store_or_create(&self) -> Result<Store, Refusal> {
+    pub fn store_or_create(&self) -> ApiResult<Store> {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
         match Store::open_or_create(&self.data, crate::store::StoreConfig::default(), false) {
             Ok(s) => Ok(self.store.get_or_init(|| s).clone()),
-            Err(e) => Err(store_refusal(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// The store, if there is one. Blocking (file system).
-    pub fn store(&self) -> Result<Store, Refusal> {
+    /// The store, if there is one (404 naming the fix otherwise). Blocking (file system).
+    pub fn store(&self) -> ApiResult<Store> {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
         match Store::open(&self.data) {
             Ok(s) => Ok(self.store.get_or_init(|| s).clone()),
-            Err(StoreError::NoStore(_)) => Err(super::error(
-                StatusCode::NOT_FOUND,
+            Err(StoreError::NoStore(_)) => Err(ApiError::not_found(
                 "this server has no image store yet; add an image with `bootcast image add` on the server",
             )),
-            Err(e) => Err(store_refusal(e)),
+            Err(e) => Err(e.into()),
         }
     }
-}
-
-/// An error answer: status and `{"error": ...}`.
-pub(super) type Refusal = (StatusCode, Json<serde_json::Value>);
-
-/// A store error as an HTTP answer: unknown names 404, bad input 400, the rest 500.
-fn store_error(e: StoreError) -> Response {
-    store_refusal(e).into_response()
-}
-
-pub(super) fn store_refusal(e: StoreError) -> Refusal {
-    let status = match &e {
-        StoreError::UnknownImage(_) | StoreError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-        StoreError::BadName(_) | StoreError::AmbiguousVersion { .. } => StatusCode::BAD_REQUEST,
-        _ => {
-            tracing::error!("{e}");
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    };
-    super::error(status, e.to_string())
-}
-
-/// An error with its causes, on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s += &format!(": {text}");
-        }
-        cause = c.source();
-    }
-    s
-}
-
-fn blocking_failed(e: tokio::task::JoinError) -> Response {
-    super::error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
-    .into_response()
 }
 
 /// `GET /api/v1/images` (staff): every stored version.
-pub async fn list_images(State(st): State<AppState>) -> Response {
+pub async fn list_images(State(st): State<AppState>) -> ApiResult {
     let store = match st.chunks.store() {
         Ok(s) => s,
         // No store yet: no images.
-        Err((StatusCode::NOT_FOUND, _)) => {
-            return Json(serde_json::json!({ "images": [] })).into_response()
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            return Ok(Json(serde_json::json!({ "images": [] })).into_response())
         }
-        Err(r) => return r.into_response(),
+        Err(e) => return Err(e),
     };
     let res = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
@@ -204,32 +155,20 @@ pub async fn list_images(State(st): State<AppState>) -> Response {
         }
         Ok::<_, StoreError>(crate::store::stats::version_stats(&all, &all))
     })
-    .await;
-    match res {
-        Ok(Ok(stats)) => Json(serde_json::json!({ "images": stats })).into_response(),
-        Ok(Err(e)) => store_error(e),
-        Err(e) => blocking_failed(e),
-    }
+    .await??;
+    Ok(Json(serde_json::json!({ "images": res })).into_response())
 }
 
 /// `GET /api/v1/images/{name}/{version}/manifest`: the manifest's canonical encoding.
 pub async fn manifest(
     State(st): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-) -> Response {
-    let store = match st.chunks.store() {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+) -> ApiResult {
+    let store = st.chunks.store()?;
     let spec = format!("{name}@{version}");
-    let res = tokio::task::spawn_blocking(move || store.resolve(&spec)).await;
-    let v = match res {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return store_error(e),
-        Err(e) => return blocking_failed(e),
-    };
+    let v = tokio::task::spawn_blocking(move || store.resolve(&spec)).await??;
     st.chunks.metrics.manifests_served.inc();
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             // `latest` moves, and a version's annotations may be rewritten by a re-add.
@@ -241,17 +180,7 @@ pub async fn manifest(
         ],
         v.manifest.encode(),
     )
-        .into_response()
-}
-
-fn parse_id(s: &str) -> Result<ChunkId, Refusal> {
-    match s.parse::<ChunkId>() {
-        Ok(id) if s.len() == 64 => Ok(id),
-        _ => Err(super::error(
-            StatusCode::BAD_REQUEST,
-            format!("{s:?} is not a chunk id: expected 64 hex digits (a BLAKE3 hash)"),
-        )),
-    }
+        .into_response())
 }
 
 /// `GET /chunks/{id}`: the stored frame as-is, with Range support.
@@ -260,17 +189,11 @@ pub async fn chunk(
     Path(id): Path<String>,
     headers: HeaderMap,
     req: Request,
-) -> Response {
+) -> ApiResult {
     let m = &st.chunks.metrics;
     m.chunk_requests.inc();
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
-    let store = match st.chunks.store() {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let id = parse_chunk_id(&id)?;
+    let store = st.chunks.store()?;
     let etag = HeaderValue::from_str(&format!("\"{id}\"")).expect("hex is a valid header");
     let mut resp = if headers
         .get(header::IF_NONE_MATCH)
@@ -279,27 +202,15 @@ pub async fn chunk(
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        if let Err(r) = st.chunks.pull_missing(&store, &[id]).await {
-            return r.into_response();
-        }
+        st.chunks.pull_missing(&store, &[id]).await?;
         let path = store.chunk_path(&id);
         match tokio::fs::metadata(&path).await {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 m.chunks_missing.inc();
-                return super::error(
-                    StatusCode::NOT_FOUND,
-                    format!("no chunk {id} on this server"),
-                )
-                .into_response();
+                return Err(ApiError::not_found(format!("no chunk {id} on this server")));
             }
-            Err(e) => {
-                return super::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("reading chunk {id}: {e}"),
-                )
-                .into_response()
-            }
+            Err(e) => return Err(ApiError::internal(format!("reading chunk {id}: {e}"))),
         }
         let head = req.method() == axum::http::Method::HEAD;
         let r = match ServeFile::new(path).oneshot(req).await {
@@ -327,47 +238,34 @@ pub async fn chunk(
             HeaderValue::from_static("application/zstd"),
         );
     }
-    resp
+    Ok(resp)
 }
 
 /// `POST /chunks/batch`: body = raw 32-byte ids; answer = one frame per id, in order,
 /// streamed from disk (see [`crate::store::source`] for the format).
-pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
+pub async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let service = st.chunks.clone();
     service.metrics.batch_requests.inc();
     if !body.len().is_multiple_of(32) {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the body holds {} bytes: a batch is raw 32-byte chunk ids, concatenated",
-                body.len()
-            ),
-        )
-        .into_response();
+        return Err(ApiError::bad_request(format!(
+            "the body holds {} bytes: a batch is raw 32-byte chunk ids, concatenated",
+            body.len()
+        )));
     }
     let ids: Vec<ChunkId> = body
         .chunks_exact(32)
         .map(|c| ChunkId(c.try_into().expect("32 bytes")))
         .collect();
     if ids.len() > BATCH_MAX_IDS {
-        return super::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} ids in one batch; at most {BATCH_MAX_IDS} per request: split it",
-                ids.len()
-            ),
-        )
-        .into_response();
+        return Err(ApiError::too_large(format!(
+            "{} ids in one batch; at most {BATCH_MAX_IDS} per request: split it",
+            ids.len()
+        )));
     }
-    let store = match service.store() {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let store = service.store()?;
     // On a relay: what the store lacks comes from upstream first (one upstream batch);
     // what the upstream lacks too is answered as missing, in-band.
-    if let Err(r) = service.pull_missing(&store, &ids).await {
-        return r.into_response();
-    }
+    service.pull_missing(&store, &ids).await?;
     let paths: Vec<PathBuf> = ids.iter().map(|id| store.chunk_path(id)).collect();
     let p = paths.clone();
     let total = tokio::task::spawn_blocking(move || {
@@ -376,20 +274,12 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
             .map(|m| m.len())
             .sum::<u64>()
     })
-    .await;
-    match total {
-        Ok(t) if t > BATCH_MAX_BYTES => {
-            return super::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                "the batch would carry {t} bytes; at most {} MiB per request: ask for fewer ids",
-                BATCH_MAX_BYTES >> 20
-            ),
-            )
-            .into_response()
-        }
-        Ok(_) => {}
-        Err(e) => return blocking_failed(e),
+    .await?;
+    if total > BATCH_MAX_BYTES {
+        return Err(ApiError::too_large(format!(
+            "the batch would carry {total} bytes; at most {} MiB per request: ask for fewer ids",
+            BATCH_MAX_BYTES >> 20
+        )));
     }
     // Frames go through a bounded pipe: a slow client holds at most its size in memory.
     let (mut tx, rx) = tokio::io::duplex(256 << 10);
@@ -426,11 +316,11 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> Response {
         }
         let _ = tx.shutdown().await;
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(tokio_util::io::ReaderStream::with_capacity(rx, 64 << 10)),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /metrics`: the service's registry (see [`super::router`]) in Prometheus text format.

@@ -143,20 +143,6 @@ pub fn parse_chunk_id(s: &str) -> ApiResult<ChunkId> {
     }
 }
 
-/// An error with its causes, on one line (each cause once).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s += &format!(": {text}");
-        }
-        cause = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

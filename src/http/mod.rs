@@ -33,9 +33,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::config::AfterRegister;
 use crate::db::Db;
@@ -163,15 +162,4 @@ pub fn router(state: AppState, token: String) -> Router {
             http_metrics,
             crate::metrics::track,
         ))
-}
-
-/// A JSON error body `{"error": "..."}` with a status.
-pub fn error(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<serde_json::Value>) {
-    (status, Json(serde_json::json!({ "error": msg.into() })))
-}
-
-/// Maps a database error to a 500 and logs it.
-pub fn internal(e: crate::db::DbError) -> (StatusCode, Json<serde_json::Value>) {
-    tracing::error!("{e}");
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }

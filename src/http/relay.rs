@@ -39,19 +39,16 @@ pub async fn heartbeat(
         .db
         .call(move |c| {
             let Some(site) = sites::by_token(c, &token)? else {
-                return Ok(Err((
+                return Ok(Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "no site has this relay token; `bootcast site token NAME` on the central server shows a site's token".to_string(),
+                    "no site has this relay token; `bootcast site token NAME` on the central server shows a site's token",
                 )));
             };
             if site.name != hb.site {
-                return Ok(Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "this token is site {:?}'s, not {:?}: start the relay with --site {}",
-                        site.name, hb.site, site.name
-                    ),
-                )));
+                return Ok(Err(ApiError::forbidden(format!(
+                    "this token is site {:?}'s, not {:?}: start the relay with --site {}",
+                    site.name, hb.site, site.name
+                ))));
             }
             let done = |c: &rusqlite::Connection| -> Result<Vec<i64>, crate::db::DbError> {
                 Ok(pushes::list(c, true)?
@@ -79,7 +76,7 @@ pub async fn heartbeat(
             })))
         })
         .await?;
-    let (newly_done, reply) = res.map_err(|(code, msg)| ApiError::new(code, msg))?;
+    let (newly_done, reply) = res?;
     for id in newly_done {
         st.hooks.emit(
             crate::hooks::EventKind::PushDone,

@@ -32,7 +32,8 @@ use prometheus_client::metrics::family::Family;
 
 use super::{proxy, Relay};
 use crate::config::IncompletePolicy;
-use crate::http::{chunks, error, AppState};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::{chunks, AppState};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::proto::relay::{PushState, RELAY_TOKEN_HEADER};
 use crate::store::Manifest;
@@ -111,20 +112,18 @@ async fn manifest(
     State((app, relay)): State<(AppState, Arc<Relay>)>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
+) -> ApiResult {
     if crate::store::catalog::validate_name(&name).is_err()
         || !(version == "latest" || version.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid image name {name:?} or version {version:?}"),
-        )
-        .into_response();
+        return Err(ApiError::bad_request(format!(
+            "invalid image name {name:?} or version {version:?}"
+        )));
     }
     let full = version.len() == 64;
     if full {
         if let Some((id, bytes)) = local(&relay, &name, &version).await {
-            return manifest_response(&app, &id, bytes);
+            return Ok(manifest_response(&app, &id, bytes));
         }
     }
     // Ask upstream which version this is (and whether it exists).
@@ -144,17 +143,16 @@ async fn manifest(
             // upstream unreachable: what the relay holds completely is still good
             if !full {
                 if let Some((id, bytes)) = local(&relay, &name, &version).await {
-                    return manifest_response(&app, &id, bytes);
+                    return Ok(manifest_response(&app, &id, bytes));
                 }
             }
-            return error(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "{name}@{version} is not complete on relay {} and its upstream cannot be reached: {e}",
                     relay.config.site
                 ),
-            )
-            .into_response();
+            ));
         }
     };
     let status = resp.status();
@@ -164,41 +162,36 @@ async fn manifest(
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or(body);
-        return error(status, msg).into_response();
+        return Err(ApiError::new(status, msg));
     }
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            return error(StatusCode::BAD_GATEWAY, format!("reading {url}: {e}")).into_response()
-        }
-    };
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::bad_gateway(format!("reading {url}: {e}")))?;
     let id = match Manifest::decode(&bytes) {
         Ok((_, id)) => id.to_hex(),
         Err(e) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!("the manifest {url} sent is damaged: {e}"),
-            )
-            .into_response()
+            return Err(ApiError::bad_gateway(format!(
+                "the manifest {url} sent is damaged: {e}"
+            )))
         }
     };
     if let Some((id, bytes)) = local(&relay, &name, &id).await {
-        return manifest_response(&app, &id, bytes);
+        return Ok(manifest_response(&app, &id, bytes));
     }
     let below = headers.contains_key(RELAY_TOKEN_HEADER);
     if relay.config.incomplete == IncompletePolicy::Wait && !below {
         relay.metrics.manifests_refused.inc();
-        return error(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "version {id} of {name} is not complete on relay {} yet; it arrives with the push",
                 relay.config.site
             ),
-        )
-        .into_response();
+        ));
     }
     relay.metrics.manifests_pulled.inc();
-    manifest_response(&app, &id, bytes.to_vec())
+    Ok(manifest_response(&app, &id, bytes.to_vec()))
 }
 
 /// The labels of `bootcast_relay_push_state`.

@@ -285,12 +285,16 @@ impl HttpSource {
     }
 }
 
-/// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, on one line (a cause whose text is already there once is not
+/// repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s += &format!(": {c}");
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s += &format!(": {text}");
+        }
         cause = c.source();
     }
     s
