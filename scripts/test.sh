@@ -21,5 +21,54 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-log "cargo test"
-cargo test --locked --all-targets
+log "cargo test --no-run: every test target, built once"
+cargo test --locked --all-targets --no-run
+
+# The QEMU tests (and relay_push, the longest namespace test) run two binaries at a time, after
+# the rest: under TCG each VM keeps a core busy, so two at a time fill the machine's two cores.
+# tests/bootenv.rs goes first: the boot environment it builds and checks is the one the others
+# boot (tests/common/netlab.rs, SharedSlot).
+parallel=(bootenv relay_push pxe_boot reimage_vm relay_vm inventory_vm)
+others=()
+for f in tests/*.rs; do
+    t=$(basename "$f" .rs)
+    [[ " ${parallel[*]} " == *" $t "* ]] || others+=(--test "$t")
+done
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+log "cargo test: unit tests, examples and the integration tests that run alone"
+alone=0
+cargo test --locked --lib --bins --examples "${others[@]}" --no-fail-fast 2>&1 |
+    tee "$out/alone.txt" || alone=1
+
+log "cargo test: ${parallel[*]}, two at a time (each one's output is shown when it ends)"
+exes=()
+for t in "${parallel[@]}"; do
+    exe=$(cargo test --locked --test "$t" --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"target":{[^}]*"name":"'"$t"'"[^}]*}.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+    [[ -n $exe ]] || die "no test binary for tests/$t.rs"
+    exes+=("$t=$exe")
+done
+run_one() { "$2" >"$out/$1.log" 2>&1; echo $? >"$out/$1.rc"; }
+running=0
+for e in "${exes[@]}"; do
+    run_one "${e%%=*}" "${e#*=}" &
+    running=$((running + 1))
+    if ((running >= 2)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+done
+wait
+failed=()
+for e in "${exes[@]}"; do
+    t=${e%%=*}
+    printf '     Running tests/%s.rs (%s)\n' "$t" "${e#*=}"
+    cat "$out/$t.log"
+    [[ $(cat "$out/$t.rc") == 0 ]] || failed+=("$t")
+done
+((alone == 0)) || failed+=("cargo test (see above)")
+# the whole suite's count, from every binary's "test result:" line
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i + 1) == "passed;") p += $i; if ($(i + 1) == "failed;") f += $i } }
+     END { printf "suite: %d passed, %d failed\n", p, f }' "$out"/alone.txt "$out"/*.log
+((${#failed[@]} == 0)) || die "failed: ${failed[*]}"

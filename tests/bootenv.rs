@@ -412,6 +412,8 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
         }
     }
     let lab = Lab::new();
+    // held while this test builds: VM tests starting meanwhile wait for this build
+    let slot = common::netlab::SharedSlot::lock();
     let cache = repo().join(".cache/bootenv");
     let start = Instant::now();
     let info = lab.json(&["bootenv", "build", "--cache", cache.to_str().unwrap()]);
@@ -437,8 +439,10 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
         .collect();
     left.sort();
     assert_eq!(left, [".lock", "bootenv.json", "initrd.img", "vmlinuz"]);
-    // this build is the suite's: the VM tests after this one boot it instead of building theirs
-    common::netlab::publish_bootenv(&lab.data().join("bootenv"));
+    // this build is the suite's: the VM tests waiting for the slot boot it instead of
+    // building theirs
+    slot.publish(&lab.data().join("bootenv"));
+    drop(slot);
 
     let names = list_initramfs(&lab.data().join("bootenv/initrd.img"));
     for want in [

@@ -264,40 +264,67 @@ pub fn have_qemu() -> bool {
 }
 
 /// The suite's shared boot environment: `.cache/bootenv-shared/<key>`, the key being the BLAKE3
-/// hash of the bootcast binary under test (the agent inside the initramfs), and the lock that
-/// guards it (held while the returned file lives).
-fn shared_slot() -> (PathBuf, String, std::fs::File) {
-    let bin = std::fs::read(super::BIN).expect("read the bootcast binary");
-    let key = blake3::hash(&bin).to_hex()[..16].to_string();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bootenv-shared");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join(".lock")).unwrap();
-    lock.lock().expect("lock .cache/bootenv-shared");
-    let dir = root.join(&key);
-    if !dir.join("ready").exists() {
-        // older binaries' builds go: one entry is all the suite needs
-        for old in std::fs::read_dir(&root).unwrap().flatten() {
-            if old.file_type().is_ok_and(|t| t.is_dir()) {
-                let _ = std::fs::remove_dir_all(old.path());
-            }
-        }
-        std::fs::create_dir_all(dir.join("bootenv")).unwrap();
-    }
-    (dir, key, lock)
+/// hash of the bootcast binary under test (the agent inside the initramfs), held locked while
+/// this value lives (a file lock: other test processes wait).
+pub struct SharedSlot {
+    dir: PathBuf,
+    key: String,
+    _lock: std::fs::File,
 }
 
-/// Offers a boot environment that a test built (tests/bootenv.rs checks its own build) as the
-/// suite's shared one, if the suite has none for this binary yet: then no VM test builds
-/// another.
-pub fn publish_bootenv(built: &Path) {
-    let (dir, key, _lock) = shared_slot();
-    if dir.join("ready").exists() {
-        return;
+impl SharedSlot {
+    /// Waits for the lock; an entry of an older binary is removed.
+    pub fn lock() -> SharedSlot {
+        let bin = std::fs::read(super::BIN).expect("read the bootcast binary");
+        let key = blake3::hash(&bin).to_hex()[..16].to_string();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bootenv-shared");
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = std::fs::File::create(root.join(".lock")).unwrap();
+        lock.lock().expect("lock .cache/bootenv-shared");
+        let dir = root.join(&key);
+        if !dir.join("ready").exists() {
+            // older binaries' builds go: one entry is all the suite needs
+            for old in std::fs::read_dir(&root).unwrap().flatten() {
+                if old.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
+            std::fs::create_dir_all(dir.join("bootenv")).unwrap();
+        }
+        SharedSlot {
+            dir,
+            key,
+            _lock: lock,
+        }
     }
-    for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
-        std::fs::copy(built.join(f), dir.join("bootenv").join(f)).unwrap();
+
+    fn ready(&self) -> bool {
+        self.dir.join("ready").exists()
     }
-    std::fs::write(dir.join("ready"), &key).unwrap();
+
+    /// Makes the boot environment in `built` the suite's shared one (moved when `take`, else
+    /// copied), unless there is one already.
+    fn fill(&self, built: &Path, take: bool) {
+        if self.ready() {
+            return;
+        }
+        for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
+            let (from, to) = (built.join(f), self.dir.join("bootenv").join(f));
+            if take {
+                std::fs::rename(from, to).unwrap();
+            } else {
+                std::fs::copy(from, to).unwrap();
+            }
+        }
+        std::fs::write(self.dir.join("ready"), &self.key).unwrap();
+    }
+
+    /// Offers a boot environment that a test built and checked (tests/bootenv.rs, which
+    /// holds the slot while it builds) as the suite's: the VM tests that wait for the slot
+    /// then boot it instead of building another.
+    pub fn publish(&self, built: &Path) {
+        self.fill(built, false);
+    }
 }
 
 /// One boot environment for the whole suite, built once with the real CLI (`bootcast bootenv
@@ -307,14 +334,15 @@ pub fn publish_bootenv(built: &Path) {
 pub fn shared_bootenv() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let (dir, key, lock) = shared_slot();
-        if dir.join("ready").exists() {
+        let slot = SharedSlot::lock();
+        if slot.ready() {
             super::say(&format!(
-                "bootenv: the suite's shared build .cache/bootenv-shared/{key}"
+                "bootenv: the suite's shared build .cache/bootenv-shared/{}",
+                slot.key
             ));
         } else {
             let lab = super::Lab {
-                dir: tempfile::tempdir_in(&dir).unwrap(),
+                dir: tempfile::tempdir_in(&slot.dir).unwrap(),
             };
             let t = std::time::Instant::now();
             let out = super::bootenv_build(&lab);
@@ -323,21 +351,14 @@ pub fn shared_bootenv() -> &'static Path {
                 "bootenv build failed: {}",
                 super::stderr(&out)
             );
-            for f in ["vmlinuz", "initrd.img", "bootenv.json"] {
-                std::fs::rename(
-                    lab.data().join("bootenv").join(f),
-                    dir.join("bootenv").join(f),
-                )
-                .unwrap();
-            }
-            std::fs::write(dir.join("ready"), &key).unwrap();
+            slot.fill(&lab.data().join("bootenv"), true);
             super::say(&format!(
-                "bootenv built in {:.1}s (shared by the suite: .cache/bootenv-shared/{key})",
-                t.elapsed().as_secs_f64()
+                "bootenv built in {:.1}s (shared by the suite: .cache/bootenv-shared/{})",
+                t.elapsed().as_secs_f64(),
+                slot.key
             ));
         }
-        drop(lock);
-        dir.join("bootenv")
+        slot.dir.join("bootenv")
     })
 }
 
