@@ -22,8 +22,8 @@ use common::*;
 /// Streams a relay's prestage uses (each may lose its chunk in flight to a kill).
 const STREAMS: u64 = bootcast::relay::prestage::STREAMS as u64;
 
-fn central(lab: &Lab) -> Served {
-    Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"])
+fn central(lab: &Lab) -> InProcess {
+    InProcess::start(lab)
 }
 
 /// `bootcast site add NAME ARGS...`: the site's relay token.
@@ -119,23 +119,10 @@ fn held(data: &Path, ids: &[ChunkId]) -> u64 {
         .sum()
 }
 
-/// `curl URL` into a file: (status, body).
-fn get(lab: &Lab, url: &str, extra: &[&str]) -> (u16, Vec<u8>) {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let out_file = lab.path(&format!(
-        "get-{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let out = Command::new("curl")
-        .args(["-sS", "-o"])
-        .arg(&out_file)
-        .args(["-w", "%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl");
-    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (code, std::fs::read(&out_file).unwrap_or_default())
+/// A GET: (status, body).
+fn get(_lab: &Lab, url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let (code, _, body) = common::request("GET", url, headers, None);
+    (code, body)
 }
 
 fn export(client: &Lab, spec: &str, from: &str, target: &str) -> std::process::Output {
@@ -231,7 +218,7 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     let (code, part) = get(
         &client,
         &format!("{}/bootenv/initrd.img", r.url),
-        &["-H", "Range: bytes=10-19"],
+        &[("range", "bytes=10-19")],
     );
     assert_eq!((code, part.len()), (206, 10));
     let kpxe = bootcast::boot::ipxe::UNDIONLY_KPXE.bytes;

@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fake_bootenv, http, nonce_of, Lab, Served};
+use common::{fake_bootenv, http, nonce_of, request, Lab, Served};
 
 fn serve(lab: &Lab, extra: &[&str]) -> Served {
     let mut args = vec!["--http", "127.0.0.1:0", "--tftp", "off"];
@@ -48,12 +48,13 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     // the boot environment files are served, with ranges; only those two files
     let (code, body) = http("GET", &format!("{}/bootenv/vmlinuz", s.url), None, None);
     assert_eq!((code, body.as_str()), (200, "kernel bytes"));
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-r", "2-5", "-w", "\n%{http_code}"])
-        .arg(format!("{}/bootenv/vmlinuz", s.url))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "rnel\n206");
+    let (code, _, body) = request(
+        "GET",
+        &format!("{}/bootenv/vmlinuz", s.url),
+        &[("range", "bytes=2-5")],
+        None,
+    );
+    assert_eq!((code, &body[..]), (206, &b"rnel"[..]));
     for bad in [
         "bootenv.json",
         "cache",
