@@ -17,6 +17,8 @@
 //! - [`heartbeat`]: registers with upstream, reports progress, applies schedule and orders.
 //! - [`proxy`]: boot scripts and agent reports passed upstream with the relay's headers; the
 //!   boot environment and iPXE files through a small file cache.
+//! - [`recover`]: the start-up check: chunk files cut short (a power cut) are removed and their
+//!   versions are pending again.
 //! - [`evict`]: the quota: chunks no assigned image uses go first, oldest first.
 //! - [`routes`]: the relay's HTTP routes, manifests and `/metrics`.
 //!
@@ -32,6 +34,7 @@ pub mod heartbeat;
 pub mod prestage;
 pub mod proxy;
 pub mod pull;
+pub mod recover;
 pub mod routes;
 pub mod upstream;
 
@@ -42,7 +45,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::config::RelayConfig;
 use crate::metrics::{Counter, Gauge};
-use crate::proto::relay::{HeartbeatReply, PushOrder, PushProgress, PushState};
+use crate::proto::relay::{HeartbeatReply, PushOrder, PushProgress, PushState, VersionRef};
 use crate::push::clock::{Clock, FileClock, SystemClock};
 use crate::push::window::Windows;
 use crate::store::{Store, StoreError};
@@ -154,6 +157,9 @@ pub struct Relay {
     /// Signalled with `site` when orders change or the relay stops.
     changed: Condvar,
     pushes: Mutex<BTreeMap<i64, PushStatus>>,
+    /// Versions the start-up check found damaged: prestage fetches them again
+    /// ([`recover::repair_order`]), then this is emptied.
+    repairs: Mutex<Vec<VersionRef>>,
     /// Wakes the heartbeat loop: a push changed state.
     pub heartbeat_now: tokio::sync::Notify,
     _lock: File,
@@ -179,7 +185,25 @@ impl Relay {
         pull::remove_temp_files(&store)?;
         let link = Arc::new(upstream::Link::new(&config, &url)?);
         // one listing at start; from then on the relay counts what it stores and evicts
-        let held: u64 = store.list_chunks()?.iter().map(|(_, n)| n).sum();
+        let mut chunks = store.list_chunks()?;
+        let recovered = recover::check_store(&store, &pending_dir(data), &mut chunks)?;
+        if !recovered.removed.is_empty() {
+            tracing::warn!(
+                "{} chunk file(s) of the wrong size (cut short by a power cut?) removed; pending again, fetched with the next push window: {}",
+                recovered.removed.len(),
+                if recovered.demoted.is_empty() {
+                    "no complete version".to_string()
+                } else {
+                    recovered
+                        .demoted
+                        .iter()
+                        .map(|v| format!("{}@{}", v.image, v.version))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+        }
+        let held: u64 = chunks.iter().map(|(_, n)| n).sum();
         link.cache_bytes.set(held);
         let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
         let clock: Arc<dyn Clock> = match &config.clock_file {
@@ -203,6 +227,7 @@ impl Relay {
             }),
             changed: Condvar::new(),
             pushes: Mutex::new(BTreeMap::new()),
+            repairs: Mutex::new(recovered.demoted),
             heartbeat_now: tokio::sync::Notify::new(),
             config,
             _lock: lock,
@@ -273,6 +298,25 @@ impl Relay {
             .map(|r| r.pushes.clone())
             .unwrap_or_default();
         (pushes, site.generation)
+    }
+
+    /// The orders prestage runs: central's, and the relay's own repair order if the start-up
+    /// check left one (once the site's schedule is known: it runs inside the site's windows).
+    pub fn work(&self) -> (Vec<PushOrder>, u64) {
+        let (mut orders, generation) = self.orders();
+        if self.site().reply.is_some() {
+            let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+            orders.extend(recover::repair_order(&repairs));
+        }
+        (orders, generation)
+    }
+
+    /// The repair order is done: every version it names is complete again.
+    pub fn repaired(&self) {
+        self.repairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The site's cap (bytes/s), if any.

@@ -71,7 +71,7 @@ pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
     // per push: not before, and the failures so far (for the backoff)
     let mut retry_at: HashMap<i64, (Instant, u32)> = HashMap::new();
     while !cancel.is_cancelled() {
-        let (orders, generation) = relay.orders();
+        let (orders, generation) = relay.work();
         let open: Vec<i64> = orders.iter().map(|o| o.id).collect();
         relay.retain_pushes(&open);
         retry_at.retain(|id, _| open.contains(id));
@@ -107,6 +107,9 @@ pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
                 }
             };
             if already_done(&relay, order) {
+                if order.id == super::recover::REPAIR {
+                    relay.repaired(); // a push fetched them meanwhile
+                }
                 continue;
             }
             if !windows.is_open(relay.clock.now(), &zone) {
@@ -124,6 +127,13 @@ pub fn run(relay: Arc<Relay>, cancel: CancellationToken) {
             let outcome = run_push(&relay, order, &windows, &zone, generation, &cancel);
             relay.link.limiter.set(relay.site_rate());
             match outcome {
+                Outcome::Done if order.id == super::recover::REPAIR => {
+                    retry_at.remove(&order.id);
+                    relay.repaired();
+                    tracing::info!(
+                        "the versions the start-up check found damaged are complete again"
+                    );
+                }
                 Outcome::Done => {
                     retry_at.remove(&order.id);
                     tracing::info!("push {}: every version is complete here", order.id);
