@@ -85,10 +85,33 @@ fn sites_pushes_and_relay_heartbeats() {
         "--subnets",
         "10.99.1.0/24",
     ]);
-    let token = nord["token"].as_str().unwrap().to_string();
+    let first = nord["token"].as_str().unwrap().to_string();
+    // tokens are stored hashed: shown once; `--rotate` makes a new one and the old one stops
+    let e = common::stderr(&lab.run(&["site", "token", "nord"]));
+    assert!(e.contains("stored hashed") && e.contains("--rotate"), "{e}");
+    let token = lab.json(&["site", "token", "nord", "--rotate"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(token, first);
+    // (read by another process: closing a descriptor of the database in this one would drop
+    // the in-process server's SQLite locks)
+    for t in [&first, &token] {
+        let found = std::process::Command::new("grep")
+            .args(["-c", "-F", t])
+            .arg(lab.data().join("bootcast.db"))
+            .arg(lab.data().join("bootcast.db-wal"))
+            .output()
+            .unwrap();
+        let counts = String::from_utf8_lossy(&found.stdout);
+        assert!(
+            counts.lines().all(|l| l.ends_with(":0")),
+            "a relay token in clear in the database: {counts}"
+        );
+    }
     assert_eq!(
-        lab.json(&["site", "token", "nord"])["token"],
-        token.as_str()
+        heartbeat(&s, &first, &hb("nord", 0, "waiting", 0, 0, json!([]))).0,
+        401
     );
     // sud holds the loopback subnet: machines booting directly from there belong to it
     lab.json(&["site", "add", "sud", "--subnets", "127.0.0.0/8"]);
@@ -149,7 +172,8 @@ fn sites_pushes_and_relay_heartbeats() {
     let row = &st["pushes"][0]["sites"][0];
     assert_eq!(
         (row["site"].as_str(), row["state"].as_str()),
-        (Some("nord"), Some("running"))
+        (Some("nord"), Some("running")),
+        "{st}"
     );
     assert_eq!(row["bytes_done"], 1000);
     assert_eq!(row["bytes_total"], full);

@@ -35,17 +35,23 @@ fn site(lab: &Lab, name: &str, args: &[&str]) -> String {
 
 /// A relay with its data in `lab`/`dir`, on a free port.
 fn relay(lab: &Lab, dir: &str, upstream: &str, site: &str, token: &str, extra: &[&str]) -> Served {
+    use std::os::unix::fs::PermissionsExt;
+    // the token from a file of mode 0600, never on the command line
+    let token_file = lab.path(&format!("{dir}.token"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.arg("--data")
         .arg(lab.path(dir))
-        .env_remove("BOOTCAST_DATA");
+        .env_remove("BOOTCAST_DATA")
+        .env_remove("BOOTCAST_RELAY_TOKEN");
     let mut args = vec![
         "--upstream",
         upstream,
         "--site",
         site,
-        "--token",
-        token,
+        "--token-file",
+        token_file.to_str().unwrap(),
         "--http",
         "127.0.0.1:0",
         "--tftp",
@@ -679,7 +685,7 @@ fn a_wrong_site_token_is_named_in_the_log() {
     wait_for("the relay to say its token is wrong", 30, || {
         r.log_text()
             .contains(
-                "the site token is wrong: `bootcast site token s1` on the central server shows it",
+                "the site token is wrong: `bootcast site token s1 --rotate` on the central server makes a new one",
             )
             .then_some(())
     });
@@ -865,4 +871,46 @@ fn chunks_cut_short_while_the_relay_was_down_are_fetched_again_before_the_versio
     say(&format!(
         "power cut: 3 chunks cut short ({cut_bytes} bytes) found at start; the version was pending until the window opened, then {cut_bytes} bytes fetched again; export byte-identical"
     ));
+}
+
+#[test]
+fn the_relay_token_comes_from_a_private_file_or_the_environment_never_argv() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let file = lab.file("token", b"abc\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let base = [
+        "relay",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--site",
+        "s",
+        "--http",
+        "127.0.0.1:0",
+        "--tftp",
+        "off",
+    ];
+    let mut a = base.to_vec();
+    a.extend(["--token-file", file.to_str().unwrap()]);
+    let e = stderr(&lab.run(&a));
+    assert!(
+        e.contains("can be read by other users") && e.contains("chmod 600"),
+        "{e}"
+    );
+    let mut a = base.to_vec();
+    a.extend(["--token", "abc"]);
+    let out = lab.run(&a);
+    assert!(!out.status.success(), "--token is not an option any more");
+    assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
+    let out = lab
+        .cmd()
+        .env_remove("BOOTCAST_RELAY_TOKEN")
+        .args(base)
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert!(
+        e.contains("--token-file FILE or BOOTCAST_RELAY_TOKEN"),
+        "{e}"
+    );
 }

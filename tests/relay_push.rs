@@ -71,14 +71,13 @@ impl Relay {
         let mut cmd = self.ns.cmd(BIN);
         cmd.arg("--data")
             .arg(&self.data)
-            .env_remove("BOOTCAST_DATA");
+            .env_remove("BOOTCAST_DATA")
+            .env("BOOTCAST_RELAY_TOKEN", &self.token);
         let mut args = vec![
             "--upstream".to_string(),
             self.upstream.clone(),
             "--site".into(),
             self.site.clone(),
-            "--token".into(),
-            self.token.clone(),
             "--http".into(),
             "0.0.0.0:8080".into(),
             "--tftp".into(),

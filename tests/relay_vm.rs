@@ -59,7 +59,8 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
     let mut cmd = site.cmd(BIN);
     cmd.arg("--data")
         .arg(&relay_data)
-        .env_remove("BOOTCAST_DATA");
+        .env_remove("BOOTCAST_DATA")
+        .env("BOOTCAST_RELAY_TOKEN", &token);
     let relay = Served::start_as(
         cmd,
         "relay",
@@ -68,8 +69,6 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
             "http://10.99.4.1:8080",
             "--site",
             "lycee",
-            "--token",
-            &token,
             "--url",
             "http://10.99.0.1:8080",
             "--http",

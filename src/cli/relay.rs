@@ -20,14 +20,12 @@ pub struct RelayArgs {
     /// The site this relay serves (`bootcast site add` on the central server)
     #[arg(long, value_name = "NAME")]
     site: Option<String>,
-    /// The site relay token (`bootcast site token NAME` on the central server)
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BOOTCAST_RELAY_TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
+    /// A file holding the site relay token (`bootcast site add` or `site token NAME --rotate`
+    /// on the central server print it), readable by its owner only; else the token comes from
+    /// the environment (BOOTCAST_RELAY_TOKEN) or the configuration file. Never on the command
+    /// line, where every user of the machine can read it.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// How the site's machines reach this relay [default: http://ADVERTISE:PORT, or the HTTP address]
     #[arg(long, value_name = "http://IP:PORT")]
     url: Option<String>,
@@ -55,7 +53,9 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     let r = &mut raw.relay;
     set(&mut r.upstream, &args.upstream);
     set(&mut r.site, &args.site);
-    set(&mut r.token, &args.token);
+    if let Some(t) = relay_token(args.token_file.as_deref())? {
+        r.token = Some(t);
+    }
     set(&mut r.url, &args.url);
     set(&mut r.quota, &args.quota);
     set(&mut r.incomplete, &args.incomplete);
@@ -64,7 +64,7 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     let relay = match config.relay.take() {
         Some(r) => r,
         None => anyhow::bail!(
-            "a relay needs --upstream URL, --site NAME and --token TOKEN (or a [relay] section in the configuration file)"
+            "a relay needs --upstream URL, --site NAME and its site's token (--token-file FILE or BOOTCAST_RELAY_TOKEN), or a [relay] section in the configuration file"
         ),
     };
     config.relay = Some(relay.clone());
@@ -117,4 +117,28 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
         eprintln!("bootcast: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The relay token from `--token-file` (refused when others may read the file), else from
+/// `BOOTCAST_RELAY_TOKEN`; `None` leaves the configuration file's.
+fn relay_token(file: Option<&Path>) -> Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = file else {
+        return Ok(std::env::var("BOOTCAST_RELAY_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string()));
+    };
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the relay token file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the relay token file {} can be read by other users (mode {mode:o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the relay token file {}", path.display()))?;
+    Ok(Some(text.trim().to_string()))
 }

@@ -17,7 +17,7 @@ use super::output::{utc, Output};
 
 #[derive(Subcommand, Debug)]
 pub enum SiteCmd {
-    /// Create a site; prints the token its relay starts with (`bootcast relay --token`)
+    /// Create a site; prints the token its relay starts with, once (it is stored hashed)
     Add {
         name: String,
         #[command(flatten)]
@@ -31,8 +31,14 @@ pub enum SiteCmd {
     },
     /// Every site with its schedule and what its relay last reported
     List,
-    /// Print the relay token of a site
-    Token { name: String },
+    /// Make a new relay token for a site (the old one stops working); printed once
+    Token {
+        name: String,
+        /// Replace the token: the only way to see one after `site add` (tokens are stored
+        /// hashed); give the new one to the site's relay
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Remove a site (its pushes' progress with it)
     Rm { name: String },
 }
@@ -132,7 +138,7 @@ pub fn run(cmd: SiteCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 &serde_json::json!({ "site": name, "token": token }),
                 || {
                     format!(
-                        "site {name} created ({} {}{})\nits relay starts with: bootcast relay --upstream http://THIS-SERVER:8080 --site {name} --token {token}",
+                        "site {name} created ({} {}{})\nits relay token (shown only now; `bootcast site token {name} --rotate` makes a new one): {token}\nthe relay starts with: BOOTCAST_RELAY_TOKEN=<token> bootcast relay --upstream http://THIS-SERVER:8080 --site {name}\n(or --token-file FILE, a file of mode 0600 holding the token)",
                         s.tz,
                         s.windows,
                         s.rate.map(|r| format!(", cap {}", format_rate(r))).unwrap_or_default()
@@ -188,14 +194,20 @@ pub fn run(cmd: SiteCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 s
             });
         }
-        SiteCmd::Token { name } => {
-            let Some(site) = sites::get(&c, &name)? else {
+        SiteCmd::Token { name, rotate } => {
+            if sites::get(&c, &name)?.is_none() {
                 bail!("no site {name}; `bootcast site list` shows them");
-            };
-            out.emit(
-                &serde_json::json!({ "site": name, "token": site.relay_token }),
-                || site.relay_token.clone(),
-            );
+            }
+            if !rotate {
+                bail!(
+                    "relay tokens are stored hashed: site {name}'s cannot be shown again; `bootcast site token {name} --rotate` makes a new one (then give it to the site's relay: its old token stops working at once)"
+                );
+            }
+            let token = bootcast::http::auth::random_hex(24)?;
+            sites::set_token(&c, &name, &token)?;
+            out.emit(&serde_json::json!({ "site": name, "token": token }), || {
+                format!("{token}\n(site {name}'s new relay token; the old one no longer works)")
+            });
         }
         SiteCmd::Rm { name } => {
             if !sites::remove(&c, &name)? {

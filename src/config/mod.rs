@@ -35,7 +35,7 @@
 //! [relay]                        # `bootcast relay` only (`serve` refuses these keys)
 //! upstream = "http://10.0.0.5:8080"   # the central server, or another relay
 //! site = "lycee-nord"
-//! token = "..."                  # the site relay token (`bootcast site token NAME` upstream)
+//! token = "..."                  # the site relay token (`bootcast site add` printed it upstream)
 //! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay
 //! quota = "500G"                 # evict chunks of images not assigned to the site beyond it
 //! incomplete = "wait"            # or "upstream": a version not complete here yet

@@ -90,11 +90,11 @@ impl RawConfig {
                 Some(t.to_string())
             }
             Some(_) => {
-                p("relay.token (--token): the site relay token is printable ASCII without spaces; `bootcast site token NAME` on the central server shows it".into());
+                p("relay.token (--token-file, BOOTCAST_RELAY_TOKEN): the site relay token is printable ASCII without spaces, as `bootcast site add` or `bootcast site token NAME --rotate` on the central server printed it".into());
                 None
             }
             None => {
-                p("relay.token (--token TOKEN or BOOTCAST_RELAY_TOKEN) is missing: `bootcast site token NAME` on the central server shows it".into());
+                p("relay.token (--token-file FILE or BOOTCAST_RELAY_TOKEN) is missing: `bootcast site token NAME --rotate` on the central server makes one".into());
                 None
             }
         };

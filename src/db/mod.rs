@@ -313,6 +313,7 @@ impl Db {
                 .and_then(|_| tx.commit())
                 .map_err(|cause| DbError::Migrate { step, cause })?;
         }
+        sites::hash_plain_tokens(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -433,6 +433,7 @@ mod tests {
         let site = sites::by_token(&c, "tok-n").unwrap().unwrap();
         assert_eq!(site.name, "nord");
         let hb = Heartbeat {
+            protocol: crate::proto::relay::PROTOCOL,
             site: "nord".into(),
             url: "http://10.99.1.2:8080".into(),
             version: "0.1.0".into(),

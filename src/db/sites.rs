@@ -43,8 +43,9 @@ pub struct Site {
     /// Bandwidth cap for the relay's pulls, bytes per second.
     pub rate: Option<u64>,
     pub incomplete: Incomplete,
+    /// [`token_hash`] of the site's relay token (the token itself is stored nowhere).
     #[serde(skip)]
-    pub relay_token: String,
+    pub token_hash: String,
     pub relay: Option<RelayState>,
     /// Image names assigned to the site (by pushes).
     pub images: Vec<String>,
@@ -93,7 +94,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Site> {
         windows: r.get(3)?,
         rate: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         incomplete: Incomplete::parse(&incomplete).unwrap_or(Incomplete::Wait),
-        relay_token: r.get(6)?,
+        token_hash: r.get(6)?,
         relay,
         images: Vec::new(),
     })
@@ -109,7 +110,46 @@ pub struct SiteSettings {
     pub incomplete: Incomplete,
 }
 
-/// Creates site `name` with a fresh relay token; false if it exists.
+/// How a relay token is stored: `sha256:` and the hex SHA-256 of the token. Tokens are random
+/// (24 bytes), so a plain hash is enough: the database alone gives no token a relay would be
+/// accepted with.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// Replaces the relay tokens stored in clear by databases before tokens were hashed with their
+/// hashes (run at every open; a no-op once done).
+pub(super) fn hash_plain_tokens(conn: &Connection) -> Result<(), DbError> {
+    let plain: Vec<(String, String)> = conn
+        .prepare("SELECT name, relay_token FROM sites WHERE relay_token NOT LIKE 'sha256:%'")
+        .what("plain tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .what("plain tokens")?
+        .collect::<Result<_, _>>()
+        .what("plain tokens")?;
+    for (name, token) in plain {
+        conn.execute(
+            "UPDATE sites SET relay_token = ?1 WHERE name = ?2",
+            params![token_hash(&token), name],
+        )
+        .what("hash token")?;
+    }
+    Ok(())
+}
+
+/// Replaces site `name`'s relay token (`site token --rotate`); false if there is no such site.
+pub fn set_token(conn: &Connection, name: &str, token: &str) -> Result<bool, DbError> {
+    let n = conn
+        .execute(
+            "UPDATE sites SET relay_token = ?1 WHERE name = ?2",
+            params![token_hash(token), name],
+        )
+        .what("rotate token")?;
+    Ok(n == 1)
+}
+
+/// Creates site `name` with relay token `token` (stored hashed); false if it exists.
 pub fn add(
     conn: &Connection,
     name: &str,
@@ -128,7 +168,7 @@ pub fn add(
                 s.windows,
                 s.rate.map(|r| r as i64),
                 s.incomplete.as_str(),
-                token,
+                token_hash(token),
                 now
             ],
         )
@@ -198,12 +238,12 @@ pub fn list(conn: &Connection) -> Result<Vec<Site>, DbError> {
     sites.into_iter().map(|s| with_images(conn, s)).collect()
 }
 
-/// The site whose relay token is `token`.
+/// The site whose relay token is `token` (looked up by its hash).
 pub fn by_token(conn: &Connection, token: &str) -> Result<Option<Site>, DbError> {
     let site = conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM sites WHERE relay_token = ?1"),
-            [token],
+            [token_hash(token)],
             from_row,
         )
         .optional()

@@ -49,7 +49,7 @@ pub(super) fn check_nonce(
 ) -> Result<Result<(), NonceRefused>, DbError> {
     let expected = hosts::boot_nonce(c, mac)?;
     Ok(match (&expected, nonce) {
-        (Some(e), Some(n)) if e == n => Ok(()),
+        (Some(e), Some(n)) if super::auth::same_secret(e.as_bytes(), n.as_bytes()) => Ok(()),
         _ => Err(NonceRefused {
             known_boot: expected.is_some(),
         }),

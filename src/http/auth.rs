@@ -127,9 +127,11 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
     Ok(hex::encode(b))
 }
 
-/// Constant-time comparison (the token's length is not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Equal secrets, compared in constant time (`subtle`): how long a refusal takes says nothing
+/// of how much of a guess was right.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
@@ -148,7 +150,7 @@ pub async fn require_token(
     next: Next,
 ) -> ApiResult {
     match bearer(req.headers()) {
-        Some(t) if same(t.as_bytes(), token.as_bytes()) => Ok(next.run(req).await),
+        Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => Ok(next.run(req).await),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "wrong API token (see `bootcast token show` on the server)",
@@ -189,6 +191,10 @@ mod tests {
             read_token(dir.path()),
             Err(TokenError::Damaged { .. })
         ));
-        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
+        assert!(
+            same_secret(b"abc", b"abc")
+                && !same_secret(b"abc", b"abd")
+                && !same_secret(b"ab", b"abc")
+        );
     }
 }

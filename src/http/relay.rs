@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::db::{pushes, sites, DbError};
 use crate::proto::relay::{
-    Heartbeat, HeartbeatReply, SiteSchedule, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER,
+    Heartbeat, HeartbeatReply, SiteSchedule, FORWARDED_FOR_HEADER, PROTOCOL, RELAY_TOKEN_HEADER,
     RELAY_URL_HEADER,
 };
 
@@ -31,7 +31,7 @@ pub async fn heartbeat(
     let Some(token) = bearer(&headers).map(str::to_string) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site token NAME` on the central server)",
+            "a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site add` printed it; `bootcast site token NAME --rotate` on the central server makes a new one)",
         ));
     };
     let now = crate::time::now_unix();
@@ -41,13 +41,20 @@ pub async fn heartbeat(
             let Some(site) = sites::by_token(c, &token)? else {
                 return Ok(Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "no site has this relay token; `bootcast site token NAME` on the central server shows a site's token",
+                    "no site has this relay token; `bootcast site token NAME --rotate` on the central server makes a new one",
                 )));
             };
             if site.name != hb.site {
                 return Ok(Err(ApiError::forbidden(format!(
                     "this token is site {:?}'s, not {:?}: start the relay with --site {}",
                     site.name, hb.site, site.name
+                ))));
+            }
+            if hb.protocol > PROTOCOL {
+                return Ok(Err(ApiError::bad_request(format!(
+                    "this relay speaks relay protocol {}, this server only {PROTOCOL}: upgrade the server above it (bootcast {} here)",
+                    hb.protocol,
+                    env!("CARGO_PKG_VERSION")
                 ))));
             }
             let done = |c: &rusqlite::Connection| -> Result<Vec<i64>, crate::db::DbError> {
@@ -65,6 +72,7 @@ pub async fn heartbeat(
                 .collect();
             let site = sites::get(c, &site.name)?.expect("site exists");
             Ok(Ok((newly_done, HeartbeatReply {
+                protocol: PROTOCOL,
                 schedule: SiteSchedule {
                     tz: site.tz.clone(),
                     windows: site.windows.clone(),

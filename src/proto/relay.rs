@@ -3,7 +3,7 @@
 //!
 //! A relay posts a [`Heartbeat`] to `POST /api/v1/relay/heartbeat` with
 //! `Authorization: Bearer <site relay token>` (made by `bootcast site add`, shown by
-//! `bootcast site token`) every [`HeartbeatReply::interval`] seconds, and at once when a push
+//! `bootcast site token NAME --rotate`; stored hashed) every [`HeartbeatReply::interval`] seconds, and at once when a push
 //! changes state. The reply tells it the site's schedule and the pushes it must prestage.
 //!
 //! Requests a relay passes on for its clients (boot scripts, the agent's reports) carry
@@ -12,6 +12,12 @@
 //! the client's address.
 
 use serde::{Deserialize, Serialize};
+
+/// The relay protocol's version. A change that older peers can read (a field with a default)
+/// keeps the number; one they cannot raises it, and a server refuses relays that speak a newer
+/// protocol than its own with a message saying which side to upgrade. Relays speak to older
+/// servers as long as the server accepts them.
+pub const PROTOCOL: u32 = 1;
 
 /// The site relay token of a relay passing a client's request on.
 pub const RELAY_TOKEN_HEADER: &str = "x-bootcast-relay-token";
@@ -87,6 +93,9 @@ pub struct PushProgress {
 /// `POST /api/v1/relay/heartbeat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The relay protocol the relay speaks ([`PROTOCOL`]; 0: a relay from before the number).
+    #[serde(default)]
+    pub protocol: u32,
     pub site: String,
     /// The base URL at which the site's machines and downstream relays reach this relay.
     pub url: String,
@@ -133,6 +142,9 @@ pub struct PushOrder {
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
+    /// The relay protocol the server above speaks ([`PROTOCOL`]; 0: from before the number).
+    #[serde(default)]
+    pub protocol: u32,
     pub schedule: SiteSchedule,
     /// Open pushes for this site (cancelled ones are left out: the relay drops them).
     pub pushes: Vec<PushOrder>,
@@ -149,6 +161,7 @@ mod tests {
     #[test]
     fn heartbeat_round_trips() {
         let hb = Heartbeat {
+            protocol: PROTOCOL,
             site: "lycee-nord".into(),
             url: "http://10.99.1.2:8080".into(),
             version: "0.1.0".into(),

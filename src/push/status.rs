@@ -111,7 +111,7 @@ mod tests {
             windows: "22:00-06:00".into(),
             rate,
             incomplete: Incomplete::Wait,
-            relay_token: String::new(),
+            token_hash: String::new(),
             relay: None,
             images: vec![],
         }

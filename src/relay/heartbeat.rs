@@ -24,6 +24,7 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
     let cache_bytes = relay.link.cache_bytes.get();
     Heartbeat {
+        protocol: crate::proto::relay::PROTOCOL,
         site: relay.config.site.clone(),
         url: relay.url.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -97,7 +98,7 @@ async fn beat(relay: &Arc<Relay>) -> Result<u64, Failure> {
     let site = &relay.config.site;
     Err(match status.as_u16() {
         401 | 403 => Failure::Refused(format!(
-            "heartbeat refused ({status}): the site token is wrong: `bootcast site token {site}` on the central server shows it ({msg})"
+            "heartbeat refused ({status}): the site token is wrong: `bootcast site token {site} --rotate` on the central server makes a new one ({msg})"
         )),
         404 => Failure::Refused(format!(
             "heartbeat refused ({status}): {msg} (is site {site} known upstream? `bootcast site list` on the central server)"

@@ -279,7 +279,9 @@ impl Endpoint for Served {
 /// `bootcast serve` inside the test process, on a listener the test bound on 127.0.0.1 (no
 /// banner to parse, no child process): the real [`bootcast::server::Server`] with the
 /// configuration a TOML text gives, in a runtime thread of its own. Dropping it cancels the
-/// server and waits for its services to stop.
+/// server and waits for its services to stop. The test must not open the server's database
+/// file itself while it runs (read it through the CLI or the API): SQLite's locks are POSIX
+/// locks, which the process loses on any descriptor's close of that file.
 pub struct InProcess {
     /// `http://127.0.0.1:PORT`
     pub url: String,
