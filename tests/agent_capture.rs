@@ -102,6 +102,27 @@ fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed
     assert!(received1 >= stored1 && received1 * 10 <= stored1 * 11);
     // the exported version is the disk, byte for byte
     assert!(lab.export(&format!("master@{version1}"), "v1.out") == v1);
+    // a capture is not `latest` before staff approve it: no task or push takes it
+    assert_eq!(listed[0]["approved"], false, "{list}");
+    lab.json(&["site", "add", "s1"]);
+    let e = common::stderr(&lab.run(&["push", "create", "--image", "master", "--sites", "s1"]));
+    assert!(
+        e.contains("no approved version") && e.contains("image approve"),
+        "{e}"
+    );
+    let e = common::stderr(&lab.run(&[
+        "push",
+        "create",
+        "--image",
+        &format!("master@{version1}"),
+        "--sites",
+        "s1",
+    ]));
+    assert!(e.contains("awaits approval"), "{e}");
+    let e = common::stderr(&lab.run(&["task", "reimage", "--host", MAC, "--image", "master"]));
+    assert!(e.contains("no approved version"), "{e}");
+    let a = lab.json(&["image", "approve", &format!("master@{version1}")]);
+    assert_eq!(a["approved"], true, "{a}");
 
     // (b) ~1 MiB changes on the disk; capture again
     let mut v2 = v1.clone();
@@ -148,6 +169,20 @@ fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed
         "{done}"
     );
     assert!(lab.export(&format!("master@{version2}"), "v2.out") == v2);
+    // v2 waits for approval: `latest` is still v1, and pushes take v1
+    let p = lab.json(&["push", "create", "--image", "master", "--sites", "s1"]);
+    assert_eq!(
+        p["push"]["versions"][0]["version"],
+        version1.as_str(),
+        "{p}"
+    );
+    lab.json(&["image", "approve", &format!("master@{version2}")]);
+    let p = lab.json(&["push", "create", "--image", "master", "--sites", "s1"]);
+    assert_eq!(
+        p["push"]["versions"][0]["version"],
+        version2.as_str(),
+        "{p}"
+    );
     assert_eq!(s.stop(), Ok(()));
 }
 
@@ -357,6 +392,9 @@ fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
 fn the_capture_waits_for_an_unreachable_server_and_finishes() {
     let lab = Lab::new();
     let (s, task, nonce) = booted_for_capture(&lab);
+    // this image's captures need no approval
+    let a = lab.json(&["image", "auto-approve", "master", "on"]);
+    assert_eq!(a["auto_approve"], true, "{a}");
     let v1 = disk_like(8 << 20, 61);
     let disk = lab.file("disk.raw", &v1);
 
@@ -380,6 +418,11 @@ fn the_capture_waits_for_an_unreachable_server_and_finishes() {
         (&t["state"], &t["version"]),
         (&Value::from("done"), &Value::from(version))
     );
+    // auto-approved: the capture is `latest` at once
+    let list = lab.json(&["image", "list"]);
+    assert_eq!(list[0]["approved"], true, "{list}");
+    let shown = lab.json(&["image", "show", "master@latest"]);
+    assert!(shown.to_string().contains(version), "{shown}");
     // every chunk was stored once
     let chunks = lab.json(&["image", "list"])[0]["chunks"].as_u64().unwrap();
     assert_eq!(metric(&s, "bootcast_capture_chunks_stored_total"), chunks);

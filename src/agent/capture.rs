@@ -370,7 +370,15 @@ mod tests {
             (want.chunks, want.new_chunks, want.new_bytes)
         );
         // the server's version: same extents and sizes as the local one, listed in its store
-        let on_server = Store::open(remote.path()).unwrap().resolve("m").unwrap();
+        // (held for approval: named by its id, it is not `latest` yet)
+        let remote_store = Store::open(remote.path()).unwrap();
+        assert!(
+            remote_store.resolve("m").is_err(),
+            "a capture is not latest"
+        );
+        let on_server = remote_store
+            .resolve(&format!("m@{}", want.version))
+            .unwrap();
         assert_eq!(on_server.id, want.version);
         assert_eq!(
             on_server.manifest.extents,

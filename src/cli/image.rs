@@ -54,6 +54,15 @@ pub enum ImageCmd {
     },
     /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
     Rm { spec: String },
+    /// Approve a captured version: it may become `latest` (tasks, pushes and recurring rules
+    /// naming the image take it); captures wait for this unless the image auto-approves
+    Approve { spec: String },
+    /// Show or change whether captures of NAME become `latest` without approval (default off)
+    AutoApprove {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        set: Option<String>,
+    },
     /// Show or change what the agent does to the restored system after writing NAME
     PostDeploy {
         name: String,
@@ -87,6 +96,8 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             from,
         } => export_cmd(data, out, &spec, &target, seeds, threads, from.as_deref()),
         ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
+        ImageCmd::Approve { spec } => approve(data, out, &spec),
+        ImageCmd::AutoApprove { name, set } => auto_approve(data, out, &name, set),
         ImageCmd::Rm { spec } => rm(data, out, &spec),
     }
 }
@@ -135,6 +146,8 @@ fn add(
     };
     let label = source.display().to_string();
     let report = ingest(&store, name, reader, &label, &opts, &|n| bar.inc(n))?;
+    // staff adding these bytes approves them, should a capture have made the same version
+    store.approve(&format!("{name}@{}", report.version))?;
     bar.finish_and_clear();
     #[derive(serde::Serialize)]
     struct AddJson<'a> {
@@ -193,16 +206,27 @@ fn list(data: &Path, out: &Output) -> Result<ExitCode> {
             "{:<20} {:<12} {:<20} {:>10} {:>8} {:>10} {:>10}\n",
             "NAME", "VERSION", "CREATED", "SIZE", "CHUNKS", "STORED", "SHARED"
         );
+        let held = stats.iter().filter(|v| !v.approved).count();
         for v in &stats {
             s += &format!(
-                "{:<20} {:<12} {:<20} {:>10} {:>8} {:>10} {:>10}\n",
+                "{:<20} {:<12} {:<20} {:>10} {:>8} {:>10} {:>10}{}\n",
                 v.name,
                 v.version.short(),
                 utc(v.created),
                 bytes(v.size),
                 v.chunks,
                 bytes(v.stored_bytes),
-                bytes(v.shared_bytes)
+                bytes(v.shared_bytes),
+                if v.approved {
+                    ""
+                } else {
+                    "  awaiting approval"
+                }
+            );
+        }
+        if held > 0 {
+            s += &format!(
+                "{held} capture(s) await approval: `bootcast image approve NAME@VERSION`\n"
             );
         }
         s
@@ -355,6 +379,43 @@ fn post_deploy(
             format!(
                 "image {name}, after a restore:\n  hostname {}  (the host's name into /etc/hostname of a Linux ext2/3/4 root)",
                 if pd.hostname { "on " } else { "off" }
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `image approve NAME@VERSION`.
+fn approve(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
+    let store = Store::open(data)?;
+    let v = store.approve(spec)?;
+    out.emit(
+        &serde_json::json!({ "image": v.name, "version": v.id.to_hex(), "approved": true }),
+        || format!("{}@{} approved", v.name, v.id.short()),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `image auto-approve NAME [on|off]`: a setting in the server's database.
+fn auto_approve(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
+    use bootcast::db::images;
+    bootcast::store::catalog::validate_name(name)?;
+    let db = super::open_db(data)?;
+    let c = db.lock();
+    if let Some(v) = set {
+        images::set_auto_approve(&c, name, v == "on")?;
+    }
+    let on = images::auto_approve(&c, name)?;
+    out.emit(
+        &serde_json::json!({ "image": name, "auto_approve": on }),
+        || {
+            format!(
+                "image {name}: captures {}",
+                if on {
+                    "become latest at once (auto-approve on)"
+                } else {
+                    "wait for `bootcast image approve` (auto-approve off)"
+                }
             )
         },
     );

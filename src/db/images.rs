@@ -43,6 +43,30 @@ pub fn set_post_deploy(conn: &Connection, image: &str, pd: PostDeploy) -> Result
     Ok(())
 }
 
+/// Whether captures of `image` become `latest` without staff approval (off by default: a
+/// capture waits for `bootcast image approve NAME@VERSION`).
+pub fn auto_approve(conn: &Connection, image: &str) -> Result<bool, DbError> {
+    let set: Option<bool> = conn
+        .query_row(
+            "SELECT auto_approve FROM image_settings WHERE image = ?1",
+            [image],
+            |r| r.get(0),
+        )
+        .optional()
+        .what("get image settings")?;
+    Ok(set.unwrap_or(false))
+}
+
+pub fn set_auto_approve(conn: &Connection, image: &str, on: bool) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO image_settings (image, set_hostname, auto_approve) VALUES (?1, 1, ?2)
+         ON CONFLICT(image) DO UPDATE SET auto_approve = excluded.auto_approve",
+        params![image, on],
+    )
+    .what("set image settings")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +80,14 @@ mod tests {
             post_deploy(&c, "win11").unwrap(),
             PostDeploy { hostname: true }
         );
+        assert!(!auto_approve(&c, "win11").unwrap());
+        set_auto_approve(&c, "win11", true).unwrap();
+        assert!(auto_approve(&c, "win11").unwrap());
         set_post_deploy(&c, "win11", PostDeploy { hostname: false }).unwrap();
+        assert!(
+            auto_approve(&c, "win11").unwrap(),
+            "one setting leaves the other"
+        );
         assert_eq!(
             post_deploy(&c, "win11").unwrap(),
             PostDeploy { hostname: false }

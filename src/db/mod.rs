@@ -249,6 +249,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 7: a recurring push's own time zone (a tzdb name); NULL for rules made before it, which
     // keep the server's zone
     "ALTER TABLE push_rules ADD COLUMN tz TEXT;",
+    // 8: an image whose captures need no staff approval before they become `latest`
+    "ALTER TABLE image_settings ADD COLUMN auto_approve INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle to the database; cheap to clone.

@@ -418,10 +418,23 @@ pub async fn commit(
     // The agent's clock may be off (many PCs keep local time in their RTC); `latest` goes by
     // this server's.
     manifest.created = crate::time::now_unix();
+    let image = manifest.name.clone();
+    let auto = st
+        .db
+        .call(move |c| crate::db::images::auto_approve(c, &image))
+        .await?;
     let service = st.chunks.clone();
     let res = tokio::task::spawn_blocking(move || {
         let capture = service.captures.session(id, &store)?;
         let _writing = capture.writing.lock().unwrap();
+        // held for staff approval before its manifest exists, unless the image auto-approves
+        // or the same bytes are an approved version already
+        let vid = manifest.version_id();
+        let path = store.version_path(&manifest.name, &vid);
+        let approved_already = path.exists() && !crate::store::catalog::awaiting_approval(&path);
+        if !auto && !approved_already {
+            store.hold_for_approval(&manifest.name, &vid)?;
+        }
         capture.session.commit(&manifest)
     })
     .await;

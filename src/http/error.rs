@@ -111,6 +111,9 @@ impl From<StoreError> for ApiError {
             StoreError::BadName(_) | StoreError::AmbiguousVersion { .. } => {
                 ApiError::bad_request(e.to_string())
             }
+            StoreError::NotApproved { .. } | StoreError::AwaitsApproval { .. } => {
+                ApiError::conflict(e.to_string())
+            }
             _ => ApiError::internal(e.to_string()),
         }
     }

@@ -72,6 +72,13 @@ pub fn resolve_versions(store: &Store, specs: &[String]) -> Result<Vec<PushVersi
     let mut out = Vec::new();
     for spec in specs {
         let v = store.resolve(spec)?;
+        if crate::store::catalog::awaiting_approval(&v.path) {
+            return Err(crate::store::StoreError::AwaitsApproval {
+                name: v.name.clone(),
+                version: v.id.to_hex(),
+            }
+            .into());
+        }
         let mut seen = HashSet::new();
         let bytes = v
             .manifest

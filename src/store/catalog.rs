@@ -30,6 +30,14 @@ pub struct VersionFile {
     pub manifest: Result<Manifest>,
 }
 
+/// The file beside a version's manifest (`ID.held`) that holds it back until approved.
+const HELD: &str = "held";
+
+/// True when the version whose manifest is `manifest_path` awaits staff approval.
+pub fn awaiting_approval(manifest_path: &Path) -> bool {
+    manifest_path.with_extension(HELD).exists()
+}
+
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -208,12 +216,17 @@ impl Store {
             version: version.to_string(),
         };
         if wanted == "latest" {
-            return files
-                .into_iter()
-                .filter(|f| f.manifest.is_ok())
-                .last()
-                .map(|f| vec![f])
-                .ok_or_else(unknown);
+            // a capture waiting for staff approval is never `latest`
+            let readable: Vec<VersionFile> =
+                files.into_iter().filter(|f| f.manifest.is_ok()).collect();
+            let any = !readable.is_empty();
+            return match readable.into_iter().rfind(|f| !awaiting_approval(&f.path)) {
+                Some(f) => Ok(vec![f]),
+                None if any => Err(StoreError::NotApproved {
+                    name: name.to_string(),
+                }),
+                None => Err(unknown()),
+            };
         }
         if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(unknown());
@@ -248,6 +261,33 @@ impl Store {
         })
     }
 
+    /// Holds version `id` of `name` back until staff approve it (`bootcast image approve`):
+    /// it is not `latest` (so no task, push or recurring rule naming the image takes it) until
+    /// then. Written before the version's manifest, so it is never `latest` for an instant.
+    pub fn hold_for_approval(&self, name: &str, id: &VersionId) -> Result<()> {
+        validate_name(name)?;
+        let dir = self.image_dir(name);
+        durable::create_dir_durable(&dir)?;
+        durable::write_atomic(&dir.join(format!("{id}.{HELD}")), b"")
+    }
+
+    /// Approves the version `NAME@VERSION` names (it may become `latest`); approving an
+    /// approved version changes nothing. Returns it.
+    pub fn approve(&self, spec: &str) -> Result<Version> {
+        if split_spec(spec).1.is_none() {
+            return Err(StoreError::BadName(format!(
+                "{spec}: name the version to approve, NAME@VERSION (`bootcast image list` shows the ones awaiting approval)"
+            )));
+        }
+        let v = self.resolve(spec)?;
+        let held = v.path.with_extension(HELD);
+        match std::fs::remove_file(&held) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e).ctx("approving", held),
+            _ => {}
+        }
+        Ok(v)
+    }
+
     /// Writes a manifest durably; the version is visible from the rename on. The caller must
     /// have made every chunk it names durable first.
     pub(crate) fn write_manifest(&self, manifest: &Manifest) -> Result<VersionId> {
@@ -267,6 +307,7 @@ impl Store {
         let dir = self.image_dir(name);
         for f in &files {
             fs::remove_file(&f.path).ctx("removing", &f.path)?;
+            let _ = fs::remove_file(f.path.with_extension(HELD));
         }
         durable::sync_dir(&dir)?;
         if fs::remove_dir(&dir).is_ok() {

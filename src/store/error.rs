@@ -32,6 +32,10 @@ pub enum StoreError {
     UnknownImage(String),
     #[error("image {name} has no version {version:?} (see `bootcast image show {name}`)")]
     UnknownVersion { name: String, version: String },
+    #[error("image {name} has no approved version yet: its captures wait for `bootcast image approve {name}@VERSION` (`bootcast image list` shows them)")]
+    NotApproved { name: String },
+    #[error("{name}@{version} is a capture that awaits approval: `bootcast image approve {name}@{version}` first (a push takes approved versions only)")]
+    AwaitsApproval { name: String, version: String },
     #[error("version prefix {version:?} of image {name} is ambiguous; give more hex digits")]
     AmbiguousVersion { name: String, version: String },
     #[error("store config {path}: {reason}")]

@@ -25,6 +25,9 @@ pub struct VersionStats {
     pub dedup_ratio: f64,
     /// plain_bytes / stored_bytes.
     pub compression_ratio: f64,
+    /// False for a capture that awaits staff approval (`bootcast image approve`): it is not
+    /// `latest` until then.
+    pub approved: bool,
 }
 
 /// Figures for each of `versions`, sharing measured against all of `universe` (every version
@@ -67,6 +70,7 @@ pub fn version_stats(versions: &[Version], universe: &[Version]) -> Vec<VersionS
                 shared_bytes: shared,
                 dedup_ratio: div(data, plain),
                 compression_ratio: div(plain, stored),
+                approved: !super::catalog::awaiting_approval(&v.path),
             }
         })
         .collect()
