@@ -381,6 +381,61 @@ impl Server {
             });
         }
 
+        // history pruning (`[retention] days`) and store gc (`[retention] gc_hours`) on the
+        // central server: at start, then every hour for pruning and every gc_hours for gc
+        if self.relay.is_none()
+            && (self.config.retention_days.is_some() || self.config.gc_hours.is_some())
+        {
+            let (db, data, c) = (self.db.clone(), self.data.clone(), cancel.clone());
+            let (days, gc_hours) = (self.config.retention_days, self.config.gc_hours);
+            set.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+                let mut hours = 0u32;
+                loop {
+                    tokio::select! {
+                        _ = c.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if let Some(days) = days {
+                        let before = crate::time::now_unix() - i64::from(days) * 86_400;
+                        match db
+                            .call(move |c| crate::db::retention::prune(c, before))
+                            .await
+                        {
+                            Ok(p) if p.total() > 0 => tracing::info!(
+                                events = p.events,
+                                boots = p.boots,
+                                inventories = p.inventories,
+                                "pruned history older than {days} days"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("pruning history: {e}"),
+                        }
+                    }
+                    if let Some(every) = gc_hours {
+                        if hours % every == 0 {
+                            let data = data.clone();
+                            let r = tokio::task::spawn_blocking(move || {
+                                match crate::store::Store::open(&data) {
+                                    Ok(store) => crate::store::gc::gc(&store).map(Some),
+                                    Err(_) => Ok(None), // no store yet
+                                }
+                            })
+                            .await;
+                            match r {
+                                Ok(Ok(Some(report))) => tracing::info!("store gc: {report:?}"),
+                                Ok(Ok(None)) => {}
+                                Ok(Err(e)) => tracing::warn!("store gc: {e}"),
+                                Err(e) => tracing::warn!("store gc: {e}"),
+                            }
+                        }
+                    }
+                    hours = hours.wrapping_add(1);
+                }
+                ("retention", Ok(()))
+            });
+        }
+
         // recurring pushes (`push create --every`): checked every 30 s
         {
             let (db, data, c) = (self.db.clone(), self.data.clone(), cancel.clone());

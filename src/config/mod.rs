@@ -40,6 +40,10 @@
 //! quota = "500G"                 # evict chunks of images not assigned to the site beyond it
 //! incomplete = "wait"            # or "upstream": a version not complete here yet
 //!
+//! [retention]
+//! days = 365                     # prune events, boots, inventories older (0: keep all)
+//! gc_hours = 24                  # hours between store collections (0: never)
+//!
 //! [glpi]
 //! url = "http://glpi.example/front/inventory.php"   # forward every inventory (native JSON)
 //!
@@ -60,7 +64,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 pub use dhcp::DhcpConfig;
-pub use raw::{RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawTftp};
+pub use raw::{RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawRetention, RawTftp};
 pub use relay::{IncompletePolicy, RelayConfig};
 pub use validate::parse_size;
 
@@ -84,7 +88,16 @@ pub struct Config {
     pub hooks: Vec<crate::hooks::Hook>,
     /// `[glpi] url`: where inventories are forwarded.
     pub glpi_url: Option<String>,
+    /// `[retention] days`: history older than this is pruned (`None`: kept forever).
+    pub retention_days: Option<u32>,
+    /// `[retention] gc_hours`: hours between the server's store collections (`None`: never).
+    pub gc_hours: Option<u32>,
 }
+
+/// `[retention] days` when the file does not say.
+pub const DEFAULT_RETENTION_DAYS: u32 = 365;
+/// `[retention] gc_hours` when the file does not say.
+pub const DEFAULT_GC_HOURS: u32 = 24;
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
@@ -142,6 +155,19 @@ mod tests {
         assert!(c.dhcp.is_none());
         assert!(c.advertise.is_none());
         assert_eq!(c.after_register, AfterRegister::Reboot);
+        assert_eq!(
+            (c.retention_days, c.gc_hours),
+            (Some(DEFAULT_RETENTION_DAYS), Some(DEFAULT_GC_HOURS))
+        );
+        let c = RawConfig::from_toml("[retention]\ndays = 0\ngc_hours = 6\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert_eq!((c.retention_days, c.gc_hours), (None, Some(6)));
+        assert!(
+            !problems("[retention]\nkeep = 3\n").is_empty(),
+            "unknown keys refused"
+        );
     }
 
     #[test]

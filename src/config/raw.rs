@@ -27,6 +27,20 @@ pub struct RawConfig {
     pub hooks: Vec<crate::hooks::RawHook>,
     #[serde(default)]
     pub glpi: RawGlpi,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// `[retention]`: how long history is kept, and how often the store is collected.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Events (and their hook runs), boots and inventories older than this many days are
+    /// pruned (each host's newest inventory stays); 0 keeps them forever. Default 365.
+    pub days: Option<u32>,
+    /// Hours between two `store gc` runs of the server (0: never; `bootcast store gc` by
+    /// hand). Default 24.
+    pub gc_hours: Option<u32>,
 }
 
 /// `[glpi]`: forward every inventory to a GLPI server (native inventory format).

@@ -89,6 +89,10 @@ impl RawConfig {
                 relay,
                 hooks,
                 glpi_url,
+                retention_days: Some(self.retention.days.unwrap_or(DEFAULT_RETENTION_DAYS))
+                    .filter(|d| *d > 0),
+                gc_hours: Some(self.retention.gc_hours.unwrap_or(DEFAULT_GC_HOURS))
+                    .filter(|h| *h > 0),
             })
         } else {
             Err(ConfigError { problems })

@@ -17,6 +17,7 @@ pub mod images;
 pub mod inventories;
 pub mod leases;
 pub mod pushes;
+pub mod retention;
 pub mod sessions;
 pub mod sites;
 pub mod tasks;
