@@ -413,7 +413,7 @@ impl Server {
                         }
                     }
                     if let Some(every) = gc_hours {
-                        if hours % every == 0 {
+                        if hours.is_multiple_of(every) {
                             let data = data.clone();
                             let r = tokio::task::spawn_blocking(move || {
                                 match crate::store::Store::open(&data) {

@@ -60,8 +60,10 @@ mod tests {
         );
         for (mac, at) in [(a, 100), (a, 900), (b, 150)] {
             hosts::record_script_boot(&mut c, mac, &Default::default(), at).unwrap();
-            let mut inv = crate::inventory::Inventory::default();
-            inv.mac = mac.to_string();
+            let inv = crate::inventory::Inventory {
+                mac: mac.to_string(),
+                ..Default::default()
+            };
             inventories::record(&c, mac, &inv, at).unwrap();
             events::record(
                 &c,
