@@ -914,3 +914,34 @@ fn the_relay_token_comes_from_a_private_file_or_the_environment_never_argv() {
         "{e}"
     );
 }
+
+#[test]
+fn a_relay_token_header_bypasses_the_wait_policy_only_when_central_knows_the_token() {
+    let lab = Lab::new();
+    lab.add("disk", &lab.file("d.img", &random_bytes(300_000, 83)));
+    let c = central(&lab);
+    let token = site(&lab, "s1", &[]);
+    let lower = site(&lab, "s2", &[]);
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    let url = format!("{}/api/v1/images/disk/latest/manifest", r.url);
+    // not complete on the relay (no push): a PC waits
+    let (code, body) = get(&lab, &url, &[]);
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    // a student PC that adds a relay header does not get past the policy
+    let (code, _) = get(&lab, &url, &[("x-bootcast-relay-token", "made-up")]);
+    assert_eq!(code, 503, "a made-up relay token changes nothing");
+    // a real lower relay (central confirms its token) gets the manifest to prestage from
+    let (code, body) = get(&lab, &url, &[("x-bootcast-relay-token", &lower)]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(bootcast::store::Manifest::decode(&body).is_ok());
+    // the check endpoint itself
+    let check = format!("{}/api/v1/relay/check", c.url);
+    let (code, _, _) = common::request("GET", &check, &[("authorization", "Bearer nope")], None);
+    assert_eq!(code, 401);
+    let bearer = format!("Bearer {lower}");
+    let (code, _, body) = common::request("GET", &check, &[("authorization", &bearer)], None);
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).as_ref()),
+        (200, r#"{"site":"s2"}"#)
+    );
+}

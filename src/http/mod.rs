@@ -17,6 +17,7 @@
 //! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | none (see [`chunks`]) |
 //! | `GET /metrics` | monitoring (Prometheus) | none |
 //! | `POST /api/v1/relay/heartbeat` | site relays (see [`relay`]) | the site's relay token |
+//! | `GET /api/v1/relay/check` | a relay checking a lower relay's token | that token |
 //! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
 
@@ -137,6 +138,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/api/v1/agent/hello", post(api::agent_hello))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
+        .route("/api/v1/relay/check", get(relay::check_token))
         .route(
             "/api/v1/images/{name}/{version}/manifest",
             get(chunks::manifest),

@@ -95,6 +95,25 @@ pub async fn heartbeat(
     Ok(Json(reply).into_response())
 }
 
+/// `GET /api/v1/relay/check` with `Authorization: Bearer <site relay token>`: `{"site": NAME}`
+/// when a site has this token, 401 otherwise. A relay asks it (through the relays above it)
+/// before it trusts a lower relay's token header.
+pub async fn check_token(State(st): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let Some(token) = bearer(&headers).map(str::to_string) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "give the relay token to check: Authorization: Bearer TOKEN",
+        ));
+    };
+    match st.db.call(move |c| sites::by_token(c, &token)).await? {
+        Some(site) => Ok(Json(serde_json::json!({ "site": site.name })).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no site has this relay token",
+        )),
+    }
+}
+
 /// A request a site relay passes on for one of its machines, as the relay's headers say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayed {

@@ -38,7 +38,7 @@ pub mod recover;
 pub mod routes;
 pub mod upstream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -160,6 +160,8 @@ pub struct Relay {
     /// Versions the start-up check found damaged: prestage fetches them again
     /// ([`recover::repair_order`]), then this is emptied.
     repairs: Mutex<Vec<VersionRef>>,
+    /// Lower relays' tokens the central server confirmed, by hash, and when.
+    lower: Mutex<HashMap<String, std::time::Instant>>,
     /// Wakes the heartbeat loop: a push changed state.
     pub heartbeat_now: tokio::sync::Notify,
     _lock: File,
@@ -228,6 +230,7 @@ impl Relay {
             changed: Condvar::new(),
             pushes: Mutex::new(BTreeMap::new()),
             repairs: Mutex::new(recovered.demoted),
+            lower: Mutex::new(HashMap::new()),
             heartbeat_now: tokio::sync::Notify::new(),
             config,
             _lock: lock,
@@ -298,6 +301,39 @@ impl Relay {
             .map(|r| r.pushes.clone())
             .unwrap_or_default();
         (pushes, site.generation)
+    }
+
+    /// Whether `token` (a lower relay's `x-bootcast-relay-token`) is a site's relay token, as
+    /// the central server says (asked through the relays above; a yes is remembered for ten
+    /// minutes, a no not at all). A header alone changes nothing: an unknown or wrong token is
+    /// an ordinary client.
+    pub async fn lower_relay(&self, token: &str) -> bool {
+        const KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+        let key = crate::db::sites::token_hash(token);
+        let now = std::time::Instant::now();
+        {
+            let mut known = self.lower.lock().unwrap_or_else(|p| p.into_inner());
+            known.retain(|_, at| now.duration_since(*at) < KEEP);
+            if known.contains_key(&key) {
+                return true;
+            }
+        }
+        let ok = self
+            .link
+            .client
+            .get(self.link.url("/api/v1/relay/check"))
+            .bearer_auth(token)
+            .timeout(std::time::Duration::from_secs(15))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            self.lower
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, now);
+        }
+        ok
     }
 
     /// The orders prestage runs: central's, and the relay's own repair order if the start-up

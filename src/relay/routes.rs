@@ -179,7 +179,14 @@ async fn manifest(
     if let Some((id, bytes)) = local(&relay, &name, &id).await {
         return Ok(manifest_response(&app, &id, bytes));
     }
-    let below = headers.contains_key(RELAY_TOKEN_HEADER);
+    // a lower relay gets any manifest whatever the policy: only with a token central confirms
+    let below = match headers
+        .get(RELAY_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) => relay.lower_relay(t.trim()).await,
+        None => false,
+    };
     if relay.config.incomplete == IncompletePolicy::Wait && !below {
         relay.metrics.manifests_refused.inc();
         return Err(ApiError::new(
