@@ -32,18 +32,19 @@ use super::Relay;
 use crate::http::error::{ApiError, ApiResult};
 use crate::proto::relay::{FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
 
-/// Largest request body passed upstream (a capture upload is at most 64 MiB).
+/// Largest request body passed upstream (a capture upload is at most 64 MiB). Bodies are
+/// streamed upstream as they arrive, never buffered whole; one that declares more is refused
+/// from its headers, one that sends more is cut off.
 const MAX_BODY: usize = 65 << 20;
 
 /// Request headers not passed on (hop-by-hop, or set by the client library).
-const DROPPED: [&str; 8] = [
+const DROPPED: [&str; 7] = [
     "host",
     "connection",
     "keep-alive",
     "transfer-encoding",
     "te",
     "upgrade",
-    "content-length",
     "proxy-connection",
 ];
 
@@ -59,9 +60,19 @@ pub async fn forward(
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
     let url = relay.link.url(path);
-    let body = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|e| ApiError::too_large(format!("request body not read: {e}")))?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::too_large(format!(
+            "a request body of {} bytes; at most {MAX_BODY} pass through a relay",
+            declared.unwrap_or_default()
+        )));
+    }
+    let body = reqwest::Body::wrap_stream(
+        axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY)).into_data_stream(),
+    );
     let from_relay = parts.uri.path().starts_with("/api/v1/relay/")
         || parts.headers.contains_key(RELAY_TOKEN_HEADER);
     let mut headers = HeaderMap::new();
