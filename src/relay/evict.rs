@@ -41,16 +41,7 @@ pub fn run(relay: &Relay) -> Result<Option<Evicted>, StoreError> {
             keep_versions.insert((v.image.clone(), v.version.clone()));
         }
     }
-    let mut pending = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(super::pending_dir(relay.store.data_dir())) {
-        for e in dir.flatten() {
-            if let Ok(bytes) = std::fs::read(e.path()) {
-                if let Ok((m, _)) = Manifest::decode(&bytes) {
-                    pending.push(m);
-                }
-            }
-        }
-    }
+    let pending = super::pending_manifests(&super::pending_dir(relay.store.data_dir()));
     let r = evict(&relay.store, quota, &assigned, &keep_versions, &pending)?;
     if r.chunks > 0 {
         relay.metrics.evicted_chunks.inc_by(r.chunks);

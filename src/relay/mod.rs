@@ -438,3 +438,16 @@ impl Relay {
 pub fn pending_dir(data: &Path) -> PathBuf {
     data.join("relay/pending")
 }
+
+/// The readable manifests in `dir` (the pending directory); a missing directory, or a file
+/// that cannot be read or decoded, is skipped (prestage fetches such a manifest again).
+pub fn pending_manifests(dir: &Path) -> Vec<crate::store::Manifest> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| crate::store::Manifest::decode(&b).ok().map(|(m, _)| m))
+        .collect()
+}

@@ -62,16 +62,11 @@ pub fn check_store(
             manifests.push((Some((name, id)), m));
         }
     }
-    if let Ok(dir) = std::fs::read_dir(pending) {
-        for e in dir.flatten() {
-            if let Ok((m, _)) = std::fs::read(e.path())
-                .map_err(|_| ())
-                .and_then(|b| Manifest::decode(&b).map_err(|_| ()))
-            {
-                manifests.push((None, m));
-            }
-        }
-    }
+    manifests.extend(
+        super::pending_manifests(pending)
+            .into_iter()
+            .map(|m| (None, m)),
+    );
     let mut expected: HashMap<ChunkId, u64> = HashMap::new();
     for (_, m) in &manifests {
         for (_, id, size) in m.chunks() {
