@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use bootcast::store::{ChunkId, Manifest};
 use common::{
-    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, nonce_of, random_bytes,
-    register, request, say, task_of, Agent, InProcess, Lab, Relay,
+    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, nonce_of, post_declaring,
+    random_bytes, register, request, say, task_of, Agent, InProcess, Lab, Relay,
 };
 
 const MAC: &str = "52:54:00:77:00:02";
@@ -190,29 +190,6 @@ fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed
 fn post(_lab: &Lab, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let (code, _, body) = request("POST", url, headers, Some(body.to_vec()));
     (code, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A POST that declares a body of `len` bytes and sends none: the server must refuse it from
-/// its headers alone (413). A client that sent the body could see the connection closed
-/// under it instead of the answer, whichever came first. Returns (status, body).
-fn post_declaring(url: &str, headers: &[(&str, &str)], len: usize) -> (u16, String) {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut c = std::net::TcpStream::connect(host).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {len}\r\n"
-    );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    c.write_all(format!("{req}\r\n").as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    let _ = c.read_to_end(&mut answer); // the server closes after its answer
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
 }
 
 /// One chunk as an upload frame: id, u32 BE length, zstd frame.

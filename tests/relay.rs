@@ -215,20 +215,12 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     assert_eq!(code, 200, "{body}");
     // bodies stream through the relay, never buffered whole: one declaring more than a
     // capture upload may carry is refused from its headers
-    {
-        use std::io::{Read, Write};
-        let host = r.url.trim_start_matches("http://");
-        let mut c = std::net::TcpStream::connect(host).unwrap();
-        write!(
-            c,
-            "POST /api/v1/agent/capture/chunks HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            70u64 << 20
-        )
-        .unwrap();
-        let mut answer = String::new();
-        let _ = c.read_to_string(&mut answer);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    }
+    let (code, answer) = post_declaring(
+        &format!("{}/api/v1/agent/capture/chunks", r.url),
+        &[],
+        70 << 20,
+    );
+    assert_eq!(code, 413, "{answer}");
 
     // boot environment and iPXE files through the file cache, Range included
     let initrd = std::fs::read(lab.data().join("bootenv/initrd.img")).unwrap();

@@ -407,6 +407,29 @@ pub fn request(
     (status, head, body)
 }
 
+/// A POST that declares a body of `len` bytes and sends none: the server must refuse it from
+/// its headers alone (413). A client that sent the body could see the connection closed
+/// under it instead of the answer, whichever came first. Returns (status, body).
+pub fn post_declaring(url: &str, headers: &[(&str, &str)], len: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut c = std::net::TcpStream::connect(host).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {len}\r\n"
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    c.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer); // the server closes after its answer
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
 /// An HTTP request: returns (status, body).
 pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));
