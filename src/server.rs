@@ -381,8 +381,9 @@ impl Server {
             });
         }
 
-        // history pruning (`[retention] days`) and store gc (`[retention] gc_hours`) on the
-        // central server: at start, then every hour for pruning and every gc_hours for gc
+        // history pruning (`[retention] days`): at start, then every hour; store gc
+        // (`[retention] gc_hours`): every gc_hours, the first one gc_hours after start (a gc
+        // holds back every commit while it runs: not at every restart)
         if self.relay.is_none()
             && (self.config.retention_days.is_some() || self.config.gc_hours.is_some())
         {
@@ -397,38 +398,10 @@ impl Server {
                         _ = tick.tick() => {}
                     }
                     if let Some(days) = days {
-                        let before = crate::time::now_unix() - i64::from(days) * 86_400;
-                        match db
-                            .call(move |c| crate::db::retention::prune(c, before))
-                            .await
-                        {
-                            Ok(p) if p.total() > 0 => tracing::info!(
-                                events = p.events,
-                                boots = p.boots,
-                                inventories = p.inventories,
-                                "pruned history older than {days} days"
-                            ),
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!("pruning history: {e}"),
-                        }
+                        prune_history(&db, days).await;
                     }
-                    if let Some(every) = gc_hours {
-                        if hours.is_multiple_of(every) {
-                            let data = data.clone();
-                            let r = tokio::task::spawn_blocking(move || {
-                                match crate::store::Store::open(&data) {
-                                    Ok(store) => crate::store::gc::gc(&store).map(Some),
-                                    Err(_) => Ok(None), // no store yet
-                                }
-                            })
-                            .await;
-                            match r {
-                                Ok(Ok(Some(report))) => tracing::info!("store gc: {report:?}"),
-                                Ok(Ok(None)) => {}
-                                Ok(Err(e)) => tracing::warn!("store gc: {e}"),
-                                Err(e) => tracing::warn!("store gc: {e}"),
-                            }
-                        }
+                    if gc_hours.is_some_and(|every| hours > 0 && hours.is_multiple_of(every)) {
+                        collect_store(data.clone()).await;
                     }
                     hours = hours.wrapping_add(1);
                 }
@@ -495,6 +468,39 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Prunes the history older than `days` days, logging what went.
+async fn prune_history(db: &Db, days: u32) {
+    let before = crate::time::now_unix() - i64::from(days) * 86_400;
+    match db
+        .call(move |c| crate::db::retention::prune(c, before))
+        .await
+    {
+        Ok(p) if p.total() > 0 => tracing::info!(
+            events = p.events,
+            boots = p.boots,
+            inventories = p.inventories,
+            "pruned history older than {days} days"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("pruning history: {e}"),
+    }
+}
+
+/// One `store gc` of the store in `data`, if there is a store.
+async fn collect_store(data: PathBuf) {
+    let r = tokio::task::spawn_blocking(move || match crate::store::Store::open(&data) {
+        Ok(store) => crate::store::gc::gc(&store).map(Some),
+        Err(_) => Ok(None), // no store yet
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(report))) => tracing::info!("store gc: {report:?}"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!("store gc: {e}"),
+        Err(e) => tracing::warn!("store gc: {e}"),
     }
 }
 
