@@ -42,10 +42,13 @@ cargo test --locked --lib --bins --examples "${others[@]}" --no-fail-fast 2>&1 |
     tee "$out/alone.txt" || alone=1
 
 log "cargo test: ${parallel[*]}, two at a time (each one's output is shown when it ends)"
+targets=()
+for t in "${parallel[@]}"; do targets+=(--test "$t"); done
+cargo test --locked "${targets[@]}" --no-run --message-format=json 2>/dev/null >"$out/artifacts.json"
 exes=()
 for t in "${parallel[@]}"; do
-    exe=$(cargo test --locked --test "$t" --no-run --message-format=json 2>/dev/null |
-        sed -n 's/.*"target":{[^}]*"name":"'"$t"'"[^}]*}.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+    exe=$(sed -n 's/.*"target":{[^}]*"name":"'"$t"'"[^}]*}.*"executable":"\([^"]*\)".*/\1/p' \
+        "$out/artifacts.json" | tail -n 1)
     [[ -n $exe ]] || die "no test binary for tests/$t.rs"
     exes+=("$t=$exe")
 done
