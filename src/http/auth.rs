@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 
 use super::error::{ApiError, ApiResult};
@@ -151,13 +151,9 @@ pub async fn require_token(
 ) -> ApiResult {
     match bearer(req.headers()) {
         Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "wrong API token (see `bootcast token show` on the server)",
+        Some(_) => Err(ApiError::unauthorized("wrong API token (see `bootcast token show` on the server)",
         )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs `Authorization: Bearer TOKEN` (see `bootcast token show` on the server)",
+        None => Err(ApiError::unauthorized("this endpoint needs `Authorization: Bearer TOKEN` (see `bootcast token show` on the server)",
         )),
     }
 }

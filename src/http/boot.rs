@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -201,12 +201,9 @@ pub async fn bootenv_file(
             ))
         }
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
+            return Err(ApiError::unavailable(format!(
                 "the boot environment is damaged ({e}); run `bootcast bootenv build` on the server"
-            ),
-            ))
+            )))
         }
     }
     let path = st.data.join("bootenv").join(&file);

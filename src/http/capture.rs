@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::Json;
 
@@ -123,18 +123,14 @@ async fn caller(
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mac: Mac = match get(HEADER_MAC).map(str::parse) {
         Some(Ok(m)) => m,
-        Some(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
         None => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("no {HEADER_MAC} header: name the MAC this boot's kernel command line carries (bootcast.mac=)"),
+            return Err(ApiError::bad_request(format!("no {HEADER_MAC} header: name the MAC this boot's kernel command line carries (bootcast.mac=)"),
             ))
         }
     };
     let Some(id) = get(HEADER_TASK).and_then(|t| t.parse::<i64>().ok()) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("no task number in the {HEADER_TASK} header: name the task of bootcast.task= on the kernel command line"),
+        return Err(ApiError::bad_request(format!("no task number in the {HEADER_TASK} header: name the task of bootcast.task= on the kernel command line"),
         ));
     };
     let nonce = get(HEADER_NONCE).map(str::to_string);
@@ -150,22 +146,17 @@ async fn caller(
     let task = match res {
         Ok(Ok(Some(t))) if t.mac == mac => t,
         Ok(Ok(_)) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
+            return Err(ApiError::not_found(format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
             ))
         }
         Ok(Err(refused)) => return Err(refused.error(mac, peer, what)),
         Err(e) => return Err(e.into()),
     };
     if task.kind != TaskKind::Capture {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "task {id} is a {} task, not a capture; the capture endpoints serve capture tasks only",
-                task.kind.as_str()
-            ),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "task {id} is a {} task, not a capture; the capture endpoints serve capture tasks only",
+            task.kind.as_str()
+        )));
     }
     if !task.state.is_open() {
         // closed (done, failed, cancelled from the command line): its session is of no use
@@ -173,18 +164,13 @@ async fn caller(
     }
     if !task.state.is_open() && !closed_ok {
         tracing::warn!(%mac, task = id, "agent {what} refused: task {}", task.state.as_str());
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "task {id} is already {}; stop working on it and reboot",
-                task.state.as_str()
-            ),
-        ));
+        return Err(ApiError::conflict(format!(
+            "task {id} is already {}; stop working on it and reboot",
+            task.state.as_str()
+        )));
     }
     let Some(image) = task.image.clone() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("capture task {id} names no image; cancel it and create it again with `bootcast task capture --image NAME`"),
+        return Err(ApiError::conflict(format!("capture task {id} names no image; cancel it and create it again with `bootcast task capture --image NAME`"),
         ));
     };
     Ok(Caller { mac, task, image })
@@ -199,9 +185,7 @@ async fn store(st: &AppState) -> ApiResult<Store> {
 /// Reads a request body of at most `max` bytes; 413 beyond, naming the limit.
 async fn read_body(headers: &HeaderMap, body: Body, max: usize, what: &str) -> ApiResult<Bytes> {
     let too_large = |len: String| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
+        ApiError::too_large(format!(
                 "{what} of {len} bytes; at most {max} bytes ({} MiB) per request: send less per request",
                 max >> 20
             ),
@@ -220,10 +204,7 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize, what: &str) -> A
         if text.contains("length limit") {
             too_large("more than that".into())
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("reading the {what}: {text}"),
-            )
+            ApiError::bad_request(format!("reading the {what}: {text}"))
         }
     })
 }
@@ -240,20 +221,16 @@ pub async fn missing(
     let req: CaptureMissing = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body must be {{\"ids\": [\"<64 hex digits>\", ...]}}: {e}"),
-            ))
+            return Err(ApiError::bad_request(format!(
+                "the body must be {{\"ids\": [\"<64 hex digits>\", ...]}}: {e}"
+            )))
         }
     };
     if req.ids.len() > MISSING_MAX_IDS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} ids in one request; at most {MISSING_MAX_IDS}: split it",
-                req.ids.len()
-            ),
-        ));
+        return Err(ApiError::too_large(format!(
+            "{} ids in one request; at most {MISSING_MAX_IDS}: split it",
+            req.ids.len()
+        )));
     }
     let ids: Vec<ChunkId> = req
         .ids
@@ -315,9 +292,7 @@ pub async fn chunks(
                     .capture_chunks_refused
                     .inc();
                 tracing::warn!(%mac, task, "capture upload refused: chunk {id}: {reason}");
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("chunk {id} does not match its id: {reason}; nothing of this upload was stored; upload each chunk as the zstd frame of the bytes its id is the BLAKE3 hash of"),
+                return Err(ApiError::bad_request(format!("chunk {id} does not match its id: {reason}; nothing of this upload was stored; upload each chunk as the zstd frame of the bytes its id is the BLAKE3 hash of"),
                 ));
             }
         }
@@ -365,10 +340,9 @@ pub async fn commit(
     let (mut manifest, version) = match Manifest::decode(&body) {
         Ok(m) => m,
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the manifest sent is not valid: {e}"),
-            ))
+            return Err(ApiError::bad_request(format!(
+                "the manifest sent is not valid: {e}"
+            )))
         }
     };
     let id = who.task.id;
@@ -386,18 +360,13 @@ pub async fn commit(
         {
             return Ok(done(version.to_hex()));
         }
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "task {id} is already {}; stop working on it and reboot",
-                who.task.state.as_str()
-            ),
-        ));
+        return Err(ApiError::conflict(format!(
+            "task {id} is already {}; stop working on it and reboot",
+            who.task.state.as_str()
+        )));
     }
     if manifest.name != who.image {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
+        return Err(ApiError::bad_request(format!(
                 "the manifest names image {:?}, task {id} captures {:?}; commit under the image of the hello reply",
                 manifest.name, who.image
             ),
@@ -407,9 +376,7 @@ pub async fn commit(
     let want = store.config().chunker;
     if manifest.params != want {
         let p = manifest.params;
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
+        return Err(ApiError::bad_request(format!(
                 "the manifest was cut with chunk sizes {}:{}:{} (zero runs from {}), the server's store uses {}:{}:{} (zero runs from {}); cut with the chunker parameters of the hello reply",
                 p.min, p.avg, p.max, p.zero_min, want.min, want.avg, want.max, want.zero_min
             ),
@@ -441,9 +408,7 @@ pub async fn commit(
     let version = match res {
         Ok(Ok(v)) => v,
         Ok(Err(StoreError::ChunkMissing { id: chunk, .. })) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("chunk {chunk} of the manifest is not on the server; upload it (capture/chunks), then commit again"),
+            return Err(ApiError::conflict(format!("chunk {chunk} of the manifest is not on the server; upload it (capture/chunks), then commit again"),
             ))
         }
         Ok(Err(e)) => return Err(e.into()),
@@ -463,9 +428,7 @@ pub async fn commit(
             tracing::info!(%mac, task = id, image = %who.image, version = %hex, "capture committed");
             Ok(done(hex))
         }
-        Ok(None) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("task {id} was closed while its version was written ({}@{hex} is stored all the same); stop working on it and reboot", who.image),
+        Ok(None) => Err(ApiError::conflict(format!("task {id} was closed while its version was written ({}@{hex} is stored all the same); stop working on it and reboot", who.image),
         )),
         Err(e) => Err(e.into()),
     }

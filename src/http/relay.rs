@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::Json;
 use rusqlite::Connection;
@@ -29,9 +29,7 @@ pub async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> ApiResult {
     let Some(token) = bearer(&headers).map(str::to_string) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site add` printed it; `bootcast site token NAME --rotate` on the central server makes a new one)",
+        return Err(ApiError::unauthorized("a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site add` printed it; `bootcast site token NAME --rotate` on the central server makes a new one)",
         ));
     };
     let now = crate::time::now_unix();
@@ -39,9 +37,7 @@ pub async fn heartbeat(
         .db
         .call(move |c| {
             let Some(site) = sites::by_token(c, &token)? else {
-                return Ok(Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "no site has this relay token; `bootcast site token NAME --rotate` on the central server makes a new one",
+                return Ok(Err(ApiError::unauthorized("no site has this relay token; `bootcast site token NAME --rotate` on the central server makes a new one",
                 )));
             };
             if site.name != hb.site {
@@ -100,17 +96,13 @@ pub async fn heartbeat(
 /// before it trusts a lower relay's token header.
 pub async fn check_token(State(st): State<AppState>, headers: HeaderMap) -> ApiResult {
     let Some(token) = bearer(&headers).map(str::to_string) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        return Err(ApiError::unauthorized(
             "give the relay token to check: Authorization: Bearer TOKEN",
         ));
     };
     match st.db.call(move |c| sites::by_token(c, &token)).await? {
         Some(site) => Ok(Json(serde_json::json!({ "site": site.name })).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "no site has this relay token",
-        )),
+        None => Err(ApiError::unauthorized("no site has this relay token")),
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
@@ -146,9 +146,7 @@ async fn manifest(
                     return Ok(manifest_response(&app, &id, bytes));
                 }
             }
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
+            return Err(ApiError::unavailable(format!(
                     "{name}@{version} is not complete on relay {} and its upstream cannot be reached: {e}",
                     relay.config.site
                 ),
@@ -189,13 +187,10 @@ async fn manifest(
     };
     if relay.config.incomplete == IncompletePolicy::Wait && !below {
         relay.metrics.manifests_refused.inc();
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "version {id} of {name} is not complete on relay {} yet; it arrives with the push",
-                relay.config.site
-            ),
-        ));
+        return Err(ApiError::unavailable(format!(
+            "version {id} of {name} is not complete on relay {} yet; it arrives with the push",
+            relay.config.site
+        )));
     }
     relay.metrics.manifests_pulled.inc();
     Ok(manifest_response(&app, &id, bytes.to_vec()))
