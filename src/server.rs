@@ -299,6 +299,7 @@ impl Server {
             },
             hooks: crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone()),
             glpi_url: self.config.glpi_url.clone(),
+            boot: self.config.boot.clone(),
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 

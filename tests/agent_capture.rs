@@ -2,7 +2,7 @@
 //! kernel command line names a file as the disk (`bootcast.disk=`), against a real
 //! `bootcast serve`: the capture task is created by the CLI, the disk becomes a version whose
 //! id is the one `image add` gives the same bytes, a second capture moves only what changed,
-//! and the capture endpoints refuse forged chunks and callers without this boot's nonce.
+//! and the capture endpoints refuse forged chunks and callers without this boot's session.
 
 mod common;
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use bootcast::store::{ChunkId, Manifest};
 use common::{
-    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, nonce_of, post_declaring,
+    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, credential_of, post_declaring,
     random_bytes, register, request, say, task_of, Agent, InProcess, Lab, Relay,
 };
 
@@ -200,15 +200,18 @@ fn frame(id: &ChunkId, compressed: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A served lab with `MAC` registered and booted for a capture task: (server, task, nonce).
+/// A served lab with `MAC` registered, booted for a capture task and its agent's hello made:
+/// (server, task, session).
 fn booted_for_capture(lab: &Lab) -> (InProcess, String, String) {
     fake_bootenv(lab);
     let s = serve(lab);
     register(&s, MAC);
     lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
     let script = boot_script(&s, MAC);
-    let (task, nonce) = (task_of(&script), nonce_of(&script));
-    (s, task, nonce)
+    let task = task_of(&script);
+    let (code, answer) = common::hello(&s, MAC, &credential_of(&script), task.parse().ok());
+    assert_eq!(code, 200, "{answer}");
+    (s, task, common::session_of(&answer))
 }
 
 fn in_store(lab: &Lab, id: &ChunkId) -> bool {
@@ -223,11 +226,11 @@ fn in_store(lab: &Lab, id: &ChunkId) -> bool {
 #[test]
 fn an_upload_with_a_chunk_that_is_not_its_id_is_refused_and_nothing_is_stored() {
     let lab = Lab::new();
-    let (s, task, nonce) = booted_for_capture(&lab);
+    let (s, task, session) = booted_for_capture(&lab);
     let url = format!("{}/api/v1/agent/capture/chunks", s.url);
     let auth = [
         ("X-Bootcast-Mac", MAC),
-        ("X-Bootcast-Nonce", nonce.as_str()),
+        ("X-Bootcast-Session", session.as_str()),
         ("X-Bootcast-Task", task.as_str()),
     ];
     let good = random_bytes(40_000, 41);
@@ -308,9 +311,9 @@ fn an_upload_with_a_chunk_that_is_not_its_id_is_refused_and_nothing_is_stored() 
 }
 
 #[test]
-fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
+fn capture_endpoints_need_this_boots_session_and_the_hosts_own_capture_task() {
     let lab = Lab::new();
-    let (s, task, nonce) = booted_for_capture(&lab);
+    let (s, task, session) = booted_for_capture(&lab);
     let ask = serde_json::json!({"ids": [ChunkId::of(b"x").to_hex()]}).to_string();
     let wrong = "0".repeat(32);
     for endpoint in ["missing", "chunks", "commit"] {
@@ -322,26 +325,26 @@ fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
             &[("X-Bootcast-Mac", MAC), ("X-Bootcast-Task", task.as_str())],
             body,
         );
-        assert_eq!(code, 403, "{endpoint} without a nonce: {answer}");
+        assert_eq!(code, 403, "{endpoint} without a session: {answer}");
         assert!(answer.contains("network-boot"), "{answer}");
         let (code, answer) = post(
             &lab,
             &url,
             &[
                 ("X-Bootcast-Mac", MAC),
-                ("X-Bootcast-Nonce", wrong.as_str()),
+                ("X-Bootcast-Session", wrong.as_str()),
                 ("X-Bootcast-Task", task.as_str()),
             ],
             body,
         );
-        assert_eq!(code, 403, "{endpoint} with a wrong nonce: {answer}");
-        // the right nonce, another task number: not this host's task
+        assert_eq!(code, 403, "{endpoint} with a wrong session: {answer}");
+        // the right session, another task number: not this host's task
         let (code, answer) = post(
             &lab,
             &url,
             &[
                 ("X-Bootcast-Mac", MAC),
-                ("X-Bootcast-Nonce", nonce.as_str()),
+                ("X-Bootcast-Session", session.as_str()),
                 ("X-Bootcast-Task", "999"),
             ],
             body,
@@ -355,7 +358,7 @@ fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
         &format!("{}/api/v1/agent/capture/missing", s.url),
         &[
             ("X-Bootcast-Mac", MAC),
-            ("X-Bootcast-Nonce", nonce.as_str()),
+            ("X-Bootcast-Session", session.as_str()),
             ("X-Bootcast-Task", task.as_str()),
         ],
         ask.as_bytes(),
@@ -368,7 +371,7 @@ fn capture_endpoints_need_this_boots_nonce_and_the_hosts_own_capture_task() {
 #[test]
 fn the_capture_waits_for_an_unreachable_server_and_finishes() {
     let lab = Lab::new();
-    let (s, task, nonce) = booted_for_capture(&lab);
+    let (s, task, session) = booted_for_capture(&lab);
     // this image's captures need no approval
     let a = lab.json(&["image", "auto-approve", "master", "on"]);
     assert_eq!(a["auto_approve"], true, "{a}");
@@ -380,7 +383,7 @@ fn the_capture_waits_for_an_unreachable_server_and_finishes() {
     let upstream: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
     let relay = Relay::start(upstream, &["/api/v1/agent/capture/"]);
     relay.hold_after(0);
-    let _ = (task, nonce); // Agent::spawn boots the host again (a fresh nonce)
+    let _ = (task, session); // Agent::spawn boots the host again (a fresh credential)
     let mut agent = Agent::spawn(&lab, &s, MAC, &relay.url(), &disk);
     relay.wait_held();
     relay.cut(None);

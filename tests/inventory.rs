@@ -1,5 +1,5 @@
 //! Inventories, events and hooks over loopback: a fake agent (hello, then its inventory with
-//! the boot's nonce) against `bootcast serve` configured with a webhook (its signature checked
+//! the boot's session) against `bootcast serve` configured with a webhook (its signature checked
 //! here), a command hook (the event JSON on its stdin), a hook that never ends (killed at its
 //! timeout while the boot goes on) and GLPI forwarding to a local stand-in.
 //! The VM test (real SMBIOS values through the agent) is tests/inventory_vm.rs.
@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use serde_json::{json, Value};
 
-use common::{boot_script, fake_bootenv, http, nonce_of, wait_for, InProcess, Lab};
+use common::{boot_script, fake_bootenv, http, credential_of, wait_for, InProcess, Lab};
 
 /// One HTTP request as received: headers (lower-case names) and body.
 struct Request {
@@ -130,29 +130,24 @@ secret = "s3cret"
     let server = InProcess::start_with(&lab.data(), &format!("{toml}\n[tftp]\nlisten = \"off\"\n"));
     let mac = "52:54:00:99:08:01";
     let script = boot_script(&server, mac);
-    let nonce = nonce_of(&script);
-    let hello =
-        json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce});
-    let (code, body) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", server.url),
-        None,
-        Some(&hello.to_string()),
-    );
+    let (code, body) = common::hello(&server, mac, &credential_of(&script), None);
     assert_eq!(code, 200, "{body}");
-    let post = |inv: Value, nonce: &str| {
+    let session = common::session_of(&body);
+    let post = |inv: Value, session: &str| {
         http(
             "POST",
             &format!("{}/api/v1/agent/inventory", server.url),
             None,
-            Some(&json!({"mac": mac, "nonce": nonce, "inventory": inv}).to_string()),
+            Some(&json!({"mac": mac, "session": session, "inventory": inv}).to_string()),
         )
     };
-    // a wrong nonce is refused and stores nothing
-    let (code, _) = post(inventory(mac, 96 << 20), "not-the-nonce");
+    // a wrong session (or the credential, which is no session) is refused and stores nothing
+    let (code, _) = post(inventory(mac, 96 << 20), "not-the-session");
+    assert_eq!(code, 403);
+    let (code, _) = post(inventory(mac, 96 << 20), &credential_of(&script));
     assert_eq!(code, 403);
     // the first inventory: a new machine (the hanging hook runs meanwhile: the answer comes)
-    let (code, body) = post(inventory(mac, 96 << 20), &nonce);
+    let (code, body) = post(inventory(mac, 96 << 20), &session);
     assert_eq!(code, 200, "{body}");
     let ack: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ack["changes"], json!(["new_machine"]));
@@ -204,12 +199,12 @@ secret = "s3cret"
         .ends_with("-2000-01-01-00-00-00"));
 
     // the same machine again: no change; then a bigger disk: inventory_changed (disk)
-    let (_, body) = post(inventory(mac, 96 << 20), &nonce);
+    let (_, body) = post(inventory(mac, 96 << 20), &session);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["changes"],
         json!([])
     );
-    let (_, body) = post(inventory(mac, 128 << 20), &nonce);
+    let (_, body) = post(inventory(mac, 128 << 20), &session);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["changes"],
         json!(["disk"])

@@ -94,11 +94,18 @@ fn assert_serves(text: &str, want: &BTreeSet<String>) {
     }
 }
 
-/// One request through the router: (status, body as text).
+/// One request through the router, from loopback with the staff token (images are
+/// private): (status, body as text).
 async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    let req = Request::get(path)
+        .header("authorization", "Bearer token")
+        .extension(axum::extract::ConnectInfo(peer))
+        .body(Body::empty())
+        .unwrap();
     let res = app
         .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .oneshot(req)
         .await
         .unwrap();
     let status = res.status();
@@ -120,6 +127,7 @@ fn state(data: &Path) -> AppState {
         multicast: bootcast::multicast::sessions::Sessions::new(),
         hooks: bootcast::hooks::Hooks::new(Vec::new(), db),
         glpi_url: None,
+        boot: Default::default(),
     }
 }
 

@@ -112,7 +112,7 @@ struct Room {
 impl Room {
     fn new(n: usize, image: Vec<u8>) -> Room {
         let lab = Lab::new();
-        common::fake_bootenv(&lab); // boot scripts for the agents (their tasks, their nonces)
+        common::fake_bootenv(&lab); // boot scripts for the agents (their tasks, their credentials)
         let src = lab.file("master.img", &image);
         let added = lab.add("room", &src);
         let spec = format!("room@{}", added["version"].as_str().unwrap());
@@ -401,7 +401,7 @@ fn a_multicast_reimage_task_for_a_group_restores_eight_agents_from_one_stream() 
         .map(|i| format!("52:54:00:99:07:{:02x}", 0x10 + i))
         .collect();
     for mac in &macs {
-        let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": common::nonce_of(&script_of(mac))});
+        let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script_of(mac))});
         let (code, body) = api("POST", "/api/v1/agent/hello", Some(&hello.to_string()));
         assert_eq!(code, 200, "{body}");
     }
@@ -439,10 +439,10 @@ fn a_multicast_reimage_task_for_a_group_restores_eight_agents_from_one_stream() 
                 &root,
                 &macs[i],
                 &format!(
-                    "bootcast.server=http://10.99.0.1:8080 bootcast.mac={} bootcast.task={} bootcast.nonce={} bootcast.disk={}",
+                    "bootcast.server=http://10.99.0.1:8080 bootcast.mac={} bootcast.task={} bootcast.credential={} bootcast.disk={}",
                     macs[i],
                     common::task_of(&script),
-                    common::nonce_of(&script),
+                    common::credential_of(&script),
                     room.target(i).display()
                 ),
             );

@@ -8,7 +8,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, nonce_of, register, request, InProcess, Lab};
+use common::{fake_bootenv, http, credential_of, register, request, InProcess, Lab};
 
 const MAC: &str = "52:54:00:66:00:01";
 
@@ -48,6 +48,8 @@ fn relayed_script(s: &InProcess, token: &str) -> String {
             ("x-bootcast-relay-token", token),
             ("x-bootcast-relay-url", "http://10.99.1.2:8080"),
             ("x-forwarded-for", "10.99.1.50"),
+            // the relay's DHCP service saw the machine there
+            ("x-bootcast-dhcp-seen", "10.99.1.50"),
         ],
         None,
     );
@@ -231,7 +233,7 @@ fn sites_pushes_and_relay_heartbeats() {
     // a direct boot still names the central server
     let (_, direct) = http("GET", &format!("{}/boot/{MAC}.ipxe", s.url), None, None);
     assert!(!direct.contains("10.99.1.2"), "{direct}");
-    let _ = nonce_of(&direct);
+    let _ = credential_of(&direct);
 
     let st = lab.json(&["push", "list", "--all"]);
     assert_eq!(st["pushes"][0]["state"], "done");

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{demo_image, http_in, nonce_of, sha256, Lab, Served};
+use common::{demo_image, http_in, credential_of, sha256, Lab, Served};
 
 /// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
 fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
@@ -25,7 +25,7 @@ fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
         None,
         None,
     );
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
     let (code, _) = http_in(
         Some(&ns.name),
         "POST",

@@ -125,21 +125,37 @@ fn held(data: &Path, ids: &[ChunkId]) -> u64 {
         .sum()
 }
 
+/// `Authorization: Bearer` with central's API token (images are private; a relay asks
+/// central to confirm it).
+fn staff(c: &InProcess) -> (&'static str, String) {
+    ("authorization", format!("Bearer {}", c.token.as_deref().unwrap()))
+}
+
 /// A GET: (status, body).
 fn get(_lab: &Lab, url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
     let (code, _, body) = common::request("GET", url, headers, None);
     (code, body)
 }
 
-fn export(client: &Lab, spec: &str, from: &str, target: &str) -> std::process::Output {
-    client.run(&[
-        "image",
-        "export",
-        spec,
-        client.path(target).to_str().unwrap(),
-        "--from",
-        from,
-    ])
+/// `image export --from` as staff would run it on another machine (`client`), with central's
+/// API token (`central`'s data directory holds it): images are private.
+fn export(client: &Lab, central: &Lab, spec: &str, from: &str, target: &str) -> std::process::Output {
+    let token = bootcast::http::auth::read_token(&central.data())
+        .unwrap()
+        .expect("central's API token");
+    client
+        .cmd()
+        .env("BOOTCAST_TOKEN", token)
+        .args([
+            "image",
+            "export",
+            spec,
+            client.path(target).to_str().unwrap(),
+            "--from",
+            from,
+        ])
+        .output()
+        .expect("run bootcast")
 }
 
 #[test]
@@ -161,7 +177,7 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     let (need_bytes, _) = need(&lab, "disk");
 
     let client = Lab::new();
-    let out = export(&client, "disk", &r.url, "a.img");
+    let out = export(&client, &lab, "disk", &r.url, "a.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("a.img")).unwrap()),
@@ -178,7 +194,7 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     assert_eq!(metric_at(&r.url, "bootcast_relay_chunks_rejected_total"), 0);
 
     // the second export comes from the relay's store alone
-    let out = export(&client, "disk", &r.url, "b.img");
+    let out = export(&client, &lab, "disk", &r.url, "b.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("b.img")).unwrap()),
@@ -205,7 +221,7 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     let h = lab.json(&["host", "show", mac]);
     assert_eq!(h["host"]["site"], "s1", "bound to the relay's site: {h}");
     // the agent's hello goes through the relay too
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
+    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
     let (code, body) = http(
         "POST",
         &format!("{}/api/v1/agent/hello", r.url),
@@ -269,9 +285,10 @@ fn concurrent_misses_of_one_chunk_share_one_upstream_fetch() {
     const N: usize = 8;
     let client = Lab::new();
     let url = format!("{}/chunks/{id}", r.url);
+    let (h, v) = staff(&c);
     let answers = std::thread::scope(|s| {
         let handles: Vec<_> = (0..N)
-            .map(|_| s.spawn(|| get(&client, &url, &[])))
+            .map(|_| s.spawn(|| get(&client, &url, &[(h, &v)])))
             .collect();
         // every request but the first joins the fetch in flight
         wait_for("the other requests to join the fetch", 60, || {
@@ -315,7 +332,8 @@ fn a_corrupted_chunk_upstream_is_rejected_counted_and_fetched_again_once_fixed()
 
     let client = Lab::new();
     let url = format!("{}/chunks/{id}", r.url);
-    let (code, body) = get(&client, &url, &[]);
+    let (h, v) = staff(&c);
+    let (code, body) = get(&client, &url, &[(h, &v)]);
     let text = String::from_utf8_lossy(&body);
     assert_eq!(code, 502, "{text}");
     assert!(
@@ -337,7 +355,7 @@ fn a_corrupted_chunk_upstream_is_rejected_counted_and_fetched_again_once_fixed()
     );
 
     std::fs::write(&path, &good).unwrap();
-    let (code, body) = get(&client, &url, &[]);
+    let (code, body) = get(&client, &url, &[(h, &v)]);
     assert_eq!(code, 200);
     assert_eq!(body, good, "the good copy, once upstream is fixed");
     assert_eq!(
@@ -366,7 +384,7 @@ fn incomplete_versions_wait_or_come_from_upstream() {
         let (code, body) = http(
             "GET",
             &format!("{}/api/v1/images/disk/{v}/manifest", w.url),
-            None,
+            c.token.as_deref(),
             None,
         );
         assert_eq!(code, 503, "{body}");
@@ -380,12 +398,12 @@ fn incomplete_versions_wait_or_come_from_upstream() {
     let (code, body) = http(
         "GET",
         &format!("{}/api/v1/images/nope/latest/manifest", w.url),
-        None,
+        c.token.as_deref(),
         None,
     );
     assert_eq!(code, 404, "{body}");
     let client = Lab::new();
-    let out = export(&client, "disk", &w.url, "w.img");
+    let out = export(&client, &lab, "disk", &w.url, "w.img");
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("not complete on relay sw"),
@@ -395,7 +413,7 @@ fn incomplete_versions_wait_or_come_from_upstream() {
     assert_eq!(metric_at(&w.url, UP), 0, "nothing fetched for it");
 
     // upstream: passed through, chunks pulled through
-    let out = export(&client, "disk", &u.url, "u.img");
+    let out = export(&client, &lab, "disk", &u.url, "u.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("u.img")).unwrap()),
@@ -407,7 +425,7 @@ fn incomplete_versions_wait_or_come_from_upstream() {
     let id = push(&lab, &["--image", "disk", "--sites", "sw"]);
     wait_done(&lab, id, "sw", 60);
     let before = metric_at(&c.url, SERVED);
-    let out = export(&client, "disk", &w.url, "w.img");
+    let out = export(&client, &lab, "disk", &w.url, "w.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("w.img")).unwrap()),
@@ -500,7 +518,7 @@ fn prestage_runs_only_while_the_window_is_open() {
     let (code, _) = http(
         "GET",
         &format!("{}/api/v1/images/disk/latest/manifest", r.url),
-        None,
+        c.token.as_deref(),
         None,
     );
     assert_eq!(code, 200, "complete now");
@@ -554,7 +572,7 @@ fn a_relay_killed_mid_push_resumes_and_refetches_at_most_one_chunk_per_stream() 
     // the store is whole: an export from the relay verifies every chunk
     let client = Lab::new();
     let before = metric_at(&c.url, SERVED);
-    let out = export(&client, "disk", &r.url, "k.img");
+    let out = export(&client, &lab, "disk", &r.url, "k.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("k.img")).unwrap()),
@@ -629,7 +647,7 @@ fn a_relay_behind_a_relay_prestages_through_it() {
     assert_eq!(lab.json(&["host", "show", mac])["host"]["site"], "b");
     // b serves it from its own store
     let client = Lab::new();
-    let out = export(&client, "disk", &b.url, "b.img");
+    let out = export(&client, &lab, "disk", &b.url, "b.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("b.img")).unwrap()),
@@ -663,7 +681,7 @@ fn the_quota_evicts_what_no_assigned_image_uses() {
     );
     // a client pulls `other` through (not assigned to the site), then `kept` is pushed
     let client = Lab::new();
-    assert!(export(&client, "other", &r.url, "o.img").status.success());
+    assert!(export(&client, &lab, "other", &r.url, "o.img").status.success());
     let id = push(&lab, &["--image", "kept", "--sites", "s1"]);
     wait_done(&lab, id, "s1", 60);
     let other_ids = chunk_ids(&lab, "other");
@@ -741,7 +759,7 @@ fn a_link_drop_mid_push_is_retried_keeping_what_is_stored() {
     ));
     assert!(extra <= STREAMS * max_chunk, "{extra} bytes fetched twice");
     let client = Lab::new();
-    let out = export(&client, "disk", &r.url, "l.img");
+    let out = export(&client, &lab, "disk", &r.url, "l.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("l.img")).unwrap()),
@@ -865,7 +883,7 @@ fn chunks_cut_short_while_the_relay_was_down_are_fetched_again_before_the_versio
     assert_eq!(held(&lab.path("relay"), &ids), need_bytes);
     let client = Lab::new();
     let before = metric_at(&c.url, SERVED);
-    let out = export(&client, "disk", &r.url, "cut.img");
+    let out = export(&client, &lab, "disk", &r.url, "cut.img");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         sha256(&std::fs::read(client.path("cut.img")).unwrap()),
@@ -932,12 +950,16 @@ fn a_relay_token_header_bypasses_the_wait_policy_only_when_central_knows_the_tok
     let lower = site(&lab, "s2", &[]);
     let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
     let url = format!("{}/api/v1/images/disk/latest/manifest", r.url);
-    // not complete on the relay (no push): a PC waits
+    // images are private: a PC with no boot session gets nothing
     let (code, body) = get(&lab, &url, &[]);
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    // not complete on the relay (no push): even staff wait
+    let (h, v) = staff(&c);
+    let (code, body) = get(&lab, &url, &[(h, &v)]);
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
-    // a student PC that adds a relay header does not get past the policy
+    // a student PC that adds a relay header gets nothing either
     let (code, _) = get(&lab, &url, &[("x-bootcast-relay-token", "made-up")]);
-    assert_eq!(code, 503, "a made-up relay token changes nothing");
+    assert_eq!(code, 403, "a made-up relay token opens nothing");
     // a real lower relay (central confirms its token) gets the manifest to prestage from
     let (code, body) = get(&lab, &url, &[("x-bootcast-relay-token", &lower)]);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));

@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fake_bootenv, http, nonce_of, request, Lab, Served};
+use common::{fake_bootenv, http, credential_of, request, Lab, Served};
 
 fn serve(lab: &Lab, extra: &[&str]) -> Served {
     let mut args = vec!["--http", "127.0.0.1:0", "--tftp", "off"];
@@ -43,7 +43,7 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     assert!(script.contains("/bootenv/vmlinuz initrd=initrd.img"));
     assert!(!script.contains("bootcast.task="));
 
-    let nonce = nonce_of(&script);
+    let credential = credential_of(&script);
 
     // the boot environment files are served, with ranges; only those two files
     let (code, body) = http("GET", &format!("{}/bootenv/vmlinuz", s.url), None, None);
@@ -65,13 +65,13 @@ fn host_lifecycle_unknown_then_registered_then_task() {
         assert_eq!(code, 404, "{bad}");
     }
 
-    // a hello without the nonce of this boot is refused, and registers nothing
-    let hello = |mac: &str, nonce: Option<&str>, task: Option<i64>| {
+    // a hello without the credential of this boot is refused, and registers nothing
+    let hello = |mac: &str, credential: Option<&str>, task: Option<i64>| {
         let mut v = serde_json::json!({
             "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64
         });
-        if let Some(n) = nonce {
-            v["nonce"] = n.into();
+        if let Some(n) = credential {
+            v["credential"] = n.into();
         }
         if let Some(t) = task {
             v["task"] = t.into();
@@ -93,9 +93,16 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     assert_eq!(code, 403);
 
     // the agent says hello with it
-    let (code, reply) = hello(MAC, Some(&nonce), None);
+    let (code, reply) = hello(MAC, Some(&credential), None);
     assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply, r#"{"action":"reboot"}"#);
+    let answer: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!((&answer["action"], &answer["mac"]), (&"reboot".into(), &MAC.into()), "{reply}");
+    let session = answer["session"].as_str().unwrap().to_string();
+    assert!(session.len() == 32 && session != credential, "{reply}");
+    // a retried hello (its answer was lost) gets the same session
+    let (code, again) = hello(MAC, Some(&credential), None);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(common::session_of(&again), session);
 
     // the staff API shows the registered host; iPXE's buildarch (i386) did not stick
     let (code, hosts) = http(
@@ -148,22 +155,24 @@ fn host_lifecycle_unknown_then_registered_then_task() {
         script.contains(&format!("bootcast.task={}", task.id)),
         "{script}"
     );
-    let task_nonce = nonce_of(&script);
-    assert_ne!(task_nonce, nonce, "every boot gets a new nonce");
+    let task_credential = credential_of(&script);
+    assert_ne!(task_credential, credential, "every boot gets a new credential");
     let state = |id| bootcast::db::tasks::get(&db.lock(), id).unwrap().unwrap();
     assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
 
-    // another host, booted properly (its own nonce), naming that task changes nothing of it
+    // another host, booted properly (its own credential), naming that task changes nothing of it
     let other = "52:54:00:00:00:99";
     let (_, other_script) = http("GET", &format!("{}/boot/{other}.ipxe", s.url), None, None);
-    let (code, _) = hello(other, Some(&nonce_of(&other_script)), Some(task.id));
+    let (code, _) = hello(other, Some(&credential_of(&other_script)), Some(task.id));
     assert_eq!(code, 200);
     assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
-    // nor with the victim's old nonce
-    let (code, _) = hello(other, Some(&nonce), Some(task.id));
+    // nor with the victim's credentials, old or current
+    let (code, _) = hello(other, Some(&credential), Some(task.id));
     assert_eq!(code, 403);
-    // the stale nonce of the first boot no longer works for the host itself either
-    let (code, _) = hello(MAC, Some(&nonce), Some(task.id));
+    let (code, _) = hello(other, Some(&task_credential), Some(task.id));
+    assert_eq!(code, 403);
+    // the stale credential of the first boot no longer works for the host itself either
+    let (code, _) = hello(MAC, Some(&credential), Some(task.id));
     assert_eq!(code, 403);
     assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
 
@@ -182,7 +191,7 @@ fn host_lifecycle_unknown_then_registered_then_task() {
 
     // the host's own hello closes the task with a reason (this agent runs no tasks yet), so
     // the next boot goes to the local disk instead of looping
-    let (code, _) = hello(MAC, Some(&task_nonce), Some(task.id));
+    let (code, _) = hello(MAC, Some(&task_credential), Some(task.id));
     assert_eq!(code, 200);
     let t = state(task.id);
     assert_eq!(t.state, bootcast::db::TaskState::Failed);

@@ -1,12 +1,12 @@
 //! Tasks end to end: groups, reimage and capture tasks from the CLI and the API, the boot
 //! script handing them out (or holding them back with `--at`), the agent's progress, done and
-//! failed reports (nonce-checked, own task only), and cancelling.
+//! failed reports (session-checked, own task only), and cancelling.
 
 mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, nonce_of, InProcess, Lab};
+use common::{fake_bootenv, http, credential_of, InProcess, Lab};
 
 const A: &str = "52:54:00:00:10:0a";
 const B: &str = "52:54:00:00:10:0b";
@@ -33,7 +33,7 @@ fn register(s: &InProcess, mac: &str) {
     assert!(script.contains("registering"), "{script}");
     let hello = json!({
         "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64,
-        "nonce": nonce_of(&script)
+        "credential": credential_of(&script)
     });
     let (code, body) = http(
         "POST",
@@ -157,17 +157,23 @@ fn group_reimage_boot_progress_done_and_failed() {
         script_b.contains(&format!("bootcast.task={id_b}")),
         "{script_b}"
     );
-    let (na, nb) = (nonce_of(&script_a), nonce_of(&script_b));
+    // each agent's hello exchanges its boot's credential for a session
+    let session = |mac: &str, script: &str, task: i64| {
+        let (code, body) = common::hello(&s, mac, &credential_of(script), Some(task));
+        assert_eq!(code, 200, "{body}");
+        common::session_of(&body)
+    };
+    let (na, nb) = (session(A, &script_a, id_a), session(B, &script_b, id_b));
     let listed = lab.json(&["task", "list", "--host", A]);
     assert_eq!(listed["tasks"][0]["state"], "booting");
 
-    let progress = |mac: &str, nonce: &str, task: i64, done: u64| {
+    let progress = |mac: &str, session: &str, task: i64, done: u64| {
         json!({
-            "mac": mac, "nonce": nonce, "task": task,
+            "mac": mac, "session": session, "task": task,
             "bytes_done": done, "bytes_total": 1000u64, "rate": 100u64, "eta": 5u64
         })
     };
-    // B's nonce does not work for A; A cannot report B's task; no nonce, no report
+    // B's session does not work for A; A cannot report B's task; no session, no report
     let (code, body) = agent(&s, "progress", progress(A, &nb, id_a, 100));
     assert_eq!(code, 403, "{body}");
     assert!(
@@ -219,7 +225,7 @@ fn group_reimage_boot_progress_done_and_failed() {
     assert_eq!(api_tasks["tasks"][0]["progress"]["percent"], 25);
 
     // done; a second report about a closed task is a conflict
-    let done = json!({ "mac": A, "nonce": na, "task": id_a });
+    let done = json!({ "mac": A, "session": na, "task": id_a });
     let (code, ack) = agent(&s, "done", done.clone());
     assert_eq!((code, &ack["state"]), (200, &json!("done")), "{ack}");
     let (code, body) = agent(&s, "done", done);
@@ -233,13 +239,13 @@ fn group_reimage_boot_progress_done_and_failed() {
     let (code, _) = agent(
         &s,
         "failed",
-        json!({ "mac": B, "nonce": nb, "task": id_b, "reason": "" }),
+        json!({ "mac": B, "session": nb, "task": id_b, "reason": "" }),
     );
     assert_eq!(code, 400);
     let (code, ack) = agent(
         &s,
         "failed",
-        json!({ "mac": B, "nonce": nb, "task": id_b, "reason": "disk /dev/sda is 64 GB, image needs 128 GB" }),
+        json!({ "mac": B, "session": nb, "task": id_b, "reason": "disk /dev/sda is 64 GB, image needs 128 GB" }),
     );
     assert_eq!((code, &ack["state"]), (200, &json!("failed")), "{ack}");
     assert_eq!(lab.json(&["task", "list"])["tasks"], json!([]));
@@ -582,7 +588,7 @@ fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
             &s,
             "hello",
             json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1u64,
-                   "task": task, "nonce": nonce_of(&script)}),
+                   "task": task, "credential": credential_of(&script)}),
         );
         assert_eq!(code, 200, "{reply}");
         reply

@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::proto::agent::{Firmware, Hello, HelloReply, KernelArgs};
+use crate::proto::agent::{Firmware, Hello, HelloAnswer, HelloReply, KernelArgs};
 use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,7 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello, KernelArgs)> {
             firmware,
             boot_time,
             task: args.task,
-            nonce: args.nonce.clone(),
+            credential: args.credential.clone(),
         },
         args,
     ))
@@ -216,7 +216,7 @@ pub async fn post_hello(
     server: &str,
     hello: &Hello,
     console: &mut Console,
-) -> Result<HelloReply> {
+) -> Result<HelloAnswer> {
     let url = format!("{server}/api/v1/agent/hello");
     let client = reqwest::Client::builder()
         .timeout(cfg.timeout)
@@ -237,13 +237,13 @@ pub async fn post_hello(
                 let status = resp.status();
                 if !status.is_success() {
                     let body = resp.text().await.unwrap_or_default();
-                    // a 4xx will not change on retry (bad MAC, stale nonce): give up at once
+                    // a 4xx will not change on retry (bad MAC, stale credential): give up at once
                     return Err((
                         status.is_client_error(),
                         format!("HTTP {status}: {}", body.trim()),
                     ));
                 }
-                resp.json::<HelloReply>()
+                resp.json::<HelloAnswer>()
                     .await
                     .map_err(|e| (false, format!("bad reply: {}", chain(&e))))
             },
@@ -264,8 +264,13 @@ pub async fn post_hello(
 }
 
 /// Collects this machine's inventory ([`crate::inventory::collect`]) and posts it with the
-/// boot's nonce. A failure is logged on the console; the boot goes on.
-pub async fn send_inventory(cfg: &BootConfig, server: &str, hello: &Hello, console: &mut Console) {
+/// boot's session. A failure is logged on the console; the boot goes on.
+pub async fn send_inventory(
+    cfg: &BootConfig,
+    server: &str,
+    (hello, session): (&Hello, &str),
+    console: &mut Console,
+) {
     let root = cfg.sys.parent().unwrap_or(Path::new("/")).to_path_buf();
     let mac = hello.mac.clone();
     let now = crate::time::now_unix();
@@ -275,7 +280,7 @@ pub async fn send_inventory(cfg: &BootConfig, server: &str, hello: &Hello, conso
     }
     let report = crate::proto::agent::InventoryReport {
         mac: hello.mac.clone(),
-        nonce: hello.nonce.clone().unwrap_or_default(),
+        session: session.to_string(),
         inventory,
     };
     let sent = async {
@@ -363,7 +368,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         .enable_all()
         .build()
         .map_err(|e| AgentError::Client(format!("tokio runtime: {e}")))?;
-    let reply = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
+    let HelloAnswer { session, reply, .. } = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
         Ok(r) => r,
         Err(e) => {
             console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
@@ -372,12 +377,12 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
     // the hardware inventory, on every boot; it never holds the boot up
-    rt.block_on(send_inventory(cfg, &server, &hello, &mut console));
-    // who reports on a task: this boot's MAC and nonce, to the server it said hello to
+    rt.block_on(send_inventory(cfg, &server, (&hello, &session), &mut console));
+    // who reports on a task: this boot's MAC and session, to the server it said hello to
     let task_ref = |task: i64| super::task::TaskRef {
         server: server.clone(),
         mac: hello.mac.clone(),
-        nonce: hello.nonce.clone().unwrap_or_default(),
+        session: session.clone(),
         task,
     };
     match &reply {
@@ -633,7 +638,10 @@ mod tests {
         let (url, rx) = stub(vec![
             (503, "{}"),
             (200, r#"{"unexpected":1}"#),
-            (200, r#"{"action":"reboot"}"#),
+            (
+                200,
+                r#"{"mac":"52:54:00:aa:bb:cc","session":"5e55","action":"reboot"}"#,
+            ),
         ]);
         let r = fake_root(
             &format!("bootcast.server={url} bootcast.mac=52:54:00:aa:bb:cc"),

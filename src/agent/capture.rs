@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use super::task::{self, Failure, Reporter, RunError, TaskRef};
 use crate::proto::agent::{
     push_frame, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded, HEADER_MAC,
-    HEADER_NONCE, HEADER_TASK, MISSING_MAX_IDS,
+    HEADER_SESSION, HEADER_TASK, MISSING_MAX_IDS,
 };
 use crate::store::error::{Result, StoreError};
 use crate::store::ingest::{ingest_to, ChunkSink, IngestOptions, IngestReport};
@@ -37,7 +37,7 @@ pub const UPLOAD_BYTES: usize = 4 << 20;
 /// What the server asked for, and who asks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The task, and what proves it is this boot's (server, mac, nonce).
+    /// The task, and what proves it is this boot's (server, mac, session).
     pub task: TaskRef,
     pub image: String,
     /// The server store's chunker parameters and zstd level (from the hello reply).
@@ -133,7 +133,7 @@ fn capture(
 pub struct RemoteSink {
     http: HttpSource,
     mac: String,
-    nonce: String,
+    session: String,
     task: String,
     params: ChunkerParams,
     level: i32,
@@ -142,9 +142,9 @@ pub struct RemoteSink {
 impl RemoteSink {
     pub fn new(job: &Job) -> Result<RemoteSink> {
         Ok(RemoteSink {
-            http: HttpSource::new(&job.task.server)?,
+            http: job.task.source()?,
             mac: job.task.mac.clone(),
-            nonce: job.task.nonce.clone(),
+            session: job.task.session.clone(),
             task: job.task.task.to_string(),
             params: job.chunker,
             level: job.zstd_level,
@@ -168,7 +168,7 @@ impl RemoteSink {
                 .client()
                 .post(&url)
                 .header(HEADER_MAC, &self.mac)
-                .header(HEADER_NONCE, &self.nonce)
+                .header(HEADER_SESSION, &self.session)
                 .header(HEADER_TASK, &self.task)
                 .header("content-type", content_type)
                 .body(body.clone())
@@ -282,17 +282,14 @@ mod tests {
     use std::sync::Arc;
 
     const MAC: &str = "52:54:00:77:00:03";
-    const NONCE: &str = "00112233445566778899aabbccddeeff";
-
     /// The real router on 127.0.0.1 in a thread of its own, over `data`, with `MAC` booted for
-    /// capture task into image `m`: (server URL, task id, database).
-    fn server(data: &Path) -> (String, i64, Db) {
+    /// capture task into image `m`: (server URL, task id, database, the boot's session).
+    fn server(data: &Path) -> (String, i64, Db, String) {
         let db = Db::open_in_memory().unwrap();
         let mac = MAC.parse().unwrap();
         let task = {
             let mut c = db.lock();
             hosts::record_script_boot(&mut c, mac, &Default::default(), 1).unwrap();
-            hosts::set_boot_nonce(&c, mac, NONCE).unwrap();
             let new = tasks::NewTask {
                 image: Some("m"),
                 ..Default::default()
@@ -300,6 +297,28 @@ mod tests {
             tasks::create_with(&c, mac, TaskKind::Capture, &new, 1)
                 .unwrap()
                 .id
+        };
+        // this boot's credential, exchanged as the hello does
+        let session = {
+            use crate::db::bootcred;
+            let c = db.lock();
+            let (ip, now) = ("127.0.0.1".parse().unwrap(), crate::time::now_unix());
+            bootcred::issue(
+                &c,
+                &bootcred::Issue {
+                    mac,
+                    credential: "c0ffee",
+                    salt: "5a17",
+                    ip,
+                    task: Some(task),
+                    now,
+                    lifetime_secs: 600,
+                },
+            )
+            .unwrap();
+            bootcred::exchange(&c, mac, Some("c0ffee"), ip, now)
+                .unwrap()
+                .unwrap()
         };
         let state = AppState {
             db: db.clone(),
@@ -311,6 +330,7 @@ mod tests {
             multicast: crate::multicast::sessions::Sessions::new(),
             hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
             glpi_url: None,
+            boot: Default::default(),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,15 +348,15 @@ mod tests {
                 .unwrap();
             });
         });
-        (url, task, db)
+        (url, task, db, session)
     }
 
-    fn job(url: &str, task: i64, nonce: &str) -> Job {
+    fn job(url: &str, task: i64, session: &str) -> Job {
         Job {
             task: TaskRef {
                 server: url.to_string(),
                 mac: MAC.into(),
-                nonce: nonce.into(),
+                session: session.into(),
                 task,
             },
             image: "m".into(),
@@ -361,8 +381,8 @@ mod tests {
         let want = ingest(&store, "m", &data[..], "data", &opts, &|_| {}).unwrap();
 
         let remote = tempfile::tempdir().unwrap();
-        let (url, task, db) = server(remote.path());
-        let sink = RemoteSink::new(&job(&url, task, NONCE)).unwrap();
+        let (url, task, db, session) = server(remote.path());
+        let sink = RemoteSink::new(&job(&url, task, &session)).unwrap();
         let got = ingest_to(&sink, "m", &data[..], "data", &opts, &|_| {}).unwrap();
         assert_eq!(got.version, want.version);
         assert_eq!(
@@ -400,7 +420,7 @@ mod tests {
     fn the_remote_sink_sends_nothing_the_server_has() {
         let data = random_bytes(3 << 20, 53);
         let remote = tempfile::tempdir().unwrap();
-        let (url, task, _db) = server(remote.path());
+        let (url, task, _db, session) = server(remote.path());
         // the server already has these bytes as another image
         let store = Store::open_or_create(remote.path(), StoreConfig::default(), false).unwrap();
         ingest(
@@ -412,7 +432,7 @@ mod tests {
             &|_| {},
         )
         .unwrap();
-        let sink = RemoteSink::new(&job(&url, task, NONCE)).unwrap();
+        let sink = RemoteSink::new(&job(&url, task, &session)).unwrap();
         let got = ingest_to(
             &sink,
             "m",
@@ -427,9 +447,9 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_nonce_is_refused_and_not_retried() {
+    fn a_wrong_session_is_refused_and_not_retried() {
         let remote = tempfile::tempdir().unwrap();
-        let (url, task, _db) = server(remote.path());
+        let (url, task, _db, _) = server(remote.path());
         let sink = RemoteSink::new(&job(&url, task, "wrong")).unwrap();
         let e = sink.lookup(&[ChunkId::of(b"x")]).unwrap_err();
         assert!(matches!(e, StoreError::Fetch { .. }), "{e}");

@@ -17,12 +17,12 @@ use crate::multicast::receiver::{receive, ReceiveOptions};
 use crate::multicast::{Endpoint, MulticastError};
 use crate::proto::agent::MulticastJoin;
 use crate::store::export::{export, ExportOptions, ExportReport};
-use crate::store::source::{ChunkSource, HttpSource};
+use crate::store::source::ChunkSource;
 
 /// What the server asked for, and who asks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The task, and what proves it is this boot's (server, mac, nonce).
+    /// The task, and what proves it is this boot's (server, mac, session).
     pub task: TaskRef,
     pub image: String,
     pub version: String,
@@ -79,7 +79,7 @@ fn restore(
     client: &reqwest::blocking::Client,
     log: &mut dyn FnMut(&str),
 ) -> Result<(ExportReport, PathBuf), Failure> {
-    let source = HttpSource::new(&job.task.server)?;
+    let source = job.task.source()?;
     let (manifest, version) = source.manifest(&format!("{}@{}", job.image, job.version))?;
     let target =
         super::disk::pick(job.disk.as_deref(), sys, proc, manifest.size).map_err(Failure::Other)?;
@@ -132,10 +132,14 @@ fn restore(
             }
         }
     };
+    // the server closed the task while chunks were in flight: their refusal (a closed task's
+    // session reads no chunks) is the cancellation, not a failure
+    let cancelled = reporter.cancel.load(Ordering::Relaxed);
     reporter.finish();
     result
         .map(|r| (r, target.clone()))
         .map_err(|e| match Failure::from(e) {
+            _ if cancelled => Failure::Cancelled,
             Failure::Unreachable(e) => Failure::Unreachable(e),
             Failure::Cancelled => Failure::Cancelled,
             Failure::Other(e) => Failure::Other(format!(

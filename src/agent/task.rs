@@ -10,13 +10,13 @@ use crate::proto::agent::{TaskDone, TaskFailed, TaskProgress};
 use crate::retry::Backoff;
 use crate::store::error::StoreError;
 
-/// The task the agent works on, and what proves it is this boot's (mac + nonce).
+/// The task the agent works on, and what proves it is this boot's (mac + session).
 #[derive(Debug, Clone)]
 pub struct TaskRef {
     /// Server base URL (`http://IP:PORT`).
     pub server: String,
     pub mac: String,
-    pub nonce: String,
+    pub session: String,
     pub task: i64,
 }
 
@@ -24,6 +24,20 @@ impl TaskRef {
     /// `SERVER/api/v1/agent/PATH`.
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1/agent/{path}", self.server.trim_end_matches('/'))
+    }
+
+    /// The server's manifests and chunks as this boot may read them: every request carries
+    /// the boot's MAC and session (images are private).
+    pub fn source(&self) -> Result<crate::store::source::HttpSource, StoreError> {
+        use crate::proto::agent::{HEADER_MAC, HEADER_SESSION};
+        crate::store::source::HttpSource::with_options(
+            &self.server,
+            &[
+                (HEADER_MAC, self.mac.clone()),
+                (HEADER_SESSION, self.session.clone()),
+            ],
+            None,
+        )
     }
 }
 
@@ -71,7 +85,7 @@ pub fn check_open(
 ) -> Result<(), Failure> {
     let p = TaskProgress {
         mac: task.mac.clone(),
-        nonce: task.nonce.clone(),
+        session: task.session.clone(),
         task: task.task,
         bytes_done: 0,
         bytes_total: total,
@@ -153,7 +167,7 @@ impl Reporter {
             let (done, finished, client) = (done.clone(), finished.clone(), client.clone());
             let cancel = cancel.clone();
             let url = task.url("progress");
-            let (mac, nonce, task) = (task.mac.clone(), task.nonce.clone(), task.task);
+            let (mac, session, task) = (task.mac.clone(), task.session.clone(), task.task);
             std::thread::spawn(move || {
                 let start = Instant::now();
                 while !finished.load(Ordering::Relaxed) {
@@ -165,7 +179,7 @@ impl Reporter {
                         .post(&url)
                         .json(&TaskProgress {
                             mac: mac.clone(),
-                            nonce: nonce.clone(),
+                            session: session.clone(),
                             task,
                             bytes_done: d.min(total),
                             bytes_total: total,
@@ -247,7 +261,7 @@ pub fn report<T>(
             "done",
             serde_json::to_value(TaskDone {
                 mac: task.mac.clone(),
-                nonce: task.nonce.clone(),
+                session: task.session.clone(),
                 task: task.task,
             })
             .expect("serialises"),
@@ -256,7 +270,7 @@ pub fn report<T>(
             "failed",
             serde_json::to_value(TaskFailed {
                 mac: task.mac.clone(),
-                nonce: task.nonce.clone(),
+                session: task.session.clone(),
                 task: task.task,
                 reason: reason.chars().take(2000).collect(),
             })

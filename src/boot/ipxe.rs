@@ -42,16 +42,29 @@ pub fn find(name: &str) -> Option<IpxeBinary> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootScript {
     /// Boot the bootcast boot environment (registration, or a task when `task` is set).
-    /// `nonce` goes on the kernel command line; the agent's hello must carry it back.
+    /// `credential` (this boot's, see `db::bootcred`) goes on the kernel command line; the
+    /// agent's hello exchanges it for its session. `None`: the script was asked for by
+    /// another address than the machine's own, so it carries none (the agent's hello will be
+    /// refused, and says so).
     BootEnv {
         reason: String,
         task: Option<i64>,
-        nonce: String,
+        credential: Option<Secret>,
     },
     /// Nothing to do: boot the local disk.
     LocalDisk { uefi: bool },
     /// The server cannot boot the host now (e.g. no boot environment built).
     Unavailable { reason: String },
+}
+
+/// A secret that never shows in logs: `Debug` prints `<secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 const CHAIN: &str = include_str!("../../ipxe/chain.ipxe");
@@ -74,7 +87,7 @@ impl BootScript {
             BootScript::BootEnv {
                 reason,
                 task,
-                nonce,
+                credential,
             } => {
                 let mut cmdline = format!(
                     "console=ttyS0,115200n8 console=tty0 bootcast.server={base} bootcast.mac=${{netX/mac}}"
@@ -82,8 +95,10 @@ impl BootScript {
                 if let Some(t) = task {
                     cmdline.push_str(&format!(" bootcast.task={t}"));
                 }
-                let nonce: String = nonce.chars().filter(char::is_ascii_hexdigit).collect();
-                cmdline.push_str(&format!(" bootcast.nonce={nonce}"));
+                if let Some(Secret(c)) = credential {
+                    let c: String = c.chars().filter(char::is_ascii_hexdigit).collect();
+                    cmdline.push_str(&format!(" bootcast.credential={c}"));
+                }
                 render(
                     BOOTENV,
                     &[
@@ -164,13 +179,19 @@ mod tests {
         let env = BootScript::BootEnv {
             reason: "registering".into(),
             task: Some(42),
-            nonce: "00ff".into(),
+            credential: Some(super::Secret("00ff".into())),
         }
         .render(base);
         assert!(
-            env.contains(" bootcast.nonce=00ff || goto failed\n"),
+            env.contains(" bootcast.credential=00ff || goto failed\n"),
             "{env}"
         );
+        let plan = BootScript::BootEnv {
+            reason: "registering".into(),
+            task: None,
+            credential: Some(super::Secret("00ff".into())),
+        };
+        assert!(!format!("{plan:?}").contains("00ff"), "{plan:?}");
         assert!(env.contains("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
         assert!(env.contains(
             " bootcast.server=http://10.99.0.1:8080 bootcast.mac=${netX/mac} bootcast.task=42"

@@ -51,6 +51,10 @@ pub enum ImageCmd {
         /// the local store; no --data store is needed then
         #[arg(long, value_name = "URL")]
         from: Option<String>,
+        /// With --from: a file holding the server's API token (images are private) [default:
+        /// BOOTCAST_TOKEN, else the token of the local --data directory]
+        #[arg(long, value_name = "FILE", requires = "from")]
+        token_file: Option<PathBuf>,
     },
     /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
     Rm { spec: String },
@@ -94,7 +98,14 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             seeds,
             threads,
             from,
-        } => export_cmd(data, out, &spec, &target, seeds, threads, from.as_deref()),
+            token_file,
+        } => {
+            let from = match from {
+                Some(url) => Some((url, export_token(data, token_file.as_deref())?)),
+                None => None,
+            };
+            export_cmd(data, out, &spec, &target, seeds, threads, from)
+        }
         ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
         ImageCmd::Approve { spec } => approve(data, out, &spec),
         ImageCmd::AutoApprove { name, set } => auto_approve(data, out, &name, set),
@@ -275,6 +286,23 @@ fn describe(v: &VersionStats) -> String {
     )
 }
 
+/// The API token `image export --from` sends: `--token-file`, else `BOOTCAST_TOKEN`, else
+/// the token of the local data directory (a server on this machine).
+fn export_token(data: &Path, file: Option<&Path>) -> Result<String> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API token from {}", f.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    if let Ok(t) = std::env::var("BOOTCAST_TOKEN") {
+        return Ok(t.trim().to_string());
+    }
+    match bootcast::http::auth::read_token(data)? {
+        Some(t) => Ok(t),
+        None => anyhow::bail!("images are private: give the server's API token with --token-file FILE or BOOTCAST_TOKEN (`bootcast token show` on the server prints it)"),
+    }
+}
+
 fn export_cmd(
     data: &Path,
     out: &Output,
@@ -282,17 +310,23 @@ fn export_cmd(
     target: &Path,
     seeds: Vec<PathBuf>,
     threads: usize,
-    from: Option<&str>,
+    from: Option<(String, String)>,
 ) -> Result<ExitCode> {
     // The chunk source and the manifest: the local store, or a server.
+    let from_url = from.as_ref().map(|(u, _)| u.clone());
+    let from_url = from_url.as_deref();
     let (source, name, id, manifest): (Box<dyn ChunkSource>, _, _, _) = match from {
         None => {
             let store = Store::open(data)?;
             let v = store.resolve(spec)?;
             (Box::new(store), v.name, v.id, v.manifest)
         }
-        Some(url) => {
-            let http = HttpSource::new(url)?;
+        Some((url, token)) => {
+            let http = HttpSource::with_options(
+                &url,
+                &[("authorization", format!("Bearer {token}"))],
+                None,
+            )?;
             let (manifest, id) = http.manifest(spec)?;
             (Box::new(http), manifest.name.clone(), id, manifest)
         }
@@ -321,7 +355,7 @@ fn export_cmd(
             name: &name,
             version: id.to_hex(),
             target,
-            from,
+            from: from_url,
             report: &report,
         },
         || {
@@ -331,7 +365,7 @@ fn export_cmd(
                 id.short(),
                 target.display(),
                 bytes(report.fetched),
-                from.unwrap_or("the store"),
+                from_url.unwrap_or("the store"),
                 bytes(report.fetched_compressed),
                 bytes(report.from_seed),
                 bytes(report.in_place),

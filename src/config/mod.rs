@@ -40,6 +40,10 @@
 //! quota = "500G"                 # evict chunks of images not assigned to the site beyond it
 //! incomplete = "wait"            # or "upstream": a version not complete here yet
 //!
+//! [boot]
+//! credential_minutes = 10        # a boot script's credential is valid this long for the hello
+//! trust_without_dhcp = []        # subnets whose PCs get one without a DHCP exchange bootcast saw
+//!
 //! [retention]
 //! days = 365                     # prune events, boots, inventories older (0: keep all)
 //! gc_hours = 24                  # hours between store collections (0: never)
@@ -92,6 +96,28 @@ pub struct Config {
     pub retention_days: Option<u32>,
     /// `[retention] gc_hours`: hours between the server's store collections (`None`: never).
     pub gc_hours: Option<u32>,
+    pub boot: BootConfig,
+}
+
+/// `[boot]`: who gets a boot credential, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// Seconds a credential stays valid for the agent's hello.
+    pub credential_secs: i64,
+    /// CIDRs whose machines get a credential without a DHCP exchange seen by bootcast.
+    pub trust_without_dhcp: Vec<String>,
+}
+
+/// `[boot] credential_minutes` when the file does not say: enough for slow firmware.
+pub const DEFAULT_CREDENTIAL_MINUTES: u32 = 10;
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            credential_secs: i64::from(DEFAULT_CREDENTIAL_MINUTES) * 60,
+            trust_without_dhcp: Vec::new(),
+        }
+    }
 }
 
 /// `[retention] days` when the file does not say.

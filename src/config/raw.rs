@@ -29,6 +29,22 @@ pub struct RawConfig {
     pub glpi: RawGlpi,
     #[serde(default)]
     pub retention: RawRetention,
+    #[serde(default)]
+    pub boot: RawBoot,
+}
+
+/// `[boot]`: the boot credentials handed out in boot-environment scripts.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBoot {
+    /// Minutes a boot script's credential stays valid for the agent's hello. Default 10.
+    pub credential_minutes: Option<u32>,
+    /// Subnets (CIDR) whose machines get a credential, bound to the address their boot script
+    /// request came from, without a DHCP exchange seen by bootcast (another DHCP server on
+    /// that segment hands out the boot file). Default none: a credential goes only to the
+    /// address bootcast's (or a site relay's) DHCP service saw the machine at.
+    #[serde(default)]
+    pub trust_without_dhcp: Vec<String>,
 }
 
 /// `[retention]`: how long history is kept, and how often the store is collected.

@@ -74,6 +74,8 @@ impl RawConfig {
             }
         };
 
+        let boot = self.validate_boot(&mut p);
+
         if problems.is_empty() {
             Ok(Config {
                 advertise,
@@ -93,10 +95,44 @@ impl RawConfig {
                     .filter(|d| *d > 0),
                 gc_hours: Some(self.retention.gc_hours.unwrap_or(DEFAULT_GC_HOURS))
                     .filter(|h| *h > 0),
+                boot,
             })
         } else {
             Err(ConfigError { problems })
         }
+    }
+}
+
+impl RawConfig {
+    fn validate_boot(&self, p: &mut dyn FnMut(String)) -> BootConfig {
+        let minutes = self
+            .boot
+            .credential_minutes
+            .unwrap_or(DEFAULT_CREDENTIAL_MINUTES);
+        if !(1..=24 * 60).contains(&minutes) {
+            p(format!("boot.credential_minutes = {minutes}: use 1 to 1440 (default {DEFAULT_CREDENTIAL_MINUTES}; slow firmware needs a few minutes from the boot script to the agent's hello)"));
+        }
+        for c in &self.boot.trust_without_dhcp {
+            if !valid_cidr(c) {
+                p(format!("boot.trust_without_dhcp: {c:?} is not a subnet like 10.20.0.0/16 or fd99::/64"));
+            }
+        }
+        BootConfig {
+            credential_secs: i64::from(minutes) * 60,
+            trust_without_dhcp: self.boot.trust_without_dhcp.clone(),
+        }
+    }
+}
+
+/// `ADDRESS/LEN` with LEN within the address family's bits.
+pub fn valid_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    match (addr.parse::<IpAddr>(), len.parse::<u8>()) {
+        (Ok(IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
     }
 }
 

@@ -163,28 +163,6 @@ fn record(
     Ok(host)
 }
 
-/// Records the nonce of the boot script just given to `mac` (replacing the previous one).
-pub fn set_boot_nonce(conn: &Connection, mac: Mac, nonce: &str) -> Result<(), DbError> {
-    conn.execute(
-        "UPDATE hosts SET boot_nonce = ?2 WHERE mac = ?1",
-        params![mac.to_string(), nonce],
-    )
-    .what("set boot nonce")?;
-    Ok(())
-}
-
-/// The nonce of the last boot-environment script given to `mac`.
-pub fn boot_nonce(conn: &Connection, mac: Mac) -> Result<Option<String>, DbError> {
-    conn.query_row(
-        "SELECT boot_nonce FROM hosts WHERE mac = ?1",
-        [mac.to_string()],
-        |r| r.get::<_, Option<String>>(0),
-    )
-    .optional()
-    .map(Option::flatten)
-    .what("get boot nonce")
-}
-
 pub fn get(conn: &Connection, mac: Mac) -> Result<Option<Host>, DbError> {
     conn.query_row(
         &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE mac = ?1"),
@@ -358,9 +336,6 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(200, "ipxe"), (130, "agent"), (100, "ipxe")]
         );
-        assert!(boot_nonce(&c, mac).unwrap().is_none());
-        set_boot_nonce(&c, mac, "abc").unwrap();
-        assert_eq!(boot_nonce(&c, mac).unwrap().as_deref(), Some("abc"));
         assert_eq!(list(&c).unwrap(), vec![h.clone()]);
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["mac"], "52:54:00:00:00:01");

@@ -10,6 +10,7 @@
 //! settings such as the post-deploy steps), [`sites`] (sites, their schedule and relay),
 //! [`pushes`] (image versions pushed to sites, and each site's progress), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
+pub mod bootcred;
 pub mod events;
 pub mod groups;
 pub mod hosts;
@@ -252,6 +253,25 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE push_rules ADD COLUMN tz TEXT;",
     // 8: an image whose captures need no staff approval before they become `latest`
     "ALTER TABLE image_settings ADD COLUMN auto_approve INTEGER NOT NULL DEFAULT 0;",
+    // 9: boot credentials and agent sessions (one boot per MAC; hashes only), and the address
+    // each MAC was last seen at by a DHCP service; hosts.boot_nonce is no longer used
+    "CREATE TABLE boot_creds (
+        mac TEXT PRIMARY KEY,
+        cred_hash TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        task INTEGER,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        salt TEXT NOT NULL,
+        session_hash TEXT,
+        session_until INTEGER
+    );
+    CREATE TABLE dhcp_seen (
+        mac TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    UPDATE hosts SET boot_nonce = NULL;",
 ];
 
 /// A handle to the database; cheap to clone.

@@ -1,8 +1,8 @@
 //! `/api/v1`: the agent's endpoints (hello, task progress/done/failed; authenticated by the
-//! per-boot nonce; the capture endpoints are in [`super::capture`]) and the staff endpoints
+//! boot credential and session of [`bootcred`]; the capture endpoints are in [`super::capture`]) and the staff endpoints
 //! (token): hosts, groups, tasks.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -15,54 +15,45 @@ use super::error::{parse_mac, ApiError, ApiResult};
 use super::AppState;
 use crate::config::AfterRegister;
 use crate::db::images::{self, PostDeploy};
-use crate::db::{groups, hosts, tasks, DbError, TaskKind, TaskState};
+use crate::db::{bootcred, groups, hosts, tasks, DbError, TaskKind, TaskState};
 use crate::mac::Mac;
-use crate::proto::agent::{Hello, HelloReply, TaskAck, TaskDone, TaskFailed, TaskProgress};
+use crate::proto::agent::{
+    Hello, HelloAnswer, HelloReply, TaskAck, TaskDone, TaskFailed, TaskProgress,
+};
 use crate::schedule::{self, CancelTarget, ScheduleError, TaskRequest};
 
-/// Why an agent request's nonce was refused.
-pub struct NonceRefused {
-    /// The server did start a boot-environment boot for this MAC (the nonce is stale or wrong).
-    known_boot: bool,
+/// An agent request refused by [`bootcred`]: the answer names no secret.
+pub(super) fn refused(r: &bootcred::Refused, mac: Mac, from: IpAddr, what: &str) -> ApiError {
+    tracing::warn!(%mac, %from, "agent {what} refused: {}", r.reason());
+    ApiError::forbidden(format!(
+        "{}; network-boot the machine through bootcast again",
+        r.reason()
+    ))
 }
 
-impl NonceRefused {
-    pub(super) fn error(&self, mac: Mac, peer: SocketAddr, what: &str) -> ApiError {
-        tracing::warn!(%mac, peer = %peer.ip(), "agent {what} refused: nonce missing or stale");
-        let why = if self.known_boot {
-            format!("this {what}'s bootcast.nonce does not match the last boot the server started for this MAC")
-        } else {
-            "the server started no boot-environment boot for this MAC".to_string()
-        };
-        ApiError::forbidden(format!(
-            "{why}; network-boot the machine through bootcast again"
-        ))
-    }
-}
-
-/// The one check of every agent request: `nonce` must be the one the server put on the kernel
-/// command line of `mac`'s last boot-environment script (a MAC is no secret).
-pub(super) fn check_nonce(
+/// The one check of every agent request after the hello: `session` must be the one this
+/// MAC's hello got, from the address the boot was given to, while its task is open (with
+/// `closed_ok`, also after: the task's reports answer 409 then). Returns the boot's task.
+pub(super) fn check_session(
     c: &Connection,
+    headers: &axum::http::HeaderMap,
+    peer: SocketAddr,
     mac: Mac,
-    nonce: Option<&str>,
-) -> Result<Result<(), NonceRefused>, DbError> {
-    let expected = hosts::boot_nonce(c, mac)?;
-    Ok(match (&expected, nonce) {
-        (Some(e), Some(n)) if super::auth::same_secret(e.as_bytes(), n.as_bytes()) => Ok(()),
-        _ => Err(NonceRefused {
-            known_boot: expected.is_some(),
-        }),
-    })
+    session: Option<&str>,
+    (now, closed_ok): (i64, bool),
+) -> Result<Result<Option<i64>, (bootcred::Refused, IpAddr)>, DbError> {
+    let from = super::relay::Origin::of(c, headers, peer)?.ip;
+    Ok(bootcred::check(c, mac, session, from, now, closed_ok)?.map_err(|r| (r, from)))
 }
 
 /// `POST /api/v1/agent/hello`: the agent is up. Records the host (registering it) and says
 /// what to do next.
 ///
-/// A MAC is no secret, so the hello must carry the nonce that the server put on the kernel
-/// command line of this MAC's last boot-environment script: a machine on the network cannot
-/// register, or move the task of, another machine it did not boot as. The task named must be
-/// that host's own open task.
+/// A MAC is no secret, so the hello must carry the credential that the server put on the
+/// kernel command line of this MAC's boot-environment script, from the address that script was
+/// given to, within its lifetime: a machine on the network cannot register, or move the task
+/// of, another machine. The answer carries the session the agent's other requests use. The
+/// task named must be that host's own open task.
 pub async fn agent_hello(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -76,19 +67,20 @@ pub async fn agent_hello(
             hello.arch
         )));
     }
-    // through a site relay: the machine's own address from the relay's header
-    let relayed = super::relay::Relayed::from_headers(&headers);
-    let agent_ip = super::relay::client_ip(relayed.as_ref(), peer);
-    let ip = agent_ip.to_string();
     let now = crate::time::now_unix();
     st.chunks.captures.sweep();
     let h = hello.clone();
     let res = st
         .db
         .call(move |c| {
-            if let Err(refused) = check_nonce(c, mac, h.nonce.as_deref())? {
-                return Ok(Err(refused));
-            }
+            // through a site relay: the machine's own address from the verified relay's header
+            let origin = super::relay::Origin::of(c, &headers, peer)?;
+            let (agent_ip, relayed) = (origin.ip, origin.relayed.is_some());
+            let session = match bootcred::exchange(c, mac, h.credential.as_deref(), agent_ip, now)? {
+                Ok(s) => s,
+                Err(r) => return Ok(Err((r, agent_ip))),
+            };
+            let ip = agent_ip.to_string();
             let host = hosts::record_hello(
                 c,
                 mac,
@@ -133,14 +125,16 @@ pub async fn agent_hello(
                     .then(|| name.clone()),
                 _ => None,
             };
+            let agent_session = session;
             let session = match task.as_ref().and_then(|t| t.multicast) {
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
-            Ok(Ok((host, task, hostname, session)))
+            Ok(Ok((host, task, hostname, session, agent_session, agent_ip, relayed)))
         })
         .await?;
-    let (host, task, hostname, session) = res.map_err(|r| r.error(mac, peer, "hello"))?;
+    let (host, task, hostname, session, agent_session, agent_ip, relayed) =
+        res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
     }
@@ -184,7 +178,7 @@ pub async fn agent_hello(
             version: t.version.clone().unwrap_or_default(),
             hostname,
             multicast: match session {
-                Some(sess) => offer_multicast(&st, sess, relayed.is_some(), agent_ip).await,
+                Some(sess) => offer_multicast(&st, sess, relayed, agent_ip).await,
                 None => None,
             },
         },
@@ -209,7 +203,12 @@ pub async fn agent_hello(
         registered = %host.registered_at.map(crate::time::rfc3339).unwrap_or_default(),
         "agent hello; reply {reply:?}"
     );
-    Ok(Json(reply).into_response())
+    Ok(Json(HelloAnswer {
+        mac: mac.to_string(),
+        session: agent_session,
+        reply,
+    })
+    .into_response())
 }
 
 /// The multicast session to join for a reimage task of session `sess`. Through a site relay
@@ -350,13 +349,13 @@ enum Report {
     Failed(String),
 }
 
-/// The shared path of the agent's task reports: nonce, then the task must be the caller's own
-/// open task.
+/// The shared path of the agent's task reports: session, then the task must be the caller's
+/// own open task.
 async fn agent_report(
     st: AppState,
-    peer: SocketAddr,
+    (peer, headers): (SocketAddr, axum::http::HeaderMap),
     mac: &str,
-    nonce: String,
+    session: String,
     id: i64,
     report: Report,
 ) -> ApiResult {
@@ -371,7 +370,7 @@ async fn agent_report(
     let res = st
         .db
         .call(move |c| {
-            if let Err(refused) = check_nonce(c, mac, Some(&nonce))? {
+            if let Err(refused) = check_session(c, &headers, peer, mac, Some(&session), (now, true))? {
                 return Ok(Err(Err(refused)));
             }
             let task = match tasks::get(c, id)? {
@@ -427,7 +426,7 @@ async fn agent_report(
             })
             .into_response())
         }
-        Err(Err(refused)) => Err(refused.error(mac, peer, what)),
+        Err(Err((r, from))) => Err(refused(&r, mac, from, what)),
         Err(Ok(refused)) => {
             tracing::warn!(%mac, task = id, "agent {what} refused: {}", refused.message());
             Err(refused)
@@ -439,10 +438,11 @@ fn to_i64(v: u64, field: &str) -> Result<i64, String> {
     i64::try_from(v).map_err(|_| format!("{field} {v} is too large"))
 }
 
-/// `POST /api/v1/agent/progress`: `{mac, nonce, task, bytes_done, bytes_total, rate, eta?}`.
+/// `POST /api/v1/agent/progress`: `{mac, session, task, bytes_done, bytes_total, rate, eta?}`.
 pub async fn agent_progress(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(p): Json<TaskProgress>,
 ) -> ApiResult {
     if p.bytes_done > p.bytes_total {
@@ -464,28 +464,30 @@ pub async fn agent_progress(
     .map_err(ApiError::bad_request)?;
     agent_report(
         st,
-        peer,
+        (peer, headers),
         &p.mac,
-        p.nonce,
+        p.session,
         p.task,
         Report::Progress(progress),
     )
     .await
 }
 
-/// `POST /api/v1/agent/done`: `{mac, nonce, task}`.
+/// `POST /api/v1/agent/done`: `{mac, session, task}`.
 pub async fn agent_done(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(d): Json<TaskDone>,
 ) -> ApiResult {
-    agent_report(st, peer, &d.mac, d.nonce, d.task, Report::Done).await
+    agent_report(st, (peer, headers), &d.mac, d.session, d.task, Report::Done).await
 }
 
-/// `POST /api/v1/agent/failed`: `{mac, nonce, task, reason}`.
+/// `POST /api/v1/agent/failed`: `{mac, session, task, reason}`.
 pub async fn agent_failed(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(f): Json<TaskFailed>,
 ) -> ApiResult {
     let reason: String = f
@@ -499,7 +501,14 @@ pub async fn agent_failed(
             "reason must say what went wrong, in 1 to 2000 characters",
         ));
     }
-    agent_report(st, peer, &f.mac, f.nonce, f.task, Report::Failed(reason)).await
+    agent_report(
+        st,
+        (peer, headers),
+        &f.mac,
+        f.session,
+        f.task,
+        Report::Failed(reason),
+    ).await
 }
 
 impl From<ScheduleError> for ApiError {

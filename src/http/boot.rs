@@ -12,10 +12,10 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::error::{ApiError, ApiResult};
-use super::relay::{client_ip, Relayed};
+use super::relay::{Origin, Relayed};
 use super::AppState;
-use crate::boot::ipxe::{self, BootScript};
-use crate::db::{hosts, tasks, TaskState};
+use crate::boot::ipxe::{self, BootScript, Secret};
+use crate::db::{bootcred, hosts, tasks, TaskState};
 use crate::mac::Mac;
 use crate::proto::agent::Firmware;
 
@@ -78,17 +78,47 @@ pub async fn host_script(
     };
     // iPXE's buildarch (i386, x86_64, arm64): kept with the boot record only
     let arch = q.get("buildarch").filter(|a| valid_arch(a)).cloned();
-    let relayed = Relayed::from_headers(&headers);
-    let ip = client_ip(relayed.as_ref(), peer).to_string();
     let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
     let bootenv_ready = matches!(bootenv, Ok(Some(_)));
-    let nonce = super::auth::random_hex(16)
-        .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
+    let random = |n| {
+        super::auth::random_hex(n)
+            .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
+    };
+    let (credential, salt) = (random(16)?, random(16)?);
+    let boot = st.boot.clone();
     let now = crate::time::now_unix();
     let decided = st
         .db
         .call(move |c| {
+            let origin = Origin::of(c, &headers, peer)?;
+            // The machine's own address: the one bootcast's DHCP service (or the verified
+            // relay's) saw this MAC at during this boot's exchange.
+            let seen = match &origin.relayed {
+                Some(r) => r.dhcp_seen,
+                None => bootcred::seen(c, mac, now - boot.credential_secs)?,
+            };
+            // (a request from this host itself, on loopback, is no PC on a site LAN: trusted)
+            let owner = origin.ip.is_loopback()
+                || match seen {
+                    Some(ip) => ip == origin.ip,
+                    None => boot
+                        .trust_without_dhcp
+                        .iter()
+                        .any(|cidr| crate::db::sites::cidr_contains(cidr, origin.ip)),
+                };
+            let known = hosts::get(c, mac)?;
+            let open_task = tasks::due_for(c, mac, now)?;
+            if !owner && (open_task.is_some() || known.as_ref().is_none_or(|h| !h.registered())) {
+                // Not the machine itself: nothing is recorded, no task moves, no credential.
+                let why = match seen {
+                    Some(_) => "this script is given only to the address bootcast's DHCP service gave this machine",
+                    None => "bootcast saw no DHCP exchange of this machine; boot it on a segment where bootcast (or its site relay) runs DHCP or proxyDHCP, or list its subnet in [boot] trust_without_dhcp",
+                };
+                tracing::warn!(%mac, from = %origin.ip, dhcp = ?seen, "boot script refused: the request does not come from the machine's own address");
+                return Ok(BootScript::Unavailable { reason: why.to_string() });
+            }
+            let ip = origin.ip.to_string();
             let host = hosts::record_script_boot(
                 c,
                 mac,
@@ -102,22 +132,16 @@ pub async fn host_script(
             )?;
             // booted through a site relay: the host belongs to that site; else its address
             // may be in a site's subnets
-            let site = match &relayed {
-                Some(r) => r.site(c)?,
-                None => None,
-            };
+            let site = origin.site;
             let bound = match &site {
                 Some(s) => Some(s.name.clone()),
-                None => match ip.parse() {
-                    Ok(a) => crate::db::sites::by_address(c, a)?.map(|s| s.name),
-                    Err(_) => None,
-                },
+                None => crate::db::sites::by_address(c, origin.ip)?.map(|s| s.name),
             };
             if let Some(name) = &bound {
                 crate::db::sites::bind_host(c, mac, name)?;
             }
             // a task scheduled for later (`--at`) waits: local disk (or registration) until then
-            let task = tasks::due_for(c, mac, now)?;
+            let task = open_task;
             // a reimage whose version the site's relay does not hold yet waits too (policy
             // `wait`), so the relay never has to offer an incomplete version
             let task = task.filter(|t| match (&site, &t.version) {
@@ -135,23 +159,35 @@ pub async fn host_script(
                 _ => true,
             });
             let uefi = firmware.or(host.firmware) == Some(Firmware::Uefi);
+            let credential = Some(Secret(credential));
             let plan = match (&task, host.registered()) {
                 (Some(t), _) => BootScript::BootEnv {
                     reason: format!("task {} ({})", t.id, t.kind.as_str()),
                     task: Some(t.id),
-                    nonce: nonce.clone(),
+                    credential,
                 },
                 (None, false) => BootScript::BootEnv {
                     reason: "registering this machine".into(),
                     task: None,
-                    nonce: nonce.clone(),
+                    credential,
                 },
                 (None, true) => BootScript::LocalDisk { uefi },
             };
-            if let BootScript::BootEnv { task, .. } = &plan {
+            if let BootScript::BootEnv { task, credential: Some(Secret(cred)), .. } = &plan {
                 if bootenv_ready {
-                    // the agent's hello must bring this nonce back
-                    hosts::set_boot_nonce(c, mac, &nonce)?;
+                    // this boot's credential, for the agent's hello from this address only
+                    bootcred::issue(
+                        c,
+                        &bootcred::Issue {
+                            mac,
+                            credential: cred,
+                            salt: &salt,
+                            ip: origin.ip,
+                            task: *task,
+                            now,
+                            lifetime_secs: boot.credential_secs,
+                        },
+                    )?;
                     if let Some(t) = *task {
                         tasks::set_state(c, mac, t, TaskState::Booting, None, now)?;
                     }

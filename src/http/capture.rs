@@ -8,7 +8,7 @@
 //! | `POST /api/v1/agent/capture/commit` | the manifest file → `{task, state: "done", version}` |
 //!
 //! Every request carries `X-Bootcast-Mac`, `X-Bootcast-Nonce` and `X-Bootcast-Task`: the
-//! per-boot nonce as for the hello (403 otherwise), and the task must be that host's own open
+//! boot's session from the hello (403 otherwise), and the task must be that host's own open
 //! capture task (404 another's, 409 once closed: the agent stops).
 //!
 //! **Store writes** go through an ingest [`Session`] kept per capture while it runs: chunks
@@ -37,7 +37,7 @@ use crate::db::{tasks, Task, TaskKind, TaskState};
 use crate::mac::Mac;
 use crate::proto::agent::{
     parse_frames, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded,
-    HEADER_MAC, HEADER_NONCE, HEADER_TASK, MANIFEST_MAX_BYTES, MISSING_MAX_IDS, UPLOAD_MAX_BYTES,
+    HEADER_MAC, HEADER_SESSION, HEADER_TASK, MANIFEST_MAX_BYTES, MISSING_MAX_IDS, UPLOAD_MAX_BYTES,
 };
 use crate::store::session::Session;
 use crate::store::source::Decoder;
@@ -111,7 +111,7 @@ struct Caller {
     image: String,
 }
 
-/// Checks a capture request's headers: nonce (403), the host's own task (404), a capture (400),
+/// Checks a capture request's headers: session (403), the host's own task (404), a capture (400),
 /// open (409, unless `closed_ok`).
 async fn caller(
     st: &AppState,
@@ -133,11 +133,15 @@ async fn caller(
         return Err(ApiError::bad_request(format!("no task number in the {HEADER_TASK} header: name the task of bootcast.task= on the kernel command line"),
         ));
     };
-    let nonce = get(HEADER_NONCE).map(str::to_string);
+    let session = get(HEADER_SESSION).map(str::to_string);
+    let headers = headers.clone();
+    let now = crate::time::now_unix();
     let res = st
         .db
         .call(move |c| {
-            if let Err(refused) = super::api::check_nonce(c, mac, nonce.as_deref())? {
+            if let Err(refused) =
+                super::api::check_session(c, &headers, peer, mac, session.as_deref(), (now, true))?
+            {
                 return Ok(Err(refused));
             }
             Ok(Ok(tasks::get(c, id)?))
@@ -149,7 +153,7 @@ async fn caller(
             return Err(ApiError::not_found(format!("host {mac} has no task {id}; capture only for the task named by bootcast.task= on this boot's kernel command line"),
             ))
         }
-        Ok(Err(refused)) => return Err(refused.error(mac, peer, what)),
+        Ok(Err((r, from))) => return Err(super::api::refused(&r, mac, from, what)),
         Err(e) => return Err(e.into()),
     };
     if task.kind != TaskKind::Capture {

@@ -12,11 +12,12 @@
 //! On a site relay the service has a [`PullThrough`](crate::store::PullThrough): a chunk the relay's store lacks is
 //! fetched from upstream (verified, stored) before it is served, by the same handlers.
 //!
-//! **No token for manifests and chunks**: the agent in a boot environment holds no staff
-//! token, and a PC being reimaged must read them. Anyone who can reach the HTTP port can
-//! therefore download any image whose name they know; keep the port on the deployment
-//! network (as for TFTP and the boot environment). Listing the images is staff-only.
-//! Chunks are never decompressed here: the client verifies each one.
+//! **Images are private** ([`require_reader`]): a manifest or chunk request must carry a site
+//! relay token, a live boot session (an agent: [`HEADER_MAC`] + [`HEADER_SESSION`], from the
+//! machine's own address) or the API token (`Authorization: Bearer`, as `image export --from`
+//! sends it). A master's unattend file may hold a domain-join secret: a PC on a site LAN that
+//! is not being reimaged gets nothing. Listing the images is staff-only. Chunks are never
+//! decompressed here: the client verifies each one.
 
 use std::io;
 use std::path::PathBuf;
@@ -36,6 +37,60 @@ use super::AppState;
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::store::source::{BATCH_MAX_BYTES, BATCH_MAX_IDS, MISSING};
 use crate::store::{ChunkId, PullThrough, Store, StoreError};
+
+/// Refuses manifest and chunk requests that carry none of a relay token, a boot session or
+/// the API token (see the module doc). Every credential is checked before the handler runs;
+/// a wrong one is refused, never taken for another kind.
+pub async fn require_reader(
+    State((st, token)): State<(AppState, Arc<String>)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> ApiResult {
+    use crate::proto::agent::{HEADER_MAC, HEADER_SESSION};
+    use crate::proto::relay::RELAY_TOKEN_HEADER;
+    let h = req.headers();
+    if let Some(t) = super::auth::bearer(h) {
+        return if super::auth::same_secret(t.as_bytes(), token.as_bytes()) {
+            Ok(next.run(req).await)
+        } else {
+            Err(ApiError::unauthorized(
+                "wrong API token (see `bootcast token show` on the server)",
+            ))
+        };
+    }
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let relay_token = get(RELAY_TOKEN_HEADER);
+    let session = get(HEADER_SESSION).zip(get(HEADER_MAC).and_then(|m| m.parse().ok()));
+    let headers = h.clone();
+    let now = crate::time::now_unix();
+    let verdict = st
+        .db
+        .call(move |c| {
+            if let Some(t) = relay_token {
+                return Ok(match crate::db::sites::by_token(c, &t)? {
+                    Some(_) => Ok(()),
+                    None => Err("no site has this relay token".to_string()),
+                });
+            }
+            if let Some((s, mac)) = session {
+                return Ok(super::api::check_session(c, &headers, peer, mac, Some(&s), (now, false))?
+                    .map(|_| ())
+                    .map_err(|(r, _)| r.reason().to_string()));
+            }
+            Ok(Err("manifests and chunks are private".to_string()))
+        })
+        .await?;
+    match verdict {
+        Ok(()) => Ok(next.run(req).await),
+        Err(why) => {
+            tracing::warn!(peer = %peer.ip(), path = %req.uri().path(), "image read refused: {why}");
+            Err(ApiError::forbidden(format!(
+                "{why}: send a site relay token ({RELAY_TOKEN_HEADER}), this boot's session ({HEADER_MAC} and {HEADER_SESSION}) or the API token (Authorization: Bearer; `image export --from` reads it from BOOTCAST_TOKEN or --token-file)"
+            )))
+        }
+    }
+}
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 

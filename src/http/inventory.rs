@@ -1,5 +1,5 @@
 //! Inventories and events: the agent's report (`POST /api/v1/agent/inventory`, authenticated
-//! by the per-boot nonce like every agent request), the staff's reads (`GET
+//! by the boot's session like every agent request), the staff's reads (`GET
 //! /api/v1/hosts/{mac}/inventory[?format=glpi]`, `.../inventory/history`, `GET
 //! /api/v1/events`, `GET /api/v1/hooks/runs`) and the GLPI forwarder ([`forward_to_glpi`]).
 
@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::api::check_nonce;
+use super::api::check_session;
 use super::error::{parse_mac, ApiError, ApiResult};
 use super::AppState;
 use crate::db::{events, hosts, inventories, Db};
@@ -29,6 +29,7 @@ pub const MAX_INVENTORY: usize = 4 << 20;
 pub async fn agent_inventory(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(r): Json<InventoryReport>,
 ) -> ApiResult {
     let mac = parse_mac(&r.mac)?;
@@ -43,7 +44,7 @@ pub async fn agent_inventory(
     let res = st
         .db
         .call(move |c| {
-            if let Err(refused) = check_nonce(c, mac, Some(&r.nonce))? {
+            if let Err(refused) = check_session(c, &headers, peer, mac, Some(&r.session), (now, false))? {
                 return Ok(Err(refused));
             }
             let (stored, previous) = inventories::record(c, mac, &r.inventory, now)?;
@@ -57,7 +58,8 @@ pub async fn agent_inventory(
             Ok(Ok((stored, changes)))
         })
         .await?;
-    let (stored, changes) = res.map_err(|r| r.error(mac, peer, "inventory"))?;
+    let (stored, changes) =
+        res.map_err(|(r, from)| super::api::refused(&r, mac, from, "inventory"))?;
     let summary = serde_json::json!({
         "inventory": stored.id,
         "system": stored.inventory.system,

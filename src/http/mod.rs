@@ -8,13 +8,13 @@
 //! | `GET /boot/{mac}.ipxe` | iPXE: this host's script | none |
 //! | `GET /bootenv/{vmlinuz,initrd.img}` | iPXE: the boot environment | none |
 //! | `GET /ipxe/{name}` | UEFI HTTP boot: the iPXE binaries | none |
-//! | `POST /api/v1/agent/hello` | the agent | the per-boot nonce (acts only on the caller's own MAC) |
-//! | `POST /api/v1/agent/{progress,done,failed}` | the agent: its task | the per-boot nonce; only the caller's own open task |
-//! | `POST /api/v1/agent/capture/{missing,chunks,commit}` | the agent: a capture (see [`capture`]) | the per-boot nonce in headers; only the caller's own open capture task |
+//! | `POST /api/v1/agent/hello` | the agent | the boot credential, from the address it was given to (see `db::bootcred`); answers the boot's session |
+//! | `POST /api/v1/agent/{progress,done,failed,inventory}` | the agent: its task | the boot's session, from the same address; only the caller's own open task |
+//! | `POST /api/v1/agent/capture/{missing,chunks,commit}` | the agent: a capture (see [`capture`]) | the boot's session in headers; only the caller's own open capture task |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
 //! | `GET /api/v1/images` | staff | token |
-//! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | none (see [`chunks`]) |
-//! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | none (see [`chunks`]) |
+//! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | a relay token, a boot session or the API token (see [`chunks`]) |
+//! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | the same |
 //! | `GET /metrics` | monitoring (Prometheus) | none |
 //! | `POST /api/v1/relay/heartbeat` | site relays (see [`relay`]) | the site's relay token |
 //! | `GET /api/v1/relay/check` | a relay checking a lower relay's token | that token |
@@ -59,6 +59,8 @@ pub struct AppState {
     pub hooks: crate::hooks::Hooks,
     /// `[glpi] url`: inventories are queued for it.
     pub glpi_url: Option<String>,
+    /// `[boot]`: who gets a boot credential, for how long.
+    pub boot: crate::config::BootConfig,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ fn valid_host(h: &str) -> bool {
 /// metrics registry (`/metrics`): the chunk service's counters and the request latency
 /// histogram every route records.
 pub fn router(state: AppState, token: String) -> Router {
+    let token = Arc::new(token);
     let mut registry = crate::metrics::Registry::default();
     state.chunks.metrics.register(&mut registry);
     let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
@@ -127,8 +130,22 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/sites", get(relay::list_sites))
         .route("/api/v1/pushes", get(relay::push_status))
         .route_layer(axum::middleware::from_fn_with_state(
-            Arc::new(token),
+            token.clone(),
             auth::require_token,
+        ));
+    let check = Router::new()
+        .route("/api/v1/relay/check", get(relay::check_token))
+        .with_state((state.clone(), token.clone()));
+    let images = Router::new()
+        .route(
+            "/api/v1/images/{name}/{version}/manifest",
+            get(chunks::manifest),
+        )
+        .route("/chunks/batch", post(chunks::batch))
+        .route("/chunks/{id}", get(chunks::chunk))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), token),
+            chunks::require_reader,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -138,13 +155,6 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/api/v1/agent/hello", post(api::agent_hello))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
-        .route("/api/v1/relay/check", get(relay::check_token))
-        .route(
-            "/api/v1/images/{name}/{version}/manifest",
-            get(chunks::manifest),
-        )
-        .route("/chunks/batch", post(chunks::batch))
-        .route("/chunks/{id}", get(chunks::chunk))
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
         .route("/api/v1/agent/failed", post(api::agent_failed))
@@ -158,7 +168,9 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/agent/capture/chunks", post(capture::chunks))
         .route("/api/v1/agent/capture/commit", post(capture::commit))
         .merge(staff)
+        .merge(images)
         .with_state(state)
+        .merge(check)
         .merge(metrics)
         .layer(axum::middleware::from_fn_with_state(
             http_metrics,

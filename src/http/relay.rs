@@ -15,8 +15,8 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::db::{pushes, sites, DbError};
 use crate::proto::relay::{
-    Heartbeat, HeartbeatReply, SiteSchedule, FORWARDED_FOR_HEADER, PROTOCOL, RELAY_TOKEN_HEADER,
-    RELAY_URL_HEADER,
+    Heartbeat, HeartbeatReply, SiteSchedule, DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, PROTOCOL,
+    RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
 };
 
 /// Seconds between a relay's heartbeats.
@@ -91,15 +91,22 @@ pub async fn heartbeat(
     Ok(Json(reply).into_response())
 }
 
-/// `GET /api/v1/relay/check` with `Authorization: Bearer <site relay token>`: `{"site": NAME}`
-/// when a site has this token, 401 otherwise. A relay asks it (through the relays above it)
-/// before it trusts a lower relay's token header.
-pub async fn check_token(State(st): State<AppState>, headers: HeaderMap) -> ApiResult {
+/// `GET /api/v1/relay/check` with `Authorization: Bearer <token>`: `{"site": NAME}` when a
+/// site has this relay token, `{"staff": true}` for the API token, 401 otherwise. A relay asks
+/// it (through the relays above it) before it trusts a lower relay's token header or a staff
+/// member's `image export --from` it.
+pub async fn check_token(
+    State((st, api_token)): State<(AppState, std::sync::Arc<String>)>,
+    headers: HeaderMap,
+) -> ApiResult {
     let Some(token) = bearer(&headers).map(str::to_string) else {
         return Err(ApiError::unauthorized(
             "give the relay token to check: Authorization: Bearer TOKEN",
         ));
     };
+    if super::auth::same_secret(token.as_bytes(), api_token.as_bytes()) {
+        return Ok(Json(serde_json::json!({ "staff": true })).into_response());
+    }
     match st.db.call(move |c| sites::by_token(c, &token)).await? {
         Some(site) => Ok(Json(serde_json::json!({ "site": site.name })).into_response()),
         None => Err(ApiError::unauthorized("no site has this relay token")),
@@ -114,6 +121,8 @@ pub struct Relayed {
     pub url: String,
     /// The machine's address (else the relay's).
     pub client: Option<IpAddr>,
+    /// The address the relay's DHCP service saw the machine at.
+    pub dhcp_seen: Option<IpAddr>,
 }
 
 impl Relayed {
@@ -137,6 +146,7 @@ impl Relayed {
             client: get(FORWARDED_FOR_HEADER)
                 .and_then(|v| v.split(',').next())
                 .and_then(|v| v.trim().parse().ok()),
+            dhcp_seen: get(DHCP_SEEN_HEADER).and_then(|v| v.parse().ok()),
         })
     }
 
@@ -146,9 +156,36 @@ impl Relayed {
     }
 }
 
-/// The client's address: the relay's `x-forwarded-for` for a relayed request, else the peer.
-pub fn client_ip(relayed: Option<&Relayed>, peer: SocketAddr) -> IpAddr {
-    relayed.and_then(|r| r.client).unwrap_or(peer.ip())
+/// Where a request comes from, once its relay headers are checked.
+pub struct Origin {
+    /// The machine's address: a token-verified relay's `x-forwarded-for`, else the peer's.
+    pub ip: IpAddr,
+    /// The relay's site, when the headers carry a valid relay token.
+    pub site: Option<sites::Site>,
+    /// The verified relay's headers.
+    pub relayed: Option<Relayed>,
+}
+
+impl Origin {
+    /// Checks `headers`' relay token: a request with relay headers whose token no site has is
+    /// treated as coming from its peer, whatever address it claims.
+    pub fn of(c: &Connection, headers: &HeaderMap, peer: SocketAddr) -> Result<Origin, DbError> {
+        if let Some(r) = Relayed::from_headers(headers) {
+            if let Some(site) = r.site(c)? {
+                return Ok(Origin {
+                    ip: r.client.unwrap_or(peer.ip()),
+                    site: Some(site),
+                    relayed: Some(r),
+                });
+            }
+            tracing::warn!(peer = %peer.ip(), "a request carried relay headers with a token no site has; treated as coming from its peer");
+        }
+        Ok(Origin {
+            ip: peer.ip(),
+            site: None,
+            relayed: None,
+        })
+    }
 }
 
 /// `GET /api/v1/sites` (staff): every site with its schedule and relay state.

@@ -4,12 +4,20 @@
 //! set (see [`KernelArgs`]), then posts a [`Hello`] to `POST /api/v1/agent/hello` and does what
 //! the [`HelloReply`] says.
 //!
+//! ## Credentials
+//! The kernel command line carries this boot's credential (`bootcast.credential=`): valid for
+//! one hello (and its retries) from the address the boot script was given to, for a few
+//! minutes. The hello's answer ([`HelloAnswer`]) carries the session every later request of
+//! this boot names (the `session` field, or the [`HEADER_SESSION`] header), from the same
+//! address, until the task ends; manifests and chunks need it too ([`HEADER_SESSION`] with
+//! [`HEADER_MAC`]).
+//!
 //! ## Capture
 //! A [`HelloReply::Capture`] carries the server store's chunker parameters and zstd level, so
 //! the agent cuts its disk exactly as `bootcast image add` on the server would (the version id
 //! depends on the bytes and the chunker parameters only; the level decides the stored frames).
-//! Then, authenticated by the headers [`HEADER_MAC`], [`HEADER_NONCE`] and [`HEADER_TASK`]
-//! (the per-boot nonce, as for the hello; only the host's own open capture task):
+//! Then, authenticated by the headers [`HEADER_MAC`], [`HEADER_SESSION`] and [`HEADER_TASK`]
+//! (the boot's session; only the host's own open capture task):
 //! - `POST /api/v1/agent/capture/missing`: [`CaptureMissing`] → [`CaptureMissingReply`]: which
 //!   chunks the server lacks (at most [`MISSING_MAX_IDS`] ids per request);
 //! - `POST /api/v1/agent/capture/chunks`: the chunks it lacks, as zstd frames in the upload
@@ -67,10 +75,21 @@ pub struct Hello {
     /// The task id from the kernel command line, if the server booted it for a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<i64>,
-    /// The per-boot nonce from the kernel command line: proves that this hello comes from the
+    /// The credential from the kernel command line: proves that this hello comes from the
     /// boot the server started for this MAC (the MAC alone is no secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// The answer to a hello: this boot's session, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAnswer {
+    /// The MAC the hello was for (a relay passing the answer on keeps the session under it).
+    pub mac: String,
+    /// Every later request of this boot carries it (see the module doc).
+    pub session: String,
+    #[serde(flatten)]
+    pub reply: HelloReply,
 }
 
 /// What the agent does next.
@@ -125,11 +144,11 @@ pub struct MulticastJoin {
 }
 
 /// `POST /api/v1/agent/inventory`: the machine's hardware, on every boot (after the hello, with
-/// the same nonce).
+/// the session of the hello's answer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InventoryReport {
     pub mac: String,
-    pub nonce: String,
+    pub session: String,
     pub inventory: crate::inventory::Inventory,
 }
 
@@ -143,8 +162,8 @@ pub struct InventoryAck {
 
 /// Header naming the agent's MAC on the capture endpoints.
 pub const HEADER_MAC: &str = "x-bootcast-mac";
-/// Header carrying the per-boot nonce on the capture endpoints.
-pub const HEADER_NONCE: &str = "x-bootcast-nonce";
+/// Header carrying the boot's session on the capture endpoints, manifests and chunks.
+pub const HEADER_SESSION: &str = "x-bootcast-session";
 /// Header naming the task on the capture endpoints.
 pub const HEADER_TASK: &str = "x-bootcast-task";
 
@@ -236,8 +255,8 @@ pub fn parse_frames(body: &[u8]) -> Result<Vec<(ChunkId, &[u8])>, String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskProgress {
     pub mac: String,
-    /// The per-boot nonce from the kernel command line (as in [`Hello`]).
-    pub nonce: String,
+    /// The session the hello's answer gave.
+    pub session: String,
     /// The task id from the kernel command line.
     pub task: i64,
     pub bytes_done: u64,
@@ -253,7 +272,7 @@ pub struct TaskProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskDone {
     pub mac: String,
-    pub nonce: String,
+    pub session: String,
     pub task: i64,
 }
 
@@ -261,7 +280,7 @@ pub struct TaskDone {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailed {
     pub mac: String,
-    pub nonce: String,
+    pub session: String,
     pub task: i64,
     /// What went wrong, for staff (up to 2000 characters).
     pub reason: String,
@@ -284,8 +303,8 @@ pub struct KernelArgs {
     pub mac: Option<String>,
     /// `bootcast.task=N`: the task this boot is for.
     pub task: Option<i64>,
-    /// `bootcast.nonce=HEX`: the per-boot nonce the server put in this boot's script.
-    pub nonce: Option<String>,
+    /// `bootcast.credential=HEX`: this boot's credential, for the hello.
+    pub credential: Option<String>,
     /// `bootcast.disk=/dev/NAME`: the disk to image, instead of the automatic choice.
     pub disk: Option<String>,
 }
@@ -302,7 +321,7 @@ impl KernelArgs {
                 "bootcast.server" => args.server = Some(value.to_string()),
                 "bootcast.mac" => args.mac = Some(value.to_ascii_lowercase()),
                 "bootcast.task" => args.task = value.parse().ok(),
-                "bootcast.nonce" => args.nonce = Some(value.to_string()),
+                "bootcast.credential" => args.credential = Some(value.to_string()),
                 "bootcast.disk" => args.disk = Some(value.to_string()),
                 _ => {}
             }
@@ -369,10 +388,19 @@ mod tests {
             firmware: Firmware::Uefi,
             boot_time: 1,
             task: None,
-            nonce: None,
+            credential: None,
         };
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["firmware"], "uefi");
         assert!(j.get("task").is_none());
+        // the session sits beside the action, and both read back
+        let a = HelloAnswer {
+            mac: "52:54:00:aa:bb:cc".into(),
+            session: "5e55".into(),
+            reply: HelloReply::Reboot,
+        };
+        let j = serde_json::to_value(&a).unwrap();
+        assert_eq!((&j["session"], &j["action"]), (&"5e55".into(), &"reboot".into()));
+        assert_eq!(serde_json::from_value::<HelloAnswer>(j).unwrap(), a);
     }
 }

@@ -25,6 +25,10 @@ pub const RELAY_TOKEN_HEADER: &str = "x-bootcast-relay-token";
 pub const RELAY_URL_HEADER: &str = "x-bootcast-relay-url";
 /// The address of the client a relay passes a request on for.
 pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
+/// The address the relay's DHCP service last saw the machine of a `/boot/MAC.ipxe` request at
+/// (absent: it saw none); believed only with a valid relay token. The server above hands a
+/// boot credential only to that address (see `db::bootcred`).
+pub const DHCP_SEEN_HEADER: &str = "x-bootcast-dhcp-seen";
 
 /// One image version, by name and full version id (64 hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -303,8 +303,8 @@ impl Relay {
         (pushes, site.generation)
     }
 
-    /// Whether `token` (a lower relay's `x-bootcast-relay-token`) is a site's relay token, as
-    /// the central server says (asked through the relays above; a yes is remembered for ten
+    /// Whether `token` (a lower relay's `x-bootcast-relay-token`, or a staff API token) is a
+    /// site's relay token or the API token, as the central server says (asked through the relays above; a yes is remembered for ten
     /// minutes, a no not at all). A header alone changes nothing: an unknown or wrong token is
     /// an ordinary client.
     pub async fn lower_relay(&self, token: &str) -> bool {

@@ -5,7 +5,10 @@
 //! as it came (method, query, body, content type) with [`RELAY_TOKEN_HEADER`] (the site
 //! token), [`RELAY_URL_HEADER`] (this relay's URL) and [`FORWARDED_FOR_HEADER`] (the client's
 //! address): the central server writes the relay's URL into that site's boot scripts and
-//! records the client's address. A request that already carries a relay token comes from a
+//! records the client's address; a boot script request also carries [`DHCP_SEEN_HEADER`], the
+//! address this relay's DHCP service saw that MAC at (the server hands the boot credential
+//! only to it), and an agent's hello answer teaches the relay the boot's session (for its own
+//! manifest and chunk routes). A request that already carries a relay token comes from a
 //! relay below this one, and `/api/v1/relay/*` (a lower relay's heartbeat) is relay business
 //! too: those are passed on unchanged, so the server sees the lowest relay.
 //!
@@ -30,7 +33,11 @@ use tower_http::services::ServeFile;
 
 use super::Relay;
 use crate::http::error::{ApiError, ApiResult};
-use crate::proto::relay::{FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER};
+use crate::db::bootcred;
+use crate::http::AppState;
+use crate::proto::relay::{
+    DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
+};
 
 /// Largest request body passed upstream (a capture upload is at most 64 MiB). Bodies are
 /// streamed upstream as they arrive, never buffered whole; one that declares more is refused
@@ -50,7 +57,7 @@ const DROPPED: [&str; 7] = [
 
 /// Passes a request upstream and its answer back.
 pub async fn forward(
-    State(relay): State<Arc<Relay>>,
+    State((app, relay)): State<(AppState, Arc<Relay>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> ApiResult {
@@ -82,6 +89,23 @@ pub async fn forward(
         }
     }
     if !from_relay {
+        // what only a relay may say, said by a client: dropped
+        headers.remove(DHCP_SEEN_HEADER);
+        let mac = parts
+            .uri
+            .path()
+            .strip_prefix("/boot/")
+            .and_then(|f| f.strip_suffix(".ipxe"))
+            .and_then(|m| m.parse::<crate::mac::Mac>().ok());
+        if let Some(mac) = mac {
+            let since = crate::time::now_unix() - app.boot.credential_secs;
+            if let Some(ip) = app.db.call(move |c| bootcred::seen(c, mac, since)).await? {
+                headers.insert(
+                    HeaderName::from_static(DHCP_SEEN_HEADER),
+                    HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
+                );
+            }
+        }
         for (name, value) in [
             (RELAY_TOKEN_HEADER, relay.config.token.clone()),
             (RELAY_URL_HEADER, relay.url.clone()),
@@ -122,29 +146,53 @@ pub async fn forward(
         .await
         .map_err(|e| ApiError::bad_gateway(format!("reading the answer of {url}: {e}")))?;
     Ok(if hello {
-        (status, out, run_multicast(&relay, b, peer.ip()).await).into_response()
+        (status, out, on_hello(&app, &relay, b, peer.ip()).await).into_response()
     } else {
         (status, out, b).into_response()
     })
 }
 
-/// A hello reply on its way to an agent of this site: a reimage by room multicast runs here,
-/// from this relay's store, on the site's network. If the relay cannot run it (the version is
-/// not complete here yet, no interface faces the agent), the reply loses its session and the
-/// agent restores over HTTP through the relay.
-async fn run_multicast(
+/// A hello answer on its way to an agent of this site. The relay keeps the boot's session
+/// (the agent's manifest and chunk requests here carry it). A reimage by room multicast runs
+/// here, from this relay's store, on the site's network; if the relay cannot run it (the
+/// version is not complete here yet, no interface faces the agent), the reply loses its
+/// multicast session and the agent restores over HTTP through the relay.
+async fn on_hello(
+    app: &AppState,
     relay: &Arc<Relay>,
     body: axum::body::Bytes,
     agent: std::net::IpAddr,
 ) -> axum::body::Bytes {
-    use crate::proto::agent::HelloReply;
-    let Ok(HelloReply::Reimage {
-        task,
-        image,
-        version,
-        hostname,
-        multicast: Some(join),
-    }) = serde_json::from_slice::<HelloReply>(&body)
+    use crate::proto::agent::{HelloAnswer, HelloReply};
+    let Ok(answer) = serde_json::from_slice::<HelloAnswer>(&body) else {
+        return body;
+    };
+    let task = match &answer.reply {
+        HelloReply::Reimage { task, .. } | HelloReply::Capture { task, .. } => Some(*task),
+        _ => None,
+    };
+    if let Ok(mac) = answer.mac.parse::<crate::mac::Mac>() {
+        let (session, now) = (answer.session.clone(), crate::time::now_unix());
+        if let Err(e) = app
+            .db
+            .call(move |c| bootcred::adopt(c, mac, &session, agent, task, now))
+            .await
+        {
+            tracing::error!(%mac, "cannot record the agent's session: {e}");
+        }
+    }
+    let HelloAnswer {
+        mac,
+        session,
+        reply:
+            HelloReply::Reimage {
+                task,
+                image,
+                version,
+                hostname,
+                multicast: Some(join),
+            },
+    } = answer
     else {
         return body;
     };
@@ -160,14 +208,18 @@ async fn run_multicast(
     .await
     .ok()
     .flatten();
-    let reply = HelloReply::Reimage {
-        task,
-        image,
-        version,
-        hostname,
-        multicast: offered,
+    let answer = HelloAnswer {
+        mac,
+        session,
+        reply: HelloReply::Reimage {
+            task,
+            image,
+            version,
+            hostname,
+            multicast: offered,
+        },
     };
-    serde_json::to_vec(&reply).map(Into::into).unwrap_or(body)
+    serde_json::to_vec(&answer).map(Into::into).unwrap_or(body)
 }
 
 /// The relay's copies of upstream files, one lock per file so concurrent requests fetch it

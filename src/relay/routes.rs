@@ -40,9 +40,11 @@ use crate::store::Manifest;
 
 /// The relay's routes: the chunk service's handlers on `app`, the rest on `relay`.
 pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
+    let reader = axum::middleware::from_fn_with_state((app.clone(), relay.clone()), require_reader);
     let chunk_routes = Router::new()
         .route("/chunks/batch", post(chunks::batch))
         .route("/chunks/{id}", get(chunks::chunk))
+        .route_layer(reader.clone())
         .with_state(app.clone());
     let (scrape, http_metrics) = Scrape::new(&app, &relay);
     let metrics_route = Router::new().route("/metrics", get(metrics)).with_state((
@@ -52,13 +54,14 @@ pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
     ));
     let both = Router::new()
         .route("/api/v1/images/{name}/{version}/manifest", get(manifest))
-        .with_state((app, relay.clone()));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route_layer(reader)
         .route("/boot.ipxe", get(proxy::forward))
         .route("/boot/{file}", get(proxy::forward))
         .route("/api/v1/agent/{*rest}", any(proxy::forward))
         .route("/api/v1/relay/{*rest}", any(proxy::forward))
+        .with_state((app, relay.clone()));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/bootenv/{file}", get(proxy::cached_file))
         .route("/ipxe/{file}", get(proxy::cached_file))
         .with_state(relay)
@@ -105,6 +108,43 @@ async fn local(relay: &Arc<Relay>, name: &str, version: &str) -> Option<(String,
     .await
     .ok()
     .flatten()
+}
+
+/// The relay's images are as private as central's ([`crate::http::chunks::require_reader`]): a
+/// manifest or chunk request needs the session of a boot this relay passed the hello answer
+/// of (from the same address), or a lower relay's token or the staff's API token (`image
+/// export --from`), which central confirms.
+async fn require_reader(
+    State((app, relay)): State<(AppState, Arc<Relay>)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> ApiResult {
+    use crate::proto::agent::{HEADER_MAC, HEADER_SESSION};
+    let h = req.headers();
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let staff = crate::http::auth::bearer(h).map(str::to_string);
+    if let Some(t) = get(RELAY_TOKEN_HEADER).or(staff) {
+        if relay.lower_relay(&t).await {
+            return Ok(next.run(req).await);
+        }
+        return Err(ApiError::forbidden(
+            "the central server does not know this token (a site relay token or the API token)",
+        ));
+    }
+    if let Some((s, mac)) = get(HEADER_SESSION).zip(get(HEADER_MAC).and_then(|m| m.parse().ok())) {
+        let (ip, now) = (peer.ip(), crate::time::now_unix());
+        if app
+            .db
+            .call(move |c| crate::db::bootcred::check_adopted(c, mac, &s, ip, now))
+            .await?
+        {
+            return Ok(next.run(req).await);
+        }
+        return Err(ApiError::forbidden("this session is not one of a boot that this relay passed on (network-boot the machine through this relay again)"));
+    }
+    tracing::warn!(peer = %peer.ip(), path = %req.uri().path(), "image read refused: no credential");
+    Err(ApiError::forbidden(format!("manifests and chunks are private: send this boot's session ({HEADER_MAC} and {HEADER_SESSION}), a lower relay's token ({RELAY_TOKEN_HEADER}) or the API token (Authorization: Bearer)")))
 }
 
 /// `GET /api/v1/images/{name}/{version}/manifest` on a relay.

@@ -540,13 +540,13 @@ pub fn assert_corrupt_refused(
     );
 }
 
-/// The `bootcast.nonce=` of a boot-environment script.
-pub fn nonce_of(script: &str) -> String {
+/// The `bootcast.credential=` of a boot-environment script.
+pub fn credential_of(script: &str) -> String {
     let n = script
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootcast.nonce="))
-        .unwrap_or_else(|| panic!("no nonce in {script}"));
-    assert_eq!(n.len(), 32, "a nonce is 128 bits in hex");
+        .find_map(|w| w.strip_prefix("bootcast.credential="))
+        .unwrap_or_else(|| panic!("no credential in {script}"));
+    assert_eq!(n.len(), 32, "a credential is 128 bits in hex");
     n.to_string()
 }
 
@@ -604,14 +604,32 @@ pub fn boot_script(s: &impl Endpoint, mac: &str) -> String {
 /// The host's first network boot and the agent's hello: `mac` is registered.
 pub fn register(s: &impl Endpoint, mac: &str) {
     let script = boot_script(s, mac);
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "nonce": nonce_of(&script)});
-    let (code, body) = http(
+    let (code, body) = hello(s, mac, &credential_of(&script), None);
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The agent's hello for `mac` with `credential` (and the task of its script): (status, body).
+pub fn hello(s: &impl Endpoint, mac: &str, credential: &str, task: Option<i64>) -> (u16, String) {
+    let mut hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential});
+    if let Some(t) = task {
+        hello["task"] = t.into();
+    }
+    http(
         "POST",
         &format!("{}/api/v1/agent/hello", s.url()),
         None,
         Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200, "{body}");
+    )
+}
+
+/// The session of a hello's answer.
+pub fn session_of(answer: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("hello answer {answer}: {e}"));
+    v["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session in {answer}"))
+        .to_string()
 }
 
 /// The `bootcast.task=` of a boot script.
@@ -675,9 +693,9 @@ pub fn agent_boot(lab: &Lab, s: &impl Endpoint, mac: &str, disk: &Path, tag: &st
         &root,
         mac,
         &format!(
-            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.nonce={} bootcast.disk={}",
+            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.credential={} bootcast.disk={}",
             s.url(),
-            nonce_of(&script),
+            credential_of(&script),
             disk.display()
         ),
     );
@@ -875,9 +893,9 @@ impl Agent {
             &root,
             mac,
             &format!(
-                "bootcast.server={server} bootcast.mac={mac} bootcast.task={} bootcast.nonce={} bootcast.disk={}",
+                "bootcast.server={server} bootcast.mac={mac} bootcast.task={} bootcast.credential={} bootcast.disk={}",
                 task_of(&script),
-                nonce_of(&script),
+                credential_of(&script),
                 target.display()
             ),
         );

@@ -179,6 +179,12 @@ pub trait LeaseStore: Send + Sync {
     fn release(&self, ip: Ipv4Addr) -> Result<(), LeaseError>;
     /// Every row, in address order.
     fn list(&self) -> Result<Vec<Lease>, LeaseError>;
+    /// Notes that `mac` was seen at `ip` at `at` (see [`codec::observed`]); by default
+    /// nothing is kept.
+    fn seen(&self, mac: Mac, ip: Ipv4Addr, at: u64) -> Result<(), LeaseError> {
+        let _ = (mac, ip, at);
+        Ok(())
+    }
 }
 
 /// In-memory [`LeaseStore`], for tests and benches.

@@ -181,6 +181,7 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
             tracing::error!(port, from = %src, len, "DHCP codec panicked on a datagram (bug): dropped");
             continue;
         };
+        note_address(&shared, &buf[..len], reply.as_ref().ok().map(|r| &r.summary)).await;
         match reply {
             Ok(reply) => {
                 if let Boot::Unconfigured(arch) = reply.summary.boot {
@@ -200,6 +201,22 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
             Err(NoReply::Done(what)) => tracing::info!(port, "DHCP {what}"),
             Err(NoReply::Leases(e)) => tracing::error!(port, from = %src, "DHCP: {e}"),
         }
+    }
+}
+
+/// Records the address this exchange shows the client at ([`codec::observed`]), off the
+/// runtime's workers (the store may be SQLite).
+async fn note_address(shared: &Arc<Shared>, datagram: &[u8], reply: Option<&codec::Summary>) {
+    let Ok(req) = codec::parse(datagram) else {
+        return;
+    };
+    let Some(ip) = codec::observed(shared.settings.mode, &req, reply) else {
+        return;
+    };
+    let (shared, mac) = (shared.clone(), req.mac);
+    let saved = tokio::task::spawn_blocking(move || shared.leases.seen(mac, ip, unix_now())).await;
+    if let Ok(Err(e)) = saved {
+        tracing::error!(%mac, "DHCP: cannot record the address {ip}: {e}");
     }
 }
 

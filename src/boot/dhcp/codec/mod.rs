@@ -105,6 +105,23 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// The address this exchange shows `req`'s machine at, if any: in full mode the address an
+/// ACK gave it; in proxy mode the address a REQUEST asks for (option 50) or holds (ciaddr),
+/// which the site's DHCP server then confirms. Boot credentials go only to that address.
+pub fn observed(mode: DhcpMode, req: &Request<'_>, reply: Option<&Summary>) -> Option<Ipv4Addr> {
+    match mode {
+        DhcpMode::Full => reply
+            .filter(|r| r.reply_type == msg::ACK && r.mac == req.mac)
+            .and_then(|r| r.address),
+        DhcpMode::Proxy => (req.msg_type == Some(msg::REQUEST))
+            .then(|| {
+                req.requested_ip
+                    .or(Some(req.ciaddr).filter(|a| !a.is_unspecified()))
+            })
+            .flatten(),
+    }
+}
+
 /// Why no reply was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum NoReply {
