@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use bootcast::store::{ChunkId, Manifest};
 use common::{
-    agent_boot, boot_script, disk_like, fake_bootenv, http, metric, credential_of, post_declaring,
+    agent_boot, boot_script, credential_of, disk_like, fake_bootenv, http, metric, post_declaring,
     random_bytes, register, request, say, task_of, Agent, InProcess, Lab, Relay,
 };
 

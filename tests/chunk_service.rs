@@ -12,20 +12,32 @@ fn serve(lab: &Lab) -> InProcess {
     InProcess::start(lab)
 }
 
-/// One GET: (status, response headers as `name: value` lines, body bytes).
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
-    let (code, head, body) = request("GET", url, headers, None);
+/// `Authorization: Bearer` with the server's API token (images are private).
+fn staff(s: &InProcess) -> (&'static str, String) {
+    (
+        "authorization",
+        format!("Bearer {}", s.token.as_deref().unwrap()),
+    )
+}
+
+/// One GET as staff: (status, response headers as `name: value` lines, body bytes).
+fn get(s: &InProcess, url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let (h, v) = staff(s);
+    let mut headers = headers.to_vec();
+    headers.push((h, &v));
+    let (code, head, body) = request("GET", url, &headers, None);
     let head = head.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
     (code, head, body)
 }
 
-/// `POST /chunks/batch` with these raw ids.
-fn batch(url: &str, ids: &[ChunkId]) -> (u16, Vec<u8>) {
+/// `POST /chunks/batch` with these raw ids, as staff.
+fn batch(s: &InProcess, url: &str, ids: &[ChunkId]) -> (u16, Vec<u8>) {
     let body: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+    let (h, v) = staff(s);
     let (code, _, body) = request(
         "POST",
         &format!("{url}/chunks/batch"),
-        &[("content-type", "application/octet-stream")],
+        &[("content-type", "application/octet-stream"), (h, &v)],
         Some(body),
     );
     (code, body)
@@ -78,7 +90,7 @@ fn manifest_chunk_and_batch_endpoints() {
 
     // manifest: by latest, prefix and full id; the bytes decode to that version
     for v in ["latest", &version[..12], &version] {
-        let (code, headers, body) = get(&format!("{url}/api/v1/images/disk/{v}/manifest"), &[]);
+        let (code, headers, body) = get(&s, &format!("{url}/api/v1/images/disk/{v}/manifest"), &[]);
         assert_eq!(code, 200, "{v}: {}", String::from_utf8_lossy(&body));
         assert!(headers.contains(&format!("x-bootcast-version: {version}")));
         let (_, id) = Manifest::decode(&body).expect("a valid manifest");
@@ -89,15 +101,45 @@ fn manifest_chunk_and_batch_endpoints() {
         ("images/disk/ffffffff/manifest", 404, "has no version"),
         ("images/.bad/latest/manifest", 400, "invalid image name"),
     ] {
-        let (got, body) = http("GET", &format!("{url}/api/v1/{path}"), None, None);
+        let (got, body) = http(
+            "GET",
+            &format!("{url}/api/v1/{path}"),
+            s.token.as_deref(),
+            None,
+        );
         assert_eq!(got, code, "{path}: {body}");
         assert!(body.contains(says), "{path}: {body}");
     }
-    // the list is staff-only; manifests and chunks are open to booting machines
+    // the list is staff-only; manifests and chunks need a credential too (a relay token, a
+    // boot session or the API token): a PC on the LAN gets none of them
     assert_eq!(
         http("GET", &format!("{url}/api/v1/images"), None, None).0,
         401
     );
+    let first = manifest_of(&server, "disk").chunks().next().unwrap().1;
+    for (method, path) in [
+        ("GET", "api/v1/images/disk/latest/manifest".to_string()),
+        ("GET", format!("chunks/{first}")),
+        ("POST", "chunks/batch".to_string()),
+    ] {
+        for headers in [
+            vec![],
+            vec![("x-bootcast-relay-token", "made-up")],
+            vec![
+                ("x-bootcast-mac", "52:54:00:00:00:01"),
+                ("x-bootcast-session", "00ff"),
+            ],
+            vec![("authorization", "Bearer wrong")],
+        ] {
+            let body = (method == "POST").then(|| first.0.to_vec());
+            let (code, _, answer) = request(method, &format!("{url}/{path}"), &headers, body);
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                code == 403 || code == 401,
+                "{method} /{path} with {headers:?}: {code} {answer}"
+            );
+        }
+    }
     let (code, list) = http(
         "GET",
         &format!("{url}/api/v1/images"),
@@ -113,7 +155,7 @@ fn manifest_chunk_and_batch_endpoints() {
     let ids: Vec<ChunkId> = manifest.chunks().map(|(_, id, _)| id).collect();
     let (a, b) = (ids[0], ids[1]);
     let stored_a = std::fs::read(store.chunk_path(&a)).unwrap();
-    let (code, headers, body) = get(&format!("{url}/chunks/{a}"), &[]);
+    let (code, headers, body) = get(&s, &format!("{url}/chunks/{a}"), &[]);
     assert_eq!(code, 200);
     assert_eq!(body, stored_a, "the stored zstd frame, not decompressed");
     assert!(headers.contains(&format!("etag: \"{a}\"")), "{headers}");
@@ -121,22 +163,36 @@ fn manifest_chunk_and_batch_endpoints() {
         headers.contains("cache-control: public, max-age=31536000, immutable"),
         "{headers}"
     );
-    let (code, headers, body) = get(&format!("{url}/chunks/{a}"), &[("range", "bytes=4-13")]);
+    let (code, headers, body) = get(&s, &format!("{url}/chunks/{a}"), &[("range", "bytes=4-13")]);
     assert_eq!(code, 206, "{headers}");
     assert_eq!(body, stored_a[4..14]);
     let etag = format!("\"{a}\"");
-    let (code, _, _) = get(&format!("{url}/chunks/{a}"), &[("if-none-match", &etag)]);
+    let (code, _, _) = get(
+        &s,
+        &format!("{url}/chunks/{a}"),
+        &[("if-none-match", &etag)],
+    );
     assert_eq!(code, 304);
     let missing = ChunkId::of(b"no such chunk");
-    let (code, body) = http("GET", &format!("{url}/chunks/{missing}"), None, None);
+    let (code, body) = http(
+        "GET",
+        &format!("{url}/chunks/{missing}"),
+        s.token.as_deref(),
+        None,
+    );
     assert_eq!(code, 404);
     assert!(body.contains(&missing.to_hex()), "{body}");
-    let (code, body) = http("GET", &format!("{url}/chunks/xyz"), None, None);
+    let (code, body) = http(
+        "GET",
+        &format!("{url}/chunks/xyz"),
+        s.token.as_deref(),
+        None,
+    );
     assert_eq!(code, 400);
     assert!(body.contains("64 hex digits"), "{body}");
 
     // batch: request order, a missing chunk in-band, the rest still served
-    let (code, body) = batch(url, &[b, missing, a]);
+    let (code, body) = batch(&s, url, &[b, missing, a]);
     assert_eq!(code, 200);
     let got = frames(&body);
     assert_eq!(got.len(), 3);
@@ -147,14 +203,15 @@ fn manifest_chunk_and_batch_endpoints() {
     assert_eq!(got[1], (missing, None));
     assert_eq!(got[2], (a, Some(stored_a.clone())));
     // malformed and oversized batches
+    let (h, v) = staff(&s);
     let (code, _, body) = request(
         "POST",
         &format!("{url}/chunks/batch"),
-        &[],
+        &[(h, &v)],
         Some(vec![0u8; 33]),
     );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
-    let (code, body) = batch(url, &vec![a; 4097]);
+    let (code, body) = batch(&s, url, &vec![a; 4097]);
     assert_eq!(code, 413);
     assert!(String::from_utf8_lossy(&body).contains("4096"));
 
@@ -171,7 +228,7 @@ fn remote_export_is_byte_identical_and_counted() {
     let image = disk_like(6 << 20, 12);
     server.add("disk", &server.file("d.img", &image));
     let s = serve(&server);
-    let client = Lab::new();
+    let client = Lab::client_of(&server);
     let target = client.path("out.img");
     let before = bytes_served(&s.url);
     let r = client.json(&[
@@ -211,7 +268,7 @@ fn reimage_with_v2_moves_only_what_changed() {
         format!("disk@{}", b["version"].as_str().unwrap()),
     );
     let s = serve(&server);
-    let client = Lab::new();
+    let client = Lab::client_of(&server);
     let target = client.path("disk.img");
     let t = target.to_str().unwrap();
     client.json(&["image", "export", &s1, t, "--from", &s.url]);
@@ -261,7 +318,7 @@ fn corrupt_chunk_on_the_server_is_refused_and_never_written() {
     std::fs::write(&path, bytes).unwrap();
 
     let s = serve(&server);
-    let client = Lab::new();
+    let client = Lab::client_of(&server);
     let target = client.path("out.img");
     let out = client.run(&[
         "image",
@@ -285,6 +342,22 @@ fn unreachable_server_and_unknown_image_are_clear_errors() {
         .local_addr()
         .unwrap()
         .port();
+    let out = client
+        .cmd()
+        .env("BOOTCAST_TOKEN", "some-token")
+        .args([
+            "image",
+            "export",
+            "disk",
+            client.path("o").to_str().unwrap(),
+            "--from",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bootcast serve"), "{}", stderr(&out));
+    // no token at all: the error says where to get one
     let out = client.run(&[
         "image",
         "export",
@@ -294,11 +367,16 @@ fn unreachable_server_and_unknown_image_are_clear_errors() {
         &format!("http://127.0.0.1:{port}"),
     ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("bootcast serve"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("images are private"),
+        "{}",
+        stderr(&out)
+    );
 
     let server = Lab::new();
     server.add("disk", &server.file("d.img", &disk_like(1 << 20, 15)));
     let s = serve(&server);
+    let client = Lab::client_of(&server);
     let out = client.run(&[
         "image",
         "export",
@@ -334,7 +412,7 @@ fn corrupt_chunk_during_in_place_reimage_leaves_the_old_content() {
     std::fs::write(&path, bytes).unwrap();
 
     let s = serve(&server);
-    let client = Lab::new();
+    let client = Lab::client_of(&server);
     let target = client.file("disk.img", &v1);
     let t = target.to_str().unwrap();
     let out = client.run(&["image", "export", &spec, t, "--seed", t, "--from", &s.url]);

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use serde_json::{json, Value};
 
-use common::{boot_script, fake_bootenv, http, credential_of, wait_for, InProcess, Lab};
+use common::{boot_script, credential_of, fake_bootenv, http, wait_for, InProcess, Lab};
 
 /// One HTTP request as received: headers (lower-case names) and body.
 struct Request {

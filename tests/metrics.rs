@@ -103,11 +103,7 @@ async fn get(app: &Router, path: &str) -> (StatusCode, String) {
         .extension(axum::extract::ConnectInfo(peer))
         .body(Body::empty())
         .unwrap();
-    let res = app
-        .clone()
-        .oneshot(req)
-        .await
-        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let body = axum::body::to_bytes(res.into_body(), usize::MAX)
         .await

@@ -121,6 +121,13 @@ impl Room {
             "ip link add br0 type bridge && ip link set br0 type bridge forward_delay 0 mcast_snooping 0 \
              && ip addr add 10.99.0.1/24 dev br0 && ip link set br0 up",
         );
+        // the agents have static addresses (no DHCP on this bridge): their boot credentials
+        // are bound to the address they ask from, as configured for such a segment
+        std::fs::write(
+            lab.data().join("bootcast.toml"),
+            "[boot]\ntrust_without_dhcp = [\"10.99.0.0/24\"]\n",
+        )
+        .unwrap();
         let mut cmd = hub.cmd(BIN);
         cmd.arg("--data").arg(lab.data());
         let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
@@ -176,6 +183,8 @@ impl Room {
         let mut c = self.receivers[i].cmd(BIN);
         c.arg("--json");
         c.args(["multicast", "receive", "--server", "http://10.99.0.1:8080"]);
+        // images are private: staff's API token (the server's data directory holds it)
+        c.arg("--token-file").arg(self.lab.data().join("api-token"));
         c.args(["--image", &self.spec, "--interface", "eth0"]);
         c.args(["--group", GROUP, "--port", PORT]);
         c.arg("--target").arg(self.target(i));
@@ -433,7 +442,16 @@ fn a_multicast_reimage_task_for_a_group_restores_eight_agents_from_one_stream() 
     // eight agents, one per namespace, each writing its own disk file
     let agents: Vec<Proc> = (0..n)
         .map(|i| {
-            let script = script_of(&macs[i]);
+            // each machine asks for its own script, from its own address: the credential is
+            // bound to it
+            let (code, script) = common::http_in(
+                Some(&room.receivers[i].name),
+                "GET",
+                &format!("http://10.99.0.1:8080/boot/{}.ipxe?platform=pcbios", macs[i]),
+                None,
+                None,
+            );
+            assert_eq!(code, 200, "{script}");
             let root = room.lab.path(&format!("agent-root{i}"));
             common::fake_agent_root(
                 &root,

@@ -8,7 +8,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, credential_of, register, request, InProcess, Lab};
+use common::{credential_of, fake_bootenv, http, register, request, InProcess, Lab};
 
 const MAC: &str = "52:54:00:66:00:01";
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{demo_image, http_in, credential_of, sha256, Lab, Served};
+use common::{credential_of, demo_image, http_in, sha256, Lab, Served};
 
 /// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
 fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {

@@ -128,7 +128,10 @@ fn held(data: &Path, ids: &[ChunkId]) -> u64 {
 /// `Authorization: Bearer` with central's API token (images are private; a relay asks
 /// central to confirm it).
 fn staff(c: &InProcess) -> (&'static str, String) {
-    ("authorization", format!("Bearer {}", c.token.as_deref().unwrap()))
+    (
+        "authorization",
+        format!("Bearer {}", c.token.as_deref().unwrap()),
+    )
 }
 
 /// A GET: (status, body).
@@ -139,7 +142,13 @@ fn get(_lab: &Lab, url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
 
 /// `image export --from` as staff would run it on another machine (`client`), with central's
 /// API token (`central`'s data directory holds it): images are private.
-fn export(client: &Lab, central: &Lab, spec: &str, from: &str, target: &str) -> std::process::Output {
+fn export(
+    client: &Lab,
+    central: &Lab,
+    spec: &str,
+    from: &str,
+    target: &str,
+) -> std::process::Output {
     let token = bootcast::http::auth::read_token(&central.data())
         .unwrap()
         .expect("central's API token");
@@ -681,7 +690,9 @@ fn the_quota_evicts_what_no_assigned_image_uses() {
     );
     // a client pulls `other` through (not assigned to the site), then `kept` is pushed
     let client = Lab::new();
-    assert!(export(&client, &lab, "other", &r.url, "o.img").status.success());
+    assert!(export(&client, &lab, "other", &r.url, "o.img")
+        .status
+        .success());
     let id = push(&lab, &["--image", "kept", "--sites", "s1"]);
     wait_done(&lab, id, "s1", 60);
     let other_ids = chunk_ids(&lab, "other");

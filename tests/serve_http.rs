@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fake_bootenv, http, credential_of, request, Lab, Served};
+use common::{credential_of, fake_bootenv, http, request, Lab, Served};
 
 fn serve(lab: &Lab, extra: &[&str]) -> Served {
     let mut args = vec!["--http", "127.0.0.1:0", "--tftp", "off"];
@@ -96,7 +96,11 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     let (code, reply) = hello(MAC, Some(&credential), None);
     assert_eq!(code, 200, "{reply}");
     let answer: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    assert_eq!((&answer["action"], &answer["mac"]), (&"reboot".into(), &MAC.into()), "{reply}");
+    assert_eq!(
+        (&answer["action"], &answer["mac"]),
+        (&"reboot".into(), &MAC.into()),
+        "{reply}"
+    );
     let session = answer["session"].as_str().unwrap().to_string();
     assert!(session.len() == 32 && session != credential, "{reply}");
     // a retried hello (its answer was lost) gets the same session
@@ -156,7 +160,10 @@ fn host_lifecycle_unknown_then_registered_then_task() {
         "{script}"
     );
     let task_credential = credential_of(&script);
-    assert_ne!(task_credential, credential, "every boot gets a new credential");
+    assert_ne!(
+        task_credential, credential,
+        "every boot gets a new credential"
+    );
     let state = |id| bootcast::db::tasks::get(&db.lock(), id).unwrap().unwrap();
     assert_eq!(state(task.id).state, bootcast::db::TaskState::Booting);
 

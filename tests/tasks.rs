@@ -6,7 +6,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{fake_bootenv, http, credential_of, InProcess, Lab};
+use common::{credential_of, fake_bootenv, http, InProcess, Lab};
 
 const A: &str = "52:54:00:00:10:0a";
 const B: &str = "52:54:00:00:10:0b";

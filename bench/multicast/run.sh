@@ -226,7 +226,7 @@ session() {
 			drop=0
 			((i < lossy)) && drop=2
 			ip netns exec "${RCV[$i]}" "$BC" --json multicast receive --server "http://$SRV_IP:8080" \
-				--image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" --drop-percent "$drop" \
+				--token-file "$D/api-token" --image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" --drop-percent "$drop" \
 				--target "$W/out-$i" >"$LOGS/$tag-recv$i.out" 2>"$LOGS/$tag-recv$i.err" &
 		else
 			ip netns exec "${RCV[$i]}" udp-receiver --file "$W/out-$i" --interface eth0 --nokbd \

@@ -273,6 +273,9 @@ for _ in $(seq 1 150); do
 done
 grep -q '^bootcast: ready' "$W/logs/bc_serve.err" || die "bootcast serve not ready after 30 s"
 wait_http "$BC_URL/healthz" "$BC_PID" "$W/logs/bc_serve.err"
+# images are private: the export sends the server's API token, as staff would
+BOOTCAST_TOKEN=$(cat "$D/api-token")
+export BOOTCAST_TOKEN
 log "bootcast serve: $BC_URL (pid $BC_PID)"
 
 # ---------------------------------------------------------------- casync store, zstd file, nginx

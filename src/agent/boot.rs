@@ -368,16 +368,22 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         .enable_all()
         .build()
         .map_err(|e| AgentError::Client(format!("tokio runtime: {e}")))?;
-    let HelloAnswer { session, reply, .. } = match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
-        Ok(r) => r,
-        Err(e) => {
-            console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
-            return Err(e);
-        }
-    };
+    let HelloAnswer { session, reply, .. } =
+        match rt.block_on(post_hello(cfg, &server, &hello, &mut console)) {
+            Ok(r) => r,
+            Err(e) => {
+                console.line(&format!("BOOTCAST-AGENT-ERROR {}", chain(&e)));
+                return Err(e);
+            }
+        };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
     // the hardware inventory, on every boot; it never holds the boot up
-    rt.block_on(send_inventory(cfg, &server, (&hello, &session), &mut console));
+    rt.block_on(send_inventory(
+        cfg,
+        &server,
+        (&hello, &session),
+        &mut console,
+    ));
     // who reports on a task: this boot's MAC and session, to the server it said hello to
     let task_ref = |task: i64| super::task::TaskRef {
         server: server.clone(),

@@ -177,6 +177,7 @@ fn by_multicast(
     let opts = ReceiveOptions {
         progress: Some(reporter.done.clone()),
         cancel: Some(reporter.cancel.clone()),
+        headers: job.task.credential_headers(),
         ..ReceiveOptions::new(&job.task.server, spec)
     };
     let r = receive(&endpoint, &opts, target, &mut |l| {

@@ -26,16 +26,21 @@ impl TaskRef {
         format!("{}/api/v1/agent/{path}", self.server.trim_end_matches('/'))
     }
 
-    /// The server's manifests and chunks as this boot may read them: every request carries
-    /// the boot's MAC and session (images are private).
-    pub fn source(&self) -> Result<crate::store::source::HttpSource, StoreError> {
+    /// The headers that let this boot read manifests and chunks (images are private): its
+    /// MAC and session.
+    pub fn credential_headers(&self) -> Vec<(&'static str, String)> {
         use crate::proto::agent::{HEADER_MAC, HEADER_SESSION};
+        vec![
+            (HEADER_MAC, self.mac.clone()),
+            (HEADER_SESSION, self.session.clone()),
+        ]
+    }
+
+    /// The server's manifests and chunks as this boot may read them.
+    pub fn source(&self) -> Result<crate::store::source::HttpSource, StoreError> {
         crate::store::source::HttpSource::with_options(
             &self.server,
-            &[
-                (HEADER_MAC, self.mac.clone()),
-                (HEADER_SESSION, self.session.clone()),
-            ],
+            &self.credential_headers(),
             None,
         )
     }

@@ -101,7 +101,7 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             token_file,
         } => {
             let from = match from {
-                Some(url) => Some((url, export_token(data, token_file.as_deref())?)),
+                Some(url) => Some((url, super::staff_token(data, token_file.as_deref())?)),
                 None => None,
             };
             export_cmd(data, out, &spec, &target, seeds, threads, from)
@@ -284,23 +284,6 @@ fn describe(v: &VersionStats) -> String {
         v.dedup_ratio,
         v.compression_ratio
     )
-}
-
-/// The API token `image export --from` sends: `--token-file`, else `BOOTCAST_TOKEN`, else
-/// the token of the local data directory (a server on this machine).
-fn export_token(data: &Path, file: Option<&Path>) -> Result<String> {
-    if let Some(f) = file {
-        let t = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the API token from {}", f.display()))?;
-        return Ok(t.trim().to_string());
-    }
-    if let Ok(t) = std::env::var("BOOTCAST_TOKEN") {
-        return Ok(t.trim().to_string());
-    }
-    match bootcast::http::auth::read_token(data)? {
-        Some(t) => Ok(t),
-        None => anyhow::bail!("images are private: give the server's API token with --token-file FILE or BOOTCAST_TOKEN (`bootcast token show` on the server prints it)"),
-    }
 }
 
 fn export_cmd(

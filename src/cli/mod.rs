@@ -116,3 +116,25 @@ pub fn open_db(data: &std::path::Path) -> anyhow::Result<bootcast::db::Db> {
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
     Ok(bootcast::db::Db::open(&bootcast::db::path(data))?)
 }
+
+/// The API token a staff command sends to a server (`image export --from`, `multicast
+/// receive`; images are private): `--token-file`, else `BOOTCAST_TOKEN`, else the token of the
+/// local data directory (a server on this machine).
+pub fn staff_token(
+    data: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API token from {}", f.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    if let Ok(t) = std::env::var("BOOTCAST_TOKEN") {
+        return Ok(t.trim().to_string());
+    }
+    match bootcast::http::auth::read_token(data)? {
+        Some(t) => Ok(t),
+        None => anyhow::bail!("images are private: give the server's API token with --token-file FILE or BOOTCAST_TOKEN (`bootcast token show` on the server prints it)"),
+    }
+}

@@ -60,6 +60,10 @@ pub enum MulticastCmd {
         /// The server running the session (manifest, and the HTTP fallback)
         #[arg(long)]
         server: String,
+        /// A file holding the server's API token (images are private) [default:
+        /// BOOTCAST_TOKEN, else the token of the local --data directory]
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// NAME@VERSION (the session's)
         #[arg(long)]
         image: String,
@@ -185,6 +189,7 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         }
         MulticastCmd::Receive {
             server,
+            token_file,
             image,
             target,
             interface,
@@ -204,6 +209,13 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 max_passes,
                 drop_percent,
+                headers: vec![(
+                    "authorization",
+                    format!(
+                        "Bearer {}",
+                        super::staff_token(data, token_file.as_deref())?
+                    ),
+                )],
                 ..ReceiveOptions::new(&server, &image)
             };
             let r =

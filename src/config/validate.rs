@@ -114,7 +114,9 @@ impl RawConfig {
         }
         for c in &self.boot.trust_without_dhcp {
             if !valid_cidr(c) {
-                p(format!("boot.trust_without_dhcp: {c:?} is not a subnet like 10.20.0.0/16 or fd99::/64"));
+                p(format!(
+                    "boot.trust_without_dhcp: {c:?} is not a subnet like 10.20.0.0/16 or fd99::/64"
+                ));
             }
         }
         BootConfig {

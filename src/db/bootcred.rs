@@ -57,9 +57,13 @@ impl Refused {
     pub fn reason(&self) -> &'static str {
         match self {
             Refused::NoBoot => "the server started no boot-environment boot for this MAC",
-            Refused::Mismatch => "the credential or session does not belong to this MAC's current boot",
+            Refused::Mismatch => {
+                "the credential or session does not belong to this MAC's current boot"
+            }
             Refused::Expired => "this boot's credential expired before the agent's hello",
-            Refused::WrongAddress => "the request comes from another address than the one this boot was given to",
+            Refused::WrongAddress => {
+                "the request comes from another address than the one this boot was given to"
+            }
             Refused::TaskClosed => "this boot's task is closed",
         }
     }
@@ -247,7 +251,9 @@ pub fn check_adopted(
     let Some(r) = row(c, mac)? else {
         return Ok(false);
     };
-    Ok(r.session_hash.as_deref().is_some_and(|s| same(&sha256_hex(session), s))
+    Ok(r.session_hash
+        .as_deref()
+        .is_some_and(|s| same(&sha256_hex(session), s))
         && r.ip == ip.to_string()
         && r.session_until.is_none_or(|u| now <= u))
 }
@@ -343,7 +349,15 @@ mod tests {
         );
         // a taskless session ends after its hours
         assert_eq!(
-            check(&c, mac, Some(&s), A, 1001 + TASKLESS_SESSION_SECS + 1, false).unwrap(),
+            check(
+                &c,
+                mac,
+                Some(&s),
+                A,
+                1001 + TASKLESS_SESSION_SECS + 1,
+                false
+            )
+            .unwrap(),
             Err(Refused::Expired)
         );
         // a new boot replaces the session
@@ -379,7 +393,10 @@ mod tests {
         let task = c.last_insert_rowid();
         issued(&c, mac, Some(task));
         let s = exchange(&c, mac, Some("cred1"), A, 1001).unwrap().unwrap();
-        assert_eq!(check(&c, mac, Some(&s), A, 99_999, false).unwrap(), Ok(Some(task)));
+        assert_eq!(
+            check(&c, mac, Some(&s), A, 99_999, false).unwrap(),
+            Ok(Some(task))
+        );
         c.execute("UPDATE tasks SET state = 'done' WHERE id = ?1", [task])
             .unwrap();
         assert_eq!(
@@ -387,7 +404,10 @@ mod tests {
             Err(Refused::TaskClosed)
         );
         // ...except for the task's own reports, which answer 409 (stop) for a closed task
-        assert_eq!(check(&c, mac, Some(&s), A, 1002, true).unwrap(), Ok(Some(task)));
+        assert_eq!(
+            check(&c, mac, Some(&s), A, 1002, true).unwrap(),
+            Ok(Some(task))
+        );
         // and a hello with the old credential is refused
         assert_eq!(
             exchange(&c, mac, Some("cred1"), A, 1003).unwrap(),

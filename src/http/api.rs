@@ -76,7 +76,8 @@ pub async fn agent_hello(
             // through a site relay: the machine's own address from the verified relay's header
             let origin = super::relay::Origin::of(c, &headers, peer)?;
             let (agent_ip, relayed) = (origin.ip, origin.relayed.is_some());
-            let session = match bootcred::exchange(c, mac, h.credential.as_deref(), agent_ip, now)? {
+            let session = match bootcred::exchange(c, mac, h.credential.as_deref(), agent_ip, now)?
+            {
                 Ok(s) => s,
                 Err(r) => return Ok(Err((r, agent_ip))),
             };
@@ -130,7 +131,15 @@ pub async fn agent_hello(
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
-            Ok(Ok((host, task, hostname, session, agent_session, agent_ip, relayed)))
+            Ok(Ok((
+                host,
+                task,
+                hostname,
+                session,
+                agent_session,
+                agent_ip,
+                relayed,
+            )))
         })
         .await?;
     let (host, task, hostname, session, agent_session, agent_ip, relayed) =
@@ -508,7 +517,8 @@ pub async fn agent_failed(
         f.session,
         f.task,
         Report::Failed(reason),
-    ).await
+    )
+    .await
 }
 
 impl From<ScheduleError> for ApiError {

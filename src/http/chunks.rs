@@ -59,7 +59,11 @@ pub async fn require_reader(
             ))
         };
     }
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let get = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    };
     let relay_token = get(RELAY_TOKEN_HEADER);
     let session = get(HEADER_SESSION).zip(get(HEADER_MAC).and_then(|m| m.parse().ok()));
     let headers = h.clone();
@@ -74,9 +78,16 @@ pub async fn require_reader(
                 });
             }
             if let Some((s, mac)) = session {
-                return Ok(super::api::check_session(c, &headers, peer, mac, Some(&s), (now, false))?
-                    .map(|_| ())
-                    .map_err(|(r, _)| r.reason().to_string()));
+                return Ok(super::api::check_session(
+                    c,
+                    &headers,
+                    peer,
+                    mac,
+                    Some(&s),
+                    (now, false),
+                )?
+                .map(|_| ())
+                .map_err(|(r, _)| r.reason().to_string()));
             }
             Ok(Err("manifests and chunks are private".to_string()))
         })

@@ -44,7 +44,9 @@ pub async fn agent_inventory(
     let res = st
         .db
         .call(move |c| {
-            if let Err(refused) = check_session(c, &headers, peer, mac, Some(&r.session), (now, false))? {
+            if let Err(refused) =
+                check_session(c, &headers, peer, mac, Some(&r.session), (now, false))?
+            {
                 return Ok(Err(refused));
             }
             let (stored, previous) = inventories::record(c, mac, &r.inventory, now)?;

@@ -299,6 +299,9 @@ pub struct ReceiveReport {
 pub struct ReceiveOptions {
     /// `http://HOST:PORT` of the server that runs the session (manifest, fallback).
     pub server: String,
+    /// Headers every request to `server` carries: the credential (an agent's session headers,
+    /// or staff's `authorization`), since images are private.
+    pub headers: Vec<(&'static str, String)>,
     pub image: String,
     /// Default: the interface's IPv4 address as a number (stable across restarts).
     pub receiver: Option<u32>,
@@ -319,6 +322,7 @@ impl ReceiveOptions {
     pub fn new(server: &str, image: &str) -> ReceiveOptions {
         ReceiveOptions {
             server: server.to_string(),
+            headers: Vec::new(),
             image: image.to_string(),
             receiver: None,
             idle_timeout: Duration::from_secs(10),
@@ -352,7 +356,7 @@ pub fn receive(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ReceiveReport, MulticastError> {
     let started = Instant::now();
-    let source = HttpSource::new(&opts.server)?;
+    let source = HttpSource::with_options(&opts.server, &opts.headers, None)?;
     let (manifest, _version) = source.manifest(&opts.image)?;
     let list = proto::chunk_list(&manifest);
     let local = endpoint.local()?;

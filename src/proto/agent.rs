@@ -400,7 +400,10 @@ mod tests {
             reply: HelloReply::Reboot,
         };
         let j = serde_json::to_value(&a).unwrap();
-        assert_eq!((&j["session"], &j["action"]), (&"5e55".into(), &"reboot".into()));
+        assert_eq!(
+            (&j["session"], &j["action"]),
+            (&"5e55".into(), &"reboot".into())
+        );
         assert_eq!(serde_json::from_value::<HelloAnswer>(j).unwrap(), a);
     }
 }

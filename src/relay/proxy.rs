@@ -32,8 +32,8 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::Relay;
-use crate::http::error::{ApiError, ApiResult};
 use crate::db::bootcred;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 use crate::proto::relay::{
     DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER,

@@ -122,7 +122,11 @@ async fn require_reader(
 ) -> ApiResult {
     use crate::proto::agent::{HEADER_MAC, HEADER_SESSION};
     let h = req.headers();
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let get = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    };
     let staff = crate::http::auth::bearer(h).map(str::to_string);
     if let Some(t) = get(RELAY_TOKEN_HEADER).or(staff) {
         if relay.lower_relay(&t).await {

@@ -20,6 +20,21 @@ impl Lab {
         }
     }
 
+    /// A staff machine of `server`'s: a data directory of its own holding only the server's
+    /// API token (as `image export --from` finds it), once the server made one.
+    pub fn client_of(server: &Lab) -> Lab {
+        let client = Lab::new();
+        std::fs::create_dir_all(client.data()).unwrap();
+        let from = server.data().join("api-token");
+        if from.exists() {
+            let to = client.data().join("api-token");
+            std::fs::copy(&from, &to).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        client
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -181,7 +181,12 @@ async fn serve_socket(shared: Arc<Shared>, port: u16, sock: UdpSocket, cancel: C
             tracing::error!(port, from = %src, len, "DHCP codec panicked on a datagram (bug): dropped");
             continue;
         };
-        note_address(&shared, &buf[..len], reply.as_ref().ok().map(|r| &r.summary)).await;
+        note_address(
+            &shared,
+            &buf[..len],
+            reply.as_ref().ok().map(|r| &r.summary),
+        )
+        .await;
         match reply {
             Ok(reply) => {
                 if let Boot::Unconfigured(arch) = reply.summary.boot {

@@ -820,3 +820,45 @@ fn fuzz_never_panics() {
         "only {malformed} rejections: mutations too mild"
     );
 }
+
+// ---- the address an exchange shows a client at ----
+
+#[test]
+fn observed_is_the_acked_address_in_full_mode_and_the_requested_one_in_proxy_mode() {
+    use super::observed;
+    let l = MemoryLeases::new();
+    // full mode: only an ACK's address counts, not what a REQUEST asks for
+    let d = build_request(&RequestBuilder::discover(7, mac(2)));
+    let offer = full(&d, &l, NOW).unwrap();
+    let parsed = parse(&d).unwrap();
+    assert_eq!(
+        observed(DhcpMode::Full, &parsed, Some(&offer.summary)),
+        None
+    );
+    let q = request_for(8, mac(2), P0, Some(SERVER));
+    let ack = full(&q, &l, NOW).unwrap();
+    assert_eq!(view(&ack).msg_type(), Some(msg::ACK));
+    let parsed = parse(&q).unwrap();
+    assert_eq!(
+        observed(DhcpMode::Full, &parsed, Some(&ack.summary)),
+        Some(P0)
+    );
+    // a forged REQUEST for someone else's address gets a NAK: nothing observed
+    let forged = request_for(9, mac(3), P0, Some(SERVER));
+    let nak = full(&forged, &l, NOW).unwrap();
+    assert_eq!(view(&nak).msg_type(), Some(msg::NAK));
+    let parsed = parse(&forged).unwrap();
+    assert_eq!(observed(DhcpMode::Full, &parsed, Some(&nak.summary)), None);
+    // proxy mode: the address a REQUEST names (option 50, else ciaddr); a DISCOVER names none
+    let parsed = parse(&q).unwrap();
+    assert_eq!(observed(DhcpMode::Proxy, &parsed, None), Some(P0));
+    let mut b = RequestBuilder::discover(10, mac(4));
+    b.msg_type = msg::REQUEST;
+    b.ciaddr = P1;
+    let renew = build_request(&b);
+    assert_eq!(
+        observed(DhcpMode::Proxy, &parse(&renew).unwrap(), None),
+        Some(P1)
+    );
+    assert_eq!(observed(DhcpMode::Proxy, &parse(&d).unwrap(), None), None);
+}
