@@ -300,6 +300,7 @@ impl Server {
             hooks: crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone()),
             glpi_url: self.config.glpi_url.clone(),
             boot: self.config.boot.clone(),
+            capture_max_bytes: self.config.capture_max_bytes,
         };
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 

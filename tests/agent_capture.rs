@@ -176,7 +176,12 @@ fn capture_gives_image_adds_version_and_a_second_capture_moves_only_what_changed
         version1.as_str(),
         "{p}"
     );
-    lab.json(&["image", "approve", &format!("master@{version2}")]);
+    // staff approve v2 through the API (the token is needed)
+    let approve = format!("{}/api/v1/images/master/{version2}/approve", s.url);
+    assert_eq!(http("POST", &approve, None, None).0, 401);
+    let (code, body) = http("POST", &approve, s.token.as_deref(), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"approved\":true"), "{body}");
     let p = lab.json(&["push", "create", "--image", "master", "--sites", "s1"]);
     assert_eq!(
         p["push"]["versions"][0]["version"],
@@ -406,4 +411,27 @@ fn the_capture_waits_for_an_unreachable_server_and_finishes() {
     // every chunk was stored once
     let chunks = lab.json(&["image", "list"])[0]["chunks"].as_u64().unwrap();
     assert_eq!(metric(&s, "bootcast_capture_chunks_stored_total"), chunks);
+}
+
+#[test]
+fn a_capture_that_passes_its_task_quota_is_refused_and_fails_the_task() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let s = InProcess::start_with(
+        &lab.data(),
+        "[tftp]\nlisten = \"off\"\n[capture]\nmax_bytes = \"200k\"\n",
+    );
+    register(&s, MAC);
+    // incompressible: far more than 200 kB of new chunks
+    let disk = lab.file("disk.raw", &random_bytes(2 << 20, 91));
+    lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
+    let log = agent_boot(&lab, &s, MAC, &disk, "quota");
+    assert!(log.contains("max_bytes"), "the agent says why: {log}");
+    let t = task_state(&lab);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(t["detail"].as_str().unwrap().contains("max_bytes"), "{t}");
+    assert!(
+        !lab.data().join("images/master").exists(),
+        "nothing committed"
+    );
 }

@@ -124,6 +124,7 @@ fn state(data: &Path) -> AppState {
         hooks: bootcast::hooks::Hooks::new(Vec::new(), db),
         glpi_url: None,
         boot: Default::default(),
+        capture_max_bytes: bootcast::config::DEFAULT_CAPTURE_MAX_BYTES,
     }
 }
 

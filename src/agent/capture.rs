@@ -331,6 +331,7 @@ mod tests {
             hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
             glpi_url: None,
             boot: Default::default(),
+            capture_max_bytes: crate::config::DEFAULT_CAPTURE_MAX_BYTES,
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

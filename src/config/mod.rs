@@ -44,6 +44,9 @@
 //! credential_minutes = 10        # a boot script's credential is valid this long for the hello
 //! trust_without_dhcp = []        # subnets whose PCs get one without a DHCP exchange bootcast saw
 //!
+//! [capture]
+//! max_bytes = "1T"               # new chunk bytes one capture task may store
+//!
 //! [retention]
 //! days = 365                     # prune events, boots, inventories older (0: keep all)
 //! gc_hours = 24                  # hours between store collections (0: never)
@@ -97,7 +100,12 @@ pub struct Config {
     /// `[retention] gc_hours`: hours between the server's store collections (`None`: never).
     pub gc_hours: Option<u32>,
     pub boot: BootConfig,
+    /// `[capture] max_bytes`: most new chunk bytes one capture task may store.
+    pub capture_max_bytes: u64,
 }
+
+/// `[capture] max_bytes` when the file does not say (bytes).
+pub const DEFAULT_CAPTURE_MAX_BYTES: u64 = 1_000_000_000_000;
 
 /// `[boot]`: who gets a boot credential, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]

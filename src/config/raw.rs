@@ -31,6 +31,17 @@ pub struct RawConfig {
     pub retention: RawRetention,
     #[serde(default)]
     pub boot: RawBoot,
+    #[serde(default)]
+    pub capture: RawCapture,
+}
+
+/// `[capture]`: bounds on what one capture task may store.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    /// Most new chunk bytes (compressed, as stored) one capture task may upload: `1T`,
+    /// `500G`. Default 1T, more than a fleet PC's disk; an agent that sends more is refused.
+    pub max_bytes: Option<String>,
 }
 
 /// `[boot]`: the boot credentials handed out in boot-environment scripts.

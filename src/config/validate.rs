@@ -75,6 +75,18 @@ impl RawConfig {
         };
 
         let boot = self.validate_boot(&mut p);
+        let capture_max_bytes = match self.capture.max_bytes.as_deref().map(parse_size) {
+            None => DEFAULT_CAPTURE_MAX_BYTES,
+            Some(Ok(n)) if n > 0 => n,
+            Some(Ok(_)) => {
+                p("capture.max_bytes must be more than 0".into());
+                DEFAULT_CAPTURE_MAX_BYTES
+            }
+            Some(Err(e)) => {
+                p(format!("capture.max_bytes: {e}"));
+                DEFAULT_CAPTURE_MAX_BYTES
+            }
+        };
 
         if problems.is_empty() {
             Ok(Config {
@@ -96,6 +108,7 @@ impl RawConfig {
                 gc_hours: Some(self.retention.gc_hours.unwrap_or(DEFAULT_GC_HOURS))
                     .filter(|h| *h > 0),
                 boot,
+                capture_max_bytes,
             })
         } else {
             Err(ConfigError { problems })

@@ -7,7 +7,7 @@
 //! | `POST /api/v1/agent/capture/chunks` | upload frames → `{chunks, stored}`; all verified before any is stored |
 //! | `POST /api/v1/agent/capture/commit` | the manifest file → `{task, state: "done", version}` |
 //!
-//! Every request carries `X-Bootcast-Mac`, `X-Bootcast-Nonce` and `X-Bootcast-Task`: the
+//! Every request carries `X-Bootcast-Mac`, `X-Bootcast-Session` and `X-Bootcast-Task`: the
 //! boot's session from the hello (403 otherwise), and the task must be that host's own open
 //! capture task (404 another's, 409 once closed: the agent stops).
 //!
@@ -55,6 +55,9 @@ pub struct Captures {
 /// One capture in progress: its ingest session.
 pub struct Capture {
     session: Session,
+    /// New chunk bytes (as stored) this capture published so far ([`AppState::capture_max_bytes`]
+    /// bounds them).
+    stored_bytes: std::sync::atomic::AtomicU64,
     /// Writes and the commit of one capture go one at a time (two requests carrying the same
     /// chunk must not share its temp file).
     writing: Mutex<()>,
@@ -74,6 +77,7 @@ impl Captures {
         }
         let c = Arc::new(Capture {
             session: Session::begin(store)?,
+            stored_bytes: std::sync::atomic::AtomicU64::new(0),
             writing: Mutex::new(()),
             last_used: Mutex::new(now),
         });
@@ -286,6 +290,7 @@ pub async fn chunks(
     let service = st.chunks.clone();
     let task = who.task.id;
     let mac = who.mac;
+    let quota = st.capture_max_bytes;
     let res = tokio::task::spawn_blocking(move || -> ApiResult<CaptureUploaded> {
         let frames = parse_frames(&body).map_err(ApiError::bad_request)?;
         let mut decoder = Decoder::new(store.config().chunker.max as usize);
@@ -315,7 +320,20 @@ pub async fn chunks(
             }
         }
         let stored = batch.len();
+        let new_bytes: u64 = frames
+            .iter()
+            .filter(|(id, _)| batch.iter().any(|(b, _)| b == id))
+            .map(|(_, f)| f.len() as u64)
+            .sum();
+        let total = capture.stored_bytes.load(std::sync::atomic::Ordering::Relaxed) + new_bytes;
+        if total > quota {
+            tracing::warn!(%mac, task, "capture upload refused: {total} bytes would pass the task's quota of {quota}");
+            return Err(ApiError::too_large(format!("this capture would store {total} bytes of new chunks, more than the {quota} one capture task may ([capture] max_bytes on the server); nothing of this upload was stored")));
+        }
         capture.session.publish(&mut batch)?;
+        capture
+            .stored_bytes
+            .fetch_add(new_bytes, std::sync::atomic::Ordering::Relaxed);
         service
             .metrics
             .capture_chunks_stored

@@ -225,6 +225,22 @@ pub async fn list_images(State(st): State<AppState>) -> ApiResult {
     Ok(Json(serde_json::json!({ "images": res })).into_response())
 }
 
+/// `POST /api/v1/images/{name}/{version}/approve` (staff): a captured version may become
+/// `latest` (as `bootcast image approve NAME@VERSION`).
+pub async fn approve(
+    State(st): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    let store = st.chunks.store()?;
+    let v =
+        tokio::task::spawn_blocking(move || store.approve(&format!("{name}@{version}"))).await??;
+    tracing::info!(image = %v.name, version = %v.id.to_hex(), "version approved through the API");
+    Ok(
+        Json(serde_json::json!({ "image": v.name, "version": v.id.to_hex(), "approved": true }))
+            .into_response(),
+    )
+}
+
 /// `GET /api/v1/images/{name}/{version}/manifest`: the manifest's canonical encoding.
 pub async fn manifest(
     State(st): State<AppState>,

@@ -12,7 +12,7 @@
 //! | `POST /api/v1/agent/{progress,done,failed,inventory}` | the agent: its task | the boot's session, from the same address; only the caller's own open task |
 //! | `POST /api/v1/agent/capture/{missing,chunks,commit}` | the agent: a capture (see [`capture`]) | the boot's session in headers; only the caller's own open capture task |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{mac}` | staff | `Authorization: Bearer TOKEN` |
-//! | `GET /api/v1/images` | staff | token |
+//! | `GET /api/v1/images`, `POST /api/v1/images/{name}/{version}/approve` | staff | token |
 //! | `GET /api/v1/images/{name}/{version}/manifest` | agents, relays, `image export --from` | a relay token, a boot session or the API token (see [`chunks`]) |
 //! | `GET /chunks/{id}`, `POST /chunks/batch` | agents, relays, `image export --from` | the same |
 //! | `GET /metrics` | monitoring (Prometheus) | none |
@@ -61,6 +61,8 @@ pub struct AppState {
     pub glpi_url: Option<String>,
     /// `[boot]`: who gets a boot credential, for how long.
     pub boot: crate::config::BootConfig,
+    /// `[capture] max_bytes`: most new chunk bytes one capture task may store.
+    pub capture_max_bytes: u64,
 }
 
 impl AppState {
@@ -108,6 +110,10 @@ pub fn router(state: AppState, token: String) -> Router {
             get(api::get_post_deploy).put(api::set_post_deploy),
         )
         .route("/api/v1/images", get(chunks::list_images))
+        .route(
+            "/api/v1/images/{name}/{version}/approve",
+            post(chunks::approve),
+        )
         .route(
             "/api/v1/tasks",
             get(api::list_tasks).post(api::create_tasks),
