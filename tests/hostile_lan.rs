@@ -45,6 +45,21 @@ fn dhcp(ns: &Netns, dir: &Path) -> String {
         .to_string()
 }
 
+/// The PC's network boot: its DHCP exchange with bootcast, then its own boot script, from its
+/// own address: (address, script).
+fn pc_boot(pc: &Netns, dir: &Path) -> (String, String) {
+    let ip = dhcp(pc, dir);
+    let (code, script) = http_in(
+        Some(&pc.name),
+        "GET",
+        &format!("{URL}/boot/{PC}.ipxe"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    (ip, script)
+}
+
 /// A request from inside `ns` with extra headers: (status, body).
 fn call(
     ns: &Netns,
@@ -93,15 +108,7 @@ fn an_attacker_on_the_lan_cannot_act_for_a_pc_and_the_pc_still_captures() {
     let attacker = site.attach("atk", "10.99.0.66/24", "fd99::66/64");
 
     // the PC's first boot registers it (its address from bootcast's DHCP)
-    let pc_ip = dhcp(&pc, lab.dir.path());
-    let (code, script) = http_in(
-        Some(&pc.name),
-        "GET",
-        &format!("{URL}/boot/{PC}.ipxe"),
-        None,
-        None,
-    );
-    assert_eq!(code, 200, "{script}");
+    let (pc_ip, script) = pc_boot(&pc, lab.dir.path());
     let hello = json!({"mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential_of(&script)});
     let (code, answer) = call(
         &pc,
@@ -223,15 +230,7 @@ fn an_attacker_on_the_lan_cannot_act_for_a_pc_and_the_pc_still_captures() {
     }
 
     // the PC boots for its task: its own script carries the credential...
-    let pc_ip = dhcp(&pc, lab.dir.path());
-    let (code, script) = http_in(
-        Some(&pc.name),
-        "GET",
-        &format!("{URL}/boot/{PC}.ipxe"),
-        None,
-        None,
-    );
-    assert_eq!(code, 200, "{script}");
+    let (pc_ip, script) = pc_boot(&pc, lab.dir.path());
     assert_eq!(task_of(&script), task);
     let credential = credential_of(&script);
     // ...which is worth nothing from another address, even to an attacker who saw it
