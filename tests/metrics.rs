@@ -120,6 +120,7 @@ fn state(data: &Path) -> AppState {
         multicast: bootcast::multicast::sessions::Sessions::new(),
         hooks: bootcast::hooks::Hooks::new(Vec::new(), db),
         glpi_url: None,
+        connections: Default::default(),
     }
 }
 

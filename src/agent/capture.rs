@@ -311,6 +311,7 @@ mod tests {
             multicast: crate::multicast::sessions::Sessions::new(),
             hooks: crate::hooks::Hooks::new(Vec::new(), db.clone()),
             glpi_url: None,
+            connections: Default::default(),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

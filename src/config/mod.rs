@@ -10,6 +10,15 @@
 //!
 //! [http]
 //! listen = "0.0.0.0:8080"
+//! tls_listen = "0.0.0.0:8443"    # HTTPS (default: listen's address, port 8443), or "off"
+//! max_connections = 8192         # open at once, every client and listener together
+//! max_connections_per_address = 64   # open at once from one source address
+//! header_timeout = 15            # seconds to a complete request head (TLS handshake included)
+//! idle_timeout = 120             # seconds a keep-alive connection waits for its next request
+//!
+//! [tls]                          # the HTTPS certificate; default: self-signed, DATA/tls/
+//! cert = "/etc/bootcast/cert.pem"   # PEM: certificate, then intermediates
+//! key = "/etc/bootcast/key.pem"     # PEM: its private key (mode 0600)
 //!
 //! [tftp]
 //! listen = "0.0.0.0:69"          # or "off"
@@ -33,7 +42,9 @@
 //! after_register = "reboot"      # or "poweroff": what a newly registered PC does next
 //!
 //! [relay]                        # `bootcast relay` only (`serve` refuses these keys)
-//! upstream = "http://10.0.0.5:8080"   # the central server, or another relay
+//! upstream = "https://10.0.0.5:8443"  # the central server, or another relay
+//! upstream_fingerprint = "sha256:..." # pin upstream's (self-signed) certificate, as its banner prints it
+//! upstream_ca = "/etc/bootcast/ca.pem" # or: upstream's certificate chains to this CA (neither: public CAs)
 //! site = "lycee-nord"
 //! token = "..."                  # the site relay token (`bootcast site add` printed it upstream)
 //! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay
@@ -64,7 +75,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 pub use dhcp::DhcpConfig;
-pub use raw::{RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawRetention, RawTftp};
+pub use raw::{
+    RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawRetention, RawTftp, RawTls,
+};
 pub use relay::{IncompletePolicy, RelayConfig};
 pub use validate::parse_size;
 
@@ -72,6 +85,14 @@ pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 pub const DEFAULT_TFTP: &str = "0.0.0.0:69";
 pub const DEFAULT_LEASE_SECS: u32 = 12 * 3600;
 pub const DEFAULT_MAX_TRANSFERS: usize = 64;
+/// The HTTPS port when `[http] tls_listen` does not say.
+pub const DEFAULT_TLS_PORT: u16 = 8443;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
+/// Longer than the 90 s for which bootcast's own clients keep an idle connection: they close
+/// first, so a request never meets a connection the server is closing.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -80,6 +101,12 @@ pub struct Config {
     /// (boot scripts then use the `Host` header of each request).
     pub advertise: Option<Ipv4Addr>,
     pub http: SocketAddr,
+    /// `[http] tls_listen`: the HTTPS listener (`None`: off).
+    pub https: Option<SocketAddr>,
+    /// `[tls] cert` and `key`; `None`: the self-signed pair of `DATA/tls`.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Connection caps and timeouts of the HTTP listeners.
+    pub limits: HttpLimits,
     pub tftp: TftpConfig,
     pub dhcp: Option<DhcpConfig>,
     pub after_register: AfterRegister,
@@ -98,6 +125,31 @@ pub struct Config {
 pub const DEFAULT_RETENTION_DAYS: u32 = 365;
 /// `[retention] gc_hours` when the file does not say.
 pub const DEFAULT_GC_HOURS: u32 = 24;
+
+/// What the HTTP listeners allow (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once, all listeners together.
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_per_address: usize,
+    /// A new connection's time to a complete request head (TLS handshake included); a request
+    /// head's time from its first byte.
+    pub header_timeout: std::time::Duration,
+    /// A keep-alive connection's wait for its next request.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            idle_timeout: std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {

@@ -28,6 +28,7 @@ pub mod capture;
 pub mod chunks;
 pub mod error;
 pub mod inventory;
+pub mod listen;
 pub mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +60,8 @@ pub struct AppState {
     pub hooks: crate::hooks::Hooks,
     /// `[glpi] url`: inventories are queued for it.
     pub glpi_url: Option<String>,
+    /// The HTTP listeners' connection counters (`/metrics`).
+    pub connections: crate::metrics::ConnectionMetrics,
 }
 
 impl AppState {
@@ -92,6 +95,7 @@ fn valid_host(h: &str) -> bool {
 pub fn router(state: AppState, token: String) -> Router {
     let mut registry = crate::metrics::Registry::default();
     state.chunks.metrics.register(&mut registry);
+    state.connections.register(&mut registry);
     let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
     let metrics = Router::new()
         .route("/metrics", get(chunks::metrics))
