@@ -318,6 +318,119 @@ mod tests {
     }
 
     #[test]
+    fn https_and_connection_limits() {
+        let c = RawConfig::default().validate(&iface).unwrap();
+        assert_eq!(c.https.unwrap().to_string(), "0.0.0.0:8443");
+        assert_eq!(c.limits, HttpLimits::default());
+        assert_eq!(
+            (c.limits.max_connections, c.limits.max_per_address),
+            (8192, 64)
+        );
+        assert!(c.tls_files.is_none());
+        let c = RawConfig::from_toml(
+            "[http]\nlisten='127.0.0.1:0'\nmax_connections=100\nmax_connections_per_address=10\nheader_timeout=5\nidle_timeout=30\n",
+        )
+        .unwrap()
+        .validate(&iface)
+        .unwrap();
+        assert_eq!(
+            c.https.unwrap().to_string(),
+            "127.0.0.1:0",
+            "an ephemeral HTTP port: HTTPS too"
+        );
+        assert_eq!(c.limits.max_per_address, 10);
+        assert_eq!(c.limits.header_timeout.as_secs(), 5);
+        assert_eq!(c.limits.idle_timeout.as_secs(), 30);
+        let c = RawConfig::from_toml("[http]\ntls_listen='off'\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert!(c.https.is_none());
+
+        let ps = problems(
+            "[http]\nlisten='0.0.0.0:8443'\nmax_connections=0\nheader_timeout=0\nidle_timeout=100000\n[tls]\ncert='/nonexistent.pem'\n",
+        );
+        assert_eq!(ps.len(), 5, "{ps:#?}");
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("tls_listen") && p.contains("own port")));
+        assert!(ps.iter().any(|p| p.contains("max_connections = 0")));
+        assert!(ps.iter().any(|p| p.contains("header_timeout = 0")));
+        assert!(ps.iter().any(|p| p.contains("idle_timeout = 100000")));
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("both cert") && p.contains("key")));
+        let ps = problems("[http]\nmax_connections=10\nmax_connections_per_address=20\n");
+        assert!(ps[0].contains("more than http.max_connections"), "{ps:#?}");
+        let ps = problems("[tls]\ncert='/nonexistent/c.pem'\nkey='/nonexistent/k.pem'\n");
+        assert_eq!(ps.len(), 2, "{ps:#?}");
+        assert!(ps[0].contains("tls.cert") && ps[0].contains("no such file"));
+    }
+
+    #[test]
+    fn relay_upstream_tls() {
+        let relay = |extra: &str| {
+            RawConfig::from_toml(&format!("[relay]\nsite='s'\ntoken='t'\n{extra}"))
+                .and_then(|r| r.validate(&iface))
+                .map(|c| c.relay.unwrap())
+        };
+        let fp = crate::tls::Fingerprint::of(b"x");
+        let r = relay(&format!(
+            "upstream='https://10.0.0.5:8443'\nupstream_fingerprint='{fp}, {fp}'\n"
+        ))
+        .unwrap();
+        match &r.upstream_tls {
+            crate::tls::TlsClient::Pinned(p) => assert_eq!(p.fingerprints, vec![fp, fp]),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.plain_upstream_warning().is_none());
+        // no pin, no CA: public CAs
+        let r = relay("upstream='https://central.example'\n").unwrap();
+        assert!(matches!(r.upstream_tls, crate::tls::TlsClient::Roots));
+        // plain HTTP to another machine: allowed, with a warning; to this one: quiet
+        let r = relay("upstream='http://10.0.0.5:8080'\n").unwrap();
+        let w = r.plain_upstream_warning().unwrap();
+        assert!(
+            w.contains("in clear") && w.contains("--upstream-fingerprint"),
+            "{w}"
+        );
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            let r = relay(&format!("upstream='{local}'\n")).unwrap();
+            assert!(r.plain_upstream_warning().is_none(), "{local}");
+        }
+        let e = relay(&format!(
+            "upstream='http://10.0.0.5:8080'\nupstream_fingerprint='{fp}'\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert!(
+            e[0].contains("plain HTTP") && e[0].contains("https://"),
+            "{e:#?}"
+        );
+        let e = relay("upstream='https://x'\nupstream_fingerprint='sha256:12'\n")
+            .unwrap_err()
+            .problems;
+        assert!(
+            e[0].contains("upstream_fingerprint") && e[0].contains("64 hex"),
+            "{e:#?}"
+        );
+        let e = relay(&format!(
+            "upstream='https://x'\nupstream_fingerprint='{fp}'\nupstream_ca='/nonexistent.pem'\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e
+            .iter()
+            .any(|p| p.contains("upstream_ca") && p.contains("/nonexistent.pem")));
+        assert!(e.iter().any(|p| p.contains("give one")));
+    }
+
+    #[test]
     fn unknown_keys_and_syntax_errors_are_refused() {
         assert!(problems("[http]\nlisten_on='x'\n")[0].contains("listen_on"));
         assert!(problems("[http\n")[0].contains("line 1"));

@@ -621,6 +621,7 @@ mod tests {
         let count = Arc::new(Count(Default::default()));
         let source = HttpSource::with_options(
             &url,
+            crate::tls::public_client_config(),
             &[("x-test", "1".into())],
             Some(count.clone() as Arc<dyn Throttle>),
         )
