@@ -406,17 +406,20 @@ fn refusal<T: std::error::Error + Clone + 'static>(
         if let Some(p) = err.downcast_ref::<T>() {
             return Some(p.clone());
         }
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) = tls {
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+            err.downcast_ref::<rustls::Error>()
+        {
             if let Some(p) = o.0.downcast_ref::<T>() {
                 return Some(p.clone());
             }
         }
-        cur = err.source();
+        // an I/O error's `source` skips the error it wraps: look into it
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
@@ -680,5 +683,50 @@ mod tests {
             format!("upstream presented certificate {presented}, expected {expected}; if the server's certificate changed, pin the new one with --upstream-fingerprint {presented}")
         );
         assert!(io.to_string().contains(&text), "{io}");
+    }
+
+    /// Through reqwest and a real handshake, the refusals are found in the error's chain.
+    #[tokio::test]
+    async fn a_client_sees_why_its_handshake_was_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = server_cert(None, dir.path(), &["localhost".into()]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.config.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = acceptor.accept(s).await;
+            }
+        });
+        let attempt = |tls: TlsClient| async move {
+            let config = client_config(&tls, Naming::UPSTREAM).unwrap();
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(config)
+                .build()
+                .unwrap();
+            client
+                .get(format!("https://{addr}/"))
+                .send()
+                .await
+                .unwrap_err()
+        };
+        let wrong = Fingerprint([0; 32]);
+        let e = attempt(TlsClient::Pinned(Pins {
+            fingerprints: vec![wrong],
+        }))
+        .await;
+        let m = pin_mismatch(&e).expect("a pin mismatch in the chain");
+        assert_eq!((m.presented, &m.expected), (cert.fingerprint, &vec![wrong]));
+        assert_eq!(explain(&e), Some(m.to_string()));
+        let e = attempt(TlsClient::Roots).await;
+        assert!(pin_mismatch(&e).is_none());
+        let why = explain(&e).expect("an untrusted certificate in the chain");
+        assert!(
+            why.contains(&format!(
+                "pin it with --upstream-fingerprint {}",
+                cert.fingerprint
+            )),
+            "{why}"
+        );
     }
 }
