@@ -196,6 +196,7 @@ fn relay_metrics_are_the_readme_names_and_latency_histograms() {
     let config = RelayConfig {
         // nothing listens there, and nothing here asks it
         upstream: "http://127.0.0.1:9".into(),
+        upstream_tls: bootcast::tls::TlsClient::Roots,
         site: "nord".into(),
         token: "t".into(),
         url: None,
