@@ -246,6 +246,7 @@ impl Hooks {
             hooks: std::sync::Arc::new(hooks),
             db,
             client: reqwest::Client::builder()
+                .use_preconfigured_tls(crate::tls::public_client_config())
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("HTTP client"),

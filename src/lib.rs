@@ -18,6 +18,7 @@
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
+//! - [`tls`]: TLS (rustls, ring): the server's certificate, fingerprints, every client's TLS settings.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
 
@@ -45,3 +46,4 @@ pub mod sys;
 #[doc(hidden)]
 pub mod testkit;
 pub mod time;
+pub mod tls;

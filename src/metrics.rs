@@ -98,6 +98,66 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
     res
 }
 
+/// The label of the connection metrics: which listener (`http`, `https`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+/// A listener and why (a refusal's cap, a timeout's kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// The HTTP listeners' connection counters (cheap to clone: clones share them); one set per
+/// process, registered in the node's registry.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Family<ListenerLabel, Gauge>,
+    /// Connections accepted (within the caps).
+    pub accepted: Family<ListenerLabel, Counter>,
+    /// Connections closed at once: `reason` is `per_address` or `total` (the cap reached).
+    pub refused: Family<ListenerReason, Counter>,
+    /// Connections closed for a timeout: `header` (no complete request head in time, TLS
+    /// handshake included) or `idle` (keep-alive, no next request).
+    pub timed_out: Family<ListenerReason, Counter>,
+    /// TLS handshakes that failed (not a timeout).
+    pub tls_failed: Counter,
+}
+
+impl ConnectionMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "bootcast_http_connections_open",
+            "HTTP connections open now, by listener",
+            self.open.clone(),
+        );
+        reg.register(
+            "bootcast_http_connections_accepted",
+            "HTTP connections accepted, by listener",
+            self.accepted.clone(),
+        );
+        reg.register(
+            "bootcast_http_connections_refused",
+            "HTTP connections closed at once because a cap was reached (reason per_address or total)",
+            self.refused.clone(),
+        );
+        reg.register(
+            "bootcast_http_connections_timed_out",
+            "HTTP connections closed for a timeout (reason header: no complete request head in time; idle: no next request)",
+            self.timed_out.clone(),
+        );
+        reg.register(
+            "bootcast_tls_handshakes_failed",
+            "TLS handshakes that failed (other than by the header timeout)",
+            self.tls_failed.clone(),
+        );
+    }
+}
+
 /// `reg` as a `GET /metrics` answer (Prometheus text format 0.0.4).
 pub fn render(reg: &Registry) -> Response {
     let mut text = String::new();

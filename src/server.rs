@@ -53,12 +53,16 @@ pub enum ServeError {
     Relay(#[from] crate::relay::RelayError),
     #[error("the relay's URL: HTTP listens on {0}, which is no address clients can use; give --url http://IP:PORT (how the site's machines reach this relay) or --advertise IP")]
     RelayUrl(SocketAddr),
+    #[error("HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What a running server listens on, for the banner and for tests.
 #[derive(Debug, Clone)]
 pub struct Listening {
     pub http: SocketAddr,
+    /// The HTTPS listener and its certificate (`None`: HTTPS off).
+    pub https: Option<HttpsInfo>,
     pub tftp: Option<SocketAddr>,
     pub dhcp: Option<String>,
     /// The API token, when it was created by this start (print it once).
@@ -72,12 +76,29 @@ pub struct Listening {
     pub relay_url: Option<String>,
 }
 
+/// The HTTPS listener as the banner shows it.
+#[derive(Debug, Clone)]
+pub struct HttpsInfo {
+    pub addr: SocketAddr,
+    /// `https://HOST:PORT` when the host clients use is known (advertised, the relay's URL,
+    /// a specific listen address).
+    pub url: Option<String>,
+    /// `sha256:HEX` of the certificate: what relays pin (`--upstream-fingerprint`).
+    pub fingerprint: String,
+    pub cert: PathBuf,
+    /// Made by bootcast (self-signed) rather than configured (`[tls] cert`).
+    pub self_signed: bool,
+    /// Made at this start.
+    pub created: bool,
+}
+
 pub struct Server {
     config: Config,
     data: PathBuf,
     db: Db,
     token: String,
     http: tokio::net::TcpListener,
+    https: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     tftp: Option<tokio::net::UdpSocket>,
     dhcp: Option<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
     listening: Listening,
@@ -97,11 +118,13 @@ fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
     }
 }
 
-/// The HTTP listener and the TFTP socket a server runs on. [`Sockets::bind`] binds them as the
+/// The HTTP listeners and the TFTP socket a server runs on. [`Sockets::bind`] binds them as the
 /// configuration says; a caller that binds its own (a test on `127.0.0.1:0`, a socket handed
 /// over by a service manager) builds this directly.
 pub struct Sockets {
     pub http: tokio::net::TcpListener,
+    /// `None`: no HTTPS service.
+    pub https: Option<tokio::net::TcpListener>,
     /// `None`: no TFTP service.
     pub tftp: Option<tokio::net::UdpSocket>,
 }
@@ -118,6 +141,17 @@ impl Sockets {
                 hint: bind_hint(&cause, config.http.port()),
                 cause,
             })?;
+        let https = match config.https {
+            None => None,
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|cause| {
+                ServeError::Bind {
+                    service: "HTTPS",
+                    addr,
+                    hint: bind_hint(&cause, addr.port()),
+                    cause,
+                }
+            })?),
+        };
         let tftp = match config.tftp.enabled {
             false => None,
             true => Some(
@@ -131,11 +165,12 @@ impl Sockets {
                     })?,
             ),
         };
-        Ok(Sockets { http, tftp })
+        Ok(Sockets { http, https, tftp })
     }
 
-    /// Sockets the caller bound itself, as std sockets (made non-blocking here). Call it
-    /// inside the runtime the server will run on.
+    /// Sockets the caller bound itself, as std sockets (made non-blocking here), without
+    /// HTTPS ([`Sockets::with_https`] adds it). Call it inside the runtime the server will
+    /// run on.
     pub fn from_std(
         http: std::net::TcpListener,
         tftp: Option<std::net::UdpSocket>,
@@ -150,8 +185,16 @@ impl Sockets {
         };
         Ok(Sockets {
             http: tokio::net::TcpListener::from_std(http)?,
+            https: None,
             tftp,
         })
+    }
+
+    /// With an HTTPS listener the caller bound itself (made non-blocking here).
+    pub fn with_https(mut self, https: std::net::TcpListener) -> std::io::Result<Sockets> {
+        https.set_nonblocking(true)?;
+        self.https = Some(tokio::net::TcpListener::from_std(https)?);
+        Ok(self)
     }
 }
 
@@ -176,7 +219,8 @@ impl Server {
             None => http::auth::load_or_create_token(data)?,
             Some(_) => (String::new(), false),
         };
-        let Sockets { http, tftp } = sockets;
+        http::listen::raise_open_files_limit(&config.limits);
+        let Sockets { http, https, tftp } = sockets;
         let http_addr = http.local_addr().expect("bound socket has an address");
         let tftp_addr = tftp.as_ref().map(|s| s.local_addr().expect("bound"));
         let state_base = http::base_url(config.advertise, http_addr.port(), None);
@@ -234,9 +278,47 @@ impl Server {
                 Some((settings, sockets))
             }
         };
+        let (https, https_info) = match https {
+            None => (None, None),
+            Some(listener) => {
+                let addr = listener.local_addr().expect("bound socket has an address");
+                let host = https_host(
+                    config.advertise,
+                    relay.as_ref().map(|r| r.url.as_str()),
+                    addr,
+                );
+                let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+                for ip in [http_addr.ip(), addr.ip()] {
+                    if !ip.is_unspecified() {
+                        names.push(ip.to_string());
+                    }
+                }
+                names.extend(host.clone());
+                names.sort_unstable();
+                names.dedup();
+                let files = config
+                    .tls_files
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path()));
+                let cert = crate::tls::server_cert(files, data, &names)?;
+                let info = HttpsInfo {
+                    addr,
+                    url: host.map(|h| match h.parse::<std::net::Ipv6Addr>() {
+                        Ok(_) => format!("https://[{h}]:{}", addr.port()),
+                        Err(_) => format!("https://{h}:{}", addr.port()),
+                    }),
+                    fingerprint: cert.fingerprint.to_string(),
+                    cert: cert.cert_path.clone(),
+                    self_signed: cert.self_signed,
+                    created: cert.created,
+                };
+                (Some((listener, cert.config)), Some(info))
+            }
+        };
         let bootenv = crate::bootenv::load(data);
         let listening = Listening {
             http: http_addr,
+            https: https_info,
             tftp: tftp_addr,
             dhcp: config.dhcp.as_ref().map(|d| {
                 format!(
@@ -264,6 +346,7 @@ impl Server {
             db,
             token,
             http,
+            https,
             tftp,
             dhcp,
             listening,
@@ -301,13 +384,25 @@ impl Server {
             glpi_url: self.config.glpi_url.clone(),
             boot: self.config.boot.clone(),
             capture_max_bytes: self.config.capture_max_bytes,
+            connections: crate::metrics::ConnectionMetrics::default(),
         };
+        let connections =
+            http::listen::Connections::new(self.config.limits, state.connections.clone());
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
 
         let app = match &self.relay {
             None => http::router(state, self.token.clone()),
             Some(r) => crate::relay::routes::router(state, r.clone()),
-        };
+        }
+        // tokens only over HTTPS (or from this machine): one decision for every route
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(self.listening.https.as_ref().map(|h| {
+                h.url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://THIS-SERVER:{}", h.addr.port()))
+            })),
+            http::listen::require_tls,
+        ));
         if let Some(relay) = &self.relay {
             let (r, c) = (relay.clone(), cancel.clone());
             set.spawn(async move { ("relay heartbeat", crate::relay::heartbeat::run(r, c).await) });
@@ -335,18 +430,19 @@ impl Server {
                 ("relay prestage", Ok(()))
             });
         }
-        let c = cancel.clone();
+        let (c, a, conns) = (cancel.clone(), app.clone(), connections.clone());
         let listener = self.http;
         set.spawn(async move {
-            let r = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await
-            .map_err(|e| e.to_string());
-            ("HTTP", r)
+            http::listen::serve(listener, None, a, conns, c).await;
+            ("HTTP", Ok(()))
         });
+        if let Some((listener, tls)) = self.https {
+            let (c, a, conns) = (cancel.clone(), app, connections);
+            set.spawn(async move {
+                http::listen::serve(listener, Some(tls), a, conns, c).await;
+                ("HTTPS", Ok(()))
+            });
+        }
 
         if let Some(sock) = self.tftp {
             let settings = crate::boot::tftp::TftpSettings {
@@ -471,6 +567,34 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+/// The host clients reach the HTTPS listener `addr` at: the advertised address, the relay's
+/// URL's host, or the listen address itself when it is a specific one.
+fn https_host(
+    advertise: Option<std::net::Ipv4Addr>,
+    relay_url: Option<&str>,
+    addr: SocketAddr,
+) -> Option<String> {
+    if let Some(ip) = advertise {
+        return Some(ip.to_string());
+    }
+    if let Some(url) = relay_url {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let host = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => hostport,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !host.is_empty() {
+            return Some(host.to_string());
+        }
+    }
+    (!addr.ip().is_unspecified()).then(|| addr.ip().to_string())
 }
 
 /// Prunes the history older than `days` days, logging what went.

@@ -125,6 +125,7 @@ fn state(data: &Path) -> AppState {
         glpi_url: None,
         boot: Default::default(),
         capture_max_bytes: bootcast::config::DEFAULT_CAPTURE_MAX_BYTES,
+        connections: Default::default(),
     }
 }
 
@@ -200,6 +201,7 @@ fn relay_metrics_are_the_readme_names_and_latency_histograms() {
     let config = RelayConfig {
         // nothing listens there, and nothing here asks it
         upstream: "http://127.0.0.1:9".into(),
+        upstream_tls: bootcast::tls::TlsClient::Roots,
         site: "nord".into(),
         token: "t".into(),
         url: None,

@@ -58,7 +58,9 @@ fn chunk_ids(store: &bootcast::store::Store, spec: &str) -> HashSet<bootcast::st
 struct Relay {
     ns: Netns,
     data: std::path::PathBuf,
+    /// The upstream's HTTPS URL, and its certificate's fingerprint (from its banner).
     upstream: String,
+    fingerprint: String,
     site: String,
     token: String,
     url: String,
@@ -76,6 +78,8 @@ impl Relay {
         let mut args = vec![
             "--upstream".to_string(),
             self.upstream.clone(),
+            "--upstream-fingerprint".into(),
+            self.fingerprint.clone(),
             "--site".into(),
             self.site.clone(),
             "--http".into(),
@@ -129,6 +133,8 @@ fn pushes_reach_three_relays_under_caps_windows_kills_and_corruption() {
         .arg(central.data())
         .env_remove("BOOTCAST_DATA");
     let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+    // relays reach it over HTTPS, pinning its self-signed certificate
+    let central_fingerprint = server.fingerprint.clone().expect("the banner's certificate");
     let central_served = || {
         metric_in(
             &c,
@@ -185,11 +191,9 @@ fn pushes_reach_three_relays_under_caps_windows_kills_and_corruption() {
             Relay {
                 ns,
                 data: central.path(&format!("relay{n}")),
-                upstream: if n == 3 {
-                    "http://10.99.3.1:8080".into()
-                } else {
-                    format!("http://10.99.{n}.1:8080")
-                },
+                // relay 3's upstream is relay 2 (its fingerprint once it has started)
+                upstream: format!("https://10.99.{n}.1:8443"),
+                fingerprint: central_fingerprint.clone(),
                 site: format!("s{n}"),
                 token: [&t1, &t2, &t3][i].clone(),
                 url: format!("http://10.99.{n}.2:8080"),
@@ -198,8 +202,15 @@ fn pushes_reach_three_relays_under_caps_windows_kills_and_corruption() {
             }
         })
         .collect();
-    for r in &mut relays {
-        r.start();
+    for i in 0..relays.len() {
+        if i == 2 {
+            relays[2].fingerprint = relays[1]
+                .served
+                .as_ref()
+                .and_then(|s| s.fingerprint.clone())
+                .expect("relay 2's banner names its certificate");
+        }
+        relays[i].start();
     }
     let store = bootcast::store::Store::open(&central.data()).unwrap();
     let need_v1 = lacking(&store, &format!("win11@{v1_id}"), &HashSet::new());

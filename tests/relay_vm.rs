@@ -55,6 +55,8 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         .arg(central.data())
         .env_remove("BOOTCAST_DATA");
     let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+    // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
+    let fingerprint = server.fingerprint.clone().expect("the banner's certificate");
     let relay_data = central.path("relay");
     let mut cmd = site.cmd(BIN);
     cmd.arg("--data")
@@ -66,7 +68,9 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         "relay",
         &[
             "--upstream",
-            "http://10.99.4.1:8080",
+            "https://10.99.4.1:8443",
+            "--upstream-fingerprint",
+            &fingerprint,
             "--site",
             "lycee",
             "--url",

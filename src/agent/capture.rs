@@ -332,6 +332,7 @@ mod tests {
             glpi_url: None,
             boot: Default::default(),
             capture_max_bytes: crate::config::DEFAULT_CAPTURE_MAX_BYTES,
+            connections: Default::default(),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -38,10 +38,10 @@ impl TaskRef {
 
     /// The server's manifests and chunks as this boot may read them.
     pub fn source(&self) -> Result<crate::store::source::HttpSource, StoreError> {
-        crate::store::source::HttpSource::with_options(
+        crate::store::source::HttpSource::with_credential(
             &self.server,
+            &crate::tls::TlsClient::Roots,
             &self.credential_headers(),
-            None,
         )
     }
 }

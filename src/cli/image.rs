@@ -47,14 +47,27 @@ pub enum ImageCmd {
         seeds: Vec<PathBuf>,
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
-        /// Read the manifest and chunks from a bootcast server (http://HOST:PORT) instead of
-        /// the local store; no --data store is needed then
+        /// Read the manifest and chunks from a bootcast server (http://HOST:8080, or
+        /// https://HOST:8443) instead of the local store; no --data store is needed then
         #[arg(long, value_name = "URL")]
         from: Option<String>,
         /// With --from: a file holding the server's API token (images are private) [default:
         /// BOOTCAST_TOKEN, else the token of the local --data directory]
         #[arg(long, value_name = "FILE", requires = "from")]
         token_file: Option<PathBuf>,
+        /// With an https:// --from: the server's certificate fingerprint, as its start banner
+        /// prints it (its self-signed certificate); several separated by commas
+        #[arg(
+            long,
+            value_name = "sha256:HEX",
+            requires = "from",
+            conflicts_with = "ca"
+        )]
+        fingerprint: Option<String>,
+        /// With an https:// --from: a PEM file of the CA that issued the server's certificate
+        /// [default: public CAs and the system's]
+        #[arg(long, value_name = "FILE", requires = "from")]
+        ca: Option<PathBuf>,
     },
     /// Remove NAME (every version) or NAME@VERSION; chunks are freed by `store gc`
     Rm { spec: String },
@@ -75,6 +88,34 @@ pub enum ImageCmd {
         #[arg(long, value_parser = ["on", "off"])]
         hostname: Option<String>,
     },
+}
+
+/// How `--from https://...` checks the server's certificate: `--fingerprint`, `--ca`, or
+/// the public CAs.
+fn client_tls(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<bootcast::tls::TlsClient> {
+    use bootcast::tls::{Fingerprint, Pins, TlsClient};
+    if let Some(list) = fingerprint {
+        let fingerprints = list
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(Fingerprint::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--fingerprint: {e}"))?;
+        anyhow::ensure!(
+            !fingerprints.is_empty(),
+            "--fingerprint: give sha256:HEX, as the server's start banner prints it"
+        );
+        return Ok(TlsClient::Pinned(Pins { fingerprints }));
+    }
+    if let Some(path) = ca {
+        let roots = bootcast::tls::load_ca(path).map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+        return Ok(TlsClient::Ca {
+            path: path.to_path_buf(),
+            roots,
+        });
+    }
+    Ok(TlsClient::Roots)
 }
 
 fn parse_level(s: &str) -> Result<i32, String> {
@@ -99,11 +140,20 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             threads,
             from,
             token_file,
+            fingerprint,
+            ca,
         } => {
             let from = match from {
-                Some(url) => Some((url, super::staff_token(data, token_file.as_deref())?)),
+                Some(url) => Some((
+                    url,
+                    super::staff_token(data, token_file.as_deref())?,
+                    client_tls(fingerprint.as_deref(), ca.as_deref())?,
+                )),
                 None => None,
             };
+            let from = from
+                .as_ref()
+                .map(|(u, token, tls)| (u.as_str(), token.as_str(), tls));
             export_cmd(data, out, &spec, &target, seeds, threads, from)
         }
         ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
@@ -293,22 +343,26 @@ fn export_cmd(
     target: &Path,
     seeds: Vec<PathBuf>,
     threads: usize,
-    from: Option<(String, String)>,
+    from: Option<(&str, &str, &bootcast::tls::TlsClient)>,
 ) -> Result<ExitCode> {
+    let (from, token, tls) = (from.map(|f| f.0), from.map(|f| f.1), from.map(|f| f.2));
     // The chunk source and the manifest: the local store, or a server.
-    let from_url = from.as_ref().map(|(u, _)| u.clone());
-    let from_url = from_url.as_deref();
+    let from_url = from;
     let (source, name, id, manifest): (Box<dyn ChunkSource>, _, _, _) = match from {
         None => {
             let store = Store::open(data)?;
             let v = store.resolve(spec)?;
             (Box::new(store), v.name, v.id, v.manifest)
         }
-        Some((url, token)) => {
-            let http = HttpSource::with_options(
-                &url,
-                &[("authorization", format!("Bearer {token}"))],
-                None,
+        Some(url) => {
+            let tls = tls.cloned().unwrap_or(bootcast::tls::TlsClient::Roots);
+            if url.starts_with("http://") && !matches!(tls, bootcast::tls::TlsClient::Roots) {
+                anyhow::bail!("--fingerprint and --ca check an https:// server's certificate; {url} is plain HTTP: give the server's HTTPS URL (https://HOST:8443)");
+            }
+            let http = HttpSource::with_credential(
+                url,
+                &tls,
+                &[("authorization", format!("Bearer {}", token.unwrap_or_default()))],
             )?;
             let (manifest, id) = http.manifest(spec)?;
             (Box::new(http), manifest.name.clone(), id, manifest)

@@ -77,7 +77,7 @@ pub enum Command {
     #[command(subcommand)]
     Store(store::StoreCmd),
     /// Run a site relay: boot services and a pull-through cache fed by nightly pushes
-    Relay(relay::RelayArgs),
+    Relay(Box<relay::RelayArgs>),
     /// Run the boot services (DHCP, TFTP), HTTP and the API
     Serve(serve::ServeArgs),
     /// Reimage and capture tasks: create, list (states, progress), cancel
@@ -102,7 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Multicast(cmd) => multicast::run(cmd, &cli.data, &out),
         Command::Store(cmd) => store::run(cmd, &cli.data, &out),
         Command::Push(cmd) => push::run(cmd, &cli.data, &out),
-        Command::Relay(args) => relay::run(args, &cli.data, &out),
+        Command::Relay(args) => relay::run(*args, &cli.data, &out),
         Command::Site(cmd) => site::run(cmd, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data, &out),
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),

@@ -10,13 +10,24 @@ use clap::Args;
 use bootcast::server::Server;
 
 use super::output::Output;
-use super::serve::{boot_lines, init_logging, lookup, on_signals, BootArgs};
+use super::serve::{
+    boot_lines, https_json, https_lines, init_logging, lookup, on_signals, BootArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// The server above: the central server, or another relay
+    /// The server above: the central server, or another relay (its HTTPS URL,
+    /// https://HOST:8443)
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// The upstream's certificate fingerprint, as its start banner prints it (a self-signed
+    /// certificate); several separated by commas (e.g. while it is being replaced)
+    #[arg(long, value_name = "sha256:HEX")]
+    upstream_fingerprint: Option<String>,
+    /// A PEM file of the CA that issued the upstream's certificate [default: without a
+    /// fingerprint either, public CAs and the system's]
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
     /// The site this relay serves (`bootcast site add` on the central server)
     #[arg(long, value_name = "NAME")]
     site: Option<String>,
@@ -52,6 +63,10 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     };
     let r = &mut raw.relay;
     set(&mut r.upstream, &args.upstream);
+    set(&mut r.upstream_fingerprint, &args.upstream_fingerprint);
+    if args.upstream_ca.is_some() {
+        r.upstream_ca.clone_from(&args.upstream_ca);
+    }
     set(&mut r.site, &args.site);
     if let Some(t) = relay_token(args.token_file.as_deref())? {
         r.token = Some(t);
@@ -79,13 +94,36 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
                 relay.site,
                 data.display()
             ),
-            format!("  upstream  {}", relay.upstream),
+            format!(
+                "  upstream  {}  ({})",
+                relay.upstream,
+                match &relay.upstream_tls {
+                    _ if relay.upstream.starts_with("http://") => "plain HTTP".to_string(),
+                    bootcast::tls::TlsClient::Pinned(p) => format!(
+                        "certificate pinned: {}",
+                        p.fingerprints
+                            .iter()
+                            .map(|f| f.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    bootcast::tls::TlsClient::Ca { path, .. } =>
+                        format!("certificate from the CA of {}", path.display()),
+                    bootcast::tls::TlsClient::Roots =>
+                        "certificate from a public CA or the system's".to_string(),
+                }
+            ),
             format!(
                 "  HTTP   {}  (clients reach it as {})",
                 l.http,
                 l.relay_url.as_deref().unwrap_or("?")
             ),
         ];
+        if let Some(w) = relay.plain_upstream_warning() {
+            tracing::warn!("{w}");
+            lines.push(format!("  WARNING: {w}"));
+        }
+        lines.extend(https_lines(l));
         lines.extend(boot_lines(l));
         lines.push(format!(
             "  incomplete versions: {}",
@@ -107,7 +145,7 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
             out.emit(
                 &serde_json::json!({
                     "http": l.http, "tftp": l.tftp, "dhcp": l.dhcp, "url": l.relay_url,
-                    "site": relay.site, "upstream": relay.upstream,
+                    "site": relay.site, "upstream": relay.upstream, "https": https_json(l),
                 }),
                 String::new,
             );

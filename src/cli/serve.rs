@@ -29,6 +29,10 @@ pub struct BootArgs {
     /// HTTP listen address [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<String>,
+    /// HTTPS listen address (staff API, relay protocol, and everything else), or "off"
+    /// [default: the HTTP address, port 8443]
+    #[arg(long, value_name = "ADDR:PORT")]
+    https: Option<String>,
     /// TFTP listen address, or "off" [default: 0.0.0.0:69]
     #[arg(long, value_name = "ADDR:PORT")]
     tftp: Option<String>,
@@ -66,6 +70,7 @@ impl BootArgs {
             }
         };
         set(&mut raw.http.listen, &self.http);
+        set(&mut raw.http.tls_listen, &self.https);
         set(&mut raw.tftp.listen, &self.tftp);
         set(&mut raw.advertise, &self.advertise);
         set(&mut raw.dhcp.interface, &self.dhcp_interface);
@@ -97,7 +102,7 @@ pub fn run(args: ServeArgs, data: &Path, out: &Output) -> Result<ExitCode> {
                 &serde_json::json!({
                     "http": l.http, "tftp": l.tftp, "dhcp": l.dhcp, "base_url": l.base_url,
                     "base_from_request": l.base_from_request, "bootenv_problem": l.bootenv,
-                    "new_token": l.new_token,
+                    "new_token": l.new_token, "https": https_json(l),
                 }),
                 String::new,
             );
@@ -149,6 +154,45 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// `--json`'s `https`: address, URL, fingerprint, certificate file (null when off).
+pub fn https_json(l: &bootcast::server::Listening) -> serde_json::Value {
+    match &l.https {
+        None => serde_json::Value::Null,
+        Some(h) => serde_json::json!({
+            "listen": h.addr, "url": h.url, "fingerprint": h.fingerprint,
+            "cert": h.cert, "self_signed": h.self_signed,
+        }),
+    }
+}
+
+/// The banner lines for HTTPS: where, the certificate, and the flag a relay pins it with.
+pub fn https_lines(l: &bootcast::server::Listening) -> Vec<String> {
+    let Some(h) = &l.https else {
+        return vec!["  HTTPS  off (staff API and relay protocol only from this machine)".into()];
+    };
+    let url = h
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("https://SERVER:{}", h.addr.port()));
+    vec![
+        format!("  HTTPS  {}  ({url}: staff API, relay protocol)", h.addr),
+        format!(
+            "  certificate {}  {} ({})",
+            h.fingerprint,
+            h.cert.display(),
+            match (h.self_signed, h.created) {
+                (true, true) => "self-signed, made now",
+                (true, false) => "self-signed",
+                (false, _) => "[tls] cert",
+            }
+        ),
+        format!(
+            "  relays pin it with: --upstream {url} --upstream-fingerprint {}",
+            h.fingerprint
+        ),
+    ]
+}
+
 /// The banner lines for TFTP and DHCP.
 pub fn boot_lines(l: &bootcast::server::Listening) -> Vec<String> {
     vec![
@@ -180,6 +224,7 @@ fn banner(l: &bootcast::server::Listening, data: &Path) {
             format!("  HTTP   {}  (PCs reach it as {})", l.http, l.base_url)
         },
     ];
+    lines.extend(https_lines(l));
     lines.extend(boot_lines(l));
     if let Some(why) = &l.bootenv {
         lines.push(format!("  note: {why}"));

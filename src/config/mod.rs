@@ -10,6 +10,15 @@
 //!
 //! [http]
 //! listen = "0.0.0.0:8080"
+//! tls_listen = "0.0.0.0:8443"    # HTTPS (default: listen's address, port 8443), or "off"
+//! max_connections = 8192         # open at once, every client and listener together
+//! max_connections_per_address = 64   # open at once from one source address
+//! header_timeout = 15            # seconds to a complete request head (TLS handshake included)
+//! idle_timeout = 120             # seconds a keep-alive connection waits for its next request
+//!
+//! [tls]                          # the HTTPS certificate; default: self-signed, DATA/tls/
+//! cert = "/etc/bootcast/cert.pem"   # PEM: certificate, then intermediates
+//! key = "/etc/bootcast/key.pem"     # PEM: its private key (mode 0600)
 //!
 //! [tftp]
 //! listen = "0.0.0.0:69"          # or "off"
@@ -33,7 +42,9 @@
 //! after_register = "reboot"      # or "poweroff": what a newly registered PC does next
 //!
 //! [relay]                        # `bootcast relay` only (`serve` refuses these keys)
-//! upstream = "http://10.0.0.5:8080"   # the central server, or another relay
+//! upstream = "https://10.0.0.5:8443"  # the central server, or another relay
+//! upstream_fingerprint = "sha256:..." # pin upstream's (self-signed) certificate, as its banner prints it
+//! upstream_ca = "/etc/bootcast/ca.pem" # or: upstream's certificate chains to this CA (neither: public CAs)
 //! site = "lycee-nord"
 //! token = "..."                  # the site relay token (`bootcast site add` printed it upstream)
 //! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay
@@ -71,7 +82,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 pub use dhcp::DhcpConfig;
-pub use raw::{RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawRetention, RawTftp};
+pub use raw::{
+    RawAgent, RawConfig, RawDhcp, RawGlpi, RawHttp, RawRelay, RawRetention, RawTftp, RawTls,
+};
 pub use relay::{IncompletePolicy, RelayConfig};
 pub use validate::parse_size;
 
@@ -79,6 +92,14 @@ pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 pub const DEFAULT_TFTP: &str = "0.0.0.0:69";
 pub const DEFAULT_LEASE_SECS: u32 = 12 * 3600;
 pub const DEFAULT_MAX_TRANSFERS: usize = 64;
+/// The HTTPS port when `[http] tls_listen` does not say.
+pub const DEFAULT_TLS_PORT: u16 = 8443;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
+/// Longer than the 90 s for which bootcast's own clients keep an idle connection: they close
+/// first, so a request never meets a connection the server is closing.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -87,6 +108,12 @@ pub struct Config {
     /// (boot scripts then use the `Host` header of each request).
     pub advertise: Option<Ipv4Addr>,
     pub http: SocketAddr,
+    /// `[http] tls_listen`: the HTTPS listener (`None`: off).
+    pub https: Option<SocketAddr>,
+    /// `[tls] cert` and `key`; `None`: the self-signed pair of `DATA/tls`.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Connection caps and timeouts of the HTTP listeners.
+    pub limits: HttpLimits,
     pub tftp: TftpConfig,
     pub dhcp: Option<DhcpConfig>,
     pub after_register: AfterRegister,
@@ -132,6 +159,31 @@ impl Default for BootConfig {
 pub const DEFAULT_RETENTION_DAYS: u32 = 365;
 /// `[retention] gc_hours` when the file does not say.
 pub const DEFAULT_GC_HOURS: u32 = 24;
+
+/// What the HTTP listeners allow (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once, all listeners together.
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_per_address: usize,
+    /// A new connection's time to a complete request head (TLS handshake included); a request
+    /// head's time from its first byte.
+    pub header_timeout: std::time::Duration,
+    /// A keep-alive connection's wait for its next request.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            idle_timeout: std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
@@ -297,6 +349,119 @@ mod tests {
         assert_eq!(parse_size("800MB").unwrap(), 800_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("-1G").is_err());
+    }
+
+    #[test]
+    fn https_and_connection_limits() {
+        let c = RawConfig::default().validate(&iface).unwrap();
+        assert_eq!(c.https.unwrap().to_string(), "0.0.0.0:8443");
+        assert_eq!(c.limits, HttpLimits::default());
+        assert_eq!(
+            (c.limits.max_connections, c.limits.max_per_address),
+            (8192, 64)
+        );
+        assert!(c.tls_files.is_none());
+        let c = RawConfig::from_toml(
+            "[http]\nlisten='127.0.0.1:0'\nmax_connections=100\nmax_connections_per_address=10\nheader_timeout=5\nidle_timeout=30\n",
+        )
+        .unwrap()
+        .validate(&iface)
+        .unwrap();
+        assert_eq!(
+            c.https.unwrap().to_string(),
+            "127.0.0.1:0",
+            "an ephemeral HTTP port: HTTPS too"
+        );
+        assert_eq!(c.limits.max_per_address, 10);
+        assert_eq!(c.limits.header_timeout.as_secs(), 5);
+        assert_eq!(c.limits.idle_timeout.as_secs(), 30);
+        let c = RawConfig::from_toml("[http]\ntls_listen='off'\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert!(c.https.is_none());
+
+        let ps = problems(
+            "[http]\nlisten='0.0.0.0:8443'\nmax_connections=0\nheader_timeout=0\nidle_timeout=100000\n[tls]\ncert='/nonexistent.pem'\n",
+        );
+        assert_eq!(ps.len(), 5, "{ps:#?}");
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("tls_listen") && p.contains("own port")));
+        assert!(ps.iter().any(|p| p.contains("max_connections = 0")));
+        assert!(ps.iter().any(|p| p.contains("header_timeout = 0")));
+        assert!(ps.iter().any(|p| p.contains("idle_timeout = 100000")));
+        assert!(ps
+            .iter()
+            .any(|p| p.contains("both cert") && p.contains("key")));
+        let ps = problems("[http]\nmax_connections=10\nmax_connections_per_address=20\n");
+        assert!(ps[0].contains("more than http.max_connections"), "{ps:#?}");
+        let ps = problems("[tls]\ncert='/nonexistent/c.pem'\nkey='/nonexistent/k.pem'\n");
+        assert_eq!(ps.len(), 2, "{ps:#?}");
+        assert!(ps[0].contains("tls.cert") && ps[0].contains("no such file"));
+    }
+
+    #[test]
+    fn relay_upstream_tls() {
+        let relay = |extra: &str| {
+            RawConfig::from_toml(&format!("[relay]\nsite='s'\ntoken='t'\n{extra}"))
+                .and_then(|r| r.validate(&iface))
+                .map(|c| c.relay.unwrap())
+        };
+        let fp = crate::tls::Fingerprint::of(b"x");
+        let r = relay(&format!(
+            "upstream='https://10.0.0.5:8443'\nupstream_fingerprint='{fp}, {fp}'\n"
+        ))
+        .unwrap();
+        match &r.upstream_tls {
+            crate::tls::TlsClient::Pinned(p) => assert_eq!(p.fingerprints, vec![fp, fp]),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.plain_upstream_warning().is_none());
+        // no pin, no CA: public CAs
+        let r = relay("upstream='https://central.example'\n").unwrap();
+        assert!(matches!(r.upstream_tls, crate::tls::TlsClient::Roots));
+        // plain HTTP to another machine: allowed, with a warning; to this one: quiet
+        let r = relay("upstream='http://10.0.0.5:8080'\n").unwrap();
+        let w = r.plain_upstream_warning().unwrap();
+        assert!(
+            w.contains("in clear") && w.contains("--upstream-fingerprint"),
+            "{w}"
+        );
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            let r = relay(&format!("upstream='{local}'\n")).unwrap();
+            assert!(r.plain_upstream_warning().is_none(), "{local}");
+        }
+        let e = relay(&format!(
+            "upstream='http://10.0.0.5:8080'\nupstream_fingerprint='{fp}'\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert!(
+            e[0].contains("plain HTTP") && e[0].contains("https://"),
+            "{e:#?}"
+        );
+        let e = relay("upstream='https://x'\nupstream_fingerprint='sha256:12'\n")
+            .unwrap_err()
+            .problems;
+        assert!(
+            e[0].contains("upstream_fingerprint") && e[0].contains("64 hex"),
+            "{e:#?}"
+        );
+        let e = relay(&format!(
+            "upstream='https://x'\nupstream_fingerprint='{fp}'\nupstream_ca='/nonexistent.pem'\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e
+            .iter()
+            .any(|p| p.contains("upstream_ca") && p.contains("/nonexistent.pem")));
+        assert!(e.iter().any(|p| p.contains("give one")));
     }
 
     #[test]

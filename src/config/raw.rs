@@ -15,6 +15,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub http: RawHttp,
     #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
     pub tftp: RawTftp,
     #[serde(default)]
     pub dhcp: RawDhcp,
@@ -82,6 +84,27 @@ pub struct RawGlpi {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub listen: Option<String>,
+    /// The HTTPS listener, `ADDRESS:PORT` or `"off"`; default: `listen`'s address, port 8443.
+    pub tls_listen: Option<String>,
+    /// Connections open at once, all listeners and clients together (default 8192).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one source address (default 64).
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a new connection has to send a complete request head (TLS handshake included),
+    /// and a request head has from its first byte (default 15).
+    pub header_timeout: Option<u64>,
+    /// Seconds a keep-alive connection may wait for its next request (default 120).
+    pub idle_timeout: Option<u64>,
+}
+
+/// `[tls]`: the HTTPS listener's certificate; without it, a self-signed one in `DATA/tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM: the certificate, then any intermediates.
+    pub cert: Option<PathBuf>,
+    /// PEM: its private key (mode 0600).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -122,6 +145,11 @@ pub struct RawRelay {
     pub url: Option<String>,
     pub quota: Option<String>,
     pub incomplete: Option<String>,
+    /// `sha256:HEX` of upstream's certificate (several: separated by commas, e.g. during a
+    /// rotation): an `https://` upstream must present one of them.
+    pub upstream_fingerprint: Option<String>,
+    /// A PEM file of CA certificates: an `https://` upstream's certificate must chain to one.
+    pub upstream_ca: Option<PathBuf>,
     /// Tests only (`--clock-file`): the scheduler's clock, see [`crate::push::clock::FileClock`].
     #[serde(skip)]
     pub clock_file: Option<PathBuf>,
@@ -136,6 +164,8 @@ impl RawRelay {
             && self.url.is_none()
             && self.quota.is_none()
             && self.incomplete.is_none()
+            && self.upstream_fingerprint.is_none()
+            && self.upstream_ca.is_none()
             && self.clock_file.is_none()
     }
 }

@@ -10,6 +10,8 @@ use super::*;
 pub struct RelayConfig {
     /// Base URL of the server above (the central server or another relay), no trailing `/`.
     pub upstream: String,
+    /// How an `https://` upstream's certificate is checked (a pin, a CA, or public CAs).
+    pub upstream_tls: crate::tls::TlsClient,
     pub site: String,
     /// The site relay token.
     pub token: String,
@@ -40,6 +42,32 @@ impl IncompletePolicy {
     }
 }
 
+impl RelayConfig {
+    /// The warning to log when the upstream is plain HTTP to another machine: the site token
+    /// and the boot nonces cross the network in clear (and a current server refuses the relay
+    /// protocol over plain HTTP from anywhere but its own machine).
+    pub fn plain_upstream_warning(&self) -> Option<String> {
+        let rest = self.upstream.strip_prefix("http://")?;
+        let host = rest.split('/').next().unwrap_or(rest);
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!loopback).then(|| {
+            format!(
+                "the upstream {} is plain HTTP: the site token and the PCs' boot nonces cross the network in clear, and a bootcast server refuses the relay protocol over plain HTTP from other machines; use its HTTPS URL (https://HOST:{}) with --upstream-fingerprint sha256:... as its start banner prints it",
+                self.upstream,
+                DEFAULT_TLS_PORT
+            )
+        })
+    }
+}
+
 impl RawConfig {
     pub(super) fn validate_relay(&self, p: &mut dyn FnMut(String)) -> Option<RelayConfig> {
         let r = &self.relay;
@@ -54,7 +82,7 @@ impl RawConfig {
                 }
                 _ => {
                     p(format!(
-                        "{key} = {v:?}: write the base URL, http://HOST:PORT (e.g. http://10.0.0.5:8080)"
+                        "{key} = {v:?}: write the base URL, https://HOST:PORT or http://HOST:PORT (e.g. https://10.0.0.5:8443)"
                     ));
                     None
                 }
@@ -63,10 +91,49 @@ impl RawConfig {
         let upstream = match r.upstream.as_deref() {
             Some(u) => http_url("relay.upstream (--upstream)", u, p),
             None => {
-                p("relay.upstream (--upstream URL) is missing: the central server (or the relay above this one) as http://HOST:PORT".into());
+                p("relay.upstream (--upstream URL) is missing: the central server (or the relay above this one) as https://HOST:8443".into());
                 None
             }
         };
+        let pins = r.upstream_fingerprint.as_deref().map(|list| {
+            let mut fingerprints = Vec::new();
+            for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                match crate::tls::Fingerprint::parse(f) {
+                    Ok(fp) => fingerprints.push(fp),
+                    Err(e) => p(format!("relay.upstream_fingerprint (--upstream-fingerprint): {e}")),
+                }
+            }
+            if fingerprints.is_empty() {
+                p("relay.upstream_fingerprint (--upstream-fingerprint) is empty: give sha256:HEX as upstream's start banner prints it".into());
+            }
+            fingerprints
+        });
+        let ca = r
+            .upstream_ca
+            .as_deref()
+            .map(|path| match crate::tls::load_ca(path) {
+                Ok(roots) => Some((path.to_path_buf(), roots)),
+                Err(e) => {
+                    p(format!("relay.upstream_ca (--upstream-ca): {e}"));
+                    None
+                }
+            });
+        let upstream_tls = match (pins, ca) {
+            (Some(_), Some(_)) => {
+                p("relay.upstream_fingerprint (--upstream-fingerprint) and relay.upstream_ca (--upstream-ca) are both set: give one (the pin for a self-signed certificate, the CA for one your own CA issued)".into());
+                crate::tls::TlsClient::Roots
+            }
+            (Some(fingerprints), None) => {
+                crate::tls::TlsClient::Pinned(crate::tls::Pins { fingerprints })
+            }
+            (None, Some(Some((path, roots)))) => crate::tls::TlsClient::Ca { path, roots },
+            (None, Some(None)) | (None, None) => crate::tls::TlsClient::Roots,
+        };
+        if let Some(u) = &upstream {
+            if u.starts_with("http://") && !matches!(upstream_tls, crate::tls::TlsClient::Roots) {
+                p(format!("relay.upstream = {u:?} is plain HTTP, so no certificate is checked: give upstream's HTTPS URL (https://HOST:{DEFAULT_TLS_PORT}) with the pin or CA"));
+            }
+        }
         let site = match r.site.as_deref() {
             Some(s)
                 if !s.is_empty()
@@ -119,6 +186,7 @@ impl RawConfig {
         };
         Some(RelayConfig {
             upstream: upstream?,
+            upstream_tls,
             site: site?,
             token: token?,
             url: match url {

@@ -19,6 +19,34 @@ impl RawConfig {
             self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP),
             &mut p,
         );
+        let https = match self.http.tls_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(t) => parse_socket("http.tls_listen (--https)", t, &mut p),
+            // the HTTP address, port 8443 (an ephemeral port for an ephemeral HTTP port)
+            None => http
+                .map(|h| SocketAddr::new(h.ip(), if h.port() == 0 { 0 } else { DEFAULT_TLS_PORT })),
+        };
+        if let (Some(h), Some(t)) = (http, https) {
+            if h == t && h.port() != 0 {
+                p(format!("http.tls_listen (--https) = {t} is http.listen's address too: give HTTPS its own port (default {DEFAULT_TLS_PORT}), or \"off\""));
+            }
+        }
+        let limits = self.validate_limits(&mut p);
+        let tls_files = match (&self.tls.cert, &self.tls.key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                for (key, f) in [("tls.cert", c), ("tls.key", k)] {
+                    if !f.is_file() {
+                        p(format!("{key} = {}: no such file; give the PEM file, or remove [tls] to have a self-signed certificate made in DATA/tls", f.display()));
+                    }
+                }
+                Some((c.clone(), k.clone()))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                p("[tls] needs both cert (the certificate, PEM) and key (its private key, PEM), or neither (a self-signed certificate is made in DATA/tls)".into());
+                None
+            }
+        };
         let tftp_text = self.tftp.listen.as_deref().unwrap_or(DEFAULT_TFTP);
         let tftp_enabled = tftp_text != "off";
         let tftp_listen = parse_socket(
@@ -92,6 +120,9 @@ impl RawConfig {
             Ok(Config {
                 advertise,
                 http: http.expect("checked"),
+                https,
+                tls_files,
+                limits,
                 tftp: TftpConfig {
                     enabled: tftp_enabled,
                     listen: tftp_listen.expect("checked"),
@@ -117,6 +148,54 @@ impl RawConfig {
 }
 
 impl RawConfig {
+    /// `[http]`'s caps and timeouts.
+    fn validate_limits(&self, p: &mut dyn FnMut(String)) -> HttpLimits {
+        let h = &self.http;
+        let d = HttpLimits::default();
+        let count = |key: &str, v: Option<usize>, default: usize, p: &mut dyn FnMut(String)| match v
+        {
+            None => default,
+            Some(0) => {
+                p(format!("http.{key} = 0: at least 1 (default {default})"));
+                default
+            }
+            Some(n) => n,
+        };
+        let secs = |key: &str, v: Option<u64>, default: u64, p: &mut dyn FnMut(String)| match v {
+            None => std::time::Duration::from_secs(default),
+            Some(n) if (1..=86_400).contains(&n) => std::time::Duration::from_secs(n),
+            Some(n) => {
+                p(format!(
+                    "http.{key} = {n}: seconds, from 1 to 86400 (default {default})"
+                ));
+                std::time::Duration::from_secs(default)
+            }
+        };
+        let limits = HttpLimits {
+            max_connections: count("max_connections", h.max_connections, d.max_connections, p),
+            max_per_address: count(
+                "max_connections_per_address",
+                h.max_connections_per_address,
+                d.max_per_address,
+                p,
+            ),
+            header_timeout: secs(
+                "header_timeout",
+                h.header_timeout,
+                DEFAULT_HEADER_TIMEOUT_SECS,
+                p,
+            ),
+            idle_timeout: secs("idle_timeout", h.idle_timeout, DEFAULT_IDLE_TIMEOUT_SECS, p),
+        };
+        if limits.max_per_address > limits.max_connections {
+            p(format!(
+                "http.max_connections_per_address = {} is more than http.max_connections = {}: lower it, or raise max_connections",
+                limits.max_per_address, limits.max_connections
+            ));
+        }
+        limits
+    }
+
     fn validate_boot(&self, p: &mut dyn FnMut(String)) -> BootConfig {
         let minutes = self
             .boot

@@ -177,6 +177,7 @@ pub async fn hook_runs(State(st): State<AppState>) -> ApiResult {
 /// [`glpi_backoff`](crate::inventory::glpi::glpi_backoff). The queue is in the database, so a restart loses nothing.
 pub async fn forward_to_glpi(db: Db, url: String, cancel: CancellationToken) {
     let client = reqwest::Client::builder()
+        .use_preconfigured_tls(crate::tls::public_client_config())
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client");

@@ -28,6 +28,7 @@ pub mod capture;
 pub mod chunks;
 pub mod error;
 pub mod inventory;
+pub mod listen;
 pub mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub boot: crate::config::BootConfig,
     /// `[capture] max_bytes`: most new chunk bytes one capture task may store.
     pub capture_max_bytes: u64,
+    /// The HTTP listeners' connection counters (`/metrics`).
+    pub connections: crate::metrics::ConnectionMetrics,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ pub fn router(state: AppState, token: String) -> Router {
     let token = Arc::new(token);
     let mut registry = crate::metrics::Registry::default();
     state.chunks.metrics.register(&mut registry);
+    state.connections.register(&mut registry);
     let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
     let metrics = Router::new()
         .route("/metrics", get(chunks::metrics))

@@ -356,7 +356,11 @@ pub fn receive(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ReceiveReport, MulticastError> {
     let started = Instant::now();
-    let source = HttpSource::with_options(&opts.server, &opts.headers, None)?;
+    let source = HttpSource::with_credential(
+        &opts.server,
+        &crate::tls::TlsClient::Roots,
+        &opts.headers,
+    )?;
     let (manifest, _version) = source.manifest(&opts.image)?;
     let list = proto::chunk_list(&manifest);
     let local = endpoint.local()?;

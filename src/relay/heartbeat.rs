@@ -6,7 +6,9 @@
 //! its store and each push's progress. The reply's schedule (zone, windows, cap), push orders
 //! and assigned images are applied at once ([`Relay::apply`]); eviction runs after each reply
 //! when a quota is set. While upstream cannot be reached, the last reply stays in force and
-//! the relay retries (1 s doubling to 30 s); errors are logged when they change.
+//! the relay retries (1 s doubling to 30 s); errors are logged when they change. An upstream
+//! certificate that does not match the pin (or that no CA vouches for) is logged as an error
+//! that names the fingerprint presented and the flag that pins it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +77,11 @@ async fn beat(relay: &Arc<Relay>) -> Result<u64, Failure> {
         .json(&hb)
         .send()
         .await
-        .map_err(|e| Failure::Unreachable(format!("cannot reach {url}: {}", chain(&e))))?;
+        .map_err(|e| match crate::tls::explain(&e) {
+            // a certificate refused is a setting to fix, not an outage
+            Some(why) => Failure::Refused(format!("heartbeat to {url} refused: {why}")),
+            None => Failure::Unreachable(format!("cannot reach {url}: {}", chain(&e))),
+        })?;
     let status = resp.status();
     if status.is_success() {
         let reply: HeartbeatReply = resp.json().await.map_err(|e| {

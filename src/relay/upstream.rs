@@ -7,6 +7,10 @@
 //! Heartbeats, manifests, boot scripts and agent reports are small and not counted against
 //! the cap.
 //!
+//! An `https://` upstream's certificate is checked as `[relay] upstream_fingerprint` or
+//! `upstream_ca` say (else against the public CAs), by both clients: one TLS configuration
+//! ([`crate::tls::client_config`]).
+//!
 //! Every request carries the relay's site token ([`crate::proto::relay::RELAY_TOKEN_HEADER`]) and
 //! URL ([`crate::proto::relay::RELAY_URL_HEADER`]), so the server above knows who pulls (and a relay
 //! above passes manifests through to a relay below whatever its own policy).
@@ -104,8 +108,17 @@ impl Link {
             (RELAY_TOKEN_HEADER, config.token.clone()),
             (RELAY_URL_HEADER, url.to_string()),
         ];
-        let source =
-            HttpSource::with_options(&config.upstream, &headers, Some(limiter.clone() as _))?;
+        let tls = crate::tls::client_config(&config.upstream_tls, crate::tls::Naming::UPSTREAM)
+            .map_err(|e| StoreError::Fetch {
+                url: config.upstream.clone(),
+                reason: e.to_string(),
+            })?;
+        let source = HttpSource::with_options(
+            &config.upstream,
+            tls.clone(),
+            &headers,
+            Some(limiter.clone() as _),
+        )?;
         let mut defaults = reqwest::header::HeaderMap::new();
         for (name, value) in &headers {
             if let Ok(v) = reqwest::header::HeaderValue::from_str(value) {
@@ -115,6 +128,7 @@ impl Link {
         // a request that sets these headers itself (one passed on for a relay below) keeps
         // its own
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .default_headers(defaults)

@@ -152,16 +152,40 @@ impl<R: Read> Read for Throttled<'_, R> {
 const MAX_FRAME: u32 = 16 << 20;
 
 impl HttpSource {
-    /// A source for the server at `base_url` (e.g. `http://10.0.0.5:8080`). Connections are
-    /// kept alive between batches.
+    /// A source for the server at `base_url` (e.g. `http://10.0.0.5:8080`; an `https://`
+    /// server's certificate is checked against the public CAs). Connections are kept alive
+    /// between batches.
     pub fn new(base_url: &str) -> Result<HttpSource> {
-        HttpSource::with_options(base_url, &[], None)
+        HttpSource::with_tls(base_url, &crate::tls::TlsClient::Roots)
     }
 
-    /// A source whose requests all carry `headers`, and whose batch bodies are read through
-    /// `throttle`.
+    /// [`HttpSource::new`] with an `https://` server's certificate checked as `tls` says
+    /// (`image export --from --fingerprint`).
+    pub fn with_tls(base_url: &str, tls: &crate::tls::TlsClient) -> Result<HttpSource> {
+        HttpSource::with_credential(base_url, tls, &[])
+    }
+
+    /// [`HttpSource::with_tls`] whose requests all carry `headers` (a credential: images are
+    /// private).
+    pub fn with_credential(
+        base_url: &str,
+        tls: &crate::tls::TlsClient,
+        headers: &[(&'static str, String)],
+    ) -> Result<HttpSource> {
+        let config = crate::tls::client_config(tls, crate::tls::Naming::EXPORT).map_err(|e| {
+            StoreError::Fetch {
+                url: base_url.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        HttpSource::with_options(base_url, config, headers, None)
+    }
+
+    /// A source whose connections use the TLS configuration `tls` (for `https://`), whose
+    /// requests all carry `headers`, and whose batch bodies are read through `throttle`.
     pub fn with_options(
         base_url: &str,
+        tls: rustls::ClientConfig,
         headers: &[(&'static str, String)],
         throttle: Option<Arc<dyn Throttle>>,
     ) -> Result<HttpSource> {
@@ -169,7 +193,7 @@ impl HttpSource {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(StoreError::Fetch {
                 url: base,
-                reason: "not an http:// URL; give the server as http://HOST:PORT".into(),
+                reason: "not an http:// or https:// URL; give the server as https://HOST:8443 or http://HOST:8080".into(),
             });
         }
         let bad = |reason: String| StoreError::Fetch {
@@ -183,6 +207,7 @@ impl HttpSource {
             defaults.insert(*name, v);
         }
         let client = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -233,7 +258,11 @@ impl HttpSource {
                 // e.g. a relay's 503 for a version it does not hold yet: say why
                 Ok(r) if r.status().is_server_error() => Err((true, message(r))),
                 Ok(r) => Err((false, message(r))),
-                Err(e) => Err((true, error_chain(&e))),
+                // a certificate refused will be refused again: say why, at once
+                Err(e) => match crate::tls::explain(&e) {
+                    Some(why) => Err((false, why)),
+                    None => Err((true, error_chain(&e))),
+                },
             },
             |(again, _), _| *again,
         );
@@ -602,6 +631,7 @@ mod tests {
         let count = Arc::new(Count(Default::default()));
         let source = HttpSource::with_options(
             &url,
+            crate::tls::public_client_config(),
             &[("x-test", "1".into())],
             Some(count.clone() as Arc<dyn Throttle>),
         )

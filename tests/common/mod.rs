@@ -192,6 +192,11 @@ pub struct Served {
     pub url: String,
     /// The API token from the banner (first start) or `token show`.
     pub token: Option<String>,
+    /// `https://127.0.0.1:PORT` (for a wildcard listener) or the HTTPS address the banner
+    /// names; `None`: HTTPS off.
+    pub https_url: Option<String>,
+    /// The HTTPS certificate's `sha256:HEX`, from the banner.
+    pub fingerprint: Option<String>,
     /// Banner and log lines read so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -235,20 +240,32 @@ impl Served {
             );
         }
         let lines = log.lock().unwrap().clone();
-        let http = lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("HTTP"))
-            .and_then(|l| l.split_whitespace().next())
-            .expect("banner names the HTTP address")
-            .to_string();
+        let listen = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .and_then(|l| l.split_whitespace().next())
+                .filter(|a| *a != "off")
+                .map(|a| a.replace("0.0.0.0", "127.0.0.1"))
+        };
+        let http = listen("HTTP ").expect("banner names the HTTP address");
+        let https_url = listen("HTTPS ").map(|a| format!("https://{a}"));
+        let fingerprint = lines.iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("certificate ")
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        });
         let token = lines.iter().find_map(|l| {
             l.split_once("prints it again): ")
                 .map(|(_, t)| t.trim().to_string())
         });
         Served {
             child,
-            url: format!("http://{}", http.replace("0.0.0.0", "127.0.0.1")),
+            url: format!("http://{http}"),
             token,
+            https_url,
+            fingerprint,
             log,
         }
     }
@@ -300,6 +317,10 @@ impl Endpoint for Served {
 pub struct InProcess {
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// `https://127.0.0.1:PORT`
+    pub https_url: String,
+    /// The HTTPS certificate's `sha256:HEX` (self-signed, in the data directory).
+    pub fingerprint: String,
     /// The staff API token.
     pub token: Option<String>,
     cancel: tokio_util::sync::CancellationToken,
@@ -321,8 +342,8 @@ impl InProcess {
         InProcess::start_with(&lab.data(), "[tftp]\nlisten = \"off\"\n")
     }
 
-    /// With the configuration file `toml` (its `[http] listen` is replaced by the test's
-    /// own listener on 127.0.0.1:0).
+    /// With the configuration file `toml` (its `[http] listen` and `tls_listen` are replaced
+    /// by the test's own listeners on 127.0.0.1:0).
     pub fn start_with(data: &Path, toml: &str) -> InProcess {
         use bootcast::config::RawConfig;
         let config = RawConfig::from_toml(toml)
@@ -330,6 +351,8 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("test configuration: {e}"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let tls_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let https_url = format!("https://{}", tls_listener.local_addr().unwrap());
         let cancel = tokio_util::sync::CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let (c, data) = (cancel.clone(), data.to_path_buf());
@@ -342,6 +365,7 @@ impl InProcess {
             rt.block_on(async move {
                 let started = async {
                     let sockets = bootcast::server::Sockets::from_std(listener, None)
+                        .and_then(|s| s.with_https(tls_listener))
                         .map_err(|e| e.to_string())?;
                     bootcast::server::Server::new(config, &data, sockets)
                         .await
@@ -350,7 +374,13 @@ impl InProcess {
                 .await;
                 match started {
                     Ok(server) => {
-                        let _ = tx.send(Ok(server.token().to_string()));
+                        let fingerprint = server
+                            .listening()
+                            .https
+                            .as_ref()
+                            .map(|h| h.fingerprint.clone())
+                            .unwrap_or_default();
+                        let _ = tx.send(Ok((server.token().to_string(), fingerprint)));
                         server.run(c).await.map_err(|e| e.to_string())
                     }
                     Err(e) => {
@@ -360,12 +390,14 @@ impl InProcess {
                 }
             })
         });
-        let token = rx
+        let (token, fingerprint) = rx
             .recv()
             .expect("the server thread answers")
             .unwrap_or_else(|e| panic!("the in-process server did not start: {e}"));
         InProcess {
             url,
+            https_url,
+            fingerprint,
             token: Some(token).filter(|t| !t.is_empty()),
             cancel,
             thread: Some(thread),
@@ -420,6 +452,20 @@ pub fn request(
         .collect();
     let body = resp.bytes().expect("read the body").to_vec();
     (status, head, body)
+}
+
+/// A blocking HTTP client that trusts exactly the certificate `fingerprint` (`sha256:HEX`),
+/// as a pinning relay does.
+pub fn pinned_client(fingerprint: &str) -> reqwest::blocking::Client {
+    use bootcast::tls::{client_config, Fingerprint, Naming, Pins, TlsClient};
+    let pins = TlsClient::Pinned(Pins {
+        fingerprints: vec![Fingerprint::parse(fingerprint).expect("a fingerprint")],
+    });
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(client_config(&pins, Naming::EXPORT).unwrap())
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .expect("reqwest client")
 }
 
 /// A POST that declares a body of `len` bytes and sends none: the server must refuse it from
