@@ -107,6 +107,9 @@ struct Room {
     sender_ns: Netns,
     receivers: Vec<Netns>,
     hub: Netns,
+    /// The server's certificate, as its banner prints it (receivers send the API token over
+    /// HTTPS only).
+    fingerprint: String,
 }
 
 impl Room {
@@ -131,6 +134,10 @@ impl Room {
         let mut cmd = hub.cmd(BIN);
         cmd.arg("--data").arg(lab.data());
         let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+        let fingerprint = server
+            .fingerprint
+            .clone()
+            .expect("the banner prints the certificate's fingerprint");
         let sender_ns = hub.attach("ms", "10.99.0.2/24", "fd99::2/64");
         let receivers = (0..n)
             .map(|i| {
@@ -146,6 +153,7 @@ impl Room {
             image,
             spec,
             _server: server,
+            fingerprint,
             sender_ns,
             receivers,
             hub,
@@ -182,9 +190,11 @@ impl Room {
     fn receiver(&self, i: usize, drop_percent: f64) -> Proc {
         let mut c = self.receivers[i].cmd(BIN);
         c.arg("--json");
-        c.args(["multicast", "receive", "--server", "http://10.99.0.1:8080"]);
-        // images are private: staff's API token (the server's data directory holds it)
+        c.args(["multicast", "receive", "--server", "https://10.99.0.1:8443"]);
+        // images are private: staff's API token (the server's data directory holds it), over
+        // HTTPS with the server's certificate pinned
         c.arg("--token-file").arg(self.lab.data().join("api-token"));
+        c.args(["--fingerprint", &self.fingerprint]);
         c.args(["--image", &self.spec, "--interface", "eth0"]);
         c.args(["--group", GROUP, "--port", PORT]);
         c.arg("--target").arg(self.target(i));

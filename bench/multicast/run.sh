@@ -191,6 +191,9 @@ for _ in $(seq 1 150); do
 	sleep 0.2
 done
 grep -q '^bootcast: ready' "$LOGS/serve.err" || die "bootcast serve not ready after 30 s"
+# receivers send the API token, so over HTTPS with the server's certificate pinned
+FPR=$(sed -n 's/^ *certificate \(sha256:[0-9a-f]*\).*/\1/p' "$LOGS/serve.err" | head -1)
+[[ -n $FPR ]] || die "no certificate fingerprint in the banner: $(head -20 "$LOGS/serve.err")"
 log "image $IMAGE: $SIZE bytes, store $STORED bytes ($SPEC); serve pid $SRV_PID in $SND"
 
 tx_bytes() { ip netns exec "$SND" cat /sys/class/net/eth0/statistics/tx_bytes; }
@@ -225,8 +228,8 @@ session() {
 		if [[ $tool == bootcast ]]; then
 			drop=0
 			((i < lossy)) && drop=2
-			ip netns exec "${RCV[$i]}" "$BC" --json multicast receive --server "http://$SRV_IP:8080" \
-				--token-file "$D/api-token" --image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" --drop-percent "$drop" \
+			ip netns exec "${RCV[$i]}" "$BC" --json multicast receive --server "https://$SRV_IP:8443" \
+				--fingerprint "$FPR" --token-file "$D/api-token" --image "$SPEC" --interface eth0 --group "$GROUP" --port "$PORT" --drop-percent "$drop" \
 				--target "$W/out-$i" >"$LOGS/$tag-recv$i.out" 2>"$LOGS/$tag-recv$i.err" &
 		else
 			ip netns exec "${RCV[$i]}" udp-receiver --file "$W/out-$i" --interface eth0 --nokbd \

@@ -90,34 +90,6 @@ pub enum ImageCmd {
     },
 }
 
-/// How `--from https://...` checks the server's certificate: `--fingerprint`, `--ca`, or
-/// the public CAs.
-fn client_tls(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<bootcast::tls::TlsClient> {
-    use bootcast::tls::{Fingerprint, Pins, TlsClient};
-    if let Some(list) = fingerprint {
-        let fingerprints = list
-            .split(',')
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(Fingerprint::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("--fingerprint: {e}"))?;
-        anyhow::ensure!(
-            !fingerprints.is_empty(),
-            "--fingerprint: give sha256:HEX, as the server's start banner prints it"
-        );
-        return Ok(TlsClient::Pinned(Pins { fingerprints }));
-    }
-    if let Some(path) = ca {
-        let roots = bootcast::tls::load_ca(path).map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
-        return Ok(TlsClient::Ca {
-            path: path.to_path_buf(),
-            roots,
-        });
-    }
-    Ok(TlsClient::Roots)
-}
-
 fn parse_level(s: &str) -> Result<i32, String> {
     validate_level(s.parse().map_err(|_| format!("{s:?} is not a number"))?)
 }
@@ -147,7 +119,7 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 Some(url) => Some((
                     url,
                     super::staff_token(data, token_file.as_deref())?,
-                    client_tls(fingerprint.as_deref(), ca.as_deref())?,
+                    super::client_tls(fingerprint.as_deref(), ca.as_deref())?,
                 )),
                 None => None,
             };
@@ -362,7 +334,10 @@ fn export_cmd(
             let http = HttpSource::with_credential(
                 url,
                 &tls,
-                &[("authorization", format!("Bearer {}", token.unwrap_or_default()))],
+                &[(
+                    "authorization",
+                    format!("Bearer {}", token.unwrap_or_default()),
+                )],
             )?;
             let (manifest, id) = http.manifest(spec)?;
             (Box::new(http), manifest.name.clone(), id, manifest)

@@ -138,3 +138,34 @@ pub fn staff_token(
         None => anyhow::bail!("images are private: give the server's API token with --token-file FILE or BOOTCAST_TOKEN (`bootcast token show` on the server prints it)"),
     }
 }
+
+/// How `--from https://...` checks the server's certificate: `--fingerprint`, `--ca`, or
+/// the public CAs.
+pub fn client_tls(
+    fingerprint: Option<&str>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<bootcast::tls::TlsClient> {
+    use bootcast::tls::{Fingerprint, Pins, TlsClient};
+    if let Some(list) = fingerprint {
+        let fingerprints = list
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(Fingerprint::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--fingerprint: {e}"))?;
+        anyhow::ensure!(
+            !fingerprints.is_empty(),
+            "--fingerprint: give sha256:HEX, as the server's start banner prints it"
+        );
+        return Ok(TlsClient::Pinned(Pins { fingerprints }));
+    }
+    if let Some(path) = ca {
+        let roots = bootcast::tls::load_ca(path).map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+        return Ok(TlsClient::Ca {
+            path: path.to_path_buf(),
+            roots,
+        });
+    }
+    Ok(TlsClient::Roots)
+}

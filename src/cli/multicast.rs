@@ -64,6 +64,12 @@ pub enum MulticastCmd {
         /// BOOTCAST_TOKEN, else the token of the local --data directory]
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// With an https:// --server: its certificate fingerprint, as its start banner prints it
+        #[arg(long, value_name = "sha256:HEX", conflicts_with = "ca")]
+        fingerprint: Option<String>,
+        /// With an https:// --server: a PEM file of the CA that issued its certificate
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// NAME@VERSION (the session's)
         #[arg(long)]
         image: String,
@@ -190,6 +196,8 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         MulticastCmd::Receive {
             server,
             token_file,
+            fingerprint,
+            ca,
             image,
             target,
             interface,
@@ -216,6 +224,7 @@ pub fn run(cmd: MulticastCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                         super::staff_token(data, token_file.as_deref())?
                     ),
                 )],
+                tls: super::client_tls(fingerprint.as_deref(), ca.as_deref())?,
                 ..ReceiveOptions::new(&server, &image)
             };
             let r =

@@ -302,6 +302,8 @@ pub struct ReceiveOptions {
     /// Headers every request to `server` carries: the credential (an agent's session headers,
     /// or staff's `authorization`), since images are private.
     pub headers: Vec<(&'static str, String)>,
+    /// How an `https://` server's certificate is checked.
+    pub tls: crate::tls::TlsClient,
     pub image: String,
     /// Default: the interface's IPv4 address as a number (stable across restarts).
     pub receiver: Option<u32>,
@@ -323,6 +325,7 @@ impl ReceiveOptions {
         ReceiveOptions {
             server: server.to_string(),
             headers: Vec::new(),
+            tls: crate::tls::TlsClient::Roots,
             image: image.to_string(),
             receiver: None,
             idle_timeout: Duration::from_secs(10),
@@ -356,11 +359,7 @@ pub fn receive(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ReceiveReport, MulticastError> {
     let started = Instant::now();
-    let source = HttpSource::with_credential(
-        &opts.server,
-        &crate::tls::TlsClient::Roots,
-        &opts.headers,
-    )?;
+    let source = HttpSource::with_credential(&opts.server, &opts.tls, &opts.headers)?;
     let (manifest, _version) = source.manifest(&opts.image)?;
     let list = proto::chunk_list(&manifest);
     let local = endpoint.local()?;
