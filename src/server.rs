@@ -54,7 +54,7 @@ pub enum ServeError {
     #[error("the relay's URL: HTTP listens on {0}, which is no address clients can use; give --url http://IP:PORT (how the site's machines reach this relay) or --advertise IP")]
     RelayUrl(SocketAddr),
     #[error("HTTPS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(crate::tls::TlsError),
 }
 
 /// What a running server listens on, for the banner and for tests.
@@ -300,7 +300,7 @@ impl Server {
                     .tls_files
                     .as_ref()
                     .map(|(c, k)| (c.as_path(), k.as_path()));
-                let cert = crate::tls::server_cert(files, data, &names)?;
+                let cert = crate::tls::server_cert(files, data, &names).map_err(ServeError::Tls)?;
                 let info = HttpsInfo {
                     addr,
                     url: host.map(|h| match h.parse::<std::net::Ipv6Addr>() {

@@ -49,7 +49,7 @@ pub enum TlsError {
     Write { dir: PathBuf, cause: std::io::Error },
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(String),
-    #[error("the TLS key {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`, and make a new certificate (delete {dir}, restart) if others may have read it", dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    #[error("the TLS key {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`, and if others may have read it replace the key and its certificate (the self-signed pair: delete DATA/tls/ and restart)")]
     KeyExposed { path: PathBuf, mode: u32 },
     #[error("{present} is there but {missing} is not: delete {present} to have a new self-signed certificate made at the next start, or put the missing file back")]
     HalfPair { present: PathBuf, missing: PathBuf },

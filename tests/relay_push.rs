@@ -134,7 +134,10 @@ fn pushes_reach_three_relays_under_caps_windows_kills_and_corruption() {
         .env_remove("BOOTCAST_DATA");
     let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
     // relays reach it over HTTPS, pinning its self-signed certificate
-    let central_fingerprint = server.fingerprint.clone().expect("the banner's certificate");
+    let central_fingerprint = server
+        .fingerprint
+        .clone()
+        .expect("the banner's certificate");
     let central_served = || {
         metric_in(
             &c,

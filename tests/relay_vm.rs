@@ -56,7 +56,10 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         .env_remove("BOOTCAST_DATA");
     let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
     // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
-    let fingerprint = server.fingerprint.clone().expect("the banner's certificate");
+    let fingerprint = server
+        .fingerprint
+        .clone()
+        .expect("the banner's certificate");
     let relay_data = central.path("relay");
     let mut cmd = site.cmd(BIN);
     cmd.arg("--data")

@@ -288,8 +288,8 @@ pub async fn serve(
     };
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // the timeouts are this module's (a head must come within header_timeout whatever the
-    // protocol); hyper only keeps HTTP/2 connections alive
+    // the timeouts are this module's, the same whatever the protocol (no HTTP/2 pings either:
+    // a ping's answer would count as the start of a request head)
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -297,8 +297,6 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(Some(64));
     let builder = Arc::new(builder);
     let tracker = TaskTracker::new();

@@ -20,6 +20,10 @@
 //! | `GET /api/v1/relay/check` | a relay checking a lower relay's token | that token |
 //! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
+//!
+//! Both listeners ([`listen`]: plain HTTP and HTTPS) serve this router; on plain HTTP a request
+//! that carries a token (staff, relay) is refused unless it comes from loopback
+//! ([`listen::require_tls`], applied by the server around every route).
 
 pub mod api;
 pub mod auth;
