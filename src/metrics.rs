@@ -132,14 +132,16 @@ impl ConnectionMetrics {
     /// Registers the counters in `reg`, every label set at 0 from the start.
     pub fn register(&self, reg: &mut Registry) {
         for listener in ["http", "https"] {
-            self.open.get_or_create(&ListenerLabel { listener });
-            self.accepted.get_or_create(&ListenerLabel { listener });
+            let _ = self.open.get_or_create(&ListenerLabel { listener });
+            let _ = self.accepted.get_or_create(&ListenerLabel { listener });
             for reason in ["per_address", "total"] {
-                self.refused
+                let _ = self
+                    .refused
                     .get_or_create(&ListenerReason { listener, reason });
             }
             for reason in ["header", "idle"] {
-                self.timed_out
+                let _ = self
+                    .timed_out
                     .get_or_create(&ListenerReason { listener, reason });
             }
         }
