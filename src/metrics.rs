@@ -129,7 +129,22 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
+    /// Registers the counters in `reg`, every label set at 0 from the start.
     pub fn register(&self, reg: &mut Registry) {
+        for listener in ["http", "https"] {
+            let _ = self.open.get_or_create(&ListenerLabel { listener });
+            let _ = self.accepted.get_or_create(&ListenerLabel { listener });
+            for reason in ["per_address", "total"] {
+                let _ = self
+                    .refused
+                    .get_or_create(&ListenerReason { listener, reason });
+            }
+            for reason in ["header", "idle"] {
+                let _ = self
+                    .timed_out
+                    .get_or_create(&ListenerReason { listener, reason });
+            }
+        }
         reg.register(
             "bootcast_http_connections_open",
             "HTTP connections open now, by listener",
