@@ -242,7 +242,8 @@ fn silent_half_sent_and_idle_connections_are_closed_but_not_a_slow_download() {
     let mut slow = connect_with(local, plain, Some(64 << 10));
     slow.write_all(
         format!(
-            "POST /chunks/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            "POST /chunks/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            s.token.as_deref().unwrap(),
             ids.len()
         )
         .as_bytes(),

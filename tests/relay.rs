@@ -289,12 +289,20 @@ fn concurrent_misses_of_one_chunk_share_one_upstream_fetch() {
     let r = relay(&lab, "relay", &gate.url(), "s1", &token, &[]);
     let id = chunk_ids(&lab, "disk")[3];
     let frame = std::fs::read(Store::open(&lab.data()).unwrap().chunk_path(&id)).unwrap();
+    // the relay confirms the staff token with central once (then remembers it), before the
+    // gate holds its connections (the gate tells chunk connections by their first request)
+    let (h, v) = staff(&c);
+    let manifest = format!("{}/api/v1/images/disk/latest/manifest", r.url);
+    assert_eq!(
+        get(&lab, &manifest, &[(h, &v)]).0,
+        503,
+        "not complete on the relay"
+    );
     gate.hold_after(0);
 
     const N: usize = 8;
     let client = Lab::new();
     let url = format!("{}/chunks/{id}", r.url);
-    let (h, v) = staff(&c);
     let answers = std::thread::scope(|s| {
         let handles: Vec<_> = (0..N)
             .map(|_| s.spawn(|| get(&client, &url, &[(h, &v)])))

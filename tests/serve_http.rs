@@ -193,8 +193,9 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     assert_eq!(v["task"]["id"], task.id);
-    assert_eq!(v["boots"].as_array().unwrap().len(), 5);
-    assert_eq!(v["boots"][2]["arch"], "i386"); // newest first: efi, efi, pcbios+i386, ...
+    // newest first: efi, efi, pcbios+i386, the retried hello, the hello, the first script
+    assert_eq!(v["boots"].as_array().unwrap().len(), 6);
+    assert_eq!(v["boots"][2]["arch"], "i386");
 
     // the host's own hello closes the task with a reason (this agent runs no tasks yet), so
     // the next boot goes to the local disk instead of looping

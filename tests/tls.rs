@@ -75,8 +75,9 @@ fn a_relay_pinning_the_central_certificate_heartbeats_and_pulls_over_https() {
         "central recorded the relay's heartbeat: {sites}"
     );
 
-    // the manifest and the chunks come from central over HTTPS, through the relay
-    let client = Lab::new();
+    // the manifest and the chunks come from central over HTTPS, through the relay (a staff
+    // machine with the API token: images are private)
+    let client = Lab::client_of(&lab);
     let target = client.path("out.img");
     let out = client.run(&[
         "image",
