@@ -111,8 +111,9 @@ struct Request {
     at: Instant,
 }
 
-/// Answers the inventory with an acknowledgement and every other POST with
-/// `{"action":"poweroff"}`, and reports each request on the channel.
+/// Answers the inventory with an acknowledgement and every other POST with a hello answer
+/// saying `poweroff` (with a session, as the server's), and reports each request on the
+/// channel.
 fn stub_server(l: TcpListener) -> mpsc::Receiver<Request> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -145,7 +146,7 @@ fn stub_server(l: TcpListener) -> mpsc::Receiver<Request> {
             let reply = if line.starts_with("POST /api/v1/agent/inventory ") {
                 r#"{"id":1,"changes":["new_machine"]}"#
             } else {
-                r#"{"action":"poweroff"}"#
+                r#"{"mac":"52:54:00:99:00:00","session":"5e55","action":"poweroff"}"#
             };
             let _ = write!(
                 s,
