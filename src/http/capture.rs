@@ -307,29 +307,28 @@ pub async fn chunks(
         }
         let capture = service.captures.session(task, &store)?;
         let _writing = capture.writing.lock().unwrap();
-        let mut batch = Vec::new();
+        // the chunks of this upload the store lacks, and their bytes: checked against the
+        // task's quota before anything is written
+        let mut new = Vec::new();
         let mut seen = HashSet::new();
+        let mut new_bytes = 0u64;
         for (id, frame) in &frames {
             capture.session.claim(id)?;
             if seen.insert(*id) && store.chunk_size(id)?.is_none() {
-                let tmp = capture
-                    .session
-                    .write_temp(id, frame)
-                    ?;
-                batch.push((*id, tmp));
+                new_bytes += frame.len() as u64;
+                new.push((id, frame));
             }
         }
-        let stored = batch.len();
-        let new_bytes: u64 = frames
-            .iter()
-            .filter(|(id, _)| batch.iter().any(|(b, _)| b == id))
-            .map(|(_, f)| f.len() as u64)
-            .sum();
         let total = capture.stored_bytes.load(std::sync::atomic::Ordering::Relaxed) + new_bytes;
         if total > quota {
             tracing::warn!(%mac, task, "capture upload refused: {total} bytes would pass the task's quota of {quota}");
             return Err(ApiError::too_large(format!("this capture would store {total} bytes of new chunks, more than the {quota} one capture task may ([capture] max_bytes on the server); nothing of this upload was stored")));
         }
+        let mut batch = Vec::with_capacity(new.len());
+        for (id, frame) in new {
+            batch.push((*id, capture.session.write_temp(id, frame)?));
+        }
+        let stored = batch.len();
         capture.session.publish(&mut batch)?;
         capture
             .stored_bytes
