@@ -57,6 +57,14 @@ pub enum BootScript {
     Unavailable { reason: String },
 }
 
+/// The MAC a host script's file name names (`MAC.ipxe`, the last part of `/boot/MAC.ipxe`), in
+/// any of the forms iPXE sends: `:`-, `-`-separated, or with the colons written `%3A` (as they
+/// arrive on the wire, before a router decodes the path).
+pub fn script_mac(file: &str) -> Option<crate::mac::Mac> {
+    let m = file.strip_suffix(".ipxe")?;
+    m.replace("%3A", ":").replace("%3a", ":").parse().ok()
+}
+
 /// A secret that never shows in logs: `Debug` prints `<secret>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -168,6 +176,21 @@ fn render(template: &str, vars: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::BootScript;
+
+    #[test]
+    fn script_file_names_name_their_mac_in_every_form_ipxe_sends() {
+        let mac = "52:54:00:99:04:01".parse().ok();
+        for f in [
+            "52%3A54%3A00%3A99%3A04%3A01.ipxe",
+            "52%3a54%3a00%3a99%3a04%3a01.ipxe",
+            "52:54:00:99:04:01.ipxe",
+            "52-54-00-99-04-01.ipxe",
+        ] {
+            assert_eq!(super::script_mac(f), mac, "{f}");
+        }
+        assert_eq!(super::script_mac("52:54:00:99:04:01"), None);
+        assert_eq!(super::script_mac("nonsense.ipxe"), None);
+    }
 
     #[test]
     fn scripts_render_without_placeholders() {

@@ -16,7 +16,6 @@ use super::relay::{Origin, Relayed};
 use super::AppState;
 use crate::boot::ipxe::{self, BootScript, Secret};
 use crate::db::{bootcred, hosts, tasks, TaskState};
-use crate::mac::Mac;
 use crate::proto::agent::Firmware;
 
 fn host_header(headers: &HeaderMap) -> Option<&str> {
@@ -63,10 +62,7 @@ pub async fn host_script(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let Some(mac) = file
-        .strip_suffix(".ipxe")
-        .and_then(|m| m.parse::<Mac>().ok())
-    else {
+    let Some(mac) = ipxe::script_mac(&file) else {
         return Err(ApiError::not_found(format!(
             "{file:?}: expected /boot/MAC.ipxe, e.g. /boot/52:54:00:12:34:56.ipxe"
         )));

@@ -91,7 +91,8 @@ pub async fn forward(
     if !from_relay {
         // what only a relay may say, said by a client: dropped
         headers.remove(DHCP_SEEN_HEADER);
-        if let Some(mac) = boot_script_mac(parts.uri.path()) {
+        let script = parts.uri.path().strip_prefix("/boot/");
+        if let Some(mac) = script.and_then(crate::boot::ipxe::script_mac) {
             let since = crate::time::now_unix() - app.boot.credential_secs;
             if let Some(ip) = app.db.call(move |c| bootcred::seen(c, mac, since)).await? {
                 headers.insert(
@@ -144,13 +145,6 @@ pub async fn forward(
     } else {
         (status, out, b).into_response()
     })
-}
-
-/// The MAC of a `/boot/{mac}.ipxe` request path as it comes on the wire (iPXE writes the
-/// colons as `%3A`).
-fn boot_script_mac(path: &str) -> Option<crate::mac::Mac> {
-    let m = path.strip_prefix("/boot/")?.strip_suffix(".ipxe")?;
-    m.replace("%3A", ":").replace("%3a", ":").parse().ok()
 }
 
 /// A hello answer on its way to an agent of this site. The relay keeps the boot's session
@@ -409,22 +403,4 @@ async fn refresh(
         .map_err(io)?;
     tracing::info!("/{key}: {got} bytes fetched from upstream and cached");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn boot_script_paths_name_their_mac_in_every_form_ipxe_sends() {
-        let mac = "52:54:00:99:04:01".parse().ok();
-        for p in [
-            "/boot/52%3A54%3A00%3A99%3A04%3A01.ipxe",
-            "/boot/52%3a54%3a00%3a99%3a04%3a01.ipxe",
-            "/boot/52:54:00:99:04:01.ipxe",
-            "/boot/52-54-00-99-04-01.ipxe",
-        ] {
-            assert_eq!(super::boot_script_mac(p), mac, "{p}");
-        }
-        assert_eq!(super::boot_script_mac("/boot.ipxe"), None);
-        assert_eq!(super::boot_script_mac("/boot/nonsense.ipxe"), None);
-    }
 }
