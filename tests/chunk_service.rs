@@ -12,14 +12,6 @@ fn serve(lab: &Lab) -> InProcess {
     InProcess::start(lab)
 }
 
-/// `Authorization: Bearer` with the server's API token (images are private).
-fn staff(s: &InProcess) -> (&'static str, String) {
-    (
-        "authorization",
-        format!("Bearer {}", s.token.as_deref().unwrap()),
-    )
-}
-
 /// One GET as staff: (status, response headers as `name: value` lines, body bytes).
 fn get(s: &InProcess, url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
     let (h, v) = staff(s);

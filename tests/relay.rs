@@ -125,15 +125,6 @@ fn held(data: &Path, ids: &[ChunkId]) -> u64 {
         .sum()
 }
 
-/// `Authorization: Bearer` with central's API token (images are private; a relay asks
-/// central to confirm it).
-fn staff(c: &InProcess) -> (&'static str, String) {
-    (
-        "authorization",
-        format!("Bearer {}", c.token.as_deref().unwrap()),
-    )
-}
-
 /// A GET: (status, body).
 fn get(_lab: &Lab, url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
     let (code, _, body) = common::request("GET", url, headers, None);

@@ -126,23 +126,17 @@ pub async fn agent_hello(
                     .then(|| name.clone()),
                 _ => None,
             };
-            let agent_session = session;
-            let session = match task.as_ref().and_then(|t| t.multicast) {
+            // the task's room multicast session, if any (not the agent's session)
+            let multicast = match task.as_ref().and_then(|t| t.multicast) {
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
             Ok(Ok((
-                host,
-                task,
-                hostname,
-                session,
-                agent_session,
-                agent_ip,
-                relayed,
+                host, task, hostname, multicast, session, agent_ip, relayed,
             )))
         })
         .await?;
-    let (host, task, hostname, session, agent_session, agent_ip, relayed) =
+    let (host, task, hostname, multicast, session, agent_ip, relayed) =
         res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
@@ -186,7 +180,7 @@ pub async fn agent_hello(
             image: t.image.clone().unwrap_or_default(),
             version: t.version.clone().unwrap_or_default(),
             hostname,
-            multicast: match session {
+            multicast: match multicast {
                 Some(sess) => offer_multicast(&st, sess, relayed, agent_ip).await,
                 None => None,
             },
@@ -214,7 +208,7 @@ pub async fn agent_hello(
     );
     Ok(Json(HelloAnswer {
         mac: mac.to_string(),
-        session: agent_session,
+        session,
         reply,
     })
     .into_response())
