@@ -18,6 +18,7 @@
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
+//! - [`sign`]: the central server's ed25519 key; signed versions, task and push orders.
 //! - [`tls`]: TLS (rustls, ring): the server's certificate, fingerprints, every client's TLS settings.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod relay;
 pub mod retry;
 pub mod schedule;
 pub mod server;
+pub mod sign;
 pub mod store;
 pub mod sys;
 #[doc(hidden)]

@@ -55,6 +55,8 @@ pub enum ServeError {
     RelayUrl(SocketAddr),
     #[error("HTTPS: {0}")]
     Tls(crate::tls::TlsError),
+    #[error("the signing key: {0}")]
+    Sign(#[from] crate::sign::SignError),
 }
 
 /// What a running server listens on, for the banner and for tests.
@@ -74,6 +76,8 @@ pub struct Listening {
     pub base_from_request: bool,
     /// A relay: the URL its clients reach it at.
     pub relay_url: Option<String>,
+    /// The central server's signing key (`None` on a relay), and whether this start made it.
+    pub signing_key: Option<(crate::sign::PublicKey, bool)>,
 }
 
 /// The HTTPS listener as the banner shows it.
@@ -103,6 +107,7 @@ pub struct Server {
     dhcp: Option<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
     listening: Listening,
     relay: Option<Arc<crate::relay::Relay>>,
+    signer: Option<Arc<crate::sign::SigningKey>>,
 }
 
 fn bind_hint(e: &std::io::Error, port: u16) -> &'static str {
@@ -219,6 +224,11 @@ impl Server {
             None => http::auth::load_or_create_token(data)?,
             Some(_) => (String::new(), false),
         };
+        // the central server vouches for versions and orders; a relay passes them on
+        let signer = match config.relay {
+            None => Some(crate::sign::SigningKey::load_or_create(data)?),
+            Some(_) => None,
+        };
         http::listen::raise_open_files_limit(&config.limits);
         let Sockets { http, https, tftp } = sockets;
         let http_addr = http.local_addr().expect("bound socket has an address");
@@ -334,6 +344,7 @@ impl Server {
             base_from_request: config.advertise.is_none() && relay.is_none(),
             base_url: state_base,
             relay_url: relay.as_ref().map(|r| r.url.clone()),
+            signing_key: signer.as_ref().map(|(k, made)| (k.public(), *made)),
             bootenv: match bootenv {
                 Ok(Some(_)) => None,
                 Ok(None) => Some("no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into()),
@@ -351,6 +362,7 @@ impl Server {
             dhcp,
             listening,
             relay,
+            signer: signer.map(|(k, _)| Arc::new(k)),
         })
     }
 
@@ -385,6 +397,7 @@ impl Server {
             boot: self.config.boot.clone(),
             capture_max_bytes: self.config.capture_max_bytes,
             connections: crate::metrics::ConnectionMetrics::default(),
+            signer: self.signer.clone(),
         };
         let connections =
             http::listen::Connections::new(self.config.limits, state.connections.clone());

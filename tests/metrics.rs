@@ -126,6 +126,7 @@ fn state(data: &Path) -> AppState {
         boot: Default::default(),
         capture_max_bytes: bootcast::config::DEFAULT_CAPTURE_MAX_BYTES,
         connections: Default::default(),
+        signer: Some(Arc::new(bootcast::sign::SigningKey::ephemeral().unwrap())),
     }
 }
 
@@ -207,6 +208,7 @@ fn relay_metrics_are_the_readme_names_and_latency_histograms() {
         url: None,
         quota: None,
         incomplete: IncompletePolicy::Wait,
+        upstream_key: None,
         clock_file: None,
     };
     // blocking: before the runtime

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use bootcast::store::{ChunkId, Store};
@@ -24,41 +23,6 @@ const STREAMS: u64 = bootcast::relay::prestage::STREAMS as u64;
 
 fn central(lab: &Lab) -> InProcess {
     InProcess::start(lab)
-}
-
-/// `bootcast site add NAME ARGS...`: the site's relay token.
-fn site(lab: &Lab, name: &str, args: &[&str]) -> String {
-    let mut a = vec!["site", "add", name];
-    a.extend_from_slice(args);
-    lab.json(&a)["token"].as_str().unwrap().to_string()
-}
-
-/// A relay with its data in `lab`/`dir`, on a free port.
-fn relay(lab: &Lab, dir: &str, upstream: &str, site: &str, token: &str, extra: &[&str]) -> Served {
-    use std::os::unix::fs::PermissionsExt;
-    // the token from a file of mode 0600, never on the command line
-    let token_file = lab.path(&format!("{dir}.token"));
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--data")
-        .arg(lab.path(dir))
-        .env_remove("BOOTCAST_DATA")
-        .env_remove("BOOTCAST_RELAY_TOKEN");
-    let mut args = vec![
-        "--upstream",
-        upstream,
-        "--site",
-        site,
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--http",
-        "127.0.0.1:0",
-        "--tftp",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    Served::start_as(cmd, "relay", &args)
 }
 
 /// A counter or gauge of `/metrics` (0 when not printed yet).

@@ -338,6 +338,52 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Checks a reimage order before anything is written: with the central server's keys on
+/// the kernel command line (`bootcast.key=`, from the node that booted this machine), the
+/// order must carry their signature over this task, this MAC, this image and version, and be
+/// for the task this boot is for (an older signed order, replayed, is refused). Without keys
+/// (a server from before signatures) the order is taken as it is, with a console warning.
+/// Returns the keys, for the manifest's own check.
+fn verify_order(
+    args: &KernelArgs,
+    hello: &Hello,
+    reply: &HelloReply,
+) -> std::result::Result<Option<crate::sign::Keys>, String> {
+    let HelloReply::Reimage {
+        task,
+        image,
+        version,
+        signature,
+        ..
+    } = reply
+    else {
+        return Ok(None);
+    };
+    let what = format!("the reimage order for task {task} ({image}@{version})");
+    let Some(key) = &args.key else {
+        return Ok(None);
+    };
+    let keys = crate::sign::Keys::parse(key)
+        .map_err(|e| format!("bootcast.key on the kernel command line: {e}"))?;
+    let st = crate::sign::Statement::Task {
+        task: *task,
+        mac: &hello.mac,
+        image,
+        version,
+    };
+    keys.verify(&st, signature.as_deref())
+        .map_err(|e| format!("{what} is refused: {e}; nothing was written"))?;
+    match args.task {
+        Some(t) if t == *task => Ok(Some(keys)),
+        Some(t) => Err(format!(
+            "{what} is for task {task}, but this boot is for task {t}: an old order replayed; refused, nothing was written"
+        )),
+        None => Err(format!(
+            "{what} answers a boot that named no task; refused, nothing was written"
+        )),
+    }
+}
+
 /// What happened, for the caller (only returned when `cfg.act` is false or the action is done
 /// by a test).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,32 +444,47 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             version,
             hostname,
             multicast,
-        } => {
-            let job = super::restore::Job {
-                task: task_ref(*task),
-                image: image.clone(),
-                version: version.clone(),
-                disk: args.disk.map(PathBuf::from),
-                hostname: hostname.clone(),
-                multicast: multicast.clone(),
-            };
-            console.line(&format!(
-                "bootcast-agent: task {task}: reimage with {image}"
-            ));
-            // the restore uses blocking HTTP: run it off the hello's runtime
-            drop(rt);
-            let mut log = |l: &str| console.line(l);
-            match super::restore::run(&job, &cfg.sys, &cfg.proc, &mut log) {
-                Ok(r) => console.line(&format!(
-                    "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
-                    hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
-                )),
-                Err(super::restore::RunError::Cancelled) => {
-                    console.line(&format!("BOOTCAST-AGENT-REIMAGE-CANCELLED {}", hello.mac))
+            signature: _,
+        } => match verify_order(&args, &hello, &reply) {
+            Err(why) => {
+                console.line(&format!("BOOTCAST-AGENT-REIMAGE-REFUSED {why}"));
+                // the task this boot is for fails, saying why; nothing is written
+                drop(rt);
+                if let (Some(t), Ok(client)) = (args.task, super::task::client()) {
+                    let failed: std::result::Result<(), super::task::RunError> =
+                        Err(super::task::RunError::Failed(why));
+                    let mut log = |l: &str| console.line(l);
+                    super::task::report(&client, &task_ref(t), &failed, false, &mut log);
                 }
-                Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
             }
-        }
+            Ok(keys) => {
+                let job = super::restore::Job {
+                    keys,
+                    task: task_ref(*task),
+                    image: image.clone(),
+                    version: version.clone(),
+                    disk: args.disk.map(PathBuf::from),
+                    hostname: hostname.clone(),
+                    multicast: multicast.clone(),
+                };
+                console.line(&format!(
+                    "bootcast-agent: task {task}: reimage with {image}"
+                ));
+                // the restore uses blocking HTTP: run it off the hello's runtime
+                drop(rt);
+                let mut log = |l: &str| console.line(l);
+                match super::restore::run(&job, &cfg.sys, &cfg.proc, &mut log) {
+                    Ok(r) => console.line(&format!(
+                        "BOOTCAST-AGENT-REIMAGE-DONE {} fetched {} bytes ({} compressed), kept {} in place, {} zero",
+                        hello.mac, r.fetched, r.fetched_compressed, r.in_place, r.zero
+                    )),
+                    Err(super::restore::RunError::Cancelled) => {
+                        console.line(&format!("BOOTCAST-AGENT-REIMAGE-CANCELLED {}", hello.mac))
+                    }
+                    Err(e) => console.line(&format!("BOOTCAST-AGENT-REIMAGE-FAILED {e}")),
+                }
+            }
+        },
         HelloReply::Capture {
             task,
             image,

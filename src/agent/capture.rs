@@ -333,6 +333,7 @@ mod tests {
             boot: Default::default(),
             capture_max_bytes: crate::config::DEFAULT_CAPTURE_MAX_BYTES,
             connections: Default::default(),
+            signer: Some(Arc::new(crate::sign::SigningKey::ephemeral().unwrap())),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -32,6 +32,8 @@ pub struct Job {
     pub hostname: Option<String>,
     /// Receive the chunks from this room multicast session (the rest over HTTP).
     pub multicast: Option<MulticastJoin>,
+    /// The central server's keys (`bootcast.key=`): a manifest signed otherwise is refused.
+    pub keys: Option<crate::sign::Keys>,
 }
 
 /// Runs the reimage and the post-deploy steps; reports to the server; returns the export
@@ -80,7 +82,24 @@ fn restore(
     log: &mut dyn FnMut(&str),
 ) -> Result<(ExportReport, PathBuf), Failure> {
     let source = job.task.source()?;
-    let (manifest, version) = source.manifest(&format!("{}@{}", job.image, job.version))?;
+    let (manifest, version, signature) =
+        source.manifest_signed(&format!("{}@{}", job.image, job.version))?;
+    if let (Some(keys), Some(sig)) = (&job.keys, &signature) {
+        // the order named this version (verified before); the manifest's own signature, when
+        // the node passed it on, must be central's too
+        let st = crate::sign::Statement::Published {
+            image: &job.image,
+            version: &version.to_hex(),
+            created: manifest.created,
+        };
+        keys.verify(&st, Some(sig)).map_err(|e| {
+            Failure::Other(format!(
+                "the manifest of {}@{} is refused: {e}; nothing was written",
+                job.image,
+                version.short()
+            ))
+        })?;
+    }
     let target =
         super::disk::pick(job.disk.as_deref(), sys, proc, manifest.size).map_err(Failure::Other)?;
     log(&format!(

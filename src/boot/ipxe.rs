@@ -125,6 +125,38 @@ impl BootScript {
     }
 }
 
+/// `script` with `bootcast.key=KEYS` on its kernel line (replacing any there): the keys the
+/// agent verifies its orders with ([`crate::sign`]), given by the node that serves the script
+/// (the central server its own; a relay the keys it pinned, whatever the script said). A
+/// script without a kernel line comes back unchanged.
+pub fn set_key(script: &str, keys: &crate::sign::Keys) -> String {
+    let keys = keys.to_string();
+    let mut out = String::with_capacity(script.len() + keys.len() + 16);
+    for line in script.split_inclusive('\n') {
+        if !line.starts_with("kernel ") || !line.contains(" bootcast.server=") {
+            out.push_str(line);
+            continue;
+        }
+        let (body, nl) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
+        let words: Vec<&str> = body
+            .split(' ')
+            .filter(|w| !w.starts_with("bootcast.key="))
+            .collect();
+        for (i, w) in words.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(w);
+            if w.starts_with("bootcast.server=") && !keys.is_empty() {
+                out.push_str(" bootcast.key=");
+                out.push_str(&keys);
+            }
+        }
+        out.push_str(nl);
+    }
+    out
+}
+
 /// Text safe inside an iPXE `echo`: letters, digits and a few punctuation marks; anything
 /// iPXE would interpret (`$`, `&&`, `||`, `#`, quotes, newlines) becomes a space.
 fn plain_text(s: &str) -> String {
@@ -190,6 +222,35 @@ mod tests {
         }
         assert_eq!(super::script_mac("52:54:00:99:04:01"), None);
         assert_eq!(super::script_mac("nonsense.ipxe"), None);
+    }
+
+    #[test]
+    fn the_key_on_the_kernel_line_is_the_serving_nodes() {
+        let script = BootScript::BootEnv {
+            reason: "task 1".into(),
+            task: Some(1),
+            credential: None,
+        }
+        .render("http://10.99.0.1:8080");
+        let k1 = crate::sign::SigningKey::ephemeral().unwrap().public();
+        let k2 = crate::sign::SigningKey::ephemeral().unwrap().public();
+        let one = super::set_key(&script, &crate::sign::Keys::new(vec![k1]));
+        assert!(
+            one.contains(&format!(
+                "bootcast.server=http://10.99.0.1:8080 bootcast.key={k1} "
+            )),
+            "{one}"
+        );
+        // a relay puts its own pinned keys in place of whatever came from upstream
+        let two = super::set_key(&one, &crate::sign::Keys::new(vec![k2]));
+        assert!(two.contains(&format!("bootcast.key={k2} ")), "{two}");
+        assert!(!two.contains(&k1.to_string()), "{two}");
+        assert_eq!(two.lines().count(), script.lines().count());
+        let local = BootScript::LocalDisk { uefi: true }.render("http://x");
+        assert_eq!(
+            super::set_key(&local, &crate::sign::Keys::new(vec![k1])),
+            local
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bootenv;
 mod host;
 mod image;
 mod inventory;
+mod key;
 mod multicast;
 mod output;
 mod push;
@@ -86,6 +87,9 @@ pub enum Command {
     /// The staff API token
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// The central server's signing key (versions and orders): show, rotate
+    #[command(subcommand)]
+    Key(key::KeyCmd),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Site(cmd) => site::run(cmd, &cli.data, &out),
         Command::Serve(args) => serve::run(args, &cli.data, &out),
         Command::Token(cmd) => token::run(cmd, &cli.data, &out),
+        Command::Key(cmd) => key::run(cmd, &cli.data, &out),
     }
 }
 

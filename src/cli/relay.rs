@@ -28,6 +28,11 @@ pub struct RelayArgs {
     /// fingerprint either, public CAs and the system's]
     #[arg(long, value_name = "FILE")]
     upstream_ca: Option<PathBuf>,
+    /// The central server's signing key, as `bootcast key show` prints it (several separated
+    /// by commas, during a rotation): orders and versions not signed by it are refused
+    /// [default: the first key heard from upstream, kept in DATA/relay/upstream.key]
+    #[arg(long, value_name = "ed25519:HEX")]
+    upstream_key: Option<String>,
     /// The site this relay serves (`bootcast site add` on the central server)
     #[arg(long, value_name = "NAME")]
     site: Option<String>,
@@ -67,6 +72,7 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     if args.upstream_ca.is_some() {
         r.upstream_ca.clone_from(&args.upstream_ca);
     }
+    set(&mut r.upstream_key, &args.upstream_key);
     set(&mut r.site, &args.site);
     if let Some(t) = relay_token(args.token_file.as_deref())? {
         r.token = Some(t);

@@ -103,6 +103,7 @@ pub fn run(args: ServeArgs, data: &Path, out: &Output) -> Result<ExitCode> {
                     "http": l.http, "tftp": l.tftp, "dhcp": l.dhcp, "base_url": l.base_url,
                     "base_from_request": l.base_from_request, "bootenv_problem": l.bootenv,
                     "new_token": l.new_token, "https": https_json(l),
+                    "signing_key": l.signing_key.as_ref().map(|(k, _)| k.to_string()),
                 }),
                 String::new,
             );
@@ -234,6 +235,12 @@ fn banner(l: &bootcast::server::Listening, data: &Path) {
             "  API token (shown once; `bootcast token show` prints it again): {t}"
         )),
         None => lines.push("  API token: `bootcast token show`".into()),
+    }
+    if let Some((key, made)) = &l.signing_key {
+        lines.push(format!(
+            "  signing key {key}{}  (relays pin it with --upstream-key {key}; `bootcast key show`)",
+            if *made { ", made now" } else { "" }
+        ));
     }
     lines.push("bootcast: ready".into());
     eprintln!("{}", lines.join("\n"));

@@ -45,6 +45,7 @@
 //! upstream = "https://10.0.0.5:8443"  # the central server, or another relay
 //! upstream_fingerprint = "sha256:..." # pin upstream's (self-signed) certificate, as its banner prints it
 //! upstream_ca = "/etc/bootcast/ca.pem" # or: upstream's certificate chains to this CA (neither: public CAs)
+//! upstream_key = "ed25519:..."   # the central server's signing key (`bootcast key show`); else the first one heard is pinned
 //! site = "lycee-nord"
 //! token = "..."                  # the site relay token (`bootcast site add` printed it upstream)
 //! url = "http://10.99.1.2:8080"  # how the site's machines reach this relay

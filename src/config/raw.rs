@@ -150,6 +150,9 @@ pub struct RawRelay {
     pub upstream_fingerprint: Option<String>,
     /// A PEM file of CA certificates: an `https://` upstream's certificate must chain to one.
     pub upstream_ca: Option<PathBuf>,
+    /// The central server's signing key(s), `ed25519:HEX` as `bootcast key show` prints
+    /// (several: separated by commas, during a rotation).
+    pub upstream_key: Option<String>,
     /// Tests only (`--clock-file`): the scheduler's clock, see [`crate::push::clock::FileClock`].
     #[serde(skip)]
     pub clock_file: Option<PathBuf>,
@@ -166,6 +169,7 @@ impl RawRelay {
             && self.incomplete.is_none()
             && self.upstream_fingerprint.is_none()
             && self.upstream_ca.is_none()
+            && self.upstream_key.is_none()
             && self.clock_file.is_none()
     }
 }

@@ -21,6 +21,9 @@ pub struct RelayConfig {
     /// Compressed bytes of chunks the store may hold before eviction.
     pub quota: Option<u64>,
     pub incomplete: IncompletePolicy,
+    /// The central server's signing keys (`--upstream-key`); `None`: the relay pins the first
+    /// key it hears ([`crate::sign::pinned`]).
+    pub upstream_key: Option<crate::sign::Keys>,
     pub clock_file: Option<PathBuf>,
 }
 
@@ -184,7 +187,22 @@ impl RawConfig {
                 IncompletePolicy::Wait
             }
         };
+        let upstream_key = r.upstream_key.as_deref().map(|k| match crate::sign::Keys::parse(k) {
+            Ok(keys) if !keys.is_empty() => Some(keys),
+            Ok(_) => {
+                p("relay.upstream_key (--upstream-key) is empty: give ed25519:HEX as `bootcast key show` on the central server prints it".into());
+                None
+            }
+            Err(e) => {
+                p(format!("relay.upstream_key (--upstream-key): {e}"));
+                None
+            }
+        });
         Some(RelayConfig {
+            upstream_key: match upstream_key {
+                Some(k) => Some(k?),
+                None => None,
+            },
             upstream: upstream?,
             upstream_tls,
             site: site?,

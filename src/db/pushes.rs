@@ -281,6 +281,7 @@ pub fn orders_for(conn: &Connection, site: &str) -> Result<Vec<PushOrder>, DbErr
             windows: p.windows.clone(),
             rate: p.rate,
             deadline: p.deadline,
+            signature: None,
         });
     }
     Ok(out)

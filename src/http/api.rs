@@ -175,16 +175,32 @@ pub async fn agent_hello(
                 }
             }
         }
-        Some(t) => HelloReply::Reimage {
-            task: t.id,
-            image: t.image.clone().unwrap_or_default(),
-            version: t.version.clone().unwrap_or_default(),
-            hostname,
-            multicast: match multicast {
-                Some(sess) => offer_multicast(&st, sess, relayed, agent_ip).await,
-                None => None,
-            },
-        },
+        Some(t) => {
+            let (image, version) = (
+                t.image.clone().unwrap_or_default(),
+                t.version.clone().unwrap_or_default(),
+            );
+            // central vouches for this order: this task, this machine, this version
+            let signature = st.signer.as_ref().map(|k| {
+                k.sign(&crate::sign::Statement::Task {
+                    task: t.id,
+                    mac: &mac.to_string(),
+                    image: &image,
+                    version: &version,
+                })
+            });
+            HelloReply::Reimage {
+                task: t.id,
+                image,
+                version,
+                hostname,
+                multicast: match multicast {
+                    Some(sess) => offer_multicast(&st, sess, relayed, agent_ip).await,
+                    None => None,
+                },
+                signature,
+            }
+        }
         None => idle,
     };
     st.hooks.emit(

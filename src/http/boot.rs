@@ -206,7 +206,11 @@ pub async fn host_script(
         p => p,
     };
     tracing::info!(%mac, firmware = ?firmware, peer = %peer.ip(), "boot script: {plan:?}");
-    Ok(script(plan.render(&base)))
+    let text = plan.render(&base);
+    Ok(script(match &st.signer {
+        Some(k) => ipxe::set_key(&text, &crate::sign::Keys::new(vec![k.public()])),
+        None => text,
+    }))
 }
 
 /// An architecture name as iPXE or `uname -m` print it.

@@ -250,7 +250,7 @@ pub async fn manifest(
     let spec = format!("{name}@{version}");
     let v = tokio::task::spawn_blocking(move || store.resolve(&spec)).await??;
     st.chunks.metrics.manifests_served.inc();
-    Ok((
+    let mut resp = (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             // `latest` moves, and a version's annotations may be rewritten by a re-add.
@@ -262,7 +262,22 @@ pub async fn manifest(
         ],
         v.manifest.encode(),
     )
-        .into_response())
+        .into_response();
+    // central vouches for the versions it published (not a capture awaiting approval)
+    if let Some(k) = st.signer.as_ref() {
+        if !crate::store::catalog::awaiting_approval(&v.path) {
+            let sig = k.sign(&crate::sign::Statement::Published {
+                image: &v.name,
+                version: &v.id.to_hex(),
+                created: v.manifest.created,
+            });
+            resp.headers_mut().insert(
+                header::HeaderName::from_static(crate::sign::SIGNATURE_HEADER),
+                HeaderValue::from_str(&sig).expect("hex is a valid header"),
+            );
+        }
+    }
+    Ok(resp)
 }
 
 /// `GET /chunks/{id}`: the stored frame as-is, with Range support.

@@ -70,6 +70,9 @@ pub struct AppState {
     pub capture_max_bytes: u64,
     /// The HTTP listeners' connection counters (`/metrics`).
     pub connections: crate::metrics::ConnectionMetrics,
+    /// The central server's signing key ([`crate::sign`]); `None` on a relay, which passes
+    /// the central server's signatures on.
+    pub signer: Option<Arc<crate::sign::SigningKey>>,
 }
 
 impl AppState {

@@ -33,6 +33,7 @@ pub async fn heartbeat(
         ));
     };
     let now = crate::time::now_unix();
+    let site_name = hb.site.clone();
     let res = st
         .db
         .call(move |c| {
@@ -77,10 +78,18 @@ pub async fn heartbeat(
                 pushes: pushes::orders_for(c, &site.name)?,
                 assigned: site.images.clone(),
                 interval: HEARTBEAT_INTERVAL,
+                key: None,
             })))
         })
         .await?;
-    let (newly_done, reply) = res?;
+    let (newly_done, mut reply) = res?;
+    // central vouches for each order: this push, this site, these versions
+    if let Some(k) = &st.signer {
+        reply.key = Some(k.public().to_string());
+        for o in &mut reply.pushes {
+            o.signature = Some(k.sign(&o.statement(&site_name)));
+        }
+    }
     for id in newly_done {
         st.hooks.emit(
             crate::hooks::EventKind::PushDone,

@@ -115,6 +115,11 @@ pub enum HelloReply {
         /// everything, if the session cannot be joined) over HTTP.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         multicast: Option<MulticastJoin>,
+        /// The central server's signature of this order ([`crate::sign::Statement::Task`]:
+        /// task, MAC, image, version); the agent writes nothing without a valid one when it
+        /// has the key (`bootcast.key=`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
     },
     /// Read the local disk into a new version of image `image` on the server for task `task`
     /// (see the module doc), reporting progress, then failed if it cannot; then reboot.
@@ -307,6 +312,9 @@ pub struct KernelArgs {
     pub credential: Option<String>,
     /// `bootcast.disk=/dev/NAME`: the disk to image, instead of the automatic choice.
     pub disk: Option<String>,
+    /// `bootcast.key=ed25519:HEX[,...]`: the central server's keys, from the node that booted
+    /// this machine; orders are verified against them.
+    pub key: Option<String>,
 }
 
 impl KernelArgs {
@@ -323,6 +331,7 @@ impl KernelArgs {
                 "bootcast.task" => args.task = value.parse().ok(),
                 "bootcast.credential" => args.credential = Some(value.to_string()),
                 "bootcast.disk" => args.disk = Some(value.to_string()),
+                "bootcast.key" => args.key = Some(value.to_string()),
                 _ => {}
             }
         }

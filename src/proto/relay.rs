@@ -141,6 +141,26 @@ pub struct PushOrder {
     /// Unix seconds, for the status's warning only.
     #[serde(default)]
     pub deadline: Option<i64>,
+    /// The central server's signature of [`PushOrder::statement`] (push id, site, versions):
+    /// a relay that pinned the central key prestages nothing of an order without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl PushOrder {
+    /// What the central server signs of this order for `site` ([`crate::sign`]); the
+    /// schedule fields are left out: they change nothing a PC writes.
+    pub fn statement<'a>(&'a self, site: &'a str) -> crate::sign::Statement<'a> {
+        crate::sign::Statement::Push {
+            push: self.id,
+            site,
+            versions: self
+                .versions
+                .iter()
+                .map(|v| (v.image.as_str(), v.version.as_str()))
+                .collect(),
+        }
+    }
 }
 
 /// The answer to a heartbeat.
@@ -156,6 +176,10 @@ pub struct HeartbeatReply {
     pub assigned: Vec<String>,
     /// Seconds until the next heartbeat.
     pub interval: u64,
+    /// The central server's public key (`ed25519:HEX`), passed on unchanged by relays: a relay
+    /// not given `--upstream-key` pins the first one it hears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error("another bootcast relay runs on {0}: one relay per data directory (stop it, or give this one its own --data)")]
     Locked(PathBuf),
+    #[error("the central server's signing key: {0}")]
+    Keys(String),
     #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
@@ -80,6 +82,8 @@ pub struct RelayMetrics {
     /// Manifests of incomplete versions refused (policy `wait`) / pulled through.
     pub manifests_refused: Counter,
     pub manifests_pulled: Counter,
+    /// Reimage orders (hello answers) refused: unsigned, forged, or replayed.
+    pub orders_refused: Counter,
 }
 
 /// What the last heartbeat reply said, as the relay applies it.
@@ -89,6 +93,9 @@ pub struct SiteState {
     pub windows: Windows,
     /// Bumped when the pushes or the schedule change: prestage re-plans.
     pub generation: u64,
+    /// Orders of the last reply refused (their signature does not verify), with why: never
+    /// run, reported failed.
+    pub refused: Vec<(i64, String)>,
 }
 
 /// One push as the relay carries it out.
@@ -164,6 +171,11 @@ pub struct Relay {
     lower: Mutex<HashMap<String, std::time::Instant>>,
     /// Wakes the heartbeat loop: a push changed state.
     pub heartbeat_now: tokio::sync::Notify,
+    /// The central server's keys this relay verifies orders with (`None`: none pinned yet).
+    keys: Mutex<Option<crate::sign::Keys>>,
+    /// Per machine, the highest task whose signed order this relay passed on: an older
+    /// order is a replay ([`Relay::check_order`]). Kept in `DATA/relay/orders.json`.
+    passed: Mutex<HashMap<String, i64>>,
     _lock: File,
 }
 
@@ -205,6 +217,12 @@ impl Relay {
                 }
             );
         }
+        let keys = crate::sign::pinned(data, config.upstream_key.as_ref())
+            .map_err(|e| RelayError::Keys(e.to_string()))?;
+        let passed = std::fs::read(data.join(ORDERS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let held: u64 = chunks.iter().map(|(_, n)| n).sum();
         link.cache_bytes.set(held);
         let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
@@ -226,12 +244,15 @@ impl Relay {
                 zone: Zone::utc(),
                 windows: Windows::always(),
                 generation: 0,
+                refused: Vec::new(),
             }),
             changed: Condvar::new(),
             pushes: Mutex::new(BTreeMap::new()),
             repairs: Mutex::new(recovered.demoted),
             lower: Mutex::new(HashMap::new()),
             heartbeat_now: tokio::sync::Notify::new(),
+            keys: Mutex::new(keys),
+            passed: Mutex::new(passed),
             config,
             _lock: lock,
         })
@@ -245,8 +266,103 @@ impl Relay {
         self.pushes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a heartbeat reply: schedule, orders, assigned images.
-    pub fn apply(&self, reply: HeartbeatReply) {
+    /// The central server's keys this relay verifies with (`None`: none pinned yet).
+    pub fn keys(&self) -> Option<crate::sign::Keys> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Pins `key` (the heartbeat reply's) if this relay has no key yet; says so once.
+    fn pin_first(&self, key: Option<&str>) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(key) = key else { return };
+        match keys.as_ref() {
+            None => match crate::sign::Keys::parse(key) {
+                Ok(k) if !k.is_empty() => {
+                    if let Err(e) = crate::sign::pin(self.store.data_dir(), &k) {
+                        tracing::error!("keeping the upstream's signing key: {e}");
+                    }
+                    tracing::warn!("pinned the central server's signing key {k} as first heard from upstream (compare it with `bootcast key show` on the central server, or start the relay with --upstream-key)");
+                    *keys = Some(k);
+                }
+                _ => tracing::error!("the upstream sent {key:?} as its signing key: not a key"),
+            },
+            Some(k) if !k.to_string().split(',').any(|p| p == key) => {
+                tracing::error!("the upstream says its signing key is {key}; this relay pinned {k}: orders it signs are refused (after a rotation, add the new key with --upstream-key)");
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Checks a reimage order (a hello answer) before this relay passes it to an agent: signed
+    /// by the central server, for the machine and the task the hello named, and not older than
+    /// one already passed for that machine. `hello` is the agent's (MAC, task).
+    pub fn check_order(
+        &self,
+        hello: (&str, Option<i64>),
+        order: (i64, &str, &str, &str),
+        signature: Option<&str>,
+    ) -> Result<(), String> {
+        let (task, mac, image, version) = order;
+        let what = format!("the reimage order for task {task} ({image}@{version})");
+        let Some(keys) = self.keys() else {
+            return Ok(()); // nothing pinned: nothing to verify with (warned at start)
+        };
+        let st = crate::sign::Statement::Task {
+            task,
+            mac,
+            image,
+            version,
+        };
+        keys.verify(&st, signature)
+            .map_err(|e| format!("{what} is refused: {e}"))?;
+        if mac != hello.0 {
+            return Err(format!("{what} is for {mac}, not for {}: refused", hello.0));
+        }
+        if hello.1 != Some(task) {
+            return Err(match hello.1 {
+                Some(t) => format!("{what} is for task {task}, but this boot is for task {t}: an old order replayed, refused"),
+                None => format!("{what} answers a boot that named no task: refused"),
+            });
+        }
+        let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+        match passed.get(mac) {
+            Some(&last) if last > task => Err(format!(
+                "{what} is older than task {last}, already passed for {mac}: an old order replayed, refused"
+            )),
+            Some(&last) if last == task => Ok(()),
+            _ => {
+                passed.insert(mac.to_string(), task);
+                let path = self.store.data_dir().join(ORDERS_FILE);
+                let bytes = serde_json::to_vec(&*passed).expect("a map of numbers");
+                if let Err(e) = crate::store::durable::write_atomic(&path, &bytes) {
+                    tracing::error!("keeping the orders passed: {e}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a heartbeat reply: schedule, orders, assigned images. Orders whose signature
+    /// does not verify against the pinned key are set aside, never run, and reported failed.
+    pub fn apply(&self, mut reply: HeartbeatReply) {
+        self.pin_first(reply.key.as_deref());
+        let mut refused = Vec::new();
+        if let Some(keys) = self.keys() {
+            reply.pushes.retain(|o| {
+                match keys.verify(&o.statement(&self.config.site), o.signature.as_deref()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let why = format!(
+                            "push order {} is refused: {e}; nothing of it is fetched",
+                            o.id
+                        );
+                        tracing::error!("{why}");
+                        refused.push((o.id, why));
+                        false
+                    }
+                }
+            });
+        }
         let zone = Zone::named(&reply.schedule.tz);
         if zone.is_none() {
             tracing::error!(
@@ -286,9 +402,14 @@ impl Relay {
             );
         }
         site.reply = Some(reply);
+        let refused_changed = site.refused != refused;
+        site.refused = refused;
         drop(site);
         if changed {
             self.changed.notify_all();
+        }
+        if refused_changed {
+            self.heartbeat_now.notify_one();
         }
     }
 
@@ -394,14 +515,22 @@ impl Relay {
     /// prestage has not looked at yet are `waiting`.
     pub fn progress(&self) -> Vec<PushProgress> {
         let (orders, _) = self.orders();
+        let refused = self.site().refused.clone();
         let pushes = self.pushes();
-        orders
+        let mut out: Vec<PushProgress> = orders
             .iter()
             .map(|o| match pushes.get(&o.id) {
                 Some(s) => s.snapshot(),
                 None => PushStatus::new(o.id).snapshot(),
             })
-            .collect()
+            .collect();
+        out.extend(refused.into_iter().map(|(id, why)| {
+            let mut p = PushStatus::new(id).snapshot();
+            p.state = PushState::Failed;
+            p.detail = Some(why);
+            p
+        }));
+        out
     }
 
     /// Updates a push's progress; a change of state wakes the heartbeat.
@@ -433,6 +562,9 @@ impl Relay {
         self.link.upstream_bytes.get()
     }
 }
+
+/// Per machine, the highest task whose order the relay passed on ([`Relay::check_order`]).
+const ORDERS_FILE: &str = "relay/orders.json";
 
 /// Where manifests of versions being prestaged wait until the version is complete.
 pub fn pending_dir(data: &Path) -> PathBuf {

@@ -250,6 +250,23 @@ fn pending_path(relay: &Relay, v: &VersionRef) -> std::path::PathBuf {
     super::pending_dir(relay.store.data_dir()).join(format!("{}@{}.bcm", v.image, v.version))
 }
 
+/// Where the central server's signature of a version is kept (`DATA/relay/signatures/`).
+fn signature_path(relay: &Relay, image: &str, version: &str) -> std::path::PathBuf {
+    relay
+        .store
+        .data_dir()
+        .join("relay/signatures")
+        .join(format!("{image}@{version}.sig"))
+}
+
+/// The central server's signature of `image@version` as prestage kept it (`None`: a version
+/// prestaged before signatures, or by a relay without a key).
+pub fn kept_signature(relay: &Relay, image: &str, version: &str) -> Option<String> {
+    std::fs::read_to_string(signature_path(relay, image, version))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// The manifest of a version not complete here: the pending copy, else from upstream (then
 /// kept as the pending copy).
 fn pending_manifest(relay: &Relay, v: &VersionRef) -> Result<Manifest, Outcome> {
@@ -271,17 +288,40 @@ fn pending_manifest(relay: &Relay, v: &VersionRef) -> Result<Manifest, Outcome> 
         }
     }
     let spec = format!("{}@{}", v.image, v.version);
-    let (m, id) = relay.link.source.manifest(&spec).map_err(|e| match e {
-        StoreError::Unreachable { .. } => Outcome::Unreachable(e.to_string()),
-        e => Outcome::Failed(format!(
-            "version {} of {} cannot be had from upstream: {e}",
-            v.version, v.image
-        )),
-    })?;
+    let (m, id, sig) = relay
+        .link
+        .source
+        .manifest_signed(&spec)
+        .map_err(|e| match e {
+            StoreError::Unreachable { .. } => Outcome::Unreachable(e.to_string()),
+            e => Outcome::Failed(format!(
+                "version {} of {} cannot be had from upstream: {e}",
+                v.version, v.image
+            )),
+        })?;
     if id.to_hex() != v.version {
         return Err(Outcome::Failed(format!(
             "upstream sent version {id} for {spec}"
         )));
+    }
+    // the central server published this version: its signature, kept and passed on
+    if let Some(keys) = relay.keys() {
+        let st = crate::sign::Statement::Published {
+            image: &v.image,
+            version: &v.version,
+            created: m.created,
+        };
+        keys.verify(&st, sig.as_deref()).map_err(|e| {
+            Outcome::Failed(format!(
+                "the manifest of {spec} is refused: {e}; nothing of it is fetched"
+            ))
+        })?;
+    }
+    if let Some(sig) = &sig {
+        let sp = signature_path(relay, &v.image, &v.version);
+        durable::create_dir_durable(sp.parent().expect("in a directory"))
+            .and_then(|()| durable::write_atomic(&sp, sig.as_bytes()))
+            .map_err(|e| Outcome::Failed(format!("keeping the signature of {spec}: {e}")))?;
     }
     durable::write_atomic(&path, &m.encode())
         .map_err(|e| Outcome::Failed(format!("keeping the manifest of {spec}: {e}")))?;

@@ -77,11 +77,22 @@ pub async fn forward(
             declared.unwrap_or_default()
         )));
     }
-    let body = reqwest::Body::wrap_stream(
-        axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY)).into_data_stream(),
-    );
     let from_relay = parts.uri.path().starts_with("/api/v1/relay/")
         || parts.headers.contains_key(RELAY_TOKEN_HEADER);
+    let is_hello = !from_relay && parts.uri.path() == "/api/v1/agent/hello";
+    // a hello is read here (it is small): its answer is checked against what it asked
+    let (body, hello) = if is_hello {
+        let bytes = axum::body::to_bytes(body, HELLO_MAX)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the hello: {e}")))?;
+        let hello = serde_json::from_slice::<crate::proto::agent::Hello>(&bytes).ok();
+        (reqwest::Body::from(bytes), hello)
+    } else {
+        let body = reqwest::Body::wrap_stream(
+            axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY)).into_data_stream(),
+        );
+        (body, None)
+    };
     let mut headers = HeaderMap::new();
     for (name, value) in &parts.headers {
         if !DROPPED.contains(&name.as_str()) {
@@ -135,17 +146,31 @@ pub async fn forward(
             out.append(name.clone(), value.clone());
         }
     }
-    let hello = !from_relay && status.is_success() && parts.uri.path() == "/api/v1/agent/hello";
     let b = resp
         .bytes()
         .await
         .map_err(|e| ApiError::bad_gateway(format!("reading the answer of {url}: {e}")))?;
-    Ok(if hello {
-        (status, out, on_hello(&app, &relay, b, peer.ip()).await).into_response()
-    } else {
-        (status, out, b).into_response()
+    let script = !from_relay
+        && status.is_success()
+        && parts.uri.path().starts_with("/boot/")
+        && parts.uri.path().ends_with(".ipxe");
+    Ok(match hello {
+        Some(h) if status.is_success() => {
+            (status, out, on_hello(&app, &relay, &h, b, peer.ip()).await?).into_response()
+        }
+        // the agent verifies with the keys this relay pinned, whatever upstream wrote
+        _ if script => match (relay.keys(), std::str::from_utf8(&b)) {
+            (Some(keys), Ok(text)) => {
+                (status, out, crate::boot::ipxe::set_key(text, &keys)).into_response()
+            }
+            _ => (status, out, b).into_response(),
+        },
+        _ => (status, out, b).into_response(),
     })
 }
+
+/// Largest hello body a relay reads (a hello is a few hundred bytes).
+const HELLO_MAX: usize = 64 << 10;
 
 /// A hello answer on its way to an agent of this site. The relay keeps the boot's session
 /// (the agent's manifest and chunk requests here carry it). A reimage by room multicast runs
@@ -155,13 +180,36 @@ pub async fn forward(
 async fn on_hello(
     app: &AppState,
     relay: &Arc<Relay>,
+    hello: &crate::proto::agent::Hello,
     body: axum::body::Bytes,
     agent: std::net::IpAddr,
-) -> axum::body::Bytes {
+) -> Result<axum::body::Bytes, ApiError> {
     use crate::proto::agent::{HelloAnswer, HelloReply};
     let Ok(answer) = serde_json::from_slice::<HelloAnswer>(&body) else {
-        return body;
+        return Ok(body);
     };
+    // a reimage order is passed on only as the central server signed it, for this boot
+    if let HelloReply::Reimage {
+        task,
+        image,
+        version,
+        signature,
+        ..
+    } = &answer.reply
+    {
+        if let Err(why) = relay.check_order(
+            (&hello.mac.to_ascii_lowercase(), hello.task),
+            (*task, &answer.mac, image, version),
+            signature.as_deref(),
+        ) {
+            relay.metrics.orders_refused.inc();
+            tracing::error!(mac = %hello.mac, "{why}");
+            return Err(ApiError::bad_gateway(format!(
+                "relay {} did not pass the upstream's answer on: {why}",
+                relay.config.site
+            )));
+        }
+    }
     let task = match &answer.reply {
         HelloReply::Reimage { task, .. } | HelloReply::Capture { task, .. } => Some(*task),
         _ => None,
@@ -186,10 +234,11 @@ async fn on_hello(
                 version,
                 hostname,
                 multicast: Some(join),
+                signature,
             },
     } = answer
     else {
-        return body;
+        return Ok(body);
     };
     let (sessions, store) = (relay.sessions.clone(), relay.store.clone());
     let (i, v) = (image.clone(), version.clone());
@@ -212,9 +261,10 @@ async fn on_hello(
             version,
             hostname,
             multicast: offered,
+            signature,
         },
     };
-    serde_json::to_vec(&answer).map(Into::into).unwrap_or(body)
+    Ok(serde_json::to_vec(&answer).map(Into::into).unwrap_or(body))
 }
 
 /// The relay's copies of upstream files, one lock per file so concurrent requests fetch it

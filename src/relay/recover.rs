@@ -25,6 +25,7 @@ pub const REPAIR: i64 = 0;
 /// when the push that brought them has ended. It is the relay's own: never reported upstream.
 pub fn repair_order(versions: &[VersionRef]) -> Option<PushOrder> {
     (!versions.is_empty()).then(|| PushOrder {
+        signature: None,
         id: REPAIR,
         paused: false,
         versions: versions.to_vec(),

@@ -74,9 +74,11 @@ pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
         ))
 }
 
-fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>) -> Response {
+/// A manifest answer, with the central server's signature of the version (as upstream sent
+/// it, or as prestage kept it) when there is one.
+fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>, sig: Option<String>) -> Response {
     app.chunks.metrics.manifests_served.inc();
-    (
+    let mut resp = (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CACHE_CONTROL, "no-cache".to_string()),
@@ -87,23 +89,36 @@ fn manifest_response(app: &AppState, id: &str, bytes: Vec<u8>) -> Response {
         ],
         bytes,
     )
-        .into_response()
+        .into_response();
+    if let Some(v) = sig.and_then(|s| header::HeaderValue::from_str(&s).ok()) {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static(crate::sign::SIGNATURE_HEADER),
+            v,
+        );
+    }
+    resp
 }
 
 /// A version complete in the relay's store: `version` a full id (that one manifest is read),
 /// else a prefix or `latest` (resolved among the image's versions here).
-async fn local(relay: &Arc<Relay>, name: &str, version: &str) -> Option<(String, Vec<u8>)> {
+async fn local(
+    relay: &Arc<Relay>,
+    name: &str,
+    version: &str,
+) -> Option<(String, Vec<u8>, Option<String>)> {
     let r = relay.clone();
     let (name, version) = (name.to_string(), version.to_string());
     tokio::task::spawn_blocking(move || {
-        if version.len() == 64 {
+        let (id, bytes) = if version.len() == 64 {
             let id: crate::store::VersionId = version.parse().ok()?;
             let m = r.store.load_version(&name, &id).ok()??;
-            Some((id.to_hex(), m.encode()))
+            (id.to_hex(), m.encode())
         } else {
             let v = r.store.resolve(&format!("{name}@{version}")).ok()?;
-            Some((v.id.to_hex(), v.manifest.encode()))
-        }
+            (v.id.to_hex(), v.manifest.encode())
+        };
+        let sig = super::prestage::kept_signature(&r, &name, &id);
+        Some((id, bytes, sig))
     })
     .await
     .ok()
@@ -166,8 +181,8 @@ async fn manifest(
     }
     let full = version.len() == 64;
     if full {
-        if let Some((id, bytes)) = local(&relay, &name, &version).await {
-            return Ok(manifest_response(&app, &id, bytes));
+        if let Some((id, bytes, sig)) = local(&relay, &name, &version).await {
+            return Ok(manifest_response(&app, &id, bytes, sig));
         }
     }
     // Ask upstream which version this is (and whether it exists).
@@ -186,8 +201,8 @@ async fn manifest(
         Err(e) => {
             // upstream unreachable: what the relay holds completely is still good
             if !full {
-                if let Some((id, bytes)) = local(&relay, &name, &version).await {
-                    return Ok(manifest_response(&app, &id, bytes));
+                if let Some((id, bytes, sig)) = local(&relay, &name, &version).await {
+                    return Ok(manifest_response(&app, &id, bytes, sig));
                 }
             }
             return Err(ApiError::unavailable(format!(
@@ -206,6 +221,11 @@ async fn manifest(
             .unwrap_or(body);
         return Err(ApiError::new(status, msg));
     }
+    let upstream_sig = resp
+        .headers()
+        .get(crate::sign::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = resp
         .bytes()
         .await
@@ -218,8 +238,8 @@ async fn manifest(
             )))
         }
     };
-    if let Some((id, bytes)) = local(&relay, &name, &id).await {
-        return Ok(manifest_response(&app, &id, bytes));
+    if let Some((id, bytes, sig)) = local(&relay, &name, &id).await {
+        return Ok(manifest_response(&app, &id, bytes, sig.or(upstream_sig)));
     }
     // a lower relay gets any manifest whatever the policy: only with a token central confirms
     let below = match headers
@@ -237,7 +257,7 @@ async fn manifest(
         )));
     }
     relay.metrics.manifests_pulled.inc();
-    Ok(manifest_response(&app, &id, bytes.to_vec()))
+    Ok(manifest_response(&app, &id, bytes.to_vec(), upstream_sig))
 }
 
 /// The labels of `bootcast_relay_push_state`.
@@ -273,7 +293,7 @@ impl Scrape {
         app.connections.register(&mut reg);
         let m = &relay.metrics;
         let link = &relay.link;
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "bootcast_relay_upstream_bytes",
                 "Compressed chunk bytes received from upstream (prestage and pull-through)",
@@ -308,6 +328,11 @@ impl Scrape {
                 "bootcast_relay_manifests_pulled",
                 "Manifests of versions not complete here passed through from upstream",
                 &m.manifests_pulled,
+            ),
+            (
+                "bootcast_relay_orders_refused",
+                "Reimage orders refused: unsigned, forged (signature), or an older order replayed",
+                &m.orders_refused,
             ),
             (
                 "bootcast_relay_heartbeats",

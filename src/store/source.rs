@@ -285,6 +285,12 @@ impl HttpSource {
     /// The manifest of `NAME[@VERSION]` (version: full id, unique prefix or `latest`; none =
     /// latest), decoded and checked, with its version id.
     pub fn manifest(&self, spec: &str) -> Result<(Manifest, VersionId)> {
+        self.manifest_signed(spec).map(|(m, id, _)| (m, id))
+    }
+
+    /// [`HttpSource::manifest`], with the central server's signature of the version as it
+    /// came (`x-bootcast-signature`, see [`crate::sign`]), for the caller to verify.
+    pub fn manifest_signed(&self, spec: &str) -> Result<(Manifest, VersionId, Option<String>)> {
         let (name, version) = super::catalog::split_spec(spec);
         super::catalog::validate_name(name)?;
         let version = version.unwrap_or("latest");
@@ -296,6 +302,11 @@ impl HttpSource {
         }
         let url = format!("{}/api/v1/images/{name}/{version}/manifest", self.base);
         let resp = self.send(&url, || self.client.get(&url))?;
+        let signature = resp
+            .headers()
+            .get(crate::sign::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().map_err(|e| StoreError::Fetch {
             url: url.clone(),
             reason: error_chain(&e),
@@ -310,7 +321,7 @@ impl HttpSource {
                 reason: format!("the server sent version {id}, not {version}"),
             });
         }
-        Ok((manifest, id))
+        Ok((manifest, id, signature))
     }
 }
 

@@ -702,6 +702,16 @@ pub fn session_of(answer: &str) -> String {
         .to_string()
 }
 
+/// The ` bootcast.key=...` of a boot script (the keys its agent verifies orders with), or
+/// nothing.
+pub fn key_arg(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find(|w| w.starts_with("bootcast.key="))
+        .map(|w| format!(" {w}"))
+        .unwrap_or_default()
+}
+
 /// The `bootcast.task=` of a boot script.
 pub fn task_of(script: &str) -> String {
     script
@@ -763,10 +773,11 @@ pub fn agent_boot(lab: &Lab, s: &impl Endpoint, mac: &str, disk: &Path, tag: &st
         &root,
         mac,
         &format!(
-            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.credential={} bootcast.disk={}",
+            "console=ttyS0 bootcast.server={} bootcast.mac={mac} bootcast.task={task} bootcast.credential={} bootcast.disk={}{}",
             s.url(),
             credential_of(&script),
-            disk.display()
+            disk.display(),
+            key_arg(&script)
         ),
     );
     let out = std::process::Command::new(BIN)
@@ -963,10 +974,11 @@ impl Agent {
             &root,
             mac,
             &format!(
-                "bootcast.server={server} bootcast.mac={mac} bootcast.task={} bootcast.credential={} bootcast.disk={}",
+                "bootcast.server={server} bootcast.mac={mac} bootcast.task={} bootcast.credential={} bootcast.disk={}{}",
                 task_of(&script),
                 credential_of(&script),
-                target.display()
+                target.display(),
+                key_arg(&script)
             ),
         );
         let mut child = std::process::Command::new(BIN)
@@ -1017,4 +1029,46 @@ pub fn number_after(line: &str, word: &str) -> u64 {
         .and_then(|_| w.next())
         .and_then(|n| n.trim_start_matches('(').parse().ok())
         .unwrap_or_else(|| panic!("no number after {word:?} in {line:?}"))
+}
+
+/// `bootcast site add NAME ARGS...`: the site's relay token.
+pub fn site(lab: &Lab, name: &str, args: &[&str]) -> String {
+    let mut a = vec!["site", "add", name];
+    a.extend_from_slice(args);
+    lab.json(&a)["token"].as_str().unwrap().to_string()
+}
+
+/// A relay with its data in `lab`/`dir`, on a free port.
+pub fn relay(
+    lab: &Lab,
+    dir: &str,
+    upstream: &str,
+    site: &str,
+    token: &str,
+    extra: &[&str],
+) -> Served {
+    use std::os::unix::fs::PermissionsExt;
+    // the token from a file of mode 0600, never on the command line
+    let token_file = lab.path(&format!("{dir}.token"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data")
+        .arg(lab.path(dir))
+        .env_remove("BOOTCAST_DATA")
+        .env_remove("BOOTCAST_RELAY_TOKEN");
+    let mut args = vec![
+        "--upstream",
+        upstream,
+        "--site",
+        site,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--tftp",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    Served::start_as(cmd, "relay", &args)
 }
