@@ -398,7 +398,9 @@ impl Server {
             capture_max_bytes: self.config.capture_max_bytes,
             connections: crate::metrics::ConnectionMetrics::default(),
             signer: self.signer.clone(),
+            orders: Default::default(),
         };
+        let orders = state.orders.clone();
         let connections =
             http::listen::Connections::new(self.config.limits, state.connections.clone());
         let mut set: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
@@ -416,9 +418,37 @@ impl Server {
             })),
             http::listen::require_tls,
         ));
+        if self.relay.is_none() {
+            // relays waiting on /api/v1/relay/wait learn of a new push at once; pushes are
+            // made by other processes (`bootcast push create`) too, hence a poll
+            let (db, c) = (self.db.clone(), cancel.clone());
+            set.spawn(async move {
+                let mut last = None;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = c.cancelled() => return ("push orders watch", Ok(())),
+                    }
+                    let now = db
+                        .call(|c| Ok(http::relay::orders_fingerprint(c).ok()))
+                        .await
+                        .ok()
+                        .flatten();
+                    if now.is_some() && last.is_some() && now != last {
+                        orders.bump();
+                    }
+                    if now.is_some() {
+                        last = now;
+                    }
+                }
+            });
+        }
         if let Some(relay) = &self.relay {
             let (r, c) = (relay.clone(), cancel.clone());
             set.spawn(async move { ("relay heartbeat", crate::relay::heartbeat::run(r, c).await) });
+            let (r, c) = (relay.clone(), cancel.clone());
+            set.spawn(async move { ("relay order watch", crate::relay::heartbeat::watch(r, c).await) });
             // The prestage worker is a thread that may sit in a blocking read of a stalled
             // link: at shutdown it is not waited for (what it stored stays; the rest is
             // fetched again after the restart).

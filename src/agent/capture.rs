@@ -334,6 +334,7 @@ mod tests {
             capture_max_bytes: crate::config::DEFAULT_CAPTURE_MAX_BYTES,
             connections: Default::default(),
             signer: Some(Arc::new(crate::sign::SigningKey::ephemeral().unwrap())),
+            orders: Default::default(),
         };
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -272,6 +272,8 @@ pub const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL
     );
     UPDATE hosts SET boot_nonce = NULL;",
+    // 10: a site's pushes without a scan of every push's sites (each heartbeat asks)
+    "CREATE INDEX push_sites_by_site ON push_sites(site, push);",
 ];
 
 /// A handle to the database; cheap to clone.

@@ -251,40 +251,81 @@ pub fn change(conn: &Connection, id: i64, to: PushStatus) -> Result<Push, Change
 }
 
 /// The open pushes for `site` as orders for its relay (not cancelled; done ones stay listed
-/// so a relay that lost its store fetches them again).
+/// so a relay that lost its store fetches them again): two queries, whatever the history.
 pub fn orders_for(conn: &Connection, site: &str) -> Result<Vec<PushOrder>, DbError> {
     let mut st = conn
         .prepare(
-            "SELECT p.id FROM pushes p JOIN push_sites s ON s.push = p.id
+            "SELECT p.id, p.state, p.windows, p.rate, p.deadline
+             FROM pushes p JOIN push_sites s ON s.push = p.id
              WHERE s.site = ?1 AND p.state IN ('active', 'paused') ORDER BY p.id",
         )
         .what("push orders")?;
-    let ids: Vec<i64> = st
-        .query_map([site], |r| r.get(0))
+    let mut out: Vec<PushOrder> = st
+        .query_map([site], |r| {
+            Ok(PushOrder {
+                id: r.get(0)?,
+                paused: PushStatus::parse(&r.get::<_, String>(1)?) == PushStatus::Paused,
+                versions: Vec::new(),
+                windows: r.get(2)?,
+                rate: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                deadline: r.get(4)?,
+                signature: None,
+            })
+        })
         .what("push orders")?
         .collect::<Result<_, _>>()
         .what("push orders")?;
-    let mut out = Vec::new();
-    for id in ids {
-        let p = get(conn, id)?.expect("listed push exists");
-        out.push(PushOrder {
-            id,
-            paused: p.state == PushStatus::Paused,
-            versions: p
-                .versions
-                .iter()
-                .map(|v| VersionRef {
-                    image: v.image.clone(),
-                    version: v.version.clone(),
-                })
-                .collect(),
-            windows: p.windows.clone(),
-            rate: p.rate,
-            deadline: p.deadline,
-            signature: None,
-        });
+    let mut st = conn
+        .prepare(
+            "SELECT v.push, v.image, v.version
+             FROM push_versions v JOIN push_sites s ON s.push = v.push JOIN pushes p ON p.id = v.push
+             WHERE s.site = ?1 AND p.state IN ('active', 'paused')
+             ORDER BY v.push, v.image, v.version",
+        )
+        .what("push order versions")?;
+    let rows = st
+        .query_map([site], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                VersionRef {
+                    image: r.get(1)?,
+                    version: r.get(2)?,
+                },
+            ))
+        })
+        .what("push order versions")?;
+    // both lists are in push order: one pass
+    let mut i = 0;
+    for row in rows {
+        let (push, v) = row.what("push order versions")?;
+        while out.get(i).is_some_and(|o| o.id < push) {
+            i += 1;
+        }
+        if let Some(o) = out.get_mut(i).filter(|o| o.id == push) {
+            o.versions.push(v);
+        }
     }
     Ok(out)
+}
+
+/// The pushes among `ids` that are done at every site (a heartbeat's pushes: the cost is
+/// theirs, not the history's).
+pub fn done_among(conn: &Connection, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let mut done = Vec::new();
+    let mut st = conn
+        .prepare(
+            "SELECT p.id FROM pushes p
+             WHERE p.id = ?1 AND p.state = 'active'
+               AND EXISTS (SELECT 1 FROM push_sites s WHERE s.push = p.id)
+               AND NOT EXISTS (SELECT 1 FROM push_sites s WHERE s.push = p.id AND s.state != 'done')",
+        )
+        .what("pushes done")?;
+    for id in ids {
+        if st.exists([id]).what("pushes done")? {
+            done.push(*id);
+        }
+    }
+    Ok(done)
 }
 
 /// A recurring push (`push create --every CRON`): at each tick, the newest versions of its
@@ -394,6 +435,73 @@ mod tests {
             rate: Some(6_250_000),
             incomplete: Incomplete::Wait,
         }
+    }
+
+    #[test]
+    fn a_sites_orders_and_the_pushes_its_heartbeat_completes() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        for (s, t) in [("a", "ta"), ("b", "tb")] {
+            assert!(sites::add(&c, s, &settings(), t, 1).unwrap());
+        }
+        let v = |image: &str, d: &str| PushVersion {
+            image: image.into(),
+            version: d.repeat(32),
+            bytes: 10,
+        };
+        let mut make = |versions: Vec<PushVersion>, sites: &[&str]| {
+            create(
+                &mut c,
+                &NewPush {
+                    versions,
+                    sites: sites.iter().map(|s| s.to_string()).collect(),
+                    windows: None,
+                    rate: None,
+                    deadline: None,
+                },
+                5,
+            )
+            .unwrap()
+            .id
+        };
+        let p1 = make(vec![v("win11", "01"), v("deb", "02")], &["a", "b"]);
+        let p2 = make(vec![v("win11", "03")], &["b"]);
+        let p3 = make(vec![v("win10", "04")], &["a"]);
+        let p4 = make(vec![v("win10", "05")], &["a"]);
+        change(&c, p3, PushStatus::Cancelled).unwrap();
+        change(&c, p4, PushStatus::Paused).unwrap();
+        let a = orders_for(&c, "a").unwrap();
+        let got: Vec<(i64, bool, Vec<String>)> = a
+            .iter()
+            .map(|o| {
+                let vs = o.versions.iter().map(|v| format!("{}@{}", v.image, &v.version[..2])).collect();
+                (o.id, o.paused, vs)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (p1, false, vec!["deb@02".to_string(), "win11@01".to_string()]),
+                (p4, true, vec!["win10@05".to_string()]),
+            ]
+        );
+        assert_eq!(
+            orders_for(&c, "b").unwrap().iter().map(|o| o.id).collect::<Vec<_>>(),
+            vec![p1, p2]
+        );
+        // p1 is done only once both sites are
+        let done = |c: &Connection, site: &str, id: i64| {
+            c.execute(
+                "UPDATE push_sites SET state = 'done' WHERE push = ?1 AND site = ?2",
+                params![id, site],
+            )
+            .unwrap();
+        };
+        done(&c, "a", p1);
+        assert_eq!(done_among(&c, &[p1, p2]).unwrap(), Vec::<i64>::new());
+        done(&c, "b", p1);
+        done(&c, "b", p2);
+        assert_eq!(done_among(&c, &[p1, p2, p3]).unwrap(), vec![p1, p2]);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `GET /metrics` | monitoring (Prometheus) | none |
 //! | `POST /api/v1/relay/heartbeat` | site relays (see [`relay`]) | the site's relay token |
 //! | `GET /api/v1/relay/check` | a relay checking a lower relay's token | that token |
+//! | `GET /api/v1/relay/wait?seen=N` | site relays: held until the push orders change (25 s at most) | the site's relay token |
 //! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
 //!
@@ -73,6 +74,8 @@ pub struct AppState {
     /// The central server's signing key ([`crate::sign`]); `None` on a relay, which passes
     /// the central server's signatures on.
     pub signer: Option<Arc<crate::sign::SigningKey>>,
+    /// Bumped when push orders change: relays waiting on `GET /api/v1/relay/wait` heartbeat.
+    pub orders: relay::OrdersWatch,
 }
 
 impl AppState {
@@ -172,6 +175,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/api/v1/agent/hello", post(api::agent_hello))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
+        .route("/api/v1/relay/wait", get(relay::wait))
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
         .route("/api/v1/agent/failed", post(api::agent_failed))

@@ -54,16 +54,11 @@ pub async fn heartbeat(
                     env!("CARGO_PKG_VERSION")
                 ))));
             }
-            let done = |c: &rusqlite::Connection| -> Result<Vec<i64>, crate::db::DbError> {
-                Ok(pushes::list(c, true)?
-                    .into_iter()
-                    .filter(|p| p.state == pushes::PushStatus::Done)
-                    .map(|p| p.id)
-                    .collect())
-            };
-            let done_before = done(c)?;
+            // pushes this heartbeat makes done everywhere: among those it reports only
+            let reported: Vec<i64> = hb.pushes.iter().map(|p| p.push).collect();
+            let done_before = pushes::done_among(c, &reported)?;
             sites::record_heartbeat(c, &site.name, &hb, now)?;
-            let newly_done: Vec<i64> = done(c)?
+            let newly_done: Vec<i64> = pushes::done_among(c, &reported)?
                 .into_iter()
                 .filter(|id| !done_before.contains(id))
                 .collect();
@@ -98,6 +93,83 @@ pub async fn heartbeat(
         );
     }
     Ok(Json(reply).into_response())
+}
+
+/// A counter of changes to the push orders (a push made, paused, resumed, cancelled), which
+/// relays wait on (`GET /api/v1/relay/wait`) so that a new push starts at once rather than at
+/// their next heartbeat. The server bumps it when it sees the orders change
+/// ([`orders_fingerprint`], polled: `bootcast push create` writes the database from another
+/// process).
+#[derive(Clone)]
+pub struct OrdersWatch(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for OrdersWatch {
+    fn default() -> OrdersWatch {
+        OrdersWatch(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl OrdersWatch {
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    pub fn current(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// What changes when any push order changes: the newest push, and the open ones with their
+/// states (one query over the pushes table).
+pub fn orders_fingerprint(c: &rusqlite::Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
+    c.query_row(
+        "SELECT COALESCE(MAX(id), 0),
+                COALESCE(SUM(CASE WHEN state IN ('active', 'paused') THEN id ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN state = 'paused' THEN id ELSE 0 END), 0)
+         FROM pushes",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
+/// Longest a `GET /api/v1/relay/wait` is held before it answers unchanged.
+const WAIT_HOLD: std::time::Duration = std::time::Duration::from_secs(25);
+
+#[derive(serde::Deserialize)]
+pub struct WaitQuery {
+    #[serde(default)]
+    seen: Option<u64>,
+}
+
+/// `GET /api/v1/relay/wait?seen=N` with `Authorization: Bearer <site relay token>`: answers
+/// `{"orders": M}` as soon as the orders' change counter is not `N` (at once if it already
+/// differs), else after 25 s with `N`. A relay heartbeats when M differs from what it saw.
+pub async fn wait(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<WaitQuery>,
+) -> ApiResult {
+    let Some(token) = bearer(&headers).map(str::to_string) else {
+        return Err(ApiError::unauthorized(
+            "a relay authenticates with its site's token: Authorization: Bearer TOKEN",
+        ));
+    };
+    if st.db.call(move |c| sites::by_token(c, &token)).await?.is_none() {
+        return Err(ApiError::unauthorized(
+            "no site has this relay token; `bootcast site token NAME --rotate` on the central server makes a new one",
+        ));
+    }
+    let mut rx = st.orders.subscribe();
+    let seen = q.seen.unwrap_or(u64::MAX);
+    if *rx.borrow_and_update() == seen {
+        let _ = tokio::time::timeout(WAIT_HOLD, rx.changed()).await;
+    }
+    let now = *rx.borrow();
+    Ok(Json(serde_json::json!({ "orders": now })).into_response())
 }
 
 /// `GET /api/v1/relay/check` with `Authorization: Bearer <token>`: `{"site": NAME}` when a

@@ -9,6 +9,9 @@
 //! the relay retries (1 s doubling to 30 s); errors are logged when they change. An upstream
 //! certificate that does not match the pin (or that no CA vouches for) is logged as an error
 //! that names the fingerprint presented and the flag that pins it.
+//!
+//! Beside it, [`watch`] holds a `GET /api/v1/relay/wait` open upstream and wakes the heartbeat
+//! as soon as the push orders change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +128,61 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+/// Waits on upstream's `GET /api/v1/relay/wait` (held until the push orders change) and
+/// wakes the heartbeat when they do, so a new push starts within a second of `push create`
+/// rather than at the next heartbeat. An upstream without the route (an older release) is
+/// left to the heartbeat's interval. Runs until `cancel` fires.
+pub async fn watch(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), String> {
+    let url = relay.link.url("/api/v1/relay/wait");
+    let mut seen: Option<u64> = None;
+    let mut failures = 0u32;
+    loop {
+        let mut req = relay
+            .link
+            .client
+            .get(&url)
+            .bearer_auth(&relay.config.token)
+            .timeout(Duration::from_secs(60));
+        if let Some(n) = seen {
+            req = req.query(&[("seen", n)]);
+        }
+        let answer = tokio::select! {
+            r = req.send() => r,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let orders = match answer {
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                tracing::info!("the upstream has no /api/v1/relay/wait (an older release): new pushes start at the next heartbeat");
+                return Ok(());
+            }
+            Ok(r) if r.status().is_success() => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["orders"].as_u64()),
+            _ => None,
+        };
+        match orders {
+            Some(n) => {
+                failures = 0;
+                if seen.is_some_and(|s| s != n) {
+                    relay.heartbeat_now.notify_one();
+                }
+                seen = Some(n);
+            }
+            None => {
+                // the heartbeat reports the outage; this waits and tries again
+                let wait = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Runs until `cancel` fires.
