@@ -448,7 +448,12 @@ impl Server {
             let (r, c) = (relay.clone(), cancel.clone());
             set.spawn(async move { ("relay heartbeat", crate::relay::heartbeat::run(r, c).await) });
             let (r, c) = (relay.clone(), cancel.clone());
-            set.spawn(async move { ("relay order watch", crate::relay::heartbeat::watch(r, c).await) });
+            set.spawn(async move {
+                (
+                    "relay order watch",
+                    crate::relay::heartbeat::watch(r, c).await,
+                )
+            });
             // The prestage worker is a thread that may sit in a blocking read of a stalled
             // link: at shutdown it is not waited for (what it stored stays; the rest is
             // fetched again after the restart).

@@ -127,7 +127,7 @@ fn state(data: &Path) -> AppState {
         capture_max_bytes: bootcast::config::DEFAULT_CAPTURE_MAX_BYTES,
         connections: Default::default(),
         signer: Some(Arc::new(bootcast::sign::SigningKey::ephemeral().unwrap())),
-            orders: Default::default(),
+        orders: Default::default(),
     }
 }
 

@@ -474,19 +474,31 @@ mod tests {
         let got: Vec<(i64, bool, Vec<String>)> = a
             .iter()
             .map(|o| {
-                let vs = o.versions.iter().map(|v| format!("{}@{}", v.image, &v.version[..2])).collect();
+                let vs = o
+                    .versions
+                    .iter()
+                    .map(|v| format!("{}@{}", v.image, &v.version[..2]))
+                    .collect();
                 (o.id, o.paused, vs)
             })
             .collect();
         assert_eq!(
             got,
             vec![
-                (p1, false, vec!["deb@02".to_string(), "win11@01".to_string()]),
+                (
+                    p1,
+                    false,
+                    vec!["deb@02".to_string(), "win11@01".to_string()]
+                ),
                 (p4, true, vec!["win10@05".to_string()]),
             ]
         );
         assert_eq!(
-            orders_for(&c, "b").unwrap().iter().map(|o| o.id).collect::<Vec<_>>(),
+            orders_for(&c, "b")
+                .unwrap()
+                .iter()
+                .map(|o| o.id)
+                .collect::<Vec<_>>(),
             vec![p1, p2]
         );
         // p1 is done only once both sites are

@@ -158,7 +158,12 @@ pub async fn wait(
             "a relay authenticates with its site's token: Authorization: Bearer TOKEN",
         ));
     };
-    if st.db.call(move |c| sites::by_token(c, &token)).await?.is_none() {
+    if st
+        .db
+        .call(move |c| sites::by_token(c, &token))
+        .await?
+        .is_none()
+    {
         return Err(ApiError::unauthorized(
             "no site has this relay token; `bootcast site token NAME --rotate` on the central server makes a new one",
         ));
