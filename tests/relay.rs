@@ -33,16 +33,6 @@ fn metric_at(url: &str, name: &str) -> u64 {
 const UP: &str = "bootcast_relay_upstream_bytes_total";
 const SERVED: &str = "bootcast_chunk_bytes_served_total";
 
-/// The central view of `site` in push `id` (`push status --json`).
-fn push_row(lab: &Lab, id: i64, site: &str) -> Value {
-    let st = lab.json(&["push", "status", &id.to_string()]);
-    st["pushes"][0]["sites"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["site"] == site))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 fn push(lab: &Lab, args: &[&str]) -> i64 {
     let mut a = vec!["push", "create"];
     a.extend_from_slice(args);

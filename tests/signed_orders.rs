@@ -162,16 +162,6 @@ async fn pass(
     (status, out, bytes).into_response()
 }
 
-/// The central view of `site` in push `id` (`push status --json`).
-fn push_row(lab: &Lab, id: i64, site: &str) -> Value {
-    let st = lab.json(&["push", "status", &id.to_string()]);
-    st["pushes"][0]["sites"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["site"] == site))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Waits until the central server shows site `site` of push `id` with `detail` containing
 /// `what`; returns the row.
 fn wait_detail(lab: &Lab, id: i64, site: &str, what: &str) -> Value {

@@ -1072,3 +1072,13 @@ pub fn relay(
     args.extend_from_slice(extra);
     Served::start_as(cmd, "relay", &args)
 }
+
+/// The central view of `site` in push `id` (`push status --json`).
+pub fn push_row(lab: &Lab, id: i64, site: &str) -> serde_json::Value {
+    let st = lab.json(&["push", "status", &id.to_string()]);
+    st["pushes"][0]["sites"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["site"] == site))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
