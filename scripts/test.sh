@@ -52,7 +52,12 @@ for t in "${parallel[@]}"; do
     [[ -n $exe ]] || die "no test binary for tests/$t.rs"
     exes+=("$t=$exe")
 done
-run_one() { "$2" >"$out/$1.log" 2>&1; echo $? >"$out/$1.rc"; }
+# (set -e would end the subshell at a failing test before its rc is written)
+run_one() {
+    local rc=0
+    "$2" >"$out/$1.log" 2>&1 || rc=$?
+    echo "$rc" >"$out/$1.rc"
+}
 running=0
 for e in "${exes[@]}"; do
     run_one "${e%%=*}" "${e#*=}" &
