@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod backup;
 pub mod boot;
 pub mod bootenv;
 pub mod config;

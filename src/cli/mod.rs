@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command group.
 
 mod agent;
+mod backup;
 mod bootenv;
 mod host;
 mod image;
@@ -48,6 +49,11 @@ pub enum Command {
     /// What runs in the boot environment (started by its /init, not by hand)
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// Back up the central server while it runs (database, keys, tokens, configuration,
+    /// manifests; chunks copied incrementally) into DIR
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new, empty data directory (--data)
+    Restore(backup::RestoreArgs),
     /// Build and show the boot environment (kernel + initramfs with the agent)
     #[command(subcommand)]
     Bootenv(bootenv::BootenvCmd),
@@ -96,6 +102,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match cli.command {
         Command::Agent(cmd) => agent::run(cmd, &out),
+        Command::Backup(args) => backup::run_backup(args, &cli.data, &out),
+        Command::Restore(args) => backup::run_restore(args, &cli.data, &out),
         Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, &out),
         Command::Group(cmd) => host::run_group(cmd, &cli.data, &out),
         Command::Host(cmd) => host::run_host(cmd, &cli.data, &out),

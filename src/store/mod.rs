@@ -170,6 +170,12 @@ impl Store {
         self.data.join("images")
     }
 
+    /// Holds off gc while the returned lock is held (a backup copying chunks takes it);
+    /// ingest commits still run. Waits for a gc that runs now.
+    pub fn hold_off_gc(&self) -> Result<File> {
+        gclock::shared_gc_lock(self)
+    }
+
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.chunks_dir().join(&hex[..3]).join(hex)
