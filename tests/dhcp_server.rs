@@ -7,19 +7,16 @@
 //! malformed datagrams after which the server still answers and `run` ends only on cancel.
 
 mod common;
-use std::fs::File;
+use common::dhcp::{client_socket, enter, exchange};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use bootcast::boot::dhcp::codec::{self, build_request, msg, ReplyView, RequestBuilder};
+use bootcast::boot::dhcp::codec::{self, build_request, msg, RequestBuilder};
 use bootcast::boot::dhcp::{
     BootFiles, DhcpError, DhcpMode, DhcpSettings, LeaseStore, Mac, MemoryLeases, PoolSettings,
 };
-use nix::sched::{setns, CloneFlags};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 const OVMF_DISCOVER: &[u8] = include_bytes!("../src/boot/dhcp/testdata/ovmf_discover.bin");
@@ -105,12 +102,6 @@ impl Lab {
         Ipv4Addr::new(10, 99, self.net, 2)
     }
 
-    /// Moves the calling thread into namespace `ns`.
-    fn enter(ns: &str) {
-        let f = File::open(format!("/run/netns/{ns}")).expect("open netns");
-        setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-    }
-
     /// Starts `run` on a thread inside the server namespace.
     fn start_server(
         &self,
@@ -120,7 +111,7 @@ impl Lab {
     ) -> JoinHandle<Result<(), DhcpError>> {
         let ns = self.srv.clone();
         std::thread::spawn(move || {
-            Lab::enter(&ns);
+            enter(&ns);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -155,48 +146,6 @@ fn settings(lab: &Lab, mode: DhcpMode) -> DhcpSettings {
             lease_secs: 600,
         }),
     }
-}
-
-/// A client socket on `vc` at `addr`.
-fn client_socket(addr: SocketAddrV4) -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(b"vc")).unwrap();
-    s.bind(&SocketAddr::V4(addr).into()).unwrap();
-    let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(250)))
-        .unwrap();
-    s
-}
-
-/// Sends `req` to `to` and waits for a BOOTREPLY with its xid, retransmitting on silence like a
-/// DHCP client (the server thread may still be binding its sockets at first).
-fn exchange(sock: &UdpSocket, req: &[u8], to: SocketAddrV4) -> (ReplyView, SocketAddr) {
-    let xid = u32::from_be_bytes([req[4], req[5], req[6], req[7]]);
-    let mut buf = [0u8; 1500];
-    for _ in 0..40 {
-        sock.send_to(req, to).expect("send");
-        loop {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if let Some(v) = ReplyView::parse(&buf[..n]) {
-                        if v.op == 2 && v.xid == xid {
-                            return (v, from);
-                        }
-                    }
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    break
-                }
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    }
-    panic!("no reply to xid {xid:#x} sent to {to}");
 }
 
 /// Truncated, bad-cookie, overrunning and random datagrams to every server port.
@@ -251,7 +200,7 @@ fn proxy_mode_in_netns() {
         leases.clone(),
         cancel.clone(),
     );
-    Lab::enter(&lab.cli);
+    enter(&lab.cli);
     let sip = lab.server_ip();
     let bcast67 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     let c68 = client_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
@@ -337,7 +286,7 @@ fn full_mode_in_netns() {
         leases.clone(),
         cancel.clone(),
     );
-    Lab::enter(&lab.cli);
+    enter(&lab.cli);
     let sip = lab.server_ip();
     let n = lab.net;
     let bcast67 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);

@@ -587,6 +587,7 @@ pub fn fake_bootenv(lab: &Lab) {
     std::fs::write(d.join("bootenv.json"), serde_json::to_vec(&info).unwrap()).unwrap();
 }
 
+pub mod dhcp;
 pub mod netlab;
 
 /// An export that met a corrupt chunk: it failed, its error names the chunk, and none of the
