@@ -42,7 +42,7 @@ use crate::store::source::BATCH_MAX_IDS;
 use crate::store::{durable, ChunkId, Manifest, StoreError, VersionId};
 use crate::time::Zone;
 
-use super::pull::{fetch_verified, FetchError};
+use super::pull::FetchError;
 use super::Relay;
 use crate::proto::relay::{PushOrder, PushState, VersionRef};
 
@@ -454,7 +454,9 @@ fn run_push(
                     if batch.is_empty() {
                         return;
                     }
-                    let r = fetch_verified(&relay.link, &relay.store, &batch, &mut |_, len| {
+                    // through the relay's one in-flight table: a chunk a client is pulling
+                    // through right now is waited for, not fetched twice
+                    let r = relay.pull.fetch(&batch, &mut |_, len| {
                         relay.update_push(order.id, |p| {
                             p.bytes_done += len;
                             p.fetched += len;
@@ -465,6 +467,10 @@ fn run_push(
                             ControlFlow::Continue(())
                         }
                     });
+                    if let Ok(f) = &r {
+                        let by_others: u64 = f.by_others.iter().map(|(_, len)| len).sum();
+                        relay.update_push(order.id, |p| p.bytes_done += by_others);
+                    }
                     match r {
                         Ok(f) if !f.missing.is_empty() => {
                             stop.set(Outcome::Failed(format!(

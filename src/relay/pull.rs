@@ -10,9 +10,10 @@
 //! the chunk in flight. (Only a version's manifest is written durably, after a `syncfs`; see
 //! [`super::prestage`].)
 //!
-//! Coalescing: [`Puller`] keeps one in-flight entry per chunk being fetched; a request that
-//! finds its chunk in flight waits for that fetch's outcome instead of asking upstream again
-//! (`bootcast_relay_pulls_coalesced_total` counts them).
+//! Coalescing: [`Puller`] keeps one in-flight entry per chunk being fetched, for the prestage
+//! and pull-through alike; a request that finds its chunk in flight waits for that fetch's
+//! outcome instead of asking upstream again (`bootcast_relay_pulls_coalesced_total` counts
+//! them), and fetches it itself if that fetch stopped first.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -218,23 +219,33 @@ pub fn remove_temp_files(store: &Store) -> Result<usize, StoreError> {
     Ok(removed)
 }
 
-/// The outcome of one chunk's fetch, shared with the requests that waited for it.
-type Outcome = Result<bool, String>;
+/// How one chunk's fetch ended, for the requests that waited for it.
+#[derive(Clone, Debug)]
+enum Settled {
+    /// In the store.
+    Stored,
+    /// Upstream lacks it.
+    Lacking,
+    /// Its fetcher stopped before it (a prestage whose window closed or whose orders
+    /// changed): a waiter fetches it itself.
+    Abandoned,
+    Failed(String),
+}
 
-/// One chunk being fetched: its outcome once known (`Ok(true)`: upstream lacks it).
+/// One chunk being fetched: its outcome once known.
 #[derive(Default)]
 struct Flight {
-    outcome: Mutex<Option<Outcome>>,
+    outcome: Mutex<Option<Settled>>,
     done: Condvar,
 }
 
 impl Flight {
-    fn finish(&self, outcome: Outcome) {
+    fn finish(&self, outcome: Settled) {
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         self.done.notify_all();
     }
 
-    fn wait(&self) -> Outcome {
+    fn wait(&self) -> Settled {
         let mut g = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(o) = g.as_ref() {
@@ -245,7 +256,22 @@ impl Flight {
     }
 }
 
-/// The relay's pull-through, shared by every request.
+/// What [`Puller::fetch`] did.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// Chunks upstream lacks.
+    pub missing: Vec<ChunkId>,
+    /// Chunks another fetch brought (or the store already held), with their sizes: in the
+    /// store now, not fetched by this call.
+    pub by_others: Vec<(ChunkId, u64)>,
+    /// `on_stored` stopped it.
+    pub stopped: bool,
+}
+
+/// Every fetch from upstream into the relay's store: pull-through for clients and the
+/// prestage. One in-flight entry per chunk: a request that finds its chunk being fetched
+/// (by a client's request or the prestage) waits for that fetch instead of asking upstream
+/// again, so a chunk crosses the WAN once however many ask for it at the same time.
 pub struct Puller {
     store: Store,
     link: Arc<Link>,
@@ -267,74 +293,121 @@ impl Puller {
         }
     }
 
-    /// Brings `ids` into the store; returns those upstream lacks. Blocking.
+    /// Brings `ids` into the store for a client; returns those upstream lacks. Blocking.
     pub fn pull_ids(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, String> {
-        let mut lead: Vec<ChunkId> = Vec::new();
-        let mut follow: Vec<(ChunkId, Arc<Flight>)> = Vec::new();
-        {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.fetch(ids, &mut |_, _| {
+            self.pulled.inc();
+            ControlFlow::Continue(())
+        });
+        r.map(|p| p.missing).map_err(|e| e.to_string())
+    }
+
+    /// Brings `ids` into the store: the chunks nobody is fetching are fetched here (one batch
+    /// request), calling `on_stored` for each as it is stored (it may stop the transfer);
+    /// chunks in flight elsewhere are waited for. Blocking.
+    pub fn fetch(
+        &self,
+        ids: &[ChunkId],
+        on_stored: &mut dyn FnMut(ChunkId, u64) -> ControlFlow<()>,
+    ) -> Result<Pulled, FetchError> {
+        let mut out = Pulled::default();
+        let mut todo: Vec<ChunkId> = {
             let mut seen = HashSet::new();
-            for id in ids {
-                if !seen.insert(*id) {
-                    continue;
-                }
-                if let Some(f) = inflight.get(id) {
-                    self.coalesced.inc();
-                    follow.push((*id, f.clone()));
-                } else if !self.store.chunk_path(id).exists() {
-                    // a leader stores its chunk before it leaves `inflight`: checked under
-                    // the lock, a chunk is either in flight or settled
-                    inflight.insert(*id, Arc::new(Flight::default()));
-                    lead.push(*id);
+            ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+        };
+        // a waiter becomes the fetcher of what its fetcher abandoned: bounded rounds
+        for _ in 0..=ATTEMPTS {
+            if todo.is_empty() {
+                return Ok(out);
+            }
+            let (lead, follow) = self.claim(&todo, &mut out);
+            let mut failure = None;
+            if !lead.is_empty() {
+                let res = fetch_verified(&self.link, &self.store, &lead, on_stored);
+                let lacking: HashSet<ChunkId> = match &res {
+                    Ok(f) => f.missing.iter().copied().collect(),
+                    Err(_) => HashSet::new(),
+                };
+                let why = res.as_ref().err().map(|e| e.to_string());
+                self.settle(&lead, &lacking, why.as_deref());
+                out.missing
+                    .extend(lead.iter().filter(|id| lacking.contains(id)));
+                match res {
+                    Ok(f) if f.stopped => {
+                        out.stopped = true;
+                        return Ok(out);
+                    }
+                    Ok(_) => {}
+                    Err(e) => failure = Some(e),
                 }
             }
-        }
-        let mut missing = Vec::new();
-        let mut error: Option<String> = None;
-        if !lead.is_empty() {
-            let res = fetch_verified(&self.link, &self.store, &lead, &mut |_, _| {
-                self.pulled.inc();
-                ControlFlow::Continue(())
-            });
-            let (lacking, err): (HashSet<ChunkId>, Option<String>) = match res {
-                Ok(f) => (f.missing.into_iter().collect(), None),
-                Err(e) => (HashSet::new(), Some(e.to_string())),
-            };
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            for id in &lead {
-                let outcome = if lacking.contains(id) {
-                    Ok(true)
-                } else if self.store.chunk_path(id).exists() {
-                    Ok(false)
-                } else {
-                    Err(err.clone().unwrap_or_else(|| {
-                        format!("chunk {id} could not be had from {}", self.link.base)
-                    }))
-                };
-                if let Some(f) = inflight.remove(id) {
-                    f.finish(outcome.clone());
-                }
-                match outcome {
-                    Ok(true) => missing.push(*id),
-                    Ok(false) => {}
-                    Err(e) => {
-                        error.get_or_insert(e);
+            let mut again = Vec::new();
+            for (id, flight) in follow {
+                match flight.wait() {
+                    Settled::Stored => {
+                        let len = self.store.chunk_size(&id).ok().flatten().unwrap_or(0);
+                        out.by_others.push((id, len));
+                    }
+                    Settled::Lacking => out.missing.push(id),
+                    Settled::Abandoned => again.push(id),
+                    Settled::Failed(e) => {
+                        failure.get_or_insert(FetchError::Other(e));
                     }
                 }
             }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            todo = again;
         }
-        for (id, f) in follow {
-            match f.wait() {
-                Ok(true) => missing.push(id),
-                Ok(false) => {}
-                Err(e) => {
-                    error.get_or_insert(e);
-                }
+        Err(FetchError::Other(format!(
+            "chunk {} could not be had from {}: its fetches kept being abandoned",
+            todo[0], self.link.base
+        )))
+    }
+
+    /// Splits `ids` into those this caller fetches (now in flight, led by it) and those in
+    /// flight elsewhere; those already stored go to `out.by_others`.
+    fn claim(
+        &self,
+        ids: &[ChunkId],
+        out: &mut Pulled,
+    ) -> (Vec<ChunkId>, Vec<(ChunkId, Arc<Flight>)>) {
+        let mut lead = Vec::new();
+        let mut follow = Vec::new();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if let Some(f) = inflight.get(id) {
+                self.coalesced.inc();
+                follow.push((*id, f.clone()));
+            } else if let Ok(Some(len)) = self.store.chunk_size(id) {
+                // a fetcher stores its chunk before it leaves `inflight`: checked under the
+                // lock, a chunk is either in flight or settled
+                out.by_others.push((*id, len));
+            } else {
+                inflight.insert(*id, Arc::new(Flight::default()));
+                lead.push(*id);
             }
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(missing),
+        (lead, follow)
+    }
+
+    /// Ends the flights of `lead` and wakes their waiters.
+    fn settle(&self, lead: &[ChunkId], lacking: &HashSet<ChunkId>, error: Option<&str>) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for id in lead {
+            let outcome = if lacking.contains(id) {
+                Settled::Lacking
+            } else if self.store.chunk_path(id).exists() {
+                Settled::Stored
+            } else if let Some(e) = error {
+                Settled::Failed(e.to_string())
+            } else {
+                Settled::Abandoned
+            };
+            if let Some(f) = inflight.remove(id) {
+                f.finish(outcome);
+            }
         }
     }
 }
