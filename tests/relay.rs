@@ -952,3 +952,68 @@ fn a_relay_token_header_bypasses_the_wait_policy_only_when_central_knows_the_tok
         (200, r#"{"site":"s2"}"#)
     );
 }
+
+/// With its upstream gone (central stopped: connections refused) or silent (a listener that
+/// never answers), a relay answers a PC's boot script itself: the local disk, for BIOS and
+/// UEFI, with no credential; the same relay passes central's own answer (a task) while it is
+/// up.
+#[test]
+fn a_relay_whose_upstream_is_down_or_silent_sends_its_pcs_to_their_local_disk() {
+    const MAC: &str = "52:54:00:44:00:07";
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add("disk", &lab.file("d.img", &disk_like(1 << 20, 74)));
+    let mut c = central(&lab);
+    // (tasks go out whether or not the relay holds their version yet)
+    let token = site(&lab, "s1", &["--incomplete", "upstream"]);
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    register(&c, MAC);
+    let script = |relay: &str, platform: &str| {
+        let (code, body) = get(
+            &lab,
+            &format!("{relay}/boot/{MAC}.ipxe?platform={platform}&buildarch=x86_64"),
+            &[],
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8(body).unwrap()
+    };
+    // central up: its answer passes through (a reimage task: the boot environment)
+    lab.json(&["task", "reimage", "--host", MAC, "--image", "disk"]);
+    let up = script(&r.url, "pcbios");
+    assert!(up.contains("bootcast.task="), "{up}");
+    assert_eq!(metric_at(&r.url, "bootcast_relay_offline_scripts_total"), 0);
+
+    // central stopped: the relay answers alone, the local disk
+    c.stop().unwrap();
+    let bios = script(&r.url, "pcbios");
+    assert!(
+        bios.contains("sanboot --no-describe --drive 0x80"),
+        "{bios}"
+    );
+    let uefi = script(&r.url, "efi");
+    assert!(
+        uefi.contains("booting the local disk") && uefi.contains("exit"),
+        "{uefi}"
+    );
+    for s in [&bios, &uefi] {
+        assert!(!s.contains("bootcast.credential"), "{s}");
+    }
+    assert_eq!(metric_at(&r.url, "bootcast_relay_offline_scripts_total"), 2);
+
+    // an upstream that accepts connections and never answers (a stalled WAN link)
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let r2 = relay(&lab, "relay2", &silent_url, "s1", &token, &[]);
+    let t0 = Instant::now();
+    let stalled = script(&r2.url, "pcbios");
+    say(&format!(
+        "relay alone: upstream refused -> local disk at once; upstream silent -> local disk after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    assert!(stalled.contains("sanboot"), "{stalled}");
+    assert_eq!(
+        metric_at(&r2.url, "bootcast_relay_offline_scripts_total"),
+        1
+    );
+    drop(silent);
+}

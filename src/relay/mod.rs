@@ -84,6 +84,8 @@ pub struct RelayMetrics {
     pub manifests_pulled: Counter,
     /// Reimage orders (hello answers) refused: unsigned, forged, or replayed.
     pub orders_refused: Counter,
+    /// Boot scripts answered by the relay alone (local disk): upstream unreachable.
+    pub offline_scripts: Counter,
 }
 
 /// What the last heartbeat reply said, as the relay applies it.

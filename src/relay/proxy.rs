@@ -122,15 +122,38 @@ pub async fn forward(
             }
         }
     }
+    // a PC's own boot script: what it does when upstream does not answer in time
+    let host_script = (!from_relay && parts.method == axum::http::Method::GET)
+        .then(|| parts.uri.path().strip_prefix("/boot/"))
+        .flatten()
+        .and_then(crate::boot::ipxe::script_mac);
+    let timeout = if host_script.is_some() {
+        SCRIPT_TIMEOUT
+    } else {
+        Duration::from_secs(120)
+    };
     let sent = relay
         .link
         .client
         .request(parts.method.clone(), &url)
         .headers(headers)
-        .timeout(Duration::from_secs(120))
+        .timeout(timeout)
         .body(body)
         .send()
         .await;
+    if let Some(mac) = host_script {
+        let down = match &sent {
+            Err(e) => Some(e.to_string()),
+            // a relay above that cannot reach its own upstream says so
+            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                Some(format!("upstream answered {}", r.status()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = down {
+            return Ok(offline_script(&relay, mac, parts.uri.query(), &why).into_response());
+        }
+    }
     let resp = sent.map_err(|e| {
         tracing::warn!("passing {} {path} upstream: {e}", parts.method);
         ApiError::bad_gateway(format!(
@@ -167,6 +190,33 @@ pub async fn forward(
         },
         _ => (status, out, b).into_response(),
     })
+}
+
+/// How long a PC's boot script may wait for upstream before the relay answers it alone: the
+/// central server answers in milliseconds, and a PC waiting on a dead WAN link should boot its
+/// disk in its normal time.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The boot script a relay gives while upstream cannot be reached: the local disk. Nothing is
+/// reimaged or registered without the central server's word (a task, a credential), so the
+/// safe answer for every machine, known or not, is its own disk; its next boot once the link
+/// is back gets whatever central decides.
+fn offline_script(
+    relay: &Relay,
+    mac: crate::mac::Mac,
+    query: Option<&str>,
+    why: &str,
+) -> (axum::http::StatusCode, HeaderMap, String) {
+    let uefi = query.is_some_and(|q| q.split('&').any(|kv| kv == "platform=efi"));
+    relay.metrics.offline_scripts.inc();
+    tracing::warn!(%mac, uefi, "upstream unreachable ({why}): the machine boots its local disk");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let script = crate::boot::ipxe::BootScript::LocalDisk { uefi }.render(&relay.url);
+    (axum::http::StatusCode::OK, headers, script)
 }
 
 /// Largest hello body a relay reads (a hello is a few hundred bytes).

@@ -293,7 +293,7 @@ impl Scrape {
         app.connections.register(&mut reg);
         let m = &relay.metrics;
         let link = &relay.link;
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "bootcast_relay_upstream_bytes",
                 "Compressed chunk bytes received from upstream (prestage and pull-through)",
@@ -333,6 +333,11 @@ impl Scrape {
                 "bootcast_relay_orders_refused",
                 "Reimage orders refused: unsigned, forged (signature), or an older order replayed",
                 &m.orders_refused,
+            ),
+            (
+                "bootcast_relay_offline_scripts",
+                "Boot scripts answered by the relay alone (the local disk) while upstream could not be reached",
+                &m.offline_scripts,
             ),
             (
                 "bootcast_relay_heartbeats",
