@@ -276,10 +276,65 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE INDEX push_sites_by_site ON push_sites(site, push);",
 ];
 
+/// Reader connections a file database keeps beside its writer.
+const READERS: usize = 4;
+
 /// A handle to the database; cheap to clone.
+///
+/// One writer connection (every change goes through it, one transaction at a time, as
+/// SQLite allows) and, for a file database, a pool of [`READERS`] read-only connections: in
+/// WAL mode a reader sees the last committed state and neither waits for the writer nor
+/// holds it up, so a staff listing of 40,000 hosts does not stall the boots being recorded.
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    readers: Option<Arc<Readers>>,
+}
+
+/// The read-only connections, handed out round-robin (a busy one is skipped).
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &Path) -> Result<Readers, DbError> {
+        use rusqlite::OpenFlags;
+        let open_err = |cause| DbError::Open {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let mut conns = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            c.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(open_err)?;
+            c.pragma_update(None, "query_only", "ON")
+                .map_err(open_err)?;
+            conns.push(Mutex::new(c));
+        }
+        Ok(Readers {
+            conns,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn get(&self) -> MutexGuard<'_, Connection> {
+        let n = self.conns.len();
+        let first = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(g) = self.conns[(first + i) % n].try_lock() {
+                return g;
+            }
+        }
+        self.conns[first % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Db {
@@ -296,10 +351,12 @@ impl Db {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
-        Self::init(conn, path)
+        let mut db = Self::init(conn, path)?;
+        db.readers = Some(Arc::new(Readers::open(path)?));
+        Ok(db)
     }
 
-    /// A private in-memory database (tests).
+    /// A private in-memory database (tests); reads go through the one connection.
     pub fn open_in_memory() -> Result<Db, DbError> {
         let conn = Connection::open_in_memory().map_err(|cause| DbError::Open {
             path: ":memory:".into(),
@@ -341,17 +398,19 @@ impl Db {
         sites::hash_plain_tokens(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            readers: None,
         })
     }
 
-    /// The connection, for synchronous callers (CLI, tests, the blocking pool).
+    /// The writer connection, for synchronous callers (CLI, tests, the blocking pool).
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions
         // roll back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the blocking pool with the connection (async callers).
+    /// Runs `f` on the blocking pool with the writer connection (async callers): every
+    /// change, and reads that must see the writer's own uncommitted state.
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
@@ -361,6 +420,23 @@ impl Db {
         tokio::task::spawn_blocking(move || f(&mut db.lock()))
             .await
             .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// Runs `f` on the blocking pool with a read-only connection: it sees the last committed
+    /// state and does not wait for the writer (an in-memory database has no readers: `f`
+    /// gets the writer). A write from `f` fails (`query_only`).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || match &db.readers {
+            Some(r) => f(&r.get()),
+            None => f(&db.lock()),
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
     }
 
     /// The schema version (number of migrations applied).
@@ -393,6 +469,71 @@ mod tests {
         drop(db);
         let e = Db::open(&p).err().unwrap();
         assert!(e.to_string().contains("newer than this bootcast"), "{e}");
+    }
+
+    #[test]
+    fn readers_see_committed_state_while_a_write_is_open_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("x.db")).unwrap();
+        db.lock()
+            .execute(
+                "INSERT INTO groups (name, created_at) VALUES ('committed', 1)",
+                [],
+            )
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        async fn names(db: Db) -> Result<Vec<String>, DbError> {
+            db.read(|c| {
+                let mut st = c.prepare("SELECT name FROM groups ORDER BY name").unwrap();
+                let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+                Ok(rows.map(Result::unwrap).collect::<Vec<String>>())
+            })
+            .await
+        }
+        // the writer is held, inside an open transaction with an uncommitted row
+        let mut writer = db.lock();
+        let tx = writer.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO groups (name, created_at) VALUES ('uncommitted', 2)",
+            [],
+        )
+        .unwrap();
+        let (send, got) = std::sync::mpsc::channel();
+        let reader = db.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = send.send(rt.block_on(names(reader)));
+        });
+        // (a reader that waited for the writer would never answer while the test holds it)
+        let seen = got
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a read while the writer is held answers")
+            .unwrap();
+        assert_eq!(seen, vec!["committed".to_string()]);
+        tx.commit().unwrap();
+        drop(writer);
+        let seen = rt.block_on(names(db.clone())).unwrap();
+        assert_eq!(
+            seen,
+            vec!["committed".to_string(), "uncommitted".to_string()]
+        );
+        // a reader cannot write
+        let e = rt
+            .block_on(db.read(|c| {
+                c.execute("DELETE FROM groups", [])
+                    .what("delete through a reader")
+            }))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("readonly") || e.to_string().contains("read"),
+            "{e}"
+        );
     }
 
     #[test]

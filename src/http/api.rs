@@ -288,7 +288,7 @@ async fn offer_multicast(
 
 /// `GET /api/v1/hosts`: every host.
 pub async fn list_hosts(State(st): State<AppState>) -> ApiResult {
-    let h = st.db.call(|c| hosts::list(c)).await?;
+    let h = st.db.read(hosts::list).await?;
     Ok(Json(serde_json::json!({ "hosts": h })).into_response())
 }
 
@@ -297,7 +297,7 @@ pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Ap
     let mac = parse_mac(&mac)?;
     let res = st
         .db
-        .call(move |c| {
+        .read(move |c| {
             Ok((
                 hosts::get(c, mac)?,
                 hosts::boots(c, mac, 20)?,
@@ -342,7 +342,7 @@ pub struct HostName {
 /// `GET /api/v1/images/{name}/post-deploy`: the image's post-deploy settings.
 pub async fn get_post_deploy(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let n = name.clone();
-    let pd = st.db.call(move |c| images::post_deploy(c, &n)).await?;
+    let pd = st.db.read(move |c| images::post_deploy(c, &n)).await?;
     Ok(Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response())
 }
 
@@ -557,7 +557,7 @@ pub async fn list_tasks(
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
 ) -> ApiResult {
     let mac = q.host.as_deref().map(parse_mac).transpose()?;
-    let t = st.db.call(move |c| tasks::list(c, mac, q.all)).await?;
+    let t = st.db.read(move |c| tasks::list(c, mac, q.all)).await?;
     Ok(Json(serde_json::json!({ "tasks": t })).into_response())
 }
 
@@ -589,6 +589,6 @@ pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Api
 
 /// `GET /api/v1/groups`: every group with its hosts.
 pub async fn list_groups(State(st): State<AppState>) -> ApiResult {
-    let g = st.db.call(|c| groups::list(c)).await?;
+    let g = st.db.read(groups::list).await?;
     Ok(Json(serde_json::json!({ "groups": g })).into_response())
 }

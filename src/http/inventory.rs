@@ -108,7 +108,7 @@ pub async fn host_inventory(
     };
     let res = st
         .db
-        .call(move |c| Ok((inventories::latest(c, mac)?, hosts::get(c, mac)?)))
+        .read(move |c| Ok((inventories::latest(c, mac)?, hosts::get(c, mac)?)))
         .await?;
     match res {
         (Some(s), host) if glpi_form => {
@@ -130,7 +130,7 @@ pub async fn host_inventory_history(
     let mac = parse_mac(&mac)?;
     let list = st
         .db
-        .call(move |c| inventories::history(c, mac, 1000))
+        .read(move |c| inventories::history(c, mac, 1000))
         .await?;
     Ok(Json(serde_json::json!({ "inventories": list })).into_response())
 }
@@ -162,14 +162,14 @@ pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>
     let limit = q.limit.unwrap_or(100).min(10_000);
     let list = st
         .db
-        .call(move |c| events::list(c, host.as_deref(), q.kind.as_deref(), limit))
+        .read(move |c| events::list(c, host.as_deref(), q.kind.as_deref(), limit))
         .await?;
     Ok(Json(serde_json::json!({ "events": list })).into_response())
 }
 
 /// `GET /api/v1/hooks/runs`: the newest hook runs.
 pub async fn hook_runs(State(st): State<AppState>) -> ApiResult {
-    let list = st.db.call(|c| events::runs(c, 1000)).await?;
+    let list = st.db.read(|c| events::runs(c, 1000)).await?;
     Ok(Json(serde_json::json!({ "runs": list })).into_response())
 }
 

@@ -276,7 +276,7 @@ impl Origin {
 
 /// `GET /api/v1/sites` (staff): every site with its schedule and relay state.
 pub async fn list_sites(State(st): State<AppState>) -> ApiResult {
-    let list = st.db.call(|c| sites::list(c)).await?;
+    let list = st.db.read(sites::list).await?;
     Ok(Json(serde_json::json!({ "sites": list })).into_response())
 }
 
@@ -285,7 +285,7 @@ pub async fn push_status(State(st): State<AppState>) -> ApiResult {
     let now = crate::time::now_unix();
     let res = st
         .db
-        .call(move |c| {
+        .read(move |c| {
             let mut out = Vec::new();
             for p in pushes::list(c, false)? {
                 let mut rows = Vec::new();
