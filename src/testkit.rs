@@ -13,3 +13,40 @@ pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A stand-in boot environment in `DATA/bootenv` (a tiny kernel and initrd with a valid
+/// record): the server hands out boot scripts for it, nothing boots it. For tests and benches
+/// whose PCs are simulated.
+pub fn stand_in_bootenv(data: &std::path::Path) {
+    use crate::bootenv::{BootEnvInfo, FileInfo};
+    let d = data.join("bootenv");
+    std::fs::create_dir_all(&d).expect("create DATA/bootenv");
+    let kernel = b"kernel bytes".to_vec();
+    let initrd = vec![7u8; 100_000];
+    std::fs::write(d.join("vmlinuz"), &kernel).expect("write vmlinuz");
+    std::fs::write(d.join("initrd.img"), &initrd).expect("write initrd.img");
+    let file = |b: &[u8]| FileInfo {
+        size: b.len() as u64,
+        blake3: blake3::hash(b).to_hex().to_string(),
+    };
+    let info = BootEnvInfo {
+        kernel_version: "test".into(),
+        kernel_package: "none".into(),
+        vmlinuz: file(&kernel),
+        initrd: file(&initrd),
+        initrd_compression: "none".into(),
+        modules: vec![],
+        modules_builtin: vec![],
+        modules_missing: vec![],
+        agent_size: 0,
+        agent_stripped: false,
+        busybox: String::new(),
+        built_at: 0,
+        bootcast_version: "test".into(),
+    };
+    std::fs::write(
+        d.join("bootenv.json"),
+        serde_json::to_vec(&info).expect("a record serialises"),
+    )
+    .expect("write bootenv.json");
+}

@@ -558,33 +558,7 @@ pub fn bootenv_build(lab: &Lab) -> Output {
 }
 /// A stand-in boot environment: two files and the record `bootenv::load` checks.
 pub fn fake_bootenv(lab: &Lab) {
-    use bootcast::bootenv::{BootEnvInfo, FileInfo};
-    let d = lab.data().join("bootenv");
-    std::fs::create_dir_all(&d).unwrap();
-    let kernel = b"kernel bytes".to_vec();
-    let initrd = vec![7u8; 100_000];
-    std::fs::write(d.join("vmlinuz"), &kernel).unwrap();
-    std::fs::write(d.join("initrd.img"), &initrd).unwrap();
-    let file = |b: &[u8]| FileInfo {
-        size: b.len() as u64,
-        blake3: blake3::hash(b).to_hex().to_string(),
-    };
-    let info = BootEnvInfo {
-        kernel_version: "test".into(),
-        kernel_package: "none".into(),
-        vmlinuz: file(&kernel),
-        initrd: file(&initrd),
-        initrd_compression: "none".into(),
-        modules: vec![],
-        modules_builtin: vec![],
-        modules_missing: vec![],
-        agent_size: 0,
-        agent_stripped: false,
-        busybox: String::new(),
-        built_at: 0,
-        bootcast_version: "test".into(),
-    };
-    std::fs::write(d.join("bootenv.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+    bootcast::testkit::stand_in_bootenv(&lab.data());
 }
 
 pub mod dhcp;
