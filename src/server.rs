@@ -411,13 +411,22 @@ impl Server {
         }
         // tokens only over HTTPS (or from this machine): one decision for every route
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(self.listening.https.as_ref().map(|h| {
-                h.url
-                    .clone()
-                    .unwrap_or_else(|| format!("https://THIS-SERVER:{}", h.addr.port()))
-            })),
+            Arc::new(http::listen::PlainPolicy {
+                https_url: self.listening.https.as_ref().map(|h| {
+                    h.url
+                        .clone()
+                        .unwrap_or_else(|| format!("https://THIS-SERVER:{}", h.addr.port()))
+                }),
+                plain_relays: self.config.plain_relays.clone(),
+            }),
             http::listen::require_tls,
         ));
+        if !self.config.plain_relays.is_empty() {
+            tracing::warn!(
+                subnets = ?self.config.plain_relays,
+                "the relay protocol is answered over plain HTTP from these subnets ([http] plain_relays): their relays' tokens cross the network in clear; remove the key once every relay there speaks HTTPS"
+            );
+        }
         if self.relay.is_none() {
             // relays waiting on /api/v1/relay/wait learn of a new push at once; pushes are
             // made by other processes (`bootcast push create`) too, hence a poll

@@ -15,6 +15,7 @@
 //! max_connections_per_address = 64   # open at once from one source address
 //! header_timeout = 15            # seconds to a complete request head (TLS handshake included)
 //! idle_timeout = 120             # seconds a keep-alive connection waits for its next request
+//! plain_relays = []              # subnets whose relays may speak plain HTTP (upgrades only)
 //!
 //! [tls]                          # the HTTPS certificate; default: self-signed, DATA/tls/
 //! cert = "/etc/bootcast/cert.pem"   # PEM: certificate, then intermediates
@@ -115,6 +116,9 @@ pub struct Config {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// Connection caps and timeouts of the HTTP listeners.
     pub limits: HttpLimits,
+    /// `[http] plain_relays`: subnets from which the relay protocol is answered over plain
+    /// HTTP (relays of a release before HTTPS, while a region upgrades); empty: none.
+    pub plain_relays: Vec<String>,
     pub tftp: TftpConfig,
     pub dhcp: Option<DhcpConfig>,
     pub after_register: AfterRegister,

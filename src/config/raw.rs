@@ -95,6 +95,10 @@ pub struct RawHttp {
     pub header_timeout: Option<u64>,
     /// Seconds a keep-alive connection may wait for its next request (default 120).
     pub idle_timeout: Option<u64>,
+    /// Subnets whose relays may use the relay protocol over plain HTTP (default none): relays
+    /// of a release before HTTPS, while a region upgrades.
+    #[serde(default)]
+    pub plain_relays: Vec<String>,
 }
 
 /// `[tls]`: the HTTPS listener's certificate; without it, a self-signed one in `DATA/tls`.

@@ -32,6 +32,13 @@ impl RawConfig {
             }
         }
         let limits = self.validate_limits(&mut p);
+        for c in &self.http.plain_relays {
+            if !valid_cidr(c) {
+                p(format!(
+                    "http.plain_relays: {c:?} is not a subnet like 10.20.0.0/16 or fd99::/64"
+                ));
+            }
+        }
         let tls_files = match (&self.tls.cert, &self.tls.key) {
             (None, None) => None,
             (Some(c), Some(k)) => {
@@ -123,6 +130,7 @@ impl RawConfig {
                 https,
                 tls_files,
                 limits,
+                plain_relays: self.http.plain_relays.clone(),
                 tftp: TftpConfig {
                     enabled: tftp_enabled,
                     listen: tftp_listen.expect("checked"),

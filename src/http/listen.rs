@@ -628,28 +628,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// What the plain listener answers, and where to send the rest.
+#[derive(Debug, Clone, Default)]
+pub struct PlainPolicy {
+    /// This node's HTTPS URL (`None`: HTTPS is off).
+    pub https_url: Option<String>,
+    /// `[http] plain_relays`: subnets whose relays may speak the relay protocol over plain
+    /// HTTP (relays of a release before HTTPS, during an upgrade).
+    pub plain_relays: Vec<String>,
+}
+
 /// Why a request may not be answered on `transport`, if it may not: on plain HTTP, from
 /// another machine, a request that carries a staff token (`Authorization`) or belongs to the
-/// relay protocol (`/api/v1/relay/*`, a relay token header). `https_url`: this node's HTTPS
-/// URL (`None`: HTTPS is off).
+/// relay protocol (`/api/v1/relay/*`, a relay token header), unless the relay protocol comes
+/// from a subnet of `policy.plain_relays`.
 pub fn plain_refusal(
     transport: Transport,
     peer: Option<IpAddr>,
     path: &str,
     headers: &HeaderMap,
-    https_url: Option<&str>,
+    policy: &PlainPolicy,
 ) -> Option<String> {
     if transport == Transport::Tls || peer.is_some_and(|ip| ip.to_canonical().is_loopback()) {
         return None;
     }
-    let what = if path.starts_with("/api/v1/relay/") || headers.contains_key(RELAY_TOKEN_HEADER) {
+    let relay_protocol =
+        path.starts_with("/api/v1/relay/") || headers.contains_key(RELAY_TOKEN_HEADER);
+    let what = if relay_protocol {
+        let allowed = peer.is_some_and(|ip| {
+            let ip = ip.to_canonical();
+            policy
+                .plain_relays
+                .iter()
+                .any(|c| crate::db::sites::cidr_contains(c, ip))
+        });
+        // (a staff token is never accepted in clear, even beside a relay's)
+        if allowed
+            && (path.starts_with("/api/v1/relay/") || !headers.contains_key(header::AUTHORIZATION))
+        {
+            return None;
+        }
         "the relay protocol"
     } else if headers.contains_key(header::AUTHORIZATION) {
         "the staff API"
     } else {
         return None;
     };
-    Some(match https_url {
+    Some(match policy.https_url.as_deref() {
         Some(url) => format!(
             "{what} is not served over plain HTTP, where its token would cross the network in clear: use {url} (the certificate's fingerprint is in the server's start banner)"
         ),
@@ -662,7 +687,7 @@ pub fn plain_refusal(
 /// Middleware (the node's outermost layer): refuses with 403 what [`plain_refusal`] refuses.
 /// State: this node's HTTPS URL, if HTTPS is on.
 pub async fn require_tls(
-    State(https_url): State<Arc<Option<String>>>,
+    State(policy): State<Arc<PlainPolicy>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -675,13 +700,7 @@ pub async fn require_tls(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    match plain_refusal(
-        transport,
-        peer,
-        req.uri().path(),
-        req.headers(),
-        https_url.as_deref(),
-    ) {
+    match plain_refusal(transport, peer, req.uri().path(), req.headers(), &policy) {
         Some(why) => {
             tracing::debug!(?peer, "refused on plain HTTP: {why}");
             ApiError::forbidden(why).into_response()
@@ -696,7 +715,10 @@ mod tests {
 
     #[test]
     fn secrets_on_plain_http_from_another_machine_are_refused_naming_https() {
-        let https = Some("https://10.99.0.1:8443");
+        let https = &PlainPolicy {
+            https_url: Some("https://10.99.0.1:8443".into()),
+            plain_relays: vec![],
+        };
         let lan: Option<IpAddr> = Some("10.99.0.5".parse().unwrap());
         let mut staff = HeaderMap::new();
         staff.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
@@ -721,7 +743,14 @@ mod tests {
         // a relay token on any route is relay business
         let why = plain_refusal(Transport::Plain, lan, "/boot/x.ipxe", &relayed, https).unwrap();
         assert!(why.contains("relay protocol"), "{why}");
-        let off = plain_refusal(Transport::Plain, lan, "/api/v1/hosts", &staff, None).unwrap();
+        let off = plain_refusal(
+            Transport::Plain,
+            lan,
+            "/api/v1/hosts",
+            &staff,
+            &PlainPolicy::default(),
+        )
+        .unwrap();
         assert!(off.contains("tls_listen"), "{off}");
 
         // what firmware and agents fetch stays on plain HTTP
@@ -752,6 +781,51 @@ mod tests {
         }
         // no peer known: not loopback
         assert!(plain_refusal(Transport::Plain, None, "/api/v1/hosts", &staff, https).is_some());
+    }
+
+    #[test]
+    fn relays_of_a_listed_subnet_speak_plain_http_and_staff_tokens_never_do() {
+        let policy = PlainPolicy {
+            https_url: Some("https://10.99.0.1:8443".into()),
+            plain_relays: vec!["10.99.7.0/24".into()],
+        };
+        let old_relay: Option<IpAddr> = Some("10.99.7.2".parse().unwrap());
+        let elsewhere: Option<IpAddr> = Some("10.99.8.2".parse().unwrap());
+        let mut bearer = HeaderMap::new();
+        bearer.insert(header::AUTHORIZATION, "Bearer site-token".parse().unwrap());
+        let mut relayed = HeaderMap::new();
+        relayed.insert(RELAY_TOKEN_HEADER, "tok".parse().unwrap());
+        let hb = "/api/v1/relay/heartbeat";
+        assert_eq!(
+            plain_refusal(Transport::Plain, old_relay, hb, &bearer, &policy),
+            None
+        );
+        for path in [
+            "/chunks/batch",
+            "/api/v1/images/w/latest/manifest",
+            "/boot/x.ipxe",
+        ] {
+            assert_eq!(
+                plain_refusal(Transport::Plain, old_relay, path, &relayed, &policy),
+                None
+            );
+        }
+        // from another subnet: refused as before
+        assert!(plain_refusal(Transport::Plain, elsewhere, hb, &bearer, &policy).is_some());
+        // a staff token from the listed subnet: still refused
+        let why = plain_refusal(
+            Transport::Plain,
+            old_relay,
+            "/api/v1/hosts",
+            &bearer,
+            &policy,
+        );
+        assert!(why.is_some_and(|w| w.contains("staff API")));
+        let mut both = relayed.clone();
+        both.insert(header::AUTHORIZATION, "Bearer staff".parse().unwrap());
+        assert!(
+            plain_refusal(Transport::Plain, old_relay, "/api/v1/hosts", &both, &policy).is_some()
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::db::{pushes, sites, DbError};
 use crate::proto::relay::{
-    Heartbeat, HeartbeatReply, SiteSchedule, DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, PROTOCOL,
-    RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
+    Heartbeat, HeartbeatReply, SiteSchedule, DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER,
+    OLDEST_PROTOCOL, PROTOCOL, RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
 };
 
 /// Seconds between a relay's heartbeats.
@@ -45,6 +45,13 @@ pub async fn heartbeat(
                 return Ok(Err(ApiError::forbidden(format!(
                     "this token is site {:?}'s, not {:?}: start the relay with --site {}",
                     site.name, hb.site, site.name
+                ))));
+            }
+            if hb.protocol < OLDEST_PROTOCOL {
+                return Ok(Err(ApiError::bad_request(format!(
+                    "this relay speaks relay protocol {}, older than this server serves ({OLDEST_PROTOCOL} to {PROTOCOL}): upgrade the relay to bootcast {} (the central server's release)",
+                    hb.protocol,
+                    env!("CARGO_PKG_VERSION")
                 ))));
             }
             if hb.protocol > PROTOCOL {

@@ -14,10 +14,22 @@
 use serde::{Deserialize, Serialize};
 
 /// The relay protocol's version. A change that older peers can read (a field with a default)
-/// keeps the number; one they cannot raises it, and a server refuses relays that speak a newer
-/// protocol than its own with a message saying which side to upgrade. Relays speak to older
-/// servers as long as the server accepts them.
-pub const PROTOCOL: u32 = 1;
+/// keeps the number; one they cannot raises it. A server serves relays of its own protocol
+/// and of the one before ([`OLDEST_PROTOCOL`]: one release apart keeps working, so a region
+/// upgrades its central server first, then its relays), and refuses others with a message
+/// that names the side to upgrade.
+///
+/// - 0: relays from before the number (no `protocol` field).
+/// - 1: the number; site tokens hashed, read from a file.
+/// - 2: signed orders (`key`, `signature`: a relay that pinned the central key refuses
+///   unsigned ones, so it needs a server of protocol 2), the order watch
+///   (`GET /api/v1/relay/wait`), the DHCP-seen header, HTTPS upstreams. A protocol-1 relay
+///   ignores the new fields and keeps working; it speaks plain HTTP, which a server accepts
+///   only from the subnets of `[http] plain_relays`.
+pub const PROTOCOL: u32 = 2;
+
+/// The oldest relay protocol a server still serves.
+pub const OLDEST_PROTOCOL: u32 = 1;
 
 /// The site relay token of a relay passing a client's request on.
 pub const RELAY_TOKEN_HEADER: &str = "x-bootcast-relay-token";

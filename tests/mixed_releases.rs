@@ -1,0 +1,123 @@
+//! Mixed releases: a relay of the previous release (relay protocol 1; its messages are frozen
+//! in tests/fixtures/relay_protocol_1.rs, copied from the release that spoke it) keeps working
+//! against this central server: heartbeat, the push order it reads, the manifest and chunks it
+//! fetches with its token, its progress reported done. A relay two protocols older, and one
+//! newer than the server, are refused with a message that names what to upgrade.
+
+mod common;
+
+#[path = "fixtures/relay_protocol_1.rs"]
+#[allow(dead_code)]
+mod v1;
+
+use common::{disk_like, site, InProcess, Lab};
+
+fn heartbeat(url: &str, token: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let (code, _, body) = common::request(
+        "POST",
+        &format!("{url}/api/v1/relay/heartbeat"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+        Some(body),
+    );
+    (code, body)
+}
+
+#[test]
+fn a_relay_of_the_previous_release_is_served_and_older_or_newer_ones_are_refused() {
+    assert_eq!(
+        v1::PROTOCOL + 1,
+        bootcast::proto::relay::PROTOCOL,
+        "the fixture is the protocol before this one"
+    );
+    let lab = Lab::new();
+    let a = lab.add("win11", &lab.file("v.img", &disk_like(2 << 20, 81)));
+    let version = a["version"].as_str().unwrap().to_string();
+    let token = site(&lab, "s1", &[]);
+    let c = InProcess::start(&lab);
+    let push = lab.json(&["push", "create", "--image", "win11", "--sites", "s1"])["push"]["id"]
+        .as_i64()
+        .unwrap();
+
+    // the old relay's first heartbeat, as it serialised it; the reply read with its types
+    let mut hb = v1::Heartbeat {
+        protocol: v1::PROTOCOL,
+        site: "s1".into(),
+        url: "http://10.99.3.2:8080".into(),
+        version: "previous".into(),
+        cache_bytes: 0,
+        quota_bytes: None,
+        complete: vec![],
+        pushes: vec![],
+    };
+    let (code, body) = heartbeat(&c.url, &token, serde_json::to_vec(&hb).unwrap());
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let reply: v1::HeartbeatReply =
+        serde_json::from_slice(&body).expect("a protocol-1 relay reads the reply");
+    assert_eq!(reply.pushes.len(), 1, "{reply:?}");
+    assert_eq!(reply.pushes[0].id, push);
+    assert_eq!(reply.pushes[0].versions[0].version, version);
+
+    // it fetches the order's manifest and chunks as it did, its token in a header
+    let relay_headers = [
+        (v1::RELAY_TOKEN_HEADER, token.as_str()),
+        (v1::RELAY_URL_HEADER, "http://10.99.3.2:8080"),
+    ];
+    let (code, _, manifest) = common::request(
+        "GET",
+        &format!("{}/api/v1/images/win11/{version}/manifest", c.url),
+        &relay_headers,
+        None,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&manifest));
+    let (m, _) = bootcast::store::Manifest::decode(&manifest).expect("the manifest decodes");
+    let first = m.chunks().next().unwrap().1;
+    let (code, _, chunk) = common::request(
+        "GET",
+        &format!("{}/chunks/{first}", c.url),
+        &relay_headers,
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(!chunk.is_empty());
+
+    // its progress: the version complete, the push done
+    hb.complete = vec![v1::VersionRef {
+        image: "win11".into(),
+        version: version.clone(),
+    }];
+    hb.pushes = vec![v1::PushProgress {
+        push,
+        state: v1::PushState::Done,
+        bytes_done: 1,
+        bytes_total: 1,
+        fetched: 1,
+        rate: 0,
+        detail: None,
+    }];
+    let (code, body) = heartbeat(&c.url, &token, serde_json::to_vec(&hb).unwrap());
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(common::push_row(&lab, push, "s1")["state"], "done");
+
+    // two protocols older (a relay from before the number sends none): refused, naming the
+    // upgrade; nothing recorded
+    let mut old = serde_json::to_value(&hb).unwrap();
+    old.as_object_mut().unwrap().remove("protocol");
+    old["url"] = "http://10.99.3.9:8080".into();
+    let (code, body) = heartbeat(&c.url, &token, serde_json::to_vec(&old).unwrap());
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("upgrade the relay"), "{text}");
+    let sites = lab.json(&["site", "list"]);
+    assert!(!sites.to_string().contains("10.99.3.9"), "{sites}");
+
+    // newer than this server: refused, naming the server
+    let mut newer = serde_json::to_value(&hb).unwrap();
+    newer["protocol"] = (bootcast::proto::relay::PROTOCOL + 1).into();
+    let (code, body) = heartbeat(&c.url, &token, serde_json::to_vec(&newer).unwrap());
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("upgrade the server"), "{text}");
+}
