@@ -31,6 +31,9 @@ struct Args {
     buffer: usize,
 }
 
+/// Pieces read and not yet written, each with the instant it may be written.
+type Queue = Arc<Mutex<VecDeque<(Instant, Vec<u8>)>>>;
+
 /// One direction: reads `from`, writes each piece to `to` once its delay has passed.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
@@ -38,7 +41,7 @@ async fn pipe(
     delay: Duration,
     buffer: usize,
 ) {
-    let queue: Arc<Mutex<VecDeque<(Instant, Vec<u8>)>>> = Arc::default();
+    let queue: Queue = Arc::default();
     let ready = Arc::new(Notify::new());
     let room = Arc::new(Semaphore::new(buffer));
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
