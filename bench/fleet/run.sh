@@ -14,7 +14,7 @@ usage: bench/fleet/run.sh [options] [-- fleet_sim options]
 
 Options after `--` go to every fleet_sim run, e.g. `-- --sites 200 --window 21:00-07:00`
 (see `fleet_sim --help`: --sites --masters --update-percent --window --central-egress
---min-cap --max-cap --zone --other-zones --start --horizon-days --seed).
+--min-cap --max-cap --min-rtt-ms --max-rtt-ms --zone --other-zones --start --horizon-days --seed).
 
 environment:
   FLEET_SIM       the example binary (default: built with `cargo build --release --locked

@@ -43,6 +43,11 @@ struct Args {
     min_cap: String,
     #[arg(long, default_value = "1Gbit")]
     max_cap: String,
+    /// Round trips to the central server (ms), log-uniform; the longest to the lowest caps.
+    #[arg(long, default_value_t = 5)]
+    min_rtt_ms: u64,
+    #[arg(long, default_value_t = 80)]
+    max_rtt_ms: u64,
     /// Zone of the central server and of every site not in --other-zones (a zoneinfo name).
     #[arg(long, default_value = "Europe/Paris")]
     zone: String,
@@ -110,6 +115,7 @@ fn miss_text(m: Miss) -> &'static str {
     match m {
         Miss::CapTooLow => "cap too low for the bytes in one night",
         Miss::SharedEgress => "central egress shared (alone it would fit)",
+        Miss::RoundTrip => "round trip holds it below its cap (at its cap it would fit)",
     }
 }
 
@@ -139,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         central_egress: rate(&a.central_egress)?,
         min_cap: rate(&a.min_cap)?,
         max_cap: rate(&a.max_cap)?,
+        min_rtt_ms: a.min_rtt_ms,
+        max_rtt_ms: a.max_rtt_ms,
         zone: (a.zone.clone(), zone.clone()),
         other_zones,
         start,
@@ -178,6 +186,8 @@ fn main() -> anyhow::Result<()> {
                     "site": r.name,
                     "cap_bytes_per_s": r.cap,
                     "cap": format_rate(r.cap),
+                    "rtt_ms": r.rtt_ms,
+                    "rate_bytes_per_s": r.rate,
                     "zone": r.zone,
                     "upstream_bytes": r.bytes,
                     "upstream_gib": (gib(r.bytes) * 1000.0).round() / 1000.0,
@@ -221,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                 "missing_first_night": missing.len(),
                 "missing_cap_too_low": count(Miss::CapTooLow),
                 "missing_shared_egress": count(Miss::SharedEgress),
+                "missing_round_trip": count(Miss::RoundTrip),
                 "not_done_within_horizon": not_done,
                 "last_done_at": last_done.map(rfc3339),
                 "max_nights": max_nights,
@@ -256,12 +267,16 @@ fn main() -> anyhow::Result<()> {
         gib(unique)
     );
     println!(
-        "{} sites, caps {} .. {} log-uniform (seed {}); window {} in each site's local time; \
-         central egress {}; push starts {} {}",
+        "{} sites, caps {} .. {} log-uniform (seed {}), round trips {} .. {} ms (the longest to \
+         the lowest caps; a relay pulls at most {} KiB per round trip); window {} in each site's \
+         local time; central egress {}; push starts {} {}",
         a.sites,
         format_rate(spec.min_cap),
         format_rate(spec.max_cap),
         a.seed,
+        spec.min_rtt_ms,
+        spec.max_rtt_ms,
+        sim::IN_FLIGHT >> 10,
         spec.window,
         format_rate(spec.central_egress),
         local(start, &zone),
@@ -269,8 +284,16 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     let header = format!(
-        "{:<8} {:>13}  {:<18} {:>12}  {:<20} {:>11} {:>6}",
-        "site", "cap", "zone", "upstream GiB", "done at (local)", "after start", "nights"
+        "{:<8} {:>13} {:>6} {:>13}  {:<18} {:>12}  {:<20} {:>11} {:>6}",
+        "site",
+        "cap",
+        "rtt",
+        "rate",
+        "zone",
+        "upstream GiB",
+        "done at (local)",
+        "after start",
+        "nights"
     );
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
@@ -282,15 +305,18 @@ fn main() -> anyhow::Result<()> {
         let mark = match r.miss {
             Some(Miss::CapTooLow) => "  MISSES NIGHT (cap)",
             Some(Miss::SharedEgress) => "  MISSES NIGHT (shared egress)",
+            Some(Miss::RoundTrip) => "  MISSES NIGHT (round trip)",
             None => "",
         };
         let after = r
             .done_at
             .map_or_else(|| "-".to_string(), |t| hours(t - start));
         println!(
-            "{:<8} {:>13}  {:<18} {:>12.2}  {:<20} {:>11} {:>6}{mark}",
+            "{:<8} {:>13} {:>6} {:>13}  {:<18} {:>12.2}  {:<20} {:>11} {:>6}{mark}",
             r.name,
             format_rate(r.cap),
+            format!("{}ms", r.rtt_ms),
+            format_rate(r.rate),
             r.zone,
             gib(r.bytes),
             done,
@@ -332,7 +358,7 @@ fn summary(out: &Outcome, a: &Args, spec: &FleetSpec, zone: &Zone, zones: &BTree
             String::new()
         }
     );
-    for m in [Miss::CapTooLow, Miss::SharedEgress] {
+    for m in [Miss::CapTooLow, Miss::RoundTrip, Miss::SharedEgress] {
         let these: Vec<&&SiteResult> = missing.iter().filter(|r| r.miss == Some(m)).collect();
         if these.is_empty() {
             continue;

@@ -8,7 +8,10 @@
 //! The model:
 //! - a site pulls at its cap (bytes/s, as [`rate::parse_rate`](bootcast::rate::parse_rate) reads
 //!   `50Mbit` and the relay's [`Bucket`](bootcast::rate::Bucket) holds it) while its window is
-//!   open in its zone ([`Windows::is_open`]) and it still lacks bytes;
+//!   open in its zone ([`Windows::is_open`]) and it still lacks bytes, unless its round trip
+//!   holds it lower: the relay keeps [`IN_FLIGHT`] bytes requested at once (its prestage
+//!   streams, one batch each), so it cannot pull faster than `IN_FLIGHT / rtt`
+//!   ([`Site::rate`]);
 //! - the central server's egress is shared: when the caps of the sites pulling at one moment
 //!   add up to more than the egress, every pulling site's rate is scaled down by the same
 //!   factor (rounded down to whole bytes/s), so the sum never exceeds the egress;
@@ -18,7 +21,7 @@
 //! - what a site lacks is a byte count: the unique chunk bytes of its masters it does not
 //!   hold ([`Catalog`]); chunks shared by several masters (a common Windows base) count once.
 //!
-//! Not modelled: TCP dynamics (slow start, loss, round trips), relay or server CPU (hashing,
+//! Not modelled: TCP dynamics (slow start, loss), relay or server CPU (hashing,
 //! decompression), disk speed on either side, request overhead, relays feeding each other,
 //! links shared with the site's daytime traffic.
 //!
@@ -35,6 +38,10 @@ use bootcast::push::window::Windows;
 use bootcast::time::Zone;
 
 const GIB: u64 = 1 << 30;
+
+/// Compressed bytes a relay's prestage has requested at once: one batch per stream.
+pub const IN_FLIGHT: u64 =
+    bootcast::relay::prestage::STREAMS as u64 * bootcast::relay::prestage::BATCH_BYTES;
 
 /// A run of unique chunk bytes (compressed, as stored and sent), possibly shared by several
 /// masters.
@@ -256,6 +263,19 @@ pub struct Site {
     pub window: Windows,
     /// Bytes it lacks at the start.
     pub bytes: u64,
+    /// Round-trip time to the central server, milliseconds.
+    pub rtt_ms: u64,
+}
+
+impl Site {
+    /// The rate it pulls at alone: its cap, or what [`IN_FLIGHT`] bytes per round trip
+    /// allow if that is lower.
+    pub fn rate(&self) -> u64 {
+        match self.rtt_ms {
+            0 => self.cap,
+            ms => self.cap.min(IN_FLIGHT * 1000 / ms),
+        }
+    }
 }
 
 /// A simulation: the sites, the central egress, the start and the horizon.
@@ -279,6 +299,8 @@ pub enum Miss {
     CapTooLow,
     /// Alone it would make it; sharing the central egress with the other sites delays it.
     SharedEgress,
+    /// At its cap it would make it, but its round trip holds it below the cap.
+    RoundTrip,
 }
 
 /// One site's result.
@@ -286,6 +308,9 @@ pub enum Miss {
 pub struct SiteResult {
     pub name: String,
     pub cap: u64,
+    /// Its round trip (ms) and the rate it pulls at alone ([`Site::rate`]).
+    pub rtt_ms: u64,
+    pub rate: u64,
     pub zone: String,
     pub bytes: u64,
     /// When its first night opens (after the start) and ends (Unix seconds).
@@ -442,7 +467,7 @@ impl Sim {
                 }
             }
             let active: Vec<usize> = (0..n).filter(|&i| open[i] && remaining[i] > 0).collect();
-            let caps: Vec<u64> = active.iter().map(|&i| self.sites[i].cap).collect();
+            let caps: Vec<u64> = active.iter().map(|&i| self.sites[i].rate()).collect();
             let rates = share(&caps, egress);
             let mut next = end;
             for i in 0..n {
@@ -509,10 +534,13 @@ impl Sim {
                     k
                 });
                 let misses = done.is_none_or(|d| d > first_end);
-                let alone = w.finish_time(self.start, s.bytes, s.cap, z);
+                let alone = w.finish_time(self.start, s.bytes, s.rate(), z);
+                let at_cap = w.finish_time(self.start, s.bytes, s.cap, z);
                 let miss = misses.then(|| {
                     if alone.is_some_and(|a| a <= first_end) {
                         Miss::SharedEgress
+                    } else if at_cap.is_some_and(|a| a <= first_end) {
+                        Miss::RoundTrip
                     } else {
                         Miss::CapTooLow
                     }
@@ -520,6 +548,8 @@ impl Sim {
                 SiteResult {
                     name: s.name.clone(),
                     cap: s.cap,
+                    rtt_ms: s.rtt_ms,
+                    rate: s.rate(),
                     zone: s.zone_name.clone(),
                     bytes: s.bytes,
                     first_night_opens: first_opens,
@@ -562,6 +592,10 @@ pub struct FleetSpec {
     /// Site caps, bytes per second: spread log-uniformly between these.
     pub min_cap: u64,
     pub max_cap: u64,
+    /// Round trips to the central server, milliseconds: spread log-uniformly between these,
+    /// the longest to the sites with the lowest caps (VPN sites are the slow, far ones).
+    pub min_rtt_ms: u64,
+    pub max_rtt_ms: u64,
     /// The zone of every site not placed in `other_zones`.
     pub zone: (String, Zone),
     /// Zones for a few sites each: (name, zone, how many sites).
@@ -593,6 +627,15 @@ pub fn fleet(spec: &FleetSpec) -> Fleet {
         Scenario::Seed => catalog.unique_bytes(&all),
     };
     let caps = log_caps(spec.sites, spec.min_cap, spec.max_cap, spec.seed);
+    // the k-th lowest cap gets the k-th longest round trip
+    let mut rtts = log_caps(spec.sites, spec.min_rtt_ms, spec.max_rtt_ms, 0);
+    rtts.sort_unstable_by(|a, b| b.cmp(a));
+    let mut by_cap: Vec<usize> = (0..spec.sites).collect();
+    by_cap.sort_by_key(|&i| caps[i]);
+    let mut rtt_of = vec![0; spec.sites];
+    for (k, &i) in by_cap.iter().enumerate() {
+        rtt_of[i] = rtts[k];
+    }
     // zone slots: the other zones' counts first, then the default zone, shuffled
     let mut zone_of: Vec<Option<usize>> = spec
         .other_zones
@@ -617,6 +660,7 @@ pub fn fleet(spec: &FleetSpec) -> Fleet {
                 zone: zone.clone(),
                 window: spec.window.clone(),
                 bytes,
+                rtt_ms: rtt_of[i],
             }
         })
         .collect();
@@ -657,6 +701,7 @@ mod tests {
             zone: Zone::utc(),
             window: night(),
             bytes,
+            rtt_ms: 0,
         }
     }
 
@@ -681,7 +726,11 @@ mod tests {
             assert!(iv.rate() <= s.central_egress, "{iv:?}");
             for f in &iv.flows {
                 let site = &s.sites[f.site];
-                assert!(f.rate <= site.cap, "{} over its cap: {f:?}", site.name);
+                assert!(
+                    f.rate <= site.rate(),
+                    "{} over its cap or its round trip: {f:?}",
+                    site.name
+                );
                 assert!(
                     f.bytes <= f.rate * (iv.to - iv.from) as u64,
                     "{}: {f:?}",
@@ -740,6 +789,36 @@ mod tests {
         let o = sim(u64::MAX, vec![site("a", cap, cap * 3600)]).run();
         assert_eq!(o.sites[0].done_at, Some(at(23, 0)));
         assert_eq!((o.peak_rate, o.peak_at, o.peak_sites), (cap, at(22, 0), 1));
+    }
+
+    #[test]
+    fn a_far_site_pulls_one_in_flight_window_per_round_trip_not_its_cap() {
+        let cap = parse_rate("1Gbit").unwrap();
+        let mut near = site("near", cap, cap * 3 * 3600);
+        near.rtt_ms = 2;
+        let mut far = site("far", cap, cap * 3 * 3600);
+        far.rtt_ms = 100;
+        // 2 ms: IN_FLIGHT / 2 ms is above the cap, the cap holds; 100 ms: ten windows a second
+        assert_eq!(near.rate(), cap);
+        assert_eq!(far.rate(), IN_FLIGHT * 10);
+        assert!(far.rate() < cap);
+        let s = sim(u64::MAX, vec![near, far]);
+        let o = s.run();
+        let by = |n: &str| o.sites.iter().find(|r| r.name == n).unwrap();
+        assert_eq!(by("near").done_at, Some(at(24 + 1, 0)));
+        assert!(!by("near").misses_first_night);
+        // three hours of bytes at the cap take 18 h at 20 MiB/s: three nights; at its cap it
+        // would fit the first
+        let far = by("far");
+        assert_eq!(far.rate, IN_FLIGHT * 10);
+        assert!(far.misses_first_night);
+        assert_eq!(far.miss, Some(Miss::RoundTrip));
+        let want = night()
+            .finish_time(s.start, cap * 3 * 3600, IN_FLIGHT * 10, &Zone::utc())
+            .unwrap();
+        assert_eq!(far.done_at, Some(want));
+        assert_eq!(far.nights, Some(3));
+        check_invariants(&s, &o);
     }
 
     #[test]
@@ -884,6 +963,8 @@ mod tests {
             central_egress: parse_rate("10Gbit").unwrap(),
             min_cap: parse_rate("10Mbit").unwrap(),
             max_cap: parse_rate("1Gbit").unwrap(),
+            min_rtt_ms: 5,
+            max_rtt_ms: 80,
             zone: ("UTC".into(), Zone::utc()),
             other_zones: vec![("UTC+4".into(), Zone::fixed(14_400).unwrap(), 3)],
             start: at(17, 0),
