@@ -498,10 +498,26 @@ async fn run(
     token_file: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let r: Region = serde_json::from_slice(&std::fs::read(&region)?)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    // each relay (and the PCs it passes on) from its own address, 127.0.1.N, as on a real
+    // network (the server caps connections per source address); staff from 127.0.2.1
+    let client_from = |ip: std::net::Ipv4Addr| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::V4(ip))
+            .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(60))
+            .build()
+    };
+    let relay_clients = (0..r.sites.len())
+        .map(|i| {
+            client_from(std::net::Ipv4Addr::new(
+                127,
+                0,
+                1 + (i / 250) as u8,
+                1 + (i % 250) as u8,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = client_from(std::net::Ipv4Addr::new(127, 0, 200, 1))?;
     let stats: Stats = Arc::default();
     let t0 = Instant::now();
     // the relays heartbeat from before the storm until after it
@@ -513,7 +529,7 @@ async fn run(
             token: s.token.clone(),
         };
         relays.spawn(relay_loop(
-            client.clone(),
+            relay_clients[i].clone(),
             url.clone(),
             site,
             i,
@@ -525,7 +541,12 @@ async fn run(
             name: s.name.clone(),
             token: s.token.clone(),
         };
-        relays.spawn(wait_loop(client.clone(), url.clone(), site, until));
+        relays.spawn(wait_loop(
+            relay_clients[i].clone(),
+            url.clone(),
+            site,
+            until,
+        ));
     }
     if let Some(f) = token_file {
         let token = std::fs::read_to_string(&f)?.trim().to_string();
@@ -553,7 +574,7 @@ async fn run(
         tokio::time::sleep_until(at.into()).await;
         let s = &r.sites[*site];
         pcs.spawn(pc_boot(
-            client.clone(),
+            relay_clients[*site].clone(),
             url.clone(),
             mac.clone(),
             (s.token.clone(), s.name.clone()),

@@ -440,7 +440,7 @@ impl Server {
                         _ = c.cancelled() => return ("push orders watch", Ok(())),
                     }
                     let now = db
-                        .call(|c| Ok(http::relay::orders_fingerprint(c).ok()))
+                        .read(|c| Ok(http::relay::orders_fingerprint(c).ok()))
                         .await
                         .ok()
                         .flatten();
@@ -485,6 +485,23 @@ impl Server {
                     _ = c.cancelled() => r.stop(),
                 }
                 ("relay prestage", Ok(()))
+            });
+        }
+        // WAL checkpoints off the writer's path: no request waits for the sync
+        if self.db.checkpoint_in_background().is_ok() {
+            let (db, c) = (self.db.clone(), cancel.clone());
+            set.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = c.cancelled() => return ("database checkpoints", Ok(())),
+                    }
+                    let db = db.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || db.checkpoint()).await {
+                        tracing::warn!("database checkpoint: {e}");
+                    }
+                }
             });
         }
         let (c, a, conns) = (cancel.clone(), app.clone(), connections.clone());

@@ -32,6 +32,7 @@ fn heartbeat(s: &InProcess, token: &str, body: &Value) -> (u16, Value) {
 
 fn hb(site: &str, push: i64, state: &str, done: u64, total: u64, complete: Value) -> Value {
     json!({
+        "protocol": bootcast::proto::relay::PROTOCOL,
         "site": site, "url": "http://10.99.1.2:8080", "version": "test", "cache_bytes": done,
         "complete": complete,
         "pushes": [{"push": push, "state": state, "bytes_done": done, "bytes_total": total,

@@ -291,10 +291,12 @@ pub struct Db {
     readers: Option<Arc<Readers>>,
 }
 
-/// The read-only connections, handed out round-robin (a busy one is skipped).
+/// The read-only connections, handed out round-robin (a busy one is skipped), and the
+/// connection that checkpoints the WAL.
 struct Readers {
     conns: Vec<Mutex<Connection>>,
     next: std::sync::atomic::AtomicUsize,
+    checkpointer: Mutex<Connection>,
 }
 
 impl Readers {
@@ -317,9 +319,14 @@ impl Readers {
                 .map_err(open_err)?;
             conns.push(Mutex::new(c));
         }
+        let checkpointer = Connection::open(path).map_err(open_err)?;
+        checkpointer
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
         Ok(Readers {
             conns,
             next: std::sync::atomic::AtomicUsize::new(0),
+            checkpointer: Mutex::new(checkpointer),
         })
     }
 
@@ -354,6 +361,31 @@ impl Db {
         let mut db = Self::init(conn, path)?;
         db.readers = Some(Arc::new(Readers::open(path)?));
         Ok(db)
+    }
+
+    /// Moves the WAL's committed pages into the database file from a connection of its own
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`: it waits for no reader or writer, and no writer
+    /// waits for it). A long-running server calls it every second after
+    /// [`Db::checkpoint_in_background`]; without it, the writer checkpoints when the WAL
+    /// passes 1000 pages, inside whichever commit crosses it, and that request waits for the
+    /// file system's sync (and every other write behind it). An in-memory database has no WAL.
+    pub fn checkpoint(&self) -> Result<(), DbError> {
+        if let Some(r) = &self.readers {
+            r.checkpointer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .what("checkpoint")?;
+        }
+        Ok(())
+    }
+
+    /// From now on commits do not checkpoint the WAL themselves: the caller runs
+    /// [`Db::checkpoint`] regularly (the server does, every second).
+    pub fn checkpoint_in_background(&self) -> Result<(), DbError> {
+        self.lock()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .what("wal_autocheckpoint")
     }
 
     /// A private in-memory database (tests); reads go through the one connection.

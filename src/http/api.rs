@@ -288,8 +288,11 @@ async fn offer_multicast(
 
 /// `GET /api/v1/hosts`: every host.
 pub async fn list_hosts(State(st): State<AppState>) -> ApiResult {
-    let h = st.db.read(hosts::list).await?;
-    Ok(Json(serde_json::json!({ "hosts": h })).into_response())
+    let body = st
+        .db
+        .read(|c| Ok(super::JsonBytes::field("hosts", &hosts::list(c)?)))
+        .await?;
+    Ok(body.into_response())
 }
 
 /// `GET /api/v1/hosts/{mac}`: one host with its recent boots and open task.
@@ -557,8 +560,14 @@ pub async fn list_tasks(
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
 ) -> ApiResult {
     let mac = q.host.as_deref().map(parse_mac).transpose()?;
-    let t = st.db.read(move |c| tasks::list(c, mac, q.all)).await?;
-    Ok(Json(serde_json::json!({ "tasks": t })).into_response())
+    let body = st
+        .db
+        .read(move |c| {
+            let t = tasks::list(c, mac, q.all)?;
+            Ok(super::JsonBytes::field("tasks", &t))
+        })
+        .await?;
+    Ok(body.into_response())
 }
 
 /// `POST /api/v1/tasks` with a [`TaskRequest`]: 201 `{"tasks": [...]}` (one per host).

@@ -162,9 +162,12 @@ pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>
     let limit = q.limit.unwrap_or(100).min(10_000);
     let list = st
         .db
-        .read(move |c| events::list(c, host.as_deref(), q.kind.as_deref(), limit))
+        .read(move |c| {
+            let list = events::list(c, host.as_deref(), q.kind.as_deref(), limit)?;
+            Ok(super::JsonBytes::field("events", &list))
+        })
         .await?;
-    Ok(Json(serde_json::json!({ "events": list })).into_response())
+    Ok(list.into_response())
 }
 
 /// `GET /api/v1/hooks/runs`: the newest hook runs.

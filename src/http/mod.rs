@@ -103,6 +103,34 @@ fn valid_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
+/// A JSON answer serialised where it was built: on the blocking pool, inside the database
+/// read that made it. A listing of 40,000 hosts is about 10 MB of JSON; serialised on a
+/// runtime worker it would hold that worker, and every request queued behind it, for a few
+/// hundred milliseconds.
+pub struct JsonBytes(Vec<u8>);
+
+impl JsonBytes {
+    pub fn of<T: serde::Serialize>(value: &T) -> JsonBytes {
+        JsonBytes(serde_json::to_vec(value).expect("an answer serialises"))
+    }
+
+    /// `{"name": value}`, serialised straight from `value` (no `serde_json::Value` tree,
+    /// which costs several times the JSON's size in memory).
+    pub fn field<T: serde::Serialize>(name: &str, value: &T) -> JsonBytes {
+        JsonBytes::of(&std::collections::BTreeMap::from([(name, value)]))
+    }
+}
+
+impl axum::response::IntoResponse for JsonBytes {
+    fn into_response(self) -> axum::response::Response {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
 /// The router with all routes; `token` guards the staff API. Each router has its own
 /// metrics registry (`/metrics`): the chunk service's counters and the request latency
 /// histogram every route records.

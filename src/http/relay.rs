@@ -303,11 +303,11 @@ pub async fn push_status(State(st): State<AppState>) -> ApiResult {
                 }
                 out.push(serde_json::json!({ "push": p.id, "state": p.state, "versions": p.versions, "sites": rows }));
             }
-            Ok(out)
+            Ok(super::JsonBytes::field("pushes", &out))
         })
         .await;
     match res {
-        Ok(list) => Ok(Json(serde_json::json!({ "pushes": list })).into_response()),
+        Ok(body) => Ok(body.into_response()),
         Err(e) => Err(e.into()),
     }
 }
