@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use bootcast::store::{ChunkId, Store};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use common::*;
 
@@ -1016,4 +1016,133 @@ fn a_relay_whose_upstream_is_down_or_silent_sends_its_pcs_to_their_local_disk() 
         1
     );
     drop(silent);
+}
+
+/// A restore running when the site's link drops: its progress, done and inventory reports
+/// reach the relay, which keeps them (the boot's session, from the PC's address) and answers
+/// 202; a report of no boot it passed on is refused. When the central server is back, the
+/// relay passes each on once; sent again (as when an answer is lost on the way back), each is
+/// recognised by its id and changes nothing.
+#[test]
+fn reports_made_while_the_link_is_down_reach_central_once_when_it_is_back() {
+    const MAC: &str = "52:54:00:44:00:08";
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add("disk", &lab.file("d.img", &disk_like(1 << 20, 75)));
+    let token = site(&lab, "s1", &["--incomplete", "upstream"]);
+    let mut c = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    let port = c.url.rsplit(':').next().unwrap().to_string();
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    register(&c, MAC);
+    let task = lab.json(&["task", "reimage", "--host", MAC, "--image", "disk"])["tasks"][0]["id"]
+        .as_i64()
+        .unwrap();
+    // the PC boots through the relay: its script, its hello (the relay learns the session)
+    let script = boot_script(&r, MAC);
+    let (code, answer) = hello(&r, MAC, &credential_of(&script), Some(task));
+    assert_eq!(code, 200, "{answer}");
+    let session = session_of(&answer);
+
+    // the link drops (the central server stops) while the restore runs
+    c.stop();
+    let post = |path: &str, body: Value| {
+        let (code, _, out) = common::request(
+            "POST",
+            &format!("{}/api/v1/agent/{path}", r.url),
+            &[("content-type", "application/json")],
+            Some(body.to_string().into_bytes()),
+        );
+        (code, String::from_utf8_lossy(&out).into_owned())
+    };
+    let progress = |done: u64| {
+        json!({"mac": MAC, "session": session, "task": task, "bytes_done": done,
+               "bytes_total": 1048576, "rate": 1000})
+    };
+    // as the agent sends them: its inventory, progress, then done
+    let inventory =
+        bootcast::inventory::collect::collect(Path::new("/"), MAC, bootcast::time::now_unix());
+    let (code, body) = post(
+        "inventory",
+        json!({"mac": MAC, "session": session, "inventory": inventory}),
+    );
+    assert_eq!(code, 202, "{body}");
+    for done in [1000, 500_000] {
+        let (code, body) = post("progress", progress(done));
+        assert_eq!(code, 202, "{body}");
+    }
+    let (code, body) = post(
+        "done",
+        json!({"mac": MAC, "session": session, "task": task}),
+    );
+    assert_eq!(code, 202, "{body}");
+    // a report of a boot the relay did not pass on: refused, not kept
+    let (code, body) = post(
+        "done",
+        json!({"mac": MAC, "session": "00".repeat(16), "task": task}),
+    );
+    assert_eq!(code, 502, "{body}");
+    // the newer progress replaced the older one
+    assert_eq!(metric_at(&r.url, "bootcast_relay_reports_queued"), 3);
+    let kept: Vec<Vec<u8>> = std::fs::read_dir(lab.path("relay").join("relay/queue"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 3);
+
+    // the link is back: each report reaches central once
+    let _c = Served::start(
+        lab.cmd(),
+        &["--http", &format!("127.0.0.1:{port}"), "--tftp", "off"],
+    );
+    wait_for("the relay to pass its queue on", 120, || {
+        (metric_at(&r.url, "bootcast_relay_reports_queued") == 0).then_some(())
+    });
+    assert_eq!(
+        metric_at(&r.url, "bootcast_relay_reports_forwarded_total"),
+        3
+    );
+    let state = || {
+        let t = lab.json(&["task", "list", "--all", "--host", MAC]);
+        let events = lab.json(&["events", "--host", MAC, "--limit", "1000"]);
+        let inventories = lab.json(&["inventory", "history", "--host", MAC]);
+        (t["tasks"][0].clone(), events, inventories)
+    };
+    let (t, events, inventories) = state();
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["progress"]["bytes_done"], 500_000, "{t}");
+    let count = |kind: &str| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+    assert_eq!(count("reimage_done"), 1, "{events}");
+    assert_eq!(count("inventory"), 1, "{events}");
+    let n_inventories = inventories.to_string().matches("\"received_at\"").count();
+    assert_eq!(n_inventories, 1, "{inventories}");
+
+    // each sent again with its id, as after a lost answer: applied already, nothing changes
+    let url = format!("http://127.0.0.1:{port}");
+    for k in &kept {
+        let q: Value = serde_json::from_slice(k).unwrap();
+        let (code, _, body) = common::request(
+            "POST",
+            &format!("{url}{}", q["path"].as_str().unwrap()),
+            &[
+                ("content-type", "application/json"),
+                ("x-bootcast-relay-token", &token),
+                ("x-forwarded-for", q["forwarded_for"].as_str().unwrap()),
+                ("x-bootcast-report-id", q["id"].as_str().unwrap()),
+            ],
+            Some(q["body"].as_str().unwrap().as_bytes().to_vec()),
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"duplicate\":true"), "{body}");
+    }
+    let (t2, events2, inventories2) = state();
+    assert_eq!((t2, events2, inventories2), (t, events, inventories));
+    say("relay queue: 3 reports kept while central was down (the newer progress replaced the older), passed on once when it was back; sent again, each was recognised as applied");
 }

@@ -18,6 +18,7 @@ pub mod images;
 pub mod inventories;
 pub mod leases;
 pub mod pushes;
+pub mod reports;
 pub mod retention;
 pub mod sessions;
 pub mod sites;
@@ -274,6 +275,11 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE hosts SET boot_nonce = NULL;",
     // 10: a site's pushes without a scan of every push's sites (each heartbeat asks)
     "CREATE INDEX push_sites_by_site ON push_sites(site, push);",
+    // 11: agent reports a site relay queued while its upstream was down, applied once
+    "CREATE TABLE report_ids (
+        id TEXT PRIMARY KEY,
+        at INTEGER NOT NULL
+    );",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -37,6 +37,8 @@ pub fn prune(conn: &mut Connection, before: i64) -> Result<Pruned, DbError> {
             params![before],
         )
         .what("prune inventories")?;
+    tx.execute("DELETE FROM report_ids WHERE at < ?1", params![before])
+        .what("prune report ids")?;
     tx.commit().what("commit")?;
     Ok(Pruned {
         events,

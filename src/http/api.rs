@@ -295,6 +295,44 @@ pub async fn list_hosts(State(st): State<AppState>) -> ApiResult {
     Ok(body.into_response())
 }
 
+/// Applies an agent report that carries a report id ([`REPORT_ID_HEADER`]: one a site relay
+/// queued while its upstream was down) at most once: an id already applied is answered 200
+/// `{"duplicate": true}` without touching anything; a report applied now (2xx) records its id.
+pub async fn once_per_report(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> ApiResult {
+    use crate::proto::relay::REPORT_ID_HEADER;
+    let Some(id) = req
+        .headers()
+        .get(REPORT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return Ok(next.run(req).await);
+    };
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "{REPORT_ID_HEADER}: up to 64 hex digits"
+        )));
+    }
+    let i = id.clone();
+    if st.db.call(move |c| crate::db::reports::seen(c, &i)).await? {
+        tracing::info!(report = %id, "a queued report sent again: already applied");
+        return Ok(Json(serde_json::json!({ "duplicate": true, "id": 0, "changes": [], "task": 0, "state": "duplicate" }))
+            .into_response());
+    }
+    let resp = next.run(req).await;
+    if resp.status().is_success() {
+        let now = crate::time::now_unix();
+        st.db
+            .call(move |c| crate::db::reports::record(c, &id, now))
+            .await?;
+    }
+    Ok(resp)
+}
+
 /// `GET /api/v1/hosts/{mac}`: one host with its recent boots and open task.
 pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> ApiResult {
     let mac = parse_mac(&mac)?;

@@ -184,6 +184,21 @@ pub fn router(state: AppState, token: String) -> Router {
     let check = Router::new()
         .route("/api/v1/relay/check", get(relay::check_token))
         .with_state((state.clone(), token.clone()));
+    // what an agent reports, applied once per report id (a relay's queued reports)
+    let reports = Router::new()
+        .route("/api/v1/agent/progress", post(api::agent_progress))
+        .route("/api/v1/agent/done", post(api::agent_done))
+        .route("/api/v1/agent/failed", post(api::agent_failed))
+        .route(
+            "/api/v1/agent/inventory",
+            post(inventory::agent_inventory).layer(axum::extract::DefaultBodyLimit::max(
+                inventory::MAX_INVENTORY,
+            )),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::once_per_report,
+        ));
     let images = Router::new()
         .route(
             "/api/v1/images/{name}/{version}/manifest",
@@ -204,15 +219,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/agent/hello", post(api::agent_hello))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
         .route("/api/v1/relay/wait", get(relay::wait))
-        .route("/api/v1/agent/progress", post(api::agent_progress))
-        .route("/api/v1/agent/done", post(api::agent_done))
-        .route("/api/v1/agent/failed", post(api::agent_failed))
-        .route(
-            "/api/v1/agent/inventory",
-            post(inventory::agent_inventory).layer(axum::extract::DefaultBodyLimit::max(
-                inventory::MAX_INVENTORY,
-            )),
-        )
+        .merge(reports)
         .route("/api/v1/agent/capture/missing", post(capture::missing))
         .route("/api/v1/agent/capture/chunks", post(capture::chunks))
         .route("/api/v1/agent/capture/commit", post(capture::commit))

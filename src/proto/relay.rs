@@ -35,6 +35,9 @@ pub const OLDEST_PROTOCOL: u32 = 1;
 pub const RELAY_TOKEN_HEADER: &str = "x-bootcast-relay-token";
 /// The base URL (`http://IP:PORT`) at which that relay's clients reach it.
 pub const RELAY_URL_HEADER: &str = "x-bootcast-relay-url";
+/// The id of an agent report a relay queued while upstream was down: the central server
+/// applies each id once, so a report sent again (its answer lost) is not applied twice.
+pub const REPORT_ID_HEADER: &str = "x-bootcast-report-id";
 /// The address of the client a relay passes a request on for.
 pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 /// The address the relay's DHCP service last saw the machine of a `/boot/MAC.ipxe` request at

@@ -34,6 +34,7 @@ pub mod heartbeat;
 pub mod prestage;
 pub mod proxy;
 pub mod pull;
+pub mod queue;
 pub mod recover;
 pub mod routes;
 pub mod upstream;
@@ -86,6 +87,9 @@ pub struct RelayMetrics {
     pub orders_refused: Counter,
     /// Boot scripts answered by the relay alone (local disk): upstream unreachable.
     pub offline_scripts: Counter,
+    /// Agent reports kept while upstream is unreachable ([`queue`]), and those passed on.
+    pub reports_queued: Gauge,
+    pub reports_forwarded: Counter,
 }
 
 /// What the last heartbeat reply said, as the relay applies it.

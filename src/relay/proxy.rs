@@ -36,7 +36,7 @@ use crate::db::bootcred;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 use crate::proto::relay::{
-    DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
+    DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER, REPORT_ID_HEADER,
 };
 
 /// Largest request body passed upstream (a capture upload is at most 64 MiB). Bodies are
@@ -80,6 +80,11 @@ pub async fn forward(
     let from_relay = parts.uri.path().starts_with("/api/v1/relay/")
         || parts.headers.contains_key(RELAY_TOKEN_HEADER);
     let is_hello = !from_relay && parts.uri.path() == "/api/v1/agent/hello";
+    // an agent's report is read here too (small): kept if upstream cannot be reached
+    let is_report = !from_relay
+        && parts.method == axum::http::Method::POST
+        && super::queue::QUEUED_PATHS.contains(&parts.uri.path());
+    let mut report: Option<(axum::body::Bytes, String)> = None;
     // a hello is read here (it is small): its answer is checked against what it asked
     let (body, hello) = if is_hello {
         let bytes = axum::body::to_bytes(body, HELLO_MAX)
@@ -87,6 +92,14 @@ pub async fn forward(
             .map_err(|e| ApiError::bad_request(format!("reading the hello: {e}")))?;
         let hello = serde_json::from_slice::<crate::proto::agent::Hello>(&bytes).ok();
         (reqwest::Body::from(bytes), hello)
+    } else if is_report {
+        let bytes = axum::body::to_bytes(body, REPORT_MAX)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the report: {e}")))?;
+        let id = crate::http::auth::random_hex(16)
+            .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
+        report = Some((bytes.clone(), id));
+        (reqwest::Body::from(bytes), None)
     } else {
         let body = reqwest::Body::wrap_stream(
             axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY)).into_data_stream(),
@@ -102,6 +115,13 @@ pub async fn forward(
     if !from_relay {
         // what only a relay may say, said by a client: dropped
         headers.remove(DHCP_SEEN_HEADER);
+        headers.remove(REPORT_ID_HEADER);
+        if let Some((_, id)) = &report {
+            headers.insert(
+                HeaderName::from_static(REPORT_ID_HEADER),
+                HeaderValue::from_str(id).expect("hex is a header value"),
+            );
+        }
         let script = parts.uri.path().strip_prefix("/boot/");
         if let Some(mac) = script.and_then(crate::boot::ipxe::script_mac) {
             let since = crate::time::now_unix() - app.boot.credential_secs;
@@ -141,6 +161,18 @@ pub async fn forward(
         .body(body)
         .send()
         .await;
+    if let Some((bytes, id)) = report {
+        let down = match &sent {
+            Err(e) => Some(e.to_string()),
+            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+                Some(format!("upstream answered {}", r.status()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = down {
+            return queue_report(&app, &relay, parts.uri.path(), bytes, id, peer.ip(), &why).await;
+        }
+    }
     if let Some(mac) = host_script {
         let down = match &sent {
             Err(e) => Some(e.to_string()),
@@ -217,6 +249,81 @@ fn offline_script(
     );
     let script = crate::boot::ipxe::BootScript::LocalDisk { uefi }.render(&relay.url);
     (axum::http::StatusCode::OK, headers, script)
+}
+
+/// Largest agent report a relay reads (an inventory is a few KB; the server takes 4 MiB).
+const REPORT_MAX: usize = crate::http::inventory::MAX_INVENTORY;
+
+/// An agent report upstream did not take (unreachable): kept in [`super::queue`] if it
+/// belongs to a boot whose hello this relay passed on (its session, from the same address),
+/// answered `202 Accepted` with what the agent reads (the task and `queued`, or an empty
+/// inventory acknowledgement); else refused as before.
+async fn queue_report(
+    app: &AppState,
+    relay: &Arc<Relay>,
+    path: &str,
+    body: axum::body::Bytes,
+    id: String,
+    agent: std::net::IpAddr,
+    why: &str,
+) -> ApiResult {
+    #[derive(serde::Deserialize)]
+    struct Who {
+        mac: String,
+        session: String,
+        #[serde(default)]
+        task: Option<i64>,
+    }
+    let unreachable = || {
+        ApiError::bad_gateway(format!(
+            "the relay cannot reach its upstream {}: {why}",
+            relay.link.base
+        ))
+    };
+    let Ok(who) = serde_json::from_slice::<Who>(&body) else {
+        return Err(unreachable());
+    };
+    let Ok(mac) = who.mac.parse::<crate::mac::Mac>() else {
+        return Err(unreachable());
+    };
+    let (session, now) = (who.session.clone(), crate::time::now_unix());
+    let known = app
+        .db
+        .call(move |c| bootcred::check_adopted(c, mac, &session, agent, now))
+        .await?;
+    if !known {
+        return Err(unreachable());
+    }
+    let q = super::queue::Queued {
+        id,
+        path: path.to_string(),
+        forwarded_for: agent.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        queued_at: now,
+        progress_of: (path == "/api/v1/agent/progress")
+            .then(|| who.task.map(|t| (mac.to_string(), t)))
+            .flatten(),
+    };
+    let data = relay.store.data_dir().to_path_buf();
+    let kept = tokio::task::spawn_blocking(move || super::queue::push(&data, &q))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match kept {
+        Ok(n) => {
+            relay.metrics.reports_queued.set(n as u64);
+        }
+        Err(e) => {
+            tracing::error!(%mac, "cannot keep an agent report for later: {e}");
+            return Err(unreachable());
+        }
+    }
+    tracing::warn!(%mac, path, "upstream unreachable ({why}): the report is kept and passed on when it answers");
+    let answer = if path == "/api/v1/agent/inventory" {
+        serde_json::json!({ "id": 0, "changes": [], "queued": true })
+    } else {
+        serde_json::json!({ "task": who.task.unwrap_or(0), "state": "queued" })
+    };
+    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }
 
 /// Largest hello body a relay reads (a hello is a few hundred bytes).

@@ -293,7 +293,7 @@ impl Scrape {
         app.connections.register(&mut reg);
         let m = &relay.metrics;
         let link = &relay.link;
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "bootcast_relay_upstream_bytes",
                 "Compressed chunk bytes received from upstream (prestage and pull-through)",
@@ -335,6 +335,11 @@ impl Scrape {
                 &m.orders_refused,
             ),
             (
+                "bootcast_relay_reports_forwarded",
+                "Agent reports queued while upstream was unreachable, then passed on",
+                &m.reports_forwarded,
+            ),
+            (
                 "bootcast_relay_offline_scripts",
                 "Boot scripts answered by the relay alone (the local disk) while upstream could not be reached",
                 &m.offline_scripts,
@@ -371,7 +376,12 @@ impl Scrape {
             push_bytes: Default::default(),
             lock: Default::default(),
         };
-        let gauges: [(&str, &str, &Gauge); 4] = [
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            (
+                "bootcast_relay_reports_queued",
+                "Agent reports waiting for upstream (kept while it was unreachable)",
+                &m.reports_queued,
+            ),
             (
                 "bootcast_relay_cache_bytes",
                 "Compressed bytes of chunks in the relay's store",
