@@ -161,28 +161,20 @@ pub async fn forward(
         .body(body)
         .send()
         .await;
-    if let Some((bytes, id)) = report {
-        let down = match &sent {
-            Err(e) => Some(e.to_string()),
-            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
-                Some(format!("upstream answered {}", r.status()))
-            }
-            Ok(_) => None,
-        };
-        if let Some(why) = down {
+    // upstream did not answer (or a relay above says its own upstream does not): a report is
+    // kept for later, a boot script answered here
+    let down = match &sent {
+        Err(e) => Some(e.to_string()),
+        Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
+            Some(format!("upstream answered {}", r.status()))
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = down {
+        if let Some((bytes, id)) = report {
             return queue_report(&app, &relay, parts.uri.path(), bytes, id, peer.ip(), &why).await;
         }
-    }
-    if let Some(mac) = host_script {
-        let down = match &sent {
-            Err(e) => Some(e.to_string()),
-            // a relay above that cannot reach its own upstream says so
-            Ok(r) if matches!(r.status().as_u16(), 502..=504) => {
-                Some(format!("upstream answered {}", r.status()))
-            }
-            Ok(_) => None,
-        };
-        if let Some(why) = down {
+        if let Some(mac) = host_script {
             return Ok(offline_script(&relay, mac, parts.uri.query(), &why).into_response());
         }
     }
