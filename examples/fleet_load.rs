@@ -442,7 +442,7 @@ async fn pc_boot(
     let Some((credential, task)) = creds else {
         return;
     };
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential, "task": task});
+    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential, "task": task});
     let t = Instant::now();
     let answer = checked(
         send(relay_headers(

@@ -109,7 +109,7 @@ fn an_attacker_on_the_lan_cannot_act_for_a_pc_and_the_pc_still_captures() {
 
     // the PC's first boot registers it (its address from bootcast's DHCP)
     let (pc_ip, script) = pc_boot(&pc, lab.dir.path());
-    let hello = json!({"mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential_of(&script)});
+    let hello = json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential_of(&script)});
     let (code, answer) = call(
         &pc,
         "POST",
@@ -150,7 +150,7 @@ fn an_attacker_on_the_lan_cannot_act_for_a_pc_and_the_pc_still_captures() {
         );
     };
     for cred in [None, Some(made_up)] {
-        let mut h = json!({"mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "task": task.parse::<i64>().unwrap()});
+        let mut h = json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "task": task.parse::<i64>().unwrap()});
         if let Some(c) = cred {
             h["credential"] = c.into();
         }
@@ -234,7 +234,7 @@ fn an_attacker_on_the_lan_cannot_act_for_a_pc_and_the_pc_still_captures() {
     assert_eq!(task_of(&script), task);
     let credential = credential_of(&script);
     // ...which is worth nothing from another address, even to an attacker who saw it
-    let stolen = json!({"mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "task": t, "credential": credential});
+    let stolen = json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": PC, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "task": t, "credential": credential});
     refused(
         "hello with the PC's own credential",
         call(

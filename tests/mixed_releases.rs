@@ -2,7 +2,9 @@
 //! in tests/fixtures/relay_protocol_1.rs, copied from the release that spoke it) keeps working
 //! against this central server: heartbeat, the push order it reads, the manifest and chunks it
 //! fetches with its token, its progress reported done. A relay two protocols older, and one
-//! newer than the server, are refused with a message that names what to upgrade.
+//! newer than the server, are refused with a message that names what to upgrade; so is the
+//! hello of a boot environment of another agent protocol (the previous release's, as its agent
+//! sent it, names the rebuild).
 
 mod common;
 
@@ -120,4 +122,35 @@ fn a_relay_of_the_previous_release_is_served_and_older_or_newer_ones_are_refused
     let text = String::from_utf8_lossy(&body);
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("upgrade the server"), "{text}");
+}
+
+#[test]
+fn a_boot_environment_of_another_agent_protocol_is_refused_naming_the_fix() {
+    let lab = Lab::new();
+    let c = InProcess::start(&lab);
+    let hello = |body: &str| {
+        let (code, _, out) = common::request(
+            "POST",
+            &format!("{}/api/v1/agent/hello", c.url),
+            &[("content-type", "application/json")],
+            Some(body.as_bytes().to_vec()),
+        );
+        (code, String::from_utf8_lossy(&out).into_owned())
+    };
+    // the previous release's agent (agent protocol 0): its hello carried the boot's nonce
+    let (code, text) = hello(
+        r#"{"mac":"52:54:00:33:00:01","arch":"x86_64","firmware":"uefi","boot_time":1,"task":4,"nonce":"00112233445566778899aabbccddeeff"}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("bootcast bootenv build"), "{text}");
+    // a newer agent than this server
+    let (code, text) = hello(&format!(
+        r#"{{"protocol":{},"mac":"52:54:00:33:00:01","arch":"x86_64","firmware":"uefi","boot_time":1}}"#,
+        bootcast::proto::agent::AGENT_PROTOCOL + 1
+    ));
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("upgrade the server"), "{text}");
+    // nothing was recorded of either
+    let hosts = lab.json(&["host", "list"]);
+    assert!(!hosts.to_string().contains("52:54:00:33:00:01"), "{hosts}");
 }

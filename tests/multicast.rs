@@ -420,7 +420,7 @@ fn a_multicast_reimage_task_for_a_group_restores_eight_agents_from_one_stream() 
         .map(|i| format!("52:54:00:99:07:{:02x}", 0x10 + i))
         .collect();
     for mac in &macs {
-        let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script_of(mac))});
+        let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script_of(mac))});
         let (code, body) = api("POST", "/api/v1/agent/hello", Some(&hello.to_string()));
         assert_eq!(code, 200, "{body}");
     }

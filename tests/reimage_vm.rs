@@ -25,7 +25,7 @@ fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
         None,
         None,
     );
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
+    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
     let (code, _) = http_in(
         Some(&ns.name),
         "POST",

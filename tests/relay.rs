@@ -175,7 +175,7 @@ fn pull_through_serves_verified_chunks_and_the_second_fetch_is_free() {
     let h = lab.json(&["host", "show", mac]);
     assert_eq!(h["host"]["site"], "s1", "bound to the relay's site: {h}");
     // the agent's hello goes through the relay too
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
+    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
     let (code, body) = http(
         "POST",
         &format!("{}/api/v1/agent/hello", r.url),

@@ -193,7 +193,7 @@ fn register_in(c: &Netns, mac: &str) {
         None,
         None,
     );
-    let hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script)});
+    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script)});
     let (code, body) = http_in(
         Some(&c.name),
         "POST",

@@ -68,7 +68,7 @@ fn host_lifecycle_unknown_then_registered_then_task() {
     // a hello without the credential of this boot is refused, and registers nothing
     let hello = |mac: &str, credential: Option<&str>, task: Option<i64>| {
         let mut v = serde_json::json!({
-            "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64
+            "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64
         });
         if let Some(n) = credential {
             v["credential"] = n.into();
@@ -250,16 +250,16 @@ fn staff_api_needs_the_token_agent_api_checks_its_input() {
         )
     };
     assert_eq!(
-        hello(r#"{"mac":"nope","arch":"x86_64","firmware":"bios","boot_time":1}"#).0,
+        hello(r#"{"protocol":1,"mac":"nope","arch":"x86_64","firmware":"bios","boot_time":1}"#).0,
         400
     );
     assert_eq!(
-        hello(r#"{"mac":"52:54:00:00:00:01","arch":"x86 64; rm","firmware":"bios","boot_time":1}"#)
+        hello(r#"{"protocol":1,"mac":"52:54:00:00:00:01","arch":"x86 64; rm","firmware":"bios","boot_time":1}"#)
             .0,
         400
     );
     assert_eq!(
-        hello(r#"{"mac":"52:54:00:00:00:01","arch":"x86_64","firmware":"coreboot","boot_time":1}"#)
+        hello(r#"{"protocol":1,"mac":"52:54:00:00:00:01","arch":"x86_64","firmware":"coreboot","boot_time":1}"#)
             .0,
         422
     );

@@ -32,7 +32,7 @@ fn register(s: &InProcess, mac: &str) {
     let script = boot(s, mac);
     assert!(script.contains("registering"), "{script}");
     let hello = json!({
-        "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64,
+        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1_700_000_000u64,
         "credential": credential_of(&script)
     });
     let (code, body) = http(
@@ -587,7 +587,7 @@ fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
         let (code, reply) = agent(
             &s,
             "hello",
-            json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1u64,
+            json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1u64,
                    "task": task, "credential": credential_of(&script)}),
         );
         assert_eq!(code, 200, "{reply}");

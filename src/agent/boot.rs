@@ -184,6 +184,7 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello, KernelArgs)> {
     Ok((
         server.trim_end_matches('/').to_string(),
         Hello {
+            protocol: crate::proto::agent::AGENT_PROTOCOL,
             mac,
             arch,
             firmware,

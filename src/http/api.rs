@@ -61,6 +61,23 @@ pub async fn agent_hello(
     Json(hello): Json<Hello>,
 ) -> ApiResult {
     let mac = parse_mac(&hello.mac)?;
+    use crate::proto::agent::AGENT_PROTOCOL;
+    if hello.protocol < AGENT_PROTOCOL {
+        tracing::warn!(%mac, protocol = hello.protocol, "hello refused: a boot environment from an older bootcast");
+        return Err(ApiError::bad_request(format!(
+            "this boot environment's agent speaks agent protocol {}, this server {AGENT_PROTOCOL}: it is from an older bootcast; rebuild it on the central server (`bootcast bootenv build`, bootcast {}); relays take the new one from upstream",
+            hello.protocol,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if hello.protocol > AGENT_PROTOCOL {
+        tracing::warn!(%mac, protocol = hello.protocol, "hello refused: a boot environment from a newer bootcast");
+        return Err(ApiError::bad_request(format!(
+            "this boot environment's agent speaks agent protocol {}, this server only {AGENT_PROTOCOL}: upgrade the server it says hello to (bootcast {} here), or rebuild the boot environment with this server's bootcast",
+            hello.protocol,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     if !super::boot::valid_arch(&hello.arch) {
         return Err(ApiError::bad_request(format!(
             "arch {:?} is not an architecture name like x86_64",

@@ -62,9 +62,26 @@ impl Firmware {
     }
 }
 
+/// The agent protocol: what a boot environment's agent and the server it says hello to
+/// exchange.
+///
+/// - 0: boot environments from before the number: a per-boot `nonce` on the kernel command
+///   line, sent in the hello and every report.
+/// - 1: a boot credential (`bootcast.credential=`) exchanged at hello for a session; signed
+///   reimage orders (`bootcast.key=`).
+///
+/// A server refuses a hello of another protocol with a message naming what to rebuild or
+/// upgrade: the boot environment is built on the central server (`bootcast bootenv build`,
+/// from the server's own binary) and relays take it from upstream, so after an upgrade of the
+/// central server only a boot environment not rebuilt meets a server of another protocol.
+pub const AGENT_PROTOCOL: u32 = 1;
+
 /// `POST /api/v1/agent/hello`: the agent is up and says who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The agent protocol it speaks ([`AGENT_PROTOCOL`]; absent: 0).
+    #[serde(default)]
+    pub protocol: u32,
     /// MAC of the interface the machine network-booted from, lower case, colon separated.
     pub mac: String,
     /// CPU architecture as `uname -m` prints it (`x86_64`, `aarch64`).
@@ -392,6 +409,7 @@ mod tests {
         let r: HelloReply = serde_json::from_str(r#"{"action":"poweroff"}"#).unwrap();
         assert_eq!(r, HelloReply::Poweroff);
         let h = Hello {
+            protocol: AGENT_PROTOCOL,
             mac: "52:54:00:aa:bb:cc".into(),
             arch: "x86_64".into(),
             firmware: Firmware::Uefi,

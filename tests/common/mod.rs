@@ -655,7 +655,7 @@ pub fn register(s: &impl Endpoint, mac: &str) {
 
 /// The agent's hello for `mac` with `credential` (and the task of its script): (status, body).
 pub fn hello(s: &impl Endpoint, mac: &str, credential: &str, task: Option<i64>) -> (u16, String) {
-    let mut hello = serde_json::json!({"mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential});
+    let mut hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential});
     if let Some(t) = task {
         hello["task"] = t.into();
     }
