@@ -34,7 +34,7 @@ pub const ATTEMPTS: u32 = 3;
 const MAX_CHUNK: usize = 16 << 20;
 
 /// Why chunks could not be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     #[error("chunk {id} from {url} failed verification {ATTEMPTS} times ({reason}); run `bootcast store verify` upstream to list the affected versions")]
     Corrupt {
@@ -229,7 +229,9 @@ enum Settled {
     /// Its fetcher stopped before it (a prestage whose window closed or whose orders
     /// changed): a waiter fetches it itself.
     Abandoned,
-    Failed(String),
+    /// The fetch failed: a waiter fails the same way (an unreachable upstream stays
+    /// "unreachable", so a prestage waits for the link rather than failing its push).
+    Failed(FetchError),
 }
 
 /// One chunk being fetched: its outcome once known.
@@ -328,8 +330,7 @@ impl Puller {
                     Ok(f) => f.missing.iter().copied().collect(),
                     Err(_) => HashSet::new(),
                 };
-                let why = res.as_ref().err().map(|e| e.to_string());
-                self.settle(&lead, &lacking, why.as_deref());
+                self.settle(&lead, &lacking, res.as_ref().err());
                 out.missing
                     .extend(lead.iter().filter(|id| lacking.contains(id)));
                 match res {
@@ -351,7 +352,7 @@ impl Puller {
                     Settled::Lacking => out.missing.push(id),
                     Settled::Abandoned => again.push(id),
                     Settled::Failed(e) => {
-                        failure.get_or_insert(FetchError::Other(e));
+                        failure.get_or_insert(e);
                     }
                 }
             }
@@ -393,7 +394,7 @@ impl Puller {
     }
 
     /// Ends the flights of `lead` and wakes their waiters.
-    fn settle(&self, lead: &[ChunkId], lacking: &HashSet<ChunkId>, error: Option<&str>) {
+    fn settle(&self, lead: &[ChunkId], lacking: &HashSet<ChunkId>, error: Option<&FetchError>) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         for id in lead {
             let outcome = if lacking.contains(id) {
@@ -401,7 +402,7 @@ impl Puller {
             } else if self.store.chunk_path(id).exists() {
                 Settled::Stored
             } else if let Some(e) = error {
-                Settled::Failed(e.to_string())
+                Settled::Failed(e.clone())
             } else {
                 Settled::Abandoned
             };
