@@ -32,6 +32,7 @@ use crate::store::{durable, ChunkId, Store, StoreError};
 pub const RECORD: &str = "backup.json";
 /// The files (relative to the data directory) that hold secrets and configuration.
 const SINGLE_FILES: &[&str] = &[
+    crate::sign::KEY_FILE,
     "api-token",
     "bootcast.toml",
     "tls/cert.pem",
@@ -148,27 +149,8 @@ pub fn backup(data: &Path, dir: &Path, progress: Progress) -> Result<(Record, Co
     let schema_version = snapshot_db(&db_path, &crate::db::path(dir))?;
     copied.files_copied += 1;
 
-    // 2. secrets and configuration
-    for rel in SINGLE_FILES
-        .iter()
-        .map(PathBuf::from)
-        .chain(retired_keys(data)?)
-    {
-        if copy_if_changed(&data.join(&rel), &dir.join(&rel))? {
-            copied.files_copied += 1;
-        }
-    }
-    if copy_if_changed(
-        &data.join(crate::sign::KEY_FILE),
-        &dir.join(crate::sign::KEY_FILE),
-    )? {
-        copied.files_copied += 1;
-    }
-
-    // 3. manifests (and the boot environment)
-    for tree in TREES {
-        copied.files_copied += mirror(&data.join(tree), &dir.join(tree))?;
-    }
+    // 2. secrets and configuration, then the manifests (and the boot environment)
+    copied.files_copied += copy_files(data, dir)?;
 
     // 4. the chunks the copied manifests name
     let copy = Store::open(dir)?;
@@ -230,21 +212,9 @@ pub fn restore(dir: &Path, data: &Path, progress: Progress) -> Result<(Record, C
     }
     fs::create_dir_all(data).ctx("creating the data directory", data)?;
     let mut copied = Copied::default();
-    for rel in SINGLE_FILES
-        .iter()
-        .map(PathBuf::from)
-        .chain([PathBuf::from(crate::sign::KEY_FILE)])
-        .chain(retired_keys(dir)?)
-    {
-        if copy_if_changed(&dir.join(&rel), &data.join(&rel))? {
-            copied.files_copied += 1;
-        }
-    }
+    copied.files_copied += copy_files(dir, data)?;
     copy_file(&crate::db::path(dir), &crate::db::path(data))?;
     copied.files_copied += 1;
-    for tree in TREES {
-        copied.files_copied += mirror(&dir.join(tree), &data.join(tree))?;
-    }
     let (from, to) = (Store::open(dir)?, Store::open(data)?);
     let wanted = named_chunks(&from)?;
     let total = wanted.len() as u64;
@@ -353,6 +323,25 @@ fn snapshot_db(from: &Path, to: &Path) -> Result<i64> {
     fs::rename(&tmp, to).ctx("renaming into place", to)?;
     set_private(to)?;
     Ok(schema)
+}
+
+/// Copies the secrets and configuration ([`SINGLE_FILES`], retired signing keys) and mirrors
+/// the [`TREES`] from one data directory to the other; the number of files copied.
+fn copy_files(from: &Path, to: &Path) -> Result<u64> {
+    let mut n = 0;
+    for rel in SINGLE_FILES
+        .iter()
+        .map(PathBuf::from)
+        .chain(retired_keys(from)?)
+    {
+        if copy_if_changed(&from.join(&rel), &to.join(&rel))? {
+            n += 1;
+        }
+    }
+    for tree in TREES {
+        n += mirror(&from.join(tree), &to.join(tree))?;
+    }
+    Ok(n)
 }
 
 /// `signing.key.retired-*` in `dir`, relative.
