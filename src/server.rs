@@ -456,13 +456,8 @@ impl Server {
         if let Some(relay) = &self.relay {
             let (r, c) = (relay.clone(), cancel.clone());
             set.spawn(async move { ("relay heartbeat", crate::relay::heartbeat::run(r, c).await) });
-            let (r, c, d) = (relay.clone(), cancel.clone(), self.data.clone());
-            set.spawn(async move {
-                (
-                    "relay report queue",
-                    crate::relay::queue::run(r, d, c).await,
-                )
-            });
+            let (r, c) = (relay.clone(), cancel.clone());
+            set.spawn(async move { ("relay report queue", crate::relay::queue::run(r, c).await) });
             let (r, c) = (relay.clone(), cancel.clone());
             set.spawn(async move {
                 (

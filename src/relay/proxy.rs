@@ -292,14 +292,21 @@ async fn queue_report(
         forwarded_for: agent.to_string(),
         body: String::from_utf8_lossy(&body).into_owned(),
         queued_at: now,
-        progress_of: (path == "/api/v1/agent/progress")
-            .then(|| who.task.map(|t| (mac.to_string(), t)))
-            .flatten(),
     };
+    let progress_of = (path == "/api/v1/agent/progress")
+        .then_some(who.task)
+        .flatten()
+        .map(|t| (mac.to_string(), t));
     let data = relay.store.data_dir().to_path_buf();
-    let kept = tokio::task::spawn_blocking(move || super::queue::push(&data, &q))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let kept = tokio::task::spawn_blocking(move || {
+        super::queue::push(
+            &data,
+            &q,
+            progress_of.as_ref().map(|(m, t)| (m.as_str(), *t)),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     match kept {
         Ok(n) => {
             relay.metrics.reports_queued.set(n as u64);

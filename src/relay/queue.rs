@@ -11,7 +11,8 @@
 //! link cut after central applied it) is not applied twice when it is sent again.
 //!
 //! One file per report in `DATA/relay/queue/` (JSON, written atomically), named by the time it
-//! was queued, so a restart keeps the queue and its order.
+//! was queued, so a restart keeps the queue and its order; a progress report's name also
+//! carries its task, so the one it replaces is found by name, without reading the queue.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,9 +47,6 @@ pub struct Queued {
     pub body: String,
     /// Unix seconds.
     pub queued_at: i64,
-    /// For a progress report: (MAC, task), so a newer one replaces it.
-    #[serde(default)]
-    pub progress_of: Option<(String, i64)>,
 }
 
 /// The queue's directory.
@@ -56,26 +54,36 @@ pub fn dir(data: &Path) -> PathBuf {
     data.join("relay/queue")
 }
 
-/// Keeps `q` (a progress report replaces the queued one of its task); the number of reports
-/// queued now.
-pub fn push(data: &Path, q: &Queued) -> std::io::Result<usize> {
+/// Keeps `q`; `progress_of` (MAC, task) for a progress report, which replaces the queued one
+/// of its task. The number of reports queued now.
+pub fn push(data: &Path, q: &Queued, progress_of: Option<(&str, i64)>) -> std::io::Result<usize> {
     let dir = dir(data);
     std::fs::create_dir_all(&dir)?;
-    if let Some(of) = &q.progress_of {
-        for (path, old) in list(data) {
-            if old.progress_of.as_ref() == Some(of) {
-                let _ = std::fs::remove_file(path);
+    // `-p<MAC>x<task>-` in a progress report's name; `-r-` for the others
+    let tag = match progress_of {
+        Some((mac, task)) => format!("-p{}x{task}-", mac.replace(':', "")),
+        None => "-r-".to_string(),
+    };
+    let mut queued = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match name {
+            Some(n) if progress_of.is_some() && n.contains(&tag) => {
+                let _ = std::fs::remove_file(&path);
             }
+            Some(n) if n.ends_with(".json") => queued += 1,
+            _ => {}
         }
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let path = dir.join(format!("{nanos:024}-{}.json", q.id));
+    let path = dir.join(format!("{nanos:024}{tag}{}.json", q.id));
     let bytes = serde_json::to_vec(q).expect("a queued report serialises");
     crate::store::durable::write_atomic(&path, &bytes).map_err(std::io::Error::other)?;
-    Ok(list(data).len())
+    Ok(queued + 1)
 }
 
 /// The queued reports, oldest first (unreadable files are skipped and logged).
@@ -105,11 +113,8 @@ const TICK: Duration = Duration::from_secs(2);
 
 /// Passes the queue upstream, oldest first, whenever it is not empty and upstream answers.
 /// Runs until `cancel` fires.
-pub async fn run(
-    relay: Arc<Relay>,
-    data: PathBuf,
-    cancel: CancellationToken,
-) -> Result<(), String> {
+pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), String> {
+    let data = relay.store.data_dir().to_path_buf();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -170,28 +175,37 @@ async fn send(relay: &Relay, q: &Queued) -> Result<u16, String> {
 mod tests {
     use super::*;
 
-    fn q(id: &str, path: &str, progress_of: Option<(&str, i64)>) -> Queued {
+    fn q(id: &str, path: &str) -> Queued {
         Queued {
             id: id.into(),
             path: path.into(),
             forwarded_for: "10.99.0.5".into(),
             body: "{}".into(),
             queued_at: 1,
-            progress_of: progress_of.map(|(m, t)| (m.to_string(), t)),
         }
     }
 
     #[test]
     fn the_queue_keeps_its_order_and_the_latest_progress_of_a_task() {
         let d = tempfile::tempdir().unwrap();
-        push(d.path(), &q("a", "/api/v1/agent/progress", Some(("m1", 1)))).unwrap();
-        push(d.path(), &q("b", "/api/v1/agent/progress", Some(("m2", 2)))).unwrap();
-        push(d.path(), &q("c", "/api/v1/agent/progress", Some(("m1", 1)))).unwrap();
-        push(d.path(), &q("d", "/api/v1/agent/done", None)).unwrap();
+        let progress = "/api/v1/agent/progress";
+        let (m1, m2) = ("52:54:00:00:00:01", "52:54:00:00:00:02");
+        assert_eq!(push(d.path(), &q("a", progress), Some((m1, 1))).unwrap(), 1);
+        assert_eq!(push(d.path(), &q("b", progress), Some((m2, 2))).unwrap(), 2);
+        // task 1's newer progress replaces its older one; task 11 is another task
+        assert_eq!(push(d.path(), &q("c", progress), Some((m1, 1))).unwrap(), 2);
+        assert_eq!(
+            push(d.path(), &q("e", progress), Some((m1, 11))).unwrap(),
+            3
+        );
+        assert_eq!(
+            push(d.path(), &q("d", "/api/v1/agent/done"), None).unwrap(),
+            4
+        );
         let ids: Vec<String> = list(d.path()).into_iter().map(|(_, q)| q.id).collect();
-        assert_eq!(ids, ["b", "c", "d"]);
+        assert_eq!(ids, ["b", "c", "e", "d"]);
         // a damaged file is skipped, the rest stays
         std::fs::write(dir(d.path()).join("0-x.json"), b"{not json").unwrap();
-        assert_eq!(list(d.path()).len(), 3);
+        assert_eq!(list(d.path()).len(), 4);
     }
 }
