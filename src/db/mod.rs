@@ -294,7 +294,9 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
-    readers: Option<Arc<Readers>>,
+    /// A file database's path and its readers, opened at the first read or checkpoint (a CLI
+    /// command that only writes opens none); `None`: in memory.
+    readers: Option<Arc<(PathBuf, std::sync::OnceLock<Readers>)>>,
 }
 
 /// The read-only connections, handed out round-robin (a busy one is skipped), and the
@@ -365,8 +367,21 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         let mut db = Self::init(conn, path)?;
-        db.readers = Some(Arc::new(Readers::open(path)?));
+        db.readers = Some(Arc::new((path.to_path_buf(), std::sync::OnceLock::new())));
         Ok(db)
+    }
+
+    /// The readers of a file database, opened now if this is the first use.
+    fn readers(&self) -> Result<Option<&Readers>, DbError> {
+        let Some(lazy) = &self.readers else {
+            return Ok(None);
+        };
+        let (path, once) = &**lazy;
+        if once.get().is_none() {
+            // two first uses at once both open; the one that loses drops its connections
+            let _ = once.set(Readers::open(path)?);
+        }
+        Ok(once.get())
     }
 
     /// Moves the WAL's committed pages into the database file from a connection of its own
@@ -376,7 +391,7 @@ impl Db {
     /// passes 1000 pages, inside whichever commit crosses it, and that request waits for the
     /// file system's sync (and every other write behind it). An in-memory database has no WAL.
     pub fn checkpoint(&self) -> Result<(), DbError> {
-        if let Some(r) = &self.readers {
+        if let Some(r) = self.readers()? {
             r.checkpointer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -469,7 +484,7 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || match &db.readers {
+        tokio::task::spawn_blocking(move || match db.readers()? {
             Some(r) => f(&r.get()),
             None => f(&db.lock()),
         })

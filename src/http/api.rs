@@ -335,7 +335,7 @@ pub async fn once_per_report(
         )));
     }
     let i = id.clone();
-    if st.db.call(move |c| crate::db::reports::seen(c, &i)).await? {
+    if st.db.read(move |c| crate::db::reports::seen(c, &i)).await? {
         tracing::info!(report = %id, "a queued report sent again: already applied");
         return Ok(Json(serde_json::json!({ "duplicate": true, "id": 0, "changes": [], "task": 0, "state": "duplicate" }))
             .into_response());
