@@ -308,6 +308,9 @@ async fn relay_loop(
     stats: Stats,
 ) {
     let mut pushes: Vec<PushProgress> = Vec::new();
+    // the site book's revision held, as a relay keeps it (the first reply carries the whole
+    // book, later ones only what changed)
+    let mut book: Option<u64> = None;
     while Instant::now() < until {
         let hb = Heartbeat {
             protocol: PROTOCOL,
@@ -318,6 +321,7 @@ async fn relay_loop(
             quota_bytes: None,
             complete: vec![image.clone()],
             pushes: pushes.clone(),
+            book,
         };
         let t = Instant::now();
         let r = checked(
@@ -334,6 +338,9 @@ async fn relay_loop(
             let reply: HeartbeatReply =
                 serde_json::from_slice(&b).map_err(|e| format!("heartbeat reply: {e}"))?;
             interval = reply.interval.max(1);
+            if let Some(b) = &reply.book {
+                book = Some(b.rev);
+            }
             // the relay holds every version of its orders: report them done
             pushes = reply
                 .pushes

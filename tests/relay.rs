@@ -1146,3 +1146,112 @@ fn reports_made_while_the_link_is_down_reach_central_once_when_it_is_back() {
     assert_eq!((t2, events2, inventories2), (t, events, inventories));
     say("relay queue: 3 reports kept while central was down (the newer progress replaced the older), passed on once when it was back; sent again, each was recognised as applied");
 }
+
+/// A site alone: with the central server down, its relay runs from its site book. The reimage
+/// task it received before the cut boots the boot environment with a credential the relay
+/// issued; the real agent says hello to the relay, which answers with the central server's
+/// signed order, restores from the relay's store and reports done; the next boot is the local
+/// disk. An unknown PC registers. When the central server is back, it records the hello, the
+/// reports and the inventories once each, and the hosts belong to the site.
+#[test]
+fn a_relay_alone_runs_the_task_it_holds_and_central_records_it_once() {
+    const MAC: &str = "52:54:00:44:00:09";
+    const NEW: &str = "52:54:00:44:00:0a";
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let image = disk_like(2 << 20, 76);
+    lab.add("disk", &lab.file("d.img", &image));
+    let token = site(&lab, "s1", &[]);
+    let mut c = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    let port = c.url.rsplit(':').next().unwrap().to_string();
+    let r = relay(&lab, "relay", &c.url, "s1", &token, &[]);
+    // the PC is registered through its relay (so it is the site's), the master pushed there
+    register(&r, MAC);
+    let p = push(&lab, &["--image", "disk", "--sites", "s1"]);
+    wait_done(&lab, p, "s1", 120);
+    let task = lab.json(&["task", "reimage", "--host", MAC, "--image", "disk"])["tasks"][0]["id"]
+        .as_i64()
+        .unwrap();
+    // the relay's book holds the task, and it keeps the boot environment for it
+    wait_for("the relay's site book to hold the task", 60, || {
+        (metric_at(&r.url, "bootcast_relay_book_tasks") == 1).then_some(())
+    });
+    assert_eq!(metric_at(&r.url, "bootcast_relay_book_hosts"), 1);
+    let kept = lab.path("relay").join("relay/files/bootenv/initrd.img");
+    wait_for("the relay to keep the boot environment", 60, || {
+        kept.is_file().then_some(())
+    });
+
+    // the link is cut
+    c.stop();
+    let disk = lab.path("disk.raw");
+    std::fs::write(&disk, b"").unwrap();
+    let log = agent_boot(&lab, &r, MAC, &disk, "alone");
+    assert!(
+        log.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {MAC}")),
+        "{log}\n--- relay:\n{}",
+        r.log_text()
+    );
+    assert_eq!(sha256(&std::fs::read(&disk).unwrap()), sha256(&image));
+    // ended here: the next boot is the disk
+    let next = boot_script(&r, MAC);
+    assert!(next.contains("sanboot"), "{next}");
+    // an unknown PC registers alone: the boot environment, then the after-registration action
+    let script = boot_script(&r, NEW);
+    assert!(!script.contains("bootcast.task="), "{script}");
+    let (code, answer) = hello(&r, NEW, &credential_of(&script), None);
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("\"action\":\"reboot\""), "{answer}");
+    // a hello with a credential the relay never issued is not answered here
+    let (code, answer) = hello(&r, NEW, &"00".repeat(16), None);
+    assert_eq!(code, 502, "{answer}");
+    assert_eq!(metric_at(&r.url, "bootcast_relay_offline_scripts_total"), 3);
+    let queued = metric_at(&r.url, "bootcast_relay_reports_queued");
+    assert!(queued >= 4, "hellos, progress, done: {queued}");
+
+    // the link is back: central records each once
+    let _c = Served::start(
+        lab.cmd(),
+        &["--http", &format!("127.0.0.1:{port}"), "--tftp", "off"],
+    );
+    wait_for("the relay to pass its queue on", 120, || {
+        (metric_at(&r.url, "bootcast_relay_reports_queued") == 0).then_some(())
+    });
+    assert_eq!(
+        metric_at(&r.url, "bootcast_relay_reports_forwarded_total"),
+        queued
+    );
+    let t = lab.json(&["task", "list", "--all", "--host", MAC]);
+    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+    assert_eq!(
+        t["tasks"][0]["progress"]["bytes_total"],
+        image.len() as u64,
+        "{t}"
+    );
+    let events = lab.json(&["events", "--host", MAC, "--limit", "1000"]);
+    let count = |events: &Value, kind: &str| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+    // the registration's hello (through central) and the one the relay answered alone
+    assert_eq!(count(&events, "boot"), 2, "{events}");
+    assert_eq!(count(&events, "reimage_done"), 1, "{events}");
+    let h = lab.json(&["host", "show", NEW]);
+    assert_eq!(h["host"]["site"], "s1", "{h}");
+    assert!(h["host"]["registered_at"].is_string(), "{h}");
+    let events = lab.json(&["events", "--host", NEW, "--limit", "1000"]);
+    assert_eq!(count(&events, "boot"), 1, "{events}");
+    // the site's book now closes the task: the relay forgets it
+    wait_for("the relay's book to drop the closed task", 60, || {
+        (metric_at(&r.url, "bootcast_relay_book_tasks") == 0).then_some(())
+    });
+    assert_eq!(metric_at(&r.url, "bootcast_relay_book_hosts"), 2);
+    say(&format!(
+        "relay alone: reimage of task {task} ({} bytes) from the relay's store with central down, a PC registered; {queued} queued hellos and reports recorded once when central was back",
+        image.len()
+    ));
+}

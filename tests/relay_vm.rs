@@ -2,7 +2,9 @@
 //! server and a site relay (full DHCP, TFTP and HTTP on the site's VLAN); the demo master is
 //! pushed to the relay first; then a QEMU VM (TCG, BIOS, virtio) with an empty disk
 //! PXE-boots through the relay, restores the master from the relay's store, and boots it.
-//! The central server serves not one chunk byte during the restore. Needs root; prints SKIP
+//! The central server serves not one chunk byte during the restore. A second VM does the same
+//! with the relay's WAN link cut (the relay alone, from its site book), then boots its disk
+//! through the relay; central records it all once the link is back. Needs root; prints SKIP
 //! without.
 
 mod common;
@@ -29,82 +31,17 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         have_qemu(),
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
     );
-    let central = Lab::new();
-    let image = demo_image("v1");
-    central.add("demo", &image);
-    copy_bootenv(&central.data());
-    let token = central.json(&["site", "add", "lycee"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    // central <- 100 Mbit -> relay; the relay's VLAN is br0 with the VM's tap
-    let c = Netns::new("vcen");
-    let mut site = Netns::new("vsite");
-    c.link(
-        &site,
-        ("s1", "10.99.4.1/30"),
-        ("up0", "10.99.4.2/30"),
-        Some("100mbit"),
-    );
-    site.bridge_with_tap();
-    let ra = site_dhcp(&site, "br0", central.dir.path(), false); // IPv6 RAs only
-    site.spawn(ra);
-    let mut cmd = c.cmd(BIN);
-    cmd.arg("--data")
-        .arg(central.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
-    // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
-    let fingerprint = server
-        .fingerprint
-        .clone()
-        .expect("the banner's certificate");
-    let relay_data = central.path("relay");
-    let mut cmd = site.cmd(BIN);
-    cmd.arg("--data")
-        .arg(&relay_data)
-        .env_remove("BOOTCAST_DATA")
-        .env("BOOTCAST_RELAY_TOKEN", &token);
-    let relay = Served::start_as(
-        cmd,
-        "relay",
-        &[
-            "--upstream",
-            "https://10.99.4.1:8443",
-            "--upstream-fingerprint",
-            &fingerprint,
-            "--site",
-            "lycee",
-            "--url",
-            "http://10.99.0.1:8080",
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--advertise",
-            "10.99.0.1",
-            "--dhcp-interface",
-            "br0",
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ],
-    );
-
+    let Region {
+        central,
+        c,
+        site,
+        server,
+        relay,
+        image,
+        ..
+    } = Region::start("v");
     // the master reaches the relay first (a push), then staff queue the reimage
-    let p = central.json(&["push", "create", "--image", "demo", "--sites", "lycee"]);
-    let id = p["push"]["id"].as_i64().unwrap().to_string();
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = central.json(&["push", "status", &id]);
-        if st["pushes"][0]["sites"][0]["state"] == "done" {
-            break;
-        }
-        assert!(Instant::now() < end, "the push did not finish: {st}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    push_and_wait(&central);
     let mac = "52:54:00:99:04:01";
     register_in(&c, mac);
     central.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
@@ -119,42 +56,7 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         "http://127.0.0.1:8080",
         "bootcast_chunk_bytes_served_total",
     );
-    let disk = central.path("disk.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
-    let mut vm = Vm::new(Firmware::Bios, Nic::Virtio, mac, central.dir.path());
-    vm.no_reboot = false; // restore, reboot, boot the disk; the demo master powers off
-    vm.timeout = 420;
-    vm.extra = vec![
-        "-drive".into(),
-        format!("file={},format=raw,if=virtio", disk.display()),
-    ];
-    let started = Instant::now();
-    let out = vm.command(&site).output().unwrap();
-    let took = started.elapsed().as_secs_f64();
-    let serial = vm.serial();
-    let context = || {
-        format!(
-            "QEMU {}\n--- serial:\n{serial}\n--- relay:\n{}\n--- central:\n{}",
-            out.status,
-            relay.log_text(),
-            server.log_text()
-        )
-    };
-    assert!(
-        serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {mac}")),
-        "{}",
-        context()
-    );
-    assert!(serial.contains("BOOTCAST-DEMO-OK v1"), "{}", context());
-    assert!(
-        serial.contains("bootcast.server=http://10.99.0.1:8080")
-            || serial.contains("-> http://10.99.0.1:8080"),
-        "the agent did not talk to the relay: {}",
-        context()
-    );
+    let (serial, took, disk) = reimage_vm(&central, &site, mac, &[&relay, &server]);
     let central_chunks = metric_in(
         &c,
         "http://127.0.0.1:8080",
@@ -181,11 +83,271 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
     assert_eq!(t["tasks"][0]["state"], "done", "{t}");
     let h = central.json(&["host", "show", mac]);
     assert_eq!(h["host"]["site"], "lycee", "{h}");
+    assert!(serial.contains("BOOTCAST-DEMO-OK v1"));
+}
+
+/// The site's WAN link is cut after the relay received a reimage task (its site book): the
+/// VM PXE-boots through the relay alone, restores the master from the relay's store (the
+/// relay answers its hello with the central server's signed order), reboots, and boots its
+/// local disk through the relay. When the link comes back, the central server has the hello,
+/// the reports and the events once each.
+#[test]
+fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
+    let name = "a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone";
+    if !common::is_root() {
+        common::skip(name, "needs root (network namespaces, tap devices)");
+        return;
+    }
+    assert!(
+        have_qemu(),
+        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
+    );
+    let Region {
+        central,
+        c,
+        site,
+        server,
+        relay,
+        relay_data,
+        image,
+    } = Region::start("a");
+    push_and_wait(&central);
+    let mac = "52:54:00:99:05:01";
+    // registered through the relay (from the relay's namespace): a host of the site
+    register_via(&site, mac);
+    let task = central.json(&["task", "reimage", "--host", mac, "--image", "demo"])["tasks"][0]
+        ["id"]
+        .as_i64()
+        .unwrap();
+    let relay_url = "http://127.0.0.1:8080";
+    let end = Instant::now() + Duration::from_secs(60);
+    while metric_in(&site, relay_url, "bootcast_relay_book_tasks") != 1
+        || !relay_data.join("relay/files/bootenv/initrd.img").is_file()
+    {
+        assert!(
+            Instant::now() < end,
+            "the relay did not take the task into its site book (or keep the boot environment): {}",
+            relay.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // the WAN link goes down
+    c.sh("ip link set s1 down");
+    let (serial, took, disk) = reimage_vm(&central, &site, mac, &[&relay, &server]);
+    let offline = metric_in(&site, relay_url, "bootcast_relay_offline_scripts_total");
+    let queued = metric_in(&site, relay_url, "bootcast_relay_reports_queued");
+    common::say(&format!(
+        "VM reimaged and booted through its relay with the WAN link down: {took:.1} s; {offline} boot scripts answered alone, {queued} reports kept"
+    ));
+    // the task's script and the local disk's after it, both by the relay alone
+    assert!(offline >= 2, "{offline}\n{serial}");
+    assert!(queued >= 2, "the hello and done at least: {queued}");
+    let want = std::fs::read(&image).unwrap();
+    let written = std::fs::read(&disk).unwrap();
+    assert_eq!(sha256(&written[..want.len()]), sha256(&want));
+    let t = central.json(&["task", "list", "--all", "--host", mac]);
+    assert_ne!(
+        t["tasks"][0]["state"], "done",
+        "central heard of it with the link down? {t}"
+    );
+
+    // the link is back: everything reaches central, once
+    c.sh("ip link set s1 up");
+    let end = Instant::now() + Duration::from_secs(120);
+    while metric_in(&site, relay_url, "bootcast_relay_reports_queued") != 0 {
+        assert!(
+            Instant::now() < end,
+            "the relay did not pass its queue on: {}",
+            relay.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric_in(&site, relay_url, "bootcast_relay_reports_forwarded_total"),
+        queued
+    );
+    let t = central.json(&["task", "list", "--all", "--host", mac]);
+    assert_eq!(t["tasks"][0]["id"], task, "{t}");
+    assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+    let events = central.json(&["events", "--host", mac, "--limit", "1000"]);
+    let count = |kind: &str| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+    // the registration's hello, and the one the relay answered alone
+    assert_eq!(count("boot"), 2, "{events}");
+    assert_eq!(count("reimage_done"), 1, "{events}");
+}
+
+/// Boots a VM (BIOS, virtio, an empty 96 MiB disk) on the site's VLAN until the demo master it
+/// is given powers it off: (serial, seconds, disk). `logs` are printed when it fails.
+fn reimage_vm(
+    central: &Lab,
+    site: &Netns,
+    mac: &str,
+    logs: &[&Served],
+) -> (String, f64, std::path::PathBuf) {
+    let disk = central.path(&format!("disk-{}.raw", mac.replace(':', "")));
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let mut vm = Vm::new(Firmware::Bios, Nic::Virtio, mac, central.dir.path());
+    vm.no_reboot = false; // restore, reboot, boot the disk; the demo master powers off
+    vm.timeout = 420;
+    vm.extra = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio", disk.display()),
+    ];
+    let started = Instant::now();
+    let out = vm.command(site).output().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let serial = vm.serial();
+    let context = || {
+        let mut s = format!("QEMU {}\n--- serial:\n{serial}", out.status);
+        for l in logs {
+            s += &format!("\n--- log:\n{}", l.log_text());
+        }
+        s
+    };
+    assert!(
+        serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {mac}")),
+        "{}",
+        context()
+    );
+    assert!(serial.contains("BOOTCAST-DEMO-OK v1"), "{}", context());
+    assert!(
+        serial.contains("bootcast.server=http://10.99.0.1:8080")
+            || serial.contains("-> http://10.99.0.1:8080"),
+        "the agent did not talk to the relay: {}",
+        context()
+    );
+    (serial, took, disk)
+}
+
+/// A central server and a site relay in network namespaces: central <- 100 Mbit -> relay
+/// (HTTPS, the central certificate pinned); the relay runs full DHCP, TFTP and HTTP on the
+/// site's VLAN (`br0` with the VM's tap). The demo master is added, the boot environment
+/// copied in.
+struct Region {
+    central: Lab,
+    c: Netns,
+    site: Netns,
+    server: Served,
+    relay: Served,
+    relay_data: std::path::PathBuf,
+    /// The demo master's disk image.
+    image: std::path::PathBuf,
+}
+
+impl Region {
+    fn start(tag: &str) -> Region {
+        let central = Lab::new();
+        let image = demo_image("v1");
+        central.add("demo", &image);
+        copy_bootenv(&central.data());
+        let token = central.json(&["site", "add", "lycee"])["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // central <- 100 Mbit -> relay; the relay's VLAN is br0 with the VM's tap
+        let c = Netns::new(&format!("{tag}cen"));
+        let mut site = Netns::new(&format!("{tag}site"));
+        c.link(
+            &site,
+            ("s1", "10.99.4.1/30"),
+            ("up0", "10.99.4.2/30"),
+            Some("100mbit"),
+        );
+        site.bridge_with_tap();
+        let ra = site_dhcp(&site, "br0", central.dir.path(), false); // IPv6 RAs only
+        site.spawn(ra);
+        let mut cmd = c.cmd(BIN);
+        cmd.arg("--data")
+            .arg(central.data())
+            .env_remove("BOOTCAST_DATA");
+        let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+        // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
+        let fingerprint = server
+            .fingerprint
+            .clone()
+            .expect("the banner's certificate");
+        let relay_data = central.path("relay");
+        let mut cmd = site.cmd(BIN);
+        cmd.arg("--data")
+            .arg(&relay_data)
+            .env_remove("BOOTCAST_DATA")
+            .env("BOOTCAST_RELAY_TOKEN", &token);
+        let relay = Served::start_as(
+            cmd,
+            "relay",
+            &[
+                "--upstream",
+                "https://10.99.4.1:8443",
+                "--upstream-fingerprint",
+                &fingerprint,
+                "--site",
+                "lycee",
+                "--url",
+                "http://10.99.0.1:8080",
+                "--http",
+                "0.0.0.0:8080",
+                "--tftp",
+                "0.0.0.0:69",
+                "--advertise",
+                "10.99.0.1",
+                "--dhcp-interface",
+                "br0",
+                "--dhcp-mode",
+                "full",
+                "--dhcp-range",
+                "10.99.0.100,10.99.0.150",
+            ],
+        );
+        Region {
+            central,
+            c,
+            site,
+            server,
+            relay,
+            relay_data,
+            image,
+        }
+    }
+}
+
+/// Pushes the demo master to the site and waits until the relay holds it.
+fn push_and_wait(central: &Lab) {
+    let p = central.json(&["push", "create", "--image", "demo", "--sites", "lycee"]);
+    let id = p["push"]["id"].as_i64().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = central.json(&["push", "status", &id]);
+        if st["pushes"][0]["sites"][0]["state"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < end, "the push did not finish: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The host's first network boot and hello, through the relay (from its own namespace).
+fn register_via(site: &Netns, mac: &str) {
+    register_at(site, "http://127.0.0.1:8080", mac);
 }
 
 /// The host's first network boot and hello, sent to the central server in its namespace.
 fn register_in(c: &Netns, mac: &str) {
-    let url = "http://127.0.0.1:8080";
+    register_at(c, "http://127.0.0.1:8080", mac);
+}
+
+fn register_at(c: &Netns, url: &str, mac: &str) {
     let (_, script) = http_in(
         Some(&c.name),
         "GET",

@@ -206,6 +206,22 @@ pub enum AfterRegister {
     Poweroff,
 }
 
+impl AfterRegister {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AfterRegister::Reboot => "reboot",
+            AfterRegister::Poweroff => "poweroff",
+        }
+    }
+
+    /// The inverse of [`AfterRegister::as_str`].
+    pub fn parse(s: &str) -> Option<AfterRegister> {
+        [AfterRegister::Reboot, AfterRegister::Poweroff]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 /// Every problem found, one per line.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

@@ -258,6 +258,23 @@ pub fn check_adopted(
         && r.session_until.is_none_or(|u| now <= u))
 }
 
+/// Whether this node issued `mac`'s current credential itself (a relay working alone), rather
+/// than adopting a session another node made.
+pub fn issued_here(c: &Connection, mac: Mac) -> Result<bool, DbError> {
+    Ok(row(c, mac)?.is_some_and(|r| !r.cred_hash.is_empty()))
+}
+
+/// A session of a boot this node started itself ([`issued_here`]), from `ip`, not expired.
+pub fn started_here(
+    c: &Connection,
+    mac: Mac,
+    session: &str,
+    ip: IpAddr,
+    now: i64,
+) -> Result<bool, DbError> {
+    Ok(issued_here(c, mac)? && check_adopted(c, mac, session, ip, now)?)
+}
+
 /// Records that a DHCP service saw `mac` at `ip` (an address it acknowledged, or one a
 /// client asked for in proxy mode).
 pub fn record_seen(c: &Connection, mac: Mac, ip: IpAddr, now: i64) -> Result<(), DbError> {

@@ -280,6 +280,37 @@ pub const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY,
         at INTEGER NOT NULL
     );",
+    // 12: the site book a relay keeps to work alone (`sites::book`): a site's revision, raised
+    // by triggers on any change to its hosts (site, registration, name) and their tasks, and each
+    // host's revision of its last change, so a heartbeat carries only the hosts changed since
+    "ALTER TABLE sites ADD COLUMN book_rev INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE hosts ADD COLUMN book_rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX hosts_by_site_rev ON hosts(site, book_rev);
+    CREATE TRIGGER book_host_changed AFTER UPDATE OF site, registered_at, name ON hosts
+    WHEN old.site IS NOT new.site OR old.registered_at IS NOT new.registered_at
+        OR old.name IS NOT new.name
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1 WHERE name IN (old.site, new.site);
+        UPDATE hosts SET book_rev = (SELECT book_rev FROM sites WHERE name = new.site)
+            WHERE mac = new.mac AND new.site IS NOT NULL;
+    END;
+    CREATE TRIGGER book_task_added AFTER INSERT ON tasks
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name = (SELECT site FROM hosts WHERE mac = new.mac);
+    END;
+    CREATE TRIGGER book_task_changed AFTER UPDATE OF state, not_before, version ON tasks
+    WHEN old.state IS NOT new.state OR old.not_before IS NOT new.not_before
+        OR old.version IS NOT new.version
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name = (SELECT site FROM hosts WHERE mac = new.mac);
+    END;
+    CREATE TRIGGER book_task_removed AFTER DELETE ON tasks
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name = (SELECT site FROM hosts WHERE mac = old.mac);
+    END;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -570,6 +570,7 @@ mod tests {
                 rate: 50,
                 detail: None,
             }],
+            book: None,
         };
         sites::record_heartbeat(&mut c, "nord", &hb, 7).unwrap();
         let got = get(&c, p.id).unwrap().unwrap();

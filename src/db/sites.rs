@@ -294,6 +294,79 @@ pub fn record_heartbeat(
     tx.commit().what("commit")
 }
 
+/// The site book of `site` for a relay that holds revision `held` (`None`: none): `None` when
+/// that is the current one; else the hosts changed since (all of them when the relay holds
+/// none, or a revision this database never reached, e.g. after a restore) and every open
+/// reimage task of the site's hosts. Signatures are left to the caller.
+pub fn book(
+    conn: &Connection,
+    site: &str,
+    held: Option<u64>,
+    after_register: &str,
+) -> Result<Option<crate::proto::relay::SiteBook>, DbError> {
+    use crate::proto::relay::{SiteBook, SiteHost, SiteTask};
+    let rev: i64 = conn
+        .query_row("SELECT book_rev FROM sites WHERE name = ?1", [site], |r| {
+            r.get(0)
+        })
+        .what("site book revision")?;
+    let rev = rev.max(0) as u64;
+    if held == Some(rev) {
+        return Ok(None);
+    }
+    let full = held.is_none_or(|h| h > rev);
+    let since = if full { -1 } else { held.unwrap_or(0) as i64 };
+    let mut st = conn
+        .prepare_cached(
+            "SELECT mac, registered_at IS NOT NULL FROM hosts
+             WHERE site = ?1 AND book_rev > ?2 ORDER BY mac",
+        )
+        .what("site book hosts")?;
+    let hosts = st
+        .query_map(params![site, since], |r| {
+            Ok(SiteHost {
+                mac: r.get(0)?,
+                registered: r.get(1)?,
+            })
+        })
+        .what("site book hosts")?
+        .collect::<Result<Vec<_>, _>>()
+        .what("site book hosts")?;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT t.id, t.mac, t.image, t.version, t.not_before,
+                    CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END
+             FROM tasks t JOIN hosts h ON h.mac = t.mac
+             LEFT JOIN image_settings s ON s.image = t.image
+             WHERE h.site = ?1 AND t.state IN ('pending','booting','running')
+               AND t.kind = 'reimage' AND t.image IS NOT NULL AND t.version IS NOT NULL
+             ORDER BY t.id",
+        )
+        .what("site book tasks")?;
+    let tasks = st
+        .query_map([site], |r| {
+            Ok(SiteTask {
+                id: r.get(0)?,
+                mac: r.get(1)?,
+                image: r.get(2)?,
+                version: r.get(3)?,
+                not_before: r.get(4)?,
+                hostname: r.get(5)?,
+                signature: None,
+            })
+        })
+        .what("site book tasks")?
+        .collect::<Result<Vec<_>, _>>()
+        .what("site book tasks")?;
+    Ok(Some(SiteBook {
+        rev,
+        full,
+        hosts,
+        tasks,
+        after_register: after_register.to_string(),
+    }))
+}
+
 /// Binds a host to a site (from the relay it booted through).
 pub fn bind_host(conn: &Connection, mac: crate::mac::Mac, site: &str) -> Result<(), DbError> {
     conn.execute(
@@ -351,5 +424,96 @@ mod tests {
         assert!(!cidr_contains("fd99::/64", ip("10.20.3.4")));
         assert!(!cidr_contains("10.20.0.0/33", ip("10.20.3.4")));
         assert!(!cidr_contains("nonsense", ip("10.20.3.4")));
+    }
+
+    #[test]
+    fn a_site_book_carries_only_what_changed_since_the_relays_revision() {
+        use crate::db::{hosts, tasks, Db, TaskKind, TaskState};
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        let settings = SiteSettings {
+            subnets: vec![],
+            tz: "UTC".into(),
+            windows: "always".into(),
+            rate: None,
+            incomplete: Incomplete::Wait,
+        };
+        add(&c, "nord", &settings, "tok", 1).unwrap();
+        add(&c, "sud", &settings, "tok2", 1).unwrap();
+        let facts = hosts::BootFacts {
+            firmware: None,
+            arch: Some("x86_64"),
+            ip: None,
+            agent_boot_time: None,
+        };
+        let macs: Vec<crate::mac::Mac> = (1..=3)
+            .map(|i| format!("52:54:00:00:01:0{i}").parse().unwrap())
+            .collect();
+        for m in &macs {
+            hosts::record_script_boot(&mut c, *m, &facts, 2).unwrap();
+            bind_host(&c, *m, "nord").unwrap();
+        }
+        hosts::record_hello(&mut c, macs[0], &facts, 3).unwrap();
+        // a relay without a book gets all of it
+        let b = book(&c, "nord", None, "reboot").unwrap().unwrap();
+        assert!(b.full);
+        assert_eq!(b.hosts.len(), 3);
+        assert_eq!(b.hosts.iter().filter(|h| h.registered).count(), 1);
+        assert!(b.tasks.is_empty());
+        // nothing changed: nothing sent
+        assert_eq!(book(&c, "nord", Some(b.rev), "reboot").unwrap(), None);
+        // a boot that changes nothing the book holds raises nothing
+        hosts::record_script_boot(&mut c, macs[1], &facts, 4).unwrap();
+        bind_host(&c, macs[1], "nord").unwrap();
+        assert_eq!(book(&c, "nord", Some(b.rev), "reboot").unwrap(), None);
+        // one registration: that host only
+        hosts::record_hello(&mut c, macs[1], &facts, 5).unwrap();
+        let d = book(&c, "nord", Some(b.rev), "reboot").unwrap().unwrap();
+        assert!(!d.full);
+        assert_eq!(d.hosts.len(), 1);
+        assert_eq!(d.hosts[0].mac, macs[1].to_string());
+        assert!(d.hosts[0].registered);
+        // a reimage task: the tasks, no host
+        let v = "cd".repeat(32);
+        let t = tasks::create_with(
+            &c,
+            macs[2],
+            TaskKind::Reimage,
+            &tasks::NewTask {
+                image: Some("demo"),
+                version: Some(&v),
+                group: None,
+                not_before: None,
+                multicast: None,
+            },
+            6,
+        )
+        .unwrap();
+        let e = book(&c, "nord", Some(d.rev), "reboot").unwrap().unwrap();
+        assert!(e.hosts.is_empty());
+        assert_eq!(e.tasks.len(), 1);
+        assert_eq!(
+            (e.tasks[0].id, e.tasks[0].version.as_str()),
+            (t.id, v.as_str())
+        );
+        // the other site's book did not move
+        let sud = book(&c, "sud", None, "reboot").unwrap().unwrap();
+        assert!(sud.hosts.is_empty() && sud.tasks.is_empty());
+        // the task closes: gone from the next book
+        tasks::set_state(&c, macs[2], t.id, TaskState::Done, None, 7).unwrap();
+        let f = book(&c, "nord", Some(e.rev), "reboot").unwrap().unwrap();
+        assert!(f.tasks.is_empty());
+        // a host moving away raises both sites; the new one lists it
+        bind_host(&c, macs[0], "sud").unwrap();
+        let g = book(&c, "nord", Some(f.rev), "reboot").unwrap().unwrap();
+        assert!(g.hosts.is_empty());
+        let sud2 = book(&c, "sud", Some(sud.rev), "reboot").unwrap().unwrap();
+        assert_eq!(sud2.hosts.len(), 1);
+        // a relay ahead of this database (restored from a backup) gets a full book
+        let h = book(&c, "nord", Some(g.rev + 100), "reboot")
+            .unwrap()
+            .unwrap();
+        assert!(h.full);
+        assert_eq!(h.hosts.len(), 2);
     }
 }

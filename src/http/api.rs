@@ -42,7 +42,20 @@ pub(super) fn check_session(
     session: Option<&str>,
     (now, closed_ok): (i64, bool),
 ) -> Result<Result<Option<i64>, (bootcred::Refused, IpAddr)>, DbError> {
-    let from = super::relay::Origin::of(c, headers, peer)?.ip;
+    let origin = super::relay::Origin::of(c, headers, peer)?;
+    let from = origin.ip;
+    if headers.contains_key(crate::proto::relay::OFFLINE_BOOT_HEADER) {
+        // a boot the site's relay started alone (its credential, its session): the relay
+        // vouches for it, for a host of its own site only
+        let of_site = match &origin.site {
+            Some(site) => hosts::get(c, mac)?.and_then(|h| h.site) == Some(site.name.clone()),
+            None => false,
+        };
+        return Ok(match of_site {
+            true => Ok(None),
+            false => Err((bootcred::Refused::NoBoot, from)),
+        });
+    }
     Ok(bootcred::check(c, mac, session, from, now, closed_ok)?.map_err(|r| (r, from)))
 }
 

@@ -22,7 +22,8 @@ fn host_header(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::HOST).and_then(|v| v.to_str().ok())
 }
 
-fn script(body: String) -> Response {
+/// A boot script answer: plain text, never cached.
+pub fn script(body: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

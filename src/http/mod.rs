@@ -188,6 +188,7 @@ pub fn router(state: AppState, token: String) -> Router {
     let reports = Router::new()
         .route("/api/v1/agent/progress", post(api::agent_progress))
         .route("/api/v1/agent/done", post(api::agent_done))
+        .route("/api/v1/relay/offline-hello", post(relay::offline_hello))
         .route("/api/v1/agent/failed", post(api::agent_failed))
         .route(
             "/api/v1/agent/inventory",

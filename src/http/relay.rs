@@ -34,6 +34,7 @@ pub async fn heartbeat(
     };
     let now = crate::time::now_unix();
     let site_name = hb.site.clone();
+    let after_register = st.after_register.as_str();
     let res = st
         .db
         .call(move |c| {
@@ -70,6 +71,11 @@ pub async fn heartbeat(
                 .filter(|id| !done_before.contains(id))
                 .collect();
             let site = sites::get(c, &site.name)?.expect("site exists");
+            // what the relay needs to work alone, when it changed since the relay's copy
+            let book = match hb.protocol >= 2 {
+                true => sites::book(c, &site.name, hb.book, after_register)?,
+                false => None,
+            };
             Ok(Ok((newly_done, HeartbeatReply {
                 protocol: PROTOCOL,
                 schedule: SiteSchedule {
@@ -81,6 +87,7 @@ pub async fn heartbeat(
                 assigned: site.images.clone(),
                 interval: HEARTBEAT_INTERVAL,
                 key: None,
+                book,
             })))
         })
         .await?;
@@ -90,6 +97,9 @@ pub async fn heartbeat(
         reply.key = Some(k.public().to_string());
         for o in &mut reply.pushes {
             o.signature = Some(k.sign(&o.statement(&site_name)));
+        }
+        for t in reply.book.iter_mut().flat_map(|b| b.tasks.iter_mut()) {
+            t.signature = Some(k.sign(&t.statement()));
         }
     }
     for id in newly_done {
@@ -204,6 +214,86 @@ pub async fn check_token(
         Some(site) => Ok(Json(serde_json::json!({ "site": site.name })).into_response()),
         None => Err(ApiError::unauthorized("no site has this relay token")),
     }
+}
+
+/// `POST /api/v1/relay/offline-hello` (a relay's token headers, a report id): an agent's hello
+/// the relay answered alone while this server could not be reached (see
+/// `relay::alone`), passed on before that boot's reports. Recorded as the hello would have
+/// been: the host registered and bound to the relay's site, the task it was given booting,
+/// one `boot` event.
+pub async fn offline_hello(
+    State(st): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(h): Json<crate::proto::relay::OfflineHello>,
+) -> ApiResult {
+    use crate::db::{hosts, tasks, TaskState};
+    let mac = super::error::parse_mac(&h.mac)?;
+    if !super::boot::valid_arch(&h.arch) {
+        return Err(ApiError::bad_request(format!(
+            "arch {:?} is not an architecture name like x86_64",
+            h.arch
+        )));
+    }
+    let now = crate::time::now_unix();
+    let at = h.at.min(now);
+    let hello = h.clone();
+    let res = st
+        .db
+        .call(move |c| {
+            let origin = Origin::of(c, &headers, peer)?;
+            let Some(site) = origin.site else {
+                return Ok(Err(ApiError::unauthorized(
+                    "only a site relay passes on the hellos it answered alone (its relay token headers)",
+                )));
+            };
+            if let Some(other) = hosts::get(c, mac)?.and_then(|h| h.site).filter(|s| *s != site.name) {
+                return Ok(Err(ApiError::forbidden(format!(
+                    "host {mac} belongs to site {other}, not to {}: its relay did not start this boot",
+                    site.name
+                ))));
+            }
+            let ip = origin.ip.to_string();
+            hosts::record_hello(
+                c,
+                mac,
+                &hosts::BootFacts {
+                    firmware: Some(hello.firmware),
+                    arch: Some(&hello.arch),
+                    ip: Some(&ip),
+                    agent_boot_time: i64::try_from(hello.boot_time).ok(),
+                },
+                at,
+            )?;
+            sites::bind_host(c, mac, &site.name)?;
+            let task = match hello.task {
+                Some(id) => tasks::get(c, id)?.filter(|t| t.mac == mac && t.state.is_open()),
+                None => None,
+            };
+            if let Some(t) = task.as_ref().filter(|t| t.state == TaskState::Pending) {
+                tasks::set_state(c, mac, t.id, TaskState::Booting, None, now)?;
+            }
+            Ok(Ok((task.map(|t| t.id), origin.ip, site.name)))
+        })
+        .await?;
+    let (task, ip, site) = res?;
+    if let (Some(id), None) = (h.task, task) {
+        tracing::warn!(%mac, task = id, "an offline hello names a task no longer open for this host");
+    }
+    st.hooks.emit(
+        crate::hooks::EventKind::Boot,
+        Some(mac.to_string()),
+        serde_json::json!({
+            "ip": ip.to_string(),
+            "arch": h.arch,
+            "firmware": h.firmware.as_str(),
+            "registered": true,
+            "task": task,
+            "offline": site,
+        }),
+    );
+    tracing::info!(%mac, %site, task = ?task, "agent hello answered by the site relay alone, now recorded");
+    Ok(Json(serde_json::json!({ "task": task })).into_response())
 }
 
 /// A request a site relay passes on for one of its machines, as the relay's headers say.

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 ///   unsigned ones, so it needs a server of protocol 2), the order watch
 ///   (`GET /api/v1/relay/wait`), the DHCP-seen header, HTTPS upstreams. A protocol-1 relay
 ///   ignores the new fields and keeps working; it speaks plain HTTP, which a server accepts
-///   only from the subnets of `[http] plain_relays`.
+///   only from the subnets of `[http] plain_relays`. Later, readable by older peers: the site
+///   book (`Heartbeat::book`, `HeartbeatReply::book`) and `POST /api/v1/relay/offline-hello`.
 pub const PROTOCOL: u32 = 2;
 
 /// The oldest relay protocol a server still serves.
@@ -44,6 +45,10 @@ pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 /// (absent: it saw none); believed only with a valid relay token. The server above hands a
 /// boot credential only to that address (see `db::bootcred`).
 pub const DHCP_SEEN_HEADER: &str = "x-bootcast-dhcp-seen";
+/// On an agent report a relay queued: the boot is one the relay started alone while upstream
+/// could not be reached ([`SiteBook`]; its credential and session are the relay's). Believed
+/// only with a valid relay token, for a host of that relay's site.
+pub const OFFLINE_BOOT_HEADER: &str = "x-bootcast-offline-boot";
 
 /// One image version, by name and full version id (64 hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -128,6 +133,82 @@ pub struct Heartbeat {
     /// relay offers its clients without going upstream.
     pub complete: Vec<VersionRef>,
     pub pushes: Vec<PushProgress>,
+    /// The revision of the site book the relay holds ([`SiteBook::rev`]; absent: none, or a
+    /// relay of protocol 1): the reply carries the book only when it changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub book: Option<u64>,
+}
+
+/// What a relay needs to serve its site alone while the central server cannot be reached:
+/// the site's hosts and their open reimage tasks, each signed by the central server.
+///
+/// A heartbeat reply carries it only when the site's revision differs from the one the relay
+/// holds, and then only the hosts changed since that revision (`full`: every host, the relay
+/// replaces what it holds); the open tasks are always all of them (few).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteBook {
+    /// The site's revision: raised by any change to one of its hosts or their tasks.
+    pub rev: u64,
+    /// Every host of the site follows (else: those changed since the relay's revision).
+    pub full: bool,
+    pub hosts: Vec<SiteHost>,
+    /// Open reimage tasks of the site's hosts whose version is fixed.
+    pub tasks: Vec<SiteTask>,
+    /// What a machine registering does after its hello (`reboot`, `poweroff`).
+    pub after_register: String,
+}
+
+/// One host of a site, as its relay keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteHost {
+    pub mac: String,
+    /// The agent said hello once: a boot without a task boots the local disk.
+    pub registered: bool,
+}
+
+/// An open reimage task, as the central server would answer its hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTask {
+    pub id: i64,
+    pub mac: String,
+    pub image: String,
+    pub version: String,
+    /// Unix seconds before which the task waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
+    /// The name post-deploy writes into the restored system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The central server's signature of the order ([`crate::sign::Statement::Task`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl SiteTask {
+    /// What the central server signs of this task.
+    pub fn statement(&self) -> crate::sign::Statement<'_> {
+        crate::sign::Statement::Task {
+            task: self.id,
+            mac: &self.mac,
+            image: &self.image,
+            version: &self.version,
+        }
+    }
+}
+
+/// `POST /api/v1/relay/offline-hello` (relay token, report id): an agent's hello that a relay
+/// answered alone, passed on when upstream answers again, before that boot's reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineHello {
+    pub mac: String,
+    pub arch: String,
+    pub firmware: crate::proto::agent::Firmware,
+    pub boot_time: u64,
+    /// The task the relay gave the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<i64>,
+    /// Unix seconds at which the relay answered it.
+    pub at: i64,
 }
 
 /// A site's schedule, as the relay applies it.
@@ -195,6 +276,9 @@ pub struct HeartbeatReply {
     /// not given `--upstream-key` pins the first one it hears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The site book, when it changed since the heartbeat's [`Heartbeat::book`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub book: Option<SiteBook>,
 }
 
 #[cfg(test)]
@@ -223,6 +307,7 @@ mod tests {
                 rate: 9,
                 detail: None,
             }],
+            book: Some(7),
         };
         let j = serde_json::to_string(&hb).unwrap();
         assert!(j.contains(r#""state":"running""#), "{j}");

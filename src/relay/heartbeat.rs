@@ -37,6 +37,7 @@ pub fn heartbeat(relay: &Relay) -> Heartbeat {
         quota_bytes: relay.config.quota,
         complete: complete_versions(relay),
         pushes: relay.progress(),
+        book: relay.book().rev,
     }
 }
 
@@ -208,6 +209,14 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                 }
                 connected = true;
                 last_error = None;
+                relay
+                    .upstream_down
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                if !relay.book().tasks.is_empty() {
+                    // a reimage may have to start here alone: the boot environment is kept
+                    let r = relay.clone();
+                    tokio::spawn(async move { super::proxy::keep_bootenv(&r).await });
+                }
                 failures = 0;
                 if relay.config.quota.is_some() {
                     let r = relay.clone();
@@ -225,6 +234,9 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
                     Failure::Refused(m) => (m, true),
                     Failure::Unreachable(m) => (m, false),
                 };
+                relay
+                    .upstream_down
+                    .store(!refused, std::sync::atomic::Ordering::Relaxed);
                 if last_error.as_deref() != Some(&msg) {
                     if refused {
                         tracing::error!("{msg}");

@@ -19,6 +19,8 @@
 //!   boot environment and iPXE files through a small file cache.
 //! - [`recover`]: the start-up check: chunk files cut short (a power cut) are removed and their
 //!   versions are pending again.
+//! - [`alone`]: the site book, and what the relay answers alone while upstream is down.
+//! - [`queue`]: agent reports kept while upstream is down, passed on once.
 //! - [`evict`]: the quota: chunks no assigned image uses go first, oldest first.
 //! - [`routes`]: the relay's HTTP routes, manifests and `/metrics`.
 //!
@@ -27,8 +29,11 @@
 //! DATA/relay.lock                 held by the running relay (one per data directory)
 //! DATA/relay/pending/NAME@ID.bcm  manifests of versions being prestaged (not yet complete)
 //! DATA/relay/files/{bootenv,ipxe}/ the file cache, with a .meta beside each file
+//! DATA/relay/book.json            the site book (hosts, open tasks) for working alone
+//! DATA/relay/queue/               reports kept for upstream
 //! ```
 
+pub mod alone;
 pub mod evict;
 pub mod heartbeat;
 pub mod prestage;
@@ -182,6 +187,10 @@ pub struct Relay {
     /// Per machine, the highest task whose signed order this relay passed on: an older
     /// order is a replay ([`Relay::check_order`]). Kept in `DATA/relay/orders.json`.
     passed: Mutex<HashMap<String, i64>>,
+    /// The site book ([`alone`]): what the relay answers alone while upstream is down.
+    book: Mutex<alone::Book>,
+    /// The last heartbeat could not reach upstream: a boot script waits for it only briefly.
+    pub upstream_down: std::sync::atomic::AtomicBool,
     _lock: File,
 }
 
@@ -259,9 +268,26 @@ impl Relay {
             heartbeat_now: tokio::sync::Notify::new(),
             keys: Mutex::new(keys),
             passed: Mutex::new(passed),
+            book: Mutex::new(alone::Book::load(data)),
+            upstream_down: Default::default(),
             config,
             _lock: lock,
         })
+    }
+
+    /// The site book this relay holds.
+    pub fn book(&self) -> MutexGuard<'_, alone::Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that this relay ended task `id` alone (its done or failed is queued).
+    pub fn ended_alone(&self, id: i64) {
+        let mut book = self.book();
+        if book.ended.insert(id) {
+            if let Err(e) = book.save(self.store.data_dir()) {
+                tracing::error!("keeping the site book: {e}");
+            }
+        }
     }
 
     pub fn site(&self) -> MutexGuard<'_, SiteState> {
@@ -352,6 +378,22 @@ impl Relay {
     /// does not verify against the pinned key are set aside, never run, and reported failed.
     pub fn apply(&self, mut reply: HeartbeatReply) {
         self.pin_first(reply.key.as_deref());
+        if let Some(new) = reply.book.take() {
+            let keys = self.keys();
+            let mut book = self.book();
+            let refused = book.apply(new, |t| match &keys {
+                Some(k) => k
+                    .verify(&t.statement(), t.signature.as_deref())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            });
+            for why in refused {
+                tracing::error!("site book: {why}; this relay never starts it alone");
+            }
+            if let Err(e) = book.save(self.store.data_dir()) {
+                tracing::error!("keeping the site book: {e}");
+            }
+        }
         let mut refused = Vec::new();
         if let Some(keys) = self.keys() {
             reply.pushes.retain(|o| {

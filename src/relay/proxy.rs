@@ -12,10 +12,15 @@
 //! relay below this one, and `/api/v1/relay/*` (a lower relay's heartbeat) is relay business
 //! too: those are passed on unchanged, so the server sees the lowest relay.
 //!
+//! While upstream does not answer, a boot script (and `/boot.ipxe`) is answered by the relay
+//! from its site book ([`super::alone`]); the hello of a boot it started so is answered here,
+//! and that boot's reports always go through the queue ([`super::queue`]).
+//!
 //! [`cached_file`] (`/bootenv/{file}`, `/ipxe/{file}`): asks upstream for the file's size and
 //! date (`HEAD`); the cached copy is served if it matches, else the file is fetched (through
-//! the link's token bucket), its size checked, and kept. When upstream cannot be reached the
-//! cached copy is served as it is. Range requests are answered from the cached copy.
+//! the link's token bucket), its size checked, and kept. When upstream cannot be reached (or
+//! the last heartbeat could not), the cached copy is served as it is. Range requests are
+//! answered from the cached copy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +41,8 @@ use crate::db::bootcred;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 use crate::proto::relay::{
-    DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER, REPORT_ID_HEADER,
+    DHCP_SEEN_HEADER, FORWARDED_FOR_HEADER, OFFLINE_BOOT_HEADER, RELAY_TOKEN_HEADER,
+    RELAY_URL_HEADER, REPORT_ID_HEADER,
 };
 
 /// Largest request body passed upstream (a capture upload is at most 64 MiB). Bodies are
@@ -116,6 +122,7 @@ pub async fn forward(
         // what only a relay may say, said by a client: dropped
         headers.remove(DHCP_SEEN_HEADER);
         headers.remove(REPORT_ID_HEADER);
+        headers.remove(OFFLINE_BOOT_HEADER);
         if let Some((_, id)) = &report {
             headers.insert(
                 HeaderName::from_static(REPORT_ID_HEADER),
@@ -142,13 +149,40 @@ pub async fn forward(
             }
         }
     }
+    // a boot this relay started alone is finished here: its hello answered, its reports queued
+    if let Some(h) = &hello {
+        if let Some(answer) = hello_alone(&app, &relay, h, peer.ip()).await? {
+            return Ok(answer);
+        }
+    }
+    if let Some((bytes, id)) = &report {
+        if started_here(&app, bytes, peer.ip()).await? {
+            return queue_report(
+                &app,
+                &relay,
+                parts.uri.path(),
+                (bytes.clone(), id.clone(), true),
+                peer.ip(),
+                "a boot this relay started alone",
+            )
+            .await;
+        }
+    }
     // a PC's own boot script: what it does when upstream does not answer in time
     let host_script = (!from_relay && parts.method == axum::http::Method::GET)
         .then(|| parts.uri.path().strip_prefix("/boot/"))
         .flatten()
         .and_then(crate::boot::ipxe::script_mac);
-    let timeout = if host_script.is_some() {
-        SCRIPT_TIMEOUT
+    let down = relay
+        .upstream_down
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let timeout = if host_script.is_some() || parts.uri.path() == "/boot.ipxe" {
+        // known to be down (the heartbeat failed): not worth the PC's wait
+        if down {
+            SCRIPT_TIMEOUT_DOWN
+        } else {
+            SCRIPT_TIMEOUT
+        }
     } else {
         Duration::from_secs(120)
     };
@@ -172,10 +206,23 @@ pub async fn forward(
     };
     if let Some(why) = down {
         if let Some((bytes, id)) = report {
-            return queue_report(&app, &relay, parts.uri.path(), bytes, id, peer.ip(), &why).await;
+            return queue_report(
+                &app,
+                &relay,
+                parts.uri.path(),
+                (bytes, id, false),
+                peer.ip(),
+                &why,
+            )
+            .await;
         }
         if let Some(mac) = host_script {
-            return Ok(offline_script(&relay, mac, parts.uri.query(), &why).into_response());
+            return offline_script(&app, &relay, mac, parts.uri.query(), peer.ip(), &why).await;
+        }
+        if !from_relay && parts.uri.path() == "/boot.ipxe" {
+            return Ok(crate::http::boot::script(crate::boot::ipxe::chain_script(
+                &relay.url,
+            )));
         }
     }
     let resp = sent.map_err(|e| {
@@ -221,26 +268,249 @@ pub async fn forward(
 /// disk in its normal time.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// The boot script a relay gives while upstream cannot be reached: the local disk. Nothing is
-/// reimaged or registered without the central server's word (a task, a credential), so the
-/// safe answer for every machine, known or not, is its own disk; its next boot once the link
-/// is back gets whatever central decides.
-fn offline_script(
-    relay: &Relay,
+/// How long a boot script waits for upstream once the heartbeat found it unreachable (it may
+/// be back: then its answer is taken).
+const SCRIPT_TIMEOUT_DOWN: Duration = Duration::from_secs(2);
+
+/// The boot script a relay gives alone while upstream cannot be reached ([`super::alone`]): a
+/// task it holds (its version complete here) or a registration boots the boot environment
+/// with a credential this relay issues, to the address its DHCP service gave the machine;
+/// everything else boots the local disk.
+async fn offline_script(
+    app: &AppState,
+    relay: &Arc<Relay>,
     mac: crate::mac::Mac,
     query: Option<&str>,
+    peer: std::net::IpAddr,
     why: &str,
-) -> (axum::http::StatusCode, HeaderMap, String) {
+) -> ApiResult {
+    use super::alone::Plan;
+    use crate::boot::ipxe::{BootScript, Secret};
     let uefi = query.is_some_and(|q| q.split('&').any(|kv| kv == "platform=efi"));
     relay.metrics.offline_scripts.inc();
-    tracing::warn!(%mac, uefi, "upstream unreachable ({why}): the machine boots its local disk");
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    let script = crate::boot::ipxe::BootScript::LocalDisk { uefi }.render(&relay.url);
-    (axum::http::StatusCode::OK, headers, script)
+    let now = crate::time::now_unix();
+    let plan = {
+        let store = relay.store.clone();
+        let book = relay.book().clone();
+        let m = mac.to_string();
+        tokio::task::spawn_blocking(move || {
+            let held = store.version_ids().unwrap_or_default();
+            super::alone::plan(&book, &m, now, |image, version| {
+                held.iter()
+                    .any(|(i, v)| i == image && v.to_hex() == version)
+            })
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    };
+    let bootenv = ["vmlinuz", "initrd.img"]
+        .iter()
+        .all(|f| relay.files.dir.join("bootenv").join(f).is_file());
+    // the machine's own address, as this relay's DHCP service saw it
+    let since = now - app.boot.credential_secs;
+    let seen = app.db.call(move |c| bootcred::seen(c, mac, since)).await?;
+    let owner = peer.is_loopback()
+        || match seen {
+            Some(ip) => ip == peer,
+            None => app
+                .boot
+                .trust_without_dhcp
+                .iter()
+                .any(|cidr| crate::db::sites::cidr_contains(cidr, peer)),
+        };
+    let (reason, task) = match &plan {
+        Plan::Task(t) => (
+            format!("task {} (reimage), started by the site relay alone", t.id),
+            Some(t.id),
+        ),
+        Plan::Register => (
+            "registering this machine, by the site relay alone".to_string(),
+            None,
+        ),
+        Plan::LocalDisk => (String::new(), None),
+    };
+    let script = if plan == Plan::LocalDisk || !bootenv || !owner {
+        if plan != Plan::LocalDisk {
+            tracing::warn!(%mac, from = %peer, bootenv, owner, "upstream unreachable: {reason} cannot start (no boot environment kept here, or not the machine's own address): local disk");
+        }
+        tracing::warn!(%mac, uefi, "upstream unreachable ({why}): the machine boots its local disk");
+        BootScript::LocalDisk { uefi }.render(&relay.url)
+    } else {
+        let random = |n| {
+            crate::http::auth::random_hex(n)
+                .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
+        };
+        let (credential, salt) = (random(16)?, random(16)?);
+        let (cred, lifetime) = (credential.clone(), app.boot.credential_secs);
+        app.db
+            .call(move |c| {
+                bootcred::issue(
+                    c,
+                    &bootcred::Issue {
+                        mac,
+                        credential: &cred,
+                        salt: &salt,
+                        ip: peer,
+                        task: None,
+                        now,
+                        lifetime_secs: lifetime,
+                    },
+                )
+            })
+            .await?;
+        tracing::warn!(%mac, task = ?task, "upstream unreachable ({why}): {reason}");
+        let text = BootScript::BootEnv {
+            reason,
+            task,
+            credential: Some(Secret(credential)),
+        }
+        .render(&relay.url);
+        match relay.keys() {
+            Some(keys) => crate::boot::ipxe::set_key(&text, &keys),
+            None => text,
+        }
+    };
+    Ok(crate::http::boot::script(script))
+}
+
+/// Whether a report's session is one of a boot this relay started alone.
+async fn started_here(
+    app: &AppState,
+    body: &axum::body::Bytes,
+    agent: std::net::IpAddr,
+) -> Result<bool, ApiError> {
+    let Ok(who) = serde_json::from_slice::<Who>(body) else {
+        return Ok(false);
+    };
+    let Ok(mac) = who.mac.parse::<crate::mac::Mac>() else {
+        return Ok(false);
+    };
+    let now = crate::time::now_unix();
+    Ok(app
+        .db
+        .call(move |c| bootcred::started_here(c, mac, &who.session, agent, now))
+        .await?)
+}
+
+/// The hello of a boot this relay started alone (its credential verifies here): answered
+/// here, from the site book, and queued for upstream. `None`: not such a boot.
+async fn hello_alone(
+    app: &AppState,
+    relay: &Arc<Relay>,
+    hello: &crate::proto::agent::Hello,
+    agent: std::net::IpAddr,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    use crate::proto::agent::{HelloAnswer, HelloReply};
+    let Ok(mac) = hello.mac.parse::<crate::mac::Mac>() else {
+        return Ok(None);
+    };
+    if hello.credential.is_none() || hello.protocol != crate::proto::agent::AGENT_PROTOCOL {
+        return Ok(None);
+    }
+    let now = crate::time::now_unix();
+    let cred = hello.credential.clone();
+    let session = app
+        .db
+        .call(move |c| {
+            if !bootcred::issued_here(c, mac)? {
+                return Ok(None);
+            }
+            Ok(bootcred::exchange(c, mac, cred.as_deref(), agent, now)?.ok())
+        })
+        .await?;
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    let m = mac.to_string();
+    let task = hello.task.and_then(|id| {
+        relay
+            .book()
+            .task_for(&m, now)
+            .filter(|t| t.id == id)
+            .cloned()
+    });
+    let reply = match &task {
+        Some(t) => {
+            if let Err(why) = relay.check_order(
+                (&m, hello.task),
+                (t.id, &t.mac, &t.image, &t.version),
+                t.signature.as_deref(),
+            ) {
+                relay.metrics.orders_refused.inc();
+                tracing::error!(%mac, "{why}");
+                return Err(ApiError::forbidden(why));
+            }
+            HelloReply::Reimage {
+                task: t.id,
+                image: t.image.clone(),
+                version: t.version.clone(),
+                hostname: t.hostname.clone(),
+                multicast: None,
+                signature: t.signature.clone(),
+            }
+        }
+        None => match crate::config::AfterRegister::parse(&relay.book().after_register) {
+            Some(crate::config::AfterRegister::Poweroff) => HelloReply::Poweroff,
+            _ => HelloReply::Reboot,
+        },
+    };
+    // the central server records this hello when it answers again, before the boot's reports
+    let record = crate::proto::relay::OfflineHello {
+        mac: m.clone(),
+        arch: hello.arch.clone(),
+        firmware: hello.firmware,
+        boot_time: hello.boot_time,
+        task: task.as_ref().map(|t| t.id),
+        at: now,
+    };
+    let id = crate::http::auth::random_hex(16)
+        .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
+    let q = super::queue::Queued {
+        id,
+        path: super::queue::OFFLINE_HELLO_PATH.to_string(),
+        forwarded_for: agent.to_string(),
+        body: serde_json::to_string(&record).expect("a hello serialises"),
+        queued_at: now,
+        offline: true,
+    };
+    keep(relay, q, None).await?;
+    tracing::warn!(%mac, task = ?task.as_ref().map(|t| t.id), "agent hello answered by this relay alone: {reply:?}");
+    let answer = HelloAnswer {
+        mac: m,
+        session,
+        reply,
+    };
+    Ok(Some(axum::Json(answer).into_response()))
+}
+
+/// Who an agent report is from (every report carries these).
+#[derive(serde::Deserialize)]
+struct Who {
+    mac: String,
+    session: String,
+    #[serde(default)]
+    task: Option<i64>,
+}
+
+/// Writes `q` into the queue (blocking pool); the queue's length.
+async fn keep(
+    relay: &Arc<Relay>,
+    q: super::queue::Queued,
+    progress_of: Option<(String, i64)>,
+) -> Result<usize, ApiError> {
+    let data = relay.store.data_dir().to_path_buf();
+    let n = tokio::task::spawn_blocking(move || {
+        super::queue::push(
+            &data,
+            &q,
+            progress_of.as_ref().map(|(m, t)| (m.as_str(), *t)),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("cannot keep an agent report for later: {e}")))?;
+    relay.metrics.reports_queued.set(n as u64);
+    Ok(n)
 }
 
 /// Largest agent report a relay reads (an inventory is a few KB; the server takes 4 MiB).
@@ -254,18 +524,10 @@ async fn queue_report(
     app: &AppState,
     relay: &Arc<Relay>,
     path: &str,
-    body: axum::body::Bytes,
-    id: String,
+    (body, id, offline): (axum::body::Bytes, String, bool),
     agent: std::net::IpAddr,
     why: &str,
 ) -> ApiResult {
-    #[derive(serde::Deserialize)]
-    struct Who {
-        mac: String,
-        session: String,
-        #[serde(default)]
-        task: Option<i64>,
-    }
     let unreachable = || {
         ApiError::bad_gateway(format!(
             "the relay cannot reach its upstream {}: {why}",
@@ -292,31 +554,24 @@ async fn queue_report(
         forwarded_for: agent.to_string(),
         body: String::from_utf8_lossy(&body).into_owned(),
         queued_at: now,
+        offline,
     };
     let progress_of = (path == "/api/v1/agent/progress")
         .then_some(who.task)
         .flatten()
         .map(|t| (mac.to_string(), t));
-    let data = relay.store.data_dir().to_path_buf();
-    let kept = tokio::task::spawn_blocking(move || {
-        super::queue::push(
-            &data,
-            &q,
-            progress_of.as_ref().map(|(m, t)| (m.as_str(), *t)),
-        )
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    match kept {
-        Ok(n) => {
-            relay.metrics.reports_queued.set(n as u64);
-        }
-        Err(e) => {
-            tracing::error!(%mac, "cannot keep an agent report for later: {e}");
-            return Err(unreachable());
-        }
+    if let Err(e) = keep(relay, q, progress_of).await {
+        tracing::error!(%mac, "{}", e.message());
+        return Err(unreachable());
     }
-    tracing::warn!(%mac, path, "upstream unreachable ({why}): the report is kept and passed on when it answers");
+    if let (true, Some(task), true) = (
+        offline,
+        who.task,
+        path == "/api/v1/agent/done" || path == "/api/v1/agent/failed",
+    ) {
+        relay.ended_alone(task);
+    }
+    tracing::warn!(%mac, path, "{why}: the report is kept and passed on when upstream answers");
     let answer = if path == "/api/v1/agent/inventory" {
         serde_json::json!({ "id": 0, "changes": [], "queued": true })
     } else {
@@ -428,6 +683,8 @@ async fn on_hello(
 pub struct FileCache {
     dir: PathBuf,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When [`keep_bootenv`] last ran.
+    kept: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl FileCache {
@@ -435,6 +692,7 @@ impl FileCache {
         FileCache {
             dir,
             locks: Default::default(),
+            kept: Default::default(),
         }
     }
 
@@ -457,6 +715,43 @@ fn valid_file(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// How often [`keep_bootenv`] asks upstream whether the boot environment changed.
+const KEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Keeps the boot environment in the file cache (fetched, or brought up to date), at most
+/// every ten minutes: a relay that holds tasks may have to boot it alone.
+pub async fn keep_bootenv(relay: &Relay) {
+    {
+        let mut last = relay.files.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < KEEP_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    for file in ["vmlinuz", "initrd.img"] {
+        let key = format!("bootenv/{file}");
+        let path = relay.files.dir.join("bootenv").join(file);
+        let meta_path = relay
+            .files
+            .dir
+            .join("bootenv")
+            .join(format!(".{file}.meta"));
+        let lock = relay.files.lock(&key);
+        let _guard = lock.lock().await;
+        match refresh(relay, &key, &path, &meta_path).await {
+            Ok(()) => {}
+            Err(Refresh::Answer(e)) => {
+                tracing::info!("keeping /{key} for boots alone: {}", e.message());
+                *relay.files.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Err(Refresh::Unreachable(e)) => {
+                tracing::info!("keeping /{key} for boots alone: {e}; tried again later");
+                *relay.files.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+}
+
 /// `GET /bootenv/{file}` and `GET /ipxe/{file}` through the file cache.
 pub async fn cached_file(
     State(relay): State<Arc<Relay>>,
@@ -476,7 +771,15 @@ pub async fn cached_file(
     let meta_path = relay.files.dir.join(kind).join(format!(".{file}.meta"));
     let lock = relay.files.lock(&key);
     let guard = lock.lock().await;
-    match refresh(&relay, &key, &path, &meta_path).await {
+    // upstream known to be down (the heartbeat failed) and a copy here: no PC waits for it
+    let down = relay
+        .upstream_down
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let refreshed = match down && tokio::fs::metadata(&path).await.is_ok() {
+        true => Err(Refresh::Unreachable("the last heartbeat failed".into())),
+        false => refresh(&relay, &key, &path, &meta_path).await,
+    };
+    match refreshed {
         Ok(()) => {}
         Err(Refresh::Answer(e)) => {
             let _ = tokio::fs::remove_file(&path).await;

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 use crate::proto::relay::{
-    FORWARDED_FOR_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER, REPORT_ID_HEADER,
+    FORWARDED_FOR_HEADER, OFFLINE_BOOT_HEADER, RELAY_TOKEN_HEADER, RELAY_URL_HEADER,
+    REPORT_ID_HEADER,
 };
 
 /// The agent report paths a relay queues while upstream is down.
@@ -47,7 +48,14 @@ pub struct Queued {
     pub body: String,
     /// Unix seconds.
     pub queued_at: i64,
+    /// From a boot this relay started alone ([`super::alone`]): sent with
+    /// [`OFFLINE_BOOT_HEADER`] (the relay vouches for the session).
+    #[serde(default)]
+    pub offline: bool,
 }
+
+/// Where a hello this relay answered alone is passed on.
+pub const OFFLINE_HELLO_PATH: &str = "/api/v1/relay/offline-hello";
 
 /// The queue's directory.
 pub fn dir(data: &Path) -> PathBuf {
@@ -150,10 +158,11 @@ pub async fn run(relay: Arc<Relay>, cancel: CancellationToken) -> Result<(), Str
 /// Sends one queued report: the status upstream answered, or why it could not be asked (also
 /// for answers that mean "try later": 408, 429, 5xx).
 async fn send(relay: &Relay, q: &Queued) -> Result<u16, String> {
-    let r = relay
-        .link
-        .client
-        .post(relay.link.url(&q.path))
+    let mut req = relay.link.client.post(relay.link.url(&q.path));
+    if q.offline {
+        req = req.header(OFFLINE_BOOT_HEADER, "1");
+    }
+    let r = req
         .header("content-type", "application/json")
         .header(RELAY_TOKEN_HEADER, &relay.config.token)
         .header(RELAY_URL_HEADER, &relay.url)
@@ -182,6 +191,7 @@ mod tests {
             forwarded_for: "10.99.0.5".into(),
             body: "{}".into(),
             queued_at: 1,
+            offline: false,
         }
     }
 

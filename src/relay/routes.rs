@@ -278,6 +278,8 @@ struct Scrape {
     registry: Registry,
     rate_cap: Gauge,
     versions_complete: Gauge,
+    book_hosts: Gauge,
+    book_tasks: Gauge,
     push_state: Family<PushStateLabels, Gauge>,
     /// bytes done, bytes total, fetched, rate
     push_bytes: [Family<PushLabel, Gauge>; 4],
@@ -341,7 +343,7 @@ impl Scrape {
             ),
             (
                 "bootcast_relay_offline_scripts",
-                "Boot scripts answered by the relay alone (the local disk) while upstream could not be reached",
+                "Boot scripts answered by the relay alone (local disk, a task it holds, a registration) while upstream could not be reached",
                 &m.offline_scripts,
             ),
             (
@@ -372,11 +374,23 @@ impl Scrape {
             registry: Registry::default(),
             rate_cap: Gauge::default(),
             versions_complete: Gauge::default(),
+            book_hosts: Gauge::default(),
+            book_tasks: Gauge::default(),
             push_state: Family::default(),
             push_bytes: Default::default(),
             lock: Default::default(),
         };
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        let gauges: [(&str, &str, &Gauge); 7] = [
+            (
+                "bootcast_relay_book_hosts",
+                "Hosts of the site in the relay's site book (for boots while upstream is down)",
+                &s.book_hosts,
+            ),
+            (
+                "bootcast_relay_book_tasks",
+                "Open reimage tasks in the relay's site book, which it can start alone",
+                &s.book_tasks,
+            ),
             (
                 "bootcast_relay_reports_queued",
                 "Agent reports waiting for upstream (kept while it was unreachable)",
@@ -452,6 +466,11 @@ async fn metrics(
     app.chunks.scrape();
     scrape.rate_cap.set(relay.link.limiter.rate().unwrap_or(0));
     scrape.versions_complete.set(complete as u64);
+    {
+        let book = relay.book();
+        scrape.book_hosts.set(book.hosts.len() as u64);
+        scrape.book_tasks.set(book.tasks.len() as u64);
+    }
     // pushes no longer open go
     scrape.push_state.clear();
     for f in &scrape.push_bytes {
