@@ -7,8 +7,9 @@
 //! `run` loads a running central server as the region does: every site's relay heartbeats
 //! at the interval the server answers (and holds its order watch open), and the storm's PCs
 //! boot through their site's relay, spread evenly over the storm's duration: boot script,
-//! hello, inventory, each sent with the relay's headers as a relay passes them on. It prints
-//! each call's count, errors, p50, p99 and maximum.
+//! hello, inventory, then the restore's progress every 2 s and done, each sent with the
+//! relay's headers as a relay passes them on. It prints each call's count, errors, p50, p99
+//! and maximum, and how many transactions the server's database writes took.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Cmd {
         /// Seconds over which the storm's PCs start
         #[arg(long, default_value_t = 120)]
         storm_secs: u64,
+        /// Progress reports each PC sends (every 2 s) before done
+        #[arg(long, default_value_t = 10)]
+        progress: u32,
         /// The staff API token: with it, a staff console polls the host list, the pushes
         /// and the newest events every 2 s during the storm
         #[arg(long)]
@@ -416,7 +420,7 @@ async fn pc_boot(
     mac: String,
     site: (String, String),
     index: usize,
-    inventory: String,
+    (inventory, progress): (String, u32),
     stats: Stats,
 ) {
     let ip = format!("10.{index}.1.{}", 1 + mac.len() % 250);
@@ -488,6 +492,45 @@ async fn pc_boot(
         .await,
     );
     record(&stats, "agent inventory", t, r.map(|_| ()));
+    // the restore: progress every 2 s, then done
+    let total = 4u64 << 30;
+    for k in 1..=progress {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let body = serde_json::json!({"mac": mac, "session": session, "task": task,
+            "bytes_done": total / u64::from(progress + 1) * u64::from(k), "bytes_total": total,
+            "rate": 100_000_000});
+        let t = Instant::now();
+        let r = checked(
+            send(relay_headers(
+                client
+                    .post(format!("{url}/api/v1/agent/progress"))
+                    .json(&body),
+            ))
+            .await,
+        );
+        record(&stats, "agent progress", t, r.map(|_| ()));
+    }
+    let t = Instant::now();
+    let r = checked(
+        send(relay_headers(
+            client
+                .post(format!("{url}/api/v1/agent/done"))
+                .json(&serde_json::json!({"mac": mac, "session": session, "task": task})),
+        ))
+        .await,
+    );
+    record(&stats, "agent done", t, r.map(|_| ()));
+}
+
+/// A counter of the server's `/metrics` (0 when absent).
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> u64 {
+    let Ok(r) = client.get(format!("{url}/metrics")).send().await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -501,7 +544,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn run(
     url: String,
     region: PathBuf,
-    storm_secs: u64,
+    (storm_secs, progress): (u64, u32),
     token_file: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let r: Region = serde_json::from_slice(&std::fs::read(&region)?)?;
@@ -526,9 +569,11 @@ async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let client = client_from(std::net::Ipv4Addr::new(127, 0, 200, 1))?;
     let stats: Stats = Arc::default();
+    let writes0 = metric(&client, &url, "bootcast_db_writes_total").await;
+    let commits0 = metric(&client, &url, "bootcast_db_commits_total").await;
     let t0 = Instant::now();
     // the relays heartbeat from before the storm until after it
-    let until = t0 + Duration::from_secs(storm_secs + 15);
+    let until = t0 + Duration::from_secs(storm_secs + 15 + 2 * u64::from(progress));
     let mut relays = tokio::task::JoinSet::new();
     for (i, s) in r.sites.iter().enumerate() {
         let site = SiteInfo {
@@ -586,7 +631,7 @@ async fn run(
             mac.clone(),
             (s.token.clone(), s.name.clone()),
             *site,
-            inventory.clone(),
+            (inventory.clone(), progress),
             stats.clone(),
         ));
     }
@@ -594,9 +639,11 @@ async fn run(
     let storm_took = storm_start.elapsed();
     relays.abort_all();
     while relays.join_next().await.is_some() {}
+    let writes = metric(&client, &url, "bootcast_db_writes_total").await - writes0;
+    let commits = metric(&client, &url, "bootcast_db_commits_total").await - commits0;
     let stats = stats.lock().unwrap();
     println!(
-        "{} PCs booted through {} relays in {:.1} s (storm spread over {storm_secs} s)",
+        "{} PCs booted through {} relays and restored in {:.1} s (storm spread over {storm_secs} s, {progress} progress reports each)",
         r.storm.len(),
         r.sites.len(),
         storm_took.as_secs_f64()
@@ -623,6 +670,10 @@ async fn run(
             ok = false;
         }
     }
+    println!(
+        "database: {writes} writes in {commits} transactions ({:.1} writes per commit)",
+        writes as f64 / commits.max(1) as f64
+    );
     Ok(ok)
 }
 
@@ -641,13 +692,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             url,
             region,
             storm_secs,
+            progress,
             token_file,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            if !rt.block_on(run(url, region, storm_secs, token_file))? {
+            if !rt.block_on(run(url, region, (storm_secs, progress), token_file))? {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }

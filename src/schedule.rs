@@ -194,7 +194,7 @@ pub fn create(
         }
         None => None,
     };
-    let tx = conn.transaction().map_err(|cause| DbError::Query {
+    let tx = conn.savepoint().map_err(|cause| DbError::Query {
         what: "begin",
         cause,
     })?;
@@ -287,7 +287,7 @@ pub fn cancel(
     target: &CancelTarget,
     now: i64,
 ) -> Result<Vec<Task>, ScheduleError> {
-    let tx = conn.transaction().map_err(|cause| DbError::Query {
+    let tx = conn.savepoint().map_err(|cause| DbError::Query {
         what: "begin",
         cause,
     })?;

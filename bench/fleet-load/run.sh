@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # bench/fleet-load: one central server with a region's database (40,000 hosts on 94 sites,
 # a year of history), its 94 relays heartbeating, and a boot storm of 2,000 PCs booting
-# through those relays within 2 minutes (boot script, hello, inventory). Prints p50/p99 of
-# each call and the server's CPU time and peak memory. Loopback only.
+# through those relays within 2 minutes (boot script, hello, inventory, then the restore's
+# progress every 2 s and done). Prints p50/p99 of each call, the database's writes per
+# commit, and the server's CPU time and peak memory. Loopback only.
 #
-#   bench/fleet-load/run.sh [--hosts N] [--sites N] [--storm N] [--storm-secs S] [--days D] [--debug]
+#   bench/fleet-load/run.sh [--hosts N] [--sites N] [--storm N] [--storm-secs S] [--progress N] [--days D] [--debug]
 #
 # --debug uses the debug build (quick check of the bench itself; figures are not comparable).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 die() { printf 'fleet-load: error: %s\n' "$*" >&2; exit 1; }
-hosts=40000 sites=94 storm=2000 storm_secs=120 days=365 profile=release
+hosts=40000 sites=94 storm=2000 storm_secs=120 progress=10 days=365 profile=release
 while (($#)); do
     case $1 in
     --hosts) hosts=$2; shift 2 ;;
     --sites) sites=$2; shift 2 ;;
     --storm) storm=$2; shift 2 ;;
     --storm-secs) storm_secs=$2; shift 2 ;;
+    --progress) progress=$2; shift 2 ;;
     --days) days=$2; shift 2 ;;
     --debug) profile=debug; shift ;;
     *) die "unknown argument $1" ;;
@@ -58,7 +60,7 @@ cpu() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
 c0=$(cpu) t0=$(date +%s.%N)
 rc=0
 "$load" run --url "http://127.0.0.1:$port" --region "$work/region.json" --storm-secs "$storm_secs" \
-    --token-file "$data/api-token" || rc=$?
+    --progress "$progress" --token-file "$data/api-token" || rc=$?
 c1=$(cpu) t1=$(date +%s.%N)
 hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server/status")
 awk -v c="$((c1 - c0))" -v hz="$ticks" -v t0="$t0" -v t1="$t1" -v hwm="$hwm" 'BEGIN {

@@ -26,7 +26,7 @@ pub fn valid_name(name: &str) -> bool {
 /// Adds `macs` to group `name`, creating the group if needed. Every MAC must be a known
 /// host (the caller checks; an unknown one fails the foreign key). Returns the group.
 pub fn add(conn: &mut Connection, name: &str, macs: &[Mac], now: i64) -> Result<Group, DbError> {
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     tx.execute(
         "INSERT INTO groups (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
         params![name, now],
@@ -53,7 +53,7 @@ pub fn remove(conn: &mut Connection, name: &str, macs: &[Mac]) -> Result<bool, D
         conn.execute("DELETE FROM groups WHERE name = ?1", [name])
             .what("remove group")?;
     } else {
-        let tx = conn.transaction().what("begin")?;
+        let tx = conn.savepoint().what("begin")?;
         for m in macs {
             tx.execute(
                 "DELETE FROM group_members WHERE grp = ?1 AND mac = ?2",

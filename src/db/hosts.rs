@@ -113,7 +113,7 @@ fn record(
     stage: &str,
     hello: bool,
 ) -> Result<Host, DbError> {
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     let m = mac.to_string();
     let fw = facts.firmware.map(Firmware::as_str);
     let host_arch = if hello { facts.arch } else { None };
@@ -211,7 +211,7 @@ pub fn set_name(conn: &mut Connection, mac: Mac, name: Option<&str>) -> Result<H
             return Err(NameError::Invalid(n.to_string()));
         }
     }
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     if let Some(n) = name {
         let owner: Option<String> = tx
             .query_row(

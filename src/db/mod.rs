@@ -54,6 +54,8 @@ pub enum DbError {
     },
     #[error("database task failed: {0}")]
     Join(String),
+    #[error("database commit failed (the write is lost; try again): {0}")]
+    Commit(String),
 }
 
 pub(crate) trait QueryContext<T> {
@@ -325,10 +327,50 @@ const READERS: usize = 4;
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// Writes of [`Db::call`] waiting for the writer: whoever takes the writer next runs all
+    /// of them in one transaction (group commit).
+    pending: Arc<Mutex<Vec<Job>>>,
+    /// Writes run / transactions committed for them (`/metrics`).
+    pub stats: Arc<WriteStats>,
     /// A file database's path and its readers, opened at the first read or checkpoint (a CLI
     /// command that only writes opens none); `None`: in memory.
     readers: Option<Arc<(PathBuf, std::sync::OnceLock<Readers>)>>,
 }
+
+/// One write of [`Db::call`]: runs on the writer, says whether it succeeded (else its changes
+/// are rolled back), and hands back what to do once the transaction is over (answer the
+/// caller with its result, or with the commit's error).
+type Job = Box<dyn FnOnce(&mut Connection) -> (bool, Answer) + Send>;
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Counters of the grouped writer.
+#[derive(Default)]
+pub struct WriteStats {
+    /// Writes run through [`Db::call`].
+    pub writes: crate::metrics::Counter,
+    /// Transactions they were committed in (fewer than writes when writes came together).
+    pub commits: crate::metrics::Counter,
+}
+
+impl WriteStats {
+    /// Registers the counters in `reg`.
+    pub fn register(&self, reg: &mut crate::metrics::Registry) {
+        reg.register(
+            "bootcast_db_writes",
+            "Database writes of requests (reports, heartbeats, boots), run through the grouped writer",
+            self.writes.clone(),
+        );
+        reg.register(
+            "bootcast_db_commits",
+            "Transactions those writes were committed in (writes that came together share one)",
+            self.commits.clone(),
+        );
+    }
+}
+
+/// Most writes one transaction takes: a longer batch would keep a reader's view (and the WAL)
+/// growing for nothing.
+const MAX_BATCH: usize = 256;
 
 /// The read-only connections, handed out round-robin (a busy one is skipped), and the
 /// connection that checkpoints the WAL.
@@ -482,6 +524,8 @@ impl Db {
         sites::hash_plain_tokens(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            pending: Default::default(),
+            stats: Default::default(),
             readers: None,
         })
     }
@@ -495,15 +539,114 @@ impl Db {
 
     /// Runs `f` on the blocking pool with the writer connection (async callers): every
     /// change, and reads that must see the writer's own uncommitted state.
+    ///
+    /// Writes that arrive together are committed together: `f` joins the queue of writes
+    /// waiting for the writer, and whoever takes the writer next runs the whole queue (at
+    /// most [`MAX_BATCH`]) in one transaction, each write in a savepoint of its own: a write
+    /// that fails (or panics) is rolled back alone, and every caller gets its own result once
+    /// the transaction is committed. A storm of progress reports, heartbeats and boots costs
+    /// one commit per batch instead of one per request. `f` may open transactions of its own
+    /// only as savepoints (`Connection::savepoint`).
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, DbError>>();
+        let job: Job = Box::new(move |c| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(c)))
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(DbError::Join(format!("a database write panicked: {why}")))
+                });
+            let ok = r.is_ok();
+            let answer: Answer = Box::new(move |commit_failed| {
+                let _ = tx.send(match commit_failed {
+                    Some(e) if ok => Err(DbError::Commit(e.to_string())),
+                    _ => r,
+                });
+            });
+            (ok, answer)
+        });
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job);
         let db = self.clone();
-        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+        tokio::task::spawn_blocking(move || db.run_pending())
             .await
-            .map_err(|e| DbError::Join(e.to_string()))?
+            .map_err(|e| DbError::Join(e.to_string()))?;
+        rx.await
+            .map_err(|_| DbError::Join("the database write was dropped".into()))?
+    }
+
+    /// Takes the writer and runs the writes waiting for it (see [`Db::call`]); nothing when
+    /// another thread already ran them.
+    fn run_pending(&self) {
+        let mut conn = self.lock();
+        loop {
+            let jobs: Vec<Job> = {
+                let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            if jobs.is_empty() {
+                return;
+            }
+            self.stats.writes.inc_by(jobs.len() as u64);
+            self.stats.commits.inc();
+            // alone, or no batch can begin (a transaction left open; the database busy past
+            // its timeout): each write as it is, in its own transaction
+            if jobs.len() == 1
+                || !conn.is_autocommit()
+                || conn.execute_batch("BEGIN IMMEDIATE").is_err()
+            {
+                self.stats.commits.inc_by(jobs.len() as u64 - 1);
+                for job in jobs {
+                    let (_, answer) = job(&mut conn);
+                    answer(None);
+                }
+                continue;
+            }
+            let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if conn.is_autocommit() {
+                    // SQLite rolled the whole batch back (disk full, I/O error): the writes so
+                    // far are lost; the rest go on in a new transaction
+                    let lost = std::mem::take(&mut answers);
+                    tracing::error!("a batch of {} writes was rolled back by SQLite", lost.len());
+                    for answer in lost {
+                        answer(Some("rolled back by SQLite (disk full or I/O error?)"));
+                    }
+                    let _ = conn.execute_batch("BEGIN IMMEDIATE");
+                }
+                let saved = conn.execute_batch("SAVEPOINT w");
+                let (ok, answer) = job(&mut conn);
+                if saved.is_ok() && !conn.is_autocommit() {
+                    let end = if ok {
+                        "RELEASE w"
+                    } else {
+                        "ROLLBACK TO w; RELEASE w"
+                    };
+                    if let Err(e) = conn.execute_batch(end) {
+                        tracing::error!("ending a write's savepoint: {e}");
+                    }
+                }
+                answers.push(answer);
+            }
+            let failed = conn.execute_batch("COMMIT").err().map(|e| {
+                tracing::error!("committing a batch of {} writes: {e}", answers.len());
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            });
+            for answer in answers {
+                answer(failed.as_deref());
+            }
+        }
     }
 
     /// Runs `f` on the blocking pool with a read-only connection: it sees the last committed
@@ -539,6 +682,67 @@ pub fn path(data: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes that arrive while the writer is busy are committed in one transaction; one that
+    /// fails or panics is rolled back alone and its caller gets the error, the others commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // the writer is held on purpose while writes queue
+    async fn writes_that_arrive_together_share_one_commit_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("x.db")).unwrap();
+        db.call(|c| {
+            c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+                .what("create")
+        })
+        .await
+        .unwrap();
+        let (writes, commits) = (db.stats.writes.get(), db.stats.commits.get());
+        // the writer is busy (held here) while 50 writes arrive
+        let held = db.lock();
+        let mut calls = Vec::new();
+        for n in 0..50i64 {
+            let db = db.clone();
+            calls.push(tokio::spawn(async move {
+                db.call(move |c| {
+                    c.execute("INSERT INTO t (n) VALUES (?1)", [n]).what("insert")?;
+                    match n {
+                        // a write that fails after a change: its change goes too
+                        7 => c.execute("INSERT INTO nowhere (n) VALUES (0)", []).what("again"),
+                        13 => panic!("write 13 panics"),
+                        _ => Ok(1),
+                    }
+                })
+                .await
+            }));
+        }
+        while db.pending.lock().unwrap().len() < 50 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let mut failed = Vec::new();
+        for (n, call) in calls.into_iter().enumerate() {
+            if let Err(e) = call.await.unwrap() {
+                failed.push((n, e.to_string()));
+            }
+        }
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert_eq!(failed[0].0, 7);
+        assert!(failed[0].1.contains("again"), "{failed:?}");
+        assert_eq!(failed[1].0, 13);
+        assert!(failed[1].1.contains("write 13 panics"), "{failed:?}");
+        let rows: Vec<i64> = db
+            .read(|c| {
+                let mut st = c.prepare("SELECT n FROM t ORDER BY n").what("select")?;
+                let rows = st.query_map([], |r| r.get(0)).what("select")?;
+                rows.collect::<Result<_, _>>().what("select")
+            })
+            .await
+            .unwrap();
+        let want: Vec<i64> = (0..50).filter(|n| *n != 7 && *n != 13).collect();
+        assert_eq!(rows, want);
+        assert_eq!(db.stats.writes.get() - writes, 50);
+        assert_eq!(db.stats.commits.get() - commits, 1);
+    }
 
     #[test]
     fn migrations_run_once_and_newer_schemas_are_refused() {

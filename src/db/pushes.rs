@@ -88,7 +88,7 @@ pub struct NewPush {
 }
 
 pub fn create(conn: &mut Connection, p: &NewPush, now: i64) -> Result<Push, DbError> {
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     tx.execute(
         "INSERT INTO pushes (created_at, state, windows, rate, deadline) VALUES (?1, 'active', ?2, ?3, ?4)",
         params![now, p.windows, p.rate.map(|r| r as i64), p.deadline],

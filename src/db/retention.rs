@@ -23,7 +23,7 @@ impl Pruned {
 
 /// Removes what is older than `before` (Unix seconds), in one transaction.
 pub fn prune(conn: &mut Connection, before: i64) -> Result<Pruned, DbError> {
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     let events = tx
         .execute("DELETE FROM events WHERE at < ?1", params![before])
         .what("prune events")?;

@@ -258,7 +258,7 @@ pub fn record_heartbeat(
     hb: &Heartbeat,
     now: i64,
 ) -> Result<(), DbError> {
-    let tx = conn.transaction().what("begin")?;
+    let tx = conn.savepoint().what("begin")?;
     tx.execute(
         "UPDATE sites SET relay_url = ?2, relay_version = ?3, last_heartbeat = ?4,
             cache_bytes = ?5, quota_bytes = ?6, complete = ?7 WHERE name = ?1",

@@ -138,6 +138,7 @@ pub fn router(state: AppState, token: String) -> Router {
     let token = Arc::new(token);
     let mut registry = crate::metrics::Registry::default();
     state.chunks.metrics.register(&mut registry);
+    state.db.stats.register(&mut registry);
     state.connections.register(&mut registry);
     let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
     let metrics = Router::new()

@@ -292,6 +292,7 @@ impl Scrape {
     fn new(app: &AppState, relay: &Relay) -> (Scrape, crate::metrics::HttpMetrics) {
         let mut reg = Registry::default();
         app.chunks.metrics.register(&mut reg);
+        app.db.stats.register(&mut reg);
         app.connections.register(&mut reg);
         let m = &relay.metrics;
         let link = &relay.link;
