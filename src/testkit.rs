@@ -43,6 +43,7 @@ pub fn stand_in_bootenv(data: &std::path::Path) {
         busybox: String::new(),
         built_at: 0,
         bootcast_version: "test".into(),
+        agent_protocol: crate::proto::agent::AGENT_PROTOCOL,
     };
     std::fs::write(
         d.join("bootenv.json"),

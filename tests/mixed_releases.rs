@@ -4,7 +4,8 @@
 //! fetches with its token, its progress reported done. A relay two protocols older, and one
 //! newer than the server, are refused with a message that names what to upgrade; so is the
 //! hello of a boot environment of another agent protocol (the previous release's, as its agent
-//! sent it, names the rebuild).
+//! sent it, names the rebuild). A boot environment built by the previous release is not handed
+//! out: the boot script says to rebuild it, no credential is issued, the task waits.
 
 mod common;
 
@@ -153,4 +154,48 @@ fn a_boot_environment_of_another_agent_protocol_is_refused_naming_the_fix() {
     // nothing was recorded of either
     let hosts = lab.json(&["host", "list"]);
     assert!(!hosts.to_string().contains("52:54:00:33:00:01"), "{hosts}");
+}
+
+/// The previous release's boot environment (its `bootenv.json` has no agent protocol: its agent
+/// speaks protocol 0, refused at hello since boot credentials): the server does not boot PCs
+/// into it. A registration or a task gets a script that names the rebuild, with no credential,
+/// and the task stays pending; `bootenv show` and the server's banner say so. Rebuilt, the
+/// same PC gets the boot environment.
+#[test]
+fn a_boot_environment_of_the_previous_release_is_not_handed_out() {
+    const MAC: &str = "52:54:00:33:00:02";
+    let lab = Lab::new();
+    common::fake_bootenv(&lab);
+    let info = lab.data().join("bootenv/bootenv.json");
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("agent_protocol");
+    old["bootcast_version"] = "previous".into();
+    std::fs::write(&info, serde_json::to_vec(&old).unwrap()).unwrap();
+    let shown = lab.run(&["bootenv", "show"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("NOT USABLE"), "{text}");
+    assert!(text.contains("bootcast bootenv build"), "{text}");
+    let c = common::Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    assert!(
+        c.log_text().contains("agent protocol 0"),
+        "the banner names the stale boot environment: {}",
+        c.log_text()
+    );
+    let script = common::boot_script(&c, MAC);
+    assert!(script.contains("bootcast bootenv build"), "{script}");
+    assert!(!script.contains("bootcast.credential"), "{script}");
+    // a task for it (the host is known from that boot) waits, pending, rather than booting an
+    // agent that cannot say hello
+    let disk = lab.add("disk", &lab.file("d.img", &disk_like(1 << 20, 82)));
+    assert!(disk["version"].is_string());
+    lab.json(&["task", "reimage", "--host", MAC, "--image", "disk"]);
+    let script = common::boot_script(&c, MAC);
+    assert!(!script.contains("bootcast.credential"), "{script}");
+    let t = lab.json(&["task", "list", "--host", MAC]);
+    assert_eq!(t["tasks"][0]["state"], "pending", "{t}");
+    // rebuilt (this release's record): handed out again
+    common::fake_bootenv(&lab);
+    let script = common::boot_script(&c, MAC);
+    assert!(script.contains("bootcast.credential="), "{script}");
 }

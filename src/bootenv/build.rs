@@ -215,6 +215,8 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         bootcast_version,
+        // (an agent given with --agent is taken to be of this release)
+        agent_protocol: crate::proto::agent::AGENT_PROTOCOL,
     };
 
     // Commit: temp files, then drop the old record, rename, write the new record.

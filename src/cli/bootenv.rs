@@ -86,6 +86,10 @@ pub fn run(cmd: BootenvCmd, data: &Path, out: &Output) -> Result<ExitCode> {
 }
 
 fn human(data: &Path, i: &BootEnvInfo) -> String {
+    let stale = match i.usable() {
+        Ok(()) => String::new(),
+        Err(why) => format!("\nNOT USABLE  {why}"),
+    };
     format!(
         "boot environment in {dir}\n\
          kernel      {kv} ({pkg}), vmlinuz {vs}\n\
@@ -114,5 +118,5 @@ fn human(data: &Path, i: &BootEnvInfo) -> String {
         },
         at = utc(i.built_at as i64),
         ver = i.bootcast_version,
-    )
+    ) + &stale
 }

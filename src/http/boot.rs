@@ -77,7 +77,8 @@ pub async fn host_script(
     let arch = q.get("buildarch").filter(|a| valid_arch(a)).cloned();
     let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
-    let bootenv_ready = matches!(bootenv, Ok(Some(_)));
+    // only a boot environment whose agent speaks this server's agent protocol is handed out
+    let bootenv_ready = matches!(&bootenv, Ok(Some(info)) if info.usable().is_ok());
     let random = |n| {
         super::auth::random_hex(n)
             .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
@@ -196,13 +197,12 @@ pub async fn host_script(
     let plan = match decided {
         BootScript::BootEnv { .. } if !bootenv_ready => {
             let why = match bootenv {
-                Err(e) => format!("the boot environment on the server is damaged ({e})"),
-                _ => "the boot environment is not built on the server".to_string(),
+                Err(e) => format!("the boot environment on the server is damaged ({e}): run `bootcast bootenv build` there"),
+                Ok(Some(info)) => info.usable().err().unwrap_or_default(),
+                Ok(None) => "the boot environment is not built on the server: run `bootcast bootenv build` there".to_string(),
             };
-            tracing::warn!(%mac, "cannot boot the boot environment: {why}; run `bootcast bootenv build`");
-            BootScript::Unavailable {
-                reason: format!("{why}: run `bootcast bootenv build` there"),
-            }
+            tracing::warn!(%mac, "cannot boot the boot environment: {why}");
+            BootScript::Unavailable { reason: why }
         }
         p => p,
     };

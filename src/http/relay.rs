@@ -35,6 +35,7 @@ pub async fn heartbeat(
     let now = crate::time::now_unix();
     let site_name = hb.site.clone();
     let after_register = st.after_register.as_str();
+    let (hb_protocol, held) = (hb.protocol, hb.book);
     let res = st
         .db
         .call(move |c| {
@@ -71,11 +72,6 @@ pub async fn heartbeat(
                 .filter(|id| !done_before.contains(id))
                 .collect();
             let site = sites::get(c, &site.name)?.expect("site exists");
-            // what the relay needs to work alone, when it changed since the relay's copy
-            let book = match hb.protocol >= 2 {
-                true => sites::book(c, &site.name, hb.book, after_register)?,
-                false => None,
-            };
             Ok(Ok((newly_done, HeartbeatReply {
                 protocol: PROTOCOL,
                 schedule: SiteSchedule {
@@ -87,11 +83,20 @@ pub async fn heartbeat(
                 assigned: site.images.clone(),
                 interval: HEARTBEAT_INTERVAL,
                 key: None,
-                book,
+                book: None,
             })))
         })
         .await?;
     let (newly_done, mut reply) = res?;
+    // what the relay needs to work alone, when it changed since its copy (on a reader: the
+    // writer is not held for it)
+    if hb_protocol >= 2 {
+        let name = site_name.clone();
+        reply.book = st
+            .db
+            .read(move |c| sites::book(c, &name, held, after_register))
+            .await?;
+    }
     // central vouches for each order: this push, this site, these versions
     if let Some(k) = &st.signer {
         reply.key = Some(k.public().to_string());
