@@ -11,26 +11,31 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm, VLAN_SERVICES};
 use common::{demo_image, http_in, sha256, Lab, Served, BIN};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
     common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
 }
 
-#[test]
-fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
+/// Whether `test` can run here (root; QEMU is then required): prints SKIP when it cannot.
+fn can_run(test: &str) -> bool {
     if !common::is_root() {
-        common::skip(
-            "a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes",
-            "needs root (network namespaces, tap devices)",
-        );
-        return;
+        common::skip(test, "needs root (network namespaces, tap devices)");
+        return false;
     }
     assert!(
         have_qemu(),
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
     );
+    true
+}
+
+#[test]
+fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
+    if !can_run("a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes") {
+        return;
+    }
     let Region {
         central,
         c,
@@ -93,15 +98,9 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
 /// the reports and the events once each.
 #[test]
 fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
-    let name = "a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone";
-    if !common::is_root() {
-        common::skip(name, "needs root (network namespaces, tap devices)");
+    if !can_run("a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone") {
         return;
     }
-    assert!(
-        have_qemu(),
-        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
-    );
     let Region {
         central,
         c,
@@ -171,17 +170,9 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
     assert_eq!(t["tasks"][0]["id"], task, "{t}");
     assert_eq!(t["tasks"][0]["state"], "done", "{t}");
     let events = central.json(&["events", "--host", mac, "--limit", "1000"]);
-    let count = |kind: &str| {
-        events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == kind)
-            .count()
-    };
     // the registration's hello, and the one the relay answered alone
-    assert_eq!(count("boot"), 2, "{events}");
-    assert_eq!(count("reimage_done"), 1, "{events}");
+    assert_eq!(common::count_events(&events, "boot"), 2, "{events}");
+    assert_eq!(common::count_events(&events, "reimage_done"), 1, "{events}");
 }
 
 /// Boots a VM (BIOS, virtio, an empty 96 MiB disk) on the site's VLAN until the demo master it
@@ -284,32 +275,18 @@ impl Region {
             .arg(&relay_data)
             .env_remove("BOOTCAST_DATA")
             .env("BOOTCAST_RELAY_TOKEN", &token);
-        let relay = Served::start_as(
-            cmd,
-            "relay",
-            &[
-                "--upstream",
-                "https://10.99.4.1:8443",
-                "--upstream-fingerprint",
-                &fingerprint,
-                "--site",
-                "lycee",
-                "--url",
-                "http://10.99.0.1:8080",
-                "--http",
-                "0.0.0.0:8080",
-                "--tftp",
-                "0.0.0.0:69",
-                "--advertise",
-                "10.99.0.1",
-                "--dhcp-interface",
-                "br0",
-                "--dhcp-mode",
-                "full",
-                "--dhcp-range",
-                "10.99.0.100,10.99.0.150",
-            ],
-        );
+        let mut args = vec![
+            "--upstream",
+            "https://10.99.4.1:8443",
+            "--upstream-fingerprint",
+            &fingerprint,
+            "--site",
+            "lycee",
+            "--url",
+            "http://10.99.0.1:8080",
+        ];
+        args.extend(VLAN_SERVICES);
+        let relay = Served::start_as(cmd, "relay", &args);
         Region {
             central,
             c,

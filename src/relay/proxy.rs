@@ -123,7 +123,10 @@ pub async fn forward(
         headers.remove(DHCP_SEEN_HEADER);
         headers.remove(REPORT_ID_HEADER);
         headers.remove(OFFLINE_BOOT_HEADER);
-        if let Some((_, id)) = &report {
+        if let Some((_, id)) = report
+            .as_ref()
+            .filter(|_| super::queue::applied_once(parts.uri.path()))
+        {
             headers.insert(
                 HeaderName::from_static(REPORT_ID_HEADER),
                 HeaderValue::from_str(id).expect("hex is a header value"),

@@ -6,7 +6,8 @@
 //! it belongs to a boot whose hello answer this relay passed on (the session, from the same
 //! address), and answers the agent `202 Accepted`; a progress report replaces the one before it
 //! for the same task. [`run`] passes the queue on, oldest first, as soon as upstream answers,
-//! each with the id it was given when it first arrived ([`REPORT_ID_HEADER`]): the central
+//! each (but progress, see [`applied_once`]) with the id it was given when it first arrived
+//! ([`REPORT_ID_HEADER`]): the central
 //! server applies a report id once, so a report whose answer was lost on the way back (the
 //! link cut after central applied it) is not applied twice when it is sent again.
 //!
@@ -52,6 +53,13 @@ pub struct Queued {
     /// [`OFFLINE_BOOT_HEADER`] (the relay vouches for the session).
     #[serde(default)]
     pub offline: bool,
+}
+
+/// Whether a report on `path` is applied once by its id ([`REPORT_ID_HEADER`]). A progress
+/// report is not: applied twice it says the same, so the central server keeps no id for the
+/// reports a restore sends every two seconds.
+pub fn applied_once(path: &str) -> bool {
+    path != "/api/v1/agent/progress"
 }
 
 /// Where a hello this relay answered alone is passed on.
@@ -162,12 +170,14 @@ async fn send(relay: &Relay, q: &Queued) -> Result<u16, String> {
     if q.offline {
         req = req.header(OFFLINE_BOOT_HEADER, "1");
     }
+    if applied_once(&q.path) {
+        req = req.header(REPORT_ID_HEADER, &q.id);
+    }
     let r = req
         .header("content-type", "application/json")
         .header(RELAY_TOKEN_HEADER, &relay.config.token)
         .header(RELAY_URL_HEADER, &relay.url)
         .header(FORWARDED_FOR_HEADER, &q.forwarded_for)
-        .header(REPORT_ID_HEADER, &q.id)
         .timeout(Duration::from_secs(30))
         .body(q.body.clone())
         .send()

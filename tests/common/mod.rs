@@ -557,6 +557,13 @@ pub fn bootenv_build(lab: &Lab) -> Output {
     lab.run(&["bootenv", "build", "--cache", cache.to_str().unwrap()])
 }
 /// A stand-in boot environment: two files and the record `bootenv::load` checks.
+/// How many of `events` (an `events --json` answer) are of `kind`.
+pub fn count_events(events: &serde_json::Value, kind: &str) -> usize {
+    events["events"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|e| e["kind"] == kind).count())
+}
+
 pub fn fake_bootenv(lab: &Lab) {
     bootcast::testkit::stand_in_bootenv(&lab.data());
 }

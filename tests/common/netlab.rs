@@ -371,6 +371,23 @@ pub fn copy_bootenv(data: &Path) {
     }
 }
 
+/// The deployment VLAN's services of a server or relay on `br0` (10.99.0.1): full DHCP
+/// (10.99.0.100-150), TFTP, HTTP on port 8080.
+pub const VLAN_SERVICES: [&str; 12] = [
+    "--http",
+    "0.0.0.0:8080",
+    "--tftp",
+    "0.0.0.0:69",
+    "--advertise",
+    "10.99.0.1",
+    "--dhcp-interface",
+    "br0",
+    "--dhcp-mode",
+    "full",
+    "--dhcp-range",
+    "10.99.0.100,10.99.0.150",
+];
+
 /// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server (full mode on `br0`,
 /// 10.99.0.1, TFTP and HTTP on port 8080).
 pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
@@ -378,21 +395,5 @@ pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
     cmd.arg("--data")
         .arg(lab.data())
         .env_remove("BOOTCAST_DATA");
-    super::Served::start(
-        cmd,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--advertise",
-            "10.99.0.1",
-            "--dhcp-interface",
-            "br0",
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ],
-    )
+    super::Served::start(cmd, &VLAN_SERVICES)
 }
