@@ -244,7 +244,7 @@ fn generate(
     tx.commit()?;
     drop(conn);
     // the storm's PCs get boot scripts for the boot environment; none boots it
-    bootcast::testkit::stand_in_bootenv(&data);
+    bootcast::testkit::stand_in_bootenv(&data, bootcast::proto::agent::AGENT_PROTOCOL);
     let storm_pcs = (0..storm.min(hosts))
         .map(|h| (mac_of(h), h % sites))
         .collect();

@@ -346,7 +346,7 @@ impl Server {
             relay_url: relay.as_ref().map(|r| r.url.clone()),
             signing_key: signer.as_ref().map(|(k, made)| (k.public(), *made)),
             bootenv: match bootenv {
-                Ok(Some(info)) => info.usable().err().map(|why| format!("{why}; until then PCs boot their disks instead of registering or running tasks")),
+                Ok(Some(info)) => info.usable(crate::proto::agent::AGENT_PROTOCOL).err().map(|why| format!("{why}; until then PCs boot their disks instead of registering or running tasks")),
                 Ok(None) => Some("no boot environment yet; PCs cannot register until `bootcast bootenv build` has run".into()),
                 Err(e) => Some(format!("the boot environment is damaged ({e}); run `bootcast bootenv build`")),
             },

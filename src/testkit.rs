@@ -16,8 +16,9 @@ pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 
 /// A stand-in boot environment in `DATA/bootenv` (a tiny kernel and initrd with a valid
 /// record): the server hands out boot scripts for it, nothing boots it. For tests and benches
-/// whose PCs are simulated.
-pub fn stand_in_bootenv(data: &std::path::Path) {
+/// whose PCs are simulated; `agent_protocol` is the one it says its agent speaks (the
+/// server's, `proto::agent::AGENT_PROTOCOL`, for one it hands out).
+pub fn stand_in_bootenv(data: &std::path::Path, agent_protocol: u32) {
     use crate::bootenv::{BootEnvInfo, FileInfo};
     let d = data.join("bootenv");
     std::fs::create_dir_all(&d).expect("create DATA/bootenv");
@@ -43,7 +44,7 @@ pub fn stand_in_bootenv(data: &std::path::Path) {
         busybox: String::new(),
         built_at: 0,
         bootcast_version: "test".into(),
-        agent_protocol: crate::proto::agent::AGENT_PROTOCOL,
+        agent_protocol,
     };
     std::fs::write(
         d.join("bootenv.json"),

@@ -1,8 +1,9 @@
-//! Inventory end to end: a QEMU VM (TCG, BIOS, virtio) started with known SMBIOS values
-//! network-boots through bootcast (in a network namespace) for the first time; its agent
-//! reports the inventory; the stored inventory has the SMBIOS values, the VM's MAC and its
-//! disk's size, and the GLPI export validates against GLPI's JSON schema. The same VM then
-//! boots with a bigger disk (for a reimage): `inventory_changed` names the disk.
+//! Inventory end to end: a QEMU VM (TCG, BIOS, virtio NIC, an NVMe disk as mini-PCs have)
+//! started with known SMBIOS values network-boots through bootcast (in a network namespace)
+//! for the first time; its agent reports the inventory; the stored inventory has the SMBIOS
+//! values, the VM's MAC and its NVMe disk (size, serial), and the GLPI export validates
+//! against GLPI's JSON schema. The same VM then boots with a bigger NVMe disk for a reimage:
+//! `inventory_changed` names the disk, and the master is restored onto `/dev/nvme0n1`.
 //! Needs root; prints SKIP without.
 
 mod common;
@@ -14,6 +15,7 @@ use common::{demo_image, Lab, Served};
 
 const MAC: &str = "52:54:00:99:08:42";
 const UUID: &str = "6a1f3c2e-8d4b-4f7a-9e21-0c5d7b3a9f10";
+const NVME_SERIAL: &str = "NVME-0042";
 
 /// Boots the VM once (it ends at the agent's reboot) with a disk of `disk_mib`; returns the
 /// serial console.
@@ -34,8 +36,11 @@ fn boot(
         format!("type=1,manufacturer=Bootcast Lab,product=NUC-Test 7,version=rev-B,serial=SN-0042,uuid={UUID},sku=SKU-9,family=MiniPC"),
         "-smbios".into(),
         "type=0,vendor=LabBIOS,version=2.7.1,date=03/14/2025".into(),
+        // an NVMe disk, as a mini-PC has
         "-drive".into(),
-        format!("file={},format=raw,if=virtio", disk.display()),
+        format!("file={},format=raw,if=none,id=nvm", disk.display()),
+        "-device".into(),
+        format!("nvme,drive=nvm,serial={NVME_SERIAL}"),
     ];
     let _ = std::fs::remove_file(vm.serial_log());
     let out = vm.command(ns).output().unwrap();
@@ -65,7 +70,8 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
     );
     let lab = Lab::new();
-    lab.add("demo", &demo_image("v1"));
+    let image = demo_image("v1");
+    lab.add("demo", &image);
     copy_bootenv(&lab.data());
     let mut ns = Netns::new("inv");
     ns.bridge_with_tap();
@@ -110,8 +116,11 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
     assert_eq!(inv["firmware"]["mode"], "bios");
     let disks = inv["storage"].as_array().unwrap();
     assert!(
-        disks.iter().any(|d| d["size_bytes"] == 96u64 << 20),
-        "no 96 MiB disk in {disks:?}"
+        disks.iter().any(|d| d["size_bytes"] == 96u64 << 20
+            && d["name"] == "nvme0n1"
+            && d["kind"] == "nvme"
+            && d["serial"] == NVME_SERIAL),
+        "no 96 MiB NVMe disk {NVME_SERIAL} in {disks:?}"
     );
     assert!(
         inv["network"]
@@ -176,7 +185,7 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
     // the same VM with a bigger disk, booted for a reimage: the inventory changed
     lab.json(&["task", "reimage", "--host", MAC, "--image", "demo"]);
     let t = std::time::Instant::now();
-    boot(
+    let serial = boot(
         &mut vm,
         &ns,
         &server,
@@ -195,5 +204,17 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
     assert!(
         newest[0]["detail"].as_str().unwrap().contains("134217728"),
         "{newest}"
+    );
+    // the reimage wrote the master onto the NVMe namespace
+    assert!(
+        serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {MAC}")),
+        "{serial}"
+    );
+    assert!(serial.contains("/dev/nvme0n1"), "{serial}");
+    let want = std::fs::read(&image).unwrap();
+    let written = std::fs::read(lab.path("disk-128.raw")).unwrap();
+    assert_eq!(
+        common::sha256(&written[..want.len()]),
+        common::sha256(&want)
     );
 }

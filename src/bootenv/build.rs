@@ -31,6 +31,9 @@ pub struct BuildOptions {
     pub zstd_level: i32,
     /// Progress messages for slow steps.
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
+    /// The agent protocol the agent speaks (recorded in `bootenv.json`; the caller knows it:
+    /// the boot environment knows nothing of the agent's messages).
+    pub agent_protocol: u32,
 }
 
 impl Default for BuildOptions {
@@ -44,6 +47,7 @@ impl Default for BuildOptions {
             extra_modules: Vec::new(),
             zstd_level: 19,
             progress: Box::new(|_| {}),
+            agent_protocol: 0,
         }
     }
 }
@@ -215,8 +219,7 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         bootcast_version,
-        // (an agent given with --agent is taken to be of this release)
-        agent_protocol: crate::proto::agent::AGENT_PROTOCOL,
+        agent_protocol: opts.agent_protocol,
     };
 
     // Commit: temp files, then drop the old record, rename, write the new record.

@@ -211,7 +211,7 @@ mod tests {
             busybox: String::new(),
             built_at: 0,
             bootcast_version: "0".into(),
-            agent_protocol: crate::proto::agent::AGENT_PROTOCOL,
+            agent_protocol: 1,
         };
         fs::write(info_path(t.path()), serde_json::to_vec(&info).unwrap()).unwrap();
         assert_eq!(load(t.path()).unwrap(), Some(info.clone()));

@@ -42,22 +42,22 @@ pub struct BootEnvInfo {
     pub built_at: u64,
     /// Version of the bootcast that built it (the agent's version, unless `--agent`).
     pub bootcast_version: String,
-    /// The agent protocol its agent speaks ([`crate::proto::agent::AGENT_PROTOCOL`] of the
-    /// bootcast that built it; absent, 0: built before the number was recorded). A server
-    /// hands out only a boot environment of its own agent protocol ([`BootEnvInfo::usable`]).
+    /// The agent protocol its agent speaks (that of the bootcast that built it; absent, 0:
+    /// built before the number was recorded). A server hands out only a boot environment of
+    /// its own agent protocol ([`BootEnvInfo::usable`]).
     #[serde(default)]
     pub agent_protocol: u32,
 }
 
 impl BootEnvInfo {
-    /// Whether this server can boot PCs into it: `Err` says why not and what to run.
-    pub fn usable(&self) -> std::result::Result<(), String> {
-        use crate::proto::agent::AGENT_PROTOCOL;
-        if self.agent_protocol == AGENT_PROTOCOL {
+    /// Whether a server that speaks agent protocol `speaks` can boot PCs into it: `Err` says
+    /// why not and what to run.
+    pub fn usable(&self, speaks: u32) -> std::result::Result<(), String> {
+        if self.agent_protocol == speaks {
             return Ok(());
         }
         Err(format!(
-            "the boot environment was built by bootcast {} (agent protocol {}), this server speaks agent protocol {AGENT_PROTOCOL}: rebuild it with `bootcast bootenv build` (bootcast {})",
+            "the boot environment was built by bootcast {} (agent protocol {}), this server speaks agent protocol {speaks}: rebuild it with `bootcast bootenv build` (bootcast {})",
             self.bootcast_version,
             self.agent_protocol,
             env!("CARGO_PKG_VERSION")

@@ -61,6 +61,8 @@ pub fn run(cmd: BootenvCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 extra_modules: modules,
                 zstd_level,
                 progress: Box::new(|m| eprintln!("bootenv: {m}")),
+                // (an agent given with --agent is taken to be of this release)
+                agent_protocol: bootcast::proto::agent::AGENT_PROTOCOL,
             };
             let info = bootenv::build(data, &opts).context("bootenv build")?;
             out.emit(&info, || human(data, &info));
@@ -86,7 +88,7 @@ pub fn run(cmd: BootenvCmd, data: &Path, out: &Output) -> Result<ExitCode> {
 }
 
 fn human(data: &Path, i: &BootEnvInfo) -> String {
-    let stale = match i.usable() {
+    let stale = match i.usable(bootcast::proto::agent::AGENT_PROTOCOL) {
         Ok(()) => String::new(),
         Err(why) => format!("\nNOT USABLE  {why}"),
     };

@@ -91,7 +91,7 @@ pub async fn agent_hello(
             env!("CARGO_PKG_VERSION")
         )));
     }
-    if !super::boot::valid_arch(&hello.arch) {
+    if !crate::proto::agent::valid_arch(&hello.arch) {
         return Err(ApiError::bad_request(format!(
             "arch {:?} is not an architecture name like x86_64",
             hello.arch

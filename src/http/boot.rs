@@ -74,11 +74,14 @@ pub async fn host_script(
         _ => None,
     };
     // iPXE's buildarch (i386, x86_64, arm64): kept with the boot record only
-    let arch = q.get("buildarch").filter(|a| valid_arch(a)).cloned();
+    let arch = q
+        .get("buildarch")
+        .filter(|a| crate::proto::agent::valid_arch(a))
+        .cloned();
     let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
     // only a boot environment whose agent speaks this server's agent protocol is handed out
-    let bootenv_ready = matches!(&bootenv, Ok(Some(info)) if info.usable().is_ok());
+    let bootenv_ready = matches!(&bootenv, Ok(Some(info)) if info.usable(crate::proto::agent::AGENT_PROTOCOL).is_ok());
     let random = |n| {
         super::auth::random_hex(n)
             .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
@@ -198,7 +201,7 @@ pub async fn host_script(
         BootScript::BootEnv { .. } if !bootenv_ready => {
             let why = match bootenv {
                 Err(e) => format!("the boot environment on the server is damaged ({e}): run `bootcast bootenv build` there"),
-                Ok(Some(info)) => info.usable().err().unwrap_or_default(),
+                Ok(Some(info)) => info.usable(crate::proto::agent::AGENT_PROTOCOL).err().unwrap_or_default(),
                 Ok(None) => "the boot environment is not built on the server: run `bootcast bootenv build` there".to_string(),
             };
             tracing::warn!(%mac, "cannot boot the boot environment: {why}");
@@ -212,11 +215,6 @@ pub async fn host_script(
         Some(k) => ipxe::set_key(&text, &crate::sign::Keys::new(vec![k.public()])),
         None => text,
     }))
-}
-
-/// An architecture name as iPXE or `uname -m` print it.
-pub fn valid_arch(a: &str) -> bool {
-    !a.is_empty() && a.len() <= 32 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `GET /bootenv/vmlinuz`, `GET /bootenv/initrd.img` (with Range support).

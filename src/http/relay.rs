@@ -234,7 +234,7 @@ pub async fn offline_hello(
 ) -> ApiResult {
     use crate::db::{hosts, tasks, TaskState};
     let mac = super::error::parse_mac(&h.mac)?;
-    if !super::boot::valid_arch(&h.arch) {
+    if !crate::proto::agent::valid_arch(&h.arch) {
         return Err(ApiError::bad_request(format!(
             "arch {:?} is not an architecture name like x86_64",
             h.arch

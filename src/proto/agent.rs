@@ -76,6 +76,11 @@ impl Firmware {
 /// central server only a boot environment not rebuilt meets a server of another protocol.
 pub const AGENT_PROTOCOL: u32 = 1;
 
+/// An architecture name as iPXE or `uname -m` print it.
+pub fn valid_arch(a: &str) -> bool {
+    !a.is_empty() && a.len() <= 32 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// `POST /api/v1/agent/hello`: the agent is up and says who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

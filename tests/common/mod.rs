@@ -565,7 +565,7 @@ pub fn count_events(events: &serde_json::Value, kind: &str) -> usize {
 }
 
 pub fn fake_bootenv(lab: &Lab) {
-    bootcast::testkit::stand_in_bootenv(&lab.data());
+    bootcast::testkit::stand_in_bootenv(&lab.data(), bootcast::proto::agent::AGENT_PROTOCOL);
 }
 
 pub mod dhcp;
