@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netlab::{
-    copy_bootenv, have_qemu, shared_bootenv, site_dhcp, Firmware, Netns, Nic, Vm,
+    copy_bootenv, have_qemu, shared_bootenv, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP,
+    VLAN_SERVICES,
 };
 use common::{http_in, Lab, Served, BIN};
 
@@ -61,23 +62,10 @@ fn boot(case: Case) -> Result<Duration, String> {
     cmd.arg("--data")
         .arg(lab.data())
         .env_remove("BOOTCAST_DATA");
-    let mut args = vec![
-        "--http",
-        "0.0.0.0:8080",
-        "--tftp",
-        "0.0.0.0:69",
-        "--advertise",
-        "10.99.0.1",
-        "--dhcp-interface",
-        "br0",
-    ];
+    // full DHCP, or proxyDHCP beside the site's own server (the default mode)
+    let mut args = VLAN_SERVICES.to_vec();
     if case.full {
-        args.extend([
-            "--dhcp-mode",
-            "full",
-            "--dhcp-range",
-            "10.99.0.100,10.99.0.150",
-        ]);
+        args.extend(FULL_DHCP);
     }
     let mut server = Served::start(cmd, &args);
     let token = server.token.clone().unwrap();

@@ -11,7 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netlab::{copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm, VLAN_SERVICES};
+use common::netlab::{
+    copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP, VLAN_SERVICES,
+};
 use common::{demo_image, http_in, sha256, Lab, Served, BIN};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
@@ -286,6 +288,7 @@ impl Region {
             "http://10.99.0.1:8080",
         ];
         args.extend(VLAN_SERVICES);
+        args.extend(FULL_DHCP);
         let relay = Served::start_as(cmd, "relay", &args);
         Region {
             central,

@@ -371,9 +371,9 @@ pub fn copy_bootenv(data: &Path) {
     }
 }
 
-/// The deployment VLAN's services of a server or relay on `br0` (10.99.0.1): full DHCP
-/// (10.99.0.100-150), TFTP, HTTP on port 8080.
-pub const VLAN_SERVICES: [&str; 12] = [
+/// The deployment VLAN's services of a server or relay on `br0` (10.99.0.1): DHCP (proxy,
+/// unless [`FULL_DHCP`] follows), TFTP, HTTP on port 8080.
+pub const VLAN_SERVICES: [&str; 8] = [
     "--http",
     "0.0.0.0:8080",
     "--tftp",
@@ -382,6 +382,10 @@ pub const VLAN_SERVICES: [&str; 12] = [
     "10.99.0.1",
     "--dhcp-interface",
     "br0",
+];
+
+/// With [`VLAN_SERVICES`]: the VLAN's only DHCP server (10.99.0.100-150).
+pub const FULL_DHCP: [&str; 4] = [
     "--dhcp-mode",
     "full",
     "--dhcp-range",
@@ -395,5 +399,5 @@ pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
     cmd.arg("--data")
         .arg(lab.data())
         .env_remove("BOOTCAST_DATA");
-    super::Served::start(cmd, &VLAN_SERVICES)
+    super::Served::start(cmd, &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat())
 }
