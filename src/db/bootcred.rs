@@ -248,20 +248,30 @@ pub fn check_adopted(
     ip: IpAddr,
     now: i64,
 ) -> Result<bool, DbError> {
-    let Some(r) = row(c, mac)? else {
-        return Ok(false);
-    };
-    Ok(r.session_hash
-        .as_deref()
-        .is_some_and(|s| same(&sha256_hex(session), s))
-        && r.ip == ip.to_string()
-        && r.session_until.is_none_or(|u| now <= u))
+    Ok(row(c, mac)?.is_some_and(|r| r.holds(session, ip, now)))
+}
+
+impl Row {
+    /// `session` from `ip` is this row's, and not expired.
+    fn holds(&self, session: &str, ip: IpAddr, now: i64) -> bool {
+        self.session_hash
+            .as_deref()
+            .is_some_and(|s| same(&sha256_hex(session), s))
+            && self.ip == ip.to_string()
+            && self.session_until.is_none_or(|u| now <= u)
+    }
+
+    /// This node issued the credential itself (a relay working alone) rather than adopting a
+    /// session another node made ([`adopt`] stores no credential).
+    fn issued_here(&self) -> bool {
+        !self.cred_hash.is_empty()
+    }
 }
 
 /// Whether this node issued `mac`'s current credential itself (a relay working alone), rather
 /// than adopting a session another node made.
 pub fn issued_here(c: &Connection, mac: Mac) -> Result<bool, DbError> {
-    Ok(row(c, mac)?.is_some_and(|r| !r.cred_hash.is_empty()))
+    Ok(row(c, mac)?.is_some_and(|r| r.issued_here()))
 }
 
 /// A session of a boot this node started itself ([`issued_here`]), from `ip`, not expired.
@@ -272,7 +282,20 @@ pub fn started_here(
     ip: IpAddr,
     now: i64,
 ) -> Result<bool, DbError> {
-    Ok(issued_here(c, mac)? && check_adopted(c, mac, session, ip, now)?)
+    Ok(row(c, mac)?.is_some_and(|r| r.issued_here() && r.holds(session, ip, now)))
+}
+
+/// Whether a boot-script request from `from` comes from the machine itself: the address a
+/// DHCP service saw it at (`seen`), or, when none saw it, an address in a subnet of
+/// `trust_without_dhcp`. A request from this host (loopback) is no PC on a site LAN: trusted.
+pub fn from_the_machine(seen: Option<IpAddr>, from: IpAddr, trust_without_dhcp: &[String]) -> bool {
+    from.is_loopback()
+        || match seen {
+            Some(ip) => ip == from,
+            None => trust_without_dhcp
+                .iter()
+                .any(|cidr| super::sites::cidr_contains(cidr, from)),
+        }
 }
 
 /// Records that a DHCP service saw `mac` at `ip` (an address it acknowledged, or one a

@@ -602,20 +602,20 @@ impl Db {
                 return;
             }
             self.stats.writes.inc_by(jobs.len() as u64);
-            self.stats.commits.inc();
             // alone, or no batch can begin (a transaction left open; the database busy past
             // its timeout): each write as it is, in its own transaction
             if jobs.len() == 1
                 || !conn.is_autocommit()
                 || conn.execute_batch("BEGIN IMMEDIATE").is_err()
             {
-                self.stats.commits.inc_by(jobs.len() as u64 - 1);
+                self.stats.commits.inc_by(jobs.len() as u64);
                 for job in jobs {
                     let (_, answer) = job(&mut conn);
                     answer(None);
                 }
                 continue;
             }
+            self.stats.commits.inc();
             let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
             for job in jobs {
                 if conn.is_autocommit() {

@@ -91,12 +91,7 @@ pub async fn agent_hello(
             env!("CARGO_PKG_VERSION")
         )));
     }
-    if !crate::proto::agent::valid_arch(&hello.arch) {
-        return Err(ApiError::bad_request(format!(
-            "arch {:?} is not an architecture name like x86_64",
-            hello.arch
-        )));
-    }
+    super::error::check_arch(&hello.arch)?;
     let now = crate::time::now_unix();
     st.chunks.captures.sweep();
     let h = hello.clone();

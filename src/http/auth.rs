@@ -127,6 +127,12 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
     Ok(hex::encode(b))
 }
 
+/// [`random_hex`] while answering a request: no random bytes is an internal error (500).
+pub fn random_hex_for_request(n: usize) -> Result<String, super::error::ApiError> {
+    random_hex(n)
+        .map_err(|e| super::error::ApiError::internal(format!("cannot read random bytes: {e}")))
+}
+
 /// Equal secrets, compared in constant time (`subtle`): how long a refusal takes says nothing
 /// of how much of a guess was right.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {

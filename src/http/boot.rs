@@ -82,10 +82,7 @@ pub async fn host_script(
     let bootenv = crate::bootenv::load(&st.data);
     // only a boot environment whose agent speaks this server's agent protocol is handed out
     let bootenv_ready = matches!(&bootenv, Ok(Some(info)) if info.usable(crate::proto::agent::AGENT_PROTOCOL).is_ok());
-    let random = |n| {
-        super::auth::random_hex(n)
-            .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
-    };
+    let random = super::auth::random_hex_for_request;
     let (credential, salt) = (random(16)?, random(16)?);
     let boot = st.boot.clone();
     let now = crate::time::now_unix();
@@ -99,15 +96,7 @@ pub async fn host_script(
                 Some(r) => r.dhcp_seen,
                 None => bootcred::seen(c, mac, now - boot.credential_secs)?,
             };
-            // (a request from this host itself, on loopback, is no PC on a site LAN: trusted)
-            let owner = origin.ip.is_loopback()
-                || match seen {
-                    Some(ip) => ip == origin.ip,
-                    None => boot
-                        .trust_without_dhcp
-                        .iter()
-                        .any(|cidr| crate::db::sites::cidr_contains(cidr, origin.ip)),
-                };
+            let owner = bootcred::from_the_machine(seen, origin.ip, &boot.trust_without_dhcp);
             let known = hosts::get(c, mac)?;
             let open_task = tasks::due_for(c, mac, now)?;
             if !owner && (open_task.is_some() || known.as_ref().is_none_or(|h| !h.registered())) {

@@ -147,6 +147,16 @@ pub fn parse_mac(s: &str) -> ApiResult<crate::mac::Mac> {
     Ok(s.parse()?)
 }
 
+/// An architecture name as iPXE or `uname -m` print it (`x86_64`), else 400.
+pub fn check_arch(arch: &str) -> ApiResult<()> {
+    match crate::proto::agent::valid_arch(arch) {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "arch {arch:?} is not an architecture name like x86_64"
+        ))),
+    }
+}
+
 /// A chunk id from a path: exactly 64 hex digits.
 pub fn parse_chunk_id(s: &str) -> ApiResult<ChunkId> {
     match s.parse::<ChunkId>() {

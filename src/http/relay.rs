@@ -234,12 +234,7 @@ pub async fn offline_hello(
 ) -> ApiResult {
     use crate::db::{hosts, tasks, TaskState};
     let mac = super::error::parse_mac(&h.mac)?;
-    if !crate::proto::agent::valid_arch(&h.arch) {
-        return Err(ApiError::bad_request(format!(
-            "arch {:?} is not an architecture name like x86_64",
-            h.arch
-        )));
-    }
+    super::error::check_arch(&h.arch)?;
     let now = crate::time::now_unix();
     let at = h.at.min(now);
     let hello = h.clone();

@@ -102,8 +102,7 @@ pub async fn forward(
         let bytes = axum::body::to_bytes(body, REPORT_MAX)
             .await
             .map_err(|e| ApiError::bad_request(format!("reading the report: {e}")))?;
-        let id = crate::http::auth::random_hex(16)
-            .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
+        let id = crate::http::auth::random_hex_for_request(16)?;
         report = Some((bytes.clone(), id));
         (reqwest::Body::from(bytes), None)
     } else {
@@ -135,7 +134,7 @@ pub async fn forward(
         let script = parts.uri.path().strip_prefix("/boot/");
         if let Some(mac) = script.and_then(crate::boot::ipxe::script_mac) {
             let since = crate::time::now_unix() - app.boot.credential_secs;
-            if let Some(ip) = app.db.call(move |c| bootcred::seen(c, mac, since)).await? {
+            if let Some(ip) = app.db.read(move |c| bootcred::seen(c, mac, since)).await? {
                 headers.insert(
                     HeaderName::from_static(DHCP_SEEN_HEADER),
                     HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
@@ -176,12 +175,12 @@ pub async fn forward(
         .then(|| parts.uri.path().strip_prefix("/boot/"))
         .flatten()
         .and_then(crate::boot::ipxe::script_mac);
-    let down = relay
+    let known_down = relay
         .upstream_down
         .load(std::sync::atomic::Ordering::Relaxed);
     let timeout = if host_script.is_some() || parts.uri.path() == "/boot.ipxe" {
         // known to be down (the heartbeat failed): not worth the PC's wait
-        if down {
+        if known_down {
             SCRIPT_TIMEOUT_DOWN
         } else {
             SCRIPT_TIMEOUT
@@ -311,16 +310,8 @@ async fn offline_script(
         .all(|f| relay.files.dir.join("bootenv").join(f).is_file());
     // the machine's own address, as this relay's DHCP service saw it
     let since = now - app.boot.credential_secs;
-    let seen = app.db.call(move |c| bootcred::seen(c, mac, since)).await?;
-    let owner = peer.is_loopback()
-        || match seen {
-            Some(ip) => ip == peer,
-            None => app
-                .boot
-                .trust_without_dhcp
-                .iter()
-                .any(|cidr| crate::db::sites::cidr_contains(cidr, peer)),
-        };
+    let seen = app.db.read(move |c| bootcred::seen(c, mac, since)).await?;
+    let owner = bootcred::from_the_machine(seen, peer, &app.boot.trust_without_dhcp);
     let (reason, task) = match &plan {
         Plan::Task(t) => (
             format!("task {} (reimage), started by the site relay alone", t.id),
@@ -339,10 +330,7 @@ async fn offline_script(
         tracing::warn!(%mac, uefi, "upstream unreachable ({why}): the machine boots its local disk");
         BootScript::LocalDisk { uefi }.render(&relay.url)
     } else {
-        let random = |n| {
-            crate::http::auth::random_hex(n)
-                .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))
-        };
+        let random = crate::http::auth::random_hex_for_request;
         let (credential, salt) = (random(16)?, random(16)?);
         let (cred, lifetime) = (credential.clone(), app.boot.credential_secs);
         app.db
@@ -391,7 +379,7 @@ async fn started_here(
     let now = crate::time::now_unix();
     Ok(app
         .db
-        .call(move |c| bootcred::started_here(c, mac, &who.session, agent, now))
+        .read(move |c| bootcred::started_here(c, mac, &who.session, agent, now))
         .await?)
 }
 
@@ -466,8 +454,7 @@ async fn hello_alone(
         task: task.as_ref().map(|t| t.id),
         at: now,
     };
-    let id = crate::http::auth::random_hex(16)
-        .map_err(|e| ApiError::internal(format!("cannot read random bytes: {e}")))?;
+    let id = crate::http::auth::random_hex_for_request(16)?;
     let q = super::queue::Queued {
         id,
         path: super::queue::OFFLINE_HELLO_PATH.to_string(),
@@ -546,7 +533,7 @@ async fn queue_report(
     let (session, now) = (who.session.clone(), crate::time::now_unix());
     let known = app
         .db
-        .call(move |c| bootcred::check_adopted(c, mac, &session, agent, now))
+        .read(move |c| bootcred::check_adopted(c, mac, &session, agent, now))
         .await?;
     if !known {
         return Err(unreachable());
@@ -699,6 +686,12 @@ impl FileCache {
         }
     }
 
+    /// The cached copy of `kind/file` and its `.meta` (upstream's size and date).
+    fn paths(&self, kind: &str, file: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.join(kind);
+        (dir.join(file), dir.join(format!(".{file}.meta")))
+    }
+
     fn lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
@@ -733,25 +726,16 @@ pub async fn keep_bootenv(relay: &Relay) {
     }
     for file in ["vmlinuz", "initrd.img"] {
         let key = format!("bootenv/{file}");
-        let path = relay.files.dir.join("bootenv").join(file);
-        let meta_path = relay
-            .files
-            .dir
-            .join("bootenv")
-            .join(format!(".{file}.meta"));
+        let (path, meta_path) = relay.files.paths("bootenv", file);
         let lock = relay.files.lock(&key);
         let _guard = lock.lock().await;
-        match refresh(relay, &key, &path, &meta_path).await {
-            Ok(()) => {}
-            Err(Refresh::Answer(e)) => {
-                tracing::info!("keeping /{key} for boots alone: {}", e.message());
-                *relay.files.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-            Err(Refresh::Unreachable(e)) => {
-                tracing::info!("keeping /{key} for boots alone: {e}; tried again later");
-                *relay.files.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-        }
+        let why = match refresh(relay, &key, &path, &meta_path).await {
+            Ok(()) => continue,
+            Err(Refresh::Answer(e)) => e.message().to_string(),
+            Err(Refresh::Unreachable(e)) => e,
+        };
+        tracing::info!("keeping /{key} for boots alone: {why}; tried again later");
+        *relay.files.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -770,8 +754,7 @@ pub async fn cached_file(
         return Err(ApiError::not_found(format!("no file {file:?}")));
     }
     let key = format!("{kind}/{file}");
-    let path = relay.files.dir.join(kind).join(&file);
-    let meta_path = relay.files.dir.join(kind).join(format!(".{file}.meta"));
+    let (path, meta_path) = relay.files.paths(kind, &file);
     let lock = relay.files.lock(&key);
     let guard = lock.lock().await;
     // upstream known to be down (the heartbeat failed) and a copy here: no PC waits for it

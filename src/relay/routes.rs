@@ -155,7 +155,7 @@ async fn require_reader(
         let (ip, now) = (peer.ip(), crate::time::now_unix());
         if app
             .db
-            .call(move |c| crate::db::bootcred::check_adopted(c, mac, &s, ip, now))
+            .read(move |c| crate::db::bootcred::check_adopted(c, mac, &s, ip, now))
             .await?
         {
             return Ok(next.run(req).await);
