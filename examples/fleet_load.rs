@@ -460,16 +460,13 @@ async fn pc_boot(
     let Some((credential, task)) = creds else {
         return;
     };
+    // an agent's JSON request, as its relay passes it on
+    let agent_post = |path: &str, body: &serde_json::Value| {
+        relay_headers(client.post(format!("{url}/api/v1/agent/{path}")).json(body))
+    };
     let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "uefi", "boot_time": 1, "credential": credential, "task": task});
     let t = Instant::now();
-    let answer = checked(
-        send(relay_headers(
-            client
-                .post(format!("{url}/api/v1/agent/hello"))
-                .json(&hello),
-        ))
-        .await,
-    );
+    let answer = checked(send(agent_post("hello", &hello)).await);
     let session = answer.and_then(|b| {
         let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
         v["session"]
@@ -507,25 +504,12 @@ async fn pc_boot(
             "bytes_done": total / u64::from(progress + 1) * u64::from(k), "bytes_total": total,
             "rate": 100_000_000});
         let t = Instant::now();
-        let r = checked(
-            send(relay_headers(
-                client
-                    .post(format!("{url}/api/v1/agent/progress"))
-                    .json(&body),
-            ))
-            .await,
-        );
+        let r = checked(send(agent_post("progress", &body)).await);
         record(&stats, "agent progress", t, r.map(|_| ()));
     }
+    let done = serde_json::json!({"mac": mac, "session": session, "task": task});
     let t = Instant::now();
-    let r = checked(
-        send(relay_headers(
-            client
-                .post(format!("{url}/api/v1/agent/done"))
-                .json(&serde_json::json!({"mac": mac, "session": session, "task": task})),
-        ))
-        .await,
-    );
+    let r = checked(send(agent_post("done", &done)).await);
     record(&stats, "agent done", t, r.map(|_| ()));
 }
 

@@ -47,8 +47,7 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         image,
         ..
     } = Region::start("v");
-    // the master reaches the relay first (a push), then staff queue the reimage
-    push_and_wait(&central);
+    // the master reached the relay first (a push); staff queue the reimage
     let mac = "52:54:00:99:04:01";
     register_in(&c, mac);
     central.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
@@ -112,7 +111,6 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
         relay_data,
         image,
     } = Region::start("a");
-    push_and_wait(&central);
     let mac = "52:54:00:99:05:01";
     // registered through the relay (from the relay's namespace): a host of the site
     register_via(&site, mac);
@@ -225,8 +223,8 @@ fn reimage_vm(
 
 /// A central server and a site relay in network namespaces: central <- 100 Mbit -> relay
 /// (HTTPS, the central certificate pinned); the relay runs full DHCP, TFTP and HTTP on the
-/// site's VLAN (`br0` with the VM's tap). The demo master is added, the boot environment
-/// copied in.
+/// site's VLAN (`br0` with the VM's tap). The demo master is added and pushed to the site
+/// (the relay holds it when this returns), the boot environment copied in.
 struct Region {
     central: Lab,
     c: Netns,
@@ -290,6 +288,7 @@ impl Region {
         args.extend(VLAN_SERVICES);
         args.extend(FULL_DHCP);
         let relay = Served::start_as(cmd, "relay", &args);
+        push_and_wait(&central);
         Region {
             central,
             c,
