@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         max_retries: args.max_retries,
         max_block_size: args.max_block_size,
+        http: None,
     };
     let cancel = CancellationToken::new();
     let stop = cancel.clone();

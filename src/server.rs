@@ -268,8 +268,13 @@ impl Server {
                     config
                         .advertise
                         .expect("validated: DHCP implies an advertised address"),
-                    format!("{state_base}/boot.ipxe"),
+                    &state_base,
                 );
+                if d.mode == crate::boot::dhcp::DhcpMode::Proxy
+                    && d.uefi_chain == crate::boot::dhcp::UefiChain::Shim
+                {
+                    tracing::warn!("dhcp.uefi_chain = \"shim\" with proxyDHCP: Debian 12's signed GRUB asks for its configuration only the next-server of the site DHCP server's answer; set next-server (siaddr) to this server's address there, or UEFI PCs stop at a grub> prompt");
+                }
                 let sockets = crate::boot::dhcp::bind_all(&settings).map_err(|cause| {
                     let hint = match &cause {
                         crate::boot::dhcp::DhcpError::Bind { source, .. } => match source.kind() {
@@ -506,6 +511,8 @@ impl Server {
                 }
             });
         }
+        // TFTP answers the Secure Boot chain's names through the same routes
+        let tftp_http = app.clone();
         let (c, a, conns) = (cancel.clone(), app.clone(), connections.clone());
         let listener = self.http;
         set.spawn(async move {
@@ -524,6 +531,7 @@ impl Server {
             let settings = crate::boot::tftp::TftpSettings {
                 root: self.config.tftp.root.clone(),
                 max_transfers: self.config.tftp.max_transfers,
+                http: Some(tftp_http),
                 ..Default::default()
             };
             let c = cancel.clone();
@@ -707,17 +715,21 @@ async fn collect_store(data: PathBuf) {
 }
 
 /// The DHCP server's settings from the validated configuration.
-fn dhcp_settings(
-    d: &DhcpConfig,
-    server_ip: std::net::Ipv4Addr,
-    script_url: String,
-) -> DhcpSettings {
+///
+/// `base` is this node's URL as its clients reach it: iPXE gets `BASE/boot.ipxe`, and UEFI
+/// HTTP boot clients (unless configured) the chain's first binary under it.
+fn dhcp_settings(d: &DhcpConfig, server_ip: std::net::Ipv4Addr, base: &str) -> DhcpSettings {
+    let mut boot_files = d.boot_files.clone();
+    let http = crate::boot::dhcp::arch::EFI_X64_HTTP;
+    if boot_files.get(http).is_none() {
+        boot_files.set(http, Some(&format!("{base}{}", d.uefi_chain.http_path())));
+    }
     DhcpSettings {
         interface: d.interface.clone(),
         mode: d.mode,
         server_ip,
-        boot_files: d.boot_files.clone(),
-        ipxe_script_url: script_url,
+        boot_files,
+        ipxe_script_url: format!("{base}/boot.ipxe"),
         pool: d.pool.clone(),
     }
 }

@@ -29,6 +29,43 @@ pub enum HostCmd {
         #[arg(long, conflicts_with = "name")]
         clear: bool,
     },
+    /// Change a host's settings
+    Set {
+        mac: String,
+        /// How the host leaves a network boot for its disk on UEFI: chain (start the disk's
+        /// own loader), exit (hand back to the firmware), inherit (its groups', site's, else
+        /// the server's `[boot] uefi_local`)
+        #[arg(long, value_parser = UEFI_LOCAL)]
+        uefi_local: String,
+    },
+}
+
+/// The values of `--uefi-local`.
+pub const UEFI_LOCAL: [&str; 3] = ["chain", "exit", "inherit"];
+
+/// Sets how a host, group or site leaves for its disk on UEFI (`--uefi-local`).
+pub fn set_uefi_local(
+    c: &rusqlite::Connection,
+    of: hosts::UefiLocalOf,
+    key: &str,
+    value: &str,
+    out: &Output,
+) -> Result<()> {
+    let handoff = bootcast::boot::script::Handoff::parse(value);
+    if !hosts::set_uefi_local(c, of, key, handoff)? {
+        bail!(
+            "no {of:?} {key} is known",
+            of = format!("{of:?}").to_lowercase()
+        );
+    }
+    out.emit(
+        &serde_json::json!({ "of": format!("{of:?}").to_lowercase(), "name": key, "uefi_local": handoff.map(|h| h.as_str()) }),
+        || match handoff {
+            Some(h) => format!("{key}: leaves for its disk on UEFI with {}", h.as_str()),
+            None => format!("{key}: leaves for its disk on UEFI as it inherits"),
+        },
+    );
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,6 +80,13 @@ pub enum GroupCmd {
     Remove { name: String, macs: Vec<String> },
     /// Every group with its hosts
     List,
+    /// Change a group's settings
+    Set {
+        name: String,
+        /// How its hosts leave a network boot for their disk on UEFI: chain, exit, inherit
+        #[arg(long, value_parser = UEFI_LOCAL)]
+        uefi_local: String,
+    },
 }
 
 /// Opens (creating if needed) the database in `data`.
@@ -57,6 +101,16 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     let db = open_db(data)?;
     let mut c = db.lock();
     match cmd {
+        HostCmd::Set { mac, uefi_local } => {
+            let mac: Mac = mac.parse()?;
+            set_uefi_local(
+                &c,
+                hosts::UefiLocalOf::Host,
+                &mac.to_string(),
+                &uefi_local,
+                out,
+            )?;
+        }
         HostCmd::Name { mac, name, .. } => {
             let mac: Mac = mac.parse()?;
             let h = hosts::set_name(&mut c, mac, name.as_deref())?;
@@ -180,6 +234,9 @@ pub fn run_group(cmd: GroupCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     || format!("group {name} removed"),
                 ),
             }
+        }
+        GroupCmd::Set { name, uefi_local } => {
+            set_uefi_local(&c, hosts::UefiLocalOf::Group, &name, &uefi_local, out)?;
         }
         GroupCmd::List => {
             let list = groups::list(&c)?;

@@ -51,6 +51,10 @@ pub struct BootArgs {
     /// Address pool for full mode
     #[arg(long, value_name = "FIRST,LAST")]
     dhcp_range: Option<String>,
+    /// What UEFI x64 PXE clients boot: shim (the signed Secure Boot chain) or ipxe
+    /// [default: shim]
+    #[arg(long, value_name = "shim|ipxe")]
+    uefi_chain: Option<String>,
 }
 
 impl BootArgs {
@@ -76,6 +80,7 @@ impl BootArgs {
         set(&mut raw.dhcp.interface, &self.dhcp_interface);
         set(&mut raw.dhcp.mode, &self.dhcp_mode);
         set(&mut raw.dhcp.range, &self.dhcp_range);
+        set(&mut raw.dhcp.uefi_chain, &self.uefi_chain);
         if self.tftp_root.is_some() {
             raw.tftp.root.clone_from(&self.tftp_root);
         }

@@ -28,6 +28,10 @@ pub enum SiteCmd {
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// How the site's hosts leave a network boot for their disk on UEFI: chain (start the
+        /// disk's own loader), exit (hand back to the firmware), inherit (the server's)
+        #[arg(long, value_parser = super::host::UEFI_LOCAL)]
+        uefi_local: Option<String>,
     },
     /// Every site with its schedule and what its relay last reported
     List,
@@ -146,10 +150,23 @@ pub fn run(cmd: SiteCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 },
             );
         }
-        SiteCmd::Set { name, settings } => {
+        SiteCmd::Set {
+            name,
+            settings,
+            uefi_local,
+        } => {
             let Some(site) = sites::get(&c, &name)? else {
                 bail!("no site {name}; `bootcast site list` shows them");
             };
+            if let Some(v) = &uefi_local {
+                let of = bootcast::db::hosts::UefiLocalOf::Site;
+                bootcast::db::hosts::set_uefi_local(
+                    &c,
+                    of,
+                    &name,
+                    bootcast::boot::script::Handoff::parse(v),
+                )?;
+            }
             let s = settings.apply(SiteSettings {
                 subnets: site.subnets,
                 tz: site.tz,

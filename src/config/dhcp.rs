@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::boot::dhcp::{BootFiles, DhcpMode, PoolSettings};
+use crate::boot::dhcp::{BootFiles, DhcpMode, PoolSettings, UefiChain};
 
 use super::validate::parse_ipv4;
 use super::*;
@@ -16,6 +16,8 @@ pub struct DhcpConfig {
     /// Client architecture (option 93) -> boot file: the defaults with the configured
     /// entries over them.
     pub boot_files: BootFiles,
+    /// What UEFI x64 clients boot (the defaults of `boot_files`, and UEFI HTTP boot's URL).
+    pub uefi_chain: UefiChain,
 }
 
 impl RawConfig {
@@ -35,6 +37,7 @@ impl RawConfig {
                 ("dns", !d.dns.is_empty()),
                 ("lease_secs", d.lease_secs.is_some()),
                 ("boot_files", !d.boot_files.is_empty()),
+                ("uefi_chain", d.uefi_chain.is_some()),
             ]
             .iter()
             .filter(|(_, s)| *s)
@@ -72,7 +75,25 @@ impl RawConfig {
                 DhcpMode::Proxy
             }
         };
-        let mut boot_files = BootFiles::default();
+        // Under proxyDHCP, Debian 12's signed GRUB reads its configuration only from the
+        // next-server of the site DHCP server's answer, not from bootcast's: the signed chain
+        // is the default only where bootcast hands out the addresses
+        let uefi_chain = match d.uefi_chain.as_deref() {
+            None if mode == DhcpMode::Proxy => UefiChain::Ipxe,
+            None => UefiChain::Shim,
+            Some(s) => UefiChain::parse(s).unwrap_or_else(|| {
+                p(format!("dhcp.uefi_chain = {s:?}: use \"shim\" (the Secure Boot chain, signed: shim, GRUB, the kernel) or \"ipxe\" (the unsigned iPXE; machines with Secure Boot on refuse it)"));
+                UefiChain::default()
+            }),
+        };
+        if uefi_chain == UefiChain::Shim {
+            let chain =
+                crate::boot::signed::SignedChain::locate(self.boot.uefi_binaries.as_deref());
+            if let Err(missing) = chain.check() {
+                p(format!("dhcp.uefi_chain = \"shim\": {missing}"));
+            }
+        }
+        let mut boot_files = BootFiles::for_chain(uefi_chain);
         for (arch, file) in &d.boot_files {
             match arch.parse::<u16>() {
                 Ok(a) if !file.is_empty() => {
@@ -112,6 +133,7 @@ impl RawConfig {
             mode,
             pool,
             boot_files,
+            uefi_chain,
         })
     }
 

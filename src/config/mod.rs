@@ -35,6 +35,7 @@
 //! dns = ["10.99.0.1"]            # full mode, optional
 //! lease_secs = 43200
 //!
+//! uefi_chain = "shim"            # UEFI x64: the signed chain (default with mode "full"), or "ipxe" (default with "proxy")
 //! [dhcp.boot_files]              # client architecture (option 93) -> TFTP file or URL
 //! "11" = "arm64/snponly.efi"
 //! "16" = "http://10.99.0.1:8080/ipxe/ipxe.efi"
@@ -56,6 +57,8 @@
 //! [boot]
 //! credential_minutes = 10        # a boot script's credential is valid this long for the hello
 //! trust_without_dhcp = []        # subnets whose PCs get one without a DHCP exchange bootcast saw
+//! uefi_local = "chain"           # or "exit": how UEFI PCs leave for their disk (hosts, groups, sites override)
+//! uefi_binaries = "/srv/signed"  # signed shimx64.efi + grubx64.efi (default: Debian's shim-signed, grub-efi-amd64-signed)
 //!
 //! [capture]
 //! max_bytes = "1T"               # new chunk bytes one capture task may store
@@ -146,6 +149,11 @@ pub struct BootConfig {
     pub credential_secs: i64,
     /// CIDRs whose machines get a credential without a DHCP exchange seen by bootcast.
     pub trust_without_dhcp: Vec<String>,
+    /// How a UEFI machine with nothing to do leaves for its disk, unless its host, a group
+    /// of it or its site says otherwise.
+    pub uefi_local: crate::boot::script::Handoff,
+    /// The signed binaries of the Secure Boot chain.
+    pub uefi: crate::boot::signed::SignedChain,
 }
 
 /// `[boot] credential_minutes` when the file does not say: enough for slow firmware.
@@ -156,6 +164,8 @@ impl Default for BootConfig {
         BootConfig {
             credential_secs: i64::from(DEFAULT_CREDENTIAL_MINUTES) * 60,
             trust_without_dhcp: Vec::new(),
+            uefi_local: Default::default(),
+            uefi: crate::boot::signed::SignedChain::locate(None),
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct RawBoot {
     /// address bootcast's (or a site relay's) DHCP service saw the machine at.
     #[serde(default)]
     pub trust_without_dhcp: Vec<String>,
+    /// How a UEFI machine with nothing to do leaves for its disk: "chain" (default) or "exit".
+    pub uefi_local: Option<String>,
+    /// A directory holding the signed `shimx64.efi` and `grubx64.efi` to serve instead of
+    /// Debian's packages'.
+    pub uefi_binaries: Option<PathBuf>,
 }
 
 /// `[retention]`: how long history is kept, and how often the store is collected.
@@ -132,6 +137,8 @@ pub struct RawDhcp {
     pub lease_secs: Option<u32>,
     #[serde(default)]
     pub boot_files: BTreeMap<String, String>,
+    /// What UEFI x64 PXE clients are given: "shim" (default, the Secure Boot chain) or "ipxe".
+    pub uefi_chain: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

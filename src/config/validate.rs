@@ -219,9 +219,18 @@ impl RawConfig {
                 ));
             }
         }
+        let uefi_local = match self.boot.uefi_local.as_deref() {
+            None => Default::default(),
+            Some(s) => crate::boot::script::Handoff::parse(s).unwrap_or_else(|| {
+                p(format!("boot.uefi_local = {s:?}: use \"chain\" (start the disk's own loader) or \"exit\" (hand back to the firmware)"));
+                Default::default()
+            }),
+        };
         BootConfig {
             credential_secs: i64::from(minutes) * 60,
             trust_without_dhcp: self.boot.trust_without_dhcp.clone(),
+            uefi_local,
+            uefi: crate::boot::signed::SignedChain::locate(self.boot.uefi_binaries.as_deref()),
         }
     }
 }

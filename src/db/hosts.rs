@@ -4,6 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{DbError, QueryContext};
+use crate::boot::script::Handoff;
 use crate::mac::Mac;
 use crate::proto::agent::Firmware;
 
@@ -171,6 +172,54 @@ pub fn get(conn: &Connection, mac: Mac) -> Result<Option<Host>, DbError> {
     )
     .optional()
     .what("get host")
+}
+
+/// How `mac` leaves for its disk on UEFI, if set: on the host, else on a group holding it
+/// (`exit` if any of its groups says so: it is set for firmware that needs it), else on its
+/// site. `None`: the server's `[boot] uefi_local`.
+pub fn uefi_local(conn: &Connection, mac: Mac) -> Result<Option<Handoff>, DbError> {
+    let m = mac.to_string();
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT COALESCE(h.uefi_local,
+                (SELECT MAX(g.uefi_local) FROM group_members gm JOIN groups g ON g.name = gm.grp
+                 WHERE gm.mac = h.mac AND g.uefi_local IS NOT NULL),
+                (SELECT s.uefi_local FROM sites s WHERE s.name = h.site))
+             FROM hosts h WHERE h.mac = ?1",
+            [&m],
+            |r| r.get(0),
+        )
+        .optional()
+        .what("read uefi_local")?
+        .flatten();
+    Ok(found.as_deref().and_then(Handoff::parse))
+}
+
+/// Sets (`None`: clears, to inherit) how a host, group or site (`table`) leaves for its disk
+/// on UEFI. False: no such row.
+pub fn set_uefi_local(
+    conn: &Connection,
+    table: UefiLocalOf,
+    key: &str,
+    handoff: Option<Handoff>,
+) -> Result<bool, DbError> {
+    let (sql, what) = match table {
+        UefiLocalOf::Host => ("UPDATE hosts SET uefi_local = ?2 WHERE mac = ?1", "host"),
+        UefiLocalOf::Group => ("UPDATE groups SET uefi_local = ?2 WHERE name = ?1", "group"),
+        UefiLocalOf::Site => ("UPDATE sites SET uefi_local = ?2 WHERE name = ?1", "site"),
+    };
+    let n = conn
+        .execute(sql, rusqlite::params![key, handoff.map(Handoff::as_str)])
+        .what(what)?;
+    Ok(n > 0)
+}
+
+/// What [`set_uefi_local`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UefiLocalOf {
+    Host,
+    Group,
+    Site,
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<Host>, DbError> {

@@ -316,6 +316,11 @@ pub const MIGRATIONS: &[&str] = &[
         UPDATE sites SET book_rev = book_rev + 1
             WHERE name = (SELECT site FROM hosts WHERE mac = old.mac);
     END;",
+    // 13: how a UEFI machine with nothing to do leaves for its disk ("chain" or "exit"), set
+    // on a host, a group or a site (NULL: inherit; `hosts::uefi_local`)
+    "ALTER TABLE hosts ADD COLUMN uefi_local TEXT;
+    ALTER TABLE groups ADD COLUMN uefi_local TEXT;
+    ALTER TABLE sites ADD COLUMN uefi_local TEXT;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -1,5 +1,6 @@
-//! What iPXE fetches: the chain script, each host's boot script, the boot environment files
-//! and (for UEFI HTTP boot) the iPXE binaries.
+//! What boot loaders fetch: iPXE's chain script, each host's boot script (for iPXE or the
+//! Secure Boot chain's GRUB), the boot environment files, and (for UEFI HTTP boot, and TFTP
+//! through [`crate::boot::tftp`]) the iPXE binaries and the signed shim and GRUB.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,8 @@ use tower_http::services::ServeFile;
 use super::error::{ApiError, ApiResult};
 use super::relay::{Origin, Relayed};
 use super::AppState;
-use crate::boot::ipxe::{self, BootScript, Secret};
+use crate::boot::ipxe;
+use crate::boot::script::{self, BootScript, Loader, Secret};
 use crate::db::{bootcred, hosts, tasks, TaskState};
 use crate::proto::agent::Firmware;
 
@@ -52,7 +54,9 @@ pub async fn chain(State(st): State<AppState>, headers: HeaderMap) -> Response {
     script(ipxe::chain_script(&client_base(&st, &headers).await))
 }
 
-/// `GET /boot/{mac}.ipxe?platform=pcbios|efi&buildarch=...`: this host's script.
+/// `GET /boot/{mac}.ipxe?platform=pcbios|efi&buildarch=...`: this host's iPXE script;
+/// `GET /boot/{mac}.grub`: the same decision as the GRUB configuration of the Secure Boot chain
+/// (which asks for it over TFTP as `grub/grub.cfg-MAC`).
 ///
 /// Unknown (or not yet registered) host → boot environment to register; an open task →
 /// boot environment with the task id; otherwise → the local disk.
@@ -63,21 +67,24 @@ pub async fn host_script(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let Some(mac) = ipxe::script_mac(&file) else {
+    let Some((mac, loader)) = script::script_target(&file) else {
         return Err(ApiError::not_found(format!(
-            "{file:?}: expected /boot/MAC.ipxe, e.g. /boot/52:54:00:12:34:56.ipxe"
+            "{file:?}: expected /boot/MAC.ipxe or /boot/MAC.grub, e.g. /boot/52:54:00:12:34:56.ipxe"
         )));
     };
-    let firmware = match q.get("platform").map(String::as_str) {
-        Some("efi") => Some(Firmware::Uefi),
-        Some("pcbios") => Some(Firmware::Bios),
+    let firmware = match (loader, q.get("platform").map(String::as_str)) {
+        (Loader::Grub, _) | (_, Some("efi")) => Some(Firmware::Uefi),
+        (_, Some("pcbios")) => Some(Firmware::Bios),
         _ => None,
     };
     // iPXE's buildarch (i386, x86_64, arm64): kept with the boot record only
-    let arch = q
-        .get("buildarch")
-        .filter(|a| crate::proto::agent::valid_arch(a))
-        .cloned();
+    let arch = match loader {
+        Loader::Grub => Some("x86_64".to_string()),
+        Loader::Ipxe => q
+            .get("buildarch")
+            .filter(|a| crate::proto::agent::valid_arch(a))
+            .cloned(),
+    };
     let base = client_base(&st, &headers).await;
     let bootenv = crate::bootenv::load(&st.data);
     // only a boot environment whose agent speaks this server's agent protocol is handed out
@@ -85,6 +92,7 @@ pub async fn host_script(
     let random = super::auth::random_hex_for_request;
     let (credential, salt) = (random(16)?, random(16)?);
     let boot = st.boot.clone();
+    let default_handoff = st.boot.uefi_local;
     let now = crate::time::now_unix();
     let decided = st
         .db
@@ -161,7 +169,10 @@ pub async fn host_script(
                     task: None,
                     credential,
                 },
-                (None, true) => BootScript::LocalDisk { uefi },
+                (None, true) => BootScript::LocalDisk {
+                    uefi,
+                    handoff: hosts::uefi_local(c, mac)?.unwrap_or(default_handoff),
+                },
             };
             if let BootScript::BootEnv { task, credential: Some(Secret(cred)), .. } = &plan {
                 if bootenv_ready {
@@ -198,10 +209,10 @@ pub async fn host_script(
         }
         p => p,
     };
-    tracing::info!(%mac, firmware = ?firmware, peer = %peer.ip(), "boot script: {plan:?}");
-    let text = plan.render(&base);
+    tracing::info!(%mac, firmware = ?firmware, ?loader, peer = %peer.ip(), "boot script: {plan:?}");
+    let text = plan.render(loader, &base);
     Ok(script(match &st.signer {
-        Some(k) => ipxe::set_key(&text, &crate::sign::Keys::new(vec![k.public()])),
+        Some(k) => script::set_key(&text, &crate::sign::Keys::new(vec![k.public()])),
         None => text,
     }))
 }
@@ -231,6 +242,49 @@ pub async fn bootenv_file(
         }
     }
     let path = st.data.join("bootenv").join(&file);
+    match ServeFile::new(path).oneshot(req).await {
+        Ok(r) => Ok(r.map(Body::new)),
+        Err(e) => match e {},
+    }
+}
+
+/// `GET /grub/grub.cfg`: the first file the Secure Boot chain's GRUB reads (over TFTP).
+pub async fn grub_file(Path(file): Path<String>) -> ApiResult {
+    match file.as_str() {
+        "grub.cfg" => Ok(script(crate::boot::grub::BOOTSTRAP.to_string())),
+        _ => Err(ApiError::not_found(format!(
+            "no GRUB file {file:?}: GRUB reads grub.cfg, then its machine's /boot/MAC.grub"
+        ))),
+    }
+}
+
+/// The route of [`signed_binary`], for the central server's and a relay's routers.
+pub fn signed_routes<S>(chain: &crate::boot::signed::SignedChain) -> axum::Router<S> {
+    axum::Router::new()
+        .route("/uefi/{file}", axum::routing::get(signed_binary))
+        .with_state(chain.clone())
+}
+
+/// `GET /uefi/shimx64.efi`, `GET /uefi/grubx64.efi`: the signed binaries of the Secure Boot
+/// chain (UEFI HTTP boot, and TFTP). Missing: 404 naming the package to install.
+pub async fn signed_binary(
+    State(chain): State<crate::boot::signed::SignedChain>,
+    Path(file): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let Some(path) = chain.file(&file) else {
+        return Err(ApiError::not_found(format!(
+            "no UEFI binary {file:?}: the Secure Boot chain is shimx64.efi and grubx64.efi"
+        )));
+    };
+    if !path.is_file() {
+        let fix = crate::boot::signed::fix_for(&file, path);
+        tracing::warn!(file, path = %path.display(), "a UEFI client asked for a signed binary that is missing: {fix}");
+        return Err(ApiError::not_found(format!(
+            "{file}: {} is missing; {fix}",
+            path.display()
+        )));
+    }
     match ServeFile::new(path).oneshot(req).await {
         Ok(r) => Ok(r.map(Body::new)),
         Err(e) => match e {},

@@ -132,7 +132,7 @@ pub async fn forward(
             );
         }
         let script = parts.uri.path().strip_prefix("/boot/");
-        if let Some(mac) = script.and_then(crate::boot::ipxe::script_mac) {
+        if let Some((mac, _)) = script.and_then(crate::boot::script::script_target) {
             let since = crate::time::now_unix() - app.boot.credential_secs;
             if let Some(ip) = app.db.read(move |c| bootcred::seen(c, mac, since)).await? {
                 headers.insert(
@@ -174,7 +174,7 @@ pub async fn forward(
     let host_script = (!from_relay && parts.method == axum::http::Method::GET)
         .then(|| parts.uri.path().strip_prefix("/boot/"))
         .flatten()
-        .and_then(crate::boot::ipxe::script_mac);
+        .and_then(crate::boot::script::script_target);
     let known_down = relay
         .upstream_down
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -218,8 +218,8 @@ pub async fn forward(
             )
             .await;
         }
-        if let Some(mac) = host_script {
-            return offline_script(&app, &relay, mac, parts.uri.query(), peer.ip(), &why).await;
+        if let Some(target) = host_script {
+            return offline_script(&app, &relay, target, parts.uri.query(), peer.ip(), &why).await;
         }
         if !from_relay && parts.uri.path() == "/boot.ipxe" {
             return Ok(crate::http::boot::script(crate::boot::ipxe::chain_script(
@@ -257,7 +257,7 @@ pub async fn forward(
         // the agent verifies with the keys this relay pinned, whatever upstream wrote
         _ if script => match (relay.keys(), std::str::from_utf8(&b)) {
             (Some(keys), Ok(text)) => {
-                (status, out, crate::boot::ipxe::set_key(text, &keys)).into_response()
+                (status, out, crate::boot::script::set_key(text, &keys)).into_response()
             }
             _ => (status, out, b).into_response(),
         },
@@ -281,14 +281,15 @@ const SCRIPT_TIMEOUT_DOWN: Duration = Duration::from_secs(2);
 async fn offline_script(
     app: &AppState,
     relay: &Arc<Relay>,
-    mac: crate::mac::Mac,
+    (mac, loader): (crate::mac::Mac, crate::boot::script::Loader),
     query: Option<&str>,
     peer: std::net::IpAddr,
     why: &str,
 ) -> ApiResult {
     use super::alone::Plan;
-    use crate::boot::ipxe::{BootScript, Secret};
-    let uefi = query.is_some_and(|q| q.split('&').any(|kv| kv == "platform=efi"));
+    use crate::boot::script::{BootScript, Loader, Secret};
+    let uefi = loader == Loader::Grub
+        || query.is_some_and(|q| q.split('&').any(|kv| kv == "platform=efi"));
     relay.metrics.offline_scripts.inc();
     let now = crate::time::now_unix();
     let plan = {
@@ -328,7 +329,11 @@ async fn offline_script(
             tracing::warn!(%mac, from = %peer, bootenv, owner, "upstream unreachable: {reason} cannot start (no boot environment kept here, or not the machine's own address): local disk");
         }
         tracing::warn!(%mac, uefi, "upstream unreachable ({why}): the machine boots its local disk");
-        BootScript::LocalDisk { uefi }.render(&relay.url)
+        BootScript::LocalDisk {
+            uefi,
+            handoff: app.boot.uefi_local,
+        }
+        .render(loader, &relay.url)
     } else {
         let random = crate::http::auth::random_hex_for_request;
         let (credential, salt) = (random(16)?, random(16)?);
@@ -355,9 +360,9 @@ async fn offline_script(
             task,
             credential: Some(Secret(credential)),
         }
-        .render(&relay.url);
+        .render(loader, &relay.url);
         match relay.keys() {
-            Some(keys) => crate::boot::ipxe::set_key(&text, &keys),
+            Some(keys) => crate::boot::script::set_key(&text, &keys),
             None => text,
         }
     };

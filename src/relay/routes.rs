@@ -40,6 +40,7 @@ use crate::store::Manifest;
 
 /// The relay's routes: the chunk service's handlers on `app`, the rest on `relay`.
 pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
+    let app_uefi = app.boot.uefi.clone();
     let reader = axum::middleware::from_fn_with_state((app.clone(), relay.clone()), require_reader);
     let chunk_routes = Router::new()
         .route("/chunks/batch", post(chunks::batch))
@@ -64,7 +65,9 @@ pub fn router(app: AppState, relay: Arc<Relay>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/bootenv/{file}", get(proxy::cached_file))
         .route("/ipxe/{file}", get(proxy::cached_file))
+        .route("/grub/{file}", get(crate::http::boot::grub_file))
         .with_state(relay)
+        .merge(crate::http::boot::signed_routes(&app_uefi))
         .merge(chunk_routes)
         .merge(both)
         .merge(metrics_route)

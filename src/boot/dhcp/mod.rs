@@ -110,22 +110,64 @@ pub mod arch {
     pub const EFI_X64_HTTP: u16 = 16;
 }
 
+/// What UEFI x64 PXE clients are given (`[dhcp] uefi_chain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UefiChain {
+    /// The Secure Boot chain: shim → GRUB → kernel, all signed ([`crate::boot::signed`]).
+    #[default]
+    Shim,
+    /// The unsigned iPXE (`snponly.efi`): machines with Secure Boot on refuse it.
+    Ipxe,
+}
+
+impl UefiChain {
+    pub fn parse(s: &str) -> Option<UefiChain> {
+        match s {
+            "shim" => Some(UefiChain::Shim),
+            "ipxe" => Some(UefiChain::Ipxe),
+            _ => None,
+        }
+    }
+
+    /// The HTTP path (under the server's base URL) of the chain's first binary, for UEFI
+    /// HTTP boot clients.
+    pub fn http_path(self) -> String {
+        match self {
+            UefiChain::Shim => format!("/uefi/{}", crate::boot::signed::SHIM),
+            UefiChain::Ipxe => format!("/ipxe/{}", crate::boot::ipxe::SNPONLY_EFI.name),
+        }
+    }
+}
+
 impl Default for BootFiles {
-    /// 0 → `undionly.kpxe`; 6, 7, 9 → `snponly.efi`; 11 and 16 unset (configure them).
+    /// [`BootFiles::for_chain`] of the default chain (shim).
     fn default() -> Self {
+        BootFiles::for_chain(UefiChain::default())
+    }
+}
+
+impl BootFiles {
+    /// 0 → `undionly.kpxe`; 7, 9 (UEFI x64) → `shimx64.efi` (or `snponly.efi` for the `ipxe`
+    /// chain); 6 (UEFI IA32) → `snponly.efi`; 11 unset (configure it). 16 (UEFI HTTP boot)
+    /// wants a URL: the server sets it to its own ([`UefiChain::http_path`]) unless configured.
+    pub fn for_chain(chain: UefiChain) -> Self {
         let mut by_arch = BTreeMap::new();
         by_arch.insert(
             arch::BIOS,
             crate::boot::ipxe::UNDIONLY_KPXE.name.to_string(),
         );
-        for a in [arch::EFI_IA32, arch::EFI_X64, arch::EFI_BC] {
-            by_arch.insert(a, crate::boot::ipxe::SNPONLY_EFI.name.to_string());
+        let snp = crate::boot::ipxe::SNPONLY_EFI.name.to_string();
+        by_arch.insert(arch::EFI_IA32, snp.clone());
+        let x64 = match chain {
+            UefiChain::Shim => crate::boot::signed::SHIM.to_string(),
+            UefiChain::Ipxe => snp,
+        };
+        for a in [arch::EFI_X64, arch::EFI_BC] {
+            by_arch.insert(a, x64.clone());
         }
         BootFiles { by_arch }
     }
-}
 
-impl BootFiles {
     /// The configured file or URL for `arch`.
     pub fn get(&self, arch: u16) -> Option<&str> {
         self.by_arch.get(&arch).map(String::as_str)
@@ -353,11 +395,17 @@ mod tests {
     fn default_boot_files() {
         let b = BootFiles::default();
         assert_eq!(b.get(0), Some("undionly.kpxe"));
-        for a in [6, 7, 9] {
-            assert_eq!(b.get(a), Some("snponly.efi"));
+        assert_eq!(b.get(6), Some("snponly.efi"));
+        for a in [7, 9] {
+            assert_eq!(b.get(a), Some("shimx64.efi"));
         }
         assert_eq!(b.get(11), None);
         assert_eq!(b.get(16), None);
+        let ipxe = BootFiles::for_chain(super::UefiChain::Ipxe);
+        for a in [6, 7, 9] {
+            assert_eq!(ipxe.get(a), Some("snponly.efi"));
+        }
+        assert_eq!(super::UefiChain::Shim.http_path(), "/uefi/shimx64.efi");
     }
 
     #[test]

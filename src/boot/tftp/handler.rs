@@ -34,6 +34,9 @@ use crate::boot::ipxe;
 const READ_CHUNK: usize = 128 * 1024;
 /// How long an open (resolve, open, fstat) of a root file may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the node's HTTP service may take to answer a name it serves (a relay waits up to
+/// 8 s for upstream before it answers a boot script alone).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// The TFTP root: its canonical path, and a descriptor that `openat2` resolves beneath.
 #[derive(Debug)]
@@ -151,6 +154,8 @@ pub(crate) struct BootHandler {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) max_transfers: usize,
     pub(crate) rt: Handle,
+    /// The node's own HTTP service, for the names [`super::name::http_path`] maps.
+    pub(crate) http: Option<axum::Router>,
 }
 
 impl BootHandler {
@@ -176,6 +181,16 @@ impl BootHandler {
                 Source::Memory(bin.bytes),
                 permit,
             ));
+        }
+        if let (Some(router), Some(path)) = (&self.http, super::name::http_path(&name)) {
+            let fetch = http_get(router.clone(), *client, &path);
+            let (body, size) = match tokio::time::timeout(HTTP_TIMEOUT, fetch).await {
+                Err(_) => return Err(Refusal::OpenTimeout),
+                Ok(r) => r?,
+            };
+            let mut t = Transfer::new(*client, name, Source::Stream(body), permit);
+            t.size = size;
+            return Ok(t);
         }
         let Some(root) = self.root.clone() else {
             return Err(Refusal::NotFound);
@@ -250,6 +265,55 @@ impl futures_io::AsyncWrite for NoWriter {
 enum Source {
     Memory(&'static [u8]),
     File(FileReader),
+    /// An answer of the node's HTTP service, read as it comes.
+    Stream(Box<dyn futures_io::AsyncRead + Send + Unpin>),
+}
+
+/// `GET path` through the node's own HTTP service, as if `client` asked it: the body as a
+/// reader and its length (0 if not given).
+async fn http_get(
+    router: axum::Router,
+    client: SocketAddr,
+    path: &str,
+) -> Result<(Box<dyn futures_io::AsyncRead + Send + Unpin>, u64), Refusal> {
+    use futures_util::TryStreamExt;
+    use http_body_util::BodyExt;
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(path)
+        .header("x-bootcast-via", "tftp")
+        .body(axum::body::Body::empty())
+        .map_err(|e| Refusal::Io(io::Error::other(e)))?;
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(client));
+    let res = match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    };
+    let status = res.status();
+    if status == axum::http::StatusCode::NOT_FOUND {
+        return Err(Refusal::NotFound);
+    }
+    if !status.is_success() {
+        let body = res.into_body().collect().await.map(|b| b.to_bytes());
+        let text = body
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        return Err(Refusal::Io(io::Error::other(format!(
+            "HTTP {status} for {path}: {}",
+            text.trim()
+        ))));
+    }
+    let size = res
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stream = TryStreamExt::map_err(res.into_body().into_data_stream(), io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream).compat();
+    Ok((Box::new(reader), size))
 }
 
 /// One transfer as async-tftp reads it. Holds a transfer slot until async-tftp drops it (the
@@ -273,7 +337,7 @@ impl Transfer {
     fn new(client: SocketAddr, name: String, source: Source, slot: OwnedSemaphorePermit) -> Self {
         let size = match &source {
             Source::Memory(b) => b.len() as u64,
-            Source::File(_) => 0,
+            Source::File(_) | Source::Stream(_) => 0,
         };
         Transfer {
             client,
@@ -305,6 +369,7 @@ impl futures_io::AsyncRead for Transfer {
                 Ok(n)
             }
             Source::File(f) => ready!(f.poll_read(cx, buf)),
+            Source::Stream(r) => ready!(Pin::new(r).poll_read(cx, buf)),
         };
         match &res {
             Ok(0) if !buf.is_empty() => this.eof = true,

@@ -3,7 +3,14 @@
 //! # What is served
 //! 1. The embedded iPXE binaries ([`crate::boot::ipxe`]) by their names (`undionly.kpxe`,
 //!    `snponly.efi`, `ipxe.efi`), from memory, whatever the root holds.
-//! 2. Regular files under [`TftpSettings::root`], if set.
+//! 2. The Secure Boot chain ([`name::http_path`]): `shimx64.efi`, `grubx64.efi`,
+//!    `grub/grub.cfg`, each machine's `grub/grub.cfg-MAC` and `bootenv/*`, answered by the
+//!    node's own HTTP service ([`TftpSettings::http`]) as if the TFTP client had asked it: a
+//!    machine's configuration is its boot script, decided as for iPXE, and its credential is
+//!    bound to the address the request came from. The answer streams as it is read.
+//!    async-tftp opens one request at a time, so a slow answer (a relay waiting for upstream,
+//!    at most 8 s) holds the next opens back; one taking over 12 s is refused.
+//! 3. Regular files under [`TftpSettings::root`], if set.
 //!
 //! # Names
 //! Firmware and iPXE ask for relative names (`undionly.kpxe`). One leading `/` is dropped, so
@@ -65,6 +72,9 @@ pub struct TftpSettings {
     pub max_retries: u32,
     /// Largest blksize granted (a client asking more gets this). 1468 fills a 1500-byte MTU.
     pub max_block_size: u16,
+    /// The node's own HTTP service: it answers the names of the Secure Boot chain
+    /// ([`name::http_path`]) as `GET`s from the TFTP client's address. `None`: not served.
+    pub http: Option<axum::Router>,
 }
 
 impl Default for TftpSettings {
@@ -75,6 +85,7 @@ impl Default for TftpSettings {
             timeout: Duration::from_secs(1),
             max_retries: 5,
             max_block_size: 1468,
+            http: None,
         }
     }
 }
@@ -138,6 +149,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(settings.max_transfers)),
         max_transfers: settings.max_transfers,
         rt,
+        http: settings.http.clone(),
     };
     let server = TftpServerBuilder::with_handler(handler)
         .std_socket(socket)

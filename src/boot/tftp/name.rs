@@ -51,9 +51,54 @@ pub fn normalize(name: &str) -> Result<String, NameRefused> {
     Ok(parts.join("/"))
 }
 
+/// The path of the node's own HTTP service that answers a (normalised) TFTP name, for the
+/// names of the Secure Boot chain: its signed binaries, GRUB's configuration (the first file,
+/// then each machine's, `grub/grub.cfg-MAC`, which is that machine's boot script rendered for
+/// GRUB) and the boot environment, which the signed GRUB can only fetch over TFTP.
+pub fn http_path(name: &str) -> Option<String> {
+    match name {
+        "shimx64.efi" | "grubx64.efi" => Some(format!("/uefi/{name}")),
+        "grub/grub.cfg" | "bootenv/vmlinuz" | "bootenv/initrd.img" => Some(format!("/{name}")),
+        _ => {
+            let mac = name.strip_prefix("grub/grub.cfg-")?;
+            let plain = !mac.is_empty()
+                && mac.len() <= 32
+                && mac
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'-');
+            plain.then(|| format!("/boot/{mac}.grub"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{normalize, NameRefused::*};
+
+    #[test]
+    fn names_of_the_secure_boot_chain_map_to_the_http_service() {
+        use super::http_path;
+        assert_eq!(http_path("shimx64.efi").unwrap(), "/uefi/shimx64.efi");
+        assert_eq!(http_path("grub/grub.cfg").unwrap(), "/grub/grub.cfg");
+        assert_eq!(
+            http_path("grub/grub.cfg-52:54:00:ab:cd:ef").unwrap(),
+            "/boot/52:54:00:ab:cd:ef.grub"
+        );
+        assert_eq!(
+            http_path("bootenv/initrd.img").unwrap(),
+            "/bootenv/initrd.img"
+        );
+        for other in [
+            "grub/grub.cfg-",
+            "grub/grub.cfg-52:54?x=1",
+            "grub/grub.cfg-a/b",
+            "grub/x86_64-efi/command.lst",
+            "bootenv/bootenv.json",
+            "undionly.kpxe",
+        ] {
+            assert_eq!(http_path(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn accepted_names() {
