@@ -15,6 +15,31 @@ pub fn reread_partitions(disk: &impl AsRawFd) -> nix::Result<()> {
     unsafe { blkrrpart(disk.as_raw_fd()) }.map(drop)
 }
 
+// FS_IOC_GETFLAGS / FS_IOC_SETFLAGS = _IOR/_IOW('f', 1/2, long): a file's attribute flags.
+nix::ioctl_read!(fs_ioc_getflags, b'f', 1, nix::libc::c_long);
+nix::ioctl_write_ptr!(fs_ioc_setflags, b'f', 2, nix::libc::c_long);
+/// FS_IMMUTABLE_FL (`chattr +i`).
+const FS_IMMUTABLE_FL: nix::libc::c_long = 0x10;
+
+/// Sets or clears the immutable attribute of `file` (efivarfs sets it on the firmware's own
+/// variables, so that a stray write cannot brick a machine); returns whether it was set before.
+pub fn set_immutable(file: &impl AsRawFd, on: bool) -> nix::Result<bool> {
+    let mut flags: nix::libc::c_long = 0;
+    // SAFETY: the kernel writes at most a long into `flags`, which lives through the call.
+    unsafe { fs_ioc_getflags(file.as_raw_fd(), &mut flags) }?;
+    let was = flags & FS_IMMUTABLE_FL != 0;
+    if was != on {
+        let new = if on {
+            flags | FS_IMMUTABLE_FL
+        } else {
+            flags & !FS_IMMUTABLE_FL
+        };
+        // SAFETY: the kernel reads the flags from `new`, which lives through the call.
+        unsafe { fs_ioc_setflags(file.as_raw_fd(), &new) }?;
+    }
+    Ok(was)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -22,5 +47,18 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let e = super::reread_partitions(&f).unwrap_err();
         assert!(matches!(e, nix::Error::ENOTTY | nix::Error::EINVAL), "{e}");
+    }
+
+    #[test]
+    fn immutable_flags_read_or_say_why_not() {
+        let f = tempfile::tempfile().unwrap();
+        // a file system without attribute flags says so; one with them has none set here
+        match super::set_immutable(&f, false) {
+            Ok(was) => assert!(!was),
+            Err(e) => assert!(
+                matches!(e, nix::Error::ENOTTY | nix::Error::EOPNOTSUPP),
+                "{e}"
+            ),
+        }
     }
 }

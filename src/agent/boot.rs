@@ -424,6 +424,23 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             }
         };
     console.line(&format!("BOOTCAST-AGENT-HELLO-OK {}", hello.mac));
+    if hello.firmware == Firmware::Uefi {
+        let ids = |l: &[u16]| {
+            l.iter()
+                .map(|n| format!("{n:04X}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match network_first(&cfg.sys) {
+            Ok(Some((before, after))) => console.line(&format!(
+                "BOOTCAST-AGENT-BOOTORDER network entry first: {} (was {})",
+                ids(&after),
+                ids(&before)
+            )),
+            Ok(None) => console.line("bootcast-agent: BootOrder: the network entry is first"),
+            Err(e) => console.line(&format!("bootcast-agent: BootOrder not changed: {e}")),
+        }
+    }
     // the hardware inventory, on every boot; it never holds the boot up
     rt.block_on(send_inventory(
         cfg,
@@ -553,6 +570,64 @@ pub fn perform(reply: &HelloReply) -> Result<()> {
     }
 }
 
+/// At every network boot on UEFI: puts the entry this boot came from (`BootCurrent`, when it
+/// is a network entry) first in `BootOrder`, so the machine asks bootcast again at its next
+/// boot even after Windows (setup, updates) put its own boot manager first. Returns the order
+/// before and after when it changed it; `None` when the network entry was first already.
+pub fn network_first(sys: &Path) -> std::result::Result<Option<(Vec<u16>, Vec<u16>)>, String> {
+    use crate::inventory::efivars;
+    let (_, current) =
+        efivars::read(sys, "BootCurrent").map_err(|e| format!("BootCurrent: {e}"))?;
+    let Some(&current) = efivars::u16s(&current).first() else {
+        return Err("BootCurrent is empty".into());
+    };
+    let entry = efivars::boot_name(current);
+    let (_, option) = efivars::read(sys, &entry).map_err(|e| format!("{entry}: {e}"))?;
+    match efivars::load_option(&option) {
+        Some(o) if o.network => {}
+        Some(o) => {
+            return Err(format!(
+                "this boot came from {entry} ({:?}), which is not a network entry: BootOrder left alone",
+                o.description
+            ))
+        }
+        None => return Err(format!("{entry} is not a valid load option")),
+    }
+    let (attrs, order) = efivars::read(sys, "BootOrder").map_err(|e| format!("BootOrder: {e}"))?;
+    let before = efivars::u16s(&order);
+    let Some(after) = efivars::moved_first(&before, current) else {
+        return Ok(None);
+    };
+    let path = efivars::path(sys, "BootOrder");
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+    // efivarfs keeps the firmware's variables immutable: cleared for this one write, then set
+    let ro = File::open(&path).map_err(|e| fail("opening", &e))?;
+    let was = match crate::sys::set_immutable(&ro, false) {
+        Ok(was) => was,
+        Err(nix::Error::ENOTTY | nix::Error::EOPNOTSUPP) => false,
+        Err(e) => return Err(fail("clearing the immutable flag of", &e)),
+    };
+    let mut value = attrs.to_le_bytes().to_vec();
+    value.extend(efivars::u16_bytes(&after));
+    // one write(2): efivarfs sets the variable from exactly what one write gives it
+    let written = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write(&value));
+    if was {
+        let _ = crate::sys::set_immutable(&ro, true);
+    }
+    match written {
+        Ok(n) if n == value.len() => Ok(Some((before, after))),
+        Ok(n) => Err(format!(
+            "{}: {n} of {} bytes written",
+            path.display(),
+            value.len()
+        )),
+        Err(e) => Err(fail("writing", &e)),
+    }
+}
+
 /// For the CLI: `BootConfig` paths relative to a root (tests use a fake one).
 pub fn config_with_root(root: &Path) -> BootConfig {
     BootConfig {
@@ -592,6 +667,38 @@ mod tests {
             fs::create_dir_all(p.join("sys/firmware/efi")).unwrap();
         }
         t
+    }
+
+    #[test]
+    fn the_network_entry_this_boot_came_from_goes_first_in_boot_order() {
+        use crate::inventory::efivars::{self, tests::option};
+        let t = fake_root("", true);
+        let sys = t.path().join("sys");
+        let var = |name: &str, data: &[u8]| {
+            let p = efivars::path(&sys, name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let mut b = 7u32.to_le_bytes().to_vec();
+            b.extend(data);
+            fs::write(p, b).unwrap();
+        };
+        let mac = (0x03u8, 0x0bu8, &[0x52u8, 0x54, 0, 1, 2, 3][..]);
+        var(
+            "Boot0001",
+            &option("Windows Boot Manager", &[(4, 1, &[0; 38])]),
+        );
+        var("Boot0004", &option("UEFI PXEv4", &[mac]));
+        var("BootOrder", &efivars::u16_bytes(&[1, 4]));
+        // booted from the disk's entry: nothing is touched
+        var("BootCurrent", &efivars::u16_bytes(&[1]));
+        let e = network_first(&sys).unwrap_err();
+        assert!(e.contains("not a network entry"), "{e}");
+        // booted from the network while Windows' entry is first: the network entry goes first
+        var("BootCurrent", &efivars::u16_bytes(&[4]));
+        assert_eq!(network_first(&sys).unwrap(), Some((vec![1, 4], vec![4, 1])));
+        let (attrs, order) = efivars::read(&sys, "BootOrder").unwrap();
+        assert_eq!((attrs, efivars::u16s(&order)), (7, vec![4, 1]));
+        // and once first, it stays
+        assert_eq!(network_first(&sys).unwrap(), None);
     }
 
     /// An HTTP stub answering `replies` in turn; sends each request body on the channel.

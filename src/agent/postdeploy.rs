@@ -136,6 +136,85 @@ pub fn set_hostname(
     })
 }
 
+/// The first loader of [`crate::boot::grub::LOADERS`] found on a FAT partition of `disk` (an
+/// EFI system partition, mounted read-only), as `PARTITION:/EFI/...`; `None`: none found. Run
+/// after a restore on UEFI: a disk without one will not boot there.
+pub fn esp_loader(
+    disk: &Path,
+    sys: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Option<String>, String> {
+    use nix::mount::{mount, umount, MsFlags};
+    let meta = fs::metadata(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Err(format!("{} is not a block device", disk.display()));
+    }
+    let dev = meta.rdev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let f = fs::File::open(disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
+    // the partition table just written, as the kernel sees it (EBUSY: already in use, and so
+    // already known)
+    if let Err(e) = crate::sys::reread_partitions(&f) {
+        if e != nix::Error::EBUSY {
+            return Err(format!(
+                "re-reading the partition table of {}: {e}",
+                disk.display()
+            ));
+        }
+    }
+    drop(f);
+    let parts = partitions(&sys.join(format!("dev/block/{major}:{minor}")))?;
+    let work = std::env::temp_dir().join(format!("bootcast-esp-{}", std::process::id()));
+    fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let mnt = work.join("mnt");
+    let _ = fs::create_dir_all(&mnt);
+    let mut found = None;
+    for p in &parts {
+        let node = work.join(&p.name);
+        let _ = fs::remove_file(&node);
+        if let Err(e) = nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::S_IRUSR,
+            nix::sys::stat::makedev(p.major, p.minor),
+        ) {
+            log(&format!("bootcast-agent: post-deploy: {}: {e}", p.name));
+            continue;
+        }
+        if !read_superblock(&node).is_ok_and(|sb| is_fat(&sb)) {
+            continue;
+        }
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if let Err(e) = mount(Some(&node), &mnt, Some("vfat"), flags, None::<&str>) {
+            log(&format!(
+                "bootcast-agent: post-deploy: cannot mount {} as FAT ({e}); not checked",
+                p.name
+            ));
+            continue;
+        }
+        // FAT names are found whatever their case
+        found = crate::boot::grub::LOADERS
+            .iter()
+            .find(|l| mnt.join(l.trim_start_matches('/')).is_file())
+            .map(|l| format!("{}:{l}", p.name));
+        let _ = umount(&mnt);
+        if found.is_some() {
+            break;
+        }
+    }
+    let _ = fs::remove_dir_all(&work);
+    Ok(found)
+}
+
+/// A FAT boot sector: the 0x55AA signature and "FAT" where FAT12/16 or FAT32 name their type.
+pub fn is_fat(first: &[u8]) -> bool {
+    first.len() >= 512
+        && first[510] == 0x55
+        && first[511] == 0xaa
+        && (first[0x36..0x39] == *b"FAT" || first[0x52..0x55] == *b"FAT")
+}
+
 /// `/dev/vda` → `vda` (through symlinks such as /dev/disk/by-id/...).
 fn disk_name(disk: &Path) -> String {
     let real = fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
@@ -360,6 +439,20 @@ mod tests {
             fs::read_to_string(other.join("realetc/hostname")).unwrap(),
             "x\n"
         );
+    }
+
+    #[test]
+    fn fat_boot_sectors_are_told_apart() {
+        let mut s = vec![0u8; 2048];
+        assert!(!super::is_fat(&s));
+        s[510] = 0x55;
+        s[511] = 0xaa;
+        s[0x52..0x57].copy_from_slice(b"FAT32");
+        assert!(super::is_fat(&s));
+        s[0x52..0x57].copy_from_slice(b"NTFS ");
+        assert!(!super::is_fat(&s));
+        s[0x36..0x3b].copy_from_slice(b"FAT16");
+        assert!(super::is_fat(&s));
     }
 
     #[test]

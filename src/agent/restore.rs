@@ -67,6 +67,18 @@ pub fn run(
                 }
             }
         }
+        // on UEFI the restored disk must carry a loader on its EFI system partition
+        if sys.join("firmware/efi").is_dir() {
+            match super::postdeploy::esp_loader(&target, sys, log) {
+                Ok(Some(l)) => log(&format!("BOOTCAST-AGENT-ESP-OK {l}")),
+                Ok(None) => log(
+                    "bootcast-agent: post-deploy: warning: no EFI loader on the restored disk (no FAT partition holding \\EFI\\BOOT\\BOOTX64.EFI, Windows' boot manager or a distribution's shim/GRUB): this UEFI machine will not boot it; was the image captured from a BIOS machine?",
+                ),
+                Err(e) => log(&format!(
+                    "bootcast-agent: post-deploy: warning: the EFI system partition was not checked: {e}"
+                )),
+            }
+        }
         Ok(report)
     });
     task::report(&client, me, &result, true, log);

@@ -63,6 +63,17 @@ while read -r m; do
     fi
 done </lib/modules/order
 say "loaded $loaded modules${failed:+; failed:$failed}"
+# UEFI variables (Secure Boot state, BootOrder): efivarfs, a module in Debian's kernel
+if [ -d /sys/firmware/efi/efivars ]; then
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null ||
+        say "efivarfs not mounted: Secure Boot state and BootOrder unknown"
+    sb=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+    if [ -r $sb ]; then
+        # 4 bytes of attributes, then the value (efivarfs cannot seek: read it all)
+        set -- $(od -An -tu1 $sb)
+        say "UEFI Secure Boot: $5"
+    fi
+fi
 
 # Wait up to 30 s for the network interface (USB NICs enumerate late): the one with
 # MAC $want_mac, or, with no bootcast.mac= or once 10 s passed without it, the first

@@ -71,7 +71,9 @@ pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.sh");
 /// ASIX AX88179). Not bnx2: it needs non-free firmware files, which are not included.
 /// Disks, for imaging: ahci, nvme, virtio_blk, virtio_scsi, sd_mod, usb-storage.
 /// Filesystems, for the post-deploy steps: ext4 (also mounts ext2/ext3) and crc32c for its
-/// metadata checksums (ext4 only asks for it at mount time, which no modprobe would answer).
+/// metadata checksums (ext4 only asks for it at mount time, which no modprobe would answer);
+/// vfat with its default code page and character set, to check a restored EFI system
+/// partition. UEFI: efivarfs (Secure Boot state, BootOrder), mounted by `/init`.
 pub const DEFAULT_MODULES: &[&str] = &[
     "e1000",
     "e1000e",
@@ -95,12 +97,16 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "usb_storage",
     "crc32c_generic",
     "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "efivarfs",
 ];
 
 /// Busybox applets `/init` and the udhcpc script use.
 const APPLETS: &[&str] = &[
     "sh", "mount", "insmod", "udhcpc", "ip", "ifconfig", "cat", "tr", "grep", "sleep", "ls",
-    "setsid", "cttyhack", "uname", "mkdir",
+    "setsid", "cttyhack", "uname", "mkdir", "od",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,7 @@ pub fn collect(root: &Path, mac: &str, now: i64) -> Inventory {
     if efi.is_dir() {
         inv.firmware.mode = Some("uefi".into());
         inv.firmware.secure_boot = secure_boot(root, &mut w);
+        boot_entries(root, &mut inv.firmware, &mut w);
     } else {
         inv.firmware.mode = Some("bios".into());
     }
@@ -137,6 +138,36 @@ fn read_smbios(root: &Path, w: &mut Vec<String>) -> Option<smbios::Smbios> {
 }
 
 /// Secure Boot from its EFI variable: 4 attribute bytes, then the value (1: on).
+/// BootCurrent, BootOrder and the entries it names, from efivarfs.
+fn boot_entries(root: &Path, fw: &mut super::model::Firmware, w: &mut Vec<String>) {
+    use super::efivars;
+    let sys = root.join("sys");
+    match efivars::read(&sys, "BootCurrent") {
+        Ok((_, d)) => fw.boot_current = efivars::u16s(&d).first().map(|n| format!("{n:04X}")),
+        Err(e) => w.push(format!("BootCurrent: {e}")),
+    }
+    let order = match efivars::read(&sys, "BootOrder") {
+        Ok((_, d)) => efivars::u16s(&d),
+        Err(e) => {
+            w.push(format!("BootOrder: {e}"));
+            return;
+        }
+    };
+    fw.boot_order = order.iter().map(|n| format!("{n:04X}")).collect();
+    for n in order {
+        let name = efivars::boot_name(n);
+        match efivars::read(&sys, &name).map(|(_, d)| efivars::load_option(&d)) {
+            Ok(Some(o)) => fw.boot_entries.push(super::model::BootEntry {
+                id: format!("{n:04X}"),
+                description: o.description,
+                network: o.network,
+            }),
+            Ok(None) => w.push(format!("{name}: not a valid load option")),
+            Err(e) => w.push(format!("{name}: {e}")),
+        }
+    }
+}
+
 fn secure_boot(root: &Path, w: &mut Vec<String>) -> Option<bool> {
     let path = root.join(SECURE_BOOT_VAR);
     match fs::read(&path) {
@@ -768,6 +799,37 @@ mod tests {
             "{:?}",
             inv.warnings
         );
+    }
+
+    #[test]
+    fn uefi_boot_entries_in_boot_order() {
+        use super::super::efivars::{path, u16_bytes};
+        let t = Tree::new();
+        t.put(SECURE_BOOT_VAR, [6, 0, 0, 0, 1]);
+        let var = |name: &str, data: Vec<u8>| {
+            let mut b = 7u32.to_le_bytes().to_vec();
+            b.extend(data);
+            let p = path(Path::new("sys"), name);
+            t.put(p.to_str().unwrap(), b);
+        };
+        var("BootCurrent", u16_bytes(&[2]));
+        var("BootOrder", u16_bytes(&[1, 2]));
+        let mac = (0x03u8, 0x0bu8, &[0x52u8, 0x54, 0, 1, 2, 3][..]);
+        var(
+            "Boot0001",
+            super::super::efivars::tests::option("Windows Boot Manager", &[(4, 1, &[0; 38])]),
+        );
+        var(
+            "Boot0002",
+            super::super::efivars::tests::option("UEFI PXEv4", &[mac]),
+        );
+        let inv = collect(t.root(), "", 0);
+        let fw = &inv.firmware;
+        assert_eq!(fw.boot_current.as_deref(), Some("0002"));
+        assert_eq!(fw.boot_order, ["0001", "0002"]);
+        assert_eq!(fw.boot_entries.len(), 2);
+        assert_eq!(fw.boot_entries[0].description, "Windows Boot Manager");
+        assert!(!fw.boot_entries[0].network && fw.boot_entries[1].network);
     }
 
     #[test]

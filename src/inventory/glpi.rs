@@ -362,6 +362,7 @@ mod tests {
                 date: Some("07/15/2021".into()),
                 mode: Some("uefi".into()),
                 secure_boot: Some(true),
+                ..Default::default()
             },
             chassis: Chassis {
                 vendor: Some("Dell Inc.".into()),

@@ -4,6 +4,7 @@
 
 pub mod collect;
 pub mod diff;
+pub mod efivars;
 pub mod glpi;
 pub mod model;
 pub mod smbios;

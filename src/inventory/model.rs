@@ -58,6 +58,25 @@ pub struct Firmware {
     pub mode: Option<String>,
     /// UEFI Secure Boot on (None: BIOS, or the variable could not be read).
     pub secure_boot: Option<bool>,
+    /// UEFI: the boot entry this boot came from (`0003`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_current: Option<String>,
+    /// UEFI: BootOrder, as the agent left it (the network entry it booted from first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_order: Vec<String>,
+    /// UEFI: the boot entries named in BootOrder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_entries: Vec<BootEntry>,
+}
+
+/// One UEFI boot entry (`Boot####`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootEntry {
+    /// `0003`
+    pub id: String,
+    pub description: String,
+    /// It boots from the network (PXE or HTTP).
+    pub network: bool,
 }
 
 /// SMBIOS type 3.

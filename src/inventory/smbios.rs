@@ -298,8 +298,7 @@ fn firmware(st: &Structure) -> Firmware {
         vendor: st.string(0x04),
         version: st.string(0x05),
         date: st.string(0x08),
-        mode: None,
-        secure_boot: None,
+        ..Default::default()
     }
 }
 
@@ -736,8 +735,7 @@ mod tests {
                 vendor: Some("American Megatrends Inc.".into()),
                 version: Some("1.2.3".into()),
                 date: Some("07/15/2021".into()),
-                mode: None,
-                secure_boot: None,
+                ..Default::default()
             },
             system: System {
                 vendor: Some("Dell Inc.".into()),
