@@ -21,6 +21,7 @@ DEMO_CACHE=$CACHE/demo
 VERSION=v1
 OUT=
 FORCE=0
+SECURE_BOOT=0
 REFRESH_KERNEL=0
 
 # Fixed timestamp for every file and file system in the image (2024-01-01 UTC).
@@ -53,10 +54,13 @@ die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
     cat <<EOF
-Usage: $0 [--version V] [--out PATH] [--force] [--refresh-kernel]
+Usage: $0 [--version V] [--secure-boot] [--out PATH] [--force] [--refresh-kernel]
 
   --version V        version string baked into the image (default: v1)
-  --out PATH         output image (default: \${BOOTCAST_CACHE:-<repo>/.cache}/demo/demo-<V>.img)
+  --secure-boot      the UEFI master that boots with Secure Boot on: GPT, an EFI system
+                     partition with Debian's signed shim, GRUB and kernel (no BIOS boot)
+  --out PATH         output image (default: \${BOOTCAST_CACHE:-<repo>/.cache}/demo/demo-<V>.img,
+                     demo-sb-<V>.img with --secure-boot)
   --force            rebuild even if PATH exists and is newer than this script
   --refresh-kernel   re-resolve linux-image-amd64 instead of reusing the cached kernel
 
@@ -71,6 +75,7 @@ while (($#)); do
         --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT=$2; shift 2 ;;
         --out=*) OUT=${1#*=}; shift ;;
         --force) FORCE=1; shift ;;
+        --secure-boot) SECURE_BOOT=1; shift ;;
         --refresh-kernel) REFRESH_KERNEL=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -79,6 +84,13 @@ done
 
 [[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$ ]] ||
     die "version must be 1-32 characters of [A-Za-z0-9._+-]: '$VERSION'"
+if ((SECURE_BOOT)); then
+    OUT=${OUT:-$DEMO_CACHE/demo-sb-$VERSION.img}
+    # GPT keeps a backup header and entries in the disk's last 33 sectors
+    DISK_SECTORS=$((DISK_SECTORS + 2048))
+    MODULES+=(efivarfs)
+    PACKAGES+=(shim-signed grub-efi-amd64-signed)
+fi
 OUT=${OUT:-$DEMO_CACHE/demo-$VERSION.img}
 OUT=$(readlink -m "$OUT")
 
@@ -100,6 +112,13 @@ SYSLINUX_MBR=/usr/lib/SYSLINUX/mbr.bin
 [[ -f $SYSLINUX_MBR ]] || SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 SYSLINUX_EFI=/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi
 LDLINUX_E64=/usr/lib/syslinux/modules/efi64/ldlinux.e64
+SHIM_SIGNED=/usr/lib/shim/shimx64.efi.signed
+GRUB_SIGNED=/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed
+if ((SECURE_BOOT)); then
+    for f in "$SHIM_SIGNED" "$GRUB_SIGNED"; do
+        [[ -f $f ]] || die "missing $f (Debian packages shim-signed, grub-efi-amd64-signed)"
+    done
+fi
 for f in "$BUSYBOX" "$SYSLINUX_MBR" "$SYSLINUX_EFI" "$LDLINUX_E64"; do
     [[ -f $f ]] || die "missing $f"
 done
@@ -239,6 +258,14 @@ say() {
 while read -r m; do
     insmod "/lib/modules/$m.ko" 2>/dev/null
 done </lib/modules/order
+# UEFI: show Secure Boot's state (the Secure Boot master's initramfs has efivarfs)
+sb=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+if [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null &&
+    [ -r $sb ]; then
+    # 4 bytes of attributes, then the value (efivarfs cannot seek: read it all)
+    set -- $(od -An -tu1 $sb)
+    say "BOOTCAST-DEMO-SECUREBOOT $5"
+fi
 
 # Partition 2 (ext4) holds /etc/hostname; never let it stop the marker.
 hostname=
@@ -304,6 +331,20 @@ cp "$VMLINUZ" "$BOOTFILES/vmlinuz"
 cp "$INITRD" "$BOOTFILES/initrd.img"
 cp "$SYSLINUX_EFI" "$BOOTFILES/BOOTX64.EFI"
 cp "$LDLINUX_E64" "$BOOTFILES/ldlinux.e64"
+if ((SECURE_BOOT)); then
+    # shim (signed for the Microsoft UEFI CA) starts grubx64.efi beside it (signed by Debian),
+    # whose configuration is $prefix/grub.cfg with $prefix /EFI/debian on the ESP
+    cp "$SHIM_SIGNED" "$BOOTFILES/BOOTX64.EFI"
+    cp "$GRUB_SIGNED" "$BOOTFILES/grubx64.efi"
+    cat >"$BOOTFILES/grub.cfg" <<EOF
+# bootcast demo master $VERSION, Secure Boot flavour
+echo "BOOTCAST-DEMO-GRUB $VERSION"
+set timeout=0
+linux /vmlinuz console=tty0 console=ttyS0,115200 no_timer_check panic=10 bootcast.version=$VERSION
+initrd /initrd.img
+boot
+EOF
+fi
 touch -d "@$SOURCE_DATE_EPOCH" "$BOOTFILES"/*
 
 # -------------------------------------------------------- data partition --
@@ -354,7 +395,17 @@ unset E2FSPROGS_FAKE_TIME
 
 DISK=$WORK/disk.img
 truncate -s $((DISK_SECTORS * SECTOR)) "$DISK"
-sfdisk --quiet --no-reread --no-tell-kernel "$DISK" >&2 <<EOF
+if ((SECURE_BOOT)); then
+    sfdisk --quiet --no-reread --no-tell-kernel "$DISK" >&2 <<EOF
+label: gpt
+label-id: B007CA57-0000-4000-8000-000000000000
+unit: sectors
+
+start=$P1_START, size=$P1_SECTORS, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=B007CA57-0000-4000-8000-000000000001, name="EFI system partition"
+start=$P2_START, size=$P2_SECTORS, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=B007CA57-0000-4000-8000-000000000002, name="bootcast-demo"
+EOF
+else
+    sfdisk --quiet --no-reread --no-tell-kernel "$DISK" >&2 <<EOF
 label: dos
 label-id: $DISK_ID
 unit: sectors
@@ -362,7 +413,8 @@ unit: sectors
 start=$P1_START, size=$P1_SECTORS, type=ef, bootable
 start=$P2_START, size=$P2_SECTORS, type=83
 EOF
-dd if="$SYSLINUX_MBR" of="$DISK" bs=440 count=1 conv=notrunc status=none
+    dd if="$SYSLINUX_MBR" of="$DISK" bs=440 count=1 conv=notrunc status=none
+fi
 
 # FAT32 on partition 1 via mtools (SOURCE_DATE_EPOCH fixes its timestamps).
 P1="$DISK@@$((P1_START * SECTOR))"
@@ -372,10 +424,18 @@ mformat -i "$P1" -F -T "$P1_SECTORS" -H "$P1_START" -h 64 -s 32 -c 1 \
 mmd -i "$P1" ::/EFI ::/EFI/BOOT
 mcopy -i "$P1" -m "$BOOTFILES/vmlinuz" "$BOOTFILES/initrd.img" \
     "$BOOTFILES/bootcast-demo-version" ::/
-mcopy -i "$P1" -m "$BOOTFILES/BOOTX64.EFI" "$BOOTFILES/ldlinux.e64" \
-    "$BOOTFILES/syslinux.cfg" ::/EFI/BOOT/
-# BIOS: boot sector + ldlinux.sys/ldlinux.c32 next to the shared syslinux.cfg.
-syslinux --install --offset $((P1_START * SECTOR)) --directory /EFI/BOOT "$DISK"
+if ((SECURE_BOOT)); then
+    mmd -i "$P1" ::/EFI/debian
+    mcopy -i "$P1" -m "$BOOTFILES/BOOTX64.EFI" "$BOOTFILES/grubx64.efi" "$BOOTFILES/grub.cfg" \
+        ::/EFI/BOOT/
+    mcopy -i "$P1" -m "$BOOTFILES/grubx64.efi" "$BOOTFILES/grub.cfg" ::/EFI/debian/
+    mcopy -i "$P1" -m "$BOOTFILES/BOOTX64.EFI" ::/EFI/debian/shimx64.efi
+else
+    mcopy -i "$P1" -m "$BOOTFILES/BOOTX64.EFI" "$BOOTFILES/ldlinux.e64" \
+        "$BOOTFILES/syslinux.cfg" ::/EFI/BOOT/
+    # BIOS: boot sector + ldlinux.sys/ldlinux.c32 next to the shared syslinux.cfg.
+    syslinux --install --offset $((P1_START * SECTOR)) --directory /EFI/BOOT "$DISK"
+fi
 
 # Partition 2: the ext4 file system.
 dd if="$EXT4" of="$DISK" bs=1M seek=$((P2_START * SECTOR / 1048576)) conv=notrunc,sparse status=none
@@ -384,7 +444,9 @@ dd if="$EXT4" of="$DISK" bs=1M seek=$((P2_START * SECTOR / 1048576)) conv=notrun
 dd if="$DISK" of="$WORK/p1.fat" bs=1M skip=$((P1_START * SECTOR / 1048576)) \
     count=$((P1_SECTORS * SECTOR / 1048576)) status=none
 fsck.fat -n "$WORK/p1.fat" >"$WORK/fsck.txt" 2>&1 || { cat "$WORK/fsck.txt" >&2; die "FAT check failed"; }
-for f in ::/EFI/BOOT/ldlinux.sys ::/EFI/BOOT/ldlinux.c32 ::/EFI/BOOT/BOOTX64.EFI ::/vmlinuz; do
+CHECK=(::/EFI/BOOT/ldlinux.sys ::/EFI/BOOT/ldlinux.c32 ::/EFI/BOOT/BOOTX64.EFI ::/vmlinuz)
+((SECURE_BOOT)) && CHECK=(::/EFI/BOOT/BOOTX64.EFI ::/EFI/debian/shimx64.efi ::/EFI/debian/grub.cfg ::/vmlinuz)
+for f in "${CHECK[@]}"; do
     mdir -a -i "$P1" "$f" >/dev/null 2>&1 || die "missing $f on the FAT partition"
 done
 rm -f "$WORK/p1.fat"
