@@ -11,7 +11,7 @@ die() { printf 'demo.sh: error: %s\n' "$*" >&2; exit 1; }
 . scripts/lib.sh
 
 # build tools; busybox-static, dpkg and binutils (objcopy) for the boot environment
-ensure_packages build-essential pkg-config busybox-static binutils dpkg
+ensure_packages build-essential pkg-config busybox-static binutils dpkg shim-signed grub-efi-amd64-signed
 ensure_rust
 log "building bootcast (release, statically linked)"
 cargo build --release --locked >&2

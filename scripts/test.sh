@@ -12,7 +12,8 @@ if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
     # images/demo/build.sh uses.
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf ipxe-qemu \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
-        e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump tftp-hpa atftp curl
+        e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump tftp-hpa atftp curl \
+        shim-signed grub-efi-amd64-signed
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
 fi
@@ -28,7 +29,7 @@ cargo test --locked --all-targets --no-run
 # the rest: under TCG each VM keeps a core busy, so two at a time fill the machine's two cores.
 # tests/bootenv.rs goes first: the boot environment it builds and checks is the one the others
 # boot (tests/common/netlab.rs, SharedSlot).
-parallel=(bootenv relay_push pxe_boot reimage_vm relay_vm inventory_vm)
+parallel=(bootenv relay_push pxe_boot reimage_vm relay_vm inventory_vm uefi_vm)
 others=()
 for f in tests/*.rs; do
     t=$(basename "$f" .rs)

@@ -3,7 +3,9 @@
 //!
 //! Matrix: BIOS + e1000, BIOS + virtio-net, UEFI (OVMF, its own PXE client) + virtio-net,
 //! each with bootcast as proxyDHCP beside a site DHCP server (dnsmasq, addresses only) and
-//! as the only DHCP server (full mode). Needs root (network namespaces); prints SKIP without.
+//! as the only DHCP server (full mode). UEFI boots the unsigned iPXE with proxyDHCP and the
+//! signed chain (shim → GRUB → kernel, Secure Boot off here) with full DHCP: each mode's
+//! default. Needs root (network namespaces); prints SKIP without.
 
 mod common;
 

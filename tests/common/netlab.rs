@@ -179,6 +179,12 @@ pub struct Vm {
     pub extra: Vec<String>,
     /// Keep `-no-reboot` (a reboot ends QEMU).
     pub no_reboot: bool,
+    /// UEFI: OVMF with Secure Boot enforced and Microsoft's keys enrolled, as on a shop PC.
+    pub secure_boot: bool,
+    /// UEFI: keep the variable store (BootOrder...) from one run to the next.
+    pub keep_vars: bool,
+    /// The NIC's place in QEMU's boot order (1: first).
+    pub nic_bootindex: u32,
 }
 
 impl Vm {
@@ -191,7 +197,15 @@ impl Vm {
             timeout: 300,
             extra: Vec::new(),
             no_reboot: true,
+            secure_boot: false,
+            keep_vars: false,
+            nic_bootindex: 1,
         }
+    }
+
+    /// The UEFI variable store of this VM.
+    pub fn vars(&self) -> PathBuf {
+        self.dir.join("OVMF_VARS.fd")
     }
 
     pub fn serial_log(&self) -> PathBuf {
@@ -215,19 +229,25 @@ impl Vm {
             // the iPXE virtio ROM only matches the modern device id
             (Firmware::Bios, Nic::Virtio) => {
                 format!(
-                    "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,bootindex=1",
-                    self.mac
+                    "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,bootindex={}",
+                    self.mac, self.nic_bootindex
                 )
             }
-            (Firmware::Bios, Nic::E1000) => format!("e1000,netdev=n0,mac={},bootindex=1", self.mac),
+            (Firmware::Bios, Nic::E1000) => format!(
+                "e1000,netdev=n0,mac={},bootindex={}",
+                self.mac, self.nic_bootindex
+            ),
             // no option ROM: OVMF's own PXE client (DHCP + TFTP) does the first stage
             (Firmware::Uefi, Nic::Virtio) => {
                 format!(
-                    "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
-                    self.mac
+                    "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex={}",
+                    self.mac, self.nic_bootindex
                 )
             }
-            (Firmware::Uefi, Nic::E1000) => format!("e1000,netdev=n0,mac={},bootindex=1", self.mac),
+            (Firmware::Uefi, Nic::E1000) => format!(
+                "e1000,netdev=n0,mac={},bootindex={}",
+                self.mac, self.nic_bootindex
+            ),
         };
         c.arg("-device").arg(nic);
         match self.firmware {
@@ -235,12 +255,30 @@ impl Vm {
                 c.args(["-machine", "pc,graphics=off", "-boot", "n"]);
             }
             Firmware::Uefi => {
-                let vars = self.dir.join("OVMF_VARS.fd");
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF (package ovmf)");
-                c.args(["-machine", "q35"]);
-                c.arg("-drive").arg(
-                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-                );
+                let vars = self.vars();
+                let (code, fresh) = match self.secure_boot {
+                    true => (
+                        "/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+                        "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+                    ),
+                    false => (
+                        "/usr/share/OVMF/OVMF_CODE.fd",
+                        "/usr/share/OVMF/OVMF_VARS.fd",
+                    ),
+                };
+                if !(self.keep_vars && vars.exists()) {
+                    std::fs::copy(fresh, &vars).expect("OVMF (package ovmf)");
+                }
+                if self.secure_boot {
+                    // Secure Boot needs SMM, and the variable store only writable from it
+                    c.args(["-machine", "q35,smm=on"]);
+                    c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                } else {
+                    c.args(["-machine", "q35"]);
+                }
+                c.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+                ));
                 c.arg("-drive").arg(format!(
                     "if=pflash,format=raw,unit=1,file={}",
                     vars.display()
