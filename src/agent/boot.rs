@@ -570,11 +570,14 @@ pub fn perform(reply: &HelloReply) -> Result<()> {
     }
 }
 
+/// BootOrder before and after [`network_first`] changed it.
+pub type Reordered = (Vec<u16>, Vec<u16>);
+
 /// At every network boot on UEFI: puts the entry this boot came from (`BootCurrent`, when it
 /// is a network entry) first in `BootOrder`, so the machine asks bootcast again at its next
 /// boot even after Windows (setup, updates) put its own boot manager first. Returns the order
 /// before and after when it changed it; `None` when the network entry was first already.
-pub fn network_first(sys: &Path) -> std::result::Result<Option<(Vec<u16>, Vec<u16>)>, String> {
+pub fn network_first(sys: &Path) -> std::result::Result<Option<Reordered>, String> {
     use crate::inventory::efivars;
     let (_, current) =
         efivars::read(sys, "BootCurrent").map_err(|e| format!("BootCurrent: {e}"))?;
