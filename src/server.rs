@@ -717,12 +717,15 @@ async fn collect_store(data: PathBuf) {
 /// The DHCP server's settings from the validated configuration.
 ///
 /// `base` is this node's URL as its clients reach it: iPXE gets `BASE/boot.ipxe`, and UEFI
-/// HTTP boot clients (unless configured) the chain's first binary under it.
+/// HTTP boot clients (unless configured) `BASE/ipxe/snponly.efi`, whatever the chain: under HTTP
+/// boot the signed chain's GRUB (Debian 12's, without HTTP) finds no configuration (probed:
+/// it stops at `grub>`), so HTTP boot needs Secure Boot off.
 fn dhcp_settings(d: &DhcpConfig, server_ip: std::net::Ipv4Addr, base: &str) -> DhcpSettings {
     let mut boot_files = d.boot_files.clone();
     let http = crate::boot::dhcp::arch::EFI_X64_HTTP;
     if boot_files.get(http).is_none() {
-        boot_files.set(http, Some(&format!("{base}{}", d.uefi_chain.http_path())));
+        let snp = crate::boot::ipxe::SNPONLY_EFI.name;
+        boot_files.set(http, Some(&format!("{base}/ipxe/{snp}")));
     }
     DhcpSettings {
         interface: d.interface.clone(),

@@ -7,7 +7,7 @@
 //! `BASE/boot/MAC.ipxe`, whose answer depends on the host's state in the database
 //! ([`BootScript`], rendered here by [`render`]).
 
-use super::script::{fill, plain_text, url_text, BootScript};
+use super::template::{fill, plain_text, url_text};
 
 /// An iPXE binary served over TFTP (and HTTP).
 #[derive(Debug, Clone, Copy)]
@@ -51,104 +51,33 @@ pub fn chain_script(base: &str) -> String {
     fill(CHAIN, &[("base", &url_text(base))])
 }
 
-/// The iPXE rendering of `script` ([`BootScript::render`]).
-pub(super) fn render(script: &BootScript, base: &str) -> String {
-    match script {
-        BootScript::BootEnv {
-            reason,
-            task,
-            credential,
-        } => {
-            let cmdline = BootScript::cmdline(base, "${netX/mac}", *task, credential.as_ref());
-            fill(
-                BOOTENV,
-                &[
-                    ("base", &url_text(base)),
-                    ("reason", &plain_text(reason)),
-                    ("cmdline", &cmdline),
-                ],
-            )
-        }
-        BootScript::LocalDisk { uefi: false, .. } => LOCAL_BIOS.to_string(),
-        // iPXE cannot start a loader from a local disk's ESP: back to the firmware, whatever
-        // the hand-off (the Secure Boot chain's GRUB does; see super::grub)
-        BootScript::LocalDisk { uefi: true, .. } => LOCAL_UEFI.to_string(),
-        BootScript::Unavailable { reason } => fill(UNAVAILABLE, &[("reason", &plain_text(reason))]),
+/// The script that boots the boot environment with `cmdline` (made safe by the caller).
+pub(super) fn bootenv(base: &str, reason: &str, cmdline: &str) -> String {
+    fill(
+        BOOTENV,
+        &[
+            ("base", &url_text(base)),
+            ("reason", &plain_text(reason)),
+            ("cmdline", cmdline),
+        ],
+    )
+}
+
+/// The script that boots the local disk: BIOS `sanboot`, UEFI back to the firmware.
+pub(super) fn local(uefi: bool) -> String {
+    match uefi {
+        false => LOCAL_BIOS.to_string(),
+        true => LOCAL_UEFI.to_string(),
     }
+}
+
+/// The script that says why the machine cannot be booted now.
+pub(super) fn unavailable(reason: &str) -> String {
+    fill(UNAVAILABLE, &[("reason", &plain_text(reason))])
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::script::{Handoff, Loader, Secret};
-    use super::BootScript;
-
-    #[test]
-    fn scripts_render_without_placeholders() {
-        let base = "http://10.99.0.1:8080";
-        let chain = super::chain_script(base);
-        assert!(chain.starts_with("#!ipxe\n"));
-        assert!(chain
-            .contains("chain http://10.99.0.1:8080/boot/${netX/mac}.ipxe?platform=${platform}"));
-        let env = BootScript::BootEnv {
-            reason: "registering".into(),
-            task: Some(42),
-            credential: Some(Secret("00ff".into())),
-        }
-        .render(Loader::Ipxe, base);
-        assert!(
-            env.contains(" bootcast.credential=00ff || goto failed\n"),
-            "{env}"
-        );
-        let plan = BootScript::BootEnv {
-            reason: "registering".into(),
-            task: None,
-            credential: Some(Secret("00ff".into())),
-        };
-        assert!(!format!("{plan:?}").contains("00ff"), "{plan:?}");
-        assert!(env.contains("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
-        assert!(env.contains(
-            " bootcast.server=http://10.99.0.1:8080 bootcast.mac=${netX/mac} bootcast.task=42"
-        ));
-        assert!(env.contains("initrd http://10.99.0.1:8080/bootenv/initrd.img"));
-        assert!(BootScript::LocalDisk {
-            uefi: false,
-            handoff: Handoff::Chain
-        }
-        .render(Loader::Ipxe, base)
-        .contains("sanboot --no-describe --drive 0x80"));
-        assert!(BootScript::LocalDisk {
-            uefi: true,
-            handoff: Handoff::Chain
-        }
-        .render(Loader::Ipxe, base)
-        .contains("\nexit 1"));
-        let un = BootScript::Unavailable {
-            reason: "x\nchain http://evil ${y} && chain http://e2 || shell {{base}} #".into(),
-        }
-        .render(Loader::Ipxe, base);
-        assert!(!un.contains("\nchain"), "{un}");
-        assert!(!un.contains("${y}"));
-        let echo = un
-            .lines()
-            .find(|l| l.starts_with("echo bootcast: x"))
-            .unwrap();
-        assert!(
-            !echo.contains("&&")
-                && !echo.contains("||")
-                && !echo.contains('#')
-                && !echo.contains('$'),
-            "{echo}"
-        );
-        assert!(!un.contains("{{") && !un.contains(base), "{un}");
-        // a base URL cannot smuggle commands either
-        let c = super::chain_script("http://h:1 && shell");
-        assert!(c.contains("chain http://h:1shell/boot/"), "{c}");
-        for s in [chain, env, un] {
-            assert!(s.starts_with("#!ipxe\n"));
-            assert!(!s.contains("{{"), "{s}");
-        }
-    }
-
     #[test]
     fn binaries_are_embedded() {
         for b in super::ALL {

@@ -5,11 +5,12 @@
 //!   configured root.
 //! - [`script`]: what a machine's network boot does next, decided once, rendered by [`ipxe`]
 //!   (the iPXE binaries bootcast ships and their scripts) or [`grub`] (the Secure Boot chain's
-//!   configurations; its signed binaries: [`signed`]).
+//!   configurations; its signed binaries: [`signed`]), from [`template`]s.
 
 pub mod dhcp;
 pub mod grub;
 pub mod ipxe;
 pub mod script;
 pub mod signed;
+pub mod template;
 pub mod tftp;

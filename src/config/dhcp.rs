@@ -83,7 +83,7 @@ impl RawConfig {
             None => UefiChain::Shim,
             Some(s) => UefiChain::parse(s).unwrap_or_else(|| {
                 p(format!("dhcp.uefi_chain = {s:?}: use \"shim\" (the Secure Boot chain, signed: shim, GRUB, the kernel) or \"ipxe\" (the unsigned iPXE; machines with Secure Boot on refuse it)"));
-                UefiChain::default()
+                UefiChain::Ipxe
             }),
         };
         if uefi_chain == UefiChain::Shim {

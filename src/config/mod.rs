@@ -288,6 +288,43 @@ mod tests {
     }
 
     #[test]
+    fn the_uefi_chain_follows_the_dhcp_mode_and_needs_its_binaries() {
+        let signed = tempfile::tempdir().unwrap();
+        let dir = signed.path().display();
+        let full = format!(
+            "[boot]\nuefi_binaries='{dir}'\nuefi_local='exit'\n[dhcp]\ninterface='br0'\nmode='full'\nrange='10.99.0.100,10.99.0.200'\n"
+        );
+        // the signed chain with full DHCP: its binaries must be there
+        let p = problems(&full);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("dhcp.uefi_chain") && p.contains("[boot] uefi_binaries")),
+            "{p:?}"
+        );
+        std::fs::write(signed.path().join("shimx64.efi"), b"MZ").unwrap();
+        std::fs::write(signed.path().join("grubx64.efi"), b"MZ").unwrap();
+        let c = RawConfig::from_toml(&full)
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert_eq!(
+            c.dhcp.unwrap().uefi_chain,
+            crate::boot::dhcp::UefiChain::Shim
+        );
+        assert_eq!(c.boot.uefi_local, crate::boot::script::Handoff::Exit);
+        // proxyDHCP keeps iPXE unless told: the signed GRUB would not find this server
+        let c = RawConfig::from_toml("[dhcp]\ninterface='br0'\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        let d = c.dhcp.unwrap();
+        assert_eq!(d.uefi_chain, crate::boot::dhcp::UefiChain::Ipxe);
+        assert_eq!(d.boot_files.get(7), Some("snponly.efi"));
+        assert!(problems("[dhcp]\ninterface='br0'\nuefi_chain='grub'\n")[0].contains("\"shim\""));
+        assert!(problems("[boot]\nuefi_local='sanboot'\n")[0].contains("\"exit\""));
+    }
+
+    #[test]
     fn full_mode_takes_advertise_and_netmask_from_interface() {
         let c = RawConfig::from_toml(
             "[dhcp]\ninterface='br0'\nmode='full'\nrange='10.99.0.100,10.99.0.200'\n[dhcp.boot_files]\n'16'='http://x/ipxe.efi'\n",

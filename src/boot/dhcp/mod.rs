@@ -110,11 +110,11 @@ pub mod arch {
     pub const EFI_X64_HTTP: u16 = 16;
 }
 
-/// What UEFI x64 PXE clients are given (`[dhcp] uefi_chain`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What UEFI x64 PXE clients are given (`[dhcp] uefi_chain`; the configuration's default
+/// depends on the DHCP mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UefiChain {
     /// The Secure Boot chain: shim → GRUB → kernel, all signed ([`crate::boot::signed`]).
-    #[default]
     Shim,
     /// The unsigned iPXE (`snponly.efi`): machines with Secure Boot on refuse it.
     Ipxe,
@@ -128,28 +128,20 @@ impl UefiChain {
             _ => None,
         }
     }
-
-    /// The HTTP path (under the server's base URL) of the chain's first binary, for UEFI
-    /// HTTP boot clients.
-    pub fn http_path(self) -> String {
-        match self {
-            UefiChain::Shim => format!("/uefi/{}", crate::boot::signed::SHIM),
-            UefiChain::Ipxe => format!("/ipxe/{}", crate::boot::ipxe::SNPONLY_EFI.name),
-        }
-    }
 }
 
 impl Default for BootFiles {
-    /// [`BootFiles::for_chain`] of the default chain (shim).
+    /// [`BootFiles::for_chain`] of the iPXE chain.
     fn default() -> Self {
-        BootFiles::for_chain(UefiChain::default())
+        BootFiles::for_chain(UefiChain::Ipxe)
     }
 }
 
 impl BootFiles {
     /// 0 → `undionly.kpxe`; 7, 9 (UEFI x64) → `shimx64.efi` (or `snponly.efi` for the `ipxe`
     /// chain); 6 (UEFI IA32) → `snponly.efi`; 11 unset (configure it). 16 (UEFI HTTP boot)
-    /// wants a URL: the server sets it to its own ([`UefiChain::http_path`]) unless configured.
+    /// wants a URL: the server sets its own `/ipxe/snponly.efi` unless configured (Debian 12's
+    /// signed GRUB has no HTTP: after shim over HTTP boot it could read no configuration).
     pub fn for_chain(chain: UefiChain) -> Self {
         let mut by_arch = BTreeMap::new();
         by_arch.insert(
@@ -393,7 +385,7 @@ mod tests {
 
     #[test]
     fn default_boot_files() {
-        let b = BootFiles::default();
+        let b = BootFiles::for_chain(super::UefiChain::Shim);
         assert_eq!(b.get(0), Some("undionly.kpxe"));
         assert_eq!(b.get(6), Some("snponly.efi"));
         for a in [7, 9] {
@@ -401,11 +393,10 @@ mod tests {
         }
         assert_eq!(b.get(11), None);
         assert_eq!(b.get(16), None);
-        let ipxe = BootFiles::for_chain(super::UefiChain::Ipxe);
+        let ipxe = BootFiles::default();
         for a in [6, 7, 9] {
             assert_eq!(ipxe.get(a), Some("snponly.efi"));
         }
-        assert_eq!(super::UefiChain::Shim.http_path(), "/uefi/shimx64.efi");
     }
 
     #[test]
