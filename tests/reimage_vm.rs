@@ -12,8 +12,10 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
-use common::{credential_of, demo_image, http_in, sha256, Lab, Served};
+use common::netlab::{
+    chunk_bytes_served, copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
+};
+use common::{credential_of, demo_image, http_in, lacked_bytes, sha256, Lab, Served};
 
 /// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
 fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
@@ -61,7 +63,6 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     ns.spawn(c);
     let server = serve_full(&ns, &lab);
     let mac = "52:54:00:99:01:01";
-    let url = "http://127.0.0.1:8080";
     // the host is known (as after its registration boot), then staff queue a reimage
     register_and_queue(&ns, &lab, mac);
     // post-deploy: the restored Linux gets the host's name
@@ -92,34 +93,15 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     let added = lab.add("demo", &image2);
     // What the disk lacks of v2: its chunks not found at their offsets on the disk as v1 and
     // the host-name step left it (the compressed bytes the server must send).
-    let lacked = {
-        let store = bootcast::store::Store::open(&lab.data()).unwrap();
-        let v2 = store
-            .resolve(&format!("demo@{}", added["version"].as_str().unwrap()))
-            .unwrap();
-        let disk = std::fs::read(vm.dir.join("disk.raw")).unwrap();
-        v2.manifest
-            .chunks()
-            .filter(|(e, id, _)| {
-                let range = e.offset as usize..(e.offset + e.len) as usize;
-                bootcast::store::id::ChunkId::of(&disk[range]) != *id
-            })
-            .map(|(_, _, compressed)| u64::from(compressed))
-            .sum::<u64>()
-    };
-    let served = |ns: &Netns| {
-        let (_, text) = http_in(Some(&ns.name), "GET", &format!("{url}/metrics"), None, None);
-        text.lines()
-            .find_map(|l| l.strip_prefix("bootcast_chunk_bytes_served_total "))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let before = served(&ns);
+    let lacked = lacked_bytes(
+        &lab,
+        &format!("demo@{}", added["version"].as_str().unwrap()),
+        &std::fs::read(vm.dir.join("disk.raw")).unwrap(),
+    );
+    let before = chunk_bytes_served(&ns);
     lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
     let (took, written) = boot_vm(&vm, &ns, &server, mac, "v2");
-    let moved = served(&ns) - before;
+    let moved = chunk_bytes_served(&ns) - before;
     common::say(&format!(
         "VM reimage v1 -> v2 and boot: {took:.1} s; {moved} bytes served for {lacked} compressed bytes of chunks the disk lacked"
     ));

@@ -1,20 +1,21 @@
 //! UEFI mini-PCs as they ship: QEMU (TCG, q35) with OVMF in Secure Boot mode and Microsoft's
 //! keys enrolled (Debian's `OVMF_CODE_4M.ms.fd` + `OVMF_VARS_4M.ms.fd`) and an NVMe disk.
 //!
-//! 1. Full DHCP: an empty PC network-boots through the signed chain (shim → GRUB → kernel),
-//!    registers (the guest says Secure Boot is on), is reimaged
+//! 1. proxyDHCP beside the site's DHCP server (which gives bootcast's address as next-server,
+//!    as Debian 12's signed GRUB needs: README "Network boot"): an empty PC network-boots
+//!    through the signed chain (shim → GRUB → kernel), registers (the guest says Secure Boot
+//!    is on), is reimaged
 //!    with the Secure Boot demo master, and its next network boot hands it to its own disk's
 //!    loader: the master prints `BOOTCAST-DEMO-OK v1` with Secure Boot on, and the disk equals
-//!    the image. Then v2 moves only what the disk lacks.
+//!    the image. Then v2 moves only what the disk lacks, and a capture of the NVMe disk gives
+//!    the version `image add` of it gives.
 //! 2. Full DHCP, a PC whose firmware tries its disk first (as Windows leaves BootOrder) and
 //!    whose disk holds an unsigned loader: the firmware refuses it, the PC network-boots, and
 //!    the agent puts the network entry first (read back from the VM's variable store after it
 //!    powered off); on its next boot, GRUB's hand-off to that unsigned loader is refused too.
 //!
-//! (Under proxyDHCP, Debian 12's signed GRUB asks for its configuration only the next-server
-//! of the site DHCP server's answer, so the signed chain is the default with full DHCP only;
-//! UEFI with Secure Boot off on the `ipxe` chain, and on the signed chain, is in the PXE matrix
-//! of tests/pxe_boot.rs.)
+//! (UEFI with Secure Boot off, on the `ipxe` chain with proxyDHCP and on the signed chain with
+//! full DHCP, each mode's default, is in the PXE matrix of tests/pxe_boot.rs.)
 //!
 //! Needs root; prints SKIP without.
 
@@ -26,9 +27,10 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::netlab::{
-    copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP, VLAN_SERVICES,
+    chunk_bytes_served, copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
+    VLAN_SERVICES,
 };
-use common::{http_in, sha256, Lab, Served, BIN};
+use common::{lacked_bytes, sha256, Lab, Served};
 
 /// What one run of a VM showed.
 struct Run {
@@ -125,6 +127,45 @@ fn ovmf_variables(store: &Path) -> HashMap<String, Vec<u8>> {
     vars
 }
 
+/// A segment in a new namespace with the boot environment in place, newly registered PCs
+/// powering off (so that the test queues their task before their next boot), and either
+/// bootcast as its only DHCP server (the signed chain is the default there) or, `proxy`,
+/// bootcast as proxyDHCP on the signed chain beside the site's DHCP server (dnsmasq,
+/// 10.99.0.2), which gives bootcast's address as next-server, as README asks for it (the
+/// site's returned with the namespace: it must live as long).
+fn segment(tag: &str, proxy: bool) -> (Lab, Netns, Option<Netns>, Served) {
+    let lab = Lab::new();
+    copy_bootenv(&lab.data());
+    let chain = if proxy {
+        "[dhcp]\nuefi_chain = \"shim\"\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        lab.data().join("bootcast.toml"),
+        format!("[agent]\nafter_register = \"poweroff\"\n{chain}"),
+    )
+    .unwrap();
+    let mut ns = Netns::new(tag);
+    ns.bridge_with_tap();
+    if !proxy {
+        let c = site_dhcp(&ns, "br0", lab.dir.path(), false);
+        ns.spawn(c);
+        let server = serve_full(&ns, &lab);
+        return (lab, ns, None, server);
+    }
+    let mut site = ns.attach("site", "10.99.0.2/24", "fd99::2/64");
+    let mut c = site_dhcp(&site, "eth0", lab.dir.path(), true);
+    c.arg("--dhcp-boot=shimx64.efi,bootcast,10.99.0.1");
+    site.spawn(c);
+    let mut cmd = ns.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(lab.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = Served::start(cmd, &VLAN_SERVICES);
+    (lab, ns, Some(site), server)
+}
+
 fn empty_disk(path: &Path, bytes: u64) {
     let f = std::fs::File::create(path).unwrap();
     f.set_len(bytes).unwrap();
@@ -171,22 +212,6 @@ fn sb_demo(version: &str) -> std::path::PathBuf {
         .last()
         .unwrap()
         .into()
-}
-
-fn chunk_bytes_served(ns: &Netns) -> u64 {
-    let (_, text) = http_in(
-        Some(&ns.name),
-        "GET",
-        "http://127.0.0.1:8080/metrics",
-        None,
-        None,
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix("bootcast_chunk_bytes_served_total "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// One reimage of the Secure Boot PC with `version`, through to its disk's own boot.
@@ -255,24 +280,8 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
         return;
     }
     let image = sb_demo("v1");
-    let lab = Lab::new();
+    let (lab, ns, _site, server) = segment("sb", true);
     lab.add("demo-sb", &image);
-    copy_bootenv(&lab.data());
-    // a newly registered PC powers off (so the test queues its task before its next boot)
-    std::fs::write(
-        lab.data().join("bootcast.toml"),
-        "[agent]\nafter_register = \"poweroff\"\n",
-    )
-    .unwrap();
-    let mut ns = Netns::new("sb");
-    ns.bridge_with_tap();
-    let c = site_dhcp(&ns, "br0", lab.dir.path(), false);
-    ns.spawn(c);
-    let mut cmd = ns.cmd(BIN);
-    cmd.arg("--data")
-        .arg(lab.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = Served::start(cmd, &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat());
 
     let mac = "52:54:00:99:17:01";
     let disk = lab.path("nvme.raw");
@@ -338,20 +347,11 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     // 3: v2 onto the same disk: only what the disk lacks is sent
     let image2 = sb_demo("v2");
     let added = lab.add("demo-sb", &image2);
-    let lacked = {
-        let store = bootcast::store::Store::open(&lab.data()).unwrap();
-        let v2 = store
-            .resolve(&format!("demo-sb@{}", added["version"].as_str().unwrap()))
-            .unwrap();
-        v2.manifest
-            .chunks()
-            .filter(|(e, id, _)| {
-                let range = e.offset as usize..(e.offset + e.len) as usize;
-                bootcast::store::id::ChunkId::of(&got[range]) != *id
-            })
-            .map(|(_, _, compressed)| u64::from(compressed))
-            .sum::<u64>()
-    };
+    let lacked = lacked_bytes(
+        &lab,
+        &format!("demo-sb@{}", added["version"].as_str().unwrap()),
+        &got,
+    );
     let before = chunk_bytes_served(&ns);
     reimage(&vm, &ns, &server, &lab, mac, "v2");
     let moved = chunk_bytes_served(&ns) - before;
@@ -364,6 +364,28 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
         "the NVMe disk's bytes differ from v2"
     );
     assert!(moved * 10 <= lacked * 11, "served {moved} > 1.1 x {lacked}");
+
+    // 4: a capture from the NVMe disk gives the version `image add` of the disk file gives
+    lab.json(&["task", "capture", "--host", mac, "--image", "captured"]);
+    vm.no_reboot = true;
+    let r = run(&vm, &ns, &[], None);
+    let ctx = || context(&r, &server);
+    let done = at(
+        &r.serial,
+        &format!("BOOTCAST-AGENT-CAPTURE-DONE {mac}"),
+        &ctx,
+    );
+    let captured = r.serial[done..]
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let added = lab.add("on-host", &disk);
+    assert_eq!(added["version"], captured.as_str(), "{}", ctx());
+    common::say(&format!(
+        "uefi_vm: capture of the NVMe disk: version {} = image add's",
+        &captured[..12]
+    ));
 }
 
 /// A 34 MiB GPT disk whose EFI system partition holds an unsigned loader (Debian's iPXE) as
@@ -419,22 +441,7 @@ fn a_pc_whose_disk_comes_first_is_put_back_on_network_boot_and_unsigned_loaders_
     if !prerequisites(name) {
         return;
     }
-    let lab = Lab::new();
-    copy_bootenv(&lab.data());
-    std::fs::write(
-        lab.data().join("bootcast.toml"),
-        "[agent]\nafter_register = \"poweroff\"\n",
-    )
-    .unwrap();
-    let mut ns = Netns::new("sbo");
-    ns.bridge_with_tap();
-    let c = site_dhcp(&ns, "br0", lab.dir.path(), false);
-    ns.spawn(c);
-    let mut cmd = ns.cmd(BIN);
-    cmd.arg("--data")
-        .arg(lab.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = Served::start(cmd, &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat());
+    let (lab, ns, _site, server) = segment("sbo", false);
 
     let mac = "52:54:00:99:17:02";
     let disk = lab.path("nvme.raw");

@@ -630,6 +630,21 @@ pub fn demo_image(version: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
 }
 
+/// What `disk` lacks of version `spec` (`IMAGE@VERSION`): the compressed bytes of its chunks
+/// not found at their offsets on the disk (what a restore onto it must receive).
+pub fn lacked_bytes(lab: &Lab, spec: &str, disk: &[u8]) -> u64 {
+    let store = bootcast::store::Store::open(&lab.data()).unwrap();
+    let v = store.resolve(spec).unwrap();
+    v.manifest
+        .chunks()
+        .filter(|(e, id, _)| {
+            let range = e.offset as usize..(e.offset + e.len) as usize;
+            bootcast::store::id::ChunkId::of(&disk[range]) != *id
+        })
+        .map(|(_, _, compressed)| u64::from(compressed))
+        .sum()
+}
+
 /// `debugfs -R 'cat FILE' FS`: a file of an ext filesystem (FS: an image, or `IMG?offset=N`)
 /// without mounting it; empty if it is not there.
 pub fn debugfs_cat(fs: &str, file: &str) -> String {

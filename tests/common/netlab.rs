@@ -430,6 +430,23 @@ pub const FULL_DHCP: [&str; 4] = [
     "10.99.0.100,10.99.0.150",
 ];
 
+/// `bootcast_chunk_bytes_served_total` of the server on port 8080 in `ns`.
+pub fn chunk_bytes_served(ns: &Netns) -> u64 {
+    let (_, text) = super::http_in(
+        Some(&ns.name),
+        "GET",
+        "http://127.0.0.1:8080/metrics",
+        None,
+        None,
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("bootcast_chunk_bytes_served_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `bootcast serve` in `ns` as the deployment VLAN's only DHCP server (full mode on `br0`,
 /// 10.99.0.1, TFTP and HTTP on port 8080).
 pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
