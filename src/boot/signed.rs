@@ -58,39 +58,38 @@ impl SignedChain {
         }
     }
 
-    /// The file served as `name` (`shimx64.efi` or `grubx64.efi`), if it is one of the chain's.
-    pub fn file(&self, name: &str) -> Option<&Path> {
-        match name {
-            SHIM => Some(&self.shim),
-            GRUB => Some(&self.grub),
-            _ => None,
-        }
+    /// The file served as `name` (`shimx64.efi` or `grubx64.efi`), if it is one of the chain's,
+    /// or why it is missing.
+    pub fn file(&self, name: &str) -> Option<Result<&Path, Missing>> {
+        let (name, path) = match name {
+            SHIM => (SHIM, &self.shim),
+            GRUB => (GRUB, &self.grub),
+            _ => return None,
+        };
+        let found = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(path.as_path()),
+            Ok(_) => Err(std::io::Error::other("not a regular file")),
+            Err(e) => Err(e),
+        };
+        Some(found.map_err(|cause| Missing {
+            name,
+            path: path.clone(),
+            cause,
+            fix: fix_for(name, path),
+        }))
     }
 
-    /// Each binary with its size and sha256, or the first one missing, with the package that
-    /// provides it.
-    pub fn check(&self) -> Result<Vec<(&'static str, u64, String)>, Missing> {
-        use sha2::Digest;
-        let mut out = Vec::new();
-        for (name, path) in [(SHIM, &self.shim), (GRUB, &self.grub)] {
-            let bytes = std::fs::read(path).map_err(|cause| Missing {
-                name,
-                path: path.clone(),
-                cause,
-                fix: fix_for(name, path),
-            })?;
-            out.push((
-                name,
-                bytes.len() as u64,
-                hex::encode(sha2::Sha256::digest(&bytes)),
-            ));
+    /// Both binaries are there, or the first one missing, with the package that provides it.
+    pub fn check(&self) -> Result<(), Missing> {
+        for name in [SHIM, GRUB] {
+            self.file(name).expect("a name of the chain")?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 /// What to do when `name` is missing at `path`.
-pub fn fix_for(name: &str, path: &Path) -> String {
+fn fix_for(name: &str, path: &Path) -> String {
     match DEBIAN.iter().find(|(n, p, _)| *n == name && Path::new(p) == path) {
         Some((_, _, pkg)) => format!(
             "install Debian's {pkg} (apt-get install shim-signed grub-efi-amd64-signed), or give UEFI clients the unsigned iPXE chain with dhcp.uefi_chain = \"ipxe\" (machines with Secure Boot on refuse it)"
@@ -112,15 +111,22 @@ mod tests {
         assert_eq!(e.name, "shimx64.efi");
         assert!(e.to_string().contains("[boot] uefi_binaries"), "{e}");
         let debian = SignedChain::locate(None);
-        assert_eq!(debian.file("grubx64.efi"), Some(debian.grub.as_path()));
-        assert_eq!(debian.file("../grubx64.efi"), None);
+        assert!(debian.file("../grubx64.efi").is_none());
         let fix = super::fix_for("shimx64.efi", &debian.shim);
         assert!(fix.contains("apt-get install shim-signed"), "{fix}");
         std::fs::write(none.path().join("shimx64.efi"), b"MZ shim").unwrap();
+        let e = SignedChain::locate(Some(none.path())).check().unwrap_err();
+        assert_eq!(e.name, "grubx64.efi");
+        std::fs::create_dir(none.path().join("grubx64.efi")).unwrap();
+        let e = SignedChain::locate(Some(none.path())).check().unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_dir(none.path().join("grubx64.efi")).unwrap();
         std::fs::write(none.path().join("grubx64.efi"), b"MZ grub").unwrap();
-        let ok = SignedChain::locate(Some(none.path())).check().unwrap();
-        assert_eq!(ok[0].0, "shimx64.efi");
-        assert_eq!(ok[1].1, 7);
-        assert_eq!(ok[1].2.len(), 64);
+        let chain = SignedChain::locate(Some(none.path()));
+        chain.check().unwrap();
+        assert_eq!(
+            chain.file("grubx64.efi").unwrap().unwrap(),
+            none.path().join("grubx64.efi")
+        );
     }
 }

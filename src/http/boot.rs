@@ -272,19 +272,18 @@ pub async fn signed_binary(
     Path(file): Path<String>,
     req: Request,
 ) -> ApiResult {
-    let Some(path) = chain.file(&file) else {
-        return Err(ApiError::not_found(format!(
-            "no UEFI binary {file:?}: the Secure Boot chain is shimx64.efi and grubx64.efi"
-        )));
+    let path = match chain.file(&file) {
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no UEFI binary {file:?}: the Secure Boot chain is shimx64.efi and grubx64.efi"
+            )))
+        }
+        Some(Err(missing)) => {
+            tracing::warn!("a UEFI client asked for a signed binary that is missing: {missing}");
+            return Err(ApiError::not_found(missing.to_string()));
+        }
+        Some(Ok(path)) => path,
     };
-    if !path.is_file() {
-        let fix = crate::boot::signed::fix_for(&file, path);
-        tracing::warn!(file, path = %path.display(), "a UEFI client asked for a signed binary that is missing: {fix}");
-        return Err(ApiError::not_found(format!(
-            "{file}: {} is missing; {fix}",
-            path.display()
-        )));
-    }
     match ServeFile::new(path).oneshot(req).await {
         Ok(r) => Ok(r.map(Body::new)),
         Err(e) => match e {},
