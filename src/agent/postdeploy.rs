@@ -48,17 +48,14 @@ pub fn set_hostname(
     name: &str,
     log: &mut dyn FnMut(&str),
 ) -> Result<HostnameOutcome, String> {
-    let meta = fs::metadata(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-    if !meta.file_type().is_block_device() {
+    let Some((major, minor)) = device_numbers(disk)? else {
         return Ok(HostnameOutcome::Skipped {
             why: format!(
                 "{} is not a block device (the host name is written on disks only)",
                 disk.display()
             ),
         });
-    }
-    let dev = meta.rdev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    };
     // What the export wrote must be on the disk before partitions are read through their own
     // device nodes (each has its own page cache).
     let f = OpenOptions::new()
@@ -98,15 +95,8 @@ pub fn set_hostname(
     let result = (|| -> Result<Vec<String>, String> {
         let mut written = Vec::new();
         for p in &parts {
-            let node = work.join(&p.name);
-            let _ = fs::remove_file(&node);
-            nix::sys::stat::mknod(
-                &node,
-                nix::sys::stat::SFlag::S_IFBLK,
-                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
-                nix::sys::stat::makedev(p.major, p.minor),
-            )
-            .map_err(|e| format!("making a device node for {}: {e}", p.name))?;
+            let node = partition_node(&work, p, true)
+                .map_err(|e| format!("making a device node for {}: {e}", p.name))?;
             let is_ext = read_superblock(&node)
                 .map(|sb| is_ext(&sb))
                 .unwrap_or(false);
@@ -145,12 +135,9 @@ pub fn esp_loader(
     log: &mut dyn FnMut(&str),
 ) -> Result<Option<String>, String> {
     use nix::mount::{mount, umount, MsFlags};
-    let meta = fs::metadata(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-    if !meta.file_type().is_block_device() {
+    let Some((major, minor)) = device_numbers(disk)? else {
         return Err(format!("{} is not a block device", disk.display()));
-    }
-    let dev = meta.rdev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    };
     let f = fs::File::open(disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
     // the partition table just written, as the kernel sees it (EBUSY: already in use, and so
     // already known)
@@ -170,17 +157,13 @@ pub fn esp_loader(
     let _ = fs::create_dir_all(&mnt);
     let mut found = None;
     for p in &parts {
-        let node = work.join(&p.name);
-        let _ = fs::remove_file(&node);
-        if let Err(e) = nix::sys::stat::mknod(
-            &node,
-            nix::sys::stat::SFlag::S_IFBLK,
-            nix::sys::stat::Mode::S_IRUSR,
-            nix::sys::stat::makedev(p.major, p.minor),
-        ) {
-            log(&format!("bootcast-agent: post-deploy: {}: {e}", p.name));
-            continue;
-        }
+        let node = match partition_node(&work, p, false) {
+            Ok(node) => node,
+            Err(e) => {
+                log(&format!("bootcast-agent: post-deploy: {}: {e}", p.name));
+                continue;
+            }
+        };
         if !read_superblock(&node).is_ok_and(|sb| is_fat(&sb)) {
             continue;
         }
@@ -205,6 +188,39 @@ pub fn esp_loader(
     }
     let _ = fs::remove_dir_all(&work);
     Ok(found)
+}
+
+/// `disk`'s major and minor device numbers; `None`: it is not a block device.
+fn device_numbers(disk: &Path) -> Result<Option<(u64, u64)>, String> {
+    let meta = fs::metadata(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let dev = meta.rdev();
+    Ok(Some((
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+    )))
+}
+
+/// A device node for partition `p` in `work` (the agent's own, whatever /dev holds), readable,
+/// and writable when `write`.
+fn partition_node(work: &Path, p: &Partition, write: bool) -> nix::Result<PathBuf> {
+    use nix::sys::stat::Mode;
+    let node = work.join(&p.name);
+    let _ = fs::remove_file(&node);
+    let mode = if write {
+        Mode::S_IRUSR | Mode::S_IWUSR
+    } else {
+        Mode::S_IRUSR
+    };
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFBLK,
+        mode,
+        nix::sys::stat::makedev(p.major, p.minor),
+    )?;
+    Ok(node)
 }
 
 /// A FAT boot sector: the 0x55AA signature and "FAT" where FAT12/16 or FAT32 name their type.
