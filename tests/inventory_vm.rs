@@ -10,7 +10,9 @@ mod common;
 
 use serde_json::Value;
 
-use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::netlab::{
+    copy_bootenv, have_qemu, nvme_disk, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
+};
 use common::{demo_image, Lab, Served};
 
 const MAC: &str = "52:54:00:99:08:42";
@@ -36,12 +38,9 @@ fn boot(
         format!("type=1,manufacturer=Bootcast Lab,product=NUC-Test 7,version=rev-B,serial=SN-0042,uuid={UUID},sku=SKU-9,family=MiniPC"),
         "-smbios".into(),
         "type=0,vendor=LabBIOS,version=2.7.1,date=03/14/2025".into(),
-        // an NVMe disk, as a mini-PC has
-        "-drive".into(),
-        format!("file={},format=raw,if=none,id=nvm", disk.display()),
-        "-device".into(),
-        format!("nvme,drive=nvm,serial={NVME_SERIAL}"),
     ];
+    // an NVMe disk, as a mini-PC has
+    vm.extra.extend(nvme_disk(&disk, NVME_SERIAL, None));
     let _ = std::fs::remove_file(vm.serial_log());
     let out = vm.command(ns).output().unwrap();
     let serial = vm.serial();

@@ -27,8 +27,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::netlab::{
-    chunk_bytes_served, copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
-    VLAN_SERVICES,
+    chunk_bytes_served, copy_bootenv, have_qemu, nvme_disk, serve_full, site_dhcp, Firmware, Netns,
+    Nic, Vm, VLAN_SERVICES,
 };
 use common::{lacked_bytes, sha256, Lab, Served};
 
@@ -171,18 +171,6 @@ fn empty_disk(path: &Path, bytes: u64) {
     f.set_len(bytes).unwrap();
 }
 
-fn nvme(disk: &Path, serial: &str, bootindex: Option<u32>) -> Vec<String> {
-    let index = bootindex
-        .map(|i| format!(",bootindex={i}"))
-        .unwrap_or_default();
-    vec![
-        "-drive".into(),
-        format!("file={},format=raw,if=none,id=nvm", disk.display()),
-        "-device".into(),
-        format!("nvme,drive=nvm,serial={serial}{index}"),
-    ]
-}
-
 fn prerequisites(test: &str) -> bool {
     if !common::is_root() {
         common::skip(test, "needs root (network namespaces, tap devices)");
@@ -193,25 +181,6 @@ fn prerequisites(test: &str) -> bool {
         "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf"
     );
     true
-}
-
-/// The Secure Boot demo master `version` (images/demo/build.sh --secure-boot).
-fn sb_demo(version: &str) -> std::path::PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(repo.join("images/demo/build.sh"))
-        .args(["--secure-boot", "--version", version])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "images/demo/build.sh --secure-boot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .into()
 }
 
 /// One reimage of the Secure Boot PC with `version`, through to its disk's own boot.
@@ -279,7 +248,7 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     if !prerequisites(name) {
         return;
     }
-    let image = sb_demo("v1");
+    let image = common::demo_master(&["--secure-boot", "--version", "v1"]);
     let (lab, ns, _site, server) = segment("sb", true);
     lab.add("demo-sb", &image);
 
@@ -291,7 +260,7 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     vm.keep_vars = true;
     vm.timeout = 420;
     // OVMF connects only the devices in QEMU's boot order: the disk is in it, after the NIC
-    vm.extra = nvme(&disk, "NVME-SB-01", Some(2));
+    vm.extra = nvme_disk(&disk, "NVME-SB-01", Some(2));
 
     // 1: an unknown PC registers through the signed chain
     let t = Instant::now();
@@ -345,7 +314,7 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     );
 
     // 3: v2 onto the same disk: only what the disk lacks is sent
-    let image2 = sb_demo("v2");
+    let image2 = common::demo_master(&["--secure-boot", "--version", "v2"]);
     let added = lab.add("demo-sb", &image2);
     let lacked = lacked_bytes(
         &lab,
@@ -452,7 +421,7 @@ fn a_pc_whose_disk_comes_first_is_put_back_on_network_boot_and_unsigned_loaders_
     vm.timeout = 300;
     // the firmware tries the disk first, as Windows leaves BootOrder
     vm.nic_bootindex = 2;
-    vm.extra = nvme(&disk, "NVME-SB-02", Some(1));
+    vm.extra = nvme_disk(&disk, "NVME-SB-02", Some(1));
 
     // 1: the disk's unsigned loader is refused by the firmware; the PC boots from the network,
     // registers, and its agent puts the network entry first

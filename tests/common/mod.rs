@@ -617,14 +617,19 @@ pub fn skip(test: &str, why: &str) {
 /// Builds (or finds in the cache) the demo master `version` with images/demo/build.sh; its
 /// path. Needs the Debian packages build.sh installs (root for apt-get).
 pub fn demo_image(version: &str) -> PathBuf {
+    demo_master(&["--version", version])
+}
+
+/// [`demo_image`] with build.sh's arguments `args` (`--secure-boot --version v2`).
+pub fn demo_master(args: &[&str]) -> PathBuf {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(repo.join("images/demo/build.sh"))
-        .args(["--version", version])
+        .args(args)
         .output()
         .expect("run images/demo/build.sh");
     assert!(
         out.status.success(),
-        "images/demo/build.sh failed:\n{}",
+        "images/demo/build.sh {args:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())

@@ -430,6 +430,20 @@ pub const FULL_DHCP: [&str; 4] = [
     "10.99.0.100,10.99.0.150",
 ];
 
+/// QEMU arguments for `disk` (raw) as an NVMe disk with `serial`, at `bootindex` in QEMU's boot
+/// order if given (OVMF connects only the devices in that order when there is one).
+pub fn nvme_disk(disk: &Path, serial: &str, bootindex: Option<u32>) -> Vec<String> {
+    let index = bootindex
+        .map(|i| format!(",bootindex={i}"))
+        .unwrap_or_default();
+    vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=none,id=nvm", disk.display()),
+        "-device".into(),
+        format!("nvme,drive=nvm,serial={serial}{index}"),
+    ]
+}
+
 /// `bootcast_chunk_bytes_served_total` of the server on port 8080 in `ns`.
 pub fn chunk_bytes_served(ns: &Netns) -> u64 {
     let (_, text) = super::http_in(
