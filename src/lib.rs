@@ -6,6 +6,7 @@
 //! - [`agent`]: what runs in the boot environment, and its protocol with the server.
 //! - [`bootenv`]: builds that boot environment (kernel + initramfs with busybox and the agent).
 //! - [`http`]: boot scripts, boot environment, agent and staff API over HTTP (axum).
+//! - [`fsmap`]: used-block maps of a disk's filesystems (NTFS, FAT, ext, swap): what a capture skips.
 //! - [`db`]: hosts, boots, tasks and leases in SQLite.
 //! - [`config`]: the server's configuration, validated once at start.
 //! - [`proto`]: wire messages shared by several layers (agent ↔ server, relay ↔ server).
@@ -29,6 +30,7 @@ pub mod boot;
 pub mod bootenv;
 pub mod config;
 pub mod db;
+pub mod fsmap;
 pub mod hooks;
 pub mod http;
 pub mod inventory;

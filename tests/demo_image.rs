@@ -89,10 +89,8 @@ fn demo_master_round_trips_and_boots() {
     let spec = format!("demo@{}", b["version"].as_str().unwrap());
     let r = lab.json(&["image", "export", &spec, t, "--seed", t]);
     common::say(&format!("export v2 over v1: {r}"));
-    assert_eq!(
-        sha256(&std::fs::read(&target).unwrap()),
-        sha256(&std::fs::read(&v2).unwrap())
-    );
+    // v2's used bytes over v1's: what v1 used and v2 does not may remain
+    assert_restored(&v2, &target);
     for mode in ["bios", "uefi"] {
         let out = boot(&target, mode);
         assert!(out.contains("BOOTCAST-DEMO-OK v2"), "{mode}: {out}");

@@ -210,10 +210,5 @@ fn a_vm_reports_its_smbios_values_and_a_bigger_disk_is_a_change() {
         "{serial}"
     );
     assert!(serial.contains("/dev/nvme0n1"), "{serial}");
-    let want = std::fs::read(&image).unwrap();
-    let written = std::fs::read(lab.path("disk-128.raw")).unwrap();
-    assert_eq!(
-        common::sha256(&written[..want.len()]),
-        common::sha256(&want)
-    );
+    common::assert_restored(&image, &lab.path("disk-128.raw"));
 }

@@ -30,7 +30,7 @@ use common::netlab::{
     chunk_bytes_served, copy_bootenv, have_qemu, nvme_disk, serve_full, site_dhcp, Firmware, Netns,
     Nic, Vm, VLAN_SERVICES,
 };
-use common::{lacked_bytes, sha256, Lab, Served};
+use common::{lacked_bytes, Lab, Served};
 
 /// What one run of a VM showed.
 struct Run {
@@ -305,13 +305,8 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     // 2: reimaged with the Secure Boot master; its own disk boots it with Secure Boot on
     vm.no_reboot = false;
     reimage(&vm, &ns, &server, &lab, mac, "v1");
-    let want = std::fs::read(&image).unwrap();
     let got = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        sha256(&got),
-        sha256(&want),
-        "the NVMe disk's bytes differ from the image"
-    );
+    common::assert_restored_bytes(&image, &got, "the NVMe disk");
 
     // 3: v2 onto the same disk: only what the disk lacks is sent
     let image2 = common::demo_master(&["--secure-boot", "--version", "v2"]);
@@ -327,11 +322,7 @@ fn a_secure_boot_nvme_pc_registers_is_reimaged_and_boots_its_own_disk() {
     common::say(&format!(
         "uefi_vm: v1 -> v2: {moved} bytes served for {lacked} compressed bytes of chunks the disk lacked"
     ));
-    assert_eq!(
-        sha256(&std::fs::read(&disk).unwrap()),
-        sha256(&std::fs::read(&image2).unwrap()),
-        "the NVMe disk's bytes differ from v2"
-    );
+    common::assert_restored(&image2, &disk);
     assert!(moved * 10 <= lacked * 11, "served {moved} > 1.1 x {lacked}");
 
     // 4: a capture from the NVMe disk gives the version `image add` of the disk file gives

@@ -1,8 +1,9 @@
 //! The agent's capture: read the local disk whole and make it a new version of an image on the
 //! server, moving only the chunks the server lacks.
 //!
-//! The disk (see [`super::disk`]; any size) is read through the store's one ingest pipeline
-//! ([`crate::store::ingest::ingest_to`]) with the server's chunker parameters and zstd level
+//! The disk (see [`super::disk`]; any size) is mapped ([`crate::fsmap::map_disk`]: only what its
+//! filesystems use is read) and read through the store's one ingest pipeline
+//! ([`crate::store::ingest::ingest_disk_to`]) with the server's chunker parameters and zstd level
 //! from the hello reply, so it is cut, hashed and compressed exactly as `bootcast image add` of
 //! the same bytes on the server would: same chunks, same manifest, same version id. The
 //! pipeline's sink is the server ([`RemoteSink`]): each worker batch of chunk ids (up to 256)
@@ -21,12 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::task::{self, Failure, Reporter, RunError, TaskRef};
+use crate::fsmap::map_disk;
 use crate::proto::agent::{
     push_frame, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded, HEADER_MAC,
     HEADER_SESSION, HEADER_TASK, MISSING_MAX_IDS,
 };
 use crate::store::error::{Result, StoreError};
-use crate::store::ingest::{ingest_to, ChunkSink, IngestOptions, IngestReport};
+use crate::store::ingest::{ingest_disk_to, ChunkSink, IngestOptions, IngestReport};
 use crate::store::source::HttpSource;
 use crate::store::{ChunkId, ChunkerParams, Manifest, VersionId};
 
@@ -90,12 +92,28 @@ fn capture(
     log: &mut dyn FnMut(&str),
 ) -> std::result::Result<IngestReport, Failure> {
     let disk = super::disk::pick(job.disk.as_deref(), sys, proc, 0).map_err(Failure::Other)?;
-    let (file, size) = open_disk(&disk).map_err(Failure::Other)?;
+    let (mut file, size) = open_disk(&disk).map_err(Failure::Other)?;
     log(&format!(
         "bootcast-agent: capturing {} ({size} bytes) as a new version of {}",
         disk.display(),
         job.image
     ));
+    // the same mapper as `bootcast image add`, so the same disk gives the same version
+    let map = map_disk(&mut file, size)
+        .map_err(|e| Failure::Other(format!("reading {}: {e}", disk.display())))?;
+    for p in &map.partitions {
+        log(&format!(
+            "BOOTCAST-AGENT-MAP part {} {} {} bytes: {}",
+            p.number,
+            p.fs,
+            p.size,
+            match (&p.used, &p.reason) {
+                (Some(used), _) if p.mapped => format!("mapped, {used} bytes used"),
+                (_, Some(why)) => format!("raw ({why})"),
+                _ => "raw".into(),
+            }
+        ));
+    }
     let sink = RemoteSink::new(job)?;
     task::check_open(client, me, size)?;
     let reporter = Reporter::start(client, me, size);
@@ -106,7 +124,7 @@ fn capture(
         ..IngestOptions::default()
     };
     let label = disk.display().to_string();
-    let result = ingest_to(&sink, &job.image, file, &label, &opts, &|n| {
+    let result = ingest_disk_to(&sink, &job.image, file, &map, &label, &opts, &|n| {
         done.fetch_add(n, Ordering::Relaxed);
     });
     reporter.finish();
@@ -276,7 +294,7 @@ mod tests {
     use super::*;
     use crate::db::{hosts, tasks, Db, TaskKind, TaskState};
     use crate::http::{self, chunks::ChunkService, AppState};
-    use crate::store::ingest::ingest;
+    use crate::store::ingest::{ingest, ingest_to};
     use crate::store::{Store, StoreConfig};
     use crate::testkit::random_bytes;
     use std::sync::Arc;

@@ -129,6 +129,7 @@ fn restore(
             seeds: vec![target.clone()],
             threads: 4,
             cancel: Some(reporter.cancel.clone()),
+            discard_unused: false,
         };
         let src: &dyn ChunkSource = &source;
         let done = reporter.done.clone();
@@ -159,6 +160,12 @@ fn restore(
                     from_seed: 0,
                     in_place: r.bytes_in_place,
                     zero: r.bytes_zero,
+                    unused: manifest
+                        .extents
+                        .iter()
+                        .filter(|e| e.kind == crate::store::ExtentKind::Unused)
+                        .map(|e| e.len)
+                        .sum(),
                 }),
             }
         }

@@ -1,16 +1,17 @@
 //! `bootcast image ...`
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
+use bootcast::fsmap::{map_disk, DiskMap, PartReport};
 use bootcast::store::catalog::split_spec;
 use bootcast::store::export::{export, ExportOptions};
-use bootcast::store::ingest::{default_threads, ingest, IngestOptions};
+use bootcast::store::ingest::{default_threads, ingest, ingest_disk, IngestOptions};
 use bootcast::store::source::{ChunkSource, HttpSource};
 use bootcast::store::stats::{version_stats, VersionStats};
 use bootcast::store::{validate_level, Store, StoreConfig, StoreError};
@@ -32,6 +33,10 @@ pub enum ImageCmd {
         /// Publish new chunks every N compressed bytes (crash-recovery granularity)
         #[arg(long, default_value_t = 64 << 20, hide = true)]
         batch_bytes: u64,
+        /// Capture every byte, even what no filesystem uses (default: only the used blocks of
+        /// NTFS, FAT, ext2/3/4 and swap; other partitions are raw anyway)
+        #[arg(long)]
+        raw: bool,
     },
     /// List every image version with its size and stored bytes
     List,
@@ -47,6 +52,10 @@ pub enum ImageCmd {
         seeds: Vec<PathBuf>,
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Discard (TRIM, or punch holes in a file) the ranges no filesystem of the image uses,
+        /// instead of leaving the target's bytes there as they are
+        #[arg(long)]
+        discard_unused: bool,
         /// Read the manifest and chunks from a bootcast server (http://HOST:8080, or
         /// https://HOST:8443) instead of the local store; no --data store is needed then
         #[arg(long, value_name = "URL")]
@@ -102,7 +111,8 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             level,
             threads,
             batch_bytes,
-        } => add(data, out, &name, &source, level, threads, batch_bytes),
+            raw,
+        } => add(data, out, &name, &source, level, threads, batch_bytes, raw),
         ImageCmd::List => list(data, out),
         ImageCmd::Show { spec } => show(data, out, &spec),
         ImageCmd::Export {
@@ -110,6 +120,7 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             target,
             seeds,
             threads,
+            discard_unused,
             from,
             token_file,
             fingerprint,
@@ -126,7 +137,13 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             let from = from
                 .as_ref()
                 .map(|(u, token, tls)| (u.as_str(), token.as_str(), tls));
-            export_cmd(data, out, &spec, &target, seeds, threads, from)
+            let opts = ExportOptions {
+                seeds,
+                threads,
+                cancel: None,
+                discard_unused,
+            };
+            export_cmd(data, out, &spec, &target, opts, from)
         }
         ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
         ImageCmd::Approve { spec } => approve(data, out, &spec),
@@ -135,10 +152,15 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     }
 }
 
-/// Opens a source and tells its size when it has one (file or block device).
-fn open_source(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+/// A source to ingest: stdin (a stream, raw), or a file or block device with its size.
+enum Source {
+    Stream(io::Stdin),
+    Disk(File, u64),
+}
+
+fn open_source(path: &Path) -> Result<Source> {
     if path == Path::new("-") {
-        return Ok((Box::new(io::stdin()), None));
+        return Ok(Source::Stream(io::stdin()));
     }
     let mut file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
@@ -153,12 +175,14 @@ fn open_source(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     if file.metadata()?.is_dir() {
         anyhow::bail!("source {} is a directory, not a disk image", path.display());
     }
-    let size = file.seek(SeekFrom::End(0)).ok();
-    file.seek(SeekFrom::Start(0))
+    let size = file
+        .seek(SeekFrom::End(0))
+        .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
         .with_context(|| format!("source {} is not seekable", path.display()))?;
-    Ok((Box::new(file), size))
+    Ok(Source::Disk(file, size))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add(
     data: &Path,
     out: &Output,
@@ -167,21 +191,38 @@ fn add(
     level: Option<i32>,
     threads: usize,
     batch_bytes: u64,
+    raw: bool,
 ) -> Result<ExitCode> {
     bootcast::store::catalog::validate_name(name)?;
-    let (reader, size) = open_source(source)?;
+    let source_kind = open_source(source)?;
     let store = Store::open_or_create(data, StoreConfig::default(), false)?;
-    let bar = out.progress(size, "ingest");
     let opts = IngestOptions {
         level,
         threads,
         batch_bytes,
     };
     let label = source.display().to_string();
-    let report = ingest(&store, name, reader, &label, &opts, &|n| bar.inc(n))?;
+    let (report, partitions) = match source_kind {
+        Source::Stream(stdin) => {
+            let bar = out.progress(None, "ingest");
+            let r = ingest(&store, name, stdin, &label, &opts, &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            (r, DiskMap::raw(0, "read from a stream (stdin)").partitions)
+        }
+        Source::Disk(mut file, size) => {
+            let map = if raw {
+                DiskMap::raw(size, "--raw")
+            } else {
+                map_disk(&mut file, size).with_context(|| format!("reading {label}"))?
+            };
+            let bar = out.progress(Some(size), "ingest");
+            let r = ingest_disk(&store, name, file, &map, &label, &opts, &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            (r, map.partitions)
+        }
+    };
     // staff adding these bytes approves them, should a capture have made the same version
     store.approve(&format!("{name}@{}", report.version))?;
-    bar.finish_and_clear();
     #[derive(serde::Serialize)]
     struct AddJson<'a> {
         name: &'a str,
@@ -192,6 +233,8 @@ fn add(
         chunks: usize,
         new_chunks: usize,
         zero_bytes: u64,
+        unused_bytes: u64,
+        partitions: &'a [PartReport],
     }
     let json = AddJson {
         name: &report.name,
@@ -202,10 +245,12 @@ fn add(
         chunks: report.chunks,
         new_chunks: report.new_chunks,
         zero_bytes: report.zero_bytes,
+        unused_bytes: report.unused_bytes,
+        partitions: &partitions,
     };
     out.emit(&json, || {
         format!(
-            "{}@{}\n  size {}, {} chunks ({} new), stored {}, new {}, zero runs {}",
+            "{}@{}\n  size {}, {} chunks ({} new), stored {}, new {}, zero runs {}, unused {}\n{}",
             report.name,
             report.version,
             bytes(report.size),
@@ -213,10 +258,35 @@ fn add(
             report.new_chunks,
             bytes(report.stored_bytes),
             bytes(report.new_bytes),
-            bytes(report.zero_bytes)
+            bytes(report.zero_bytes),
+            bytes(report.unused_bytes),
+            partition_lines(&partitions)
         )
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per partition: number, filesystem, size, used, mapped or raw and why.
+fn partition_lines(parts: &[PartReport]) -> String {
+    let mut s = String::new();
+    for p in parts {
+        let what = match (&p.used, p.mapped, &p.reason) {
+            (Some(used), true, _) => format!("{} used, mapped", bytes(*used)),
+            (_, _, Some(why)) => format!("raw: {why}"),
+            _ => "raw".to_string(),
+        };
+        let number = if p.number == 0 {
+            "disk".to_string()
+        } else {
+            format!("part {}", p.number)
+        };
+        s.push_str(&format!(
+            "  {number:<8} {:<9} {:>10}  {what}\n",
+            p.fs,
+            bytes(p.size)
+        ));
+    }
+    s.trim_end().to_string()
 }
 
 fn all_versions(store: &Store) -> Result<Vec<bootcast::store::catalog::Version>> {
@@ -291,21 +361,28 @@ fn show(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
 }
 
 fn describe(v: &VersionStats) -> String {
-    format!(
-        "{}@{}\n  created      {}\n  size         {} ({} in chunks, {} zero runs)\n  chunks       {} distinct, {} plain, {} stored\n  shared       {} of its stored bytes are used by other versions too\n  dedup        {:.2}x   compression {:.2}x\n",
+    let mut s = format!(
+        "{}@{}\n  created      {}\n  size         {} ({} in chunks, {} zero runs, {} unused)\n  chunks       {} distinct, {} plain, {} stored\n  shared       {} of its stored bytes are used by other versions too\n  dedup        {:.2}x   compression {:.2}x\n",
         v.name,
         v.version,
         utc(v.created),
         bytes(v.size),
         bytes(v.data_bytes),
         bytes(v.zero_bytes),
+        bytes(v.unused_bytes),
         v.chunks,
         bytes(v.plain_bytes),
         bytes(v.stored_bytes),
         bytes(v.shared_bytes),
         v.dedup_ratio,
         v.compression_ratio
-    )
+    );
+    if !v.partitions.is_empty() {
+        s.push_str("  partitions\n");
+        s.push_str(&partition_lines(&v.partitions));
+        s.push('\n');
+    }
+    s
 }
 
 fn export_cmd(
@@ -313,8 +390,7 @@ fn export_cmd(
     out: &Output,
     spec: &str,
     target: &Path,
-    seeds: Vec<PathBuf>,
-    threads: usize,
+    opts: ExportOptions,
     from: Option<(&str, &str, &bootcast::tls::TlsClient)>,
 ) -> Result<ExitCode> {
     let (from, token, tls) = (from.map(|f| f.0), from.map(|f| f.1), from.map(|f| f.2));
@@ -344,11 +420,6 @@ fn export_cmd(
         }
     };
     let bar = out.progress(Some(manifest.size), "export");
-    let opts = ExportOptions {
-        seeds,
-        threads,
-        cancel: None,
-    };
     let report = export(source.as_ref(), &manifest, target, &opts, &|n| bar.inc(n))
         .with_context(|| format!("exporting {}@{} to {}", name, id.short(), target.display()))?;
     bar.finish_and_clear();

@@ -381,10 +381,15 @@ pub fn receive(
         ..Default::default()
     };
     for e in &manifest.extents {
-        if e.kind == ExtentKind::Zero {
-            out.zero(e.offset, e.len)?;
-            report.bytes_zero += e.len;
-            opts.add_progress(e.len);
+        match e.kind {
+            ExtentKind::Zero => {
+                out.zero(e.offset, e.len)?;
+                report.bytes_zero += e.len;
+                opts.add_progress(e.len);
+            }
+            // no filesystem uses these bytes: the target keeps its own
+            ExtentKind::Unused => opts.add_progress(e.len),
+            ExtentKind::Chunk { .. } => {}
         }
     }
     let mut core = Core::new(id, &list, u64::from(id) ^ 0x5eed);

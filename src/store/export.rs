@@ -8,7 +8,9 @@
 //!
 //! Every source passes through [`VerifiedChunk`], so a byte reaches the target only after its
 //! chunk's hash matched. Zero runs become holes in regular files (punched if the target had data)
-//! and zeroed ranges on block devices.
+//! and zeroed ranges on block devices. Unused runs (no filesystem uses them) are not written: the
+//! target keeps its bytes there, or they are discarded when asked
+//! ([`ExportOptions::discard_unused`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -34,6 +36,8 @@ pub struct ExportOptions {
     /// Set by the caller to stop the export between batches ([`StoreError::Cancelled`]);
     /// what is written stays written and verified.
     pub cancel: Option<std::sync::Arc<AtomicBool>>,
+    /// Discard (TRIM) the target's unused runs instead of leaving their bytes alone.
+    pub discard_unused: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -48,6 +52,8 @@ pub struct ExportReport {
     /// Bytes the target already held: nothing written.
     pub in_place: u64,
     pub zero: u64,
+    /// Bytes no filesystem uses: not written.
+    pub unused: u64,
 }
 
 /// Bytes written between early writeback requests.
@@ -66,6 +72,7 @@ struct Counters {
     from_seed: AtomicU64,
     in_place: AtomicU64,
     zero: AtomicU64,
+    unused: AtomicU64,
 }
 
 /// Writes `manifest`'s image to `target`, taking what seeds lack from `source`.
@@ -126,6 +133,7 @@ pub fn export(
                     seeds,
                     counters,
                     punch_zero,
+                    discard_unused: opts.discard_unused,
                 };
                 let mut decoder = Decoder::new(manifest.params.max as usize);
                 let mut buf = Vec::new();
@@ -178,6 +186,7 @@ pub fn export(
             let (len, result) = match write {
                 Write::Nothing { len } => (len, Ok(())),
                 Write::Zero { offset, len } => (len, out.zero(offset, len)),
+                Write::Discard { offset, len } => (len, out.discard(offset, len)),
                 Write::Run(run) => (run.bytes().len() as u64, out.write_run(&run)),
                 Write::Chunk(_) => unreachable!("workers send chunks as runs"),
             };
@@ -204,6 +213,7 @@ pub fn export(
         from_seed: counters.from_seed.into_inner(),
         in_place: counters.in_place.into_inner(),
         zero: counters.zero.into_inner(),
+        unused: counters.unused.into_inner(),
     })
 }
 
@@ -283,6 +293,16 @@ impl Target {
         zero_range(&self.file, offset, len).ctx("zeroing a range of", &self.path)
     }
 
+    /// Discards an unused run: a hole in a file, a discard on a device that supports it; where
+    /// neither is possible the bytes stay (they are unused, so either is correct).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(&self.file, flags, offset as i64, len as i64) {
+            Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => Ok(()),
+            Err(e) => Err(io::Error::from(e)).ctx("discarding a range of", &self.path),
+        }
+    }
+
     /// Whether the target already holds chunk `id` (`len` bytes) at `offset`.
     pub fn holds(&self, offset: u64, len: u64, id: ChunkId) -> Result<bool> {
         let mut buf = Vec::new();
@@ -309,6 +329,11 @@ enum Write {
         offset: u64,
         len: u64,
     },
+    /// An unused run the caller asked to discard.
+    Discard {
+        offset: u64,
+        len: u64,
+    },
     /// A verified chunk, from a worker's plan; workers pass them on as runs.
     Chunk(VerifiedChunk),
     Run(VerifiedRun),
@@ -323,6 +348,7 @@ struct Worker<'a> {
     seeds: &'a [Seed],
     counters: &'a Counters,
     punch_zero: bool,
+    discard_unused: bool,
 }
 
 impl Worker<'_> {
@@ -425,6 +451,19 @@ impl Worker<'_> {
                 self.counters.zero.fetch_add(extent.len, Ordering::Relaxed);
                 return Ok(Some(if self.punch_zero {
                     Write::Zero {
+                        offset,
+                        len: extent.len,
+                    }
+                } else {
+                    Write::Nothing { len: extent.len }
+                }));
+            }
+            ExtentKind::Unused => {
+                self.counters
+                    .unused
+                    .fetch_add(extent.len, Ordering::Relaxed);
+                return Ok(Some(if self.discard_unused {
+                    Write::Discard {
                         offset,
                         len: extent.len,
                     }

@@ -12,7 +12,8 @@
 //! (one round trip per batch for a server) and is handed only the chunks it lacks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -25,6 +26,7 @@ use super::id::{ChunkId, VersionId};
 use super::manifest::{ExtentKind, ExtentList, Manifest};
 use super::session::Session;
 use super::Store;
+use crate::fsmap::{DiskMap, PartReport};
 
 /// Where an ingest puts its chunks and its manifest.
 ///
@@ -152,11 +154,16 @@ pub struct IngestReport {
     pub chunks: usize,
     pub new_chunks: usize,
     pub zero_bytes: u64,
+    /// Bytes no filesystem uses: not read, not stored.
+    pub unused_bytes: u64,
 }
 
 /// What a worker learned about one piece.
 enum Done<W> {
     Zero {
+        len: u64,
+    },
+    Unused {
         len: u64,
     },
     Chunk {
@@ -190,11 +197,112 @@ pub fn ingest<R: Read + Send>(
 }
 
 /// Reads `src` to the end, cuts, hashes and compresses it, hands the chunks `sink` lacks to
-/// `sink`, and commits the manifest of a new version of image `name` there.
+/// `sink`, and commits the manifest of a new version of image `name` there. Every byte is
+/// captured (a raw image).
 pub fn ingest_to<S: ChunkSink, R: Read + Send>(
     sink: &S,
     name: &str,
     src: R,
+    source_label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<IngestReport> {
+    run(
+        sink,
+        name,
+        src,
+        &[],
+        Vec::new(),
+        source_label,
+        opts,
+        progress,
+    )
+}
+
+/// Stores disk `disk` as a new version of image `name` in the local store, skipping what `map`
+/// says no filesystem uses.
+pub fn ingest_disk<D: Read + Seek + Send>(
+    store: &Store,
+    name: &str,
+    disk: D,
+    map: &DiskMap,
+    source_label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<IngestReport> {
+    validate_name(name)?;
+    let sink = LocalSink::begin(store)?;
+    ingest_disk_to(&sink, name, disk, map, source_label, opts, progress)
+}
+
+/// [`ingest_to`] for a disk and its map ([`crate::fsmap::map_disk`]): the unused runs are
+/// never read (the disk is seeked over them) and become unused extents of the manifest, which
+/// also carries the map's partition report.
+pub fn ingest_disk_to<S: ChunkSink, D: Read + Seek + Send>(
+    sink: &S,
+    name: &str,
+    disk: D,
+    map: &DiskMap,
+    source_label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<IngestReport> {
+    let used = UsedOnly {
+        disk,
+        pos: 0,
+        unused: &map.unused,
+        next: 0,
+    };
+    let partitions = map.partitions.clone();
+    run(
+        sink,
+        name,
+        used,
+        &map.unused,
+        partitions,
+        source_label,
+        opts,
+        progress,
+    )
+}
+
+/// Reads the used bytes of a disk only, in order, seeking over the unused runs.
+struct UsedOnly<'a, D> {
+    disk: D,
+    pos: u64,
+    unused: &'a [Range<u64>],
+    next: usize,
+}
+
+impl<D: Read + Seek> Read for UsedOnly<'_, D> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(run) = self.unused.get(self.next) {
+            if self.pos < run.start {
+                break;
+            }
+            self.pos = self.disk.seek(SeekFrom::Start(run.end))?;
+            self.next += 1;
+        }
+        let room = self
+            .unused
+            .get(self.next)
+            .map_or(buf.len() as u64, |r| r.start - self.pos);
+        let n = buf.len().min(room as usize);
+        let n = self.disk.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The pipeline: `src` yields the used bytes only; `unused` (sorted disk ranges) says where the
+/// runs it skipped were.
+#[allow(clippy::too_many_arguments)]
+fn run<S: ChunkSink, R: Read + Send>(
+    sink: &S,
+    name: &str,
+    src: R,
+    unused: &[Range<u64>],
+    partitions: Vec<PartReport>,
     source_label: &str,
     opts: &IngestOptions,
     progress: &(dyn Fn(u64) + Sync),
@@ -208,7 +316,7 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
     let abort = AtomicBool::new(false);
 
     // Pieces travel in batches (the sink's batch size) so the threads hand over work rarely.
-    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<Piece>)>(threads * 2);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<Cut>)>(threads * 2);
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) =
         mpsc::sync_channel::<Result<(u64, Vec<Done<S::Written>>)>>(threads * 2 + 2);
@@ -224,43 +332,61 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
         let abort_ref = &abort;
         scope.spawn(move || {
             // Reads stop as soon as the ingest fails, even inside a long zero run.
-            let src = CancelOnAbort {
+            let mut src = CancelOnAbort {
                 inner: src,
                 abort: abort_ref,
             };
-            let mut chunker = Chunker::new(src, params);
-            let mut batch_no = 0u64;
-            let (mut batch, mut batch_len) = (Vec::new(), 0usize);
-            while !abort_ref.load(Ordering::Relaxed) {
-                let piece = match chunker.next_piece() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(e).ctx("reading source", source_label));
-                        break;
+            let mut batcher = Batcher {
+                tx: &job_tx,
+                batch_no: 0,
+                batch: Vec::new(),
+                len: 0,
+                max: (batch_max_bytes, batch_max_pieces),
+            };
+            // Used segments are cut one by one (the chunker starts afresh after each unused
+            // run); the source yields only their bytes.
+            let mut pos = 0u64;
+            for run in unused.iter().map(Some).chain([None]) {
+                let want = run.map(|r| r.start - pos);
+                let segment = (&mut src).take(want.unwrap_or(u64::MAX));
+                let mut chunker = Chunker::new(segment, params);
+                let mut got = 0u64;
+                loop {
+                    if abort_ref.load(Ordering::Relaxed) {
+                        return;
                     }
-                };
-                let end = piece.is_none();
-                // Zero runs count too, so pieces never wait behind a long run of zeros.
-                batch_len += match &piece {
-                    Some(Piece::Data { bytes, .. }) => bytes.len(),
-                    Some(Piece::Zero { len, .. }) => *len as usize,
-                    None => 0,
-                };
-                batch.extend(piece);
-                if (end && !batch.is_empty())
-                    || batch_len >= batch_max_bytes
-                    || batch.len() >= batch_max_pieces
-                {
-                    if job_tx.send((batch_no, std::mem::take(&mut batch))).is_err() {
-                        break;
+                    match chunker.next_piece() {
+                        Ok(Some(piece)) => {
+                            got += match &piece {
+                                Piece::Data { bytes, .. } => bytes.len() as u64,
+                                Piece::Zero { len, .. } => *len,
+                            };
+                            if !batcher.push(Cut::Piece(piece)) {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e).ctx("reading source", source_label));
+                            return;
+                        }
                     }
-                    batch_no += 1;
-                    batch_len = 0;
                 }
-                if end {
-                    break;
+                let Some(run) = run else { break };
+                if Some(got) != want {
+                    let _ = tx.send(Err(StoreError::Target(format!(
+                        "{source_label} ended at byte {}, its map goes on to {}",
+                        pos + got,
+                        run.end
+                    ))));
+                    return;
                 }
+                if !batcher.push(Cut::Unused(run.end - run.start)) {
+                    return;
+                }
+                pos = run.end;
             }
+            batcher.flush();
         });
         for _ in 0..threads {
             let tx = done_tx.clone();
@@ -319,6 +445,10 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
                             extents.push_zero(len);
                             progress(len);
                         }
+                        Done::Unused { len } => {
+                            extents.push_unused(len);
+                            progress(len);
+                        }
                         Done::Chunk { len, id, written } => {
                             extents.push_chunk(len, id, 0);
                             progress(len);
@@ -365,7 +495,7 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
             Known::InFlight => unreachable!("every worker finished"),
         }
     }
-    let mut zero_bytes = 0;
+    let (mut zero_bytes, mut unused_bytes) = (0, 0);
     for e in extents.iter_mut() {
         match &mut e.kind {
             ExtentKind::Chunk { id, compressed } => {
@@ -375,6 +505,7 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
                 }
             }
             ExtentKind::Zero => zero_bytes += e.len,
+            ExtentKind::Unused => unused_bytes += e.len,
         }
     }
     let manifest = Manifest {
@@ -385,6 +516,7 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
         params,
         size,
         extents,
+        partitions,
     };
     let version = sink.commit(&manifest)?;
     Ok(IngestReport {
@@ -396,7 +528,49 @@ pub fn ingest_to<S: ChunkSink, R: Read + Send>(
         chunks: known.len(),
         new_chunks,
         zero_bytes,
+        unused_bytes,
     })
+}
+
+/// What the chunker thread hands the workers: a piece of a used segment, or an unused run.
+enum Cut {
+    Piece(Piece),
+    Unused(u64),
+}
+
+/// Groups cuts into worker batches (the sink's batch size), numbered in order.
+struct Batcher<'a> {
+    tx: &'a mpsc::SyncSender<(u64, Vec<Cut>)>,
+    batch_no: u64,
+    batch: Vec<Cut>,
+    len: usize,
+    max: (usize, usize),
+}
+
+impl Batcher<'_> {
+    /// Adds a cut; false when the workers are gone (the ingest failed).
+    fn push(&mut self, cut: Cut) -> bool {
+        // Zero and unused runs count too, so pieces never wait behind a long run.
+        self.len += match &cut {
+            Cut::Piece(Piece::Data { bytes, .. }) => bytes.len(),
+            Cut::Piece(Piece::Zero { len, .. }) | Cut::Unused(len) => *len as usize,
+        };
+        self.batch.push(cut);
+        if self.len >= self.max.0 || self.batch.len() >= self.max.1 {
+            return self.flush();
+        }
+        true
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        self.len = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_no += 1;
+        self.tx.send((self.batch_no - 1, batch)).is_ok()
+    }
 }
 
 struct CancelOnAbort<'a, R> {
@@ -418,28 +592,30 @@ impl<R: Read> Read for CancelOnAbort<'_, R> {
 /// One worker batch: hash every piece, ask the sink once about the chunks new to this ingest,
 /// compress and hand it those it lacks. Results come back in the pieces' order.
 fn process<S: ChunkSink>(
-    pieces: Vec<Piece>,
+    pieces: Vec<Cut>,
     sink: &S,
     known: &Mutex<HashMap<ChunkId, Known>>,
     zstd: &mut zstd::bulk::Compressor,
 ) -> Result<Vec<Done<S::Written>>> {
     // (len, id, bytes if this worker is the first to meet the chunk in this ingest)
     let mut chunks: Vec<(u64, ChunkId, Option<Vec<u8>>)> = Vec::with_capacity(pieces.len());
-    let mut order: Vec<Option<usize>> = Vec::with_capacity(pieces.len());
-    let mut zeros: Vec<u64> = Vec::new();
+    // per piece, in order: its result when it is not a chunk (None: the next chunk)
+    let mut order: Vec<Option<Done<S::Written>>> = Vec::with_capacity(pieces.len());
     for piece in pieces {
         let bytes = match piece {
-            Piece::Zero { len, .. } => {
-                order.push(None);
-                zeros.push(len);
+            Cut::Piece(Piece::Zero { len, .. }) => {
+                order.push(Some(Done::Zero { len }));
                 continue;
             }
-            Piece::Data { bytes, .. } => bytes,
+            Cut::Unused(len) => {
+                order.push(Some(Done::Unused { len }));
+                continue;
+            }
+            Cut::Piece(Piece::Data { bytes, .. }) => bytes,
         };
         let len = bytes.len() as u64;
         if is_zero(&bytes) {
-            order.push(None);
-            zeros.push(len);
+            order.push(Some(Done::Zero { len }));
             continue;
         }
         let id = ChunkId::of(&bytes);
@@ -450,7 +626,7 @@ fn process<S: ChunkSink>(
                 true
             }
         };
-        order.push(Some(chunks.len()));
+        order.push(None);
         chunks.push((len, id, first.then_some(bytes)));
     }
 
@@ -503,16 +679,13 @@ fn process<S: ChunkSink>(
         }
     }
 
-    let mut zeros = zeros.into_iter();
     let mut written = written.into_iter();
     let mut chunks = chunks.into_iter();
     Ok(order
         .into_iter()
         .map(|slot| match slot {
-            None => Done::Zero {
-                len: zeros.next().expect("one length per zero piece"),
-            },
-            Some(_) => {
+            Some(done) => done,
+            None => {
                 let (len, id, _) = chunks.next().expect("one chunk per data piece");
                 Done::Chunk {
                     len,

@@ -1,7 +1,8 @@
 //! Image version manifests and their binary encoding.
 //!
 //! A manifest lists, in order, the extents that rebuild one image version: each extent is either
-//! a run of zero bytes or one chunk of the store. It is stored as one file, all integers
+//! a run of zero bytes, one chunk of the store, or a run no filesystem uses (see
+//! [`crate::fsmap`]: never read, never stored, never written on restore). It is stored as one file, all integers
 //! little-endian:
 //!
 //! ```text
@@ -14,7 +15,7 @@
 //!   size         u64      image size in bytes
 //!   count        u64      number of extents
 //!   count times:
-//!     kind       u8       0 = zero run, 1 = chunk
+//!     kind       u8       0 = zero run, 1 = chunk, 2 = unused (by the filesystems)
 //!     offset     u64      first byte of the extent in the image
 //!     length     u64      bytes
 //!     id         32 bytes BLAKE3 of the chunk's uncompressed bytes (kind 1 only)
@@ -23,25 +24,35 @@
 //!   name_len     u16, then the image name in UTF-8
 //!   created      i64      creation time, seconds since the Unix epoch (UTC)
 //!   for each chunk extent, in order: compressed size u32
+//!   optional: magic "BCPART01", length u32, the partitions' map report as JSON
 //! trailer
 //!   blake3       32 bytes BLAKE3 of everything before it (detects a damaged file)
 //! ```
 //!
 //! The content part is canonical: extents are contiguous from offset 0 and cover `size` exactly,
-//! lengths are non-zero and no two zero runs are adjacent. Decoding rejects anything else. The
-//! version id therefore depends only on the image bytes and the chunker parameters: the same disk
-//! added twice, under any name, at any time, with any zstd level, gets the same id.
+//! lengths are non-zero and no two zero runs (nor two unused runs) are adjacent. Decoding rejects
+//! anything else. The version id therefore depends only on the image's bytes, its map of unused
+//! runs and the chunker parameters: the same disk added twice, under any name, at any time, with
+//! any zstd level, gets the same id. A disk captured raw has no unused runs, so its manifest (and
+//! id) is what it was before maps existed.
 
 use super::chunker::ChunkerParams;
 use super::id::{ChunkId, VersionId};
+use crate::fsmap::PartReport;
 
 const CONTENT_MAGIC: &[u8; 8] = b"BCMANI01";
 const ANNOTATION_MAGIC: &[u8; 8] = b"BCANNO01";
+const PARTITIONS_MAGIC: &[u8; 8] = b"BCPART01";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtentKind {
     Zero,
-    Chunk { id: ChunkId, compressed: u32 },
+    /// No filesystem uses these bytes: a restore leaves the target's bytes there alone.
+    Unused,
+    Chunk {
+        id: ChunkId,
+        compressed: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +66,7 @@ impl Extent {
     pub fn chunk_id(&self) -> Option<ChunkId> {
         match self.kind {
             ExtentKind::Chunk { id, .. } => Some(id),
-            ExtentKind::Zero => None,
+            ExtentKind::Zero | ExtentKind::Unused => None,
         }
     }
 }
@@ -67,6 +78,9 @@ pub struct Manifest {
     pub params: ChunkerParams,
     pub size: u64,
     pub extents: Vec<Extent>,
+    /// What the mapper found per partition (annotation: not part of the version id). Empty for
+    /// versions stored before maps existed.
+    pub partitions: Vec<PartReport>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +124,25 @@ impl ExtentList {
         self.end += len;
     }
 
+    pub fn push_unused(&mut self, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if let Some(last) = self.extents.last_mut() {
+            if last.kind == ExtentKind::Unused {
+                last.len += len;
+                self.end += len;
+                return;
+            }
+        }
+        self.extents.push(Extent {
+            offset: self.end,
+            len,
+            kind: ExtentKind::Unused,
+        });
+        self.end += len;
+    }
+
     pub fn push_chunk(&mut self, len: u64, id: ChunkId, compressed: u32) {
         self.extents.push(Extent {
             offset: self.end,
@@ -147,6 +180,7 @@ impl Manifest {
             match e.kind {
                 ExtentKind::Zero => out.push(0),
                 ExtentKind::Chunk { .. } => out.push(1),
+                ExtentKind::Unused => out.push(2),
             }
             out.extend_from_slice(&e.offset.to_le_bytes());
             out.extend_from_slice(&e.len.to_le_bytes());
@@ -173,6 +207,12 @@ impl Manifest {
             if let ExtentKind::Chunk { compressed, .. } = e.kind {
                 out.extend_from_slice(&compressed.to_le_bytes());
             }
+        }
+        if !self.partitions.is_empty() {
+            let json = serde_json::to_vec(&self.partitions).expect("reports serialize");
+            out.extend_from_slice(PARTITIONS_MAGIC);
+            out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            out.extend_from_slice(&json);
         }
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
@@ -213,7 +253,7 @@ impl Manifest {
         }
         let mut extents = Vec::with_capacity(count as usize);
         let mut end = 0u64;
-        let mut prev_zero = false;
+        let mut prev: Option<u8> = None;
         for i in 0..count {
             let kind = r.u8()?;
             let offset = r.u64()?;
@@ -226,8 +266,9 @@ impl Manifest {
                 return Err(bad("empty"));
             }
             let kind = match kind {
-                0 if prev_zero => return Err(bad("adjacent zero runs")),
+                0 | 2 if prev == Some(kind) => return Err(bad("adjacent runs of one kind")),
                 0 => ExtentKind::Zero,
+                2 => ExtentKind::Unused,
                 1 if len > u64::from(params.max) => return Err(bad("chunk longer than max")),
                 1 => {
                     let mut id = [0u8; 32];
@@ -239,7 +280,11 @@ impl Manifest {
                 }
                 _ => return Err(bad("unknown kind")),
             };
-            prev_zero = kind == ExtentKind::Zero;
+            prev = Some(match kind {
+                ExtentKind::Zero => 0,
+                ExtentKind::Chunk { .. } => 1,
+                ExtentKind::Unused => 2,
+            });
             end = end.checked_add(len).ok_or_else(|| bad("overflow"))?;
             extents.push(Extent { offset, len, kind });
         }
@@ -262,6 +307,16 @@ impl Manifest {
                 *compressed = r.u32()?;
             }
         }
+        let mut partitions = Vec::new();
+        if r.pos != body.len() {
+            if r.take(8)? != PARTITIONS_MAGIC {
+                return Err(ManifestError::NotCanonical("trailing bytes".into()));
+            }
+            let len = r.u32()? as usize;
+            partitions = serde_json::from_slice(r.take(len)?).map_err(|e| {
+                ManifestError::NotCanonical(format!("the partition report does not read: {e}"))
+            })?;
+        }
         if r.pos != body.len() {
             return Err(ManifestError::NotCanonical("trailing bytes".into()));
         }
@@ -273,6 +328,7 @@ impl Manifest {
                 params,
                 size,
                 extents,
+                partitions,
             },
             version,
         ))
@@ -282,7 +338,7 @@ impl Manifest {
     pub fn chunks(&self) -> impl Iterator<Item = (&Extent, ChunkId, u32)> {
         self.extents.iter().filter_map(|e| match e.kind {
             ExtentKind::Chunk { id, compressed } => Some((e, id, compressed)),
-            ExtentKind::Zero => None,
+            ExtentKind::Zero | ExtentKind::Unused => None,
         })
     }
 }
@@ -320,6 +376,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    const GOLDEN_RAW_ID: &str = "ea455124541ef5f7794659d4b3c5a6c27aeca95bd2aff7c7d12ddb737e139dfe";
+
     fn sample() -> Manifest {
         let mut l = ExtentList::default();
         l.push_chunk(100, ChunkId::of(b"a"), 40);
@@ -332,7 +390,83 @@ mod tests {
             params: ChunkerParams::default(),
             size: l.size(),
             extents: l.into_extents(),
+            partitions: Vec::new(),
         }
+    }
+
+    /// A mapped disk's manifest: unused runs and a partition report.
+    fn mapped() -> Manifest {
+        let mut l = ExtentList::default();
+        l.push_chunk(100, ChunkId::of(b"a"), 40);
+        l.push_unused(1 << 20);
+        l.push_unused(1 << 20);
+        l.push_zero(4096);
+        l.push_unused(8192);
+        l.push_chunk(7, ChunkId::of(b"b"), 9);
+        Manifest {
+            partitions: vec![PartReport {
+                number: 1,
+                start: 0,
+                size: l.size(),
+                fs: "ntfs".into(),
+                used: Some(107),
+                mapped: true,
+                reason: None,
+            }],
+            size: l.size(),
+            extents: l.into_extents(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn unused_runs_and_the_partition_report_round_trip() {
+        let m = mapped();
+        assert_eq!(m.extents.len(), 5, "adjacent unused runs merge");
+        let (back, id) = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(id, m.version_id());
+        assert_eq!(back.chunks().count(), 2, "unused runs hold no chunk");
+    }
+
+    #[test]
+    fn the_map_is_part_of_the_id_the_report_is_not() {
+        let a = mapped();
+        let mut b = mapped();
+        b.partitions[0].reason = Some("other".into());
+        assert_eq!(a.version_id(), b.version_id());
+        // the same bytes with a zero run where the map said unused: another version
+        let mut c = mapped();
+        c.extents[1].kind = ExtentKind::Zero;
+        assert_ne!(a.version_id(), c.version_id());
+    }
+
+    #[test]
+    fn a_raw_image_keeps_the_id_it_had_before_maps() {
+        // sample() has no unused run: its encoding, unchanged since the first release, is pinned
+        assert_eq!(
+            sample().version_id().to_hex(),
+            GOLDEN_RAW_ID,
+            "the encoding of raw manifests changed: every stored version id would change"
+        );
+    }
+
+    #[test]
+    fn adjacent_unused_runs_are_not_canonical() {
+        let mut m = mapped();
+        // split the merged unused run in two
+        let e = m.extents[1];
+        m.extents[1].len = 4096;
+        m.extents.insert(
+            2,
+            Extent {
+                offset: e.offset + 4096,
+                len: e.len - 4096,
+                kind: ExtentKind::Unused,
+            },
+        );
+        let err = Manifest::decode(&m.encode()).unwrap_err();
+        assert!(matches!(err, ManifestError::NotCanonical(_)), "{err}");
     }
 
     #[test]
@@ -361,7 +495,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let bytes = sample().encode();
+        let bytes = mapped().encode();
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;

@@ -12,9 +12,11 @@ pub struct VersionStats {
     pub created: i64,
     /// Image size in bytes.
     pub size: u64,
-    /// Bytes covered by chunks (the rest are zero runs).
+    /// Bytes covered by chunks (the rest are zero and unused runs).
     pub data_bytes: u64,
     pub zero_bytes: u64,
+    /// Bytes no filesystem uses (not stored, not written on restore).
+    pub unused_bytes: u64,
     /// Distinct chunks, and their plain and compressed sizes.
     pub chunks: usize,
     pub plain_bytes: u64,
@@ -28,6 +30,9 @@ pub struct VersionStats {
     /// False for a capture that awaits staff approval (`bootcast image approve`): it is not
     /// `latest` until then.
     pub approved: bool,
+    /// Per partition: filesystem, size, used, mapped or raw and why (empty for versions stored
+    /// before maps existed).
+    pub partitions: Vec<crate::fsmap::PartReport>,
 }
 
 /// Figures for each of `versions`, sharing measured against all of `universe` (every version
@@ -56,6 +61,12 @@ pub fn version_stats(versions: &[Version], universe: &[Version]) -> Vec<VersionS
                     }
                 }
             }
+            let unused: u64 = m
+                .extents
+                .iter()
+                .filter(|e| e.kind == super::ExtentKind::Unused)
+                .map(|e| e.len)
+                .sum();
             let div = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
             VersionStats {
                 name: v.name.clone(),
@@ -63,7 +74,8 @@ pub fn version_stats(versions: &[Version], universe: &[Version]) -> Vec<VersionS
                 created: m.created,
                 size: m.size,
                 data_bytes: data,
-                zero_bytes: m.size - data,
+                zero_bytes: m.size - data - unused,
+                unused_bytes: unused,
                 chunks: seen.len(),
                 plain_bytes: plain,
                 stored_bytes: stored,
@@ -71,6 +83,7 @@ pub fn version_stats(versions: &[Version], universe: &[Version]) -> Vec<VersionS
                 dedup_ratio: div(data, plain),
                 compression_ratio: div(plain, stored),
                 approved: !super::catalog::awaiting_approval(&v.path),
+                partitions: m.partitions.clone(),
             }
         })
         .collect()

@@ -569,6 +569,7 @@ pub fn fake_bootenv(lab: &Lab) {
 }
 
 pub mod dhcp;
+pub mod disks;
 pub mod netlab;
 
 /// An export that met a corrupt chunk: it failed, its error names the chunk, and none of the
@@ -1083,4 +1084,102 @@ pub fn push_row(lab: &Lab, id: i64, site: &str) -> serde_json::Value {
         .and_then(|rows| rows.iter().find(|r| r["site"] == site))
         .cloned()
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// The checker of a filesystem the mapper names, run read-only on a partition image file.
+pub fn fs_checker(fs: &str, part: &Path) -> Option<Output> {
+    let p = part.to_str().unwrap();
+    let (cmd, args): (&str, Vec<&str>) = match fs {
+        "fat12" | "fat16" | "fat32" => ("fsck.vfat", vec!["-n", p]),
+        "ext2" | "ext3" | "ext4" => ("e2fsck", vec!["-fn", p]),
+        "ntfs" => ("ntfsfix", vec!["-n", p]),
+        _ => return None,
+    };
+    Some(
+        Command::new(cmd)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {cmd}: {e}")),
+    )
+}
+
+/// The map `image add` makes of the disk image `image`.
+pub fn used_ranges(image: &Path) -> bootcast::fsmap::DiskMap {
+    let mut src = std::fs::File::open(image).unwrap();
+    let size = src.metadata().unwrap().len();
+    bootcast::fsmap::map_disk(&mut src, size).unwrap()
+}
+
+/// The first byte of `range` outside `map`'s unused runs where `want` and `got` differ.
+pub fn first_used_difference(
+    map: &bootcast::fsmap::DiskMap,
+    want: &[u8],
+    got: &[u8],
+    range: std::ops::Range<u64>,
+) -> Option<u64> {
+    let mut at = range.start;
+    let holes = map
+        .unused
+        .iter()
+        .cloned()
+        .chain(std::iter::once(range.end..range.end));
+    for hole in holes {
+        let end = hole.start.clamp(at, range.end);
+        let (a, b) = (
+            &want[at as usize..end as usize],
+            &got[at as usize..end as usize],
+        );
+        if a != b {
+            return Some(at + a.iter().zip(b).position(|(x, y)| x != y).unwrap() as u64);
+        }
+        at = at.max(hole.end.min(range.end));
+        if at >= range.end {
+            break;
+        }
+    }
+    None
+}
+
+/// What "restored correctly" means, for an image file and the disk it was restored to.
+///
+/// A raw image (no unused run): byte-identical. A mapped image: every byte outside the unused
+/// runs identical (partition table, boot code, every used block), and every mapped filesystem
+/// passes its checker on the target. (Files are compared by each test, with the filesystem's
+/// own tools.) Returns the image's map.
+pub fn assert_restored(image: &Path, target: &Path) -> bootcast::fsmap::DiskMap {
+    assert_restored_bytes(
+        image,
+        &std::fs::read(target).unwrap(),
+        &target.display().to_string(),
+    )
+}
+
+/// [`assert_restored`] for the bytes `got` of a disk (`what` names it in messages).
+pub fn assert_restored_bytes(image: &Path, got: &[u8], what: &str) -> bootcast::fsmap::DiskMap {
+    let map = used_ranges(image);
+    let want = std::fs::read(image).unwrap();
+    assert!(got.len() >= want.len(), "{what} is smaller than the image");
+    if let Some(at) = first_used_difference(&map, &want, got, 0..want.len() as u64) {
+        panic!(
+            "{what} differs from {} at byte {at}, which a filesystem uses (or no filesystem covers)",
+            image.display()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for p in map.partitions.iter().filter(|p| p.mapped) {
+        let part = dir.path().join(format!("part{}", p.number));
+        std::fs::write(&part, &got[p.start as usize..(p.start + p.size) as usize]).unwrap();
+        if let Some(out) = fs_checker(&p.fs, &part) {
+            assert!(
+                out.status.success(),
+                "partition {} ({}) of {what} does not pass its checker:\n{}{}",
+                p.number,
+                p.fs,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::remove_file(&part).unwrap();
+    }
+    map
 }

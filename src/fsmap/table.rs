@@ -1,0 +1,196 @@
+//! The partition table: GPT (the `gpt` crate) or MBR with its logical partitions.
+
+use super::{Device, ReadAt};
+
+/// One partition, in bytes from the disk's first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based, as Linux numbers them (MBR logical partitions from 5).
+    pub number: u32,
+    pub start: u64,
+    pub size: u64,
+    /// GPT type GUID, or the MBR type byte as `0x07`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+    /// No partition table: the disk may hold one filesystem.
+    None,
+}
+
+/// Reads the partition table of a disk of `size` bytes whose first sector is `mbr`.
+///
+/// A protective MBR (type 0xEE) means GPT; a GPT that does not read (neither header valid) is
+/// an error, so the caller captures the disk raw rather than guess from the MBR.
+pub fn read(
+    dev: &mut dyn ReadAt,
+    size: u64,
+    mbr: &[u8; 512],
+) -> Result<(TableKind, Vec<Partition>), String> {
+    if mbr[510..512] != [0x55, 0xAA] {
+        return Ok((TableKind::None, Vec::new()));
+    }
+    let types: Vec<u8> = (0..4).map(|i| mbr[446 + 16 * i + 4]).collect();
+    if types.contains(&0xEE) {
+        return gpt(dev, size).map(|p| (TableKind::Gpt, p));
+    }
+    // A boot sector with a BPB (a filesystem without a table) also ends in 55 AA: an MBR's
+    // entries have a boot flag of 0x00 or 0x80 and at least one used entry.
+    let flags_ok = (0..4).all(|i| matches!(mbr[446 + 16 * i], 0x00 | 0x80));
+    if !flags_ok || types.iter().all(|&t| t == 0) {
+        return Ok((TableKind::None, Vec::new()));
+    }
+    mbr_parts(dev, size).map(|p| (TableKind::Mbr, p))
+}
+
+fn gpt(dev: &mut dyn ReadAt, size: u64) -> Result<Vec<Partition>, String> {
+    gpt_sane(dev, size)?;
+    let device = Device::new(dev, size);
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .only_valid_headers(false)
+        .open_from_device(device)
+        .map_err(|e| format!("the GPT does not read: {e}"))?;
+    let mut out = Vec::new();
+    for (&number, p) in disk.partitions() {
+        if !p.is_used() {
+            continue;
+        }
+        let start = p.first_lba.checked_mul(512);
+        let len = p
+            .last_lba
+            .checked_sub(p.first_lba)
+            .and_then(|n| n.checked_add(1));
+        let (Some(start), Some(len)) = (start, len.and_then(|n| n.checked_mul(512))) else {
+            return Err(format!("GPT partition {number} has impossible bounds"));
+        };
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(format!(
+                "GPT partition {number} ends past the end of the disk ({size} bytes)"
+            ));
+        }
+        out.push(Partition {
+            number,
+            start,
+            size: len,
+            kind: p.part_type_guid.guid.to_string().to_uppercase(),
+        });
+    }
+    Ok(out)
+}
+
+/// Most partition entries a GPT may declare before the mapper gives up (the usual is 128).
+const GPT_MAX_ENTRIES: u32 = 4096;
+
+/// Checks both headers' table geometry before the `gpt` crate allocates for it.
+fn gpt_sane(dev: &mut dyn ReadAt, size: u64) -> Result<(), String> {
+    if size < 1024 {
+        return Err("the disk is too small for a GPT".into());
+    }
+    for at in [512, size / 512 * 512 - 512] {
+        let mut h = [0u8; 92];
+        dev.read_at(at, &mut h).map_err(|e| e.to_string())?;
+        if &h[..8] != b"EFI PART" {
+            continue;
+        }
+        let count = u32::from_le_bytes(h[80..84].try_into().unwrap());
+        let entry = u32::from_le_bytes(h[84..88].try_into().unwrap());
+        if count > GPT_MAX_ENTRIES || !(128..=4096).contains(&entry) || !entry.is_power_of_two() {
+            return Err(format!(
+                "the GPT header at byte {at} declares {count} entries of {entry} bytes: not a table the mapper trusts"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// MBR primary entries and the logical partitions of an extended one.
+///
+/// By hand rather than with `mbrman`: its EBR walk adds sector numbers in `u32` unchecked, which
+/// a damaged chain overflows (a panic in a debug build); here every sum is checked and the chain
+/// is bounded.
+fn mbr_parts(dev: &mut dyn ReadAt, size: u64) -> Result<Vec<Partition>, String> {
+    let mut sector = [0u8; 512];
+    dev.read_at(0, &mut sector).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut extended = None;
+    for (i, e) in mbr_entries(&sector).into_iter().enumerate() {
+        match e {
+            Some(e) if is_extended(e.kind) => extended = Some(e),
+            Some(e) => out.push(part(i as u32 + 1, 0, e, size)?),
+            None => {}
+        }
+    }
+    if let Some(ext) = extended {
+        let mut ebr = 0u64; // relative to the extended partition
+        for n in 0..MBR_MAX_LOGICAL {
+            let at = (u64::from(ext.lba) + ebr) * 512;
+            if at + 512 > size {
+                return Err(format!("an EBR at byte {at} lies past the end of the disk"));
+            }
+            dev.read_at(at, &mut sector).map_err(|e| e.to_string())?;
+            if sector[510..512] != [0x55, 0xAA] {
+                if n == 0 {
+                    break; // an empty extended partition
+                }
+                return Err(format!("the EBR at byte {at} has no 55 AA signature"));
+            }
+            let [first, next, ..] = mbr_entries(&sector);
+            if let Some(e) = first {
+                out.push(part(5 + n, u64::from(ext.lba) + ebr, e, size)?);
+            }
+            match next {
+                Some(next) if u64::from(next.lba) > ebr => ebr = u64::from(next.lba),
+                Some(_) => return Err("the chain of EBRs loops".into()),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Most logical partitions the mapper follows.
+const MBR_MAX_LOGICAL: u32 = 128;
+
+#[derive(Debug, Clone, Copy)]
+struct MbrEntry {
+    kind: u8,
+    lba: u32,
+    sectors: u32,
+}
+
+fn is_extended(kind: u8) -> bool {
+    matches!(kind, 0x05 | 0x0F | 0x85)
+}
+
+/// The four entries of an MBR or EBR sector (unused ones as `None`).
+fn mbr_entries(sector: &[u8; 512]) -> [Option<MbrEntry>; 4] {
+    std::array::from_fn(|i| {
+        let e = &sector[446 + 16 * i..462 + 16 * i];
+        let kind = e[4];
+        let lba = u32::from_le_bytes(e[8..12].try_into().unwrap());
+        let sectors = u32::from_le_bytes(e[12..16].try_into().unwrap());
+        (kind != 0 && sectors != 0).then_some(MbrEntry { kind, lba, sectors })
+    })
+}
+
+fn part(number: u32, base: u64, e: MbrEntry, size: u64) -> Result<Partition, String> {
+    let start = (base + u64::from(e.lba)) * 512;
+    let len = u64::from(e.sectors) * 512;
+    if start + len > size {
+        return Err(format!(
+            "MBR partition {number} ends past the end of the disk ({size} bytes)"
+        ));
+    }
+    Ok(Partition {
+        number,
+        start,
+        size: len,
+        kind: format!("0x{:02X}", e.kind),
+    })
+}
