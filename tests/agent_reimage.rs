@@ -207,3 +207,135 @@ fn a_task_cancelled_mid_restore_stops_its_agent() {
         relay.chunk_bytes()
     );
 }
+
+/// A sysprep answer file as Windows System Image Manager writes them (UTF-8, indented), a few
+/// KiB: stored in clusters of its own, not inside its MFT record.
+fn answer_file(name: &str) -> String {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<unattend xmlns=\"urn:schemas-microsoft-com:unattend\">\n",
+    );
+    xml.push_str(&format!(
+        "    <settings pass=\"specialize\">\n        <component name=\"Microsoft-Windows-Shell-Setup\" processorArchitecture=\"amd64\" publicKeyToken=\"31bf3856ad364e35\" language=\"neutral\" versionScope=\"nonSxS\">\n            <ComputerName>{name}</ComputerName>\n            <TimeZone>Romance Standard Time</TimeZone>\n        </component>\n    </settings>\n"
+    ));
+    for i in 0..24 {
+        xml.push_str(&format!(
+            "    <settings pass=\"oobeSystem\">\n        <component name=\"Microsoft-Windows-International-Core-{i}\" processorArchitecture=\"amd64\">\n            <InputLocale>040c:0000040c</InputLocale>\n        </component>\n    </settings>\n"
+        ));
+    }
+    xml.push_str("</unattend>\n");
+    xml
+}
+
+/// Builds C: with Windows/Panther/unattend.xml (a few KiB, `<ComputerName>MASTER</ComputerName>`)
+/// and a small Windows/System32/Sysprep/unattend.xml that lives inside its MFT record, through
+/// ntfs-3g's FUSE driver (ntfs-3g has no tool that makes directories).
+fn windows_with_answer_files(lab: &Lab) -> Option<common::disks::WindowsDisk> {
+    use common::disks::*;
+    let t = "windows_gets_the_host_name_in_its_answer_file";
+    if !common::is_root() || !std::path::Path::new("/dev/fuse").exists() {
+        common::skip(
+            t,
+            "needs root and /dev/fuse (the ntfs-3g FUSE mount makes the directories)",
+        );
+        return None;
+    }
+    if !tools(t, &WINDOWS_TOOLS) || !tools(t, &["ntfs-3g", "ntfsfix"]) {
+        return None;
+    }
+    let w = windows_disk(lab, 160 * MIB, 40 * MIB, 118 * MIB, &[4 * MIB]);
+    let c = extract(lab, &w.path, w.layout[1], "c-answer.img");
+    let mnt = lab.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("ntfs-3g", &[s(&c), s(&mnt)]);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(mnt.join("Windows/Panther"))?;
+        std::fs::create_dir_all(mnt.join("Windows/System32/Sysprep"))?;
+        std::fs::write(
+            mnt.join("Windows/Panther/unattend.xml"),
+            answer_file("MASTER"),
+        )?;
+        std::fs::write(
+            mnt.join("Windows/System32/Sysprep/unattend.xml"),
+            "<unattend><ComputerName>MASTER</ComputerName></unattend>",
+        )
+    };
+    let wrote = write();
+    sh("umount", &[s(&mnt)]);
+    wrote.unwrap();
+    use std::os::unix::fs::FileExt;
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w.path)
+        .unwrap();
+    disk.write_all_at(&std::fs::read(&c).unwrap(), w.layout[1].0)
+        .unwrap();
+    Some(w)
+}
+
+#[test]
+fn windows_gets_the_host_name_in_its_answer_file() {
+    let lab = Lab::new();
+    let Some(w) = windows_with_answer_files(&lab) else {
+        return;
+    };
+    fake_bootenv(&lab);
+    let a = lab.add("win11", &w.path);
+    assert_eq!(a["partitions"][1]["fs"], "ntfs", "{a}");
+    let s = Served::start(lab.cmd(), &["--http", "127.0.0.1:0", "--tftp", "off"]);
+    register(&s, MAC);
+    lab.json(&["host", "name", MAC, "room12-pc01"]);
+    let target = lab.path("disk.raw");
+    std::fs::write(&target, common::disks::random(160 << 20, 77)).unwrap();
+    lab.json(&["task", "reimage", "--host", MAC, "--image", "win11"]);
+    let log = agent_boot(&lab, &s, MAC, &target, "1");
+    assert!(
+        log.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {MAC}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("BOOTCAST-AGENT-WINDOWS-NAME room12-pc01 part2:/Windows/Panther/unattend.xml"),
+        "{log}"
+    );
+    // the answer file inside the MFT record is left alone, and the log says why
+    assert!(log.contains("inside the MFT record"), "{log}");
+
+    // the restored C: is clean, its answer file names the host, the rest is the image's
+    let c = common::disks::extract(&lab, &target, w.layout[1], "c-out.img");
+    let fix = std::process::Command::new("ntfsfix")
+        .arg("-n")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        fix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fix.stdout)
+    );
+    let cat = |f: &str| {
+        let out = std::process::Command::new("ntfscat")
+            .arg(&c)
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ntfscat {f}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let xml = cat("Windows/Panther/unattend.xml");
+    assert!(
+        xml.contains("<ComputerName>room12-pc01</ComputerName>"),
+        "{xml}"
+    );
+    assert_eq!(xml.len(), answer_file("MASTER").len());
+    assert_eq!(
+        xml.replace("room12-pc01", "MASTER")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        answer_file("MASTER").split_whitespace().collect::<Vec<_>>(),
+        "only the name (and whitespace) changed"
+    );
+    w.assert_files(&lab, &target);
+    common::say(&format!(
+        "windows answer file: ComputerName room12-pc01 written in place ({} bytes), ntfsfix clean",
+        xml.len()
+    ));
+}

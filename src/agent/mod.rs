@@ -4,7 +4,8 @@
 //! - [`boot`]: `bootcast agent boot`, started by the initramfs: hello, then the task, then
 //!   power off or reboot.
 //! - [`restore`]: a reimage task (image from the server onto the local disk).
-//! - [`postdeploy`]: after a restore, the host's name into the restored system.
+//! - [`postdeploy`]: after a restore, the host's name into the restored system (Linux; and
+//!   Windows' answer file through [`windows`]).
 //! - [`capture`]: a capture task (the local disk into a new image version on the server).
 //! - [`disk`]: which local disk a task works on; [`task`]: progress, retries, done/failed.
 
@@ -14,3 +15,4 @@ pub mod disk;
 pub mod postdeploy;
 pub mod restore;
 pub mod task;
+pub mod windows;

@@ -10,9 +10,12 @@
 //! followed), points the `127.0.1.1` line of `/etc/hosts` at the new name if there is one
 //! (Debian and Ubuntu keep it), and unmounts.
 //!
-//! Not supported (the restored system keeps the image's name): Windows (set the name with
-//! sysprep/unattend or the domain join), Linux roots on btrfs, XFS, LVM or LUKS. A disk with
-//! no Linux root is not an error: the step reports what it skipped.
+//! **Windows**: the name goes into the sysprep answer file's `<ComputerName>` (see
+//! [`super::windows`]), on block devices and disk image files alike.
+//!
+//! Not supported (the restored system keeps the image's name): Windows images without an
+//! answer file (or not sysprepped), the domain join (unattend or GPO), Linux roots on btrfs,
+//! XFS, LVM or LUKS. A disk with neither is not an error: the step reports what it skipped.
 //!
 //! Partitions are reached through device nodes the agent makes itself from sysfs
 //! (`/sys/dev/block/MAJ:MIN/<partition>/dev`), so it does not wait for devtmpfs.
@@ -41,8 +44,37 @@ pub struct Partition {
     pub minor: u64,
 }
 
-/// Writes `name` into every Linux root filesystem on `disk` (see the module doc).
+/// Writes `name` into every Windows answer file ([`super::windows`], on a disk or a disk image
+/// file) and every Linux root filesystem (block devices only) on `disk` (see the module doc).
 pub fn set_hostname(
+    disk: &Path,
+    sys: &Path,
+    name: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<HostnameOutcome, String> {
+    let mut written = match super::windows::check_name(name) {
+        Ok(()) => super::windows::set_computer_name(disk, name, log)?,
+        Err(why) => {
+            log(&format!(
+                "bootcast-agent: post-deploy: the name is not written into Windows answer files: {why}"
+            ));
+            Vec::new()
+        }
+    };
+    match linux_hostname(disk, sys, name, log)? {
+        HostnameOutcome::Written { partitions } => written.extend(partitions),
+        HostnameOutcome::Skipped { why } if written.is_empty() => {
+            return Ok(HostnameOutcome::Skipped { why })
+        }
+        HostnameOutcome::Skipped { .. } => {}
+    }
+    Ok(HostnameOutcome::Written {
+        partitions: written,
+    })
+}
+
+/// Writes `name` into every Linux root filesystem on block device `disk`.
+fn linux_hostname(
     disk: &Path,
     sys: &Path,
     name: &str,
