@@ -228,3 +228,44 @@ fn partitions_that_cannot_be_mapped_safely_are_captured_raw_with_the_reason() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("raw: NTFS is marked dirty"), "{text}");
 }
+
+#[test]
+fn a_gpt_image_on_a_larger_disk_gets_its_backup_table_at_the_disk_end() {
+    let t = "a_gpt_image_on_a_larger_disk_gets_its_backup_table_at_the_disk_end";
+    if !tools(t, &["sgdisk", "mkfs.vfat"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let esp = old_data(&lab, "esp.img", 40 * MIB, 13);
+    sh("mkfs.vfat", &["-F", "32", s(&esp)]);
+    let (d, _) = gpt_disk(&lab, "disk.img", 64 * MIB, &[("ef00", &esp)]);
+    // the image written to a disk twice its size, as a restore does
+    let big = lab.path("big.img");
+    std::fs::copy(&d, &big).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&big)
+        .unwrap();
+    f.set_len(128 * MIB).unwrap();
+    let before = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&big)
+        .output()
+        .unwrap();
+    let before = String::from_utf8_lossy(&before.stdout).to_string();
+    assert!(
+        !before.contains("No problems found"),
+        "the moved image should need fixing:\n{before}"
+    );
+    let lba = bootcast::fsmap::table::move_backup_gpt_to_end(&f).unwrap();
+    assert_eq!(lba, Some(128 * MIB / 512 - 1));
+    let after = sh("sgdisk", &["-v", s(&big)]);
+    assert!(after.contains("No problems found"), "{after}");
+    // the partition is where it was, and nothing else to do a second time
+    assert!(sh("sgdisk", &["-i", "1", s(&big)]).contains("First sector: 2048"));
+    assert_eq!(
+        bootcast::fsmap::table::move_backup_gpt_to_end(&f).unwrap(),
+        None
+    );
+}

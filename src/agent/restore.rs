@@ -54,6 +54,22 @@ pub fn run(
     });
     // Post-deploy, before the task is reported done: the restored system becomes this host's.
     let result = result.and_then(|(report, target)| {
+        // a GPT image on a larger disk: its backup table goes to the disk's end
+        match std::fs::OpenOptions::new().read(true).write(true).open(&target) {
+            Ok(f) => match crate::fsmap::table::move_backup_gpt_to_end(&f) {
+                Ok(Some(lba)) => log(&format!(
+                    "BOOTCAST-AGENT-GPT-BACKUP {lba} (the disk is larger than the image: the backup GPT now ends it)"
+                )),
+                Ok(None) => {}
+                Err(e) => log(&format!(
+                    "bootcast-agent: post-deploy: warning: the backup GPT was not moved to the disk's end: {e}"
+                )),
+            },
+            Err(e) => log(&format!(
+                "bootcast-agent: post-deploy: warning: {} not reopened: {e}",
+                target.display()
+            )),
+        }
         if let Some(name) = &job.hostname {
             match super::postdeploy::set_hostname(&target, sys, name, log) {
                 Ok(super::postdeploy::HostnameOutcome::Skipped { why }) => log(&format!(

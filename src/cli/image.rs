@@ -422,6 +422,16 @@ fn export_cmd(
     let bar = out.progress(Some(manifest.size), "export");
     let report = export(source.as_ref(), &manifest, target, &opts, &|n| bar.inc(n))
         .with_context(|| format!("exporting {}@{} to {}", name, id.short(), target.display()))?;
+    // a GPT image on a larger device: its backup table goes to the device's end
+    let dev = File::options().read(true).write(true).open(target)?;
+    if let Some(lba) = bootcast::fsmap::table::move_backup_gpt_to_end(&dev)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?
+    {
+        eprintln!(
+            "{} is larger than the image: its backup GPT moved to sector {lba}, the device's end",
+            target.display()
+        );
+    }
     bar.finish_and_clear();
     #[derive(serde::Serialize)]
     struct ExportJson<'a> {

@@ -194,3 +194,47 @@ fn part(number: u32, base: u64, e: MbrEntry, size: u64) -> Result<Partition, Str
         kind: format!("0x{:02X}", e.kind),
     })
 }
+
+/// After an image with a GPT was written to a larger disk: moves the backup GPT (header and
+/// entries) to the disk's real end and lets the primary header say so (backup LBA, last usable
+/// LBA), as `sgdisk -e` does; the stale backup header left inside the disk is zeroed. Returns
+/// the new backup LBA, or `None` when there is nothing to do (no GPT, or it already ends the
+/// disk). Partitions are not moved or grown.
+pub fn move_backup_gpt_to_end(disk: &std::fs::File) -> Result<Option<u64>, String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let mut dev = disk.try_clone().map_err(|e| e.to_string())?;
+    let size = dev.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let mut h = [0u8; 92];
+    if size < 1024 || disk.read_exact_at(&mut h, 512).is_err() || &h[..8] != b"EFI PART" {
+        return Ok(None);
+    }
+    let old = u64::from_le_bytes(h[32..40].try_into().unwrap());
+    let last = size / 512 - 1;
+    if old == last {
+        return Ok(None);
+    }
+    if old > last {
+        return Err(format!(
+            "the GPT says the disk ends at sector {old}, the disk has {} sectors",
+            last + 1
+        ));
+    }
+    let mut reader = disk.try_clone().map_err(|e| e.to_string())?;
+    gpt_sane(&mut reader, size)?;
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .only_valid_headers(false)
+        .open_from_device(dev)
+        .map_err(|e| format!("the GPT does not read: {e}"))?;
+    let parts = gpt.partitions().clone();
+    gpt.update_partitions(parts)
+        .map_err(|e| format!("the GPT cannot be rewritten: {e}"))?;
+    gpt.write_inplace()
+        .map_err(|e| format!("writing the GPT: {e}"))?;
+    disk.write_all_at(&[0u8; 512], old * 512)
+        .map_err(|e| format!("clearing the old backup GPT header: {e}"))?;
+    disk.sync_all().map_err(|e| e.to_string())?;
+    Ok(Some(last))
+}
