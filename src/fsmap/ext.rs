@@ -102,7 +102,10 @@ pub mod feature {
 }
 use feature::*;
 
-/// bg_flags: the group's block bitmap is not initialized on disk.
+/// bg_flags: the group's inode bitmap and table are not initialized (no effect on blocks).
+pub const BG_INODE_UNINIT: u16 = 0x1;
+/// bg_flags: the group's block bitmap is not initialized on disk (EXT4_BG_BLOCK_UNINIT is
+/// 0x2; 0x1 is INODE_UNINIT, which the real-filesystem tests catch if confused).
 pub const BG_BLOCK_UNINIT: u16 = 0x2;
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -1110,7 +1113,12 @@ mod tests {
             put32(&mut d, 4, ib);
             put32(&mut d, 8, it);
             put16(&mut d, 12, free);
-            put16(&mut d, 18, if uninit { BG_BLOCK_UNINIT as u64 } else { 0 });
+            // as mke2fs: inode tables zeroed (0x4), groups past 0 without inodes INODE_UNINIT
+            let mut flags = 0x4 | if g > 0 { BG_INODE_UNINIT } else { 0 };
+            if uninit {
+                flags |= BG_BLOCK_UNINIT;
+            }
+            put16(&mut d, 18, flags as u64);
             if let Some(c) = bitmap_checksum(&sb, &bitmap) {
                 put16(&mut d, 0x18, c as u64);
                 if ds >= 64 {
@@ -1448,6 +1456,28 @@ mod tests {
             .used
             .iter()
             .any(|r| r.start <= it * bs && (it + itb) * bs <= r.end));
+    }
+
+    #[test]
+    fn only_block_uninit_skips_the_bitmap() {
+        // the kernel's values: INODE_UNINIT 0x1, BLOCK_UNINIT 0x2, INODE_ZEROED 0x4
+        let b = build(&ext4());
+        let mut raw = vec![0u8; 64];
+        for (flags, want) in [
+            (0x1u16, false),
+            (0x2, true),
+            (0x4, false),
+            (0x5, false),
+            (0x7, true),
+        ] {
+            raw[18..20].copy_from_slice(&flags.to_le_bytes());
+            let d = GroupDesc::parse(&raw, &b.sb).unwrap();
+            assert_eq!(d.block_uninit(&b.sb), want, "flags {flags:#x}");
+        }
+        // without group checksums, never
+        let sb = build(&ext2()).sb;
+        raw[18..20].copy_from_slice(&2u16.to_le_bytes());
+        assert!(!GroupDesc::parse(&raw, &sb).unwrap().block_uninit(&sb));
     }
 
     #[test]
