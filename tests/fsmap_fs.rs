@@ -120,14 +120,8 @@ fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
 }
 
 fn check_ranges(u: &Used, size: u64) {
-    let mut prev: Option<u64> = None;
-    for r in &u.used {
-        assert!(r.start < r.end && r.end <= size, "{r:?} (size {size})");
-        if let Some(p) = prev {
-            assert!(r.start > p, "not sorted/disjoint/merged: {:?}", u.used);
-        }
-        prev = Some(r.end);
-    }
+    u.check(size)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
 }
 
 fn used_bytes_in(u: &Used, window: Range<u64>) -> u64 {

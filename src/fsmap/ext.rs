@@ -1169,14 +1169,8 @@ mod tests {
     }
 
     fn check_ranges(u: &Used, size: u64) {
-        let mut prev: Option<u64> = None;
-        for r in &u.used {
-            assert!(r.start < r.end && r.end <= size, "{r:?} (size {size})");
-            if let Some(p) = prev {
-                assert!(r.start > p, "not sorted/disjoint/merged: {:?}", u.used);
-            }
-            prev = Some(r.end);
-        }
+        u.check(size)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
     }
 
     /// Edits descriptor `g` with `f`, then reseals its checksum.

@@ -675,19 +675,8 @@ mod tests {
     }
 
     fn check_ranges(u: &Used, size: u64) {
-        let mut prev_end: Option<u64> = None;
-        for r in &u.used {
-            assert!(r.start < r.end, "empty range {r:?}");
-            assert!(r.end <= size, "range {r:?} past the partition ({size})");
-            if let Some(p) = prev_end {
-                assert!(
-                    r.start > p,
-                    "ranges not sorted/disjoint/merged: {:?}",
-                    u.used
-                );
-            }
-            prev_end = Some(r.end);
-        }
+        u.check(size)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
     }
 
     #[test]

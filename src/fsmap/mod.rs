@@ -56,6 +56,13 @@ pub struct Used {
     pub used: Vec<Range<u64>>,
 }
 
+impl Used {
+    /// The ranges are sorted, disjoint, not adjacent, non-empty and inside `size` bytes.
+    pub fn check(&self, size: u64) -> Result<(), String> {
+        check_ranges(&self.used, size)
+    }
+}
+
 /// Why a filesystem is not mapped: captured raw, with this reason shown to staff.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -363,7 +370,7 @@ fn map_partition(
     match result {
         Ok(used) => {
             report.fs = used.fs.into();
-            if let Err(why) = check_ranges(&used.used, p.size) {
+            if let Err(why) = used.check(p.size) {
                 // a parser's mistake must not lose data: refuse the map
                 report.reason = Some(format!("the {} map is not usable: {why}", used.fs));
                 return Ok((report, None));

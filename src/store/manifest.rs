@@ -106,41 +106,30 @@ pub struct ExtentList {
 
 impl ExtentList {
     pub fn push_zero(&mut self, len: u64) {
-        if len == 0 {
-            return;
-        }
-        if let Some(last) = self.extents.last_mut() {
-            if last.kind == ExtentKind::Zero {
-                last.len += len;
-                self.end += len;
-                return;
-            }
-        }
-        self.extents.push(Extent {
-            offset: self.end,
-            len,
-            kind: ExtentKind::Zero,
-        });
-        self.end += len;
+        self.push_run(ExtentKind::Zero, len);
     }
 
     pub fn push_unused(&mut self, len: u64) {
+        self.push_run(ExtentKind::Unused, len);
+    }
+
+    /// A zero or unused run, merged into the last extent when it is a run of the same kind.
+    fn push_run(&mut self, kind: ExtentKind, len: u64) {
         if len == 0 {
             return;
         }
+        self.end += len;
         if let Some(last) = self.extents.last_mut() {
-            if last.kind == ExtentKind::Unused {
+            if last.kind == kind {
                 last.len += len;
-                self.end += len;
                 return;
             }
         }
         self.extents.push(Extent {
-            offset: self.end,
+            offset: self.end - len,
             len,
-            kind: ExtentKind::Unused,
+            kind,
         });
-        self.end += len;
     }
 
     pub fn push_chunk(&mut self, len: u64, id: ChunkId, compressed: u32) {

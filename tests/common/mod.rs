@@ -1114,7 +1114,12 @@ pub fn used_ranges(image: &Path) -> bootcast::fsmap::DiskMap {
 /// map's unused runs and, when the disk is larger than a GPT image, the GPT headers (the backup
 /// table moved to the disk's end: the primary header's backup LBA changes, the old backup
 /// header is cleared). In that case the disk's GPT must pass `sgdisk -v`.
-pub fn restore_holes(image: &Path, want: &[u8], got: &[u8], what: &str) -> bootcast::fsmap::DiskMap {
+pub fn restore_holes(
+    image: &Path,
+    want: &[u8],
+    got: &[u8],
+    what: &str,
+) -> bootcast::fsmap::DiskMap {
     let mut map = used_ranges(image);
     let gpt = want.len() >= 1024 && &want[512..520] == b"EFI PART";
     if gpt && got.len() > want.len() {
@@ -1128,7 +1133,10 @@ pub fn restore_holes(image: &Path, want: &[u8], got: &[u8], what: &str) -> bootc
         let v = Command::new("sgdisk").arg("-v").arg(f.path()).output();
         if let Ok(v) = v {
             let text = String::from_utf8_lossy(&v.stdout);
-            assert!(text.contains("No problems found"), "{what}: sgdisk -v:\n{text}");
+            assert!(
+                text.contains("No problems found"),
+                "{what}: sgdisk -v:\n{text}"
+            );
         }
     }
     map
