@@ -435,3 +435,77 @@ fn a_capture_that_passes_its_task_quota_is_refused_and_fails_the_task() {
         "nothing committed"
     );
 }
+
+/// An ext4 filesystem without a partition table, its free space full of old random bytes:
+/// the capture maps it as `image add` does; with `bootcast image raw master on`, both keep
+/// every byte, and again agree.
+#[test]
+fn a_mapped_capture_and_a_raw_one_agree_with_image_add() {
+    use bootcast::store::ExtentKind;
+    use common::disks::{random, sh, tools};
+    if !tools(
+        "a_mapped_capture_and_a_raw_one_agree_with_image_add",
+        &["mkfs.ext4"],
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let root = lab.path("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/data.bin"), random(3 << 20, 41)).unwrap();
+    let disk = lab.file("disk.raw", &random(32 << 20, 42));
+    let args = ["-q", "-F", "-E", "nodiscard,lazy_itable_init=0", "-d"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend([root.to_str().unwrap(), disk.to_str().unwrap()]);
+    sh("mkfs.ext4", &args);
+    let s = serve(&lab);
+    register(&s, MAC);
+    let capture = |n: &str, map: &str| {
+        lab.json(&["task", "capture", "--host", MAC, "--image", "master"]);
+        let log = agent_boot(&lab, &s, MAC, &disk, n);
+        assert!(log.contains(map), "{log}");
+        let done = log
+            .lines()
+            .find(|l| l.starts_with("BOOTCAST-AGENT-CAPTURE-DONE"))
+            .unwrap_or_else(|| panic!("no capture done line:\n{log}"))
+            .to_string();
+        done.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let unused = |v: &str| {
+        manifest(&lab, v)
+            .extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Unused)
+            .map(|e| e.len)
+            .sum::<u64>()
+    };
+    let mapped = capture("1", "BOOTCAST-AGENT-MAP part 0 ext4");
+    assert_eq!(
+        mapped,
+        image_add_version(&disk),
+        "mapped capture vs image add"
+    );
+    assert!(unused(&mapped) > 16 << 20, "most of the disk is free");
+
+    lab.json(&["image", "raw", "master", "on"]);
+    let raw = capture("2", "raw (the image is captured raw (bootcast image raw))");
+    let fresh = Lab::new();
+    let added = fresh.json(&["image", "add", "master", disk.to_str().unwrap(), "--raw"]);
+    assert_eq!(
+        raw,
+        added["version"].as_str().unwrap(),
+        "raw capture vs image add --raw"
+    );
+    assert_eq!(unused(&raw), 0);
+    assert_ne!(raw, mapped);
+    // `image add` of the image set raw is raw too: one cut for everyone
+    let again = lab.json(&["image", "add", "master", disk.to_str().unwrap()]);
+    assert_eq!(again["version"].as_str().unwrap(), raw);
+    say(&format!(
+        "capture of a 32 MiB ext4 disk: mapped {} ({} bytes unused), raw {}",
+        &mapped[..12],
+        unused(&mapped),
+        &raw[..12]
+    ));
+}

@@ -508,6 +508,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             image,
             chunker,
             zstd_level,
+            raw,
         } => {
             let job = super::capture::Job {
                 task: task_ref(*task),
@@ -515,6 +516,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
                 chunker: *chunker,
                 zstd_level: *zstd_level,
                 disk: args.disk.map(PathBuf::from),
+                raw: *raw,
             };
             console.line(&format!(
                 "bootcast-agent: task {task}: capture into {image}"

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::task::{self, Failure, Reporter, RunError, TaskRef};
-use crate::fsmap::map_disk;
+use crate::fsmap::{map_disk, DiskMap};
 use crate::proto::agent::{
     push_frame, CaptureCommitted, CaptureMissing, CaptureMissingReply, CaptureUploaded, HEADER_MAC,
     HEADER_SESSION, HEADER_TASK, MISSING_MAX_IDS,
@@ -47,6 +47,8 @@ pub struct Job {
     pub zstd_level: i32,
     /// `bootcast.disk=` from the kernel command line.
     pub disk: Option<PathBuf>,
+    /// Capture every byte (`bootcast image raw NAME on`), not only what filesystems use.
+    pub raw: bool,
 }
 
 /// Runs the capture; returns the ingest report (its `version` is the new version) or the
@@ -99,8 +101,12 @@ fn capture(
         job.image
     ));
     // the same mapper as `bootcast image add`, so the same disk gives the same version
-    let map = map_disk(&mut file, size)
-        .map_err(|e| Failure::Other(format!("reading {}: {e}", disk.display())))?;
+    let map = if job.raw {
+        DiskMap::raw(size, "the image is captured raw (bootcast image raw)")
+    } else {
+        map_disk(&mut file, size)
+            .map_err(|e| Failure::Other(format!("reading {}: {e}", disk.display())))?
+    };
     for p in &map.partitions {
         log(&format!(
             "BOOTCAST-AGENT-MAP part {} {} {} bytes: {}",
@@ -385,6 +391,7 @@ mod tests {
             chunker: ChunkerParams::default(),
             zstd_level: 1,
             disk: None,
+            raw: false,
         }
     }
 

@@ -34,7 +34,8 @@ pub enum ImageCmd {
         #[arg(long, default_value_t = 64 << 20, hide = true)]
         batch_bytes: u64,
         /// Capture every byte, even what no filesystem uses (default: only the used blocks of
-        /// NTFS, FAT, ext2/3/4 and swap; other partitions are raw anyway)
+        /// NTFS, FAT, ext2/3/4 and swap; other partitions are raw anyway); also the default of
+        /// an image set with `bootcast image raw NAME on`
         #[arg(long)]
         raw: bool,
     },
@@ -85,6 +86,13 @@ pub enum ImageCmd {
     Approve { spec: String },
     /// Show or change whether captures of NAME become `latest` without approval (default off)
     AutoApprove {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        set: Option<String>,
+    },
+    /// Show or change whether NAME is captured raw, every byte, by `image add` and capture
+    /// tasks alike (default off: only what the filesystems use)
+    Raw {
         name: String,
         #[arg(value_parser = ["on", "off"])]
         set: Option<String>,
@@ -148,6 +156,7 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
         ImageCmd::Approve { spec } => approve(data, out, &spec),
         ImageCmd::AutoApprove { name, set } => auto_approve(data, out, &name, set),
+        ImageCmd::Raw { name, set } => raw_setting(data, out, &name, set),
         ImageCmd::Rm { spec } => rm(data, out, &spec),
     }
 }
@@ -210,8 +219,16 @@ fn add(
             (r, DiskMap::raw(0, "read from a stream (stdin)").partitions)
         }
         Source::Disk(mut file, size) => {
-            let map = if raw {
-                DiskMap::raw(size, "--raw")
+            let set_raw = raw_image(data, name)?;
+            let map = if raw || set_raw {
+                DiskMap::raw(
+                    size,
+                    if raw {
+                        "--raw"
+                    } else {
+                        "the image is captured raw (bootcast image raw)"
+                    },
+                )
             } else {
                 map_disk(&mut file, size).with_context(|| format!("reading {label}"))?
             };
@@ -264,6 +281,16 @@ fn add(
         )
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether image `name` is set to raw captures; false when there is no database yet.
+fn raw_image(data: &Path, name: &str) -> Result<bool> {
+    if !bootcast::db::path(data).exists() {
+        return Ok(false);
+    }
+    let db = super::open_db(data)?;
+    let c = db.lock();
+    Ok(bootcast::db::images::raw(&c, name)?)
 }
 
 /// One line per partition: number, filesystem, size, used, mapped or raw and why.
@@ -524,6 +551,28 @@ fn approve(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
 }
 
 /// `image auto-approve NAME [on|off]`: a setting in the server's database.
+fn raw_setting(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
+    use bootcast::db::images;
+    bootcast::store::catalog::validate_name(name)?;
+    let db = super::open_db(data)?;
+    let c = db.lock();
+    if let Some(v) = set {
+        images::set_raw(&c, name, v == "on")?;
+    }
+    let on = images::raw(&c, name)?;
+    out.emit(&serde_json::json!({ "image": name, "raw": on }), || {
+        format!(
+            "image {name}: {}",
+            if on {
+                "captured raw, every byte (raw on)"
+            } else {
+                "only what its filesystems use is captured (raw off)"
+            }
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
 fn auto_approve(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
     use bootcast::db::images;
     bootcast::store::catalog::validate_name(name)?;

@@ -67,6 +67,30 @@ pub fn set_auto_approve(conn: &Connection, image: &str, on: bool) -> Result<(), 
     Ok(())
 }
 
+/// Whether `image` is captured raw, every byte (`bootcast image raw NAME on`), instead of only
+/// what its filesystems use (off by default).
+pub fn raw(conn: &Connection, image: &str) -> Result<bool, DbError> {
+    let set: Option<bool> = conn
+        .query_row(
+            "SELECT raw FROM image_settings WHERE image = ?1",
+            [image],
+            |r| r.get(0),
+        )
+        .optional()
+        .what("get image settings")?;
+    Ok(set.unwrap_or(false))
+}
+
+pub fn set_raw(conn: &Connection, image: &str, on: bool) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO image_settings (image, set_hostname, raw) VALUES (?1, 1, ?2)
+         ON CONFLICT(image) DO UPDATE SET raw = excluded.raw",
+        params![image, on],
+    )
+    .what("set image settings")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

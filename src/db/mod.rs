@@ -321,6 +321,8 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE hosts ADD COLUMN uefi_local TEXT;
     ALTER TABLE groups ADD COLUMN uefi_local TEXT;
     ALTER TABLE sites ADD COLUMN uefi_local TEXT;",
+    // 14: images whose captures and `image add`s keep every byte (`bootcast image raw`)
+    "ALTER TABLE image_settings ADD COLUMN raw INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -181,12 +181,21 @@ pub async fn agent_hello(
                 Err(e) => Err(e.to_string()),
             };
             match store {
-                Ok(store) => HelloReply::Capture {
-                    task: t.id,
-                    image: t.image.clone().unwrap_or_default(),
-                    chunker: store.config().chunker,
-                    zstd_level: store.config().zstd_level,
-                },
+                Ok(store) => {
+                    let image = t.image.clone().unwrap_or_default();
+                    let name = image.clone();
+                    let raw = st
+                        .db
+                        .call(move |c| crate::db::images::raw(c, &name))
+                        .await?;
+                    HelloReply::Capture {
+                        task: t.id,
+                        image,
+                        chunker: store.config().chunker,
+                        zstd_level: store.config().zstd_level,
+                        raw,
+                    }
+                }
                 Err(e) => {
                     let (id, reason) = (t.id, format!("the server's image store cannot be used: {e}; fix it, then create the capture task again"));
                     tracing::error!(%mac, task = id, "{reason}");

@@ -152,6 +152,9 @@ pub enum HelloReply {
         chunker: ChunkerParams,
         /// The server store's zstd level: compress new chunks at this level.
         zstd_level: i32,
+        /// Capture every byte, not only what the filesystems use (`bootcast image raw`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        raw: bool,
     },
 }
 
@@ -402,6 +405,7 @@ mod tests {
             image: "win11".into(),
             chunker: ChunkerParams::default(),
             zstd_level: 1,
+            raw: false,
         };
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["action"], "capture");
