@@ -216,7 +216,11 @@ fn add(
             let bar = out.progress(None, "ingest");
             let r = ingest(&store, name, stdin, &label, &opts, &|n| bar.inc(n))?;
             bar.finish_and_clear();
-            (r, DiskMap::raw(0, "read from a stream (stdin)").partitions)
+            let size = r.size;
+            (
+                r,
+                DiskMap::raw(size, "read from a stream (stdin)").partitions,
+            )
         }
         Source::Disk(mut file, size) => {
             let set_raw = raw_image(data, name)?;
