@@ -441,7 +441,6 @@ fn a_capture_that_passes_its_task_quota_is_refused_and_fails_the_task() {
 /// every byte, and again agree.
 #[test]
 fn a_mapped_capture_and_a_raw_one_agree_with_image_add() {
-    use bootcast::store::ExtentKind;
     use common::disks::{random, sh, tools};
     if !tools(
         "a_mapped_capture_and_a_raw_one_agree_with_image_add",
@@ -472,14 +471,7 @@ fn a_mapped_capture_and_a_raw_one_agree_with_image_add() {
             .to_string();
         done.split_whitespace().nth(2).unwrap().to_string()
     };
-    let unused = |v: &str| {
-        manifest(&lab, v)
-            .extents
-            .iter()
-            .filter(|e| e.kind == ExtentKind::Unused)
-            .map(|e| e.len)
-            .sum::<u64>()
-    };
+    let unused = |v: &str| manifest(&lab, v).unused_bytes();
     let mapped = capture("1", "BOOTCAST-AGENT-MAP part 0 ext4");
     assert_eq!(
         mapped,

@@ -11,7 +11,6 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,14 +19,6 @@ use std::process::{Command, Output};
 use bootcast::fsmap::{ext, fat, MapError, ReadAt, Used};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-
-struct FileDev(File);
-
-impl ReadAt for FileDev {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-}
 
 /// The path of a tool: on PATH, or in the sbin directories a non-root PATH often lacks.
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -172,10 +163,9 @@ fn fill_unused(src: &Path, dst: &Path, u: &Used, size: u64, rng: &mut StdRng) ->
 }
 
 fn map_image(img: &Path, f: fn(&mut dyn ReadAt, u64) -> Result<Used, MapError>) -> (Used, u64) {
-    let file = File::open(img).unwrap();
+    let mut file = File::open(img).unwrap();
     let size = file.metadata().unwrap().len();
-    let mut dev = FileDev(file);
-    let u = f(&mut dev, size).unwrap_or_else(|e| panic!("mapping {}: {e}", img.display()));
+    let u = f(&mut file, size).unwrap_or_else(|e| panic!("mapping {}: {e}", img.display()));
     check_ranges(&u, size);
     (u, size)
 }
@@ -491,9 +481,9 @@ fn ext4_sparse_super2() {
 // damage made with the real tools: captured raw
 
 fn unsafe_reason(img: &Path, f: fn(&mut dyn ReadAt, u64) -> Result<Used, MapError>) -> String {
-    let file = File::open(img).unwrap();
+    let mut file = File::open(img).unwrap();
     let size = file.metadata().unwrap().len();
-    match f(&mut FileDev(file), size) {
+    match f(&mut file, size) {
         Err(MapError::Unsafe(m)) => m,
         other => panic!("expected Unsafe, got {other:?}"),
     }

@@ -176,12 +176,7 @@ fn restore(
                     from_seed: 0,
                     in_place: r.bytes_in_place,
                     zero: r.bytes_zero,
-                    unused: manifest
-                        .extents
-                        .iter()
-                        .filter(|e| e.kind == crate::store::ExtentKind::Unused)
-                        .map(|e| e.len)
-                        .sum(),
+                    unused: manifest.unused_bytes(),
                 }),
             }
         }

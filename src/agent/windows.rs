@@ -23,10 +23,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use ntfs::attribute_value::NtfsAttributeValue;
-use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::{Ntfs, NtfsAttributeFlags, NtfsFile};
+use ntfs::{Ntfs, NtfsAttributeFlags};
 
-use crate::fsmap::{table, Device, ReadAt, Window};
+use crate::fsmap::{table, Device, Window};
 
 /// Where sysprep answer files live, from the volume's root.
 pub const ANSWER_FILES: [&[&str]; 2] = [
@@ -136,15 +135,6 @@ fn fit(mut xml: Vec<u8>, len: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A whole disk (file or block device) as [`ReadAt`].
-struct Disk<'a>(&'a File);
-
-impl ReadAt for Disk<'_> {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-}
-
 /// Writes `name` into the answer files of every NTFS partition of `disk`; returns what was
 /// written (`part2:/Windows/Panther/unattend.xml`). Answer files that cannot be edited safely
 /// are logged and left alone.
@@ -167,7 +157,7 @@ pub fn set_computer_name(
     }
     file.read_exact_at(&mut mbr, 0)
         .map_err(|e| format!("reading {}: {e}", disk.display()))?;
-    let parts = match table::read(&mut Disk(&file), size, &mbr) {
+    let parts = match table::read(&mut file, size, &mbr) {
         Ok((_, parts)) => parts,
         Err(why) => {
             log(&format!(
@@ -222,10 +212,9 @@ fn edit_answer_file(
     path: &[&str],
     name: &str,
 ) -> Result<Edit, String> {
-    let reader = disk.try_clone().map_err(|e| e.to_string())?;
-    let mut whole = Disk(&reader);
+    let mut reader = disk.try_clone().map_err(|e| e.to_string())?;
     let mut win = Window {
-        disk: &mut whole,
+        disk: &mut reader,
         start,
         size,
     };
@@ -233,7 +222,7 @@ fn edit_answer_file(
     let ntfs_err = |e: ntfs::NtfsError| e.to_string();
     let mut ntfs = Ntfs::new(&mut fs).map_err(ntfs_err)?;
     ntfs.read_upcase_table(&mut fs).map_err(ntfs_err)?;
-    let Some(file) = lookup(&ntfs, &mut fs, path)? else {
+    let Some(file) = crate::fsmap::ntfs::find_file(&ntfs, &mut fs, path).map_err(ntfs_err)? else {
         return Ok(Edit::Absent);
     };
     let item = file
@@ -302,29 +291,6 @@ fn edit_answer_file(
     }
     disk.flush().map_err(|e| e.to_string())?;
     Ok(Edit::Written)
-}
-
-/// The file at `path` (case-insensitive, from the root), if there.
-fn lookup<'n>(
-    ntfs: &'n Ntfs,
-    fs: &mut Device<'_>,
-    path: &[&str],
-) -> Result<Option<NtfsFile<'n>>, String> {
-    let e = |e: ntfs::NtfsError| e.to_string();
-    let mut dir = ntfs.root_directory(fs).map_err(e)?;
-    for (i, part) in path.iter().enumerate() {
-        let index = dir.directory_index(fs).map_err(e)?;
-        let mut finder = index.finder();
-        let Some(entry) = NtfsFileNameIndex::find(&mut finder, ntfs, fs, part) else {
-            return Ok(None);
-        };
-        let file = entry.map_err(e)?.to_file(ntfs, fs).map_err(e)?;
-        if i + 1 < path.len() && !file.is_directory() {
-            return Ok(None);
-        }
-        dir = file;
-    }
-    Ok(Some(dir))
 }
 
 #[cfg(test)]

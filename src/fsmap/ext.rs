@@ -888,6 +888,7 @@ pub fn map(dev: &mut dyn ReadAt, size: u64) -> Result<Used, MapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsmap::testing::{check_ranges, unsafe_reason};
     use proptest::prelude::*;
     use std::io;
 
@@ -897,12 +898,7 @@ mod tests {
 
     impl ReadAt for Img {
         fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-            let src = usize::try_from(offset)
-                .ok()
-                .and_then(|o| self.bytes.get(o..o.checked_add(buf.len())?))
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"))?;
-            buf.copy_from_slice(src);
-            Ok(())
+            self.bytes.as_mut_slice().read_at(offset, buf)
         }
     }
 
@@ -1160,18 +1156,6 @@ mod tests {
 
     /// What a superblock edit should be refused for, and the edit.
     type SbCase = (&'static str, Box<dyn Fn(&mut [u8])>);
-
-    fn unsafe_reason(r: Result<Used, MapError>) -> String {
-        match r {
-            Err(MapError::Unsafe(m)) => m,
-            other => panic!("expected Unsafe, got {other:?}"),
-        }
-    }
-
-    fn check_ranges(u: &Used, size: u64) {
-        u.check(size)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
-    }
 
     /// Edits descriptor `g` with `f`, then reseals its checksum.
     fn edit_desc(b: &mut Built, g: usize, f: impl FnOnce(&mut [u8])) {

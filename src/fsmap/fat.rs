@@ -487,6 +487,7 @@ pub fn map(dev: &mut dyn ReadAt, size: u64) -> Result<Used, MapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsmap::testing::{check_ranges, unsafe_reason};
     use proptest::prelude::*;
     use std::io;
 
@@ -666,18 +667,6 @@ mod tests {
 
     /// What a boot sector edit should be refused for, and the edit.
     type BpbCase = (&'static str, Box<dyn Fn(&mut Vec<u8>)>);
-
-    fn unsafe_reason(r: Result<Used, MapError>) -> String {
-        match r {
-            Err(MapError::Unsafe(m)) => m,
-            other => panic!("expected Unsafe, got {other:?}"),
-        }
-    }
-
-    fn check_ranges(u: &Used, size: u64) {
-        u.check(size)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
-    }
 
     #[test]
     fn fat_types_by_cluster_count() {

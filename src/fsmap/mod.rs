@@ -256,10 +256,6 @@ impl DiskMap {
             unused: Vec::new(),
         }
     }
-
-    pub fn unused_bytes(&self) -> u64 {
-        self.unused.iter().map(|r| r.end - r.start).sum()
-    }
 }
 
 /// Maps a disk of `size` bytes: its partition table, then each partition's filesystem.
@@ -274,11 +270,7 @@ pub fn map_disk(disk: &mut dyn ReadAt, size: u64) -> io::Result<DiskMap> {
     disk.read_at(0, &mut mbr)?;
     let (kind, parts) = match table::read(disk, size, &mbr) {
         Ok(t) => t,
-        Err(why) => {
-            let mut map = DiskMap::raw(size, &format!("partition table: {why}"));
-            map.partitions[0].fs = "unknown".into();
-            return Ok(map);
-        }
+        Err(why) => return Ok(DiskMap::raw(size, &format!("partition table: {why}"))),
     };
     let parts = if kind == table::TableKind::None {
         // a filesystem without a table (a partition image), or nothing known
@@ -403,4 +395,24 @@ fn check_ranges(ranges: &[Range<u64>], size: u64) -> Result<(), String> {
         end = r.end;
     }
     Ok(())
+}
+
+/// What the parsers' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{MapError, Used};
+
+    /// The reason of an `Unsafe` result; panics on anything else.
+    pub fn unsafe_reason(r: Result<Used, MapError>) -> String {
+        match r {
+            Err(MapError::Unsafe(m)) => m,
+            other => panic!("expected Unsafe, got {other:?}"),
+        }
+    }
+
+    /// Panics unless the ranges are well-formed ([`Used::check`]).
+    pub fn check_ranges(u: &Used, size: u64) {
+        u.check(size)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", u.used));
+    }
 }

@@ -8,7 +8,7 @@
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::NtfsVolumeFlags;
-use ntfs::{Ntfs, NtfsReadSeek};
+use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
 
 use super::{bitmap_ranges, push_range, Device, MapError, ReadAt, Used};
 
@@ -88,37 +88,45 @@ pub fn map(dev: &mut dyn ReadAt, size: u64) -> Result<Used, MapError> {
 
 /// True when `hiberfil.sys` in the root directory starts with `hibr` (any case).
 fn hibernated(ntfs: &Ntfs, fs: &mut Device<'_>) -> Result<bool, MapError> {
-    let root = ntfs
-        .root_directory(fs)
-        .map_err(unsafe_("the root directory does not read"))?;
-    let index = root
-        .directory_index(fs)
-        .map_err(unsafe_("the root directory's index does not read"))?;
-    let mut finder = index.finder();
-    let Some(entry) = NtfsFileNameIndex::find(&mut finder, ntfs, fs, "hiberfil.sys") else {
+    let bad = unsafe_("hiberfil.sys does not read");
+    let Some(file) = find_file(ntfs, fs, &["hiberfil.sys"]).map_err(&bad)? else {
         return Ok(false);
     };
-    let file = entry
-        .and_then(|e| e.to_file(ntfs, fs))
-        .map_err(unsafe_("hiberfil.sys does not read"))?;
     let Some(data) = file.data(fs, "") else {
         return Ok(false);
     };
-    let attr = data.map_err(unsafe_("hiberfil.sys does not read"))?;
-    let attr = attr
-        .to_attribute()
-        .map_err(unsafe_("hiberfil.sys does not read"))?;
-    let mut value = attr
-        .value(fs)
-        .map_err(unsafe_("hiberfil.sys does not read"))?;
+    let attr = data.map_err(&bad)?;
+    let attr = attr.to_attribute().map_err(&bad)?;
+    let mut value = attr.value(fs).map_err(&bad)?;
     if value.len() < 4 {
         return Ok(false);
     }
     let mut magic = [0u8; 4];
-    value
-        .read_exact(fs, &mut magic)
-        .map_err(unsafe_("hiberfil.sys does not read"))?;
+    value.read_exact(fs, &mut magic).map_err(&bad)?;
     Ok(magic.eq_ignore_ascii_case(b"hibr"))
+}
+
+/// The file at `path` from the root directory (names compared case-insensitively, as Windows
+/// does; needs [`Ntfs::read_upcase_table`] first), if there.
+pub fn find_file<'n>(
+    ntfs: &'n Ntfs,
+    fs: &mut Device<'_>,
+    path: &[&str],
+) -> Result<Option<NtfsFile<'n>>, ntfs::NtfsError> {
+    let mut dir = ntfs.root_directory(fs)?;
+    for (i, part) in path.iter().enumerate() {
+        let index = dir.directory_index(fs)?;
+        let mut finder = index.finder();
+        let Some(entry) = NtfsFileNameIndex::find(&mut finder, ntfs, fs, part) else {
+            return Ok(None);
+        };
+        let file = entry?.to_file(ntfs, fs)?;
+        if i + 1 < path.len() && !file.is_directory() {
+            return Ok(None);
+        }
+        dir = file;
+    }
+    Ok(Some(dir))
 }
 
 fn read_bitmap(ntfs: &Ntfs, fs: &mut Device<'_>, clusters: u64) -> Result<Vec<u8>, MapError> {

@@ -323,6 +323,15 @@ impl Manifest {
         ))
     }
 
+    /// Bytes no filesystem uses (the unused runs): not stored, not written on restore.
+    pub fn unused_bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Unused)
+            .map(|e| e.len)
+            .sum()
+    }
+
     /// Chunk extents, in image order.
     pub fn chunks(&self) -> impl Iterator<Item = (&Extent, ChunkId, u32)> {
         self.extents.iter().filter_map(|e| match e.kind {

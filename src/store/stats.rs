@@ -61,12 +61,7 @@ pub fn version_stats(versions: &[Version], universe: &[Version]) -> Vec<VersionS
                     }
                 }
             }
-            let unused: u64 = m
-                .extents
-                .iter()
-                .filter(|e| e.kind == super::ExtentKind::Unused)
-                .map(|e| e.len)
-                .sum();
+            let unused = m.unused_bytes();
             let div = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
             VersionStats {
                 name: v.name.clone(),
