@@ -473,10 +473,11 @@ impl Relay {
     }
 
     /// Whether `token` (a lower relay's `x-bootcast-relay-token`, or a staff API token) is a
-    /// site's relay token or the API token, as the central server says (asked through the relays above; a yes is remembered for ten
-    /// minutes, a no not at all). A header alone changes nothing: an unknown or wrong token is
-    /// an ordinary client.
-    pub async fn lower_relay(&self, token: &str) -> bool {
+    /// site's relay token or the API token, as the central server says (asked through the
+    /// relays above; a yes is remembered for ten minutes, a no not at all). A header alone
+    /// changes nothing: an unknown or wrong token is an ordinary client. `Err` when central
+    /// could not answer (unreachable, slow, or failing): that is not a no.
+    pub async fn lower_relay(&self, token: &str) -> Result<bool, String> {
         const KEEP: std::time::Duration = std::time::Duration::from_secs(600);
         let key = crate::db::sites::token_hash(token);
         let now = std::time::Instant::now();
@@ -484,25 +485,31 @@ impl Relay {
             let mut known = self.lower.lock().unwrap_or_else(|p| p.into_inner());
             known.retain(|_, at| now.duration_since(*at) < KEEP);
             if known.contains_key(&key) {
-                return true;
+                return Ok(true);
             }
         }
-        let ok = self
+        let url = self.link.url("/api/v1/relay/check");
+        let resp = self
             .link
             .client
-            .get(self.link.url("/api/v1/relay/check"))
+            .get(&url)
             .bearer_auth(token)
-            .timeout(std::time::Duration::from_secs(15))
+            .timeout(std::time::Duration::from_secs(30))
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success());
+            .map_err(|e| format!("asking {url}: {e}"))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(format!("{url} answered {status}"));
+        }
+        let ok = status.is_success();
         if ok {
             self.lower
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key, now);
         }
-        ok
+        Ok(ok)
     }
 
     /// The orders prestage runs: central's, and the relay's own repair order if the start-up

@@ -147,12 +147,15 @@ async fn require_reader(
     };
     let staff = crate::http::auth::bearer(h).map(str::to_string);
     if let Some(t) = get(RELAY_TOKEN_HEADER).or(staff) {
-        if relay.lower_relay(&t).await {
-            return Ok(next.run(req).await);
-        }
-        return Err(ApiError::forbidden(
-            "the central server does not know this token (a site relay token or the API token)",
-        ));
+        return match relay.lower_relay(&t).await {
+            Ok(true) => Ok(next.run(req).await),
+            Ok(false) => Err(ApiError::forbidden(
+                "the central server does not know this token (a site relay token or the API token)",
+            )),
+            Err(e) => Err(ApiError::unavailable(format!(
+                "this relay cannot confirm the token with the central server now ({e}); try again"
+            ))),
+        };
     }
     if let Some((s, mac)) = get(HEADER_SESSION).zip(get(HEADER_MAC).and_then(|m| m.parse().ok())) {
         let (ip, now) = (peer.ip(), crate::time::now_unix());
@@ -249,7 +252,7 @@ async fn manifest(
         .get(RELAY_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
     {
-        Some(t) => relay.lower_relay(t.trim()).await,
+        Some(t) => relay.lower_relay(t.trim()).await == Ok(true),
         None => false,
     };
     if relay.config.incomplete == IncompletePolicy::Wait && !below {
