@@ -45,6 +45,7 @@ pub fn stand_in_bootenv(data: &std::path::Path, agent_protocol: u32) {
         built_at: 0,
         bootcast_version: "test".into(),
         agent_protocol,
+        tools: vec![],
     };
     std::fs::write(
         d.join("bootenv.json"),

@@ -457,6 +457,36 @@ fn bootenv_builds_and_boots_under_bios_and_uefi() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+    // the grow tools of this machine, with their libraries (tests/reimage_vm.rs runs them)
+    let tools: Vec<&str> = info["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for (tool, package) in [
+        ("ntfsresize", "ntfs-3g"),
+        ("e2fsck", "e2fsprogs"),
+        ("resize2fs", "e2fsprogs"),
+    ] {
+        if have(tool) || Path::new("/usr/sbin").join(tool).is_file() {
+            assert!(tools.contains(&tool), "{tool} not in {tools:?}");
+            let f = format!("usr/sbin/{tool}");
+            assert!(names.contains(&f), "{f} not in the initramfs");
+        } else {
+            common::say(&format!(
+                "bootenv: {tool} is not on this machine (package {package}): not bundled"
+            ));
+        }
+    }
+    if !tools.is_empty() {
+        for lib in [
+            "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            assert!(names.iter().any(|n| n == lib), "{lib} not in the initramfs");
+        }
+    }
     let modules: Vec<&str> = info["modules"]
         .as_array()
         .unwrap()

@@ -80,6 +80,12 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
 
     // Inputs first: cheap checks fail before the slow steps.
     let busybox = read_busybox(&opts.busybox)?;
+    let tools = read_tools()?;
+    for (tool, package) in &tools.missing {
+        progress(&format!(
+            "warning: {tool} is not on this machine (Debian package {package}): the agent will not grow filesystems it needs for (`bootcast image post-deploy --grow`)"
+        ));
+    }
     let (agent, agent_stripped) = read_agent(opts.agent.as_deref(), &out_dir, progress)?;
     let bootcast_version = match &opts.agent {
         None => env!("CARGO_PKG_VERSION").to_string(),
@@ -139,7 +145,7 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
         context: "write the initramfs archive".into(),
         source: e,
     };
-    for d in [
+    let mut dirs: std::collections::BTreeSet<&str> = [
         "bin",
         "dev",
         "etc",
@@ -149,7 +155,10 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
         "run",
         "sys",
         "tmp",
-    ] {
+    ]
+    .into();
+    dirs.extend(tools.files.keys().flat_map(|p| parents(p)));
+    for d in dirs {
         w.dir(d, 0o755).map_err(cp)?;
     }
     w.char_dev("dev/console", 0o600, 5, 1).map_err(cp)?;
@@ -164,6 +173,9 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
     .map_err(cp)?;
     w.file("bin/busybox", 0o755, &busybox.bytes).map_err(cp)?;
     w.file("bin/bootcast", 0o755, &agent).map_err(cp)?;
+    for (path, (bytes, mode)) in &tools.files {
+        w.file(path, *mode, bytes).map_err(cp)?;
+    }
     // Scripts' `#!/bin/sh` works even before /init installs the applet links.
     w.symlink("bin/sh", "busybox").map_err(cp)?;
     for (name, bytes) in &mods.files {
@@ -220,6 +232,7 @@ pub fn build(data_dir: &Path, opts: &BuildOptions) -> Result<BootEnvInfo> {
             .map_or(0, |d| d.as_secs()),
         bootcast_version,
         agent_protocol: opts.agent_protocol,
+        tools: tools.found.clone(),
     };
 
     // Commit: temp files, then drop the old record, rename, write the new record.

@@ -12,7 +12,7 @@
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 /bin/busybox --install -s /bin
-export PATH=/bin HOME=/ TERM=linux
+export PATH=/bin:/usr/sbin HOME=/ TERM=linux
 exec </dev/console >/dev/console 2>&1
 
 # Lines go to /dev/console and to the other consoles of the kernel command line

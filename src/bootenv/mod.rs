@@ -31,6 +31,11 @@
 //!   `modules.dep`, depmod makes it at install time), dependencies first. Modules built into
 //!   the kernel (`modules.builtin`) are skipped. Debian 12 ships modules uncompressed; `.ko.xz`,
 //!   `.ko.zst` and `.ko.gz` are decompressed at build time (busybox `insmod` loads plain ELF);
+//! - `/usr/sbin/ntfsresize`, `/usr/sbin/e2fsck`, `/usr/sbin/resize2fs` (`GROW_TOOLS`), those
+//!   the build host has: its dynamically linked Debian binaries, with every library `ldd`
+//!   names copied at the same path (`/lib/x86_64-linux-gnu/...`, `/lib64/ld-linux-x86-64.so.2`),
+//!   so a Debian 12 server builds a boot environment that can grow NTFS and ext4 after a
+//!   restore ([`crate::agent::grow`]);
 //! - `/dev/console` (5:1), so that `/init` has a console before it mounts devtmpfs;
 //!   `/etc/bootcast-bootenv` (kernel and bootcast versions).
 //!
@@ -218,6 +223,7 @@ mod tests {
             built_at: 0,
             bootcast_version: "0".into(),
             agent_protocol: 1,
+            tools: vec![],
         };
         fs::write(info_path(t.path()), serde_json::to_vec(&info).unwrap()).unwrap();
         assert_eq!(load(t.path()).unwrap(), Some(info.clone()));

@@ -47,6 +47,11 @@ pub struct BootEnvInfo {
     /// its own agent protocol ([`BootEnvInfo::usable`]).
     #[serde(default)]
     pub agent_protocol: u32,
+    /// The filesystem tools in `/usr/sbin` (with their libraries) that the agent runs to grow
+    /// a filesystem after a restore: `ntfsresize`, `e2fsck`, `resize2fs` when the build host
+    /// has them.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 impl BootEnvInfo {
