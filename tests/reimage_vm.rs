@@ -14,7 +14,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::disks::{windows_disk, WINDOWS_TOOLS};
+use common::disks::{windows_disk_with_recovery, WINDOWS_TOOLS};
 use common::netlab::{
     chunk_bytes_served, copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
 };
@@ -114,11 +114,21 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
     // the host gives (QEMU ends at the agent's reboot, so the disk is what was captured). The
     // disk is now a Windows-like one (FAT32 ESP + NTFS, free space full of old bytes), so the
     // agent maps it as `image add` does.
-    let windows = common::disks::tools("reimage_vm (Windows-like capture)", &WINDOWS_TOOLS);
-    if windows {
-        let w = windows_disk(&lab, 96 << 20, 40 << 20, 54 << 20, &[8 << 20, 3 << 20]);
-        std::fs::copy(&w.path, vm.dir.join("disk.raw")).unwrap();
-    }
+    let mut tools = WINDOWS_TOOLS.to_vec();
+    tools.extend(["ntfsresize", "ntfsinfo", "ntfsfix"]);
+    let windows =
+        common::disks::tools("reimage_vm (Windows-like capture and grow)", &tools).then(|| {
+            let w = windows_disk_with_recovery(
+                &lab,
+                96 << 20,
+                40 << 20,
+                46 << 20,
+                &[8 << 20, 3 << 20],
+                8 << 20,
+            );
+            std::fs::copy(&w.path, vm.dir.join("disk.raw")).unwrap();
+            w
+        });
     lab.json(&["task", "capture", "--host", mac, "--image", "captured"]);
     let _ = std::fs::remove_file(vm.serial_log());
     vm.no_reboot = true;
@@ -146,13 +156,14 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         &added["version"].as_str().unwrap()[..12]
     ));
     assert_eq!(added["version"], captured.as_str(), "{done}");
-    if windows {
+    if windows.is_some() {
         let parts = added["partitions"].as_array().unwrap();
         let fs: Vec<_> = parts.iter().map(|p| (&p["fs"], &p["mapped"])).collect();
         assert_eq!(
             fs,
             [
                 (&serde_json::json!("fat32"), &serde_json::json!(true)),
+                (&serde_json::json!("ntfs"), &serde_json::json!(true)),
                 (&serde_json::json!("ntfs"), &serde_json::json!(true))
             ],
             "{added}"
@@ -169,6 +180,48 @@ fn vm_reimages_its_empty_disk_and_boots_the_master() {
         "{t}"
     );
     assert!(moved * 10 <= lacked * 11, "served {moved} > 1.1 x {lacked}");
+
+    // The Windows-like master onto an empty disk twice its size, with `--grow 2`: C: fills the
+    // disk, the recovery partition after it goes to the disk's end (the boot environment's
+    // ntfsresize, from the server's ntfs-3g).
+    if let Some(w) = windows {
+        lab.json(&["image", "set", "on-host", "--grow", "2"]);
+        let disk = vm.dir.join("disk.raw");
+        std::fs::remove_file(&disk).unwrap();
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(192 << 20)
+            .unwrap();
+        lab.json(&["task", "reimage", "--host", mac, "--image", "on-host"]);
+        let _ = std::fs::remove_file(vm.serial_log());
+        let started = Instant::now();
+        let out = vm.command(&ns).output().unwrap();
+        let took = started.elapsed().as_secs_f64();
+        let serial = vm.serial();
+        let grow = serial
+            .lines()
+            .find(|l| l.contains("BOOTCAST-AGENT-GROW part 2 ntfs"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no grow: QEMU {}\n{}\n--- server:\n{}",
+                    out.status,
+                    serial,
+                    server.log_text()
+                )
+            })
+            .to_string();
+        assert!(
+            serial.contains(&format!("BOOTCAST-AGENT-REIMAGE-DONE {mac}")),
+            "{serial}"
+        );
+        let g = common::disks::assert_grown(&lab, &w, &disk);
+        common::say(&format!(
+            "VM reimage of the 96 MiB Windows-like master onto a 192 MiB disk with --grow 2: {took:.1} s; C: {} -> {} bytes (NTFS volume {}), recovery at byte {}; sgdisk -v clean, files identical ({})",
+            w.layout[1].1, g.c.1, g.volume, g.recovery.0, grow.trim()
+        ));
+        let t = lab.json(&["task", "list", "--all", "--host", mac]);
+        assert_eq!(t["tasks"][0]["state"], "done", "{t}");
+    }
 }
 
 /// Boots the VM until the demo master powers it off; checks the agent and the master's

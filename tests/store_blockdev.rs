@@ -77,7 +77,10 @@ fn add_from_and_export_to_block_devices() {
     let out = lab.run(&["image", "export", "dev", small.0.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("choose a larger disk"),
+        stderr(&out).contains(&format!(
+            "the image needs {}; choose a larger disk",
+            img.len()
+        )),
         "{}",
         stderr(&out)
     );

@@ -627,6 +627,23 @@ fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
         "--replace",
     ]);
     assert_eq!(hello(B)["hostname"], "room12-pc02");
+    assert!(hello(B).get("grow").is_none(), "grow is off by default");
+    // the grow setting reaches the agent with the task (CLI `image set`), and goes off again
+    let pd = lab.json(&["image", "set", "linux", "--grow", "2"]);
+    assert_eq!(pd["post_deploy"], json!({"hostname": true, "grow": 2}));
+    assert_eq!(hello(B)["grow"], 2);
+    let out = lab.run(&["image", "set", "linux", "--grow", "0"]);
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("not a partition number"));
+    let (code, body) = api(
+        &s,
+        "PUT",
+        "/api/v1/images/linux/post-deploy",
+        Some(json!({"hostname": true, "grow": 200})),
+    );
+    assert_eq!(code, 400, "{body}");
+    lab.json(&["image", "set", "linux", "--grow", "off"]);
+    assert!(hello(B).get("grow").is_none());
     // a host without a name gets no name
     lab.json(&["host", "name", B, "--clear"]);
     lab.json(&[

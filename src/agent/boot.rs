@@ -461,6 +461,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             image,
             version,
             hostname,
+            grow,
             multicast,
             signature: _,
         } => match verify_order(&args, &hello, &reply) {
@@ -483,6 +484,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
                     version: version.clone(),
                     disk: args.disk.map(PathBuf::from),
                     hostname: hostname.clone(),
+                    grow: *grow,
                     multicast: multicast.clone(),
                 };
                 console.line(&format!(

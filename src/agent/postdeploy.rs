@@ -40,6 +40,8 @@ pub enum HostnameOutcome {
 pub struct Partition {
     /// Kernel name (`vda2`, `nvme0n1p2`).
     pub name: String,
+    /// Its number in the partition table (0: a whole disk without one).
+    pub number: u32,
     pub major: u64,
     pub minor: u64,
 }
@@ -100,6 +102,7 @@ fn linux_hostname(
         // A filesystem on the whole disk: no partition table.
         vec![Partition {
             name: disk_name(disk),
+            number: 0,
             major,
             minor,
         }]
@@ -223,7 +226,7 @@ pub fn esp_loader(
 }
 
 /// `disk`'s major and minor device numbers; `None`: it is not a block device.
-fn device_numbers(disk: &Path) -> Result<Option<(u64, u64)>, String> {
+pub(super) fn device_numbers(disk: &Path) -> Result<Option<(u64, u64)>, String> {
     let meta = fs::metadata(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
     if !meta.file_type().is_block_device() {
         return Ok(None);
@@ -237,7 +240,7 @@ fn device_numbers(disk: &Path) -> Result<Option<(u64, u64)>, String> {
 
 /// A device node for partition `p` in `work` (the agent's own, whatever /dev holds), readable,
 /// and writable when `write`.
-fn partition_node(work: &Path, p: &Partition, write: bool) -> nix::Result<PathBuf> {
+pub(super) fn partition_node(work: &Path, p: &Partition, write: bool) -> nix::Result<PathBuf> {
     use nix::sys::stat::Mode;
     let node = work.join(&p.name);
     let _ = fs::remove_file(&node);
@@ -371,7 +374,7 @@ pub fn edit_hosts(hosts: &str, name: &str) -> Option<String> {
 }
 
 /// Reads the first 2 KiB of `dev` (boot block + primary superblock of an ext filesystem).
-fn read_superblock(dev: &Path) -> std::io::Result<[u8; 2048]> {
+pub(super) fn read_superblock(dev: &Path) -> std::io::Result<[u8; 2048]> {
     let mut f = File::open(dev)?;
     f.seek(SeekFrom::Start(0))?;
     let mut b = [0u8; 2048];
@@ -406,17 +409,15 @@ pub fn partitions(disk_dir: &Path) -> Result<Vec<Partition>, String> {
         else {
             continue;
         };
-        parts.push((
-            n,
-            Partition {
-                name: e.file_name().to_string_lossy().into_owned(),
-                major,
-                minor,
-            },
-        ));
+        parts.push(Partition {
+            name: e.file_name().to_string_lossy().into_owned(),
+            number: n,
+            major,
+            minor,
+        });
     }
-    parts.sort_by_key(|(n, _)| *n);
-    Ok(parts.into_iter().map(|(_, p)| p).collect())
+    parts.sort_by_key(|p| p.number);
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -532,9 +533,9 @@ mod tests {
         let p = partitions(&d).unwrap();
         assert_eq!(
             p.iter()
-                .map(|p| (p.name.as_str(), p.minor))
+                .map(|p| (p.name.as_str(), p.number, p.minor))
                 .collect::<Vec<_>>(),
-            [("vda1", 1), ("vda2", 2), ("vda10", 10)]
+            [("vda1", 1, 1), ("vda2", 2, 2), ("vda10", 10, 10)]
         );
         assert_eq!(p[0].major, 252);
     }

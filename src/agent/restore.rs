@@ -30,6 +30,8 @@ pub struct Job {
     pub disk: Option<PathBuf>,
     /// Post-deploy: the name to write into the restored system ([`super::postdeploy`]).
     pub hostname: Option<String>,
+    /// Post-deploy: on a disk larger than the image, grow this partition ([`super::grow`]).
+    pub grow: Option<u32>,
     /// Receive the chunks from this room multicast session (the rest over HTTP).
     pub multicast: Option<MulticastJoin>,
     /// The central server's keys (`bootcast.key=`): a manifest signed otherwise is refused.
@@ -69,6 +71,19 @@ pub fn run(
                 "bootcast-agent: post-deploy: warning: {} not reopened: {e}",
                 target.display()
             )),
+        }
+        if let Some(number) = job.grow {
+            match super::grow::grow(&target, sys, number, log) {
+                Ok(super::grow::GrowOutcome::Skipped { why }) => log(&format!(
+                    "bootcast-agent: post-deploy: partition {number} not grown: {why}"
+                )),
+                Ok(super::grow::GrowOutcome::Grown { .. }) => {}
+                Err(e) => {
+                    return Err(RunError::Failed(format!(
+                        "the image was written and verified, but growing partition {number} onto the larger disk failed: {e}"
+                    )))
+                }
+            }
         }
         if let Some(name) = &job.hostname {
             match super::postdeploy::set_hostname(&target, sys, name, log) {

@@ -35,14 +35,19 @@ pub enum AgentCmd {
         #[arg(long, hide = true, default_value = "/")]
         root: PathBuf,
     },
-    /// Run the post-deploy steps on a restored disk, as a reimage does: write NAME into
-    /// /etc/hostname of every Linux root filesystem on ext2/3/4 (root; partitions are mounted)
+    /// Run the post-deploy steps on a restored disk, as a reimage does: grow partition N onto
+    /// a larger disk, then write NAME into Windows' answer files and /etc/hostname of every
+    /// Linux root filesystem on ext2/3/4 (root; partitions are mounted)
     PostDeploy {
         /// The whole disk (block device), e.g. /dev/sdb or /dev/loop0 (losetup --partscan)
         #[arg(long)]
         disk: PathBuf,
         #[arg(long)]
-        hostname: String,
+        hostname: Option<String>,
+        /// Grow partition N and its filesystem (NTFS, ext2/3/4) to fill the disk, moving the
+        /// partitions after it to the disk's end (GPT)
+        #[arg(long, value_name = "N")]
+        grow: Option<u32>,
     },
     /// Collect this machine's hardware inventory (SMBIOS tables, /proc/cpuinfo, sysfs) and
     /// print it as JSON: bootcast's own form, or GLPI's native inventory. Parts that cannot be
@@ -74,28 +79,11 @@ pub fn run(cmd: AgentCmd, out: &Output) -> Result<ExitCode> {
             inventory(format, &root, mac.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        AgentCmd::PostDeploy { disk, hostname } => {
-            if !bootcast::db::hosts::valid_name(&hostname) {
-                anyhow::bail!("invalid host name {hostname:?}: use 1-63 characters from a-z A-Z 0-9 and '-', not starting or ending with '-'");
-            }
-            let mut log = |l: &str| eprintln!("{l}");
-            let outcome = bootcast::agent::postdeploy::set_hostname(
-                &disk,
-                std::path::Path::new("/sys"),
-                &hostname,
-                &mut log,
-            )
-            .map_err(|e| anyhow::anyhow!("post-deploy on {}: {e}", disk.display()))?;
-            out.emit(&outcome, || match &outcome {
-                bootcast::agent::postdeploy::HostnameOutcome::Written { partitions } => {
-                    format!("host name {hostname} written on {}", partitions.join(", "))
-                }
-                bootcast::agent::postdeploy::HostnameOutcome::Skipped { why } => {
-                    format!("host name not written: {why}")
-                }
-            });
-            Ok(ExitCode::SUCCESS)
-        }
+        AgentCmd::PostDeploy {
+            disk,
+            hostname,
+            grow,
+        } => post_deploy(out, &disk, hostname.as_deref(), grow),
         AgentCmd::Boot {
             interface,
             server,
@@ -161,4 +149,76 @@ fn inventory(format: InventoryFormat, root: &std::path::Path, mac: Option<&str>)
     };
     println!("{}", text.context("inventory to JSON")?);
     Ok(())
+}
+
+/// `agent post-deploy`: the grow step, then the host name step, as a reimage runs them. The
+/// JSON is the host-name outcome when only `--hostname` is given (as before `--grow`), else
+/// `{"grow": ..., "hostname": ...}`.
+fn post_deploy(
+    out: &Output,
+    disk: &std::path::Path,
+    hostname: Option<&str>,
+    grow: Option<u32>,
+) -> Result<ExitCode> {
+    use bootcast::agent::grow::GrowOutcome;
+    use bootcast::agent::postdeploy::HostnameOutcome;
+    if hostname.is_none() && grow.is_none() {
+        anyhow::bail!("nothing to do: give --hostname NAME, --grow N, or both");
+    }
+    if let Some(h) = hostname {
+        if !bootcast::db::hosts::valid_name(h) {
+            anyhow::bail!("invalid host name {h:?}: use 1-63 characters from a-z A-Z 0-9 and '-', not starting or ending with '-'");
+        }
+    }
+    let sys = std::path::Path::new("/sys");
+    let mut log = |l: &str| eprintln!("{l}");
+    let grown = match grow {
+        Some(n) => Some(
+            bootcast::agent::grow::grow(disk, sys, n, &mut log).map_err(|e| {
+                anyhow::anyhow!(
+                    "post-deploy on {}: growing partition {n}: {e}",
+                    disk.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let named = match hostname {
+        Some(h) => Some(
+            bootcast::agent::postdeploy::set_hostname(disk, sys, h, &mut log)
+                .map_err(|e| anyhow::anyhow!("post-deploy on {}: {e}", disk.display()))?,
+        ),
+        None => None,
+    };
+    let json = match (&grown, &named) {
+        (None, Some(n)) => serde_json::to_value(n)?,
+        _ => serde_json::json!({ "grow": grown, "hostname": named }),
+    };
+    out.emit(&json, || {
+        let mut lines = Vec::new();
+        match &grown {
+            Some(GrowOutcome::Grown {
+                number,
+                old_size,
+                new_size,
+                moved,
+                filesystem,
+            }) => lines.push(format!(
+                "partition {number} grown from {old_size} to {new_size} bytes ({filesystem}); moved to the disk's end: {moved:?}"
+            )),
+            Some(GrowOutcome::Skipped { why }) => lines.push(format!("not grown: {why}")),
+            None => {}
+        }
+        match (&named, hostname) {
+            (Some(HostnameOutcome::Written { partitions }), Some(h)) => {
+                lines.push(format!("host name {h} written on {}", partitions.join(", ")))
+            }
+            (Some(HostnameOutcome::Skipped { why }), _) => {
+                lines.push(format!("host name not written: {why}"))
+            }
+            _ => {}
+        }
+        lines.join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
 }

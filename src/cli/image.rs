@@ -98,13 +98,35 @@ pub enum ImageCmd {
         set: Option<String>,
     },
     /// Show or change what the agent does to the restored system after writing NAME
+    #[command(visible_alias = "set")]
     PostDeploy {
         name: String,
-        /// Write the host's name (`bootcast host name`) into /etc/hostname of a Linux root
-        /// filesystem on ext2/3/4 (default: on)
+        /// Write the host's name (`bootcast host name`) into the restored system: Windows'
+        /// sysprep answer file, /etc/hostname of a Linux root on ext2/3/4 (default: on)
         #[arg(long, value_parser = ["on", "off"])]
         hostname: Option<String>,
+        /// On a disk larger than the image, grow partition N and its filesystem (NTFS,
+        /// ext2/3/4) to fill the disk, moving the partitions after it to the disk's end (GPT
+        /// disks); `off` (the default) leaves the extra space unused
+        #[arg(long, value_name = "N|off", value_parser = parse_grow)]
+        grow: Option<Grow>,
     },
+}
+
+/// `--grow N|off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Grow(Option<u32>);
+
+fn parse_grow(s: &str) -> Result<Grow, String> {
+    match s {
+        "off" => Ok(Grow(None)),
+        _ => match s.parse::<u32>() {
+            Ok(n) if (1..=128).contains(&n) => Ok(Grow(Some(n))),
+            _ => Err(format!(
+                "{s:?} is not a partition number (1-128, as Linux numbers them: 3 for sda3) or off"
+            )),
+        },
+    }
 }
 
 fn parse_level(s: &str) -> Result<i32, String> {
@@ -153,7 +175,11 @@ pub fn run(cmd: ImageCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             };
             export_cmd(data, out, &spec, &target, opts, from)
         }
-        ImageCmd::PostDeploy { name, hostname } => post_deploy(data, out, &name, hostname),
+        ImageCmd::PostDeploy {
+            name,
+            hostname,
+            grow,
+        } => post_deploy(data, out, &name, hostname, grow),
         ImageCmd::Approve { spec } => approve(data, out, &spec),
         ImageCmd::AutoApprove { name, set } => auto_approve(data, out, &name, set),
         ImageCmd::Raw { name, set } => raw_setting(data, out, &name, set),
@@ -521,22 +547,32 @@ fn post_deploy(
     out: &Output,
     name: &str,
     hostname: Option<String>,
+    grow: Option<Grow>,
 ) -> Result<ExitCode> {
     use bootcast::db::images;
     bootcast::store::catalog::validate_name(name)?;
     let db = super::open_db(data)?;
     let c = db.lock();
     let mut pd = images::post_deploy(&c, name)?;
-    if let Some(h) = hostname {
+    if let Some(h) = &hostname {
         pd.hostname = h == "on";
+    }
+    if let Some(Grow(g)) = grow {
+        pd.grow = g;
+    }
+    if hostname.is_some() || grow.is_some() {
         images::set_post_deploy(&c, name, pd)?;
     }
     out.emit(
         &serde_json::json!({ "image": name, "post_deploy": pd }),
         || {
             format!(
-                "image {name}, after a restore:\n  hostname {}  (the host's name into /etc/hostname of a Linux ext2/3/4 root)",
-                if pd.hostname { "on " } else { "off" }
+                "image {name}, after a restore:\n  hostname {}  (the host's name into Windows' answer file and a Linux root's /etc/hostname)\n  grow     {}",
+                if pd.hostname { "on " } else { "off" },
+                match pd.grow {
+                    Some(n) => format!("{n:<3}  (on a larger disk, partition {n} and its filesystem fill it; the partitions after it move to the end)"),
+                    None => "off  (on a larger disk, the extra space stays unused)".to_string(),
+                }
             )
         },
     );

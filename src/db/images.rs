@@ -12,32 +12,46 @@ pub struct PostDeploy {
     /// Write the host's name (`bootcast host name`) into the restored system where the agent
     /// knows how: Linux root filesystems on ext2/3/4 (`/etc/hostname`). On by default.
     pub hostname: bool,
+    /// On a disk larger than the image, grow this partition and its filesystem (NTFS,
+    /// ext2/3/4) to fill the disk, moving the partitions after it to the disk's end (GPT
+    /// only). Off (`None`) by default.
+    #[serde(default)]
+    pub grow: Option<u32>,
 }
 
 impl Default for PostDeploy {
     fn default() -> Self {
-        PostDeploy { hostname: true }
+        PostDeploy {
+            hostname: true,
+            grow: None,
+        }
     }
 }
 
 /// The post-deploy settings of image `image` (the defaults unless staff changed them).
 pub fn post_deploy(conn: &Connection, image: &str) -> Result<PostDeploy, DbError> {
-    let set: Option<bool> = conn
+    let set: Option<PostDeploy> = conn
         .query_row(
-            "SELECT set_hostname FROM image_settings WHERE image = ?1",
+            "SELECT set_hostname, grow FROM image_settings WHERE image = ?1",
             [image],
-            |r| r.get(0),
+            |r| {
+                Ok(PostDeploy {
+                    hostname: r.get(0)?,
+                    grow: r.get(1)?,
+                })
+            },
         )
         .optional()
         .what("get image settings")?;
-    Ok(set.map_or_else(PostDeploy::default, |hostname| PostDeploy { hostname }))
+    Ok(set.unwrap_or_default())
 }
 
 pub fn set_post_deploy(conn: &Connection, image: &str, pd: PostDeploy) -> Result<(), DbError> {
     conn.execute(
-        "INSERT INTO image_settings (image, set_hostname) VALUES (?1, ?2)
-         ON CONFLICT(image) DO UPDATE SET set_hostname = excluded.set_hostname",
-        params![image, pd.hostname],
+        "INSERT INTO image_settings (image, set_hostname, grow) VALUES (?1, ?2, ?3)
+         ON CONFLICT(image) DO UPDATE SET set_hostname = excluded.set_hostname,
+                                          grow = excluded.grow",
+        params![image, pd.hostname, pd.grow],
     )
     .what("set image settings")?;
     Ok(())
@@ -102,22 +116,50 @@ mod tests {
         let c = db.lock();
         assert_eq!(
             post_deploy(&c, "win11").unwrap(),
-            PostDeploy { hostname: true }
+            PostDeploy {
+                hostname: true,
+                grow: None
+            }
         );
         assert!(!auto_approve(&c, "win11").unwrap());
         set_auto_approve(&c, "win11", true).unwrap();
         assert!(auto_approve(&c, "win11").unwrap());
-        set_post_deploy(&c, "win11", PostDeploy { hostname: false }).unwrap();
+        set_post_deploy(
+            &c,
+            "win11",
+            PostDeploy {
+                hostname: false,
+                grow: None,
+            },
+        )
+        .unwrap();
         assert!(
             auto_approve(&c, "win11").unwrap(),
             "one setting leaves the other"
         );
         assert_eq!(
             post_deploy(&c, "win11").unwrap(),
-            PostDeploy { hostname: false }
+            PostDeploy {
+                hostname: false,
+                grow: None
+            }
         );
         assert_eq!(post_deploy(&c, "demo").unwrap(), PostDeploy::default());
-        set_post_deploy(&c, "win11", PostDeploy { hostname: true }).unwrap();
-        assert!(post_deploy(&c, "win11").unwrap().hostname);
+        set_post_deploy(
+            &c,
+            "win11",
+            PostDeploy {
+                hostname: true,
+                grow: Some(3),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            post_deploy(&c, "win11").unwrap(),
+            PostDeploy {
+                hostname: true,
+                grow: Some(3)
+            }
+        );
     }
 }

@@ -323,6 +323,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE sites ADD COLUMN uefi_local TEXT;",
     // 14: images whose captures and `image add`s keep every byte (`bootcast image raw`)
     "ALTER TABLE image_settings ADD COLUMN raw INTEGER NOT NULL DEFAULT 0;",
+    // 15: the partition a restore grows onto a larger disk (`bootcast image post-deploy
+    // --grow`; NULL: none)
+    "ALTER TABLE image_settings ADD COLUMN grow INTEGER;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

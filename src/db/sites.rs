@@ -337,7 +337,7 @@ pub fn book(
     let mut st = conn
         .prepare_cached(
             "SELECT t.id, t.mac, t.image, t.version, t.not_before,
-                    CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END
+                    CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END, s.grow
              FROM hosts h CROSS JOIN tasks t INDEXED BY tasks_open ON t.mac = h.mac
              LEFT JOIN image_settings s ON s.image = t.image
              WHERE h.site = ?1 AND t.state IN ('pending','booting','running')
@@ -354,6 +354,7 @@ pub fn book(
                 version: r.get(3)?,
                 not_before: r.get(4)?,
                 hostname: r.get(5)?,
+                grow: r.get(6)?,
                 signature: None,
             })
         })

@@ -238,3 +238,232 @@ pub fn move_backup_gpt_to_end(disk: &std::fs::File) -> Result<Option<u64>, Strin
     disk.sync_all().map_err(|e| e.to_string())?;
     Ok(Some(last))
 }
+
+/// Growing partition `number` of a GPT disk into the free space at its end: the partitions
+/// after it keep their order and gaps and move to the disk's end, by the same whole number of
+/// MiB (so their alignment stays); the partition grows by it. Bytes from the disk's start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GrowPlan {
+    pub number: u32,
+    pub start: u64,
+    pub old_size: u64,
+    pub new_size: u64,
+    /// The partitions after it, highest first (the order they are copied in).
+    pub moves: Vec<PartMove>,
+}
+
+/// A partition moved towards the disk's end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartMove {
+    pub number: u32,
+    pub from: u64,
+    pub to: u64,
+    pub size: u64,
+}
+
+/// Sectors per MiB: the unit partitions move by.
+const MIB_SECTORS: u64 = 2048;
+
+/// The plan for growing partition `number` among `parts` (number, first LBA, last LBA; 512-byte
+/// sectors) up to `last_usable`; `None` when less than 1 MiB is free after the last partition.
+pub fn plan_grow(
+    parts: &[(u32, u64, u64)],
+    number: u32,
+    last_usable: u64,
+) -> Result<Option<GrowPlan>, String> {
+    let &(_, first, last) = parts
+        .iter()
+        .find(|p| p.0 == number)
+        .ok_or_else(|| format!("the disk has no partition {number}"))?;
+    let mut sorted = parts.to_vec();
+    sorted.sort_by_key(|p| p.1);
+    if let Some(w) = sorted.windows(2).find(|w| w[1].1 <= w[0].2) {
+        return Err(format!(
+            "partitions {} and {} overlap: the table is not grown",
+            w[0].0, w[1].0
+        ));
+    }
+    let end = sorted.iter().map(|p| p.2).max().unwrap_or(0);
+    if end > last_usable {
+        return Err(format!(
+            "a partition ends at sector {end}, past the last usable sector {last_usable}"
+        ));
+    }
+    let delta = (last_usable - end) / MIB_SECTORS * MIB_SECTORS;
+    if delta == 0 {
+        return Ok(None);
+    }
+    let moves = sorted
+        .iter()
+        .rev()
+        .filter(|p| p.1 > last)
+        .map(|&(n, f, l)| PartMove {
+            number: n,
+            from: f * 512,
+            to: (f + delta) * 512,
+            size: (l - f + 1) * 512,
+        })
+        .collect();
+    Ok(Some(GrowPlan {
+        number,
+        start: first * 512,
+        old_size: (last - first + 1) * 512,
+        new_size: (last - first + 1 + delta) * 512,
+        moves,
+    }))
+}
+
+/// Grows partition `number` of the GPT on `disk` ([`plan_grow`]): copies each partition after
+/// it to its new place (from its end backwards, so a move that overlaps itself is safe), then
+/// writes the table (both copies). The backup GPT must already end the disk
+/// ([`move_backup_gpt_to_end`]). The filesystem inside is not touched: its tool grows it.
+///
+/// Not crash-safe: power lost during the copy leaves the moved partitions half written (the
+/// table still names their old places); restore the image again.
+pub fn grow_gpt(
+    disk: &std::fs::File,
+    number: u32,
+    progress: &mut dyn FnMut(&PartMove),
+) -> Result<Option<GrowPlan>, String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let mut dev = disk.try_clone().map_err(|e| e.to_string())?;
+    let size = dev.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let mut first = [0u8; 512];
+    disk.read_exact_at(&mut first, 0)
+        .map_err(|e| format!("reading the first sector: {e}"))?;
+    let mut reader = disk.try_clone().map_err(|e| e.to_string())?;
+    match read(&mut reader, size, &first)? {
+        (TableKind::Gpt, _) => {}
+        (kind, _) => {
+            return Err(format!(
+                "partitions are grown on GPT disks only; this disk has {}",
+                match kind {
+                    TableKind::Mbr => "an MBR",
+                    _ => "no partition table",
+                }
+            ))
+        }
+    }
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .only_valid_headers(true)
+        .open_from_device(dev)
+        .map_err(|e| format!("the GPT does not read: {e}"))?;
+    let header = gpt.primary_header().map_err(|e| e.to_string())?;
+    if header.backup_lba != size / 512 - 1 {
+        return Err(format!(
+            "the backup GPT is at sector {}, not at the disk's end ({}): move it first",
+            header.backup_lba,
+            size / 512 - 1
+        ));
+    }
+    let last_usable = header.last_usable;
+    let mut parts = gpt.partitions().clone();
+    let triples: Vec<(u32, u64, u64)> = parts
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(&n, p)| (n, p.first_lba, p.last_lba))
+        .collect();
+    let Some(plan) = plan_grow(&triples, number, last_usable)? else {
+        return Ok(None);
+    };
+    const BLOCK: u64 = 4 << 20;
+    let mut buf = vec![0u8; BLOCK as usize];
+    for m in &plan.moves {
+        progress(m);
+        let mut left = m.size;
+        while left > 0 {
+            let n = left.min(BLOCK);
+            left -= n;
+            let b = &mut buf[..n as usize];
+            disk.read_exact_at(b, m.from + left).map_err(|e| {
+                format!(
+                    "reading partition {} at byte {}: {e}",
+                    m.number,
+                    m.from + left
+                )
+            })?;
+            disk.write_all_at(b, m.to + left).map_err(|e| {
+                format!(
+                    "writing partition {} at byte {}: {e}",
+                    m.number,
+                    m.to + left
+                )
+            })?;
+        }
+    }
+    disk.sync_all()
+        .map_err(|e| format!("flushing the moved partitions: {e}"))?;
+    let delta = (plan.new_size - plan.old_size) / 512;
+    for (n, p) in parts.iter_mut() {
+        if *n == number {
+            p.last_lba += delta;
+        } else if plan.moves.iter().any(|m| m.number == *n) {
+            p.first_lba += delta;
+            p.last_lba += delta;
+        }
+    }
+    gpt.update_partitions(parts)
+        .map_err(|e| format!("the grown GPT cannot be made: {e}"))?;
+    gpt.write_inplace()
+        .map_err(|e| format!("writing the grown GPT: {e}"))?;
+    disk.sync_all().map_err(|e| e.to_string())?;
+    Ok(Some(plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partition_grows_and_the_ones_after_it_move_to_the_end() {
+        // ESP 1-100 MiB, C: 100-1000 MiB, recovery 1000-1500 MiB on a disk twice as large
+        let mib = MIB_SECTORS;
+        let parts = [
+            (1, mib, 100 * mib - 1),
+            (3, 1000 * mib, 1500 * mib - 1),
+            (2, 100 * mib, 1000 * mib - 1),
+        ];
+        let last_usable = 3000 * mib - 34;
+        let p = plan_grow(&parts, 2, last_usable).unwrap().unwrap();
+        // 1499 MiB free after the recovery partition, less the backup table: 1499 whole MiB
+        assert_eq!(p.new_size - p.old_size, 1499 << 20);
+        assert_eq!(
+            p.moves,
+            [PartMove {
+                number: 3,
+                from: 1000 << 20,
+                to: 2499 << 20,
+                size: 500 << 20
+            }]
+        );
+        assert_eq!(p.moves[0].to + p.moves[0].size, 2999 << 20);
+        assert_eq!(p.start + p.new_size, p.moves[0].to);
+        // the last partition grows in place; the first one moves the two after it, highest first
+        let last = plan_grow(&parts, 3, last_usable).unwrap().unwrap();
+        assert!(last.moves.is_empty());
+        let esp = plan_grow(&parts, 1, last_usable).unwrap().unwrap();
+        assert_eq!(
+            esp.moves.iter().map(|m| m.number).collect::<Vec<_>>(),
+            [3, 2]
+        );
+        // no whole MiB free: nothing to do
+        assert_eq!(plan_grow(&parts, 2, 1500 * mib + 100).unwrap(), None);
+    }
+
+    #[test]
+    fn a_bad_table_is_not_grown() {
+        let parts = [(1, 2048, 4095), (2, 4000, 9000)];
+        assert!(plan_grow(&parts, 1, 100_000)
+            .unwrap_err()
+            .contains("overlap"));
+        assert!(plan_grow(&parts[..1], 7, 100_000)
+            .unwrap_err()
+            .contains("no partition 7"));
+        assert!(plan_grow(&parts[..1], 1, 3000)
+            .unwrap_err()
+            .contains("past"));
+    }
+}

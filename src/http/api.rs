@@ -145,23 +145,23 @@ pub async fn agent_hello(
             }
             // the task this agent will run, if any, and the name to give the restored system
             let task = task.filter(|_| runnable);
-            let hostname = match (&task, &host.name) {
-                (Some(t), Some(name)) => images::post_deploy(c, t.image.as_deref().unwrap_or(""))?
-                    .hostname
-                    .then(|| name.clone()),
-                _ => None,
+            let post_deploy = match &task {
+                Some(t) => images::post_deploy(c, t.image.as_deref().unwrap_or(""))?,
+                None => Default::default(),
             };
+            let hostname = host.name.clone().filter(|_| post_deploy.hostname);
+            let grow = post_deploy.grow;
             // the task's room multicast session, if any (not the agent's session)
             let multicast = match task.as_ref().and_then(|t| t.multicast) {
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
             Ok(Ok((
-                host, task, hostname, multicast, session, agent_ip, relayed,
+                host, task, hostname, grow, multicast, session, agent_ip, relayed,
             )))
         })
         .await?;
-    let (host, task, hostname, multicast, session, agent_ip, relayed) =
+    let (host, task, hostname, grow, multicast, session, agent_ip, relayed) =
         res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
@@ -228,6 +228,7 @@ pub async fn agent_hello(
                 image,
                 version,
                 hostname,
+                grow,
                 multicast: match multicast {
                     Some(sess) => offer_multicast(&st, sess, relayed, agent_ip).await,
                     None => None,
@@ -421,7 +422,7 @@ pub async fn get_post_deploy(State(st): State<AppState>, Path(name): Path<String
     Ok(Json(serde_json::json!({ "image": name, "post_deploy": pd })).into_response())
 }
 
-/// `PUT /api/v1/images/{name}/post-deploy` with `{"hostname": true|false}`.
+/// `PUT /api/v1/images/{name}/post-deploy` with `{"hostname": true|false, "grow": N|null}`.
 pub async fn set_post_deploy(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -429,6 +430,11 @@ pub async fn set_post_deploy(
 ) -> ApiResult {
     crate::store::catalog::validate_name(&name)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(n) = pd.grow.filter(|n| !(1..=128).contains(n)) {
+        return Err(ApiError::bad_request(format!(
+            "grow {n} is not a partition number (1-128, as Linux numbers them), or null for off"
+        )));
+    }
     let n = name.clone();
     st.db
         .call(move |c| images::set_post_deploy(c, &n, pd))

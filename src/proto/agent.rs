@@ -133,6 +133,10 @@ pub enum HelloReply {
         /// the image's settings turn the step off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
+        /// Post-deploy: on a disk larger than the image, grow this partition and its
+        /// filesystem (see [`crate::agent::grow`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grow: Option<u32>,
         /// Reimage by room multicast: receive the chunks from this session, the rest (and
         /// everything, if the session cannot be joined) over HTTP.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -179,6 +179,9 @@ pub struct SiteTask {
     /// The name post-deploy writes into the restored system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The partition post-deploy grows onto a larger disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grow: Option<u32>,
     /// The central server's signature of the order ([`crate::sign::Statement::Task`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,

@@ -155,6 +155,7 @@ mod tests {
             version: "ab".repeat(32),
             not_before: None,
             hostname: None,
+            grow: None,
             signature: Some("sig".into()),
         }
     }

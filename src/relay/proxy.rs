@@ -441,6 +441,7 @@ async fn hello_alone(
                 image: t.image.clone(),
                 version: t.version.clone(),
                 hostname: t.hostname.clone(),
+                grow: t.grow,
                 multicast: None,
                 signature: t.signature.clone(),
             }
@@ -639,6 +640,7 @@ async fn on_hello(
                 image,
                 version,
                 hostname,
+                grow,
                 multicast: Some(join),
                 signature,
             },
@@ -666,6 +668,7 @@ async fn on_hello(
             image,
             version,
             hostname,
+            grow,
             multicast: offered,
             signature,
         },
