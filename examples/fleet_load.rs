@@ -327,6 +327,7 @@ async fn relay_loop(
             complete: vec![image.clone()],
             pushes: pushes.clone(),
             book,
+            woken: vec![],
         };
         let t = Instant::now();
         let r = checked(

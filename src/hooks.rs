@@ -50,16 +50,19 @@ pub enum EventKind {
     ReimageFailed,
     /// A push reached every site.
     PushDone,
+    /// Wake-on-LAN packets were sent for a host (by the server, or a site's relay).
+    Wake,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Boot,
         EventKind::Inventory,
         EventKind::InventoryChanged,
         EventKind::ReimageDone,
         EventKind::ReimageFailed,
         EventKind::PushDone,
+        EventKind::Wake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl EventKind {
             EventKind::ReimageDone => "reimage_done",
             EventKind::ReimageFailed => "reimage_failed",
             EventKind::PushDone => "push_done",
+            EventKind::Wake => "wake",
         }
     }
 

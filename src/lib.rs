@@ -21,6 +21,7 @@
 //! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
 //! - [`sign`]: the central server's ed25519 key; signed versions, task and push orders.
 //! - [`tls`]: TLS (rustls, ring): the server's certificate, fingerprints, every client's TLS settings.
+//! - [`wol`]: Wake-on-LAN: magic packets, sent on the segment facing the hosts.
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
 
@@ -52,3 +53,4 @@ pub mod sys;
 pub mod testkit;
 pub mod time;
 pub mod tls;
+pub mod wol;

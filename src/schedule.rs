@@ -103,6 +103,89 @@ pub struct TaskRequest {
     /// Reimage by room multicast: one session for every task created.
     #[serde(default)]
     pub multicast: Option<MulticastRequest>,
+    /// Wake the hosts (Wake-on-LAN) when the task may start, in waves ([`WakeRequest`]).
+    #[serde(default)]
+    pub wake: Option<WakeRequest>,
+}
+
+/// Waking hosts by Wake-on-LAN (API `"wake": {...}`, CLI `--wake`): waves of `wave` hosts,
+/// `spacing` seconds apart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeRequest {
+    #[serde(default = "default_wave")]
+    pub wave: u32,
+    #[serde(default = "default_spacing")]
+    pub spacing: u32,
+}
+
+impl Default for WakeRequest {
+    fn default() -> Self {
+        WakeRequest {
+            wave: default_wave(),
+            spacing: default_spacing(),
+        }
+    }
+}
+
+/// Hosts woken at once, by default.
+pub const WAKE_WAVE: u32 = 20;
+/// Seconds between waves, by default.
+pub const WAKE_SPACING: u32 = 10;
+
+fn default_wave() -> u32 {
+    WAKE_WAVE
+}
+
+fn default_spacing() -> u32 {
+    WAKE_SPACING
+}
+
+/// Queues Wake-on-LAN orders for the hosts `hosts` or `group` names (every one known), from
+/// `at` (default: now) in waves; the node serving each host's segment sends them
+/// ([`crate::db::wakes`]).
+pub fn wake(
+    conn: &mut Connection,
+    hosts: &[String],
+    group: Option<&str>,
+    at: Option<&str>,
+    how: &WakeRequest,
+    now: i64,
+) -> Result<Vec<crate::db::wakes::Wake>, ScheduleError> {
+    if how.wave == 0 {
+        return Err(ScheduleError::BadTime("--wave must be at least 1".into()));
+    }
+    let start = match at {
+        Some(at) => {
+            let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
+                .map_err(ScheduleError::BadTime)?;
+            if t < now {
+                return Err(ScheduleError::Past(at.to_string()));
+            }
+            t
+        }
+        None => now,
+    };
+    let mut macs = Vec::new();
+    match (hosts, group) {
+        ([], Some(g)) => macs.extend(targets(conn, None, Some(g))?),
+        (hosts, None) if !hosts.is_empty() => {
+            for h in hosts {
+                macs.extend(targets(conn, Some(h), None)?);
+            }
+        }
+        _ => return Err(ScheduleError::Target),
+    }
+    let macs: Vec<String> = macs.into_iter().map(|m| m.to_string()).collect();
+    Ok(crate::db::wakes::queue(
+        conn,
+        &macs,
+        start,
+        how.wave,
+        how.spacing,
+        None,
+        now,
+    )?)
 }
 
 /// How a room multicast session runs (API `"multicast": {...}`, CLI `--multicast`).
@@ -229,6 +312,9 @@ pub fn create(
             )
         }
     };
+    if req.wake.as_ref().is_some_and(|w| w.wave == 0) {
+        return Err(ScheduleError::BadTime("--wave must be at least 1".into()));
+    }
     let mut created = Vec::with_capacity(macs.len());
     for mac in macs {
         if let Some(open) = tasks::open_for(&tx, mac)? {
@@ -264,6 +350,14 @@ pub fn create(
             },
             now,
         )?);
+    }
+    if let Some(w) = &req.wake {
+        // one wave after another; each order names its task
+        for (i, t) in created.iter().enumerate() {
+            let at =
+                not_before.unwrap_or(now) + (i as i64 / i64::from(w.wave)) * i64::from(w.spacing);
+            crate::db::wakes::queue(&tx, &[t.mac.to_string()], at, 1, 0, Some(t.id), now)?;
+        }
     }
     tx.commit().map_err(|cause| DbError::Query {
         what: "commit",

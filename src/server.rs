@@ -382,6 +382,7 @@ impl Server {
 
     /// Runs until `cancel` fires or a service fails; then stops the others and waits.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ServeError> {
+        let hooks = crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone());
         let state = AppState {
             db: self.db.clone(),
             data: self.data.clone(),
@@ -397,7 +398,7 @@ impl Server {
                 None => crate::multicast::sessions::Sessions::new(),
                 Some(r) => r.sessions.clone(),
             },
-            hooks: crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone()),
+            hooks: hooks.clone(),
             glpi_url: self.config.glpi_url.clone(),
             boot: self.config.boot.clone(),
             capture_max_bytes: self.config.capture_max_bytes,
@@ -493,6 +494,20 @@ impl Server {
                 }
                 ("relay prestage", Ok(()))
             });
+        }
+        // Wake-on-LAN orders, sent at their time on the DHCP interface: the relay's from its site
+        // book, the central server's for hosts of no site
+        if let Some(d) = &self.config.dhcp {
+            let (iface, db, relay, c) = (
+                d.interface.clone(),
+                self.db.clone(),
+                self.relay.clone(),
+                cancel.clone(),
+            );
+            let hooks = hooks.clone();
+            set.spawn(
+                async move { ("wake-on-LAN", wake_orders(iface, db, relay, hooks, c).await) },
+            );
         }
         // WAL checkpoints off the writer's path: no request waits for the sync
         if self.db.checkpoint_in_background().is_ok() {
@@ -649,6 +664,86 @@ impl Server {
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Sends the wake orders due, every second, on `interface`: a relay those of its site book
+/// (then its heartbeat tells central), the central server those of hosts of no site (marked
+/// sent, an event each). A failure is logged when it changes, and the orders wait.
+async fn wake_orders(
+    interface: String,
+    db: Db,
+    relay: Option<Arc<crate::relay::Relay>>,
+    hooks: crate::hooks::Hooks,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let now = crate::time::now_unix();
+        let due = match &relay {
+            Some(r) => r.book().due_wakes(now),
+            None => match db.read(move |c| crate::db::wakes::due_here(c, now)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("wake orders: {e}");
+                    continue;
+                }
+            },
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let macs: Vec<crate::mac::Mac> = due.iter().filter_map(|w| w.mac.parse().ok()).collect();
+        let iface = interface.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let segment = crate::wol::send::Segment::of(&iface)?;
+            crate::wol::send::send(&segment, &macs, &Default::default()).map(|_| segment)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let segment = match sent {
+            Ok(s) => s,
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!("wake orders wait: {e}");
+                    last_error = Some(e);
+                }
+                continue;
+            }
+        };
+        last_error = None;
+        for w in &due {
+            tracing::info!(mac = %w.mac, task = ?w.task, "woken: magic packets to {} on {}", segment.broadcast, segment.interface);
+        }
+        let sent: Vec<(i64, i64)> = due.iter().map(|w| (w.id, now)).collect();
+        match &relay {
+            Some(r) => {
+                r.woke(&sent);
+            }
+            None => {
+                match db
+                    .call(move |c| crate::db::wakes::mark_sent(c, &sent, "server", None))
+                    .await
+                {
+                    Ok(marked) => {
+                        for w in marked {
+                            hooks.emit(
+                                crate::hooks::EventKind::Wake,
+                                Some(w.mac),
+                                serde_json::json!({ "by": "server", "task": w.task, "wake": w.id }),
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!("wake orders sent, not recorded: {e}"),
+                }
+            }
         }
     }
 }

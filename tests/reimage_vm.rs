@@ -16,29 +16,14 @@ use std::time::Instant;
 
 use common::disks::{windows_disk_with_recovery, WINDOWS_TOOLS};
 use common::netlab::{
-    chunk_bytes_served, copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm,
+    chunk_bytes_served, copy_bootenv, have_qemu, register_at, serve_full, site_dhcp, Firmware,
+    Netns, Nic, Vm,
 };
-use common::{credential_of, demo_image, http_in, lacked_bytes, Lab, Served};
+use common::{demo_image, lacked_bytes, Lab, Served};
 
 /// Registers `mac` (as its first boot would) and queues a reimage with the demo master.
 fn register_and_queue(ns: &Netns, lab: &Lab, mac: &str) {
-    let url = "http://127.0.0.1:8080";
-    let (_, script) = http_in(
-        Some(&ns.name),
-        "GET",
-        &format!("{url}/boot/{mac}.ipxe"),
-        None,
-        None,
-    );
-    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential_of(&script)});
-    let (code, _) = http_in(
-        Some(&ns.name),
-        "POST",
-        &format!("{url}/api/v1/agent/hello"),
-        None,
-        Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200);
+    register_at(ns, "http://127.0.0.1:8080", mac);
     lab.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
 }
 

@@ -12,9 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::netlab::{
-    copy_bootenv, have_qemu, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP, VLAN_SERVICES,
+    copy_bootenv, have_qemu, register_at, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP,
+    VLAN_SERVICES,
 };
-use common::{demo_image, http_in, Lab, Served, BIN};
+use common::{demo_image, Lab, Served, BIN};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
     common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
@@ -320,23 +321,4 @@ fn register_via(site: &Netns, mac: &str) {
 /// The host's first network boot and hello, sent to the central server in its namespace.
 fn register_in(c: &Netns, mac: &str) {
     register_at(c, "http://127.0.0.1:8080", mac);
-}
-
-fn register_at(c: &Netns, url: &str, mac: &str) {
-    let (_, script) = http_in(
-        Some(&c.name),
-        "GET",
-        &format!("{url}/boot/{mac}.ipxe"),
-        None,
-        None,
-    );
-    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": common::credential_of(&script)});
-    let (code, body) = http_in(
-        Some(&c.name),
-        "POST",
-        &format!("{url}/api/v1/agent/hello"),
-        None,
-        Some(&hello.to_string()),
-    );
-    assert_eq!(code, 200, "{body}");
 }

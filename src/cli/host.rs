@@ -29,6 +29,24 @@ pub enum HostCmd {
         #[arg(long, conflicts_with = "name")]
         clear: bool,
     },
+    /// Wake hosts by Wake-on-LAN: MAC..., or every host of --group; the server (hosts of no
+    /// site) or the site's relay sends the magic packets on the hosts' segment, in waves
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["macs", "group"])))]
+    Wake {
+        macs: Vec<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// When: HH:MM (this server's local time; today, or tomorrow if already past) or RFC
+        /// 3339 (default: now)
+        #[arg(long)]
+        at: Option<String>,
+        /// Hosts woken at once
+        #[arg(long, default_value_t = bootcast::schedule::WAKE_WAVE)]
+        wave: u32,
+        /// Seconds between two waves
+        #[arg(long, default_value_t = bootcast::schedule::WAKE_SPACING)]
+        spacing: u32,
+    },
     /// Change a host's settings
     Set {
         mac: String,
@@ -101,6 +119,37 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
     let db = open_db(data)?;
     let mut c = db.lock();
     match cmd {
+        HostCmd::Wake {
+            macs,
+            group,
+            at,
+            wave,
+            spacing,
+        } => {
+            let how = bootcast::schedule::WakeRequest { wave, spacing };
+            let now = bootcast::time::now_unix();
+            let queued = bootcast::schedule::wake(
+                &mut c,
+                &macs,
+                group.as_deref(),
+                at.as_deref(),
+                &how,
+                now,
+            )?;
+            out.emit(&serde_json::json!({ "wakes": queued }), || {
+                let first = queued.first().map_or(now, |w| w.at);
+                let last = queued.last().map_or(now, |w| w.at);
+                format!(
+                    "{} host(s) to wake{}, in waves of {wave}; the server (hosts of no site) or the site's relay sends the magic packets; `bootcast events --kind wake` shows them sent",
+                    queued.len(),
+                    if first <= now && last <= now {
+                        " now".to_string()
+                    } else {
+                        format!(" from {} to {}", utc(first), utc(last))
+                    }
+                )
+            });
+        }
         HostCmd::Set { mac, uefi_local } => {
             let mac: Mac = mac.parse()?;
             set_uefi_local(

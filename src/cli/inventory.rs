@@ -215,7 +215,7 @@ pub struct EventsArgs {
     /// Only this host's events
     #[arg(long)]
     host: Option<String>,
-    /// Only events of this kind (boot, inventory, inventory_changed, reimage_done, reimage_failed, push_done)
+    /// Only events of this kind (boot, inventory, inventory_changed, reimage_done, reimage_failed, push_done, wake)
     #[arg(long)]
     kind: Option<String>,
     #[arg(long, default_value_t = 50)]

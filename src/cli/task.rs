@@ -44,6 +44,8 @@ pub enum TaskCmd {
         /// Multicast: most the sender sends, e.g. 500Mbit
         #[arg(long, requires = "multicast", default_value = bootcast::schedule::MULTICAST_MAX_RATE)]
         max_rate: String,
+        #[command(flatten)]
+        wake: WakeArgs,
     },
     /// Capture a host's disk as a new version of image NAME at its next network boot
     Capture {
@@ -57,6 +59,8 @@ pub enum TaskCmd {
         /// Cancel the host's open task instead of refusing
         #[arg(long)]
         replace: bool,
+        #[command(flatten)]
+        wake: WakeArgs,
     },
     /// Open tasks (pending, booting, running), newest first; --all for finished ones too
     List {
@@ -74,6 +78,30 @@ pub enum TaskCmd {
         #[arg(long)]
         group: Option<String>,
     },
+}
+
+/// `--wake [--wave N] [--spacing SECS]`.
+#[derive(clap::Args, Debug)]
+pub struct WakeArgs {
+    /// Wake the hosts by Wake-on-LAN when the task may start (--at, else now): the server, or
+    /// the relay of the hosts' site, sends the magic packets on their segment
+    #[arg(long)]
+    pub wake: bool,
+    /// Hosts woken at once
+    #[arg(long, default_value_t = bootcast::schedule::WAKE_WAVE)]
+    pub wave: u32,
+    /// Seconds between two waves
+    #[arg(long, default_value_t = bootcast::schedule::WAKE_SPACING)]
+    pub spacing: u32,
+}
+
+impl WakeArgs {
+    pub fn request(&self) -> bootcast::schedule::WakeRequest {
+        bootcast::schedule::WakeRequest {
+            wave: self.wave,
+            spacing: self.spacing,
+        }
+    }
 }
 
 fn duration(secs: i64) -> String {
@@ -153,6 +181,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             min_receivers,
             wait,
             max_rate,
+            wake,
         } => {
             let req = TaskRequest {
                 kind: TaskKind::Reimage,
@@ -166,6 +195,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     wait_secs: Some(wait),
                     max_rate: Some(max_rate),
                 }),
+                wake: wake.wake.then(|| wake.request()),
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));
@@ -175,6 +205,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             image,
             at,
             replace,
+            wake,
         } => {
             let req = TaskRequest {
                 kind: TaskKind::Capture,
@@ -184,6 +215,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 at,
                 replace,
                 multicast: None,
+                wake: wake.wake.then(|| wake.request()),
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod sessions;
 pub mod sites;
 pub mod tasks;
+pub mod wakes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -326,6 +327,29 @@ pub const MIGRATIONS: &[&str] = &[
     // 15: the partition a restore grows onto a larger disk (`bootcast image post-deploy
     // --grow`; NULL: none)
     "ALTER TABLE image_settings ADD COLUMN grow INTEGER;",
+    // 16: Wake-on-LAN orders (`wakes`): sent at `at` by the node serving the host's segment
+    // (the server for hosts of no site, else the site's relay, through its site book)
+    "CREATE TABLE wakes (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL REFERENCES hosts(mac) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        task INTEGER,
+        created INTEGER NOT NULL,
+        sent_at INTEGER,
+        sent_by TEXT
+    );
+    CREATE INDEX wakes_unsent ON wakes(at) WHERE sent_at IS NULL;
+    CREATE TRIGGER book_wake_added AFTER INSERT ON wakes
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name = (SELECT site FROM hosts WHERE mac = new.mac);
+    END;
+    CREATE TRIGGER book_wake_sent AFTER UPDATE OF sent_at ON wakes
+    WHEN old.sent_at IS NOT new.sent_at
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name = (SELECT site FROM hosts WHERE mac = new.mac);
+    END;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

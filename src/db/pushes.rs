@@ -561,6 +561,7 @@ mod tests {
             cache_bytes: 10,
             quota_bytes: None,
             complete: vec![],
+            woken: vec![],
             pushes: vec![PushProgress {
                 push: p.id,
                 state: PushState::Running,

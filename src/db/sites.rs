@@ -361,9 +361,11 @@ pub fn book(
         .what("site book tasks")?
         .collect::<Result<Vec<_>, _>>()
         .what("site book tasks")?;
+    let wakes = super::wakes::of_site(conn, site)?;
     Ok(Some(SiteBook {
         rev,
         full,
+        wakes,
         hosts,
         tasks,
         after_register: after_register.to_string(),

@@ -67,12 +67,14 @@ pub async fn heartbeat(
             let reported: Vec<i64> = hb.pushes.iter().map(|p| p.push).collect();
             let done_before = pushes::done_among(c, &reported)?;
             sites::record_heartbeat(c, &site.name, &hb, now)?;
+            let woken: Vec<(i64, i64)> = hb.woken.iter().map(|w| (w.id, w.at)).collect();
+            let woken = crate::db::wakes::mark_sent(c, &woken, &site.name, Some(&site.name))?;
             let newly_done: Vec<i64> = pushes::done_among(c, &reported)?
                 .into_iter()
                 .filter(|id| !done_before.contains(id))
                 .collect();
             let site = sites::get(c, &site.name)?.expect("site exists");
-            Ok(Ok((newly_done, HeartbeatReply {
+            Ok(Ok((newly_done, woken, HeartbeatReply {
                 protocol: PROTOCOL,
                 schedule: SiteSchedule {
                     tz: site.tz.clone(),
@@ -87,7 +89,14 @@ pub async fn heartbeat(
             })))
         })
         .await?;
-    let (newly_done, mut reply) = res?;
+    let (newly_done, woken, mut reply) = res?;
+    for w in woken {
+        st.hooks.emit(
+            crate::hooks::EventKind::Wake,
+            Some(w.mac),
+            serde_json::json!({ "by": site_name, "task": w.task, "wake": w.id, "sent_at": crate::time::rfc3339(w.at) }),
+        );
+    }
     // what the relay needs to work alone, when it changed since its copy (on a reader: the
     // writer is not held for it)
     if hb_protocol >= 2 {

@@ -137,6 +137,9 @@ pub struct Heartbeat {
     /// relay of protocol 1): the reply carries the book only when it changed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub book: Option<u64>,
+    /// Wake orders of the site book this relay sent (until the book no longer lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub woken: Vec<Woken>,
 }
 
 /// What a relay needs to serve its site alone while the central server cannot be reached:
@@ -156,6 +159,29 @@ pub struct SiteBook {
     pub tasks: Vec<SiteTask>,
     /// What a machine registering does after its hello (`reboot`, `poweroff`).
     pub after_register: String,
+    /// Wake-on-LAN orders for the site's hosts not sent yet: the relay sends each at its time
+    /// on its DHCP interface and says so in its next heartbeat ([`Heartbeat::woken`]).
+    #[serde(default)]
+    pub wakes: Vec<WakeOrder>,
+}
+
+/// A Wake-on-LAN order (`bootcast host wake`, a task that wakes its host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeOrder {
+    pub id: i64,
+    pub mac: String,
+    /// When to send it (Unix seconds).
+    pub at: i64,
+    /// The task it wakes the host for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<i64>,
+}
+
+/// A wake order a relay sent, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Woken {
+    pub id: i64,
+    pub at: i64,
 }
 
 /// One host of a site, as its relay keeps it.
@@ -301,6 +327,7 @@ mod tests {
                 image: "win11".into(),
                 version: "ab".repeat(32),
             }],
+            woken: vec![],
             pushes: vec![PushProgress {
                 push: 3,
                 state: PushState::Running,

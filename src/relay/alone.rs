@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::relay::{SiteBook, SiteTask};
+use crate::proto::relay::{SiteBook, SiteTask, WakeOrder, Woken};
 
 /// The book's file, under the data directory.
 const FILE: &str = "relay/book.json";
@@ -43,6 +43,13 @@ pub struct Book {
     /// Tasks whose end (done, failed) this relay queued: never started again.
     #[serde(default)]
     pub ended: BTreeSet<i64>,
+    /// Wake orders for the site's hosts not sent as far as central knows.
+    #[serde(default)]
+    pub wakes: Vec<WakeOrder>,
+    /// Orders this relay sent (id → when), told to central with every heartbeat until the book
+    /// no longer lists them.
+    #[serde(default)]
+    pub woken: BTreeMap<i64, i64>,
 }
 
 fn path(data: &Path) -> PathBuf {
@@ -104,7 +111,28 @@ impl Book {
         self.ended.retain(|id| open.contains(id));
         self.after_register = new.after_register;
         self.rev = Some(new.rev);
+        // an order central no longer lists was acknowledged (or cancelled): forgotten
+        let listed: BTreeSet<i64> = new.wakes.iter().map(|w| w.id).collect();
+        self.woken.retain(|id, _| listed.contains(id));
+        self.wakes = new.wakes;
         refused
+    }
+
+    /// Wake orders due at `now` and not sent yet by this relay.
+    pub fn due_wakes(&self, now: i64) -> Vec<WakeOrder> {
+        self.wakes
+            .iter()
+            .filter(|w| w.at <= now && !self.woken.contains_key(&w.id))
+            .cloned()
+            .collect()
+    }
+
+    /// What the heartbeat tells central this relay sent.
+    pub fn woken(&self) -> Vec<Woken> {
+        self.woken
+            .iter()
+            .map(|(&id, &at)| Woken { id, at })
+            .collect()
     }
 
     /// The task this relay may start alone for `mac` at `now`, due and not ended here.
@@ -179,6 +207,7 @@ mod tests {
         assert_eq!(plan(&book, a, 10, |_, _| true), Plan::LocalDisk);
         let refused = book.apply(
             SiteBook {
+                wakes: vec![],
                 rev: 5,
                 full: true,
                 hosts: vec![host(a, true), host(b, true)],
@@ -201,6 +230,7 @@ mod tests {
         book.ended.insert(1);
         book.apply(
             SiteBook {
+                wakes: vec![],
                 rev: 6,
                 full: false,
                 hosts: vec![host(c, true)],
@@ -217,6 +247,7 @@ mod tests {
         later.not_before = Some(100);
         book.apply(
             SiteBook {
+                wakes: vec![],
                 rev: 9,
                 full: true,
                 hosts: vec![host(a, true)],

@@ -28,6 +28,11 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(
 /// The heartbeat as of now (blocking: reads the version files).
 pub fn heartbeat(relay: &Relay) -> Heartbeat {
     let cache_bytes = relay.link.cache_bytes.get();
+    // one lock of the book (a second one in the same expression would wait for the first)
+    let (book, woken) = {
+        let b = relay.book();
+        (b.rev, b.woken())
+    };
     Heartbeat {
         protocol: crate::proto::relay::PROTOCOL,
         site: relay.config.site.clone(),
@@ -37,7 +42,8 @@ pub fn heartbeat(relay: &Relay) -> Heartbeat {
         quota_bytes: relay.config.quota,
         complete: complete_versions(relay),
         pushes: relay.progress(),
-        book: relay.book().rev,
+        book,
+        woken,
     }
 }
 

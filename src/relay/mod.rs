@@ -461,6 +461,18 @@ impl Relay {
         }
     }
 
+    /// Wake orders of the site book were sent (id, when): kept in the book (a restart does not
+    /// send them again) and told to central by the next heartbeat, now.
+    pub fn woke(&self, sent: &[(i64, i64)]) {
+        let mut book = self.book();
+        book.woken.extend(sent.iter().copied());
+        if let Err(e) = book.save(self.store.data_dir()) {
+            tracing::error!("keeping the site book: {e}");
+        }
+        drop(book);
+        self.heartbeat_now.notify_one();
+    }
+
     /// Orders and generation now (no orders before the first heartbeat reply).
     pub fn orders(&self) -> (Vec<PushOrder>, u64) {
         let site = self.site();

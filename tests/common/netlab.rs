@@ -470,3 +470,24 @@ pub fn serve_full(ns: &Netns, lab: &super::Lab) -> super::Served {
         .env_remove("BOOTCAST_DATA");
     super::Served::start(cmd, &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat())
 }
+
+/// A machine's first network boot and its agent's hello, sent from namespace `ns` to the
+/// server or relay at `url`: `mac` becomes a known host (of the relay's site through a relay).
+pub fn register_at(ns: &Netns, url: &str, mac: &str) {
+    let (_, script) = super::http_in(
+        Some(&ns.name),
+        "GET",
+        &format!("{url}/boot/{mac}.ipxe"),
+        None,
+        None,
+    );
+    let hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": super::credential_of(&script)});
+    let (code, body) = super::http_in(
+        Some(&ns.name),
+        "POST",
+        &format!("{url}/api/v1/agent/hello"),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+}

@@ -1,0 +1,266 @@
+//! Wake-on-LAN from the server: `bootcast host wake` and a task's `--wake` queue orders; the
+//! server sends the magic packets on its DHCP interface's segment (a bridge in a network
+//! namespace), where a capture on another port of the segment sees them: broadcast to
+//! 10.99.0.255, UDP port 9, each host's MAC 16 times, repeated; a group in waves, one host
+//! after the other; each send an event `wake`. Needs root; prints SKIP without.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+
+use common::netlab::{register_at, serve_full, Netns};
+use common::{fake_bootenv, wait_for, Lab};
+
+const A: &str = "52:54:00:99:07:0a";
+const B: &str = "52:54:00:99:07:0b";
+/// The server (or relay) in its namespace.
+const URL: &str = "http://127.0.0.1:8080";
+
+/// tcpdump on `nic`'s eth0 (a port of the segment) until `count` UDP datagrams to port 9,
+/// written to `file`; returns once it listens.
+fn capture(nic: &Netns, file: &std::path::Path, count: usize) -> Child {
+    let mut child = nic
+        .cmd("tcpdump")
+        .args(["-i", "eth0", "-U", "-n", "-c", &count.to_string(), "-w"])
+        .arg(file)
+        .arg("udp port 9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (scripts/test.sh installs it)");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        if line.contains("listening on") {
+            // keep draining its stderr so it never blocks on a full pipe
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            return child;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let status = child.wait();
+    panic!("tcpdump did not start ({status:?}): {line}");
+}
+
+/// The magic packets of a capture: (Ethernet destination, IPv4 destination, UDP port, MAC).
+fn magic_packets(file: &std::path::Path) -> Vec<([u8; 6], [u8; 4], u16, String)> {
+    let b = std::fs::read(file).unwrap();
+    assert_eq!(&b[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "a little-endian pcap");
+    let mut at = 24;
+    let mut out = Vec::new();
+    while at + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let f = &b[at + 16..at + 16 + len];
+        at += 16 + len;
+        assert_eq!(&f[12..14], &[0x08, 0x00], "IPv4");
+        let ip = &f[14..];
+        let ihl = usize::from(ip[0] & 0xf) * 4;
+        let udp = &ip[ihl..];
+        let (mac, _) = bootcast::wol::parse_magic(&udp[8..]).expect("a magic packet");
+        out.push((
+            f[..6].try_into().unwrap(),
+            ip[16..20].try_into().unwrap(),
+            u16::from_be_bytes([udp[2], udp[3]]),
+            mac.to_string(),
+        ));
+    }
+    out
+}
+
+/// Waits for the capture to end (its count reached); `log` says what the sender did if not.
+fn wait_exit(child: &mut Child, what: &str, log: impl Fn() -> String) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!("timed out waiting for {what}; the sender's log:\n{}", log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{what}: {status}");
+}
+
+#[test]
+fn the_server_wakes_hosts_on_its_segment() {
+    if !common::is_root() {
+        common::skip(
+            "the_server_wakes_hosts_on_its_segment",
+            "needs root (network namespaces)",
+        );
+        return;
+    }
+    if !common::disks::have("tcpdump") {
+        common::skip(
+            "the_server_wakes_hosts_on_its_segment",
+            "tcpdump not installed (scripts/test.sh installs it)",
+        );
+        return;
+    }
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add("demo", &lab.file("d.img", &common::disk_like(1 << 20, 7)));
+    let ns = Netns::new("wake");
+    ns.bridge_with_tap();
+    // a machine's port on the segment: what a NIC in standby sees
+    let nic = ns.attach("nic", "10.99.0.50/24", "fd99::50/64");
+    let server = serve_full(&ns, &lab);
+    register_at(&ns, URL, A);
+    register_at(&ns, URL, B);
+
+    // one host, now
+    let pcap = lab.path("one.pcap");
+    let mut dump = capture(&nic, &pcap, 3);
+    let queued = lab.json(&["host", "wake", A]);
+    assert_eq!(queued["wakes"].as_array().unwrap().len(), 1, "{queued}");
+    wait_exit(&mut dump, "three magic packets for A", || server.log_text());
+    let got = magic_packets(&pcap);
+    assert_eq!(got.len(), 3);
+    for p in &got {
+        assert_eq!(
+            p,
+            &([0xff; 6], [10, 99, 0, 255], 9, A.to_string()),
+            "broadcast on the segment, port 9, A's MAC"
+        );
+    }
+    let ev = wait_for("the wake event", 30, || {
+        let e = lab.json(&["events", "--kind", "wake", "--host", A]);
+        (!e["events"].as_array().unwrap().is_empty()).then_some(e)
+    });
+    assert_eq!(ev["events"][0]["data"]["by"], "server", "{ev}");
+
+    // a room's reimage that wakes it: waves of one host, 2 s apart, A then B
+    lab.json(&["group", "add", "r1", A, B]);
+    let pcap = lab.path("room.pcap");
+    let mut dump = capture(&nic, &pcap, 6);
+    let tasks = lab.json(&[
+        "task",
+        "reimage",
+        "--group",
+        "r1",
+        "--image",
+        "demo",
+        "--wake",
+        "--wave",
+        "1",
+        "--spacing",
+        "2",
+    ]);
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2);
+    wait_exit(&mut dump, "three magic packets each for A and B", || {
+        server.log_text()
+    });
+    let order: Vec<String> = magic_packets(&pcap).into_iter().map(|p| p.3).collect();
+    assert_eq!(order, [A, A, A, B, B, B], "A's wave, then B's");
+    let ev = wait_for("B's wake event", 30, || {
+        let e = lab.json(&["events", "--kind", "wake", "--host", B]);
+        (!e["events"].as_array().unwrap().is_empty()).then_some(e)
+    });
+    let task_b = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["mac"] == B)
+        .unwrap()["id"]
+        .clone();
+    assert_eq!(ev["events"][0]["data"]["task"], task_b, "{ev}");
+    common::say(&format!(
+        "wake: 3 magic packets per host on br0 (10.99.0.255:9), A then B in waves 2 s apart; events recorded by the server ({} log lines)",
+        server.log_text().lines().filter(|l| l.contains("woken")).count()
+    ));
+}
+
+/// A host of a relay's site is woken by the relay, on the site's segment: the order reaches the
+/// relay in its site book, the relay sends the packets on its DHCP interface, and its
+/// heartbeat tells central, which records the event (by the site). The central server, with no
+/// interface on that segment, sends nothing.
+#[test]
+fn a_site_relay_wakes_its_hosts_and_central_records_it() {
+    const NAME: &str = "a_site_relay_wakes_its_hosts_and_central_records_it";
+    if !common::is_root() {
+        common::skip(NAME, "needs root (network namespaces)");
+        return;
+    }
+    if !common::disks::have("tcpdump") {
+        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let central = Lab::new();
+    fake_bootenv(&central);
+    let token = central.json(&["site", "add", "lycee"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = Netns::new("wakec");
+    let site = Netns::new("wakes");
+    c.link(&site, ("s1", "10.99.5.1/30"), ("up0", "10.99.5.2/30"), None);
+    site.bridge_with_tap();
+    let nic = site.attach("nic", "10.99.0.60/24", "fd99::60/64");
+    let mut cmd = c.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(central.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = common::Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+    let fingerprint = server
+        .fingerprint
+        .clone()
+        .expect("the banner's certificate");
+    let mut cmd = site.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(central.path("relay"))
+        .env_remove("BOOTCAST_DATA")
+        .env("BOOTCAST_RELAY_TOKEN", &token);
+    let mut args = vec![
+        "--upstream",
+        "https://10.99.5.1:8443",
+        "--upstream-fingerprint",
+        &fingerprint,
+        "--site",
+        "lycee",
+        "--url",
+        "http://10.99.0.1:8080",
+    ];
+    args.extend(common::netlab::VLAN_SERVICES);
+    let relay = common::Served::start_as(cmd, "relay", &args);
+    register_at(&site, URL, A);
+    let host = central.json(&["host", "show", A]);
+    assert_eq!(host["host"]["site"], "lycee", "{host}");
+
+    let pcap = central.path("relay.pcap");
+    let mut dump = capture(&nic, &pcap, 3);
+    central.json(&["host", "wake", A]);
+    let book = central.path("relay").join("relay/book.json");
+    wait_exit(&mut dump, "the relay's three magic packets for A", || {
+        format!(
+            "{}\n--- its site book:\n{}\n--- central:\n{}",
+            relay.log_text(),
+            std::fs::read_to_string(&book).unwrap_or_default(),
+            server.log_text()
+        )
+    });
+    let got = magic_packets(&pcap);
+    assert_eq!(got.len(), 3);
+    for p in &got {
+        assert_eq!(p, &([0xff; 6], [10, 99, 0, 255], 9, A.to_string()));
+    }
+    let ev = wait_for("central's wake event", 60, || {
+        let e = central.json(&["events", "--kind", "wake", "--host", A]);
+        (!e["events"].as_array().unwrap().is_empty()).then_some(e)
+    });
+    assert_eq!(ev["events"][0]["data"]["by"], "lycee", "{ev}");
+    assert!(
+        relay.log_text().contains("woken"),
+        "the relay does not say it woke A: {}",
+        relay.log_text()
+    );
+    assert!(
+        !server.log_text().contains("woken"),
+        "central sent wake packets itself: {}",
+        server.log_text()
+    );
+    common::say("wake: the site relay sent 3 magic packets for A on its segment; central recorded the event by site lycee");
+}
