@@ -17,6 +17,7 @@
 //! - [`relay`]: site relays (pull-through cache, prestage, heartbeat).
 //! - [`retry`]: the one retry policy (exponential backoff) and its runners.
 //! - [`schedule`]: the staff rules for reimage and capture tasks (CLI and API share them).
+//! - [`calendar`]: recurring task rules (cron on a site's wall clock) and their runner.
 //! - [`server`]: `bootcast serve`, every service in one runtime.
 //! - [`metrics`]: the registry of `/metrics` (prometheus-client) and the request latency histogram.
 //! - [`sign`]: the central server's ed25519 key; signed versions, task and push orders.
@@ -29,6 +30,7 @@ pub mod agent;
 pub mod backup;
 pub mod boot;
 pub mod bootenv;
+pub mod calendar;
 pub mod config;
 pub mod db;
 pub mod fsmap;

@@ -209,7 +209,7 @@ pub const MULTICAST_WAIT_SECS: u32 = 120;
 pub const MULTICAST_MAX_RATE: &str = "500Mbit";
 
 /// The hosts `host` or `group` names (exactly one of them), every one known.
-fn targets(
+pub fn targets(
     conn: &Connection,
     host: Option<&str>,
     group: Option<&str>,

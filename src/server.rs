@@ -607,7 +607,7 @@ impl Server {
         }
 
         // recurring pushes (`push create --every`): checked every 30 s
-        {
+        if self.relay.is_none() {
             let (db, data, c) = (self.db.clone(), self.data.clone(), cancel.clone());
             set.spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -617,6 +617,7 @@ impl Server {
                         _ = tick.tick() => {}
                     }
                     let (db, data) = (db.clone(), data.clone());
+                    let (db2, data2) = (db.clone(), data.clone());
                     let ran = tokio::task::spawn_blocking(move || {
                         let Ok(store) = crate::store::Store::open(&data) else {
                             return Ok(Vec::new());
@@ -638,8 +639,26 @@ impl Server {
                         Ok(Err(e)) => tracing::warn!("recurring pushes: {e}"),
                         Err(e) => tracing::warn!("recurring pushes: {e}"),
                     }
+                    // the calendar's task rules (`task rule add`)
+                    let ran = tokio::task::spawn_blocking(move || {
+                        crate::calendar::run_due(&mut db2.lock(), &data2, crate::time::now_unix())
+                    })
+                    .await;
+                    match ran {
+                        Ok(Ok(runs)) => {
+                            for (rule, outcome, failed) in runs {
+                                if failed {
+                                    tracing::warn!(rule, "task rule run failed: {outcome} (`bootcast task rule ack {rule}` once seen)");
+                                } else {
+                                    tracing::info!(rule, "task rule ran: {outcome}");
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!("task rules: {e}"),
+                        Err(e) => tracing::warn!("task rules: {e}"),
+                    }
                 }
-                ("push rules", Ok(()))
+                ("push and task rules", Ok(()))
             });
         }
 

@@ -114,6 +114,43 @@ impl Zone {
     }
 }
 
+/// The next tick of cron `every` (minute hour day-of-month month day-of-week) strictly after
+/// Unix time `t`, on the wall clock of `zone`:
+/// `0 20 * * *` is 20:00 there in winter and in summer. Where the clocks change, each
+/// matching wall-clock time is read as [`Zone::unix`] reads it and counts once: a time the
+/// clocks skip (02:30 when 02:00 becomes 03:00) runs at the instant it would have been with
+/// the offset before the change (the clocks show 03:30), and a time the clocks show twice
+/// (02:30 when 03:00 becomes 02:00) runs at its first occurrence only.
+pub fn next_cron(every: &str, t: i64, zone: &Zone) -> Result<i64, String> {
+    let bad = || {
+        format!("{every:?} is not a cron expression (minute hour day-of-month month day-of-week, e.g. \"0 2 * * 1\")")
+    };
+    if every.split_ascii_whitespace().count() != 5 {
+        return Err(bad());
+    }
+    // cronexpr walks the matching wall-clock times, read in UTC (no clock changes there, so
+    // each wall-clock minute comes exactly once); each is then placed in `zone`
+    let wall = cronexpr::parse_crontab(&format!("{every} UTC")).map_err(|_| bad())?;
+    let from = zone
+        .civil(t)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|_| bad())?
+        .timestamp();
+    let ticks = wall
+        .iter_after(cronexpr::MakeTimestamp(from))
+        .map_err(|_| bad())?;
+    // a wall-clock time that is not after `t` is skipped: when `t` is in an hour the clocks
+    // repeat, the times whose first occurrence has passed (a clock change repeats no more
+    // than a few hours of minutes: the bound)
+    for tick in ticks.take(24 * 60) {
+        let civil = tick.map_err(|_| bad())?.datetime();
+        if let Some(at) = zone.unix(civil).filter(|&at| at > t) {
+            return Ok(at);
+        }
+    }
+    Err(bad())
+}
+
 fn num(s: &str) -> Option<i8> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -657,3 +657,103 @@ fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
     ]);
     assert!(hello(B).get("hostname").is_none());
 }
+
+/// `bootcast task rule`: a rule is listed with its next run (Monday 02:00 on Paris's wall
+/// clock), a bad one is refused with the fix, and rm / ack name unknown rules.
+#[test]
+fn task_rules_show_their_next_run_and_refuse_bad_input() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let s = serve(&lab);
+    register(&s, A);
+    register(&s, B);
+    lab.json(&["group", "add", "r1", A, B]);
+    let added = lab.json(&[
+        "task",
+        "rule",
+        "add",
+        "--group",
+        "r1",
+        "--kind",
+        "wake",
+        "--every",
+        "0 2 * * 1",
+        "--tz",
+        "Europe/Paris",
+    ]);
+    let id = added["rule"]["id"].as_i64().unwrap();
+    let list = lab.json(&["task", "rule", "list"]);
+    let rule = &list["rules"][0];
+    assert_eq!(
+        (&rule["id"], &rule["group"], &rule["tz"], &rule["failed"]),
+        (
+            &json!(id),
+            &json!("r1"),
+            &json!("Europe/Paris"),
+            &json!(false)
+        ),
+        "{list}"
+    );
+    let next = bootcast::time::parse_rfc3339(rule["next_run"].as_str().unwrap()).unwrap();
+    let paris = bootcast::time::Zone::named("Europe/Paris").unwrap();
+    let wall = paris.civil(next);
+    assert_eq!(
+        (wall.weekday(), wall.hour(), wall.minute()),
+        (jiff::civil::Weekday::Monday, 2, 0),
+        "next run {next} is {wall} in Paris"
+    );
+    assert!(next > bootcast::time::now_unix());
+    assert!(next - bootcast::time::now_unix() <= 7 * 86400 + 3600);
+
+    assert!(refused(
+        &lab,
+        &[
+            "task",
+            "rule",
+            "add",
+            "--host",
+            A,
+            "--kind",
+            "reimage",
+            "--every",
+            "0 2 * * 1"
+        ]
+    )
+    .contains("needs --image"));
+    assert!(refused(
+        &lab,
+        &[
+            "task",
+            "rule",
+            "add",
+            "--host",
+            A,
+            "--kind",
+            "wake",
+            "--every",
+            "0 26 * * *"
+        ]
+    )
+    .contains("not a cron expression"));
+    assert!(refused(
+        &lab,
+        &[
+            "task",
+            "rule",
+            "add",
+            "--host",
+            A,
+            "--kind",
+            "wake",
+            "--every",
+            "0 2 * * *",
+            "--tz",
+            "Nowhere/City"
+        ]
+    )
+    .contains("tzdb"));
+    assert!(refused(&lab, &["task", "rule", "rm", "999"]).contains("no task rule 999"));
+    assert!(refused(&lab, &["task", "rule", "ack", "999"]).contains("no task rule 999"));
+    lab.json(&["task", "rule", "rm", &id.to_string()]);
+    assert_eq!(lab.json(&["task", "rule", "list"])["rules"], json!([]));
+}

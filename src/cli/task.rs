@@ -69,6 +69,9 @@ pub enum TaskCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Recurring task rules: reimage, capture or wake a host or a group on a schedule
+    #[command(subcommand)]
+    Rule(RuleCmd),
     /// Cancel task ID, or every open task of a host or of a group's hosts
     #[command(group(ArgGroup::new("which").required(true).args(["id", "host", "group"])))]
     Cancel {
@@ -78,6 +81,132 @@ pub enum TaskCmd {
         #[arg(long)]
         group: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RuleCmd {
+    /// A rule: at each tick of CRON (minute hour day-of-month month day-of-week) on the wall
+    /// clock of --tz (default: the site's of the target, else this server's), make a task for
+    /// each host (replacing its open one) or wake them
+    #[command(group(ArgGroup::new("target").required(true).args(["host", "group"])))]
+    Add {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// reimage, capture or wake
+        #[arg(long, value_parser = ["reimage", "capture", "wake"])]
+        kind: String,
+        /// reimage: NAME (the newest approved version at each run) or NAME@VERSION; capture: NAME
+        #[arg(long)]
+        image: Option<String>,
+        /// e.g. "0 2 * * 1": Mondays at 02:00
+        #[arg(long)]
+        every: String,
+        /// A tzdb zone, e.g. Europe/Paris
+        #[arg(long)]
+        tz: Option<String>,
+        /// Reimage by room multicast
+        #[arg(long)]
+        multicast: bool,
+        /// Do not wake the hosts when the tasks are made (default: wake them)
+        #[arg(long)]
+        no_wake: bool,
+    },
+    /// Every rule, its next run and how its last run went
+    List,
+    /// Remove rule ID
+    Rm { id: i64 },
+    /// Acknowledge rule ID's failed run
+    Ack { id: i64 },
+}
+
+fn rules(out: &Output, c: &rusqlite::Connection, cmd: RuleCmd, now: i64) -> Result<()> {
+    use bootcast::calendar;
+    match cmd {
+        RuleCmd::Add {
+            host,
+            group,
+            kind,
+            image,
+            every,
+            tz,
+            multicast,
+            no_wake,
+        } => {
+            let req = calendar::RuleRequest {
+                kind,
+                host,
+                group,
+                image,
+                multicast,
+                no_wake,
+                every,
+                tz,
+            };
+            let rule = calendar::add(c, &req, now)?;
+            let next = calendar::next_run(&rule);
+            out.emit(
+                &serde_json::json!({ "rule": calendar::Listed { rule: rule.clone(), next_run: next } }),
+                || {
+                    format!(
+                        "rule {}: {} {} every \"{}\" ({}); next run {}",
+                        rule.id,
+                        rule.kind,
+                        rule.host.as_deref().or(rule.group.as_deref()).unwrap_or(""),
+                        rule.every,
+                        rule.tz,
+                        next.map_or("-".into(), utc)
+                    )
+                },
+            );
+        }
+        RuleCmd::List => {
+            let list = calendar::list(c)?;
+            out.emit(&serde_json::json!({ "rules": list }), || {
+                if list.is_empty() {
+                    return "no task rules (`bootcast task rule add`)".into();
+                }
+                let mut s = format!(
+                    "{:>4}  {:<8} {:<20} {:<12} {:<14} {:<16} {:<20} {}",
+                    "ID", "KIND", "TARGET", "IMAGE", "EVERY", "ZONE", "NEXT RUN", "LAST RUN"
+                );
+                for l in &list {
+                    let r = &l.rule;
+                    s += &format!(
+                        "\n{:>4}  {:<8} {:<20} {:<12} {:<14} {:<16} {:<20} {}{}",
+                        r.id,
+                        r.kind,
+                        r.host.as_deref().or(r.group.as_deref()).unwrap_or(""),
+                        r.image.as_deref().unwrap_or("-"),
+                        r.every,
+                        r.tz,
+                        l.next_run.map_or("-".into(), utc),
+                        r.last_outcome.as_deref().unwrap_or("not run yet"),
+                        if r.failed {
+                            "  FAILED (task rule ack)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                s
+            });
+        }
+        RuleCmd::Rm { id } => {
+            calendar::remove(c, id)?;
+            out.emit(&serde_json::json!({ "removed": id }), || {
+                format!("rule {id} removed")
+            });
+        }
+        RuleCmd::Ack { id } => {
+            calendar::acknowledge(c, id)?;
+            out.emit(&serde_json::json!({ "acknowledged": id }), || {
+                format!("rule {id}: failed run acknowledged")
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `--wake [--wave N] [--spacing SECS]`.
@@ -235,6 +364,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 }
             });
         }
+        TaskCmd::Rule(cmd) => rules(out, &c, cmd, now)?,
         TaskCmd::Cancel { id, host, group } => {
             let target = match (id, host, group) {
                 (Some(id), None, None) => CancelTarget::Id(id),

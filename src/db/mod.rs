@@ -22,6 +22,7 @@ pub mod reports;
 pub mod retention;
 pub mod sessions;
 pub mod sites;
+pub mod task_rules;
 pub mod tasks;
 pub mod wakes;
 
@@ -350,6 +351,23 @@ pub const MIGRATIONS: &[&str] = &[
         UPDATE sites SET book_rev = book_rev + 1
             WHERE name = (SELECT site FROM hosts WHERE mac = new.mac);
     END;",
+    // 17: recurring task rules (`bootcast task rule`): a cron schedule on a time zone's wall
+    // clock, what to do to a host or a group, and how the last run went
+    "CREATE TABLE task_rules (
+        id INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        host TEXT,
+        grp TEXT,
+        image TEXT,
+        multicast INTEGER NOT NULL DEFAULT 0,
+        wake INTEGER NOT NULL DEFAULT 1,
+        every TEXT NOT NULL,
+        tz TEXT NOT NULL,
+        last_run INTEGER NOT NULL,
+        last_outcome TEXT,
+        failed INTEGER NOT NULL DEFAULT 0
+    );",
 ];
 
 /// Reader connections a file database keeps beside its writer.

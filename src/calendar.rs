@@ -1,0 +1,354 @@
+//! The calendar: recurring task rules (`bootcast task rule add`), shared by the CLI and the
+//! server's runner. A rule reimages, captures or wakes a host or a group at each tick of a cron
+//! schedule on the wall clock of a time zone (the site's, by default): `0 2 * * 1` in
+//! `Europe/Paris` is Monday 02:00 in Paris in winter and in summer. A reimage rule naming an
+//! image without a version takes the newest approved version at each run; its tasks replace
+//! the hosts' open ones, and wake the hosts unless the rule says not to.
+//!
+//! [`run_due`] runs the rules whose next tick has come (the server calls it every 30 s; tests
+//! call it with their own clock). A run that fails (an unknown image, an emptied group) is
+//! recorded with its reason and stays flagged until acknowledged.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::db::task_rules::{self, TaskRule};
+use crate::db::{DbError, TaskKind};
+use crate::schedule::{self, ScheduleError, TaskRequest, WakeRequest};
+use crate::time::Zone;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalendarError {
+    #[error("--kind {0:?}: use reimage, capture or wake")]
+    Kind(String),
+    #[error("a {0} rule needs --image NAME")]
+    NeedImage(&'static str),
+    #[error("a wake rule takes no --image")]
+    WakeImage,
+    #[error("--every {0}")]
+    Cron(String),
+    #[error("--tz {0:?} is not a time zone of the tzdb (e.g. Europe/Paris)")]
+    Zone(String),
+    #[error("this server's time zone has no tzdb name (TZ is a fixed offset or a POSIX rule): give the rule one with --tz, e.g. --tz Europe/Paris")]
+    NoZoneName,
+    #[error("no task rule {0}: `bootcast task rule list` shows them")]
+    NoRule(i64),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A new rule, as staff give it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    pub kind: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub multicast: bool,
+    /// Do not wake the hosts (default: wake them).
+    #[serde(default)]
+    pub no_wake: bool,
+    pub every: String,
+    /// Default: the time zone of the target's site, else this server's.
+    #[serde(default)]
+    pub tz: Option<String>,
+}
+
+/// A rule with when it runs next (`None`: its zone is not in this machine's tzdb).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub rule: TaskRule,
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub next_run: Option<i64>,
+}
+
+/// Checks and stores a rule; its first run is the first tick after `now`.
+pub fn add(conn: &Connection, req: &RuleRequest, now: i64) -> Result<TaskRule, CalendarError> {
+    let kind = match req.kind.as_str() {
+        "reimage" | "capture" | "wake" => req.kind.clone(),
+        k => return Err(CalendarError::Kind(k.into())),
+    };
+    match (kind.as_str(), &req.image) {
+        ("reimage", None) => return Err(CalendarError::NeedImage("reimage")),
+        ("capture", None) => return Err(CalendarError::NeedImage("capture")),
+        ("wake", Some(_)) => return Err(CalendarError::WakeImage),
+        _ => {}
+    }
+    let macs = schedule::targets(conn, req.host.as_deref(), req.group.as_deref())?;
+    let zone = match &req.tz {
+        Some(name) => Zone::named(name).ok_or_else(|| CalendarError::Zone(name.clone()))?,
+        None => site_zone(conn, &macs)?.unwrap_or_else(Zone::local),
+    };
+    let tz = zone.name().ok_or(CalendarError::NoZoneName)?.to_string();
+    crate::time::next_cron(&req.every, now, &zone).map_err(CalendarError::Cron)?;
+    let mut rule = TaskRule {
+        id: 0,
+        created_at: now,
+        kind,
+        host: req
+            .host
+            .as_ref()
+            .map(|h| macs.first().map_or(h.clone(), |m| m.to_string())),
+        group: req.group.clone(),
+        image: req.image.clone(),
+        multicast: req.multicast,
+        wake: !req.no_wake,
+        every: req.every.clone(),
+        tz,
+        last_run: now,
+        last_outcome: None,
+        failed: false,
+    };
+    rule.id = task_rules::create(conn, &rule)?;
+    Ok(rule)
+}
+
+/// The zone of the site of the first of `macs` that has one whose zone this machine knows.
+fn site_zone(conn: &Connection, macs: &[crate::mac::Mac]) -> Result<Option<Zone>, DbError> {
+    for &mac in macs {
+        if let Some(site) = crate::db::hosts::get(conn, mac)?.and_then(|h| h.site) {
+            if let Some(z) = crate::db::sites::get(conn, &site)?.and_then(|s| Zone::named(&s.tz)) {
+                return Ok(Some(z));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// When `rule` runs next.
+pub fn next_run(rule: &TaskRule) -> Option<i64> {
+    let zone = Zone::named(&rule.tz)?;
+    crate::time::next_cron(&rule.every, rule.last_run, &zone).ok()
+}
+
+/// Every rule with its next run.
+pub fn list(conn: &Connection) -> Result<Vec<Listed>, DbError> {
+    Ok(task_rules::list(conn)?
+        .into_iter()
+        .map(|rule| Listed {
+            next_run: next_run(&rule),
+            rule,
+        })
+        .collect())
+}
+
+/// Runs the rules whose next tick is at or before `now`, once each whatever the ticks missed
+/// (a server down for a week reimages once, not once per missed Monday); returns (rule,
+/// outcome, failed) for each run.
+pub fn run_due(
+    conn: &mut Connection,
+    data: &Path,
+    now: i64,
+) -> Result<Vec<(i64, String, bool)>, DbError> {
+    let mut ran = Vec::new();
+    for rule in task_rules::list(conn)? {
+        if next_run(&rule).is_none_or(|t| t > now) {
+            continue;
+        }
+        let (outcome, failed) = match run_one(conn, data, &rule, now) {
+            Ok(did) => (did, false),
+            Err(e) => (e.to_string(), true),
+        };
+        task_rules::set_run(conn, rule.id, now, &outcome, failed)?;
+        ran.push((rule.id, outcome, failed));
+    }
+    Ok(ran)
+}
+
+fn run_one(
+    conn: &mut Connection,
+    data: &Path,
+    rule: &TaskRule,
+    now: i64,
+) -> Result<String, ScheduleError> {
+    let hosts: Vec<String> = rule.host.iter().cloned().collect();
+    if rule.kind == "wake" {
+        let w = schedule::wake(
+            conn,
+            &hosts,
+            rule.group.as_deref(),
+            None,
+            &WakeRequest::default(),
+            now,
+        )?;
+        return Ok(format!("{} host(s) to wake", w.len()));
+    }
+    let req = TaskRequest {
+        kind: if rule.kind == "capture" {
+            TaskKind::Capture
+        } else {
+            TaskKind::Reimage
+        },
+        host: rule.host.clone(),
+        group: rule.group.clone(),
+        image: rule.image.clone().unwrap_or_default(),
+        at: None,
+        replace: true,
+        multicast: rule.multicast.then(Default::default),
+        wake: rule.wake.then(WakeRequest::default),
+    };
+    let made = schedule::create(conn, data, &req, now)?;
+    let ids: Vec<String> = made.iter().map(|t| t.id.to_string()).collect();
+    Ok(format!(
+        "{} {} task(s): {}",
+        made.len(),
+        rule.kind,
+        ids.join(", ")
+    ))
+}
+
+/// Removes rule `id`.
+pub fn remove(conn: &Connection, id: i64) -> Result<(), CalendarError> {
+    if !task_rules::remove(conn, id)? {
+        return Err(CalendarError::NoRule(id));
+    }
+    Ok(())
+}
+
+/// Acknowledges rule `id`'s failed run.
+pub fn acknowledge(conn: &Connection, id: i64) -> Result<(), CalendarError> {
+    if !task_rules::acknowledge(conn, id)? {
+        return Err(CalendarError::NoRule(id));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn utc(s: &str) -> i64 {
+        crate::time::parse_rfc3339(s).unwrap()
+    }
+
+    /// A wake rule "every Monday 02:00 Europe/Paris" run by a clock stepping 5 minutes at a
+    /// time through both clock changes of 2027 (28 March, 31 October): it runs at 02:00 Paris
+    /// time each Monday, 01:00 UTC in winter and 00:00 UTC in summer, once each.
+    #[test]
+    fn monday_0200_in_paris_across_the_2027_clock_changes() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        let mac = "52:54:00:99:08:01";
+        c.execute(
+            "INSERT INTO hosts (mac, first_boot, last_boot) VALUES (?1, 0, 0)",
+            [mac],
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        for (from, to, want) in [
+            (
+                "2027-03-15T12:00:00Z",
+                "2027-04-06T12:00:00Z",
+                vec![
+                    "2027-03-22T01:00:00Z",
+                    "2027-03-29T00:00:00Z",
+                    "2027-04-05T00:00:00Z",
+                ],
+            ),
+            (
+                "2027-10-18T12:00:00Z",
+                "2027-11-09T12:00:00Z",
+                vec![
+                    "2027-10-25T00:00:00Z",
+                    "2027-11-01T01:00:00Z",
+                    "2027-11-08T01:00:00Z",
+                ],
+            ),
+        ] {
+            let req = RuleRequest {
+                kind: "wake".into(),
+                host: Some(mac.into()),
+                every: "0 2 * * 1".into(),
+                tz: Some("Europe/Paris".into()),
+                ..Default::default()
+            };
+            let rule = add(&c, &req, utc(from)).unwrap();
+            assert_eq!(next_run(&rule), Some(utc(want[0])), "listed next run");
+            let mut runs = Vec::new();
+            let mut now = utc(from);
+            while now <= utc(to) {
+                for (id, outcome, failed) in run_due(&mut c, data.path(), now).unwrap() {
+                    assert_eq!(id, rule.id);
+                    assert!(!failed, "{outcome}");
+                    runs.push(crate::time::rfc3339(now));
+                }
+                now += 300;
+            }
+            assert_eq!(runs, want);
+            remove(&c, rule.id).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_refused_and_a_failed_run_stays_until_acknowledged() {
+        let db = Db::open_in_memory().unwrap();
+        let mut c = db.lock();
+        let mac = "52:54:00:99:08:02";
+        c.execute(
+            "INSERT INTO hosts (mac, first_boot, last_boot) VALUES (?1, 0, 0)",
+            [mac],
+        )
+        .unwrap();
+        let base = RuleRequest {
+            kind: "reimage".into(),
+            host: Some(mac.into()),
+            image: Some("win11".into()),
+            every: "0 2 * * 1".into(),
+            tz: Some("Europe/Paris".into()),
+            ..Default::default()
+        };
+        let refused = |r: RuleRequest| add(&c, &r, 0).unwrap_err().to_string();
+        assert!(refused(RuleRequest {
+            kind: "dance".into(),
+            ..base.clone()
+        })
+        .contains("reimage, capture or wake"));
+        assert!(refused(RuleRequest {
+            image: None,
+            ..base.clone()
+        })
+        .contains("needs --image"));
+        assert!(refused(RuleRequest {
+            every: "0 25 * * *".into(),
+            ..base.clone()
+        })
+        .contains("not a cron"));
+        assert!(refused(RuleRequest {
+            tz: Some("Mars/Olympus".into()),
+            ..base.clone()
+        })
+        .contains("tzdb"));
+        assert!(refused(RuleRequest {
+            host: Some("52:54:00:99:08:03".into()),
+            ..base.clone()
+        })
+        .contains("no host"));
+        // no image win11 in this store: the run fails, says why, and stays flagged
+        let data = tempfile::tempdir().unwrap();
+        let rule = add(&c, &base, utc("2027-01-01T00:00:00Z")).unwrap();
+        let ran = run_due(&mut c, data.path(), utc("2027-01-04T01:00:00Z")).unwrap();
+        assert_eq!(ran.len(), 1);
+        assert!(ran[0].2, "{ran:?}");
+        let r = task_rules::get(&c, rule.id).unwrap().unwrap();
+        assert!(
+            r.failed && r.last_outcome.as_deref().unwrap().contains("win11"),
+            "{r:?}"
+        );
+        acknowledge(&c, rule.id).unwrap();
+        assert!(!task_rules::get(&c, rule.id).unwrap().unwrap().failed);
+        assert!(matches!(
+            acknowledge(&c, 99),
+            Err(CalendarError::NoRule(99))
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! Recurring task rules (`bootcast task rule`, [`crate::calendar`]): what to do to a host or a
+//! group at each tick of a cron schedule on a time zone's wall clock, and how the last run went
+//! (a failed run stays flagged until staff acknowledge it).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{DbError, QueryContext};
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRule {
+    pub id: i64,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub created_at: i64,
+    /// `reimage`, `capture` or `wake`.
+    pub kind: String,
+    pub host: Option<String>,
+    pub group: Option<String>,
+    /// Reimage: NAME (the newest approved version at each run) or NAME@VERSION; capture: NAME.
+    pub image: Option<String>,
+    pub multicast: bool,
+    /// Wake the hosts (Wake-on-LAN) when the run's tasks are made.
+    pub wake: bool,
+    /// Cron (minute hour day-of-month month day-of-week) on the wall clock of `tz`.
+    pub every: String,
+    /// A tzdb name (`Europe/Paris`).
+    pub tz: String,
+    /// The last run (or the rule's creation): the next run is the first tick after it.
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub last_run: i64,
+    /// What the last run did, or why it failed.
+    pub last_outcome: Option<String>,
+    /// The last run failed and nobody acknowledged it yet (`bootcast task rule ack ID`).
+    pub failed: bool,
+}
+
+const COLUMNS: &str =
+    "id, created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, last_outcome, failed";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<TaskRule> {
+    Ok(TaskRule {
+        id: r.get(0)?,
+        created_at: r.get(1)?,
+        kind: r.get(2)?,
+        host: r.get(3)?,
+        group: r.get(4)?,
+        image: r.get(5)?,
+        multicast: r.get(6)?,
+        wake: r.get(7)?,
+        every: r.get(8)?,
+        tz: r.get(9)?,
+        last_run: r.get(10)?,
+        last_outcome: r.get(11)?,
+        failed: r.get(12)?,
+    })
+}
+
+/// Stores `r` (its id, outcome and flag are ignored); returns the new id.
+pub fn create(conn: &Connection, r: &TaskRule) -> Result<i64, DbError> {
+    conn.execute(
+        "INSERT INTO task_rules (created_at, kind, host, grp, image, multicast, wake, every, tz, last_run)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            r.created_at,
+            r.kind,
+            r.host,
+            r.group,
+            r.image,
+            r.multicast,
+            r.wake,
+            r.every,
+            r.tz,
+            r.last_run
+        ],
+    )
+    .what("create task rule")?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<TaskRule>, DbError> {
+    let mut st = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM task_rules ORDER BY id"))
+        .what("list task rules")?;
+    let rows = st.query_map([], row).what("list task rules")?;
+    rows.collect::<Result<_, _>>().what("list task rules")
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<TaskRule>, DbError> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM task_rules WHERE id = ?1"),
+        [id],
+        row,
+    )
+    .optional()
+    .what("get task rule")
+}
+
+/// Removes rule `id`; false if there was none.
+pub fn remove(conn: &Connection, id: i64) -> Result<bool, DbError> {
+    Ok(conn
+        .execute("DELETE FROM task_rules WHERE id = ?1", [id])
+        .what("remove task rule")?
+        == 1)
+}
+
+/// Records a run at `at`: what it did, or why it failed (then flagged until acknowledged).
+pub fn set_run(
+    conn: &Connection,
+    id: i64,
+    at: i64,
+    outcome: &str,
+    failed: bool,
+) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE task_rules SET last_run = ?2, last_outcome = ?3, failed = ?4 WHERE id = ?1",
+        params![id, at, outcome, failed],
+    )
+    .what("record task rule run")?;
+    Ok(())
+}
+
+/// Staff saw rule `id`'s failed run; false if there is no such rule.
+pub fn acknowledge(conn: &Connection, id: i64) -> Result<bool, DbError> {
+    Ok(conn
+        .execute("UPDATE task_rules SET failed = 0 WHERE id = ?1", [id])
+        .what("acknowledge task rule")?
+        == 1)
+}
