@@ -60,6 +60,9 @@ pub struct RuleRequest {
     /// Default: the time zone of the target's site, else this server's.
     #[serde(default)]
     pub tz: Option<String>,
+    /// What the machines do once the rule's tasks are over.
+    #[serde(default)]
+    pub then: Option<crate::proto::agent::After>,
 }
 
 /// A rule with when it runs next (`None`: its zone is not in this machine's tzdb).
@@ -107,6 +110,7 @@ pub fn add(conn: &Connection, req: &RuleRequest, now: i64) -> Result<TaskRule, C
         last_run: now,
         last_outcome: None,
         failed: false,
+        then: req.then.map(|t| t.as_str().to_string()),
     };
     rule.id = task_rules::create(conn, &rule)?;
     Ok(rule)
@@ -195,6 +199,10 @@ fn run_one(
         replace: true,
         multicast: rule.multicast.then(Default::default),
         wake: rule.wake.then(WakeRequest::default),
+        then: rule
+            .then
+            .as_deref()
+            .and_then(crate::proto::agent::After::parse),
     };
     let made = schedule::create(conn, data, &req, now)?;
     let ids: Vec<String> = made.iter().map(|t| t.id.to_string()).collect();

@@ -106,6 +106,9 @@ pub struct TaskRequest {
     /// Wake the hosts (Wake-on-LAN) when the task may start, in waves ([`WakeRequest`]).
     #[serde(default)]
     pub wake: Option<WakeRequest>,
+    /// What the machines do once the task is over (default: the group's setting, else reboot).
+    #[serde(default)]
+    pub then: Option<crate::proto::agent::After>,
 }
 
 /// Waking hosts by Wake-on-LAN (API `"wake": {...}`, CLI `--wake`): waves of `wave` hosts,
@@ -347,6 +350,7 @@ pub fn create(
                 group: req.group.as_deref(),
                 not_before,
                 multicast: session,
+                then: req.then.map(|t| t.as_str()),
             },
             now,
         )?);

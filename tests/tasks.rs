@@ -656,6 +656,48 @@ fn host_names_and_the_images_post_deploy_setting_reach_the_agent() {
         "--replace",
     ]);
     assert!(hello(B).get("hostname").is_none());
+    // what the machine does once its task is over: reboot by default, the group's setting for
+    // the group's tasks, the task's own --then over it
+    assert!(hello(B).get("then").is_none(), "reboot by default");
+    lab.json(&["group", "add", "r9", A, B]);
+    lab.json(&["group", "set", "r9", "--then", "poweroff"]);
+    lab.json(&[
+        "task",
+        "reimage",
+        "--group",
+        "r9",
+        "--image",
+        "linux",
+        "--replace",
+    ]);
+    assert_eq!(hello(A)["then"], "poweroff");
+    lab.json(&[
+        "task",
+        "reimage",
+        "--host",
+        B,
+        "--image",
+        "linux",
+        "--replace",
+        "--then",
+        "stay",
+    ]);
+    assert_eq!(hello(B)["then"], "stay");
+    let e = refused(
+        &lab,
+        &[
+            "task",
+            "reimage",
+            "--host",
+            B,
+            "--image",
+            "linux",
+            "--replace",
+            "--then",
+            "dance",
+        ],
+    );
+    assert!(e.contains("reboot, poweroff, stay"), "{e}");
 }
 
 /// `bootcast task rule`: a rule is listed with its next run (Monday 02:00 on Paris's wall

@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::proto::agent::{Firmware, Hello, HelloAnswer, HelloReply, KernelArgs};
+use crate::proto::agent::{After, Firmware, Hello, HelloAnswer, HelloReply, KernelArgs};
 use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
@@ -464,6 +464,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             grow,
             multicast,
             signature: _,
+            ..
         } => match verify_order(&args, &hello, &reply) {
             Err(why) => {
                 console.line(&format!("BOOTCAST-AGENT-REIMAGE-REFUSED {why}"));
@@ -511,6 +512,7 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
             chunker,
             zstd_level,
             raw,
+            ..
         } => {
             let job = super::capture::Job {
                 task: task_ref(*task),
@@ -539,11 +541,16 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
         }
         HelloReply::Poweroff | HelloReply::Reboot => {}
     }
-    let action = match reply {
-        HelloReply::Poweroff => "poweroff",
-        HelloReply::Reboot | HelloReply::Reimage { .. } | HelloReply::Capture { .. } => "reboot",
-    };
-    console.line(&format!("BOOTCAST-AGENT-ACTION {action}"));
+    let after = after(&reply);
+    console.line(&format!("BOOTCAST-AGENT-ACTION {}", after.as_str()));
+    if after == After::Stay {
+        console.line("bootcast-agent: the task asked the machine to stay on (--then stay): leaving it to the console");
+        return Ok(Outcome {
+            server,
+            hello,
+            reply,
+        });
+    }
     if cfg.act {
         console.drain();
         if let Err(e) = perform(&reply) {
@@ -558,16 +565,28 @@ pub fn run(cfg: &BootConfig) -> Result<Outcome> {
     })
 }
 
-/// Syncs and powers off or restarts the machine (never returns on success).
+/// What the machine does after `reply`: as told, or once its task is over what the task says
+/// (`--then`; reboot by default).
+pub fn after(reply: &HelloReply) -> After {
+    match reply {
+        HelloReply::Poweroff => After::Poweroff,
+        HelloReply::Reboot => After::Reboot,
+        HelloReply::Reimage { then, .. } | HelloReply::Capture { then, .. } => {
+            then.unwrap_or(After::Reboot)
+        }
+    }
+}
+
+/// Syncs and powers off or restarts the machine, as [`after`] says (never returns on success;
+/// `stay` returns at once).
 pub fn perform(reply: &HelloReply) -> Result<()> {
     use nix::sys::reboot::{reboot, RebootMode};
-    nix::unistd::sync();
-    let (mode, action) = match reply {
-        HelloReply::Poweroff => (RebootMode::RB_POWER_OFF, "poweroff"),
-        HelloReply::Reboot | HelloReply::Reimage { .. } | HelloReply::Capture { .. } => {
-            (RebootMode::RB_AUTOBOOT, "reboot")
-        }
+    let (mode, action) = match after(reply) {
+        After::Poweroff => (RebootMode::RB_POWER_OFF, "poweroff"),
+        After::Reboot => (RebootMode::RB_AUTOBOOT, "reboot"),
+        After::Stay => return Ok(()),
     };
+    nix::unistd::sync();
     match reboot(mode) {
         Err(source) => Err(AgentError::Act { action, source }),
         Ok(never) => match never {},
@@ -650,6 +669,25 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::mpsc;
+
+    #[test]
+    fn a_task_says_what_the_machine_does_once_it_is_over() {
+        let capture = |then| HelloReply::Capture {
+            task: 1,
+            image: "win11".into(),
+            chunker: Default::default(),
+            zstd_level: 1,
+            raw: false,
+            then,
+        };
+        assert_eq!(after(&capture(None)), After::Reboot);
+        assert_eq!(after(&capture(Some(After::Poweroff))), After::Poweroff);
+        assert_eq!(after(&capture(Some(After::Stay))), After::Stay);
+        assert_eq!(after(&HelloReply::Poweroff), After::Poweroff);
+        assert_eq!(after(&HelloReply::Reboot), After::Reboot);
+        // `stay` does nothing: the machine is left to its console
+        assert!(perform(&capture(Some(After::Stay))).is_ok());
+    }
 
     fn fake_root(cmdline: &str, efi: bool) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();

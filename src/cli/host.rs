@@ -99,11 +99,16 @@ pub enum GroupCmd {
     /// Every group with its hosts
     List,
     /// Change a group's settings
+    #[command(group(clap::ArgGroup::new("setting").required(true).multiple(true).args(["uefi_local", "then"])))]
     Set {
         name: String,
         /// How its hosts leave a network boot for their disk on UEFI: chain, exit, inherit
         #[arg(long, value_parser = UEFI_LOCAL)]
-        uefi_local: String,
+        uefi_local: Option<String>,
+        /// What its hosts do once a task made for the group is over: reboot, poweroff, stay
+        /// (a task's own --then wins); inherit: reboot
+        #[arg(long, value_parser = ["reboot", "poweroff", "stay", "inherit"])]
+        then: Option<String>,
     },
 }
 
@@ -284,8 +289,31 @@ pub fn run_group(cmd: GroupCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 ),
             }
         }
-        GroupCmd::Set { name, uefi_local } => {
-            set_uefi_local(&c, hosts::UefiLocalOf::Group, &name, &uefi_local, out)?;
+        GroupCmd::Set {
+            name,
+            uefi_local,
+            then,
+        } => {
+            if let Some(u) = uefi_local {
+                set_uefi_local(&c, hosts::UefiLocalOf::Group, &name, &u, out)?;
+            }
+            if let Some(t) = then {
+                let after = bootcast::proto::agent::After::parse(&t);
+                if !groups::set_then(&c, &name, after)? {
+                    bail!("no group {name:?}: create it with `bootcast group add {name} MAC...`");
+                }
+                out.emit(
+                    &serde_json::json!({ "group": name, "then": after.map(|a| a.as_str()) }),
+                    || {
+                        format!(
+                            "group {name}: once a task made for it is over, its hosts {}",
+                            after
+                                .unwrap_or(bootcast::proto::agent::After::Reboot)
+                                .as_str()
+                        )
+                    },
+                );
+            }
         }
         GroupCmd::List => {
             let list = groups::list(&c)?;

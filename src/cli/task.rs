@@ -9,6 +9,7 @@ use clap::{ArgGroup, Subcommand};
 
 use bootcast::db::{tasks, Task, TaskKind};
 use bootcast::mac::Mac;
+use bootcast::proto::agent::After;
 use bootcast::schedule::{self, CancelTarget, MulticastRequest, TaskRequest};
 
 use super::open_db;
@@ -46,6 +47,9 @@ pub enum TaskCmd {
         max_rate: String,
         #[command(flatten)]
         wake: WakeArgs,
+        /// Once the task is over: reboot, poweroff or stay (default: the group's `--then`, else reboot)
+        #[arg(long, value_parser = parse_then)]
+        then: Option<After>,
     },
     /// Capture a host's disk as a new version of image NAME at its next network boot
     Capture {
@@ -61,6 +65,9 @@ pub enum TaskCmd {
         replace: bool,
         #[command(flatten)]
         wake: WakeArgs,
+        /// Once the task is over: reboot, poweroff or stay (default: the group's `--then`, else reboot)
+        #[arg(long, value_parser = parse_then)]
+        then: Option<After>,
     },
     /// Open tasks (pending, booting, running), newest first; --all for finished ones too
     List {
@@ -112,6 +119,9 @@ pub enum RuleCmd {
         /// Do not wake the hosts when the tasks are made (default: wake them)
         #[arg(long)]
         no_wake: bool,
+        /// Once the tasks are over: reboot, poweroff or stay (default: the group's, else reboot)
+        #[arg(long, value_parser = parse_then)]
+        then: Option<After>,
     },
     /// Every rule, its next run and how its last run went
     List,
@@ -133,8 +143,10 @@ fn rules(out: &Output, c: &rusqlite::Connection, cmd: RuleCmd, now: i64) -> Resu
             tz,
             multicast,
             no_wake,
+            then,
         } => {
             let req = calendar::RuleRequest {
+                then,
                 kind,
                 host,
                 group,
@@ -207,6 +219,11 @@ fn rules(out: &Output, c: &rusqlite::Connection, cmd: RuleCmd, now: i64) -> Resu
         }
     }
     Ok(())
+}
+
+/// `--then reboot|poweroff|stay`.
+pub fn parse_then(s: &str) -> Result<After, String> {
+    After::parse(s).ok_or_else(|| format!("{s:?}: use one of {}", After::NAMES.join(", ")))
 }
 
 /// `--wake [--wave N] [--spacing SECS]`.
@@ -311,6 +328,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             wait,
             max_rate,
             wake,
+            then,
         } => {
             let req = TaskRequest {
                 kind: TaskKind::Reimage,
@@ -325,6 +343,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                     max_rate: Some(max_rate),
                 }),
                 wake: wake.wake.then(|| wake.request()),
+                then,
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));
@@ -335,6 +354,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             at,
             replace,
             wake,
+            then,
         } => {
             let req = TaskRequest {
                 kind: TaskKind::Capture,
@@ -345,6 +365,7 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 replace,
                 multicast: None,
                 wake: wake.wake.then(|| wake.request()),
+                then,
             };
             let created = schedule::create(&mut c, data, &req, now)?;
             out.emit(&serde_json::json!({ "tasks": created }), || table(&created));

@@ -129,6 +129,22 @@ pub fn of_host(conn: &Connection, mac: Mac) -> Result<Vec<String>, DbError> {
     rows.collect::<Result<_, _>>().what("groups of host")
 }
 
+/// Sets what the machines of group `name` do once a task made for the group is over (`None`:
+/// reboot); false if there is no such group.
+pub fn set_then(
+    conn: &Connection,
+    name: &str,
+    then: Option<crate::proto::agent::After>,
+) -> Result<bool, DbError> {
+    Ok(conn
+        .execute(
+            "UPDATE groups SET after_task = ?2 WHERE name = ?1",
+            rusqlite::params![name, then.map(|t| t.as_str())],
+        )
+        .what("set group then")?
+        > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -366,8 +366,13 @@ pub const MIGRATIONS: &[&str] = &[
         tz TEXT NOT NULL,
         last_run INTEGER NOT NULL,
         last_outcome TEXT,
-        failed INTEGER NOT NULL DEFAULT 0
+        failed INTEGER NOT NULL DEFAULT 0,
+        after_task TEXT
     );",
+    // 18: what a machine does once its task is over (`--then`: reboot, poweroff, stay), set
+    // on a task, or on a group for the tasks made for it (NULL: the group's, else reboot)
+    "ALTER TABLE tasks ADD COLUMN after_task TEXT;
+    ALTER TABLE groups ADD COLUMN after_task TEXT;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -337,7 +337,8 @@ pub fn book(
     let mut st = conn
         .prepare_cached(
             "SELECT t.id, t.mac, t.image, t.version, t.not_before,
-                    CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END, s.grow
+                    CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END, s.grow,
+                    COALESCE(t.after_task, (SELECT g.after_task FROM groups g WHERE g.name = t.grp))
              FROM hosts h CROSS JOIN tasks t INDEXED BY tasks_open ON t.mac = h.mac
              LEFT JOIN image_settings s ON s.image = t.image
              WHERE h.site = ?1 AND t.state IN ('pending','booting','running')
@@ -355,6 +356,10 @@ pub fn book(
                 not_before: r.get(4)?,
                 hostname: r.get(5)?,
                 grow: r.get(6)?,
+                then: r
+                    .get::<_, Option<String>>(7)?
+                    .as_deref()
+                    .and_then(crate::proto::agent::After::parse),
                 signature: None,
             })
         })
@@ -490,6 +495,7 @@ mod tests {
                 group: None,
                 not_before: None,
                 multicast: None,
+                then: None,
             },
             6,
         )

@@ -33,10 +33,12 @@ pub struct TaskRule {
     pub last_outcome: Option<String>,
     /// The last run failed and nobody acknowledged it yet (`bootcast task rule ack ID`).
     pub failed: bool,
+    /// What the machines do once the rule's tasks are over (`None`: the group's, else reboot).
+    pub then: Option<String>,
 }
 
 const COLUMNS: &str =
-    "id, created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, last_outcome, failed";
+    "id, created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, last_outcome, failed, after_task";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<TaskRule> {
     Ok(TaskRule {
@@ -53,14 +55,15 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<TaskRule> {
         last_run: r.get(10)?,
         last_outcome: r.get(11)?,
         failed: r.get(12)?,
+        then: r.get(13)?,
     })
 }
 
 /// Stores `r` (its id, outcome and flag are ignored); returns the new id.
 pub fn create(conn: &Connection, r: &TaskRule) -> Result<i64, DbError> {
     conn.execute(
-        "INSERT INTO task_rules (created_at, kind, host, grp, image, multicast, wake, every, tz, last_run)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO task_rules (created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, after_task)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             r.created_at,
             r.kind,
@@ -71,7 +74,8 @@ pub fn create(conn: &Connection, r: &TaskRule) -> Result<i64, DbError> {
             r.wake,
             r.every,
             r.tz,
-            r.last_run
+            r.last_run,
+            r.then
         ],
     )
     .what("create task rule")?;

@@ -124,10 +124,12 @@ pub struct Task {
     pub progress: Option<Progress>,
     /// Reimage by room multicast: the session ([`super::sessions`]) it belongs to.
     pub multicast: Option<i64>,
+    /// What the machine does once the task is over, as set on the task (`--then`).
+    pub then: Option<String>,
 }
 
 const COLUMNS: &str = "id, mac, kind, state, created_at, updated_at, detail, image, version, grp, \
-    not_before, bytes_done, bytes_total, rate, eta, progress_at, mcast";
+    not_before, bytes_done, bytes_total, rate, eta, progress_at, mcast, after_task";
 
 const OPEN: &str = "state IN ('pending','booting','running')";
 
@@ -170,6 +172,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         not_before: r.get(10)?,
         progress,
         multicast: r.get(16)?,
+        then: r.get(17)?,
     })
 }
 
@@ -181,6 +184,8 @@ pub struct NewTask<'a> {
     pub group: Option<&'a str>,
     pub not_before: Option<i64>,
     pub multicast: Option<i64>,
+    /// `reboot`, `poweroff` or `stay` ([`crate::proto::agent::After`]).
+    pub then: Option<&'a str>,
 }
 
 /// Creates a pending task for a known host.
@@ -197,8 +202,8 @@ pub fn create_with(
     now: i64,
 ) -> Result<Task, DbError> {
     conn.execute(
-        "INSERT INTO tasks (mac, kind, state, created_at, updated_at, image, version, grp, not_before, mcast)
-         VALUES (?1, ?2, 'pending', ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tasks (mac, kind, state, created_at, updated_at, image, version, grp, not_before, mcast, after_task)
+         VALUES (?1, ?2, 'pending', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             mac.to_string(),
             kind.as_str(),
@@ -207,7 +212,8 @@ pub fn create_with(
             new.version,
             new.group,
             new.not_before,
-            new.multicast
+            new.multicast,
+            new.then
         ],
     )
     .what("create task")?;
@@ -350,6 +356,23 @@ pub fn finish_capture(
     get(conn, id)
 }
 
+/// What the machine of task `t` does once it is over: the task's `--then`, else that of the
+/// group it was made for, else `None` (reboot).
+pub fn then_of(conn: &Connection, t: &Task) -> Result<Option<crate::proto::agent::After>, DbError> {
+    let set = match (&t.then, &t.group) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(g)) => conn
+            .query_row("SELECT after_task FROM groups WHERE name = ?1", [g], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .what("group after_task")?
+            .flatten(),
+        (None, None) => None,
+    };
+    Ok(set.as_deref().and_then(crate::proto::agent::After::parse))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +429,7 @@ mod tests {
                 group: Some("room-1"),
                 not_before: Some(100),
                 multicast: None,
+                then: None,
             },
             10,
         )

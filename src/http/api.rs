@@ -151,17 +151,21 @@ pub async fn agent_hello(
             };
             let hostname = host.name.clone().filter(|_| post_deploy.hostname);
             let grow = post_deploy.grow;
+            let then = match &task {
+                Some(t) => crate::db::tasks::then_of(c, t)?,
+                None => None,
+            };
             // the task's room multicast session, if any (not the agent's session)
             let multicast = match task.as_ref().and_then(|t| t.multicast) {
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
             Ok(Ok((
-                host, task, hostname, grow, multicast, session, agent_ip, relayed,
+                host, task, hostname, grow, then, multicast, session, agent_ip, relayed,
             )))
         })
         .await?;
-    let (host, task, hostname, grow, multicast, session, agent_ip, relayed) =
+    let (host, task, hostname, grow, then, multicast, session, agent_ip, relayed) =
         res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
@@ -194,6 +198,7 @@ pub async fn agent_hello(
                         chunker: store.config().chunker,
                         zstd_level: store.config().zstd_level,
                         raw,
+                        then,
                     }
                 }
                 Err(e) => {
@@ -234,6 +239,7 @@ pub async fn agent_hello(
                     None => None,
                 },
                 signature,
+                then,
             }
         }
         None => idle,

@@ -114,6 +114,35 @@ pub struct HelloAnswer {
     pub reply: HelloReply,
 }
 
+/// What the machine does once its task is over (`--then`): reboot (the default: the next boot
+/// script hands it to its disk), power off, or stay on in the boot environment (a shell on the
+/// console, for a technician).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum After {
+    Reboot,
+    Poweroff,
+    Stay,
+}
+
+impl After {
+    pub const NAMES: [&'static str; 3] = ["reboot", "poweroff", "stay"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::Reboot => "reboot",
+            After::Poweroff => "poweroff",
+            After::Stay => "stay",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<After> {
+        [After::Reboot, After::Poweroff, After::Stay]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 /// What the agent does next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
@@ -146,6 +175,9 @@ pub enum HelloReply {
         /// has the key (`bootcast.key=`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
+        /// What the machine does once the task is over (absent: reboot).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        then: Option<After>,
     },
     /// Read the local disk into a new version of image `image` on the server for task `task`
     /// (see the module doc), reporting progress, then failed if it cannot; then reboot.
@@ -159,6 +191,9 @@ pub enum HelloReply {
         /// Capture every byte, not only what the filesystems use (`bootcast image raw`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         raw: bool,
+        /// What the machine does once the task is over (absent: reboot).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        then: Option<After>,
     },
 }
 
@@ -410,10 +445,26 @@ mod tests {
             chunker: ChunkerParams::default(),
             zstd_level: 1,
             raw: false,
+            then: None,
         };
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["action"], "capture");
         assert_eq!(j["chunker"]["avg"], 32768);
+        assert!(
+            j.get("then").is_none(),
+            "absent: reboot, as older agents do"
+        );
+        assert_eq!(serde_json::from_value::<HelloReply>(j).unwrap(), r);
+        let r = HelloReply::Capture {
+            task: 4,
+            image: "win11".into(),
+            chunker: ChunkerParams::default(),
+            zstd_level: 1,
+            raw: false,
+            then: Some(After::Poweroff),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["then"], "poweroff");
         assert_eq!(serde_json::from_value::<HelloReply>(j).unwrap(), r);
     }
 

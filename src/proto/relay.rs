@@ -208,6 +208,9 @@ pub struct SiteTask {
     /// The partition post-deploy grows onto a larger disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grow: Option<u32>,
+    /// What the machine does once the task is over (absent: reboot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<crate::proto::agent::After>,
     /// The central server's signature of the order ([`crate::sign::Statement::Task`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,

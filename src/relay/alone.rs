@@ -184,6 +184,7 @@ mod tests {
             not_before: None,
             hostname: None,
             grow: None,
+            then: None,
             signature: Some("sig".into()),
         }
     }

@@ -444,6 +444,7 @@ async fn hello_alone(
                 grow: t.grow,
                 multicast: None,
                 signature: t.signature.clone(),
+                then: t.then,
             }
         }
         None => match crate::config::AfterRegister::parse(&relay.book().after_register) {
@@ -643,6 +644,7 @@ async fn on_hello(
                 grow,
                 multicast: Some(join),
                 signature,
+                then,
             },
     } = answer
     else {
@@ -671,6 +673,7 @@ async fn on_hello(
             grow,
             multicast: offered,
             signature,
+            then,
         },
     };
     Ok(serde_json::to_vec(&answer).map(Into::into).unwrap_or(body))
