@@ -12,8 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::netlab::{
-    copy_bootenv, have_qemu, register_at, site_dhcp, Firmware, Netns, Nic, Vm, FULL_DHCP,
-    VLAN_SERVICES,
+    copy_bootenv, have_qemu, register_at, site_dhcp, start_relay, Firmware, Netns, Nic, Vm,
+    FULL_DHCP, VLAN_SERVICES,
 };
 use common::{demo_image, Lab, Served, BIN};
 
@@ -262,29 +262,15 @@ impl Region {
             .env_remove("BOOTCAST_DATA");
         let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
         // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
-        let fingerprint = server
-            .fingerprint
-            .clone()
-            .expect("the banner's certificate");
         let relay_data = central.path("relay");
-        let mut cmd = site.cmd(BIN);
-        cmd.arg("--data")
-            .arg(&relay_data)
-            .env_remove("BOOTCAST_DATA")
-            .env("BOOTCAST_RELAY_TOKEN", &token);
-        let mut args = vec![
-            "--upstream",
-            "https://10.99.4.1:8443",
-            "--upstream-fingerprint",
-            &fingerprint,
-            "--site",
-            "lycee",
-            "--url",
-            "http://10.99.0.1:8080",
-        ];
-        args.extend(VLAN_SERVICES);
-        args.extend(FULL_DHCP);
-        let relay = Served::start_as(cmd, "relay", &args);
+        let relay = start_relay(
+            &site,
+            &relay_data,
+            ("lycee", &token),
+            &server,
+            "10.99.4.1",
+            &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat(),
+        );
         push_and_wait(&central);
         Region {
             central,

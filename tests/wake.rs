@@ -205,27 +205,14 @@ fn a_site_relay_wakes_its_hosts_and_central_records_it() {
         .arg(central.data())
         .env_remove("BOOTCAST_DATA");
     let server = common::Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
-    let fingerprint = server
-        .fingerprint
-        .clone()
-        .expect("the banner's certificate");
-    let mut cmd = site.cmd(common::BIN);
-    cmd.arg("--data")
-        .arg(central.path("relay"))
-        .env_remove("BOOTCAST_DATA")
-        .env("BOOTCAST_RELAY_TOKEN", &token);
-    let mut args = vec![
-        "--upstream",
-        "https://10.99.5.1:8443",
-        "--upstream-fingerprint",
-        &fingerprint,
-        "--site",
-        "lycee",
-        "--url",
-        "http://10.99.0.1:8080",
-    ];
-    args.extend(common::netlab::VLAN_SERVICES);
-    let relay = common::Served::start_as(cmd, "relay", &args);
+    let relay = common::netlab::start_relay(
+        &site,
+        &central.path("relay"),
+        ("lycee", &token),
+        &server,
+        "10.99.5.1",
+        &common::netlab::VLAN_SERVICES,
+    );
     register_at(&site, URL, A);
     let host = central.json(&["host", "show", A]);
     assert_eq!(host["host"]["site"], "lycee", "{host}");

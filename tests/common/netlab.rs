@@ -491,3 +491,38 @@ pub fn register_at(ns: &Netns, url: &str, mac: &str) {
     );
     assert_eq!(code, 200, "{body}");
 }
+
+/// A site relay for `site` in namespace `ns` (data in `data`), reaching the central `server`
+/// at `upstream_ip` over HTTPS with its certificate pinned; clients reach it as
+/// `http://10.99.0.1:8080`; `services` are its VLAN flags ([`VLAN_SERVICES`], [`FULL_DHCP`]).
+pub fn start_relay(
+    ns: &Netns,
+    data: &Path,
+    (site, token): (&str, &str),
+    server: &super::Served,
+    upstream_ip: &str,
+    services: &[&str],
+) -> super::Served {
+    let fingerprint = server
+        .fingerprint
+        .clone()
+        .expect("the banner's certificate");
+    let upstream = format!("https://{upstream_ip}:8443");
+    let mut cmd = ns.cmd(super::BIN);
+    cmd.arg("--data")
+        .arg(data)
+        .env_remove("BOOTCAST_DATA")
+        .env("BOOTCAST_RELAY_TOKEN", token);
+    let mut args = vec![
+        "--upstream",
+        &upstream,
+        "--upstream-fingerprint",
+        &fingerprint,
+        "--site",
+        site,
+        "--url",
+        "http://10.99.0.1:8080",
+    ];
+    args.extend(services);
+    super::Served::start_as(cmd, "relay", &args)
+}
