@@ -769,4 +769,66 @@ fn task_rules_show_their_next_run_and_refuse_bad_input() {
     assert!(refused(&lab, &["task", "rule", "ack", "999"]).contains("no task rule 999"));
     lab.json(&["task", "rule", "rm", &id.to_string()]);
     assert_eq!(lab.json(&["task", "rule", "list"])["rules"], json!([]));
+
+    // the same through the API (staff token)
+    let rule =
+        json!({"kind": "wake", "group": "r1", "every": "30 7 * * 1-5", "tz": "Europe/Paris"});
+    let (code, body) = api(&s, "POST", "/api/v1/task-rules", Some(rule.clone()));
+    assert_eq!(code, 201, "{body}");
+    let id = body["rule"]["id"].as_i64().unwrap();
+    assert!(body["rule"]["next_run"].is_string(), "{body}");
+    let (code, body) = api(&s, "GET", "/api/v1/task-rules", None);
+    assert_eq!((code, &body["rules"][0]["id"]), (200, &json!(id)), "{body}");
+    let mut bad = rule.clone();
+    bad["every"] = json!("every morning");
+    let (code, body) = api(&s, "POST", "/api/v1/task-rules", Some(bad));
+    assert!(
+        code == 400 && body["error"].as_str().unwrap().contains("cron"),
+        "{body}"
+    );
+    let mut unknown = rule.clone();
+    unknown["group"] = json!("nope");
+    assert_eq!(api(&s, "POST", "/api/v1/task-rules", Some(unknown)).0, 404);
+    assert_eq!(api(&s, "POST", "/api/v1/task-rules/999/ack", None).0, 404);
+    assert_eq!(api(&s, "DELETE", "/api/v1/task-rules/999", None).0, 404);
+    let (code, _) = api(&s, "DELETE", &format!("/api/v1/task-rules/{id}"), None);
+    assert_eq!(code, 200);
+    let (code, _) = http("GET", &format!("{}/api/v1/task-rules", s.url), None, None);
+    assert_eq!(code, 401, "staff only");
+    // waking hosts through the API: queued for the server (no site) to send
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/hosts/wake",
+        Some(json!({"hosts": [A, B], "wave": 1, "spacing": 5})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let at: Vec<i64> = body["wakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["at"].as_i64().unwrap())
+        .collect();
+    assert_eq!(at.len(), 2);
+    assert_eq!(at[1] - at[0], 5, "one host per wave, 5 s apart");
+    assert_eq!(
+        api(
+            &s,
+            "POST",
+            "/api/v1/hosts/wake",
+            Some(json!({"group": "nope"}))
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        api(
+            &s,
+            "POST",
+            "/api/v1/hosts/wake",
+            Some(json!({"hosts": [A], "group": "r1"}))
+        )
+        .0,
+        400
+    );
 }

@@ -680,6 +680,98 @@ pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Api
     Ok(Json(serde_json::json!({ "task": t.pop() })).into_response())
 }
 
+/// `POST /api/v1/hosts/wake` with `{"hosts": [MAC...]} | {"group": NAME}`, `at?`, `wave?`,
+/// `spacing?`: queues Wake-on-LAN orders → 201 `{"wakes": [...]}` (see [`schedule::wake`]).
+pub async fn wake_hosts(State(st): State<AppState>, Json(req): Json<WakeHosts>) -> ApiResult {
+    let now = crate::time::now_unix();
+    let how = schedule::WakeRequest {
+        wave: req.wave.unwrap_or(schedule::WAKE_WAVE),
+        spacing: req.spacing.unwrap_or(schedule::WAKE_SPACING),
+    };
+    let w = st
+        .db
+        .call(move |c| {
+            Ok(schedule::wake(
+                c,
+                &req.hosts,
+                req.group.as_deref(),
+                req.at.as_deref(),
+                &how,
+                now,
+            ))
+        })
+        .await??;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "wakes": w }))).into_response())
+}
+
+/// The body of `POST /api/v1/hosts/wake`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeHosts {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    wave: Option<u32>,
+    #[serde(default)]
+    spacing: Option<u32>,
+}
+
+impl From<crate::calendar::CalendarError> for ApiError {
+    fn from(e: crate::calendar::CalendarError) -> ApiError {
+        use crate::calendar::CalendarError;
+        match e {
+            CalendarError::Schedule(e) => e.into(),
+            CalendarError::Db(e) => e.into(),
+            CalendarError::NoRule(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            e => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+/// `GET /api/v1/task-rules`: every recurring task rule with its next run.
+pub async fn list_task_rules(State(st): State<AppState>) -> ApiResult {
+    let r = st.db.read(crate::calendar::list).await?;
+    Ok(Json(serde_json::json!({ "rules": r })).into_response())
+}
+
+/// `POST /api/v1/task-rules` with a [`crate::calendar::RuleRequest`] → 201 `{"rule": ...}`.
+pub async fn create_task_rule(
+    State(st): State<AppState>,
+    Json(req): Json<crate::calendar::RuleRequest>,
+) -> ApiResult {
+    let now = crate::time::now_unix();
+    let rule = st
+        .db
+        .call(move |c| Ok(crate::calendar::add(c, &req, now)))
+        .await??;
+    let next_run = crate::calendar::next_run(&rule);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "rule": crate::calendar::Listed { rule, next_run } })),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/v1/task-rules/{id}`.
+pub async fn remove_task_rule(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
+    st.db
+        .call(move |c| Ok(crate::calendar::remove(c, id)))
+        .await??;
+    Ok(Json(serde_json::json!({ "removed": id })).into_response())
+}
+
+/// `POST /api/v1/task-rules/{id}/ack`: the failed run was seen.
+pub async fn ack_task_rule(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
+    st.db
+        .call(move |c| Ok(crate::calendar::acknowledge(c, id)))
+        .await??;
+    Ok(Json(serde_json::json!({ "acknowledged": id })).into_response())
+}
+
 /// `GET /api/v1/groups`: every group with its hosts.
 pub async fn list_groups(State(st): State<AppState>) -> ApiResult {
     let g = st.db.read(groups::list).await?;

@@ -21,6 +21,7 @@
 //! | `GET /api/v1/relay/wait?seen=N` | site relays: held until the push orders change (25 s at most) | the site's relay token |
 //! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
+//! | `POST /api/v1/hosts/wake`, `GET`/`POST /api/v1/task-rules`, `DELETE /api/v1/task-rules/{id}`, `POST /api/v1/task-rules/{id}/ack` | staff | token |
 //!
 //! Both listeners ([`listen`]: plain HTTP and HTTPS) serve this router; on plain HTTP a request
 //! that carries a token (staff, relay) is refused unless it comes from loopback
@@ -166,6 +167,16 @@ pub fn router(state: AppState, token: String) -> Router {
             axum::routing::delete(api::cancel_task),
         )
         .route("/api/v1/groups", get(api::list_groups))
+        .route("/api/v1/hosts/wake", post(api::wake_hosts))
+        .route(
+            "/api/v1/task-rules",
+            get(api::list_task_rules).post(api::create_task_rule),
+        )
+        .route(
+            "/api/v1/task-rules/{id}",
+            axum::routing::delete(api::remove_task_rule),
+        )
+        .route("/api/v1/task-rules/{id}/ack", post(api::ack_task_rule))
         .route(
             "/api/v1/hosts/{mac}/inventory",
             get(inventory::host_inventory),
