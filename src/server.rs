@@ -498,6 +498,7 @@ impl Server {
         // Wake-on-LAN orders, sent at their time on the DHCP interface: the relay's from its site
         // book, the central server's for hosts of no site
         if let Some(d) = &self.config.dhcp {
+            let opts = self.config.wake.clone();
             let (iface, db, relay, c) = (
                 d.interface.clone(),
                 self.db.clone(),
@@ -505,9 +506,12 @@ impl Server {
                 cancel.clone(),
             );
             let hooks = hooks.clone();
-            set.spawn(
-                async move { ("wake-on-LAN", wake_orders(iface, db, relay, hooks, c).await) },
-            );
+            set.spawn(async move {
+                (
+                    "wake-on-LAN",
+                    wake_orders((iface, opts), db, relay, hooks, c).await,
+                )
+            });
         }
         // WAL checkpoints off the writer's path: no request waits for the sync
         if self.db.checkpoint_in_background().is_ok() {
@@ -691,7 +695,7 @@ impl Server {
 /// (then its heartbeat tells central), the central server those of hosts of no site (marked
 /// sent, an event each). A failure is logged when it changes, and the orders wait.
 async fn wake_orders(
-    interface: String,
+    (interface, opts): (String, crate::wol::send::WakeOptions),
     db: Db,
     relay: Option<Arc<crate::relay::Relay>>,
     hooks: crate::hooks::Hooks,
@@ -719,10 +723,10 @@ async fn wake_orders(
             continue;
         }
         let macs: Vec<crate::mac::Mac> = due.iter().filter_map(|w| w.mac.parse().ok()).collect();
-        let iface = interface.clone();
+        let (iface, opts) = (interface.clone(), opts.clone());
         let sent = tokio::task::spawn_blocking(move || {
             let segment = crate::wol::send::Segment::of(&iface)?;
-            crate::wol::send::send(&segment, &macs, &Default::default()).map(|_| segment)
+            crate::wol::send::send(&segment, &macs, &opts).map(|_| segment)
         })
         .await
         .map_err(|e| e.to_string())

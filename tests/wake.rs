@@ -1,8 +1,9 @@
 //! Wake-on-LAN from the server: `bootcast host wake` and a task's `--wake` queue orders; the
 //! server sends the magic packets on its DHCP interface's segment (a bridge in a network
 //! namespace), where a capture on another port of the segment sees them: broadcast to
-//! 10.99.0.255, UDP port 9, each host's MAC 16 times, repeated; a group in waves, one host
-//! after the other; each send an event `wake`. Needs root; prints SKIP without.
+//! 10.99.0.255, UDP port 9, each host's MAC 16 times and the SecureOn password of `[wake]`,
+//! repeated; a group in waves, one host after the other; each send an event `wake`. A site's
+//! relay does the same for the site's hosts. Needs root; prints SKIP without.
 
 mod common;
 
@@ -44,8 +45,11 @@ fn capture(nic: &Netns, file: &std::path::Path, count: usize) -> Child {
     panic!("tcpdump did not start ({status:?}): {line}");
 }
 
-/// The magic packets of a capture: (Ethernet destination, IPv4 destination, UDP port, MAC).
-fn magic_packets(file: &std::path::Path) -> Vec<([u8; 6], [u8; 4], u16, String)> {
+/// The magic packets of a capture: (Ethernet destination, IPv4 destination, UDP port, MAC,
+/// SecureOn password bytes).
+type Magic = ([u8; 6], [u8; 4], u16, String, Vec<u8>);
+
+fn magic_packets(file: &std::path::Path) -> Vec<Magic> {
     let b = std::fs::read(file).unwrap();
     assert_eq!(&b[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "a little-endian pcap");
     let mut at = 24;
@@ -58,12 +62,13 @@ fn magic_packets(file: &std::path::Path) -> Vec<([u8; 6], [u8; 4], u16, String)>
         let ip = &f[14..];
         let ihl = usize::from(ip[0] & 0xf) * 4;
         let udp = &ip[ihl..];
-        let (mac, _) = bootcast::wol::parse_magic(&udp[8..]).expect("a magic packet");
+        let (mac, password) = bootcast::wol::parse_magic(&udp[8..]).expect("a magic packet");
         out.push((
             f[..6].try_into().unwrap(),
             ip[16..20].try_into().unwrap(),
             u16::from_be_bytes([udp[2], udp[3]]),
             mac.to_string(),
+            password,
         ));
     }
     out
@@ -104,6 +109,13 @@ fn the_server_wakes_hosts_on_its_segment() {
     let lab = Lab::new();
     fake_bootenv(&lab);
     lab.add("demo", &lab.file("d.img", &common::disk_like(1 << 20, 7)));
+    // NICs that want a SecureOn password; each packet twice
+    std::fs::write(
+        lab.data().join("bootcast.toml"),
+        "[wake]\npassword = \"01:23:45:67:89:ab\"\nrepeat = 2\n",
+    )
+    .unwrap();
+    let secure_on = vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab];
     let ns = Netns::new("wake");
     ns.bridge_with_tap();
     // a machine's port on the segment: what a NIC in standby sees
@@ -114,17 +126,23 @@ fn the_server_wakes_hosts_on_its_segment() {
 
     // one host, now
     let pcap = lab.path("one.pcap");
-    let mut dump = capture(&nic, &pcap, 3);
+    let mut dump = capture(&nic, &pcap, 2);
     let queued = lab.json(&["host", "wake", A]);
     assert_eq!(queued["wakes"].as_array().unwrap().len(), 1, "{queued}");
-    wait_exit(&mut dump, "three magic packets for A", || server.log_text());
+    wait_exit(&mut dump, "two magic packets for A", || server.log_text());
     let got = magic_packets(&pcap);
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 2);
     for p in &got {
         assert_eq!(
             p,
-            &([0xff; 6], [10, 99, 0, 255], 9, A.to_string()),
-            "broadcast on the segment, port 9, A's MAC"
+            &(
+                [0xff; 6],
+                [10, 99, 0, 255],
+                9,
+                A.to_string(),
+                secure_on.clone()
+            ),
+            "broadcast on the segment, port 9, A's MAC, the SecureOn password"
         );
     }
     let ev = wait_for("the wake event", 30, || {
@@ -136,7 +154,7 @@ fn the_server_wakes_hosts_on_its_segment() {
     // a room's reimage that wakes it: waves of one host, 2 s apart, A then B
     lab.json(&["group", "add", "r1", A, B]);
     let pcap = lab.path("room.pcap");
-    let mut dump = capture(&nic, &pcap, 6);
+    let mut dump = capture(&nic, &pcap, 4);
     let tasks = lab.json(&[
         "task",
         "reimage",
@@ -151,11 +169,11 @@ fn the_server_wakes_hosts_on_its_segment() {
         "2",
     ]);
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2);
-    wait_exit(&mut dump, "three magic packets each for A and B", || {
+    wait_exit(&mut dump, "two magic packets each for A and B", || {
         server.log_text()
     });
     let order: Vec<String> = magic_packets(&pcap).into_iter().map(|p| p.3).collect();
-    assert_eq!(order, [A, A, A, B, B, B], "A's wave, then B's");
+    assert_eq!(order, [A, A, B, B], "A's wave, then B's");
     let ev = wait_for("B's wake event", 30, || {
         let e = lab.json(&["events", "--kind", "wake", "--host", B]);
         (!e["events"].as_array().unwrap().is_empty()).then_some(e)
@@ -169,7 +187,7 @@ fn the_server_wakes_hosts_on_its_segment() {
         .clone();
     assert_eq!(ev["events"][0]["data"]["task"], task_b, "{ev}");
     common::say(&format!(
-        "wake: 3 magic packets per host on br0 (10.99.0.255:9), A then B in waves 2 s apart; events recorded by the server ({} log lines)",
+        "wake: 2 magic packets per host ([wake] repeat = 2) with the SecureOn password on br0 (10.99.0.255:9), A then B in waves 2 s apart; events recorded by the server ({} log lines)",
         server.log_text().lines().filter(|l| l.contains("woken")).count()
     ));
 }
@@ -232,7 +250,11 @@ fn a_site_relay_wakes_its_hosts_and_central_records_it() {
     let got = magic_packets(&pcap);
     assert_eq!(got.len(), 3);
     for p in &got {
-        assert_eq!(p, &([0xff; 6], [10, 99, 0, 255], 9, A.to_string()));
+        assert_eq!(
+            p,
+            &([0xff; 6], [10, 99, 0, 255], 9, A.to_string(), vec![]),
+            "3 packets (the default), no password"
+        );
     }
     let ev = wait_for("central's wake event", 60, || {
         let e = central.json(&["events", "--kind", "wake", "--host", A]);

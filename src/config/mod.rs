@@ -137,6 +137,8 @@ pub struct Config {
     pub boot: BootConfig,
     /// `[capture] max_bytes`: most new chunk bytes one capture task may store.
     pub capture_max_bytes: u64,
+    /// `[wake]`: SecureOn password and repeats of the Wake-on-LAN packets this node sends.
+    pub wake: crate::wol::send::WakeOptions,
 }
 
 /// `[capture] max_bytes` when the file does not say (bytes).
@@ -530,6 +532,28 @@ mod tests {
             .iter()
             .any(|p| p.contains("upstream_ca") && p.contains("/nonexistent.pem")));
         assert!(e.iter().any(|p| p.contains("give one")));
+    }
+
+    #[test]
+    fn wake_password_and_repeat_are_checked() {
+        let c = RawConfig::from_toml("[wake]\npassword = '01:23:45:67:89:ab'\nrepeat = 5\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert_eq!(c.wake.repeat, 5);
+        assert_eq!(
+            c.wake.password.unwrap().bytes(),
+            [0x01, 0x23, 0x45, 0x67, 0x89, 0xab]
+        );
+        let d = RawConfig::default().validate(&iface).unwrap();
+        assert_eq!((d.wake.repeat, d.wake.password), (3, None));
+        let p = problems("[wake]\npassword = 'secret'\nrepeat = 0\n");
+        assert!(
+            p.iter()
+                .any(|l| l.contains("wake.password") && l.contains("4 or 6 hex bytes")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|l| l.contains("wake.repeat = 0")), "{p:?}");
     }
 
     #[test]

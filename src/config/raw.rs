@@ -35,6 +35,18 @@ pub struct RawConfig {
     pub boot: RawBoot,
     #[serde(default)]
     pub capture: RawCapture,
+    #[serde(default)]
+    pub wake: RawWake,
+}
+
+/// `[wake]`: how this node sends Wake-on-LAN packets.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWake {
+    /// SecureOn password the site's NICs require: 4 or 6 hex bytes, `01:23:45:67:89:ab`.
+    pub password: Option<String>,
+    /// Times each host's packet is sent (1-10). Default 3.
+    pub repeat: Option<u32>,
 }
 
 /// `[capture]`: bounds on what one capture task may store.

@@ -123,6 +123,19 @@ impl RawConfig {
             }
         };
 
+        let mut wake = crate::wol::send::WakeOptions::default();
+        if let Some(pw) = &self.wake.password {
+            match pw.parse() {
+                Ok(pw) => wake.password = Some(pw),
+                Err(e) => p(format!("wake.password: {e}")),
+            }
+        }
+        match self.wake.repeat {
+            Some(n) if (1..=10).contains(&n) => wake.repeat = n,
+            Some(n) => p(format!("wake.repeat = {n}: give 1 to 10")),
+            None => {}
+        }
+
         if problems.is_empty() {
             Ok(Config {
                 advertise,
@@ -148,6 +161,7 @@ impl RawConfig {
                     .filter(|h| *h > 0),
                 boot,
                 capture_max_bytes,
+                wake,
             })
         } else {
             Err(ConfigError { problems })
