@@ -144,6 +144,29 @@ fn default_spacing() -> u32 {
     WAKE_SPACING
 }
 
+impl WakeRequest {
+    fn check(&self) -> Result<(), ScheduleError> {
+        if self.wave == 0 {
+            return Err(ScheduleError::BadTime("--wave must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A request's `at`, read in the server's zone ([`crate::time::parse_at`]); a time already
+/// past is refused.
+fn start_time(at: Option<&str>, now: i64) -> Result<Option<i64>, ScheduleError> {
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
+        .map_err(ScheduleError::BadTime)?;
+    if t < now {
+        return Err(ScheduleError::Past(at.to_string()));
+    }
+    Ok(Some(t))
+}
+
 /// Queues Wake-on-LAN orders for the hosts `hosts` or `group` names (every one known), from
 /// `at` (default: now) in waves; the node serving each host's segment sends them
 /// ([`crate::db::wakes`]).
@@ -155,20 +178,8 @@ pub fn wake(
     how: &WakeRequest,
     now: i64,
 ) -> Result<Vec<crate::db::wakes::Wake>, ScheduleError> {
-    if how.wave == 0 {
-        return Err(ScheduleError::BadTime("--wave must be at least 1".into()));
-    }
-    let start = match at {
-        Some(at) => {
-            let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
-                .map_err(ScheduleError::BadTime)?;
-            if t < now {
-                return Err(ScheduleError::Past(at.to_string()));
-            }
-            t
-        }
-        None => now,
-    };
+    how.check()?;
+    let start = start_time(at, now)?.unwrap_or(now);
     let mut macs = Vec::new();
     match (hosts, group) {
         ([], Some(g)) => macs.extend(targets(conn, None, Some(g))?),
@@ -179,14 +190,13 @@ pub fn wake(
         }
         _ => return Err(ScheduleError::Target),
     }
-    let macs: Vec<String> = macs.into_iter().map(|m| m.to_string()).collect();
+    let hosts: Vec<(String, Option<i64>)> = macs.iter().map(|m| (m.to_string(), None)).collect();
     Ok(crate::db::wakes::queue(
         conn,
-        &macs,
+        &hosts,
         start,
         how.wave,
         how.spacing,
-        None,
         now,
     )?)
 }
@@ -269,17 +279,7 @@ pub fn create(
             (req.image.clone(), None)
         }
     };
-    let not_before = match &req.at {
-        Some(at) => {
-            let t = crate::time::parse_at(at, now, &crate::time::Zone::local())
-                .map_err(ScheduleError::BadTime)?;
-            if t < now {
-                return Err(ScheduleError::Past(at.clone()));
-            }
-            Some(t)
-        }
-        None => None,
-    };
+    let not_before = start_time(req.at.as_deref(), now)?;
     let tx = conn.savepoint().map_err(|cause| DbError::Query {
         what: "begin",
         cause,
@@ -315,8 +315,8 @@ pub fn create(
             )
         }
     };
-    if req.wake.as_ref().is_some_and(|w| w.wave == 0) {
-        return Err(ScheduleError::BadTime("--wave must be at least 1".into()));
+    if let Some(w) = &req.wake {
+        w.check()?;
     }
     let mut created = Vec::with_capacity(macs.len());
     for mac in macs {
@@ -356,12 +356,13 @@ pub fn create(
         )?);
     }
     if let Some(w) = &req.wake {
-        // one wave after another; each order names its task
-        for (i, t) in created.iter().enumerate() {
-            let at =
-                not_before.unwrap_or(now) + (i as i64 / i64::from(w.wave)) * i64::from(w.spacing);
-            crate::db::wakes::queue(&tx, &[t.mac.to_string()], at, 1, 0, Some(t.id), now)?;
-        }
+        // each order names its task
+        let hosts: Vec<(String, Option<i64>)> = created
+            .iter()
+            .map(|t| (t.mac.to_string(), Some(t.id)))
+            .collect();
+        let start = not_before.unwrap_or(now);
+        crate::db::wakes::queue(&tx, &hosts, start, w.wave, w.spacing, now)?;
     }
     tx.commit().map_err(|cause| DbError::Query {
         what: "commit",

@@ -10,23 +10,23 @@ use super::{DbError, QueryContext};
 
 pub use crate::proto::relay::WakeOrder as Wake;
 
-/// Queues wakes of `macs` from `start`: waves of `wave` hosts, each `spacing` seconds after
-/// the previous one (so a room of 750 does not draw power and ask DHCP at once). Returns the
-/// orders, in the order given.
+/// Queues wakes of `hosts` (MAC, and the task each is woken for, if any) from `start`: waves of
+/// `wave` hosts, each `spacing` seconds after the previous one (so a room of 750 does not draw
+/// power and ask DHCP at once). Returns the orders, in the order given.
 pub fn queue(
     conn: &Connection,
-    macs: &[String],
+    hosts: &[(String, Option<i64>)],
     start: i64,
     wave: u32,
     spacing: u32,
-    task: Option<i64>,
     now: i64,
 ) -> Result<Vec<Wake>, DbError> {
     let mut st = conn
         .prepare_cached("INSERT INTO wakes (mac, at, task, created) VALUES (?1, ?2, ?3, ?4)")
         .what("queue wake")?;
-    let mut out = Vec::with_capacity(macs.len());
-    for (i, mac) in macs.iter().enumerate() {
+    let mut out = Vec::with_capacity(hosts.len());
+    for (i, (mac, task)) in hosts.iter().enumerate() {
+        let task = *task;
         let at = start + (i as i64 / i64::from(wave.max(1))) * i64::from(spacing);
         st.execute(params![mac, at, task, now]).what("queue wake")?;
         out.push(Wake {
@@ -125,14 +125,14 @@ mod tests {
             )
             .unwrap();
         }
-        let macs: Vec<String> = [
+        let macs: Vec<(String, Option<i64>)> = [
             "52:54:00:00:00:01",
             "52:54:00:00:00:02",
             "52:54:00:00:00:03",
         ]
-        .map(String::from)
+        .map(|m| (m.to_string(), None))
         .to_vec();
-        let w = queue(&c, &macs, 1000, 2, 30, None, 900).unwrap();
+        let w = queue(&c, &macs, 1000, 2, 30, 900).unwrap();
         assert_eq!(
             w.iter().map(|w| w.at).collect::<Vec<_>>(),
             [1000, 1000, 1030]
@@ -152,7 +152,7 @@ mod tests {
         );
         assert!(due_here(&c, 3000).unwrap().is_empty());
         // a relay cannot mark orders of hosts not of its site
-        let other = queue(&c, &macs[..1], 0, 20, 0, None, 0).unwrap();
+        let other = queue(&c, &macs[..1], 0, 20, 0, 0).unwrap();
         assert!(mark_sent(&c, &[(other[0].id, 5)], "s1", Some("s1"))
             .unwrap()
             .is_empty());
