@@ -335,16 +335,17 @@ pub fn book(
         .collect::<Result<Vec<_>, _>>()
         .what("site book hosts")?;
     let mut st = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT t.id, t.mac, t.image, t.version, t.not_before,
                     CASE WHEN COALESCE(s.set_hostname, 0) THEN h.name END, s.grow,
-                    COALESCE(t.after_task, (SELECT g.after_task FROM groups g WHERE g.name = t.grp))
+                    {}
              FROM hosts h CROSS JOIN tasks t INDEXED BY tasks_open ON t.mac = h.mac
              LEFT JOIN image_settings s ON s.image = t.image
              WHERE h.site = ?1 AND t.state IN ('pending','booting','running')
                AND t.kind = 'reimage' AND t.image IS NOT NULL AND t.version IS NOT NULL
              ORDER BY t.id",
-        )
+            super::tasks::THEN_SQL
+        ))
         .what("site book tasks")?;
     let tasks = st
         .query_map([site], |r| {

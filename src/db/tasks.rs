@@ -356,20 +356,23 @@ pub fn finish_capture(
     get(conn, id)
 }
 
-/// What the machine of task `t` does once it is over: the task's `--then`, else that of the
-/// group it was made for, else `None` (reboot).
+/// SQL over a task `t`: what its machine does once it is over: the task's `--then`, else that of
+/// the group it was made for, else NULL (reboot). The hello ([`then_of`]) and the site book
+/// read it alike.
+pub const THEN_SQL: &str =
+    "COALESCE(t.after_task, (SELECT g.after_task FROM groups g WHERE g.name = t.grp))";
+
+/// [`THEN_SQL`] of task `t`.
 pub fn then_of(conn: &Connection, t: &Task) -> Result<Option<crate::proto::agent::After>, DbError> {
-    let set = match (&t.then, &t.group) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(g)) => conn
-            .query_row("SELECT after_task FROM groups WHERE name = ?1", [g], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .what("group after_task")?
-            .flatten(),
-        (None, None) => None,
-    };
+    let set: Option<String> = conn
+        .query_row(
+            &format!("SELECT {THEN_SQL} FROM tasks t WHERE t.id = ?1"),
+            [t.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .what("task then")?
+        .flatten();
     Ok(set.as_deref().and_then(crate::proto::agent::After::parse))
 }
 
