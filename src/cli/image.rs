@@ -590,50 +590,70 @@ fn approve(data: &Path, out: &Output, spec: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `image auto-approve NAME [on|off]`: a setting in the server's database.
-fn raw_setting(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
-    use bootcast::db::images;
+/// A per-image on/off setting in the server's database (`image raw`, `image auto-approve`):
+/// set it to `set` if given, then print it under `key`, in words from `say`.
+#[allow(clippy::too_many_arguments)]
+fn image_switch(
+    data: &Path,
+    out: &Output,
+    name: &str,
+    set: Option<String>,
+    key: &str,
+    get: fn(&rusqlite::Connection, &str) -> Result<bool, bootcast::db::DbError>,
+    put: fn(&rusqlite::Connection, &str, bool) -> Result<(), bootcast::db::DbError>,
+    say: fn(bool) -> &'static str,
+) -> Result<ExitCode> {
     bootcast::store::catalog::validate_name(name)?;
     let db = super::open_db(data)?;
     let c = db.lock();
     if let Some(v) = set {
-        images::set_raw(&c, name, v == "on")?;
+        put(&c, name, v == "on")?;
     }
-    let on = images::raw(&c, name)?;
-    out.emit(&serde_json::json!({ "image": name, "raw": on }), || {
-        format!(
-            "image {name}: {}",
+    let on = get(&c, name)?;
+    out.emit(&serde_json::json!({ "image": name, key: on }), || {
+        format!("image {name}: {}", say(on))
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `image raw NAME [on|off]`.
+fn raw_setting(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
+    use bootcast::db::images;
+    image_switch(
+        data,
+        out,
+        name,
+        set,
+        "raw",
+        images::raw,
+        images::set_raw,
+        |on| {
             if on {
                 "captured raw, every byte (raw on)"
             } else {
                 "only what its filesystems use is captured (raw off)"
             }
-        )
-    });
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
+/// `image auto-approve NAME [on|off]`.
 fn auto_approve(data: &Path, out: &Output, name: &str, set: Option<String>) -> Result<ExitCode> {
     use bootcast::db::images;
-    bootcast::store::catalog::validate_name(name)?;
-    let db = super::open_db(data)?;
-    let c = db.lock();
-    if let Some(v) = set {
-        images::set_auto_approve(&c, name, v == "on")?;
-    }
-    let on = images::auto_approve(&c, name)?;
-    out.emit(
-        &serde_json::json!({ "image": name, "auto_approve": on }),
-        || {
-            format!(
-                "image {name}: captures {}",
-                if on {
-                    "become latest at once (auto-approve on)"
-                } else {
-                    "wait for `bootcast image approve` (auto-approve off)"
-                }
-            )
+    image_switch(
+        data,
+        out,
+        name,
+        set,
+        "auto_approve",
+        images::auto_approve,
+        images::set_auto_approve,
+        |on| {
+            if on {
+                "captures become latest at once (auto-approve on)"
+            } else {
+                "captures wait for `bootcast image approve` (auto-approve off)"
+            }
         },
-    );
-    Ok(ExitCode::SUCCESS)
+    )
 }

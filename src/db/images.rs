@@ -57,12 +57,26 @@ pub fn set_post_deploy(conn: &Connection, image: &str, pd: PostDeploy) -> Result
     Ok(())
 }
 
-/// Whether captures of `image` become `latest` without staff approval (off by default: a
-/// capture waits for `bootcast image approve NAME@VERSION`).
-pub fn auto_approve(conn: &Connection, image: &str) -> Result<bool, DbError> {
+/// An on/off setting of `image_settings` that is off until staff turn it on.
+#[derive(Debug, Clone, Copy)]
+enum Flag {
+    AutoApprove,
+    Raw,
+}
+
+impl Flag {
+    fn column(self) -> &'static str {
+        match self {
+            Flag::AutoApprove => "auto_approve",
+            Flag::Raw => "raw",
+        }
+    }
+}
+
+fn flag(conn: &Connection, image: &str, f: Flag) -> Result<bool, DbError> {
     let set: Option<bool> = conn
         .query_row(
-            "SELECT auto_approve FROM image_settings WHERE image = ?1",
+            &format!("SELECT {} FROM image_settings WHERE image = ?1", f.column()),
             [image],
             |r| r.get(0),
         )
@@ -71,38 +85,37 @@ pub fn auto_approve(conn: &Connection, image: &str) -> Result<bool, DbError> {
     Ok(set.unwrap_or(false))
 }
 
-pub fn set_auto_approve(conn: &Connection, image: &str, on: bool) -> Result<(), DbError> {
+fn set_flag(conn: &Connection, image: &str, f: Flag, on: bool) -> Result<(), DbError> {
+    let col = f.column();
     conn.execute(
-        "INSERT INTO image_settings (image, set_hostname, auto_approve) VALUES (?1, 1, ?2)
-         ON CONFLICT(image) DO UPDATE SET auto_approve = excluded.auto_approve",
+        &format!(
+            "INSERT INTO image_settings (image, set_hostname, {col}) VALUES (?1, 1, ?2)
+             ON CONFLICT(image) DO UPDATE SET {col} = excluded.{col}"
+        ),
         params![image, on],
     )
     .what("set image settings")?;
     Ok(())
+}
+
+/// Whether captures of `image` become `latest` without staff approval (off by default: a
+/// capture waits for `bootcast image approve NAME@VERSION`).
+pub fn auto_approve(conn: &Connection, image: &str) -> Result<bool, DbError> {
+    flag(conn, image, Flag::AutoApprove)
+}
+
+pub fn set_auto_approve(conn: &Connection, image: &str, on: bool) -> Result<(), DbError> {
+    set_flag(conn, image, Flag::AutoApprove, on)
 }
 
 /// Whether `image` is captured raw, every byte (`bootcast image raw NAME on`), instead of only
 /// what its filesystems use (off by default).
 pub fn raw(conn: &Connection, image: &str) -> Result<bool, DbError> {
-    let set: Option<bool> = conn
-        .query_row(
-            "SELECT raw FROM image_settings WHERE image = ?1",
-            [image],
-            |r| r.get(0),
-        )
-        .optional()
-        .what("get image settings")?;
-    Ok(set.unwrap_or(false))
+    flag(conn, image, Flag::Raw)
 }
 
 pub fn set_raw(conn: &Connection, image: &str, on: bool) -> Result<(), DbError> {
-    conn.execute(
-        "INSERT INTO image_settings (image, set_hostname, raw) VALUES (?1, 1, ?2)
-         ON CONFLICT(image) DO UPDATE SET raw = excluded.raw",
-        params![image, on],
-    )
-    .what("set image settings")?;
-    Ok(())
+    set_flag(conn, image, Flag::Raw, on)
 }
 
 #[cfg(test)]
