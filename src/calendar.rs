@@ -97,10 +97,8 @@ pub fn add(conn: &Connection, req: &RuleRequest, now: i64) -> Result<TaskRule, C
         id: 0,
         created_at: now,
         kind,
-        host: req
-            .host
-            .as_ref()
-            .map(|h| macs.first().map_or(h.clone(), |m| m.to_string())),
+        // the host as targets() read it (a MAC in its canonical spelling)
+        host: req.host.as_ref().and(macs.first()).map(|m| m.to_string()),
         group: req.group.clone(),
         image: req.image.clone(),
         multicast: req.multicast,
