@@ -143,20 +143,23 @@ pub fn list(conn: &Connection) -> Result<Vec<Listed>, DbError> {
         .collect())
 }
 
-/// Runs the rules whose next tick is at or before `now`, once each whatever the ticks missed
-/// (a server down for a week reimages once, not once per missed Monday); returns (rule,
-/// outcome, failed) for each run.
+/// Runs the rules whose next tick is at or before `now` (the schedulers' clock), once each
+/// whatever the ticks missed (a server down for a week reimages once, not once per missed
+/// Monday); returns (rule, outcome, failed) for each run. What a run makes (tasks, wake
+/// orders) starts at once: it is stamped with the system clock, which only a test's clock
+/// file sets apart from `now`.
 pub fn run_due(
     conn: &mut Connection,
     data: &Path,
     now: i64,
 ) -> Result<Vec<(i64, String, bool)>, DbError> {
     let mut ran = Vec::new();
+    let made_at = crate::time::now_unix();
     for rule in task_rules::list(conn)? {
         if next_run(&rule).is_none_or(|t| t > now) {
             continue;
         }
-        let (outcome, failed) = match run_one(conn, data, &rule, now) {
+        let (outcome, failed) = match run_one(conn, data, &rule, made_at) {
             Ok(did) => (did, false),
             Err(e) => (e.to_string(), true),
         };

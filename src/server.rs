@@ -245,14 +245,15 @@ impl Server {
                     }
                     (None, None) => return Err(ServeError::RelayUrl(http_addr)),
                 };
-                let (rc, dir) = (rc.clone(), data.to_path_buf());
-                let r =
-                    tokio::task::spawn_blocking(move || crate::relay::Relay::open(rc, &dir, url))
-                        .await
-                        .map_err(|e| ServeError::Service {
-                            service: "relay",
-                            cause: e.to_string(),
-                        })??;
+                let (rc, dir, clock) = (rc.clone(), data.to_path_buf(), config.clock());
+                let r = tokio::task::spawn_blocking(move || {
+                    crate::relay::Relay::open(rc, &dir, url, clock)
+                })
+                .await
+                .map_err(|e| ServeError::Service {
+                    service: "relay",
+                    cause: e.to_string(),
+                })??;
                 Some(Arc::new(r))
             }
         };
@@ -405,6 +406,7 @@ impl Server {
             connections: crate::metrics::ConnectionMetrics::default(),
             signer: self.signer.clone(),
             orders: Default::default(),
+            clock: self.config.clock(),
         };
         let orders = state.orders.clone();
         let connections =
@@ -613,6 +615,7 @@ impl Server {
         // recurring pushes (`push create --every`): checked every 30 s
         if self.relay.is_none() {
             let (db, data, c) = (self.db.clone(), self.data.clone(), cancel.clone());
+            let clock = self.config.clock();
             set.spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
                 loop {
@@ -621,7 +624,7 @@ impl Server {
                         _ = tick.tick() => {}
                     }
                     let (db, data) = (db.clone(), data.clone());
-                    let (db2, data2) = (db.clone(), data.clone());
+                    let (db2, data2, now) = (db.clone(), data.clone(), clock.now());
                     let ran = tokio::task::spawn_blocking(move || {
                         let Ok(store) = crate::store::Store::open(&data) else {
                             return Ok(Vec::new());
@@ -629,7 +632,7 @@ impl Server {
                         crate::push::plan::run_due_rules(
                             &mut db.lock(),
                             &store,
-                            crate::time::now_unix(),
+                            now,
                             &crate::time::Zone::local(),
                         )
                     })
@@ -645,7 +648,7 @@ impl Server {
                     }
                     // the calendar's task rules (`task rule add`)
                     let ran = tokio::task::spawn_blocking(move || {
-                        crate::calendar::run_due(&mut db2.lock(), &data2, crate::time::now_unix())
+                        crate::calendar::run_due(&mut db2.lock(), &data2, now)
                     })
                     .await;
                     match ran {

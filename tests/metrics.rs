@@ -128,6 +128,7 @@ fn state(data: &Path) -> AppState {
         connections: Default::default(),
         signer: Some(Arc::new(bootcast::sign::SigningKey::ephemeral().unwrap())),
         orders: Default::default(),
+        clock: Arc::new(bootcast::push::clock::SystemClock),
     }
 }
 
@@ -210,10 +211,17 @@ fn relay_metrics_are_the_readme_names_and_latency_histograms() {
         quota: None,
         incomplete: IncompletePolicy::Wait,
         upstream_key: None,
-        clock_file: None,
     };
     // blocking: before the runtime
-    let relay = Arc::new(Relay::open(config, dir.path(), "http://127.0.0.1:8080".into()).unwrap());
+    let relay = Arc::new(
+        Relay::open(
+            config,
+            dir.path(),
+            "http://127.0.0.1:8080".into(),
+            Arc::new(bootcast::push::clock::SystemClock),
+        )
+        .unwrap(),
+    );
     relay.apply(
         serde_json::from_value(serde_json::json!({
             "schedule": {"tz": "UTC", "windows": "always", "rate": 1000},

@@ -11,11 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netlab::{
-    copy_bootenv, have_qemu, register_at, site_dhcp, start_relay, Firmware, Netns, Nic, Vm,
-    FULL_DHCP, VLAN_SERVICES,
-};
-use common::{demo_image, Lab, Served, BIN};
+use common::netlab::{have_qemu, Firmware, Netns, Nic, Vm};
+use common::region::Region;
+use common::{Lab, Served};
 
 fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
     common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
@@ -39,6 +37,7 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
     if !can_run("a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes") {
         return;
     }
+    let region = Region::start("v");
     let Region {
         central,
         c,
@@ -47,10 +46,10 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
         relay,
         image,
         ..
-    } = Region::start("v");
+    } = &region;
     // the master reached the relay first (a push); staff queue the reimage
     let mac = "52:54:00:99:04:01";
-    register_in(&c, mac);
+    region.register_at_central(mac);
     central.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
 
     let before = metric_in(
@@ -101,6 +100,7 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
     if !can_run("a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone") {
         return;
     }
+    let region = Region::start("a");
     let Region {
         central,
         c,
@@ -109,10 +109,11 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
         relay,
         relay_data,
         image,
-    } = Region::start("a");
+        ..
+    } = &region;
     let mac = "52:54:00:99:05:01";
     // registered through the relay (from the relay's namespace): a host of the site
-    register_via(&site, mac);
+    region.register_via_relay(mac);
     let task = central.json(&["task", "reimage", "--host", mac, "--image", "demo"])["tasks"][0]
         ["id"]
         .as_i64()
@@ -216,95 +217,4 @@ fn reimage_vm(
         context()
     );
     (serial, took, disk)
-}
-
-/// A central server and a site relay in network namespaces: central <- 100 Mbit -> relay
-/// (HTTPS, the central certificate pinned); the relay runs full DHCP, TFTP and HTTP on the
-/// site's VLAN (`br0` with the VM's tap). The demo master is added and pushed to the site
-/// (the relay holds it when this returns), the boot environment copied in.
-struct Region {
-    central: Lab,
-    c: Netns,
-    site: Netns,
-    server: Served,
-    relay: Served,
-    relay_data: std::path::PathBuf,
-    /// The demo master's disk image.
-    image: std::path::PathBuf,
-}
-
-impl Region {
-    fn start(tag: &str) -> Region {
-        let central = Lab::new();
-        let image = demo_image("v1");
-        central.add("demo", &image);
-        copy_bootenv(&central.data());
-        let token = central.json(&["site", "add", "lycee"])["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-
-        // central <- 100 Mbit -> relay; the relay's VLAN is br0 with the VM's tap
-        let c = Netns::new(&format!("{tag}cen"));
-        let mut site = Netns::new(&format!("{tag}site"));
-        c.link(
-            &site,
-            ("s1", "10.99.4.1/30"),
-            ("up0", "10.99.4.2/30"),
-            Some("100mbit"),
-        );
-        site.bridge_with_tap();
-        let ra = site_dhcp(&site, "br0", central.dir.path(), false); // IPv6 RAs only
-        site.spawn(ra);
-        let mut cmd = c.cmd(BIN);
-        cmd.arg("--data")
-            .arg(central.data())
-            .env_remove("BOOTCAST_DATA");
-        let server = Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
-        // the relay reaches central over HTTPS, pinning its self-signed certificate (the banner's)
-        let relay_data = central.path("relay");
-        let relay = start_relay(
-            &site,
-            &relay_data,
-            ("lycee", &token),
-            &server,
-            "10.99.4.1",
-            &[&VLAN_SERVICES[..], &FULL_DHCP[..]].concat(),
-        );
-        push_and_wait(&central);
-        Region {
-            central,
-            c,
-            site,
-            server,
-            relay,
-            relay_data,
-            image,
-        }
-    }
-}
-
-/// Pushes the demo master to the site and waits until the relay holds it.
-fn push_and_wait(central: &Lab) {
-    let p = central.json(&["push", "create", "--image", "demo", "--sites", "lycee"]);
-    let id = p["push"]["id"].as_i64().unwrap().to_string();
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = central.json(&["push", "status", &id]);
-        if st["pushes"][0]["sites"][0]["state"] == "done" {
-            break;
-        }
-        assert!(Instant::now() < end, "the push did not finish: {st}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The host's first network boot and hello, through the relay (from its own namespace).
-fn register_via(site: &Netns, mac: &str) {
-    register_at(site, "http://127.0.0.1:8080", mac);
-}
-
-/// The host's first network boot and hello, sent to the central server in its namespace.
-fn register_in(c: &Netns, mac: &str) {
-    register_at(c, "http://127.0.0.1:8080", mac);
 }

@@ -358,6 +358,7 @@ mod tests {
             capture_max_bytes: crate::config::DEFAULT_CAPTURE_MAX_BYTES,
             connections: Default::default(),
             signer: Some(Arc::new(crate::sign::SigningKey::ephemeral().unwrap())),
+            clock: Arc::new(crate::push::clock::SystemClock),
             orders: Default::default(),
         };
         let app = http::router(state, "token".into());

@@ -51,9 +51,6 @@ pub struct RelayArgs {
     /// A version not complete here yet: wait (clients get 503 until the push brings it) or upstream (pull it through) [default: wait]
     #[arg(long, value_name = "wait|upstream")]
     incomplete: Option<String>,
-    /// Tests: the scheduler's clock from this file (Unix seconds)
-    #[arg(long, value_name = "PATH", hide = true)]
-    clock_file: Option<PathBuf>,
     #[command(flatten)]
     boot: BootArgs,
 }
@@ -80,7 +77,6 @@ pub fn run(args: RelayArgs, data: &Path, out: &Output) -> Result<ExitCode> {
     set(&mut r.url, &args.url);
     set(&mut r.quota, &args.quota);
     set(&mut r.incomplete, &args.incomplete);
-    r.clock_file = args.clock_file.clone();
     let mut config = raw.validate(&lookup)?;
     let relay = match config.relay.take() {
         Some(r) => r,

@@ -26,6 +26,9 @@ pub struct BootArgs {
     /// TOML configuration file (default: DATA/bootcast.toml if it exists); flags win over it
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
+    /// Tests: the schedulers' clock from this file (Unix seconds)
+    #[arg(long, value_name = "PATH", hide = true)]
+    clock_file: Option<PathBuf>,
     /// HTTP listen address [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<String>,
@@ -81,6 +84,9 @@ impl BootArgs {
         set(&mut raw.dhcp.mode, &self.dhcp_mode);
         set(&mut raw.dhcp.range, &self.dhcp_range);
         set(&mut raw.dhcp.uefi_chain, &self.uefi_chain);
+        if self.clock_file.is_some() {
+            raw.clock_file.clone_from(&self.clock_file);
+        }
         if self.tftp_root.is_some() {
             raw.tftp.root.clone_from(&self.tftp_root);
         }

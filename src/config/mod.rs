@@ -139,6 +139,18 @@ pub struct Config {
     pub capture_max_bytes: u64,
     /// `[wake]`: SecureOn password and repeats of the Wake-on-LAN packets this node sends.
     pub wake: crate::wol::send::WakeOptions,
+    /// Tests only (`--clock-file`): the schedulers' clock (task rules, push windows).
+    pub clock_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The schedulers' clock: the system's, or the test's clock file.
+    pub fn clock(&self) -> std::sync::Arc<dyn crate::push::clock::Clock> {
+        match &self.clock_file {
+            Some(p) => std::sync::Arc::new(crate::push::clock::FileClock { path: p.clone() }),
+            None => std::sync::Arc::new(crate::push::clock::SystemClock),
+        }
+    }
 }
 
 /// `[capture] max_bytes` when the file does not say (bytes).

@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub capture: RawCapture,
     #[serde(default)]
     pub wake: RawWake,
+    /// Tests only (`--clock-file`): the schedulers' clock, see [`crate::push::clock::FileClock`].
+    #[serde(skip)]
+    pub clock_file: Option<PathBuf>,
 }
 
 /// `[wake]`: how this node sends Wake-on-LAN packets.
@@ -176,9 +179,6 @@ pub struct RawRelay {
     /// The central server's signing key(s), `ed25519:HEX` as `bootcast key show` prints
     /// (several: separated by commas, during a rotation).
     pub upstream_key: Option<String>,
-    /// Tests only (`--clock-file`): the scheduler's clock, see [`crate::push::clock::FileClock`].
-    #[serde(skip)]
-    pub clock_file: Option<PathBuf>,
 }
 
 impl RawRelay {
@@ -193,7 +193,6 @@ impl RawRelay {
             && self.upstream_fingerprint.is_none()
             && self.upstream_ca.is_none()
             && self.upstream_key.is_none()
-            && self.clock_file.is_none()
     }
 }
 

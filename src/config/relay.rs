@@ -1,7 +1,5 @@
 //! `[relay]`: a site relay's validated settings and their checks.
 
-use std::path::PathBuf;
-
 use super::validate::parse_size;
 use super::*;
 
@@ -24,7 +22,6 @@ pub struct RelayConfig {
     /// The central server's signing keys (`--upstream-key`); `None`: the relay pins the first
     /// key it hears ([`crate::sign::pinned`]).
     pub upstream_key: Option<crate::sign::Keys>,
-    pub clock_file: Option<PathBuf>,
 }
 
 /// What a relay answers for a version it does not hold completely yet.
@@ -216,7 +213,6 @@ impl RawConfig {
                 None => None,
             },
             incomplete,
-            clock_file: r.clock_file.clone(),
         })
     }
 }

@@ -162,6 +162,7 @@ impl RawConfig {
                 boot,
                 capture_max_bytes,
                 wake,
+                clock_file: self.clock_file.clone(),
             })
         } else {
             Err(ConfigError { problems })

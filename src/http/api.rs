@@ -743,7 +743,7 @@ pub async fn create_task_rule(
     State(st): State<AppState>,
     Json(req): Json<crate::calendar::RuleRequest>,
 ) -> ApiResult {
-    let now = crate::time::now_unix();
+    let now = st.clock.now();
     let rule = st
         .db
         .call(move |c| Ok(crate::calendar::add(c, &req, now)))

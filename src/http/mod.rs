@@ -77,6 +77,8 @@ pub struct AppState {
     pub signer: Option<Arc<crate::sign::SigningKey>>,
     /// Bumped when push orders change: relays waiting on `GET /api/v1/relay/wait` heartbeat.
     pub orders: relay::OrdersWatch,
+    /// The schedulers' clock (task rules): the system's, or a test's.
+    pub clock: Arc<dyn crate::push::clock::Clock>,
 }
 
 impl AppState {

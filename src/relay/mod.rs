@@ -52,7 +52,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::config::RelayConfig;
 use crate::metrics::{Counter, Gauge};
 use crate::proto::relay::{HeartbeatReply, PushOrder, PushProgress, PushState, VersionRef};
-use crate::push::clock::{Clock, FileClock, SystemClock};
+use crate::push::clock::Clock;
 use crate::push::window::Windows;
 use crate::store::{Store, StoreError};
 use crate::time::Zone;
@@ -197,7 +197,12 @@ pub struct Relay {
 impl Relay {
     /// Opens (or creates) the relay's store and takes its data directory. Blocking: call it
     /// outside async tasks (it makes the blocking HTTP client).
-    pub fn open(config: RelayConfig, data: &Path, url: String) -> Result<Relay, RelayError> {
+    pub fn open(
+        config: RelayConfig,
+        data: &Path,
+        url: String,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Relay, RelayError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |cause| RelayError::Io { what, path, cause }
@@ -241,10 +246,6 @@ impl Relay {
         let held: u64 = chunks.iter().map(|(_, n)| n).sum();
         link.cache_bytes.set(held);
         let pull = Arc::new(pull::Puller::new(store.clone(), link.clone()));
-        let clock: Arc<dyn Clock> = match &config.clock_file {
-            Some(p) => Arc::new(FileClock { path: p.clone() }),
-            None => Arc::new(SystemClock),
-        };
         Ok(Relay {
             files: proxy::FileCache::new(data.join("relay/files")),
             url,

@@ -571,6 +571,7 @@ pub fn fake_bootenv(lab: &Lab) {
 pub mod dhcp;
 pub mod disks;
 pub mod netlab;
+pub mod region;
 
 /// An export that met a corrupt chunk: it failed, its error names the chunk, and none of the
 /// chunk's range of the target was written (still zero).

@@ -71,6 +71,13 @@ impl Netns {
         );
     }
 
+    /// Adds a tap `name` on `br0`, for one more VM ([`Vm::tap`]).
+    pub fn add_tap(&self, name: &str) {
+        self.sh(&format!(
+            "ip tuntap add {name} mode tap && ip link set {name} master br0 && ip link set {name} up"
+        ));
+    }
+
     /// Plugs a new namespace into this one's `br0` through a veth, with `addr` (CIDR) and
     /// `addr6` on its end (`eth0`).
     pub fn attach(&self, tag: &str, addr: &str, addr6: &str) -> Netns {
@@ -167,11 +174,13 @@ pub enum Nic {
     Virtio,
 }
 
-/// A QEMU (TCG) VM that network-boots from `tap0` of a namespace.
+/// A QEMU (TCG) VM that network-boots from a tap (`tap0`) of a namespace.
 pub struct Vm {
     pub firmware: Firmware,
     pub nic: Nic,
     pub mac: String,
+    /// The namespace's tap its NIC is plugged into.
+    pub tap: String,
     pub dir: PathBuf,
     /// Seconds before QEMU is killed.
     pub timeout: u32,
@@ -193,6 +202,7 @@ impl Vm {
             firmware,
             nic,
             mac: mac.into(),
+            tap: "tap0".into(),
             dir: dir.into(),
             timeout: 300,
             extra: Vec::new(),
@@ -224,7 +234,10 @@ impl Vm {
         }
         c.arg("-serial")
             .arg(format!("file:{}", self.serial_log().display()));
-        c.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+        c.arg("-netdev").arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            self.tap
+        ));
         let nic = match (self.firmware, self.nic) {
             // the iPXE virtio ROM only matches the modern device id
             (Firmware::Bios, Nic::Virtio) => {
