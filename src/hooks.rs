@@ -52,10 +52,17 @@ pub enum EventKind {
     PushDone,
     /// Wake-on-LAN packets were sent for a host (by the server, or a site's relay).
     Wake,
+    /// A registration rule gave a new machine its room, name or image (or asks approval).
+    Registered,
+    /// A host took another's place (`host replace`, a broken host's room, or the same
+    /// machine with another NIC).
+    HostReplaced,
+    /// Two active hosts report the same SMBIOS UUID: nothing was merged.
+    IdentityConflict,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Boot,
         EventKind::Inventory,
         EventKind::InventoryChanged,
@@ -63,6 +70,9 @@ impl EventKind {
         EventKind::ReimageFailed,
         EventKind::PushDone,
         EventKind::Wake,
+        EventKind::Registered,
+        EventKind::HostReplaced,
+        EventKind::IdentityConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +84,9 @@ impl EventKind {
             EventKind::ReimageFailed => "reimage_failed",
             EventKind::PushDone => "push_done",
             EventKind::Wake => "wake",
+            EventKind::Registered => "registered",
+            EventKind::HostReplaced => "host_replaced",
+            EventKind::IdentityConflict => "identity_conflict",
         }
     }
 

@@ -44,6 +44,7 @@ pub mod netif;
 pub mod proto;
 pub mod push;
 pub mod rate;
+pub mod registration;
 pub mod relay;
 pub mod retry;
 pub mod schedule;

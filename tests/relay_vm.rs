@@ -53,23 +53,23 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
     central.json(&["task", "reimage", "--host", mac, "--image", "demo"]);
 
     let before = metric_in(
-        &c,
+        c,
         "http://127.0.0.1:8080",
         "bootcast_chunk_bytes_served_total",
     );
     let relay_served_before = metric_in(
-        &site,
+        site,
         "http://127.0.0.1:8080",
         "bootcast_chunk_bytes_served_total",
     );
-    let (serial, took, disk) = reimage_vm(&central, &site, mac, &[&relay, &server]);
+    let (serial, took, disk) = reimage_vm(central, site, mac, &[relay, server]);
     let central_chunks = metric_in(
-        &c,
+        c,
         "http://127.0.0.1:8080",
         "bootcast_chunk_bytes_served_total",
     ) - before;
     let relay_chunks = metric_in(
-        &site,
+        site,
         "http://127.0.0.1:8080",
         "bootcast_chunk_bytes_served_total",
     ) - relay_served_before;
@@ -82,7 +82,7 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
     );
     assert!(relay_chunks > 0);
     // the host has no name: nothing changes inside the ext4 partition either
-    common::assert_restored(&image, &disk);
+    common::assert_restored(image, &disk);
     let t = central.json(&["task", "list", "--all", "--host", mac]);
     assert_eq!(t["tasks"][0]["state"], "done", "{t}");
     let h = central.json(&["host", "show", mac]);
@@ -120,7 +120,7 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
         .unwrap();
     let relay_url = "http://127.0.0.1:8080";
     let end = Instant::now() + Duration::from_secs(60);
-    while metric_in(&site, relay_url, "bootcast_relay_book_tasks") != 1
+    while metric_in(site, relay_url, "bootcast_relay_book_tasks") != 1
         || !relay_data.join("relay/files/bootenv/initrd.img").is_file()
     {
         assert!(
@@ -133,16 +133,16 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
 
     // the WAN link goes down
     c.sh("ip link set s1 down");
-    let (serial, took, disk) = reimage_vm(&central, &site, mac, &[&relay, &server]);
-    let offline = metric_in(&site, relay_url, "bootcast_relay_offline_scripts_total");
-    let queued = metric_in(&site, relay_url, "bootcast_relay_reports_queued");
+    let (serial, took, disk) = reimage_vm(central, site, mac, &[relay, server]);
+    let offline = metric_in(site, relay_url, "bootcast_relay_offline_scripts_total");
+    let queued = metric_in(site, relay_url, "bootcast_relay_reports_queued");
     common::say(&format!(
         "VM reimaged and booted through its relay with the WAN link down: {took:.1} s; {offline} boot scripts answered alone, {queued} reports kept"
     ));
     // the task's script and the local disk's after it, both by the relay alone
     assert!(offline >= 2, "{offline}\n{serial}");
     assert!(queued >= 2, "the hello and done at least: {queued}");
-    common::assert_restored(&image, &disk);
+    common::assert_restored(image, &disk);
     let t = central.json(&["task", "list", "--all", "--host", mac]);
     assert_ne!(
         t["tasks"][0]["state"], "done",
@@ -152,7 +152,7 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
     // the link is back: everything reaches central, once
     c.sh("ip link set s1 up");
     let end = Instant::now() + Duration::from_secs(120);
-    while metric_in(&site, relay_url, "bootcast_relay_reports_queued") != 0 {
+    while metric_in(site, relay_url, "bootcast_relay_reports_queued") != 0 {
         assert!(
             Instant::now() < end,
             "the relay did not pass its queue on: {}",
@@ -161,7 +161,7 @@ fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        metric_in(&site, relay_url, "bootcast_relay_reports_forwarded_total"),
+        metric_in(site, relay_url, "bootcast_relay_reports_forwarded_total"),
         queued
     );
     let t = central.json(&["task", "list", "--all", "--host", mac]);

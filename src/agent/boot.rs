@@ -191,9 +191,22 @@ pub fn describe(cfg: &BootConfig) -> Result<(String, Hello, KernelArgs)> {
             boot_time,
             task: args.task,
             credential: args.credential.clone(),
+            smbios: smbios_identity(cfg),
         },
         args,
     ))
+}
+
+/// The machine's SMBIOS identity for the hello (`None`: no table, or nothing in it).
+fn smbios_identity(cfg: &BootConfig) -> Option<crate::proto::agent::Smbios> {
+    let s = crate::inventory::collect::system(cfg.sys.parent().unwrap_or(&cfg.sys))?;
+    let id = crate::proto::agent::Smbios {
+        uuid: s.uuid,
+        vendor: s.vendor,
+        model: s.model,
+        serial: s.serial,
+    };
+    (id != Default::default()).then_some(id)
 }
 
 /// MAC of `--interface`, else of the interface holding the default route.

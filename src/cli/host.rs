@@ -15,8 +15,12 @@ use super::output::{utc, Output};
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
-    /// Every host that network-booted through bootcast
-    List,
+    /// Every host that network-booted through bootcast (not those replaced, unless --all)
+    List {
+        /// Also the retired hosts (replaced by another machine or NIC)
+        #[arg(long)]
+        all: bool,
+    },
     /// One host: its groups, last boots and tasks
     Show { mac: String },
     /// Give a host a name (one DNS label, unique); written into the restored system after a
@@ -47,6 +51,20 @@ pub enum HostCmd {
         #[arg(long, default_value_t = bootcast::schedule::WAKE_SPACING)]
         spacing: u32,
     },
+    /// NEW takes OLD's place: name, groups, site and open tasks move to NEW; OLD is retired
+    Replace { old: String, new: String },
+    /// Mark a host broken (or not, --clear): a new machine of its room takes its place when a
+    /// registration rule says --replace-broken
+    Broken {
+        mac: String,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Approve a new machine's registration rule: its reimage task is made
+    Approve { mac: String },
+    /// Registration rules: what a new machine gets at its first boot (zero-touch)
+    #[command(subcommand)]
+    Rule(RegRuleCmd),
     /// Change a host's settings
     Set {
         mac: String,
@@ -56,6 +74,153 @@ pub enum HostCmd {
         #[arg(long, value_parser = UEFI_LOCAL)]
         uefi_local: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegRuleCmd {
+    /// A rule: a new machine matching every condition given (none: every new machine) gets
+    /// the group, name and image given; rules are tried in order, the first match applies
+    Add {
+        /// Condition: it booted through this site's relay
+        #[arg(long)]
+        site: Option<String>,
+        /// Condition: its address is in this subnet (10.20.3.0/24)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Condition: its SMBIOS model matches this pattern (* and ?, any case), e.g. 'NUC11*'
+        #[arg(long)]
+        model: Option<String>,
+        /// Condition: its SMBIOS serial matches this pattern
+        #[arg(long)]
+        serial: Option<String>,
+        /// It joins this group (its room)
+        #[arg(long)]
+        group: Option<String>,
+        /// Its name: {n} is the first free number (two digits), {serial} and {mac} its own,
+        /// e.g. r101-pc{n}
+        #[arg(long)]
+        name: Option<String>,
+        /// It is reimaged with this image (its newest approved version) at once
+        #[arg(long)]
+        image: Option<String>,
+        /// ...only after one staff approval (`bootcast host approve MAC`): SMBIOS values can be
+        /// forged, so ask it for a confidential image
+        #[arg(long, requires = "image")]
+        approval: bool,
+        /// It takes the place of the group's host marked broken (`bootcast host broken`), name
+        /// and all
+        #[arg(long, requires = "group")]
+        replace_broken: bool,
+        /// What it does after the reimage: reboot, poweroff, stay
+        #[arg(long, value_parser = ["reboot", "poweroff", "stay"])]
+        then: Option<String>,
+    },
+    /// Every registration rule, in the order they are tried
+    List,
+    /// Remove rule ID
+    Rm { id: i64 },
+}
+
+fn run_rule(c: &rusqlite::Connection, cmd: RegRuleCmd, out: &Output) -> Result<()> {
+    use bootcast::db::registration_rules::RegistrationRule;
+    use bootcast::registration;
+    match cmd {
+        RegRuleCmd::Add {
+            site,
+            subnet,
+            model,
+            serial,
+            group,
+            name,
+            image,
+            approval,
+            replace_broken,
+            then,
+        } => {
+            let r = RegistrationRule {
+                id: 0,
+                site,
+                subnet,
+                model,
+                serial,
+                group,
+                name,
+                image,
+                approval,
+                replace_broken,
+                then: then
+                    .as_deref()
+                    .and_then(bootcast::proto::agent::After::parse),
+            };
+            let r = registration::add(c, &r, bootcast::time::now_unix())?;
+            out.emit(&serde_json::json!({ "rule": r }), || {
+                format!("registration rule {}: {}", r.id, describe(&r))
+            });
+        }
+        RegRuleCmd::List => {
+            let rules = bootcast::db::registration_rules::list(c)?;
+            out.emit(&serde_json::json!({ "rules": rules }), || {
+                if rules.is_empty() {
+                    return "no registration rules (`bootcast host rule add`): new machines only register".into();
+                }
+                rules
+                    .iter()
+                    .map(|r| format!("{:>4}  {}\n", r.id, describe(r)))
+                    .collect()
+            });
+        }
+        RegRuleCmd::Rm { id } => {
+            registration::remove(c, id)?;
+            out.emit(&serde_json::json!({ "removed": id }), || {
+                format!("registration rule {id} removed")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One line for a registration rule: its conditions, then what it gives.
+fn describe(r: &bootcast::db::registration_rules::RegistrationRule) -> String {
+    let mut when = Vec::new();
+    for (k, v) in [
+        ("site", &r.site),
+        ("subnet", &r.subnet),
+        ("model", &r.model),
+        ("serial", &r.serial),
+    ] {
+        if let Some(v) = v {
+            when.push(format!("{k} {v}"));
+        }
+    }
+    let mut gives = Vec::new();
+    if r.replace_broken {
+        gives.push("the place of its group's broken host".to_string());
+    }
+    if let Some(g) = &r.group {
+        gives.push(format!("group {g}"));
+    }
+    if let Some(n) = &r.name {
+        gives.push(format!("name {n}"));
+    }
+    if let Some(i) = &r.image {
+        gives.push(format!(
+            "image {i}{}",
+            if r.approval { " once approved" } else { "" }
+        ));
+    }
+    format!(
+        "a new machine{} gets {}",
+        if when.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", when.join(", "))
+        },
+        if gives.is_empty() {
+            "nothing more".to_string()
+        } else {
+            gives.join(", ")
+        }
+    )
 }
 
 /// The values of `--uefi-local`.
@@ -173,8 +338,49 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
                 None => format!("host {mac} has no name now"),
             });
         }
-        HostCmd::List => {
-            let list = hosts::list(&c)?;
+        HostCmd::Replace { old, new } => {
+            let (old, new): (Mac, Mac) = (old.parse()?, new.parse()?);
+            let moved = hosts::replace(&mut c, old, new, bootcast::time::now_unix())?;
+            out.emit(
+                &serde_json::json!({ "old": old.to_string(), "new": new.to_string(), "moved": moved }),
+                || {
+                    format!(
+                        "{new} took the place of {old} (retired): name {}, groups {}, {} open task(s)",
+                        moved.name.as_deref().unwrap_or("-"),
+                        if moved.groups.is_empty() { "-".to_string() } else { moved.groups.join(",") },
+                        moved.tasks.len()
+                    )
+                },
+            );
+        }
+        HostCmd::Broken { mac, clear } => {
+            let mac: Mac = mac.parse()?;
+            if !hosts::set_broken(&c, mac, !clear, bootcast::time::now_unix())? {
+                bail!("no host {mac} is known: `bootcast host list` shows the known hosts");
+            }
+            out.emit(&serde_json::json!({ "mac": mac.to_string(), "broken": !clear }), || {
+                if clear {
+                    format!("{mac} is no longer marked broken")
+                } else {
+                    format!("{mac} is marked broken: a new machine of its room takes its place under a registration rule with --replace-broken (or `bootcast host replace {mac} NEW`)")
+                }
+            });
+        }
+        HostCmd::Approve { mac } => {
+            let mac: Mac = mac.parse()?;
+            let task =
+                bootcast::registration::approve(&mut c, data, mac, bootcast::time::now_unix())?;
+            out.emit(
+                &serde_json::json!({ "mac": mac.to_string(), "task": task }),
+                || format!("{mac}: registration approved; reimage task {task} made"),
+            );
+        }
+        HostCmd::Rule(cmd) => run_rule(&c, cmd, out)?,
+        HostCmd::List { all } => {
+            let list: Vec<_> = hosts::list(&c)?
+                .into_iter()
+                .filter(|h| all || h.retired_at.is_none())
+                .collect();
             let mut rows = Vec::new();
             for h in &list {
                 rows.push((h.clone(), groups::of_host(&c, h.mac)?));

@@ -30,6 +30,21 @@ pub struct Host {
     /// When the agent first said hello: the host is registered from then on.
     #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
     pub registered_at: Option<i64>,
+    /// SMBIOS system UUID, vendor, model and serial, as the agent last reported them.
+    pub smbios_uuid: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    /// Another machine (or the same one with another NIC) took its place: `replaced_by`.
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub retired_at: Option<i64>,
+    pub replaced_by: Option<String>,
+    /// Marked broken by staff (`bootcast host broken`): a new machine of its room may take its
+    /// place (a registration rule with `--replace-broken`).
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub broken_at: Option<i64>,
+    /// The registration rule that waits for a staff approval (`bootcast host approve`).
+    pub pending_rule: Option<i64>,
 }
 
 impl Host {
@@ -54,7 +69,8 @@ fn firmware_from(s: Option<String>) -> Option<Firmware> {
 }
 
 const HOST_COLUMNS: &str =
-    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name, site";
+    "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name, site, \
+     smbios_uuid, vendor, model, serial, retired_at, replaced_by, broken_at, pending_rule";
 
 fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
     let mac: String = r.get(0)?;
@@ -71,6 +87,14 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
         registered_at: r.get(7)?,
         name: r.get(8)?,
         site: r.get(9)?,
+        smbios_uuid: r.get(10)?,
+        vendor: r.get(11)?,
+        model: r.get(12)?,
+        serial: r.get(13)?,
+        retired_at: r.get(14)?,
+        replaced_by: r.get(15)?,
+        broken_at: r.get(16)?,
+        pending_rule: r.get(17)?,
     })
 }
 
@@ -228,6 +252,163 @@ pub fn list(conn: &Connection) -> Result<Vec<Host>, DbError> {
         .what("list hosts")?;
     let rows = st.query_map([], host_from_row).what("list hosts")?;
     rows.collect::<Result<_, _>>().what("list hosts")
+}
+
+/// Records the SMBIOS identity `mac`'s agent reported.
+pub fn set_smbios(
+    conn: &Connection,
+    mac: Mac,
+    s: &crate::proto::agent::Smbios,
+) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE hosts SET smbios_uuid = ?2, vendor = ?3, model = ?4, serial = ?5 WHERE mac = ?1",
+        params![mac.to_string(), s.uuid, s.vendor, s.model, s.serial],
+    )
+    .what("set smbios")?;
+    Ok(())
+}
+
+/// The hosts (retired ones too) whose agent reported SMBIOS UUID `uuid`, oldest first.
+pub fn with_uuid(conn: &Connection, uuid: &str) -> Result<Vec<Host>, DbError> {
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE smbios_uuid = ?1 ORDER BY first_boot, mac"
+        ))
+        .what("hosts by uuid")?;
+    let rows = st.query_map([uuid], host_from_row).what("hosts by uuid")?;
+    rows.collect::<Result<_, _>>().what("hosts by uuid")
+}
+
+/// Marks `mac` broken (or not): a new machine of one of its groups may take its place.
+pub fn set_broken(conn: &Connection, mac: Mac, broken: bool, now: i64) -> Result<bool, DbError> {
+    let n = conn
+        .execute(
+            "UPDATE hosts SET broken_at = CASE WHEN ?2 THEN coalesce(broken_at, ?3) END WHERE mac = ?1",
+            params![mac.to_string(), broken, now],
+        )
+        .what("mark broken")?;
+    Ok(n > 0)
+}
+
+/// Sets (or clears) the registration rule waiting for a staff approval for `mac`.
+pub fn set_pending_rule(conn: &Connection, mac: Mac, rule: Option<i64>) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE hosts SET pending_rule = ?2 WHERE mac = ?1",
+        params![mac.to_string(), rule],
+    )
+    .what("set pending rule")?;
+    Ok(())
+}
+
+/// Why `host replace` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error("no host {0} is known: `bootcast host list` shows the known hosts")]
+    NoHost(Mac),
+    #[error("{0} and {1} are the same host")]
+    Same(Mac, Mac),
+    #[error("{0} is retired (replaced by {1}): replace {1} instead")]
+    Retired(Mac, String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What [`replace`] moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Replaced {
+    pub name: Option<String>,
+    pub site: Option<String>,
+    pub groups: Vec<String>,
+    pub tasks: Vec<i64>,
+}
+
+/// `new` takes `old`'s place: its name, groups, site, UEFI hand-off setting and open tasks
+/// (with their wake orders) move to `new`; `old` is retired (`replaced_by` = `new`) and no
+/// longer broken. Its history (boots, events, inventories) stays under its own MAC.
+pub fn replace(
+    conn: &mut Connection,
+    old: Mac,
+    new: Mac,
+    now: i64,
+) -> Result<Replaced, ReplaceError> {
+    if old == new {
+        return Err(ReplaceError::Same(old, new));
+    }
+    let tx = conn.savepoint().what("begin")?;
+    let o = get(&tx, old)?.ok_or(ReplaceError::NoHost(old))?;
+    let n = get(&tx, new)?.ok_or(ReplaceError::NoHost(new))?;
+    for h in [&o, &n] {
+        if let (Some(_), Some(by)) = (h.retired_at, &h.replaced_by) {
+            return Err(ReplaceError::Retired(h.mac, by.clone()));
+        }
+    }
+    let (om, nm) = (old.to_string(), new.to_string());
+    let groups: Vec<String> = {
+        let mut st = tx
+            .prepare("SELECT grp FROM group_members WHERE mac = ?1 ORDER BY grp")
+            .what("groups of host")?;
+        let rows = st.query_map([&om], |r| r.get(0)).what("groups of host")?;
+        rows.collect::<Result<_, _>>().what("groups of host")?
+    };
+    tx.execute(
+        "INSERT OR IGNORE INTO group_members (grp, mac) SELECT grp, ?2 FROM group_members WHERE mac = ?1",
+        params![om, nm],
+    )
+    .what("move groups")?;
+    tx.execute("DELETE FROM group_members WHERE mac = ?1", [&om])
+        .what("move groups")?;
+    let tasks: Vec<i64> = {
+        let mut st = tx
+            .prepare(
+                "SELECT id FROM tasks WHERE mac = ?1 AND state IN ('pending','booting','running') ORDER BY id",
+            )
+            .what("open tasks")?;
+        let rows = st.query_map([&om], |r| r.get(0)).what("open tasks")?;
+        rows.collect::<Result<_, _>>().what("open tasks")?
+    };
+    tx.execute(
+        "UPDATE tasks SET mac = ?2 WHERE mac = ?1 AND state IN ('pending','booting','running')",
+        params![om, nm],
+    )
+    .what("move tasks")?;
+    tx.execute(
+        "UPDATE wakes SET mac = ?2 WHERE mac = ?1 AND sent_at IS NULL",
+        params![om, nm],
+    )
+    .what("move wake orders")?;
+    // the name is unique: off the old host first
+    tx.execute(
+        "UPDATE hosts SET name = NULL, retired_at = ?2, replaced_by = ?3, broken_at = NULL,
+             pending_rule = NULL
+         WHERE mac = ?1",
+        params![om, now, nm],
+    )
+    .what("retire host")?;
+    tx.execute(
+        "UPDATE hosts SET name = ?2, site = coalesce(?3, site),
+             uefi_local = coalesce(?4, uefi_local)
+         WHERE mac = ?1",
+        params![nm, o.name, o.site, uefi_local_raw(&tx, old)?],
+    )
+    .what("take the place")?;
+    tx.commit().what("commit")?;
+    Ok(Replaced {
+        name: o.name,
+        site: o.site,
+        groups,
+        tasks,
+    })
+}
+
+fn uefi_local_raw(conn: &Connection, mac: Mac) -> Result<Option<String>, DbError> {
+    conn.query_row(
+        "SELECT uefi_local FROM hosts WHERE mac = ?1",
+        [mac.to_string()],
+        |r| r.get(0),
+    )
+    .optional()
+    .what("uefi_local")
+    .map(Option::flatten)
 }
 
 /// Why a host name was refused.

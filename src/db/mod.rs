@@ -18,6 +18,7 @@ pub mod images;
 pub mod inventories;
 pub mod leases;
 pub mod pushes;
+pub mod registration_rules;
 pub mod reports;
 pub mod retention;
 pub mod sessions;
@@ -373,6 +374,44 @@ pub const MIGRATIONS: &[&str] = &[
     // on a task, or on a group for the tasks made for it (NULL: the group's, else reboot)
     "ALTER TABLE tasks ADD COLUMN after_task TEXT;
     ALTER TABLE groups ADD COLUMN after_task TEXT;",
+    // 19: a machine's identity beyond its MAC (SMBIOS system UUID, vendor, model, serial, as
+    // its agent reports them); hosts retired by `host replace` (or by the same machine coming
+    // back with another NIC), marked broken, or waiting for a staff approval of their
+    // registration rule; the registration rules (zero-touch: what a new machine gets)
+    "ALTER TABLE hosts ADD COLUMN smbios_uuid TEXT;
+    ALTER TABLE hosts ADD COLUMN vendor TEXT;
+    ALTER TABLE hosts ADD COLUMN model TEXT;
+    ALTER TABLE hosts ADD COLUMN serial TEXT;
+    ALTER TABLE hosts ADD COLUMN retired_at INTEGER;
+    ALTER TABLE hosts ADD COLUMN replaced_by TEXT;
+    ALTER TABLE hosts ADD COLUMN broken_at INTEGER;
+    ALTER TABLE hosts ADD COLUMN pending_rule INTEGER;
+    CREATE INDEX hosts_by_uuid ON hosts(smbios_uuid) WHERE smbios_uuid IS NOT NULL;
+    CREATE TABLE registration_rules (
+        id INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        site TEXT,
+        subnet TEXT,
+        model TEXT,
+        serial TEXT,
+        grp TEXT,
+        name_pattern TEXT,
+        image TEXT,
+        approval INTEGER NOT NULL DEFAULT 0,
+        replace_broken INTEGER NOT NULL DEFAULT 0,
+        after_task TEXT
+    );
+    CREATE TRIGGER book_task_moved AFTER UPDATE OF mac ON tasks
+    WHEN old.mac IS NOT new.mac
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1
+            WHERE name IN (SELECT site FROM hosts WHERE mac IN (old.mac, new.mac));
+    END;
+    CREATE TRIGGER book_host_retired AFTER UPDATE OF retired_at ON hosts
+    WHEN old.retired_at IS NOT new.retired_at
+    BEGIN
+        UPDATE sites SET book_rev = book_rev + 1 WHERE name = new.site;
+    END;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

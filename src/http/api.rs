@@ -95,6 +95,7 @@ pub async fn agent_hello(
     let now = crate::time::now_unix();
     st.chunks.captures.sweep();
     let h = hello.clone();
+    let data = st.data.clone();
     let res = st
         .db
         .call(move |c| {
@@ -107,6 +108,7 @@ pub async fn agent_hello(
                 Err(r) => return Ok(Err((r, agent_ip))),
             };
             let ip = agent_ip.to_string();
+            let registered_before = hosts::get(c, mac)?.is_some_and(|h| h.registered());
             let host = hosts::record_hello(
                 c,
                 mac,
@@ -118,6 +120,24 @@ pub async fn agent_hello(
                 },
                 now,
             )?;
+            // identity (SMBIOS UUID) and registration rules; a failure there is logged, and
+            // the hello goes on as a plain registration
+            let joined = match crate::registration::on_hello(
+                c,
+                &data,
+                &host,
+                registered_before,
+                h.smbios.as_ref(),
+                agent_ip,
+                now,
+            ) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(%mac, "registration rules: {e}");
+                    Default::default()
+                }
+            };
+            let host = hosts::get(c, mac)?.unwrap_or(host);
             // The task named on the kernel command line, only if it is this host's and open.
             let task = match h.task {
                 Some(id) => tasks::get(c, id)?.filter(|t| t.mac == mac && t.state.is_open()),
@@ -161,16 +181,19 @@ pub async fn agent_hello(
                 None => None,
             };
             Ok(Ok((
-                host, task, hostname, grow, then, multicast, session, agent_ip, relayed,
+                host, task, hostname, grow, then, multicast, session, agent_ip, relayed, joined,
             )))
         })
         .await?;
-    let (host, task, hostname, grow, then, multicast, session, agent_ip, relayed) =
+    let (host, task, hostname, grow, then, multicast, session, agent_ip, relayed, joined) =
         res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
+    emit_registration(&st.hooks, mac, &joined);
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
     }
     let idle = match st.after_register {
+        // a task was just made for it (a registration rule, its other NIC's): boot it now
+        _ if joined.task_waits() => HelloReply::Reboot,
         AfterRegister::Reboot => HelloReply::Reboot,
         AfterRegister::Poweroff => HelloReply::Poweroff,
     };
@@ -269,6 +292,43 @@ pub async fn agent_hello(
         reply,
     })
     .into_response())
+}
+
+/// The events of what identity and registration rules did at a hello.
+fn emit_registration(hooks: &crate::hooks::Hooks, mac: Mac, o: &crate::registration::Outcome) {
+    use crate::hooks::EventKind;
+    if let Some((old, moved)) = &o.same_machine {
+        tracing::info!(%mac, %old, "same machine (SMBIOS UUID), another NIC: it takes its host's place");
+        hooks.emit(
+            EventKind::HostReplaced,
+            Some(mac.to_string()),
+            serde_json::json!({ "old": old.to_string(), "why": "same SMBIOS UUID", "moved": moved }),
+        );
+    }
+    if !o.conflict.is_empty() {
+        let others: Vec<String> = o.conflict.iter().map(|m| m.to_string()).collect();
+        tracing::warn!(%mac, ?others, "identity conflict: the same SMBIOS UUID on active hosts; nothing merged (`bootcast host replace` if it is one machine)");
+        hooks.emit(
+            EventKind::IdentityConflict,
+            Some(mac.to_string()),
+            serde_json::json!({ "others": others }),
+        );
+    }
+    if let Some(a) = &o.rule {
+        tracing::info!(%mac, rule = a.rule, "registration rule applied: {a:?}");
+        if let Some(old) = a.replaced {
+            hooks.emit(
+                EventKind::HostReplaced,
+                Some(mac.to_string()),
+                serde_json::json!({ "old": old.to_string(), "why": "broken host of the room", "rule": a.rule }),
+            );
+        }
+        hooks.emit(
+            EventKind::Registered,
+            Some(mac.to_string()),
+            serde_json::to_value(a).unwrap_or_default(),
+        );
+    }
 }
 
 /// The multicast session to join for a reimage task of session `sess`. Through a site relay
@@ -730,6 +790,101 @@ impl From<crate::calendar::CalendarError> for ApiError {
             e => ApiError::bad_request(e.to_string()),
         }
     }
+}
+
+impl From<crate::registration::RegistrationError> for ApiError {
+    fn from(e: crate::registration::RegistrationError) -> ApiError {
+        use crate::db::hosts::ReplaceError;
+        use crate::registration::RegistrationError as E;
+        match e {
+            E::Schedule(e) => e.into(),
+            E::Db(e) => e.into(),
+            E::Replace(ReplaceError::Db(e)) => e.into(),
+            E::NoRule(_) | E::NoHost(_) | E::Replace(ReplaceError::NoHost(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            e => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+/// `GET /api/v1/registration-rules`: the rules, in the order they are tried.
+pub async fn list_registration_rules(State(st): State<AppState>) -> ApiResult {
+    let r = st.db.read(crate::db::registration_rules::list).await?;
+    Ok(Json(serde_json::json!({ "rules": r })).into_response())
+}
+
+/// `POST /api/v1/registration-rules` with a [`crate::db::registration_rules::RegistrationRule`]
+/// → 201 `{"rule": ...}`.
+pub async fn create_registration_rule(
+    State(st): State<AppState>,
+    Json(req): Json<crate::db::registration_rules::RegistrationRule>,
+) -> ApiResult {
+    let now = crate::time::now_unix();
+    let rule = st
+        .db
+        .call(move |c| Ok(crate::registration::add(c, &req, now)))
+        .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "rule": rule })),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/v1/registration-rules/{id}`.
+pub async fn remove_registration_rule(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    st.db
+        .call(move |c| Ok(crate::registration::remove(c, id)))
+        .await??;
+    Ok(Json(serde_json::json!({ "removed": id })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceBody {
+    /// The machine that takes the place.
+    pub new: String,
+}
+
+/// `POST /api/v1/hosts/{mac}/replace` `{"new": MAC}`: the new machine takes this host's place.
+pub async fn replace_host(
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+    Json(body): Json<ReplaceBody>,
+) -> ApiResult {
+    let (old, new) = (parse_mac(&mac)?, parse_mac(&body.new)?);
+    let now = crate::time::now_unix();
+    let moved = st
+        .db
+        .call(move |c| {
+            Ok(crate::db::hosts::replace(c, old, new, now)
+                .map_err(crate::registration::RegistrationError::from))
+        })
+        .await??;
+    st.hooks.emit(
+        crate::hooks::EventKind::HostReplaced,
+        Some(new.to_string()),
+        serde_json::json!({ "old": old.to_string(), "why": "staff", "moved": moved }),
+    );
+    Ok(
+        Json(serde_json::json!({ "old": old.to_string(), "new": new.to_string(), "moved": moved }))
+            .into_response(),
+    )
+}
+
+/// `POST /api/v1/hosts/{mac}/approve`: the host's registration rule's reimage task is made.
+pub async fn approve_host(State(st): State<AppState>, Path(mac): Path<String>) -> ApiResult {
+    let mac = parse_mac(&mac)?;
+    let (data, now) = (st.data.clone(), crate::time::now_unix());
+    let task = st
+        .db
+        .call(move |c| Ok(crate::registration::approve(c, &data, mac, now)))
+        .await??;
+    Ok(Json(serde_json::json!({ "mac": mac.to_string(), "task": task })).into_response())
 }
 
 /// `GET /api/v1/task-rules`: every recurring task rule with its next run.

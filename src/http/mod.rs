@@ -22,6 +22,7 @@
 //! | `GET /api/v1/sites`, `GET /api/v1/pushes` | staff: sites, pushes with per-site status | token |
 //! | `GET /api/v1/tasks`, `POST /api/v1/tasks`, `DELETE /api/v1/tasks/{id}`, `GET /api/v1/groups` | staff | token |
 //! | `POST /api/v1/hosts/wake`, `GET`/`POST /api/v1/task-rules`, `DELETE /api/v1/task-rules/{id}`, `POST /api/v1/task-rules/{id}/ack` | staff | token |
+//! | `GET`/`POST /api/v1/registration-rules`, `DELETE /api/v1/registration-rules/{id}`, `POST /api/v1/hosts/{mac}/replace`, `POST /api/v1/hosts/{mac}/approve` | staff | token |
 //!
 //! Both listeners ([`listen`]: plain HTTP and HTTPS) serve this router; on plain HTTP a request
 //! that carries a token (staff, relay) is refused unless it comes from loopback
@@ -179,6 +180,16 @@ pub fn router(state: AppState, token: String) -> Router {
             axum::routing::delete(api::remove_task_rule),
         )
         .route("/api/v1/task-rules/{id}/ack", post(api::ack_task_rule))
+        .route(
+            "/api/v1/registration-rules",
+            get(api::list_registration_rules).post(api::create_registration_rule),
+        )
+        .route(
+            "/api/v1/registration-rules/{id}",
+            axum::routing::delete(api::remove_registration_rule),
+        )
+        .route("/api/v1/hosts/{mac}/replace", post(api::replace_host))
+        .route("/api/v1/hosts/{mac}/approve", post(api::approve_host))
         .route(
             "/api/v1/hosts/{mac}/inventory",
             get(inventory::host_inventory),

@@ -117,6 +117,12 @@ fn list_dir(dir: &Path, what: &str, w: &mut Vec<String>) -> Vec<String> {
     }
 }
 
+/// The machine's SMBIOS system (type 1) record, for the agent's hello; `None` without a
+/// readable table.
+pub fn system(root: &Path) -> Option<super::model::System> {
+    Some(read_smbios(root, &mut Vec::new())?.system)
+}
+
 /// Parses the SMBIOS tables under `root/sys/firmware/dmi/tables`; `None` (and a warning)
 /// when the table cannot be read.
 fn read_smbios(root: &Path, w: &mut Vec<String>) -> Option<smbios::Smbios> {

@@ -101,6 +101,24 @@ pub struct Hello {
     /// boot the server started for this MAC (the MAC alone is no secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The machine's SMBIOS system identity (absent: no SMBIOS table, or an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smbios: Option<Smbios>,
+}
+
+/// SMBIOS type 1 (system) as the agent read it: what identifies the machine whatever NIC it
+/// boots from, and what registration rules match on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Smbios {
+    /// Lower case, dashed (SMBIOS 2.6+ byte order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// The answer to a hello: this boot's session, and what to do.
@@ -480,6 +498,7 @@ mod tests {
             boot_time: 1,
             task: None,
             credential: None,
+            smbios: None,
         };
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["firmware"], "uefi");

@@ -1,0 +1,264 @@
+//! Zero-touch registration and identity, in-process through the real HTTP hello: a new
+//! machine matching a registration rule gets its room, its name and a reimage task with no
+//! staff command (and the hello tells it to reboot into the task); a rule asking approval
+//! waits for `host approve`; the same machine with another NIC (same SMBIOS UUID) stays one
+//! host; a retired NIC booting again is an identity conflict; `host replace` and `host broken`
+//! move a host's place to a new machine; bad rules are refused with the fix.
+
+mod common;
+
+use serde_json::{json, Value};
+
+use common::{boot_script, credential_of, fake_bootenv, http, InProcess, Lab};
+
+/// A network boot and the agent's hello with an SMBIOS identity: the hello's answer.
+fn hello(s: &InProcess, mac: &str, uuid: &str, model: &str, serial: &str) -> Value {
+    let script = boot_script(s, mac);
+    let hello = json!({
+        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64",
+        "firmware": "bios", "boot_time": 1_700_000_000u64, "credential": credential_of(&script),
+        "smbios": {"uuid": uuid, "vendor": "Intel(R) Client Systems", "model": model, "serial": serial}
+    });
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (code, text) = http(
+        method,
+        &format!("{}{path}", s.url),
+        s.token.as_deref(),
+        body.map(|b| b.to_string()).as_deref(),
+    );
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+    )
+}
+
+fn host(lab: &Lab, mac: &str) -> Value {
+    lab.json(&["host", "show", mac])
+}
+
+fn open_tasks(lab: &Lab, mac: &str) -> Vec<Value> {
+    lab.json(&["task", "list", "--host", mac])["tasks"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until the events of `mac` hold one of `kind` (events are recorded off the request).
+fn event(lab: &Lab, mac: &str, kind: &str) -> Value {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ev = lab.json(&["events", "--host", mac, "--limit", "100"]);
+        if let Some(e) = ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+        {
+            return e.clone();
+        }
+        assert!(std::time::Instant::now() < end, "no {kind} event: {ev}");
+        std::thread::yield_now();
+    }
+}
+
+const U1: &str = "6f1c2b3a-1111-4000-8000-0000000000c1";
+const U2: &str = "6f1c2b3a-2222-4000-8000-0000000000c2";
+const U3: &str = "6f1c2b3a-3333-4000-8000-0000000000c3";
+
+#[test]
+fn new_machines_get_their_room_name_and_image_and_keep_one_identity() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    lab.add(
+        "demo",
+        &lab.file("demo.img", &common::random_bytes(200_000, 7)),
+    );
+    let s = InProcess::start(&lab);
+
+    // the rule: NUCs on the server's subnet join r1, are named r1-pcNN and get demo
+    let r = lab.json(&[
+        "host",
+        "rule",
+        "add",
+        "--subnet",
+        "127.0.0.0/8",
+        "--model",
+        "NUC11*",
+        "--group",
+        "r1",
+        "--name",
+        "r1-pc{n}",
+        "--image",
+        "demo",
+        "--then",
+        "poweroff",
+    ]);
+    assert_eq!(r["rule"]["id"], 1, "{r}");
+    // an OptiPlex matches nothing: it only registers
+    let (a, b, c, d) = (
+        "52:54:00:00:20:0a",
+        "52:54:00:00:20:0b",
+        "52:54:00:00:20:0c",
+        "52:54:00:00:20:0d",
+    );
+    let other = hello(&s, d, U3, "OptiPlex 7090", "X1");
+    assert_ne!(other["action"], "reimage", "{other}");
+    assert!(host(&lab, d)["host"]["name"].is_null());
+
+    // a new NUC: room, name and task at once; the hello sends it to reboot into the task
+    let answer = hello(&s, a, U1, "NUC11TNHi5", "G6AB1001");
+    assert_eq!(answer["action"], "reboot", "{answer}");
+    let h = host(&lab, a);
+    assert_eq!(h["host"]["name"], "r1-pc01", "{h}");
+    assert_eq!(h["host"]["model"], "NUC11TNHi5", "{h}");
+    assert_eq!(h["host"]["smbios_uuid"], U1, "{h}");
+    assert_eq!(h["groups"], json!(["r1"]), "{h}");
+    let t = open_tasks(&lab, a);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0]["image"], "demo");
+    let reg = event(&lab, a, "registered");
+    assert_eq!(reg["data"]["rule"], 1, "{reg}");
+    // its next boot script runs the task
+    assert!(boot_script(&s, a).contains(&format!("bootcast.task={}", t[0]["id"])));
+
+    // the same machine with a new NIC (same UUID): one host, name, room and task kept
+    hello(&s, b, U1, "NUC11TNHi5", "G6AB1001");
+    let hb = host(&lab, b);
+    assert_eq!(hb["host"]["name"], "r1-pc01", "{hb}");
+    assert_eq!(hb["groups"], json!(["r1"]), "{hb}");
+    assert_eq!(open_tasks(&lab, b)[0]["id"], t[0]["id"]);
+    assert!(open_tasks(&lab, a).is_empty());
+    let ha = host(&lab, a);
+    assert_eq!(ha["host"]["replaced_by"], b, "{ha}");
+    let listed = lab.json(&["host", "list"]);
+    let macs: Vec<&str> = listed["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["mac"].as_str().unwrap())
+        .collect();
+    assert_eq!(macs, [b, d], "{listed}");
+    assert_eq!(
+        lab.json(&["host", "list", "--all"])["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let moved = event(&lab, b, "host_replaced");
+    assert_eq!(moved["data"]["old"], a, "{moved}");
+    // a known machine (it has a task, so its agent runs) reports b's UUID: cloned firmware,
+    // a conflict; nothing is merged
+    let e = "52:54:00:00:20:0e";
+    hello(
+        &s,
+        e,
+        "6f1c2b3a-4444-4000-8000-0000000000c4",
+        "OptiPlex 7090",
+        "X2",
+    );
+    lab.json(&["task", "reimage", "--host", e, "--image", "demo"]);
+    hello(&s, e, U1, "OptiPlex 7090", "X2");
+    let conflict = event(&lab, e, "identity_conflict");
+    assert_eq!(conflict["data"]["others"], json!([b]), "{conflict}");
+    assert_eq!(host(&lab, b)["host"]["name"], "r1-pc01");
+    assert!(host(&lab, e)["host"]["retired_at"].is_null());
+    assert!(host(&lab, b)["host"]["retired_at"].is_null());
+
+    // a rule that asks approval first (API): the machine joins r2, no task until approved
+    lab.json(&["host", "rule", "rm", "1"]);
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/registration-rules",
+        Some(
+            json!({"model": "NUC11*", "group": "r2", "name": "r2-pc{n}", "image": "demo", "approval": true}),
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    hello(&s, c, U2, "NUC11TNHi5", "G6AB1002");
+    let hc = host(&lab, c);
+    assert_eq!(hc["host"]["name"], "r2-pc01", "{hc}");
+    assert_eq!(hc["host"]["pending_rule"], body["rule"]["id"], "{hc}");
+    assert!(open_tasks(&lab, c).is_empty());
+    let (code, ok) = api(&s, "POST", &format!("/api/v1/hosts/{c}/approve"), None);
+    assert_eq!(code, 200, "{ok}");
+    assert_eq!(open_tasks(&lab, c)[0]["id"], ok["task"]);
+    assert!(host(&lab, c)["host"]["pending_rule"].is_null());
+    let (code, _) = api(&s, "POST", &format!("/api/v1/hosts/{c}/approve"), None);
+    assert_eq!(code, 400, "nothing left to approve");
+
+    // host replace: d (the OptiPlex) takes r2-pc01's place and its open task
+    let r = lab.json(&["host", "replace", c, d]);
+    assert_eq!(r["moved"]["name"], "r2-pc01", "{r}");
+    assert_eq!(host(&lab, d)["host"]["name"], "r2-pc01");
+    assert_eq!(host(&lab, d)["groups"], json!(["r2"]));
+    assert_eq!(open_tasks(&lab, d).len(), 1);
+    let (code, body) = api(
+        &s,
+        "POST",
+        &format!("/api/v1/hosts/{d}/replace"),
+        Some(json!({"new": "52:54:00:00:20:ff"})),
+    );
+    assert_eq!(code, 404, "{body}");
+    let err = common::stderr(&lab.run(&["host", "replace", c, d]));
+    assert!(err.contains("retired"), "{err}");
+
+    // bad rules, refused with the fix
+    for (args, want) in [
+        (&["--subnet", "10.1.0.0/40"][..], "not a subnet"),
+        (&["--name", "pc {n}"][..], "host name pattern"),
+        (&["--replace-broken"][..], "--group"),
+        (&["--approval"][..], "--image"),
+    ] {
+        let mut all = vec!["host", "rule", "add"];
+        all.extend(args);
+        let out = lab.run(&all);
+        assert!(!out.status.success(), "{all:?}");
+        let err = common::stderr(&out);
+        assert!(err.contains(want), "{all:?}: {err}");
+    }
+}
+
+/// A room's host marked broken: the new machine that boots in the room under a
+/// --replace-broken rule takes its name and groups; the broken one is retired.
+#[test]
+fn a_new_machine_takes_the_place_of_its_rooms_broken_host() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let s = InProcess::start(&lab);
+    let (old, new) = ("52:54:00:00:21:0a", "52:54:00:00:21:0b");
+    hello(&s, old, U1, "NUC11TNHi5", "S1");
+    lab.json(&["host", "name", old, "r3-pc07"]);
+    lab.json(&["group", "add", "r3", old]);
+    lab.json(&[
+        "host",
+        "rule",
+        "add",
+        "--subnet",
+        "127.0.0.0/8",
+        "--group",
+        "r3",
+        "--replace-broken",
+    ]);
+    lab.json(&["host", "broken", old]);
+    hello(&s, new, U2, "NUC11TNHi5", "S2");
+    let h = host(&lab, new);
+    assert_eq!(h["host"]["name"], "r3-pc07", "{h}");
+    assert_eq!(h["groups"], json!(["r3"]), "{h}");
+    let o = host(&lab, old);
+    assert_eq!(o["host"]["replaced_by"], new, "{o}");
+    assert!(o["host"]["broken_at"].is_null(), "{o}");
+    let ev = event(&lab, new, "host_replaced");
+    assert_eq!(ev["data"]["why"], "broken host of the room", "{ev}");
+}
