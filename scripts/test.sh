@@ -29,7 +29,7 @@ cargo test --locked --all-targets --no-run
 # the rest: under TCG each VM keeps a core busy, so two at a time fill the machine's two cores.
 # tests/bootenv.rs goes first: the boot environment it builds and checks is the one the others
 # boot (tests/common/netlab.rs, SharedSlot).
-parallel=(bootenv relay_push pxe_boot reimage_vm relay_vm room_vm inventory_vm uefi_vm)
+parallel=(bootenv relay_push pxe_boot reimage_vm relay_vm room_vm zero_touch_vm inventory_vm uefi_vm)
 others=()
 for f in tests/*.rs; do
     t=$(basename "$f" .rs)
