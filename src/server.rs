@@ -104,7 +104,8 @@ pub struct Server {
     http: tokio::net::TcpListener,
     https: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     tftp: Option<tokio::net::UdpSocket>,
-    dhcp: Option<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
+    /// One per DHCP segment (interface).
+    dhcp: Vec<(DhcpSettings, Vec<(u16, tokio::net::UdpSocket)>)>,
     listening: Listening,
     relay: Option<Arc<crate::relay::Relay>>,
     signer: Option<Arc<crate::sign::SigningKey>>,
@@ -261,16 +262,11 @@ impl Server {
             Some(r) => r.url.clone(),
             None => state_base,
         };
-        let dhcp = match &config.dhcp {
-            None => None,
-            Some(d) => {
-                let settings = dhcp_settings(
-                    d,
-                    config
-                        .advertise
-                        .expect("validated: DHCP implies an advertised address"),
-                    &state_base,
-                );
+        let mut dhcp = Vec::new();
+        for d in &config.dhcp {
+            {
+                // each segment's clients reach TFTP and proxyDHCP at its interface's address
+                let settings = dhcp_settings(d, d.address, &state_base);
                 if d.mode == crate::boot::dhcp::DhcpMode::Proxy
                     && d.uefi_chain == crate::boot::dhcp::UefiChain::Shim
                 {
@@ -291,9 +287,9 @@ impl Server {
                     };
                     ServeError::Dhcp { cause, hint }
                 })?;
-                Some((settings, sockets))
+                dhcp.push((settings, sockets));
             }
-        };
+        }
         let (https, https_info) = match https {
             None => (None, None),
             Some(listener) => {
@@ -336,15 +332,22 @@ impl Server {
             http: http_addr,
             https: https_info,
             tftp: tftp_addr,
-            dhcp: config.dhcp.as_ref().map(|d| {
-                format!(
-                    "{} on {}",
-                    match d.mode {
-                        DhcpMode::Proxy => "proxyDHCP",
-                        DhcpMode::Full => "DHCP",
-                    },
-                    d.interface
-                )
+            dhcp: (!config.dhcp.is_empty()).then(|| {
+                config
+                    .dhcp
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{} on {}",
+                            match d.mode {
+                                DhcpMode::Proxy => "proxyDHCP",
+                                DhcpMode::Full => "DHCP",
+                            },
+                            d.interface
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }),
             new_token: created.then(|| token.clone()),
             base_from_request: config.advertise.is_none() && relay.is_none(),
@@ -499,10 +502,14 @@ impl Server {
         }
         // Wake-on-LAN orders, sent at their time on the DHCP interface: the relay's from its site
         // book, the central server's for hosts of no site
-        if let Some(d) = &self.config.dhcp {
+        if !self.config.dhcp.is_empty() {
             let opts = self.config.wake.clone();
-            let (iface, db, relay, c) = (
-                d.interface.clone(),
+            let (ifaces, db, relay, c) = (
+                self.config
+                    .dhcp
+                    .iter()
+                    .map(|d| d.interface.clone())
+                    .collect(),
                 self.db.clone(),
                 self.relay.clone(),
                 cancel.clone(),
@@ -511,7 +518,7 @@ impl Server {
             set.spawn(async move {
                 (
                     "wake-on-LAN",
-                    wake_orders((iface, opts), db, relay, hooks, c).await,
+                    wake_orders((ifaces, opts), db, relay, hooks, c).await,
                 )
             });
         }
@@ -564,9 +571,9 @@ impl Server {
             });
         }
 
-        if let Some((settings, sockets)) = self.dhcp {
-            let leases = Arc::new(crate::db::leases::SqliteLeases::new(self.db.clone()));
-            let c = cancel.clone();
+        let leases = Arc::new(crate::db::leases::SqliteLeases::new(self.db.clone()));
+        for (settings, sockets) in self.dhcp {
+            let (leases, c) = (leases.clone(), cancel.clone());
             set.spawn(async move {
                 let r = crate::boot::dhcp::run_on(settings, sockets, leases, c)
                     .await
@@ -694,11 +701,13 @@ impl Server {
     }
 }
 
-/// Sends the wake orders due, every second, on `interface`: a relay those of its site book
-/// (then its heartbeat tells central), the central server those of hosts of no site (marked
-/// sent, an event each). A failure is logged when it changes, and the orders wait.
+/// Sends the wake orders due, every second, on the DHCP segments (`interfaces`): a relay those
+/// of its site book (then its heartbeat tells central), the central server those of hosts of
+/// no site (marked sent, an event each). Each host is woken on the segment where this node's
+/// DHCP last saw it, else on every segment. A failure is logged when it changes, and the
+/// orders wait.
 async fn wake_orders(
-    (interface, opts): (String, crate::wol::send::WakeOptions),
+    (interfaces, opts): (Vec<String>, crate::wol::send::WakeOptions),
     db: Db,
     relay: Option<Arc<crate::relay::Relay>>,
     hooks: crate::hooks::Hooks,
@@ -726,15 +735,54 @@ async fn wake_orders(
             continue;
         }
         let macs: Vec<crate::mac::Mac> = due.iter().filter_map(|w| w.mac.parse().ok()).collect();
-        let (iface, opts) = (interface.clone(), opts.clone());
+        // where this node's DHCP last saw each host
+        let m = macs.clone();
+        let seen: Vec<Option<std::net::Ipv4Addr>> = db
+            .read(move |c| {
+                m.iter()
+                    .map(|&mac| {
+                        Ok(match crate::db::bootcred::seen(c, mac, 0)? {
+                            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+                            _ => None,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_else(|_| vec![None; macs.len()]);
+        let (ifaces, opts) = (interfaces.clone(), opts.clone());
         let sent = tokio::task::spawn_blocking(move || {
-            let segment = crate::wol::send::Segment::of(&iface)?;
-            crate::wol::send::send(&segment, &macs, &opts).map(|_| segment)
+            use crate::wol::send::{segments_for, send, Segment};
+            let segments = ifaces
+                .iter()
+                .map(|i| Segment::of(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut on: Vec<Vec<crate::mac::Mac>> = vec![Vec::new(); segments.len()];
+            let mut names = Vec::new();
+            for (mac, ip) in macs.iter().zip(&seen) {
+                let which = segments_for(&segments, *ip);
+                names.push(
+                    which
+                        .iter()
+                        .map(|&i| format!("{} on {}", segments[i].broadcast, segments[i].interface))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+                for i in which {
+                    on[i].push(*mac);
+                }
+            }
+            for (segment, macs) in segments.iter().zip(&on) {
+                if !macs.is_empty() {
+                    send(segment, macs, &opts)?;
+                }
+            }
+            Ok::<_, crate::wol::send::WakeError>(names)
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
-        let segment = match sent {
+        let names = match sent {
             Ok(s) => s,
             Err(e) => {
                 if last_error.as_ref() != Some(&e) {
@@ -745,8 +793,8 @@ async fn wake_orders(
             }
         };
         last_error = None;
-        for w in &due {
-            tracing::info!(mac = %w.mac, task = ?w.task, "woken: magic packets to {} on {}", segment.broadcast, segment.interface);
+        for (w, to) in due.iter().zip(&names) {
+            tracing::info!(mac = %w.mac, task = ?w.task, "woken: magic packets to {to}");
         }
         let sent: Vec<(i64, i64)> = due.iter().map(|w| (w.id, now)).collect();
         match &relay {

@@ -273,3 +273,157 @@ fn a_site_relay_wakes_its_hosts_and_central_records_it() {
     );
     common::say("wake: the site relay sent 3 magic packets for A on its segment; central recorded the event by site lycee");
 }
+
+/// A DHCP DISCOVER then REQUEST from `mac` on `ns`'s eth0, as a BIOS PXE client: the OFFER
+/// and the ACK (each its address, next-server, boot file and router).
+fn pxe_lease(
+    ns: &Netns,
+    mac: &str,
+) -> (
+    bootcast::boot::dhcp::codec::ReplyView,
+    bootcast::boot::dhcp::codec::ReplyView,
+) {
+    use bootcast::boot::dhcp::codec::{build_request, msg, RequestBuilder};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    let name = ns.name.clone();
+    let mac: bootcast::mac::Mac = mac.parse().unwrap();
+    std::thread::spawn(move || {
+        common::dhcp::enter(&name);
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(b"eth0")).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+            .unwrap();
+        let sock: std::net::UdpSocket = s.into();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(250)))
+            .unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        let vc = "PXEClient:Arch:00000:UNDI:002001";
+        let mut b = RequestBuilder::discover(0x7001, mac);
+        b.arch = Some(0);
+        b.vendor_class = Some(vc);
+        let (offer, _) = common::dhcp::exchange(&sock, &build_request(&b), to);
+        b.msg_type = msg::REQUEST;
+        b.xid = 0x7002;
+        b.requested_ip = Some(offer.yiaddr);
+        b.server_id = Some(offer.siaddr);
+        let (ack, _) = common::dhcp::exchange(&sock, &build_request(&b), to);
+        (offer, ack)
+    })
+    .join()
+    .unwrap()
+}
+
+/// A relay serving two segments (`[dhcp]` on br0 and `[[dhcp.segments]]` on br1, two bridges:
+/// this kernel has no 802.1Q VLANs), each in full DHCP mode with its own range: a PXE client
+/// on each gets an address of its own range, its segment's next-server and router. Then the
+/// relay wakes each host on the segment where its DHCP saw it, and only there: a capture on
+/// each segment sees its own host's packets (and, on br0, a third host's, woken after).
+#[test]
+fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
+    const NAME: &str = "a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one";
+    if !common::is_root() {
+        common::skip(NAME, "needs root (network namespaces)");
+        return;
+    }
+    if !common::disks::have("tcpdump") {
+        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+        return;
+    }
+    const C: &str = "52:54:00:99:07:0c";
+    let central = Lab::new();
+    fake_bootenv(&central);
+    let token = central.json(&["site", "add", "lycee"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = Netns::new("segc");
+    let site = Netns::new("segs");
+    c.link(&site, ("s1", "10.99.6.1/30"), ("up0", "10.99.6.2/30"), None);
+    site.bridge_with_tap();
+    site.sh(
+        "ip link add br1 type bridge && ip link set br1 type bridge forward_delay 0 \
+         && ip addr add 10.99.1.1/24 dev br1 && ip link set br1 up",
+    );
+    let n0 = site.attach_to("br0", "seg0", "10.99.0.60/24", "fd99::60/64");
+    let n1 = site.attach_to("br1", "seg1", "10.99.1.60/24", "fd99::61/64");
+    let toml = central.path("relay.toml");
+    std::fs::write(
+        &toml,
+        "[dhcp]\ninterface = \"br0\"\nmode = \"full\"\nrange = \"10.99.0.100,10.99.0.150\"\n\
+         [[dhcp.segments]]\ninterface = \"br1\"\nmode = \"full\"\nrange = \"10.99.1.100,10.99.1.150\"\nrouter = \"10.99.1.1\"\n",
+    )
+    .unwrap();
+    let mut cmd = c.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(central.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = common::Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
+    let relay = common::netlab::start_relay(
+        &site,
+        &central.path("relay"),
+        ("lycee", &token),
+        &server,
+        "10.99.6.1",
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "0.0.0.0:69",
+            "--config",
+            toml.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        relay.log_text().contains("DHCP on br0, DHCP on br1"),
+        "{}",
+        relay.log_text()
+    );
+
+    // PXE on each segment: its own range, next-server and router
+    let in_range = |ip: std::net::Ipv4Addr, net: u8| {
+        let o = ip.octets();
+        o[..3] == [10, 99, net] && (100..=150).contains(&o[3])
+    };
+    for (ns, mac, net) in [(&n0, A, 0u8), (&n1, B, 1u8)] {
+        let (offer, ack) = pxe_lease(ns, mac);
+        let server_ip = std::net::Ipv4Addr::new(10, 99, net, 1);
+        assert!(in_range(offer.yiaddr, net), "{mac}: {}", offer.yiaddr);
+        assert_eq!(offer.siaddr, server_ip, "{mac}: next-server");
+        assert_eq!(offer.file, b"undionly.kpxe", "{mac}");
+        assert_eq!(ack.yiaddr, offer.yiaddr, "{mac}");
+        if net == 1 {
+            assert_eq!(ack.opt(3), Some(&[10, 99, 1, 1][..]), "{mac}: router");
+        }
+        common::say(&format!(
+            "two segments: {mac} on br{net} leased {} from its own range, next-server {server_ip}",
+            ack.yiaddr
+        ));
+        register_at(&site, URL, mac);
+    }
+    // C, seen on br0 too
+    pxe_lease(&n0, C);
+    register_at(&site, URL, C);
+
+    // A and B: each on its own segment only
+    let (p0, p1) = (central.path("seg0.pcap"), central.path("seg1.pcap"));
+    let mut d0 = capture(&n0, &p0, 6);
+    let mut d1 = capture(&n1, &p1, 3);
+    central.json(&["host", "wake", A, B]);
+    let logs = || format!("{}\n--- central:\n{}", relay.log_text(), server.log_text());
+    wait_exit(&mut d1, "B's three packets on br1", logs);
+    // then C (br0): br0's capture ends with A's three packets and C's, none of B's
+    central.json(&["host", "wake", C]);
+    wait_exit(&mut d0, "A's and C's packets on br0", logs);
+    let on0: Vec<String> = magic_packets(&p0).into_iter().map(|p| p.3).collect();
+    let on1: Vec<String> = magic_packets(&p1).into_iter().map(|p| p.3).collect();
+    assert_eq!(on1, [B, B, B], "br1");
+    assert_eq!(on0, [A, A, A, C, C, C], "br0");
+    common::say("two segments: the relay woke A and C on br0 only, B on br1 only");
+}

@@ -10,6 +10,8 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
     pub interface: String,
+    /// The interface's IPv4 address: the next-server (TFTP, proxyDHCP) of its clients.
+    pub address: Ipv4Addr,
     pub mode: DhcpMode,
     /// Full mode only: the address pool, netmask, router and DNS servers given to clients.
     pub pool: Option<PoolSettings>,
@@ -21,13 +23,56 @@ pub struct DhcpConfig {
 }
 
 impl RawConfig {
+    /// `[dhcp]` and its `[[dhcp.segments]]`: one validated segment per interface served. The
+    /// first one's address is the advertised one (unless `advertise` says otherwise).
     pub(super) fn validate_dhcp(
         &self,
         iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
         advertise: &mut Option<Ipv4Addr>,
         p: &mut dyn FnMut(String),
+    ) -> Vec<DhcpConfig> {
+        let mut out: Vec<DhcpConfig> = self
+            .validate_segment(&self.dhcp, iface_addr, Some(advertise), p)
+            .into_iter()
+            .collect();
+        for (i, seg) in self.dhcp.segments.iter().enumerate() {
+            let mut sp = |m: String| p(format!("dhcp.segments[{i}]: {m}"));
+            if !seg.segments.is_empty() {
+                sp("a segment holds no segments of its own".into());
+            }
+            if seg.interface.is_none() {
+                sp(
+                    "interface is missing: each segment names the interface (VLAN) it serves"
+                        .into(),
+                );
+                continue;
+            }
+            let first = out.is_empty();
+            let v =
+                self.validate_segment(seg, iface_addr, first.then_some(&mut *advertise), &mut sp);
+            if let Some(v) = v {
+                if out.iter().any(|o| o.interface == v.interface) {
+                    sp(format!(
+                        "interface {:?} is served twice: one segment per interface",
+                        v.interface
+                    ));
+                } else {
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    /// One segment; `advertise`: for the first one only (its address is checked against it,
+    /// or becomes it).
+    fn validate_segment(
+        &self,
+        d: &RawDhcp,
+        iface_addr: &dyn Fn(&str) -> Option<(Ipv4Addr, Ipv4Addr)>,
+        advertise: Option<&mut Option<Ipv4Addr>>,
+        p: &mut dyn FnMut(String),
     ) -> Option<DhcpConfig> {
-        let d = &self.dhcp;
         let Some(interface) = d.interface.clone() else {
             let set: Vec<&str> = [
                 ("mode", d.mode.is_some()),
@@ -57,13 +102,15 @@ impl RawConfig {
                 "dhcp.interface (--dhcp-interface): interface {interface:?} does not exist or has no IPv4 address; `ip -4 addr` lists them"
             ));
         }
-        match (*advertise, iface) {
-            (None, _) => *advertise = iface.map(|(ip, _)| ip),
-            (Some(a), Some((ip, mask))) if a != ip => p(format!(
-                "advertise (--advertise) {a} is not the address of the DHCP interface {interface:?} ({ip}/{}): PXE clients reach TFTP and port 4011 there; drop --advertise or give {ip}",
-                u32::from(mask).leading_ones()
-            )),
-            _ => {}
+        if let Some(advertise) = advertise {
+            match (*advertise, iface) {
+                (None, _) => *advertise = iface.map(|(ip, _)| ip),
+                (Some(a), Some((ip, mask))) if a != ip => p(format!(
+                    "advertise (--advertise) {a} is not the address of the DHCP interface {interface:?} ({ip}/{}): PXE clients reach TFTP and port 4011 there; drop --advertise or give {ip}",
+                    u32::from(mask).leading_ones()
+                )),
+                _ => {}
+            }
         }
         let mode = match d.mode.as_deref() {
             None | Some("proxy") => DhcpMode::Proxy,
@@ -126,9 +173,10 @@ impl RawConfig {
                 }
                 None
             }
-            DhcpMode::Full => self.validate_pool(iface, p),
+            DhcpMode::Full => validate_pool(d, iface, p),
         };
         Some(DhcpConfig {
+            address: iface.map_or(Ipv4Addr::UNSPECIFIED, |(ip, _)| ip),
             interface,
             mode,
             pool,
@@ -136,98 +184,97 @@ impl RawConfig {
             uefi_chain,
         })
     }
+}
 
-    fn validate_pool(
-        &self,
-        iface: Option<(Ipv4Addr, Ipv4Addr)>,
-        p: &mut dyn FnMut(String),
-    ) -> Option<PoolSettings> {
-        let d = &self.dhcp;
-        let Some(range) = d.range.as_deref() else {
-            p("dhcp.mode = \"full\" needs an address pool: dhcp.range = \"FIRST,LAST\" (--dhcp-range FIRST,LAST)".into());
-            return None;
-        };
-        let Some((a, b)) = range.split_once(',') else {
-            p(format!(
+fn validate_pool(
+    d: &RawDhcp,
+    iface: Option<(Ipv4Addr, Ipv4Addr)>,
+    p: &mut dyn FnMut(String),
+) -> Option<PoolSettings> {
+    let Some(range) = d.range.as_deref() else {
+        p("dhcp.mode = \"full\" needs an address pool: dhcp.range = \"FIRST,LAST\" (--dhcp-range FIRST,LAST)".into());
+        return None;
+    };
+    let Some((a, b)) = range.split_once(',') else {
+        p(format!(
                 "dhcp.range = {range:?}: write two addresses separated by a comma, e.g. 10.99.0.100,10.99.0.200"
             ));
-            return None;
-        };
-        let first = parse_ipv4("dhcp.range (first)", a.trim(), p)?;
-        let last = parse_ipv4("dhcp.range (last)", b.trim(), p)?;
-        if u32::from(first) > u32::from(last) {
-            p(format!(
-                "dhcp.range: {first} comes after {last}; write the lower address first"
-            ));
-            return None;
-        }
-        let netmask = match &d.netmask {
-            Some(s) => parse_ipv4("dhcp.netmask", s, p)?,
-            None => match iface {
-                Some((_, mask)) => mask,
-                None => return None, // already reported
-            },
-        };
-        if u32::from(netmask).leading_ones() + u32::from(netmask).trailing_zeros() != 32 {
-            p(format!(
-                "dhcp.netmask {netmask} is not a contiguous netmask"
-            ));
-            return None;
-        }
-        if let Some((ip, _)) = iface {
-            let m = u32::from(netmask);
-            for (what, addr) in [("first", first), ("last", last)] {
-                if u32::from(addr) & m != u32::from(ip) & m {
-                    p(format!(
+        return None;
+    };
+    let first = parse_ipv4("dhcp.range (first)", a.trim(), p)?;
+    let last = parse_ipv4("dhcp.range (last)", b.trim(), p)?;
+    if u32::from(first) > u32::from(last) {
+        p(format!(
+            "dhcp.range: {first} comes after {last}; write the lower address first"
+        ));
+        return None;
+    }
+    let netmask = match &d.netmask {
+        Some(s) => parse_ipv4("dhcp.netmask", s, p)?,
+        None => match iface {
+            Some((_, mask)) => mask,
+            None => return None, // already reported
+        },
+    };
+    if u32::from(netmask).leading_ones() + u32::from(netmask).trailing_zeros() != 32 {
+        p(format!(
+            "dhcp.netmask {netmask} is not a contiguous netmask"
+        ));
+        return None;
+    }
+    if let Some((ip, _)) = iface {
+        let m = u32::from(netmask);
+        for (what, addr) in [("first", first), ("last", last)] {
+            if u32::from(addr) & m != u32::from(ip) & m {
+                p(format!(
                         "dhcp.range: {what} address {addr} is outside the interface's subnet ({ip} with netmask {netmask})"
                     ));
-                }
-            }
-            if u32::from(first) <= u32::from(ip) && u32::from(ip) <= u32::from(last) {
-                p(format!(
-                    "dhcp.range {first}-{last} contains the server's own address {ip}; move the range"
-                ));
             }
         }
-        let m = u32::from(netmask);
-        let network = u32::from(first) & m;
-        let broadcast = network | !m;
-        for (what, addr) in [("network", network), ("broadcast", broadcast)] {
-            if (u32::from(first)..=u32::from(last)).contains(&addr) {
-                p(format!(
+        if u32::from(first) <= u32::from(ip) && u32::from(ip) <= u32::from(last) {
+            p(format!(
+                "dhcp.range {first}-{last} contains the server's own address {ip}; move the range"
+            ));
+        }
+    }
+    let m = u32::from(netmask);
+    let network = u32::from(first) & m;
+    let broadcast = network | !m;
+    for (what, addr) in [("network", network), ("broadcast", broadcast)] {
+        if (u32::from(first)..=u32::from(last)).contains(&addr) {
+            p(format!(
                     "dhcp.range {first}-{last} contains the subnet's {what} address {}; start above it / end below it",
                     Ipv4Addr::from(addr)
                 ));
-            }
         }
-        let router = match &d.router {
-            Some(s) => Some(parse_ipv4("dhcp.router", s, p)?),
-            None => None,
-        };
-        if let Some(r) = router {
-            if (u32::from(first)..=u32::from(last)).contains(&u32::from(r)) {
-                p(format!(
-                    "dhcp.range {first}-{last} contains the router {r}; move the range"
-                ));
-            }
-        }
-        let mut dns = Vec::new();
-        for s in &d.dns {
-            dns.push(parse_ipv4("dhcp.dns", s, p)?);
-        }
-        let lease_secs = d.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
-        if lease_secs < 60 {
+    }
+    let router = match &d.router {
+        Some(s) => Some(parse_ipv4("dhcp.router", s, p)?),
+        None => None,
+    };
+    if let Some(r) = router {
+        if (u32::from(first)..=u32::from(last)).contains(&u32::from(r)) {
             p(format!(
-                "dhcp.lease_secs = {lease_secs}: use at least 60 seconds"
+                "dhcp.range {first}-{last} contains the router {r}; move the range"
             ));
         }
-        Some(PoolSettings {
-            first,
-            last,
-            netmask,
-            router,
-            dns,
-            lease_secs,
-        })
     }
+    let mut dns = Vec::new();
+    for s in &d.dns {
+        dns.push(parse_ipv4("dhcp.dns", s, p)?);
+    }
+    let lease_secs = d.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
+    if lease_secs < 60 {
+        p(format!(
+            "dhcp.lease_secs = {lease_secs}: use at least 60 seconds"
+        ));
+    }
+    Some(PoolSettings {
+        first,
+        last,
+        netmask,
+        router,
+        dns,
+        lease_secs,
+    })
 }

@@ -123,7 +123,8 @@ pub struct Config {
     /// HTTP (relays of a release before HTTPS, while a region upgrades); empty: none.
     pub plain_relays: Vec<String>,
     pub tftp: TftpConfig,
-    pub dhcp: Option<DhcpConfig>,
+    /// The DHCP segments served (`[dhcp]`, `[[dhcp.segments]]`): none, one, or one per VLAN.
+    pub dhcp: Vec<DhcpConfig>,
     pub after_register: AfterRegister,
     /// Set for `bootcast relay`: this process is a site relay.
     pub relay: Option<RelayConfig>,
@@ -268,7 +269,52 @@ mod tests {
     use crate::boot::dhcp::DhcpMode;
 
     fn iface(name: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        (name == "br0").then_some((Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(255, 255, 255, 0)))
+        let mask = Ipv4Addr::new(255, 255, 255, 0);
+        match name {
+            "br0" => Some((Ipv4Addr::new(10, 99, 0, 1), mask)),
+            "br1" => Some((Ipv4Addr::new(10, 99, 1, 1), mask)),
+            _ => None,
+        }
+    }
+
+    /// `[[dhcp.segments]]`: one segment per interface, each its own mode and pool, each
+    /// checked with its name in the problem.
+    #[test]
+    fn several_segments_each_with_its_own_settings() {
+        let two = "[dhcp]\ninterface='br0'\nmode='full'\nrange='10.99.0.100,10.99.0.150'\n\
+                   [[dhcp.segments]]\ninterface='br1'\nmode='full'\nrange='10.99.1.100,10.99.1.150'\nrouter='10.99.1.1'\n";
+        let c = RawConfig::from_toml(two).unwrap().validate(&iface).unwrap();
+        assert_eq!(c.dhcp.len(), 2);
+        assert_eq!(c.advertise, Some(Ipv4Addr::new(10, 99, 0, 1)));
+        assert_eq!(
+            (c.dhcp[1].interface.as_str(), c.dhcp[1].address),
+            ("br1", Ipv4Addr::new(10, 99, 1, 1))
+        );
+        let pool = c.dhcp[1].pool.clone().unwrap();
+        assert_eq!(pool.first, Ipv4Addr::new(10, 99, 1, 100));
+        // segments alone (no [dhcp] interface): the first one is advertised
+        let c = RawConfig::from_toml("[[dhcp.segments]]\ninterface='br1'\n")
+            .unwrap()
+            .validate(&iface)
+            .unwrap();
+        assert_eq!(c.advertise, Some(Ipv4Addr::new(10, 99, 1, 1)));
+        let p = problems("[dhcp]\ninterface='br0'\n[[dhcp.segments]]\ninterface='br1'\nmode='full'\nrange='10.99.0.100,10.99.0.150'\n");
+        assert!(
+            p.iter().any(|p| p.starts_with("dhcp.segments[0]: ")
+                && p.contains("outside the interface's subnet")),
+            "{p:?}"
+        );
+        let p = problems("[dhcp]\ninterface='br0'\n[[dhcp.segments]]\nmode='full'\n[[dhcp.segments]]\ninterface='br0'\n");
+        assert!(
+            p.iter()
+                .any(|p| p.contains("dhcp.segments[0]: interface is missing")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.contains("dhcp.segments[1]: interface \"br0\" is served twice")),
+            "{p:?}"
+        );
     }
 
     fn problems(toml: &str) -> Vec<String> {
@@ -283,7 +329,7 @@ mod tests {
         let c = RawConfig::default().validate(&iface).unwrap();
         assert_eq!(c.http.to_string(), DEFAULT_HTTP);
         assert_eq!(c.tftp.listen.to_string(), DEFAULT_TFTP);
-        assert!(c.dhcp.is_none());
+        assert!(c.dhcp.is_empty());
         assert!(c.advertise.is_none());
         assert_eq!(c.after_register, AfterRegister::Reboot);
         assert_eq!(
@@ -321,17 +367,14 @@ mod tests {
             .unwrap()
             .validate(&iface)
             .unwrap();
-        assert_eq!(
-            c.dhcp.unwrap().uefi_chain,
-            crate::boot::dhcp::UefiChain::Shim
-        );
+        assert_eq!(c.dhcp[0].uefi_chain, crate::boot::dhcp::UefiChain::Shim);
         assert_eq!(c.boot.uefi_local, crate::boot::script::Handoff::Exit);
         // proxyDHCP keeps iPXE unless told: the signed GRUB would not find this server
         let c = RawConfig::from_toml("[dhcp]\ninterface='br0'\n")
             .unwrap()
             .validate(&iface)
             .unwrap();
-        let d = c.dhcp.unwrap();
+        let d = c.dhcp[0].clone();
         assert_eq!(d.uefi_chain, crate::boot::dhcp::UefiChain::Ipxe);
         assert_eq!(d.boot_files.get(7), Some("snponly.efi"));
         assert!(problems("[dhcp]\ninterface='br0'\nuefi_chain='grub'\n")[0].contains("\"shim\""));
@@ -347,7 +390,7 @@ mod tests {
         .validate(&iface)
         .unwrap();
         assert_eq!(c.advertise, Some(Ipv4Addr::new(10, 99, 0, 1)));
-        let d = c.dhcp.unwrap();
+        let d = c.dhcp[0].clone();
         assert_eq!(d.mode, DhcpMode::Full);
         let pool = d.pool.unwrap();
         assert_eq!(pool.netmask, Ipv4Addr::new(255, 255, 255, 0));

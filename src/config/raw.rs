@@ -154,6 +154,9 @@ pub struct RawDhcp {
     pub boot_files: BTreeMap<String, String>,
     /// What UEFI x64 PXE clients are given: "shim" (default, the Secure Boot chain) or "ipxe".
     pub uefi_chain: Option<String>,
+    /// `[[dhcp.segments]]`: more interfaces (one per VLAN), each with its own settings.
+    #[serde(default)]
+    pub segments: Vec<RawDhcp>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -26,6 +26,7 @@ pub enum WakeError {
 pub struct Segment {
     pub interface: String,
     pub address: Ipv4Addr,
+    pub netmask: Ipv4Addr,
     pub broadcast: Ipv4Addr,
 }
 
@@ -37,8 +38,28 @@ impl Segment {
         Ok(Segment {
             interface: interface.to_string(),
             address,
+            netmask: mask,
             broadcast: Ipv4Addr::from(u32::from(address) | !u32::from(mask)),
         })
+    }
+
+    /// Whether `ip` is on this segment's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.netmask);
+        u32::from(ip) & m == u32::from(self.address) & m
+    }
+}
+
+/// The segments (indexes into `segments`) a host last seen at `ip` is woken on: the one whose
+/// subnet holds it, else every one (a host never seen by this node's DHCP, or seen elsewhere).
+pub fn segments_for(segments: &[Segment], ip: Option<Ipv4Addr>) -> Vec<usize> {
+    let on: Vec<usize> = (0..segments.len())
+        .filter(|&i| ip.is_some_and(|ip| segments[i].contains(ip)))
+        .collect();
+    if on.is_empty() {
+        (0..segments.len()).collect()
+    } else {
+        on
     }
 }
 
@@ -84,4 +105,24 @@ pub fn send(segment: &Segment, macs: &[Mac], opts: &WakeOptions) -> Result<u64, 
         }
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_woken_on_the_segment_that_saw_it_else_on_all() {
+        let seg = |i: &str, a: [u8; 4]| Segment {
+            interface: i.into(),
+            address: a.into(),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            broadcast: Ipv4Addr::new(a[0], a[1], a[2], 255),
+        };
+        let s = [seg("br0", [10, 99, 0, 1]), seg("br1", [10, 99, 1, 1])];
+        assert_eq!(segments_for(&s, Some(Ipv4Addr::new(10, 99, 1, 120))), [1]);
+        assert_eq!(segments_for(&s, Some(Ipv4Addr::new(10, 99, 0, 120))), [0]);
+        assert_eq!(segments_for(&s, Some(Ipv4Addr::new(10, 98, 0, 1))), [0, 1]);
+        assert_eq!(segments_for(&s, None), [0, 1]);
+    }
 }

@@ -81,10 +81,15 @@ impl Netns {
     /// Plugs a new namespace into this one's `br0` through a veth, with `addr` (CIDR) and
     /// `addr6` on its end (`eth0`).
     pub fn attach(&self, tag: &str, addr: &str, addr6: &str) -> Netns {
+        self.attach_to("br0", tag, addr, addr6)
+    }
+
+    /// [`Netns::attach`] to bridge `bridge` of this namespace.
+    pub fn attach_to(&self, bridge: &str, tag: &str, addr: &str, addr6: &str) -> Netns {
         let other = Netns::new(tag);
         let peer = format!("v{}", SEQ.fetch_add(1, Ordering::SeqCst));
         self.sh(&format!(
-            "ip link add {peer} type veth peer name eth0 netns {} && ip link set {peer} master br0 && ip link set {peer} up",
+            "ip link add {peer} type veth peer name eth0 netns {} && ip link set {peer} master {bridge} && ip link set {peer} up",
             other.name
         ));
         other.sh(&format!(
