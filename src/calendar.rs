@@ -2,12 +2,15 @@
 //! server's runner. A rule reimages, captures or wakes a host or a group at each tick of a cron
 //! schedule on the wall clock of a time zone (the site's, by default): `0 2 * * 1` in
 //! `Europe/Paris` is Monday 02:00 in Paris in winter and in summer. A reimage rule naming an
-//! image without a version takes the newest approved version at each run; its tasks replace
-//! the hosts' open ones, and wake the hosts unless the rule says not to.
+//! image without a version takes, at each run, the newest approved version that the site's
+//! relay holds complete (the newest approved one for hosts of no site or of several); its
+//! tasks replace the hosts' open ones, and wake the hosts unless the rule says not to.
 //!
-//! [`run_due`] runs the rules whose next tick has come (the server calls it every 30 s; tests
-//! call it with their own clock). A run that fails (an unknown image, an emptied group) is
-//! recorded with its reason and stays flagged until acknowledged.
+//! [`run_due`] (the server calls it every 30 s; tests call it with their own clock) makes each
+//! run [`AHEAD_SECS`] before its tick, timed for the tick, so that a site relay holds the
+//! tasks and wake orders in its site book and runs them at the hour even if its WAN link is
+//! down then; at the tick the run is recorded. A run that fails (an unknown image, an emptied
+//! group) is recorded with its reason and stays flagged until acknowledged.
 
 use std::path::Path;
 
@@ -20,11 +23,11 @@ use crate::time::Zone;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalendarError {
-    #[error("--kind {0:?}: use reimage, capture or wake")]
+    #[error("--kind {0:?}: use reimage, capture, wake or inventory")]
     Kind(String),
     #[error("a {0} rule needs --image NAME")]
     NeedImage(&'static str),
-    #[error("a wake rule takes no --image")]
+    #[error("a wake or inventory rule takes no --image")]
     WakeImage,
     #[error("--every {0}")]
     Cron(String),
@@ -77,13 +80,13 @@ pub struct Listed {
 /// Checks and stores a rule; its first run is the first tick after `now`.
 pub fn add(conn: &Connection, req: &RuleRequest, now: i64) -> Result<TaskRule, CalendarError> {
     let kind = match req.kind.as_str() {
-        "reimage" | "capture" | "wake" => req.kind.clone(),
+        "reimage" | "capture" | "wake" | "inventory" => req.kind.clone(),
         k => return Err(CalendarError::Kind(k.into())),
     };
     match (kind.as_str(), &req.image) {
         ("reimage", None) => return Err(CalendarError::NeedImage("reimage")),
         ("capture", None) => return Err(CalendarError::NeedImage("capture")),
-        ("wake", Some(_)) => return Err(CalendarError::WakeImage),
+        ("wake" | "inventory", Some(_)) => return Err(CalendarError::WakeImage),
         _ => {}
     }
     let macs = schedule::targets(conn, req.host.as_deref(), req.group.as_deref())?;
@@ -109,6 +112,8 @@ pub fn add(conn: &Connection, req: &RuleRequest, now: i64) -> Result<TaskRule, C
         last_outcome: None,
         failed: false,
         then: req.then.map(|t| t.as_str().to_string()),
+        prepared: None,
+        prepared_outcome: None,
     };
     rule.id = task_rules::create(conn, &rule)?;
     Ok(rule)
@@ -143,60 +148,166 @@ pub fn list(conn: &Connection) -> Result<Vec<Listed>, DbError> {
         .collect())
 }
 
-/// Runs the rules whose next tick is at or before `now` (the schedulers' clock), once each
-/// whatever the ticks missed (a server down for a week reimages once, not once per missed
-/// Monday); returns (rule, outcome, failed) for each run. What a run makes (tasks, wake
-/// orders) starts at once: it is stamped with the system clock, which only a test's clock
-/// file sets apart from `now`.
+/// How long before its hour a rule's run is made: its tasks and wake orders, timed for the
+/// hour, reach the site relays' books by then, so a relay whose WAN link is down at that hour
+/// still wakes and reimages the room.
+pub const AHEAD_SECS: i64 = 12 * 3600;
+
+/// Runs the calendar at `now` (the schedulers' clock):
+/// - a rule whose next tick is within [`AHEAD_SECS`] has that run made ahead, timed for the
+///   tick (tried again at each call until it works; at the tick, a run not made ahead is made
+///   then); a reimage rule made ahead follows its image to the newest version the site's relay
+///   holds complete, until the tick;
+/// - a rule whose next tick has come runs, once whatever the ticks missed (a server down for a
+///   week reimages once, not once per missed Monday).
+///
+/// Returns (rule, outcome, failed) for each run.
 pub fn run_due(
     conn: &mut Connection,
     data: &Path,
     now: i64,
 ) -> Result<Vec<(i64, String, bool)>, DbError> {
     let mut ran = Vec::new();
-    let made_at = crate::time::now_unix();
     for rule in task_rules::list(conn)? {
-        if next_run(&rule).is_none_or(|t| t > now) {
+        let Some(next) = next_run(&rule) else {
             continue;
-        }
-        let (outcome, failed) = match run_one(conn, data, &rule, made_at) {
-            Ok(did) => (did, false),
-            Err(e) => (e.to_string(), true),
         };
-        task_rules::set_run(conn, rule.id, now, &outcome, failed)?;
-        ran.push((rule.id, outcome, failed));
+        if next <= now {
+            let (outcome, failed) = match (&rule.prepared, &rule.prepared_outcome) {
+                (Some(t), Some(made)) if *t == next => (
+                    format!("{made} (made ahead for {})", crate::time::rfc3339(next)),
+                    false,
+                ),
+                _ => match run_one(conn, data, &rule, now, None) {
+                    Ok(did) => (did, false),
+                    Err(e) => (e.to_string(), true),
+                },
+            };
+            task_rules::set_run(conn, rule.id, now, &outcome, failed)?;
+            ran.push((rule.id, outcome, failed));
+        } else if next - now <= AHEAD_SECS {
+            if rule.prepared == Some(next) {
+                if let Err(e) = follow_image(conn, data, &rule, next) {
+                    tracing::warn!(rule = rule.id, "task rule: {e}");
+                }
+                continue;
+            }
+            match run_one(conn, data, &rule, now, Some(next)) {
+                Ok(did) => task_rules::set_prepared(conn, rule.id, next, &did)?,
+                Err(e) => tracing::debug!(
+                    rule = rule.id,
+                    "task rule: its run at {} cannot be made ahead yet: {e}",
+                    crate::time::rfc3339(next)
+                ),
+            }
+        }
     }
     Ok(ran)
 }
 
+/// What a reimage rule's image names at `now`: `NAME@VERSION` as given; else, when the
+/// targets are hosts of one site whose relay holds a complete approved version, the newest of
+/// those; else `NAME` (the newest approved version).
+fn image_for(conn: &Connection, data: &Path, rule: &TaskRule) -> Result<String, ScheduleError> {
+    let image = rule.image.clone().unwrap_or_default();
+    if image.contains('@') {
+        return Ok(image);
+    }
+    let macs = schedule::targets(conn, rule.host.as_deref(), rule.group.as_deref())?;
+    let mut sites = std::collections::BTreeSet::new();
+    for m in macs {
+        sites.insert(crate::db::hosts::get(conn, m)?.and_then(|h| h.site));
+    }
+    let (1, Some(Some(site))) = (sites.len(), sites.into_iter().next()) else {
+        return Ok(image);
+    };
+    let Some(relay) = crate::db::sites::get(conn, &site)?.and_then(|s| s.relay) else {
+        return Ok(image);
+    };
+    let held = |id: &crate::store::VersionId| {
+        relay
+            .complete
+            .iter()
+            .any(|v| v.image == image && v.version == id.to_hex())
+    };
+    let newest = crate::store::Store::open(data)
+        .and_then(|s| s.newest_approved_where(&image, held))
+        .map_err(|cause| ScheduleError::Image {
+            spec: image.clone(),
+            cause,
+        })?;
+    Ok(match newest {
+        Some(v) => format!("{image}@{}", v.id),
+        None => image,
+    })
+}
+
+/// A reimage rule's run made ahead for `tick` moves to the version its image names now (a
+/// push that completed at the site since).
+fn follow_image(
+    conn: &mut Connection,
+    data: &Path,
+    rule: &TaskRule,
+    tick: i64,
+) -> Result<(), ScheduleError> {
+    if rule.kind != "reimage" {
+        return Ok(());
+    }
+    let spec = image_for(conn, data, rule)?;
+    let v = crate::store::Store::open(data)
+        .and_then(|s| s.resolve(&spec))
+        .map_err(|cause| ScheduleError::Image {
+            spec: spec.clone(),
+            cause,
+        })?;
+    let n = task_rules::retarget(conn, rule.id, tick, &v.id.to_string())?;
+    if n > 0 {
+        tracing::info!(
+            rule = rule.id,
+            "task rule: its run at {} now reimages with {}@{} ({n} task(s))",
+            crate::time::rfc3339(tick),
+            v.name,
+            v.id
+        );
+    }
+    Ok(())
+}
+
+/// Makes `rule`'s run: at once, or timed for `at` (made ahead).
 fn run_one(
     conn: &mut Connection,
     data: &Path,
     rule: &TaskRule,
     now: i64,
+    at: Option<i64>,
 ) -> Result<String, ScheduleError> {
     let hosts: Vec<String> = rule.host.iter().cloned().collect();
+    let at = at.map(crate::time::rfc3339);
     if rule.kind == "wake" {
         let w = schedule::wake(
             conn,
             &hosts,
             rule.group.as_deref(),
-            None,
+            at.as_deref(),
             &WakeRequest::default(),
             now,
         )?;
         return Ok(format!("{} host(s) to wake", w.len()));
     }
     let req = TaskRequest {
-        kind: if rule.kind == "capture" {
-            TaskKind::Capture
-        } else {
-            TaskKind::Reimage
+        kind: match rule.kind.as_str() {
+            "capture" => TaskKind::Capture,
+            "inventory" => TaskKind::Inventory,
+            _ => TaskKind::Reimage,
         },
         host: rule.host.clone(),
         group: rule.group.clone(),
-        image: rule.image.clone().unwrap_or_default(),
-        at: None,
+        image: if rule.kind == "reimage" {
+            image_for(conn, data, rule)?
+        } else {
+            rule.image.clone().unwrap_or_default()
+        },
+        at,
         replace: true,
         multicast: rule.multicast.then(Default::default),
         wake: rule.wake.then(WakeRequest::default),
@@ -206,6 +317,11 @@ fn run_one(
             .and_then(crate::proto::agent::After::parse),
     };
     let made = schedule::create(conn, data, &req, now)?;
+    task_rules::tag_tasks(
+        conn,
+        rule.id,
+        &made.iter().map(|t| t.id).collect::<Vec<_>>(),
+    )?;
     let ids: Vec<String> = made.iter().map(|t| t.id.to_string()).collect();
     Ok(format!(
         "{} {} task(s): {}",
@@ -294,6 +410,19 @@ mod tests {
                 now += 300;
             }
             assert_eq!(runs, want);
+            // each run's wake orders were made ahead, timed for the tick, once each
+            let mut st = c
+                .prepare("SELECT at FROM wakes WHERE mac = ?1 AND at BETWEEN ?2 AND ?3 ORDER BY at")
+                .unwrap();
+            let made: Vec<String> = st
+                .query_map(rusqlite::params![mac, utc(from), utc(to)], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap()
+                .map(|t| crate::time::rfc3339(t.unwrap()))
+                .collect();
+            assert_eq!(made, want, "wake orders");
+            drop(st);
             remove(&c, rule.id).unwrap();
         }
     }
@@ -321,7 +450,7 @@ mod tests {
             kind: "dance".into(),
             ..base.clone()
         })
-        .contains("reimage, capture or wake"));
+        .contains("reimage, capture, wake or inventory"));
         assert!(refused(RuleRequest {
             image: None,
             ..base.clone()
@@ -355,6 +484,37 @@ mod tests {
         );
         acknowledge(&c, rule.id).unwrap();
         assert!(!task_rules::get(&c, rule.id).unwrap().unwrap().failed);
+        // an inventory rule makes inventory tasks (made ahead, timed for the tick)
+        let inv = add(
+            &c,
+            &RuleRequest {
+                kind: "inventory".into(),
+                image: None,
+                ..base.clone()
+            },
+            utc("2027-01-05T00:00:00Z"),
+        )
+        .unwrap();
+        run_due(&mut c, data.path(), utc("2027-01-11T00:00:00Z")).unwrap();
+        let t = crate::db::tasks::list(&c, Some(mac.parse().unwrap()), false).unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].kind, TaskKind::Inventory);
+        assert_eq!(t[0].not_before, Some(utc("2027-01-11T01:00:00Z")));
+        assert!(
+            task_rules::get(&c, inv.id).unwrap().unwrap().prepared
+                == Some(utc("2027-01-11T01:00:00Z"))
+        );
+        assert!(add(
+            &c,
+            &RuleRequest {
+                kind: "inventory".into(),
+                ..base.clone()
+            },
+            0
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("takes no --image"));
         assert!(matches!(
             acknowledge(&c, 99),
             Err(CalendarError::NoRule(99))

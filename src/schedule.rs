@@ -49,7 +49,7 @@ pub enum ScheduleError {
         "task {id} is already {state}; only pending, booting or running tasks can be cancelled"
     )]
     Closed { id: i64, state: &'static str },
-    #[error("multicast is for reimage tasks: a capture reads one disk")]
+    #[error("multicast is for reimage tasks (a capture reads one disk; an inventory boot moves no image)")]
     MulticastCapture,
     #[error("multicast: {0}")]
     BadMulticast(String),
@@ -92,7 +92,8 @@ pub struct TaskRequest {
     pub host: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
-    /// `NAME[@VERSION]` for a reimage, `NAME` for a capture.
+    /// `NAME[@VERSION]` for a reimage, `NAME` for a capture; none for an inventory boot.
+    #[serde(default)]
     pub image: String,
     /// `HH:MM` (the server's local time) or RFC 3339; see [`crate::time::parse_at`].
     #[serde(default)]
@@ -265,6 +266,7 @@ pub fn create(
     };
     let (image, version) = match req.kind {
         TaskKind::Register => return Err(ScheduleError::Kind("register")),
+        TaskKind::Inventory => (String::new(), None),
         TaskKind::Reimage => {
             let v = Store::open(data)
                 .and_then(|s| s.resolve(&req.image))
@@ -287,7 +289,9 @@ pub fn create(
     let macs = targets(&tx, req.host.as_deref(), req.group.as_deref())?;
     let session = match (&req.multicast, req.kind, &version) {
         (None, ..) => None,
-        (Some(_), TaskKind::Capture, _) => return Err(ScheduleError::MulticastCapture),
+        (Some(_), TaskKind::Capture | TaskKind::Inventory, _) => {
+            return Err(ScheduleError::MulticastCapture)
+        }
         (Some(m), _, version) => {
             let max_rate =
                 crate::rate::parse_rate(m.max_rate.as_deref().unwrap_or(MULTICAST_MAX_RATE))
@@ -345,7 +349,7 @@ pub fn create(
             mac,
             req.kind,
             &tasks::NewTask {
-                image: Some(&image),
+                image: (!image.is_empty()).then_some(image.as_str()),
                 version: version.as_deref(),
                 group: req.group.as_deref(),
                 not_before,

@@ -514,11 +514,11 @@ impl Server {
                 self.relay.clone(),
                 cancel.clone(),
             );
-            let hooks = hooks.clone();
+            let (hooks, clock) = (hooks.clone(), self.config.clock());
             set.spawn(async move {
                 (
                     "wake-on-LAN",
-                    wake_orders((ifaces, opts), db, relay, hooks, c).await,
+                    wake_orders((ifaces, opts), clock, db, relay, hooks, c).await,
                 )
             });
         }
@@ -708,6 +708,7 @@ impl Server {
 /// orders wait.
 async fn wake_orders(
     (interfaces, opts): (Vec<String>, crate::wol::send::WakeOptions),
+    clock: Arc<dyn crate::push::clock::Clock>,
     db: Db,
     relay: Option<Arc<crate::relay::Relay>>,
     hooks: crate::hooks::Hooks,
@@ -720,7 +721,8 @@ async fn wake_orders(
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let now = crate::time::now_unix();
+        // an order's time is judged on the schedulers' clock (a test's clock file)
+        let now = clock.now();
         let due = match &relay {
             Some(r) => r.book().due_wakes(now),
             None => match db.read(move |c| crate::db::wakes::due_here(c, now)).await {

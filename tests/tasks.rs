@@ -832,3 +832,47 @@ fn task_rules_show_their_next_run_and_refuse_bad_input() {
         400
     );
 }
+
+/// An inventory boot (what a calendar rule of kind `inventory` makes): the host boots the agent
+/// for its task, the task is done at the hello, and the machine does what the task says.
+#[test]
+fn an_inventory_task_boots_the_agent_and_is_done_at_its_hello() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let s = serve(&lab);
+    register(&s, A);
+    let (code, made) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({"kind": "inventory", "host": A, "then": "poweroff"})),
+    );
+    assert_eq!(code, 201, "{made}");
+    let id = made["tasks"][0]["id"].as_i64().unwrap();
+    assert!(made["tasks"][0]["image"].is_null(), "{made}");
+    let script = boot(&s, A);
+    assert!(script.contains(&format!("bootcast.task={id}")), "{script}");
+    let hello = json!({
+        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": A, "arch": "x86_64", "firmware": "bios",
+        "boot_time": 1_700_000_100u64, "credential": credential_of(&script), "task": id
+    });
+    let (code, answer) = http(
+        "POST",
+        &format!("{}/api/v1/agent/hello", s.url),
+        None,
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["action"], "poweroff", "{answer}");
+    let t = lab.json(&["task", "list", "--all", "--host", A]);
+    assert_eq!(task_of(&t["tasks"], A)["state"], "done", "{t}");
+    // multicast makes no sense for it
+    let (code, body) = api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({"kind": "inventory", "host": A, "multicast": {}})),
+    );
+    assert_eq!(code, 400, "{body}");
+}

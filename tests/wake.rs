@@ -427,3 +427,184 @@ fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
     assert_eq!(on0, [A, A, A, C, C, C], "br0");
     common::say("two segments: the relay woke A and C on br0 only, B on br1 only");
 }
+
+/// A weekly rule for a site's host, with the WAN link cut before its hour: the central server
+/// made the run ahead (a task and a wake order timed for Monday 02:00 Paris, with the newest
+/// version of the image the relay holds complete, not a newer one it lacks; then that newer
+/// one once a push brought it to the site), the relay holds them in its site book, and at 02:00 on its clock it wakes the host and gives it the task
+/// alone; not before. When the link is back, central has the wake event and the rule's run.
+#[test]
+fn a_relay_cut_off_before_the_hour_runs_its_rule_alone() {
+    const NAME: &str = "a_relay_cut_off_before_the_hour_runs_its_rule_alone";
+    if !common::is_root() {
+        common::skip(NAME, "needs root (network namespaces)");
+        return;
+    }
+    if !common::disks::have("tcpdump") {
+        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let utc = |s: &str| bootcast::time::parse_rfc3339(s).unwrap();
+    let central = Lab::new();
+    fake_bootenv(&central);
+    let v1 = central.add(
+        "demo",
+        &central.file("v1.img", &common::random_bytes(300_000, 1)),
+    )["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = central.json(&["site", "add", "lycee"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Monday 4 January 2027, 01:00 in Paris
+    let clock = central.path("clock");
+    std::fs::write(&clock, utc("2027-01-04T00:00:00Z").to_string()).unwrap();
+    let clock_arg = clock.to_str().unwrap();
+    let c = Netns::new("offc");
+    let site = Netns::new("offs");
+    c.link(&site, ("s1", "10.99.7.1/30"), ("up0", "10.99.7.2/30"), None);
+    site.bridge_with_tap();
+    let nic = site.attach("nic", "10.99.0.61/24", "fd99::62/64");
+    let mut cmd = c.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(central.data())
+        .env_remove("BOOTCAST_DATA");
+    let server = common::Served::start(
+        cmd,
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--tftp",
+            "off",
+            "--clock-file",
+            clock_arg,
+        ],
+    );
+    let relay_data = central.path("relay");
+    let relay = common::netlab::start_relay(
+        &site,
+        &relay_data,
+        ("lycee", &token),
+        &server,
+        "10.99.7.1",
+        &[
+            &common::netlab::VLAN_SERVICES[..],
+            &["--clock-file", clock_arg],
+        ]
+        .concat(),
+    );
+    common::region::push_and_wait(&central);
+    // a newer version the site does not hold
+    let v2 = central.add(
+        "demo",
+        &central.file("v2.img", &common::random_bytes(300_000, 2)),
+    )["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(v1, v2);
+    register_at(&site, URL, A);
+
+    let rule = serde_json::json!({
+        "kind": "reimage", "host": A, "image": "demo", "every": "0 2 * * 1", "tz": "Europe/Paris",
+    });
+    let (code, body) = common::http_in(
+        Some(&c.name),
+        "POST",
+        "http://127.0.0.1:8080/api/v1/task-rules",
+        server.token.as_deref(),
+        Some(&rule.to_string()),
+    );
+    assert_eq!(code, 201, "{body}");
+    // made ahead (within 30 s): the task for 02:00 with v1, and it reaches the relay's book
+    let task = wait_for("the rule's run made ahead", 60, || {
+        let t = central.json(&["task", "list", "--host", A]);
+        t["tasks"].as_array().unwrap().first().cloned()
+    });
+    assert_eq!(
+        task["version"],
+        v1.as_str(),
+        "the version the site holds: {task}"
+    );
+    assert_eq!(task["not_before"], "2027-01-04T01:00:00Z", "{task}");
+    // v2 reaches the site before the hour: the run made ahead follows it
+    common::region::push_and_wait(&central);
+    wait_for("the run made ahead to follow v2", 60, || {
+        let t = central.json(&["task", "list", "--host", A]);
+        (t["tasks"][0]["version"] == v2.as_str()).then_some(())
+    });
+    let book = relay_data.join("relay/book.json");
+    wait_for(
+        "the task and the wake order in the relay's book",
+        60,
+        || {
+            let b: serde_json::Value = serde_json::from_slice(&std::fs::read(&book).ok()?).ok()?;
+            let kept = relay_data.join("relay/files/bootenv/initrd.img").is_file();
+            (kept
+                && b.to_string().contains(&format!("\"id\":{}", task["id"]))
+                && b.to_string().contains(&v2)
+                && b["wakes"].as_array().is_some_and(|w| !w.is_empty()))
+            .then_some(())
+        },
+    );
+
+    // the WAN link goes down; at 01:00 the relay gives A no task yet
+    c.sh("ip link set s1 down");
+    let script = |label: &str| {
+        let (code, s) = common::http_in(
+            Some(&site.name),
+            "GET",
+            &format!("{URL}/boot/{A}.ipxe"),
+            None,
+            None,
+        );
+        assert_eq!(code, 200, "{label}: {s}");
+        s
+    };
+    assert!(
+        !script("01:00").contains("bootcast.task="),
+        "a task before its hour"
+    );
+    // 01:59:55: the relay wakes A at 02:00, alone
+    let pcap = central.path("offline.pcap");
+    let mut dump = capture(&nic, &pcap, 3);
+    std::fs::write(&clock, utc("2027-01-04T00:59:55Z").to_string()).unwrap();
+    wait_exit(&mut dump, "the relay's packets for A at 02:00", || {
+        relay.log_text()
+    });
+    assert!(magic_packets(&pcap).iter().all(|p| p.3 == A));
+    let s = script("02:00");
+    assert!(
+        s.contains(&format!("bootcast.task={}", task["id"])),
+        "the relay alone does not give A its task at 02:00: {s}"
+    );
+    common::say(&format!(
+        "offline rule: made ahead with {} (held at the site; {} was newer), moved to {} once pushed; the relay woke A at 02:00 and gave it task {} with its WAN link down",
+        &v1[..12],
+        &v2[..12],
+        &v2[..12],
+        task["id"]
+    ));
+
+    // the link is back: central has the wake (by the site) and the rule's run
+    c.sh("ip link set s1 up");
+    wait_for("central's wake event", 120, || {
+        let e = central.json(&["events", "--kind", "wake", "--host", A]);
+        (e["events"][0]["data"]["by"] == "lycee").then_some(())
+    });
+    // (central's calendar looks every 30 s)
+    let list = wait_for("the rule's run at central", 60, || {
+        let l = central.json(&["task", "rule", "list"]);
+        l["rules"][0]["last_outcome"].is_string().then_some(l)
+    });
+    let r = &list["rules"][0];
+    assert!(
+        r["last_outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("made ahead")),
+        "{list}"
+    );
+    assert_eq!(r["next_run"], "2027-01-11T01:00:00Z", "{list}");
+}

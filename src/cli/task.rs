@@ -76,7 +76,8 @@ pub enum TaskCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Recurring task rules: reimage, capture or wake a host or a group on a schedule
+    /// Recurring task rules: reimage, capture, wake or inventory-boot a host or a group on a
+    /// schedule
     #[command(subcommand)]
     Rule(RuleCmd),
     /// Cancel task ID, or every open task of a host or of a group's hosts
@@ -101,10 +102,12 @@ pub enum RuleCmd {
         host: Option<String>,
         #[arg(long)]
         group: Option<String>,
-        /// reimage, capture or wake
-        #[arg(long, value_parser = ["reimage", "capture", "wake"])]
+        /// reimage, capture, wake, or inventory (boot the agent so that it reports the
+        /// machine's inventory, then reboot or as --then says)
+        #[arg(long, value_parser = ["reimage", "capture", "wake", "inventory"])]
         kind: String,
-        /// reimage: NAME (the newest approved version at each run) or NAME@VERSION; capture: NAME
+        /// reimage: NAME (the newest approved version the site's relay holds at each run) or
+        /// NAME@VERSION; capture: NAME
         #[arg(long)]
         image: Option<String>,
         /// e.g. "0 2 * * 1": Mondays at 02:00

@@ -412,6 +412,12 @@ pub const MIGRATIONS: &[&str] = &[
     BEGIN
         UPDATE sites SET book_rev = book_rev + 1 WHERE name = new.site;
     END;",
+    // 20: a task rule's next run made ahead of its hour (tasks and wake orders timed for it,
+    // so a site's relay holds them even if its WAN link is down at that hour): the tick it was
+    // made for and what was made; the tasks a rule made
+    "ALTER TABLE task_rules ADD COLUMN prepared INTEGER;
+    ALTER TABLE task_rules ADD COLUMN prepared_outcome TEXT;
+    ALTER TABLE tasks ADD COLUMN rule_id INTEGER;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

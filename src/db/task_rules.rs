@@ -35,10 +35,14 @@ pub struct TaskRule {
     pub failed: bool,
     /// What the machines do once the rule's tasks are over (`None`: the group's, else reboot).
     pub then: Option<String>,
+    /// The next run was made ahead of its hour: the tick it is for, and what was made.
+    #[serde(serialize_with = "crate::time::serialize_opt_rfc3339")]
+    pub prepared: Option<i64>,
+    pub prepared_outcome: Option<String>,
 }
 
 const COLUMNS: &str =
-    "id, created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, last_outcome, failed, after_task";
+    "id, created_at, kind, host, grp, image, multicast, wake, every, tz, last_run, last_outcome, failed, after_task, prepared, prepared_outcome";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<TaskRule> {
     Ok(TaskRule {
@@ -56,6 +60,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<TaskRule> {
         last_outcome: r.get(11)?,
         failed: r.get(12)?,
         then: r.get(13)?,
+        prepared: r.get(14)?,
+        prepared_outcome: r.get(15)?,
     })
 }
 
@@ -122,6 +128,45 @@ pub fn set_run(
     )
     .what("record task rule run")?;
     Ok(())
+}
+
+/// Records that the run at tick `tick` was made ahead: `outcome` says what was made.
+pub fn set_prepared(conn: &Connection, id: i64, tick: i64, outcome: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE task_rules SET prepared = ?2, prepared_outcome = ?3 WHERE id = ?1",
+        params![id, tick, outcome],
+    )
+    .what("record task rule preparation")?;
+    Ok(())
+}
+
+/// Tags `tasks` as made by rule `rule`.
+pub fn tag_tasks(conn: &Connection, rule: i64, tasks: &[i64]) -> Result<(), DbError> {
+    for t in tasks {
+        conn.execute(
+            "UPDATE tasks SET rule_id = ?1 WHERE id = ?2",
+            params![rule, t],
+        )
+        .what("tag rule task")?;
+    }
+    Ok(())
+}
+
+/// Moves rule `rule`'s tasks that wait for tick `tick` to `version` (and their multicast
+/// session); returns how many tasks changed.
+pub fn retarget(conn: &Connection, rule: i64, tick: i64, version: &str) -> Result<usize, DbError> {
+    conn.execute(
+        "UPDATE mcast_sessions SET version = ?3 WHERE id IN (SELECT mcast FROM tasks
+            WHERE rule_id = ?1 AND not_before = ?2 AND state = 'pending')",
+        params![rule, tick, version],
+    )
+    .what("retarget rule session")?;
+    conn.execute(
+        "UPDATE tasks SET version = ?3 WHERE rule_id = ?1 AND not_before = ?2
+            AND state = 'pending' AND version IS NOT ?3",
+        params![rule, tick, version],
+    )
+    .what("retarget rule tasks")
 }
 
 /// Staff saw rule `id`'s failed run; false if there is no such rule.

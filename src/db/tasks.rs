@@ -21,6 +21,9 @@ pub enum TaskKind {
     Register,
     Reimage,
     Capture,
+    /// Boot the bootcast environment so that the agent reports the machine's inventory; done
+    /// at its hello (calendar rules of kind `inventory`).
+    Inventory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,13 +43,19 @@ impl TaskKind {
             TaskKind::Register => "register",
             TaskKind::Reimage => "reimage",
             TaskKind::Capture => "capture",
+            TaskKind::Inventory => "inventory",
         }
     }
 
     fn parse(s: &str) -> Option<TaskKind> {
-        [TaskKind::Register, TaskKind::Reimage, TaskKind::Capture]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            TaskKind::Register,
+            TaskKind::Reimage,
+            TaskKind::Capture,
+            TaskKind::Inventory,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -146,9 +146,28 @@ pub async fn agent_hello(
             let runnable = task.as_ref().is_some_and(|t| match t.kind {
                 TaskKind::Reimage => t.image.is_some() && t.version.is_some(),
                 TaskKind::Capture => t.image.is_some(),
-                TaskKind::Register => false,
+                TaskKind::Register | TaskKind::Inventory => false,
             });
-            if let Some(t) = task.as_ref().filter(|_| !runnable) {
+            // an inventory boot's work is this hello (the agent reports its inventory next);
+            // then the machine does what the task says (default: reboot)
+            let inventory_then = match task.as_ref().filter(|t| t.kind == TaskKind::Inventory) {
+                Some(t) => {
+                    tasks::set_state(
+                        c,
+                        mac,
+                        t.id,
+                        TaskState::Done,
+                        Some("the agent booted and reports the inventory"),
+                        now,
+                    )?;
+                    Some(crate::db::tasks::then_of(c, t)?)
+                }
+                None => None,
+            };
+            if let Some(t) = task
+                .as_ref()
+                .filter(|t| !runnable && t.kind != TaskKind::Inventory)
+            {
                 // This agent runs reimage and capture tasks only. Closing the task (rather
                 // than leaving it open) keeps the host from booting it again and again.
                 tasks::set_state(
@@ -181,17 +200,41 @@ pub async fn agent_hello(
                 None => None,
             };
             Ok(Ok((
-                host, task, hostname, grow, then, multicast, session, agent_ip, relayed, joined,
+                host,
+                task,
+                hostname,
+                grow,
+                then,
+                multicast,
+                session,
+                agent_ip,
+                relayed,
+                (joined, inventory_then),
             )))
         })
         .await?;
-    let (host, task, hostname, grow, then, multicast, session, agent_ip, relayed, joined) =
-        res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
+    let (
+        host,
+        task,
+        hostname,
+        grow,
+        then,
+        multicast,
+        session,
+        agent_ip,
+        relayed,
+        (joined, inventory_then),
+    ) = res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     emit_registration(&st.hooks, mac, &joined);
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");
     }
     let idle = match st.after_register {
+        // an inventory boot: as its task says
+        _ if inventory_then.is_some() => match inventory_then.flatten() {
+            Some(crate::proto::agent::After::Poweroff) => HelloReply::Poweroff,
+            _ => HelloReply::Reboot,
+        },
         // a task was just made for it (a registration rule, its other NIC's): boot it now
         _ if joined.task_waits() => HelloReply::Reboot,
         AfterRegister::Reboot => HelloReply::Reboot,

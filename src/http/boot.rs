@@ -93,7 +93,7 @@ pub async fn host_script(
     let (credential, salt) = (random(16)?, random(16)?);
     let boot = st.boot.clone();
     let default_handoff = st.boot.uefi_local;
-    let now = crate::time::now_unix();
+    let (now, sched_now) = (crate::time::now_unix(), st.clock.now());
     let decided = st
         .db
         .call(move |c| {
@@ -106,7 +106,8 @@ pub async fn host_script(
             };
             let owner = bootcred::from_the_machine(seen, origin.ip, &boot.trust_without_dhcp);
             let known = hosts::get(c, mac)?;
-            let open_task = tasks::due_for(c, mac, now)?;
+            // a task's start is judged on the schedulers' clock
+            let open_task = tasks::due_for(c, mac, sched_now)?;
             if !owner && (open_task.is_some() || known.as_ref().is_none_or(|h| !h.registered())) {
                 // Not the machine itself: nothing is recorded, no task moves, no credential.
                 let why = match seen {

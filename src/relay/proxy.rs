@@ -291,7 +291,8 @@ async fn offline_script(
     let uefi = loader == Loader::Grub
         || query.is_some_and(|q| q.split('&').any(|kv| kv == "platform=efi"));
     relay.metrics.offline_scripts.inc();
-    let now = crate::time::now_unix();
+    // a task's start is judged on the schedulers' clock
+    let now = relay.clock.now();
     let plan = {
         let store = relay.store.clone();
         let book = relay.book().clone();
@@ -421,7 +422,7 @@ async fn hello_alone(
     let task = hello.task.and_then(|id| {
         relay
             .book()
-            .task_for(&m, now)
+            .task_for(&m, relay.clock.now())
             .filter(|t| t.id == id)
             .cloned()
     });

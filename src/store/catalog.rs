@@ -245,6 +245,28 @@ impl Store {
         }
     }
 
+    /// The newest readable, approved version of `name` that `keep` accepts (by its id).
+    pub fn newest_approved_where(
+        &self,
+        name: &str,
+        keep: impl Fn(&VersionId) -> bool,
+    ) -> Result<Option<Version>> {
+        for f in self.version_files(name)?.into_iter().rev() {
+            if awaiting_approval(&f.path) || !keep(&f.id) {
+                continue;
+            }
+            if let Ok(manifest) = f.manifest {
+                return Ok(Some(Version {
+                    name: f.name,
+                    id: f.id,
+                    path: f.path,
+                    manifest,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// The version `NAME[@VERSION]` names: without `@`, the newest.
     pub fn resolve(&self, spec: &str) -> Result<Version> {
         let (name, version) = split_spec(spec);
