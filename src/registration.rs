@@ -4,7 +4,8 @@
 //! - **Identity**: a host is known by the MAC it boots from *and* by its SMBIOS system UUID.
 //!   A new MAC whose UUID belongs to exactly one known host is that machine with another NIC
 //!   (a replaced card, a USB dock): it takes the old host's place ([`hosts::replace`]: name,
-//!   groups, site, open tasks) and the old MAC is retired, so the fleet keeps one host. A
+//!   groups, site; not its open tasks, since SMBIOS values can be forged and a task may carry
+//!   a confidential image) and the old MAC is retired, so the fleet keeps one host. A
 //!   UUID that two active hosts report is a conflict, recorded as an event and never merged;
 //!   placeholder UUIDs (all zeros, all FF, well-known board defaults, or one that several
 //!   hosts report) identify nothing.
@@ -74,10 +75,7 @@ pub struct Outcome {
 impl Outcome {
     /// A task now waits for this machine (the hello answers "reboot" so it boots it).
     pub fn task_waits(&self) -> bool {
-        self.same_machine
-            .as_ref()
-            .is_some_and(|(_, r)| !r.tasks.is_empty())
-            || self.rule.as_ref().is_some_and(|a| a.task.is_some())
+        self.rule.as_ref().is_some_and(|a| a.task.is_some())
     }
 }
 
@@ -143,7 +141,7 @@ pub fn on_hello(
         match others.as_slice() {
             [] => {}
             [old] if !registered_before => {
-                let moved = hosts::replace(conn, old.mac, mac, now)?;
+                let moved = hosts::replace(conn, old.mac, mac, now, false)?;
                 out.same_machine = Some((old.mac, moved));
                 return Ok(out);
             }
@@ -220,7 +218,7 @@ fn apply(
         _ => None,
     };
     if let Some(old) = broken {
-        let moved = hosts::replace(conn, old.mac, mac, now)?;
+        let moved = hosts::replace(conn, old.mac, mac, now, false)?;
         a.replaced = Some(old.mac);
         a.name = moved.name;
     } else {

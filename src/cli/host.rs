@@ -340,7 +340,7 @@ pub fn run_host(cmd: HostCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         }
         HostCmd::Replace { old, new } => {
             let (old, new): (Mac, Mac) = (old.parse()?, new.parse()?);
-            let moved = hosts::replace(&mut c, old, new, bootcast::time::now_unix())?;
+            let moved = hosts::replace(&mut c, old, new, bootcast::time::now_unix(), true)?;
             out.emit(
                 &serde_json::json!({ "old": old.to_string(), "new": new.to_string(), "moved": moved }),
                 || {

@@ -319,17 +319,23 @@ pub struct Replaced {
     pub name: Option<String>,
     pub site: Option<String>,
     pub groups: Vec<String>,
+    /// The old host's open tasks: moved to the new one, or left on the old MAC.
     pub tasks: Vec<i64>,
+    pub tasks_moved: bool,
 }
 
-/// `new` takes `old`'s place: its name, groups, site, UEFI hand-off setting and open tasks
-/// (with their wake orders) move to `new`; `old` is retired (`replaced_by` = `new`) and no
-/// longer broken. Its history (boots, events, inventories) stays under its own MAC.
+/// `new` takes `old`'s place: its name, groups, site, UEFI hand-off setting and, with
+/// `move_tasks` (staff's `host replace`), its open tasks with their wake orders; `old` is
+/// retired (`replaced_by` = `new`) and no longer broken. Its history (boots, events,
+/// inventories) and the tasks not moved stay under its own MAC. Automatic replacements (the
+/// same SMBIOS UUID, a rule's broken host) move no task: an agent's SMBIOS values can be
+/// forged, and a task may carry a confidential image.
 pub fn replace(
     conn: &mut Connection,
     old: Mac,
     new: Mac,
     now: i64,
+    move_tasks: bool,
 ) -> Result<Replaced, ReplaceError> {
     if old == new {
         return Err(ReplaceError::Same(old, new));
@@ -366,16 +372,18 @@ pub fn replace(
         let rows = st.query_map([&om], |r| r.get(0)).what("open tasks")?;
         rows.collect::<Result<_, _>>().what("open tasks")?
     };
-    tx.execute(
-        "UPDATE tasks SET mac = ?2 WHERE mac = ?1 AND state IN ('pending','booting','running')",
-        params![om, nm],
-    )
-    .what("move tasks")?;
-    tx.execute(
-        "UPDATE wakes SET mac = ?2 WHERE mac = ?1 AND sent_at IS NULL",
-        params![om, nm],
-    )
-    .what("move wake orders")?;
+    if move_tasks {
+        tx.execute(
+            "UPDATE tasks SET mac = ?2 WHERE mac = ?1 AND state IN ('pending','booting','running')",
+            params![om, nm],
+        )
+        .what("move tasks")?;
+        tx.execute(
+            "UPDATE wakes SET mac = ?2 WHERE mac = ?1 AND sent_at IS NULL",
+            params![om, nm],
+        )
+        .what("move wake orders")?;
+    }
     // the name is unique: off the old host first
     tx.execute(
         "UPDATE hosts SET name = NULL, retired_at = ?2, replaced_by = ?3, broken_at = NULL,
@@ -396,6 +404,7 @@ pub fn replace(
         name: o.name,
         site: o.site,
         groups,
+        tasks_moved: move_tasks,
         tasks,
     })
 }

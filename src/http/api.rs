@@ -341,7 +341,7 @@ pub async fn agent_hello(
 fn emit_registration(hooks: &crate::hooks::Hooks, mac: Mac, o: &crate::registration::Outcome) {
     use crate::hooks::EventKind;
     if let Some((old, moved)) = &o.same_machine {
-        tracing::info!(%mac, %old, "same machine (SMBIOS UUID), another NIC: it takes its host's place");
+        tracing::info!(%mac, %old, left = ?moved.tasks, "same machine (SMBIOS UUID), another NIC: it takes its host's place (its open tasks stay on the old MAC: `bootcast host replace` moves them)");
         hooks.emit(
             EventKind::HostReplaced,
             Some(mac.to_string()),
@@ -904,7 +904,7 @@ pub async fn replace_host(
     let moved = st
         .db
         .call(move |c| {
-            Ok(crate::db::hosts::replace(c, old, new, now)
+            Ok(crate::db::hosts::replace(c, old, new, now, true)
                 .map_err(crate::registration::RegistrationError::from))
         })
         .await??;
