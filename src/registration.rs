@@ -155,6 +155,7 @@ pub fn on_hello(
     }
     let facts = Facts {
         site: host.site.as_deref(),
+        circuit: host.circuit.as_deref(),
         ip,
         smbios,
         mac,
@@ -171,6 +172,8 @@ pub fn on_hello(
 /// What a rule's conditions look at.
 struct Facts<'a> {
     site: Option<&'a str>,
+    /// The switch port it booted behind (DHCP option 82).
+    circuit: Option<&'a str>,
     ip: IpAddr,
     smbios: Option<&'a Smbios>,
     mac: Mac,
@@ -189,6 +192,9 @@ impl Facts<'_> {
             && r.serial
                 .as_deref()
                 .is_none_or(|p| field(|s| s.serial.as_ref()).is_some_and(|v| glob(p, v)))
+            && r.circuit
+                .as_deref()
+                .is_none_or(|p| self.circuit.is_some_and(|v| glob(p, v)))
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 use serde_json::{json, Value};
 
+use common::netlab::Netns;
 use common::{boot_script, credential_of, fake_bootenv, http, InProcess, Lab};
 
 /// A network boot and the agent's hello with an SMBIOS identity: the hello's answer.
@@ -264,4 +265,123 @@ fn a_new_machine_takes_the_place_of_its_rooms_broken_host() {
     assert!(o["host"]["broken_at"].is_null(), "{o}");
     let ev = event(&lab, new, "host_replaced");
     assert_eq!(ev["data"]["why"], "broken host of the room", "{ev}");
+}
+
+/// curl from `ns`, from local address `ip`: (status, body).
+fn curl_from(ns: &Netns, ip: &str, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let mut c = ns.cmd("curl");
+    c.args([
+        "-sS",
+        "--interface",
+        ip,
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        url,
+    ]);
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed a status");
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A machine behind a switch whose DHCP relay agent adds option 82: `bootcast serve` (full
+/// DHCP, in a network namespace) records the circuit id with the address it acknowledged; the
+/// machine's boot script request records it on the host, and the registration rule for that
+/// switch's ports names it and puts it in its room. Needs root; prints SKIP without.
+#[test]
+fn the_switch_port_of_dhcp_option_82_picks_the_registration_rule() {
+    const NAME: &str = "the_switch_port_of_dhcp_option_82_picks_the_registration_rule";
+    if !common::is_root() {
+        common::skip(NAME, "needs root (network namespaces)");
+        return;
+    }
+    use bootcast::boot::dhcp::codec::{build_request, msg, RequestBuilder};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let ns = Netns::new("o82");
+    ns.bridge_with_tap();
+    let _server = common::netlab::serve_full(&ns, &lab);
+    lab.json(&[
+        "host",
+        "rule",
+        "add",
+        "--circuit",
+        "Gi1/0/*",
+        "--group",
+        "r7",
+        "--name",
+        "r7-pc{n}",
+    ]);
+    // the switch's relay agent, on the segment at 10.99.0.70
+    let sw = ns.attach("o82sw", "10.99.0.70/24", "fd99::70/64");
+    let mac = "52:54:00:99:0f:01";
+    let m: bootcast::mac::Mac = mac.parse().unwrap();
+    let name = sw.name.clone();
+    let ip = std::thread::spawn(move || {
+        common::dhcp::enter(&name);
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::new(10, 99, 0, 70), 67)).into())
+            .unwrap();
+        let sock: std::net::UdpSocket = s.into();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(250)))
+            .unwrap();
+        let ri = [1u8, 7, b'G', b'i', b'1', b'/', b'0', b'/', b'7'];
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 67);
+        let mut b = RequestBuilder::discover(0x8201, m);
+        b.giaddr = Ipv4Addr::new(10, 99, 0, 70);
+        b.relay_info = Some(&ri);
+        let (offer, _) = common::dhcp::exchange(&sock, &build_request(&b), server);
+        b.msg_type = msg::REQUEST;
+        b.xid = 0x8202;
+        b.requested_ip = Some(offer.yiaddr);
+        b.server_id = Some(Ipv4Addr::new(10, 99, 0, 1));
+        let (ack, _) = common::dhcp::exchange(&sock, &build_request(&b), server);
+        assert_eq!(ack.msg_type(), Some(msg::ACK));
+        assert_eq!(ack.opt(82), Some(&ri[..]), "option 82 echoed");
+        ack.yiaddr
+    })
+    .join()
+    .unwrap();
+    // the machine at that address: its boot script and its agent's hello
+    sw.sh(&format!("ip addr add {ip}/24 dev eth0"));
+    let ip = ip.to_string();
+    let (code, script) = curl_from(
+        &sw,
+        &ip,
+        "GET",
+        &format!("http://10.99.0.1:8080/boot/{mac}.ipxe"),
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    let hello = json!({
+        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64",
+        "firmware": "bios", "boot_time": 1_700_000_000u64, "credential": credential_of(&script),
+    });
+    let (code, body) = curl_from(
+        &sw,
+        &ip,
+        "POST",
+        "http://10.99.0.1:8080/api/v1/agent/hello",
+        Some(&hello.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let h = host(&lab, mac);
+    assert_eq!(h["host"]["circuit"], "Gi1/0/7", "{h}");
+    assert_eq!(h["host"]["name"], "r7-pc01", "{h}");
+    assert_eq!(h["groups"], json!(["r7"]), "{h}");
+    common::say("registration: the machine behind switch port Gi1/0/7 (DHCP option 82) got room r7 and the name r7-pc01");
 }

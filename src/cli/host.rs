@@ -76,6 +76,8 @@ pub enum HostCmd {
     },
 }
 
+// parsed once per process: the size of its largest variant does not matter
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum RegRuleCmd {
     /// A rule: a new machine matching every condition given (none: every new machine) gets
@@ -93,6 +95,10 @@ pub enum RegRuleCmd {
         /// Condition: its SMBIOS serial matches this pattern
         #[arg(long)]
         serial: Option<String>,
+        /// Condition: the switch port it boots behind (DHCP option 82 circuit id, from the
+        /// switch's DHCP relay agent) matches this pattern, e.g. 'Gi1/0/*'
+        #[arg(long)]
+        circuit: Option<String>,
         /// It joins this group (its room)
         #[arg(long)]
         group: Option<String>,
@@ -130,6 +136,7 @@ fn run_rule(c: &rusqlite::Connection, cmd: RegRuleCmd, out: &Output) -> Result<(
             subnet,
             model,
             serial,
+            circuit,
             group,
             name,
             image,
@@ -143,6 +150,7 @@ fn run_rule(c: &rusqlite::Connection, cmd: RegRuleCmd, out: &Output) -> Result<(
                 subnet,
                 model,
                 serial,
+                circuit,
                 group,
                 name,
                 image,
@@ -187,6 +195,7 @@ fn describe(r: &bootcast::db::registration_rules::RegistrationRule) -> String {
         ("subnet", &r.subnet),
         ("model", &r.model),
         ("serial", &r.serial),
+        ("switch port", &r.circuit),
     ] {
         if let Some(v) = v {
             when.push(format!("{k} {v}"));

@@ -299,14 +299,32 @@ pub fn from_the_machine(seen: Option<IpAddr>, from: IpAddr, trust_without_dhcp: 
 }
 
 /// Records that a DHCP service saw `mac` at `ip` (an address it acknowledged, or one a
-/// client asked for in proxy mode).
-pub fn record_seen(c: &Connection, mac: Mac, ip: IpAddr, now: i64) -> Result<(), DbError> {
+/// client asked for in proxy mode), behind switch port `circuit` (option 82) if known.
+pub fn record_seen(
+    c: &Connection,
+    mac: Mac,
+    ip: IpAddr,
+    now: i64,
+    circuit: Option<&str>,
+) -> Result<(), DbError> {
     c.execute(
-        "INSERT OR REPLACE INTO dhcp_seen (mac, ip, at) VALUES (?1, ?2, ?3)",
-        params![mac.to_string(), ip.to_string(), now],
+        "INSERT OR REPLACE INTO dhcp_seen (mac, ip, at, circuit) VALUES (?1, ?2, ?3, ?4)",
+        params![mac.to_string(), ip.to_string(), now, circuit],
     )
     .what("record DHCP address")?;
     Ok(())
+}
+
+/// The switch port (option 82 circuit id) a DHCP service saw `mac` behind, at or after `since`.
+pub fn seen_circuit(c: &Connection, mac: Mac, since: i64) -> Result<Option<String>, DbError> {
+    Ok(c.query_row(
+        "SELECT circuit FROM dhcp_seen WHERE mac = ?1 AND at >= ?2",
+        params![mac.to_string(), since],
+        |r| r.get(0),
+    )
+    .optional()
+    .what("read DHCP circuit")?
+    .flatten())
 }
 
 /// The address a DHCP service saw `mac` at, at or after `since`.
@@ -461,8 +479,13 @@ mod tests {
         let c = db.lock();
         let mac: Mac = "52:54:00:00:00:03".parse().unwrap();
         assert_eq!(seen(&c, mac, 0).unwrap(), None);
-        record_seen(&c, mac, A, 100).unwrap();
-        record_seen(&c, mac, B, 200).unwrap();
+        record_seen(&c, mac, A, 100, None).unwrap();
+        record_seen(&c, mac, B, 200, Some("Gi1/0/7")).unwrap();
+        assert_eq!(
+            seen_circuit(&c, mac, 150).unwrap().as_deref(),
+            Some("Gi1/0/7")
+        );
+        assert_eq!(seen_circuit(&c, mac, 250).unwrap(), None);
         assert_eq!(seen(&c, mac, 150).unwrap(), Some(B));
         assert_eq!(seen(&c, mac, 201).unwrap(), None);
     }

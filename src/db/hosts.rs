@@ -45,6 +45,8 @@ pub struct Host {
     pub broken_at: Option<i64>,
     /// The registration rule that waits for a staff approval (`bootcast host approve`).
     pub pending_rule: Option<i64>,
+    /// The switch port (DHCP option 82 circuit id) it last booted behind.
+    pub circuit: Option<String>,
 }
 
 impl Host {
@@ -70,7 +72,7 @@ fn firmware_from(s: Option<String>) -> Option<Firmware> {
 
 const HOST_COLUMNS: &str =
     "mac, arch, firmware, first_boot, last_boot, last_ip, boots, registered_at, name, site, \
-     smbios_uuid, vendor, model, serial, retired_at, replaced_by, broken_at, pending_rule";
+     smbios_uuid, vendor, model, serial, retired_at, replaced_by, broken_at, pending_rule, circuit";
 
 fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
     let mac: String = r.get(0)?;
@@ -95,6 +97,7 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Host> {
         replaced_by: r.get(15)?,
         broken_at: r.get(16)?,
         pending_rule: r.get(17)?,
+        circuit: r.get(18)?,
     })
 }
 
@@ -288,6 +291,16 @@ pub fn set_broken(conn: &Connection, mac: Mac, broken: bool, now: i64) -> Result
         )
         .what("mark broken")?;
     Ok(n > 0)
+}
+
+/// Records the switch port (option 82 circuit id) `mac` boots behind.
+pub fn set_circuit(conn: &Connection, mac: Mac, circuit: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE hosts SET circuit = ?2 WHERE mac = ?1 AND circuit IS NOT ?2",
+        params![mac.to_string(), circuit],
+    )
+    .what("set circuit")?;
+    Ok(())
 }
 
 /// Sets (or clears) the registration rule waiting for a staff approval for `mac`.

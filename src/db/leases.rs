@@ -47,12 +47,19 @@ fn query(conn: &Connection, sql: &str, arg: String) -> Result<Option<Lease>, Lea
 }
 
 impl LeaseStore for SqliteLeases {
-    fn seen(&self, mac: Mac, ip: Ipv4Addr, at: u64) -> Result<(), LeaseError> {
+    fn seen(
+        &self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        at: u64,
+        circuit: Option<&str>,
+    ) -> Result<(), LeaseError> {
         super::bootcred::record_seen(
             &self.db.lock(),
             mac,
             ip.into(),
             i64::try_from(at).unwrap_or(i64::MAX),
+            circuit,
         )
         .map_err(|e| LeaseError(e.to_string()))
     }

@@ -418,6 +418,11 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE task_rules ADD COLUMN prepared INTEGER;
     ALTER TABLE task_rules ADD COLUMN prepared_outcome TEXT;
     ALTER TABLE tasks ADD COLUMN rule_id INTEGER;",
+    // 21: the switch port (DHCP option 82 circuit id) a machine was last seen behind, and
+    // registration rules that match on it
+    "ALTER TABLE dhcp_seen ADD COLUMN circuit TEXT;
+    ALTER TABLE hosts ADD COLUMN circuit TEXT;
+    ALTER TABLE registration_rules ADD COLUMN circuit TEXT;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

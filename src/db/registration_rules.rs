@@ -22,6 +22,10 @@ pub struct RegistrationRule {
     pub model: Option<String>,
     #[serde(default)]
     pub serial: Option<String>,
+    /// A glob pattern on the switch port it booted behind (DHCP option 82 circuit id, as the
+    /// DHCP relay agent of its switch sends it).
+    #[serde(default)]
+    pub circuit: Option<String>,
     /// What it gets: a group (room), a name (`{n}`: the first free number, two digits;
     /// `{serial}`, `{mac}`), an image to be reimaged with.
     #[serde(default)]
@@ -42,7 +46,7 @@ pub struct RegistrationRule {
 }
 
 const COLUMNS: &str =
-    "id, site, subnet, model, serial, grp, name_pattern, image, approval, replace_broken, after_task";
+    "id, site, subnet, model, serial, grp, name_pattern, image, approval, replace_broken, after_task, circuit";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<RegistrationRule> {
     let then: Option<String> = r.get(10)?;
@@ -58,14 +62,15 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<RegistrationRule> {
         approval: r.get(8)?,
         replace_broken: r.get(9)?,
         then: then.as_deref().and_then(crate::proto::agent::After::parse),
+        circuit: r.get(11)?,
     })
 }
 
 /// Stores `r` (its id is ignored); returns the new id.
 pub fn create(conn: &Connection, r: &RegistrationRule, now: i64) -> Result<i64, DbError> {
     conn.execute(
-        "INSERT INTO registration_rules (created_at, site, subnet, model, serial, grp, name_pattern, image, approval, replace_broken, after_task)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO registration_rules (created_at, site, subnet, model, serial, grp, name_pattern, image, approval, replace_broken, after_task, circuit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             now,
             r.site,
@@ -77,7 +82,8 @@ pub fn create(conn: &Connection, r: &RegistrationRule, now: i64) -> Result<i64, 
             r.image,
             r.approval,
             r.replace_broken,
-            r.then.map(|t| t.as_str())
+            r.then.map(|t| t.as_str()),
+            r.circuit
         ],
     )
     .what("create registration rule")?;

@@ -139,6 +139,14 @@ pub async fn host_script(
             if let Some(name) = &bound {
                 crate::db::sites::bind_host(c, mac, name)?;
             }
+            // the switch port it boots behind (DHCP option 82), for registration rules
+            let circuit = match &origin.relayed {
+                Some(r) => r.dhcp_circuit.clone(),
+                None => bootcred::seen_circuit(c, mac, now - boot.credential_secs)?,
+            };
+            if let Some(circuit) = circuit.filter(|_| owner) {
+                hosts::set_circuit(c, mac, &circuit)?;
+            }
             // a task scheduled for later (`--at`) waits: local disk (or registration) until then
             let task = open_task;
             // a reimage whose version the site's relay does not hold yet waits too (policy

@@ -315,6 +315,8 @@ pub struct Relayed {
     pub client: Option<IpAddr>,
     /// The address the relay's DHCP service saw the machine at.
     pub dhcp_seen: Option<IpAddr>,
+    /// The switch port (option 82 circuit id) it saw the machine behind.
+    pub dhcp_circuit: Option<String>,
 }
 
 impl Relayed {
@@ -339,6 +341,9 @@ impl Relayed {
                 .and_then(|v| v.split(',').next())
                 .and_then(|v| v.trim().parse().ok()),
             dhcp_seen: get(DHCP_SEEN_HEADER).and_then(|v| v.parse().ok()),
+            dhcp_circuit: get(crate::proto::relay::DHCP_CIRCUIT_HEADER)
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_string),
         })
     }
 

@@ -45,6 +45,9 @@ pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 /// (absent: it saw none); believed only with a valid relay token. The server above hands a
 /// boot credential only to that address (see `db::bootcred`).
 pub const DHCP_SEEN_HEADER: &str = "x-bootcast-dhcp-seen";
+/// Beside [`DHCP_SEEN_HEADER`]: the switch port (option 82 circuit id) the relay's DHCP service
+/// saw the machine behind.
+pub const DHCP_CIRCUIT_HEADER: &str = "x-bootcast-dhcp-circuit";
 /// On an agent report a relay queued: the boot is one the relay started alone while upstream
 /// could not be reached ([`SiteBook`]; its credential and session are the relay's). Believed
 /// only with a valid relay token, for a host of that relay's site.

@@ -120,6 +120,7 @@ pub async fn forward(
     if !from_relay {
         // what only a relay may say, said by a client: dropped
         headers.remove(DHCP_SEEN_HEADER);
+        headers.remove(crate::proto::relay::DHCP_CIRCUIT_HEADER);
         headers.remove(REPORT_ID_HEADER);
         headers.remove(OFFLINE_BOOT_HEADER);
         if let Some((_, id)) = report
@@ -138,6 +139,16 @@ pub async fn forward(
                 headers.insert(
                     HeaderName::from_static(DHCP_SEEN_HEADER),
                     HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
+                );
+            }
+            let circuit = app
+                .db
+                .read(move |c| bootcred::seen_circuit(c, mac, since))
+                .await?;
+            if let Some(v) = circuit.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                headers.insert(
+                    HeaderName::from_static(crate::proto::relay::DHCP_CIRCUIT_HEADER),
+                    v,
                 );
             }
         }

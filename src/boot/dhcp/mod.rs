@@ -213,10 +213,17 @@ pub trait LeaseStore: Send + Sync {
     fn release(&self, ip: Ipv4Addr) -> Result<(), LeaseError>;
     /// Every row, in address order.
     fn list(&self) -> Result<Vec<Lease>, LeaseError>;
-    /// Notes that `mac` was seen at `ip` at `at` (see [`codec::observed`]); by default
+    /// Notes that `mac` was seen at `ip` at `at` (see [`codec::observed`]), behind the switch
+    /// port `circuit` if a DHCP relay agent said so ([`codec::circuit_id`]); by default
     /// nothing is kept.
-    fn seen(&self, mac: Mac, ip: Ipv4Addr, at: u64) -> Result<(), LeaseError> {
-        let _ = (mac, ip, at);
+    fn seen(
+        &self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        at: u64,
+        circuit: Option<&str>,
+    ) -> Result<(), LeaseError> {
+        let _ = (mac, ip, at, circuit);
         Ok(())
     }
 }

@@ -219,7 +219,11 @@ async fn note_address(shared: &Arc<Shared>, datagram: &[u8], reply: Option<&code
         return;
     };
     let (shared, mac) = (shared.clone(), req.mac);
-    let saved = tokio::task::spawn_blocking(move || shared.leases.seen(mac, ip, unix_now())).await;
+    let circuit = req.relay_info.and_then(codec::circuit_id);
+    let saved = tokio::task::spawn_blocking(move || {
+        shared.leases.seen(mac, ip, unix_now(), circuit.as_deref())
+    })
+    .await;
     if let Ok(Err(e)) = saved {
         tracing::error!(%mac, "DHCP: cannot record the address {ip}: {e}");
     }

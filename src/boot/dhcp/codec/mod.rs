@@ -105,6 +105,30 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// The circuit id (sub-option 1) of a relay agent information option (82, RFC 3046): the
+/// switch port the machine is plugged into, as the switch names it (`Gi1/0/7`, `sw2:vlan20:7`).
+/// Printable ASCII as is, other bytes in hex; `None` without sub-option 1 or when the option
+/// is malformed.
+pub fn circuit_id(relay_info: &[u8]) -> Option<String> {
+    let mut rest = relay_info;
+    while let [code, len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        if tail.len() < len {
+            return None;
+        }
+        let (value, after) = tail.split_at(len);
+        if *code == 1 && !value.is_empty() {
+            return Some(if value.iter().all(|b| (0x20..0x7f).contains(b)) {
+                String::from_utf8_lossy(value).into_owned()
+            } else {
+                value.iter().map(|b| format!("{b:02x}")).collect()
+            });
+        }
+        rest = after;
+    }
+    None
+}
+
 /// The address this exchange shows `req`'s machine at, if any: in full mode the address an
 /// ACK gave it; in proxy mode the address a REQUEST asks for (option 50) or holds (ciaddr),
 /// which the site's DHCP server then confirms. Boot credentials go only to that address.

@@ -862,3 +862,22 @@ fn observed_is_the_acked_address_in_full_mode_and_the_requested_one_in_proxy_mod
     );
     assert_eq!(observed(DhcpMode::Proxy, &parse(&d).unwrap(), None), None);
 }
+
+#[test]
+fn circuit_ids_of_relay_agent_information() {
+    // sub-option 2 (remote id) first, then 1 (circuit id)
+    let ri = [
+        2u8, 3, 9, 9, 9, 1, 7, b'G', b'i', b'1', b'/', b'0', b'/', b'7',
+    ];
+    assert_eq!(circuit_id(&ri).as_deref(), Some("Gi1/0/7"));
+    // binary circuit ids (VLAN + port, as many switches send them) in hex
+    assert_eq!(
+        circuit_id(&[1, 4, 0, 20, 0, 7]).as_deref(),
+        Some("00140007")
+    );
+    // none, truncated, empty
+    assert_eq!(circuit_id(&[2, 1, 5]), None);
+    assert_eq!(circuit_id(&[1, 9, 1, 2]), None);
+    assert_eq!(circuit_id(&[1, 0]), None);
+    assert_eq!(circuit_id(&[]), None);
+}
