@@ -10,7 +10,7 @@ mod common;
 use serde_json::{json, Value};
 
 use common::netlab::Netns;
-use common::{boot_script, credential_of, fake_bootenv, http, InProcess, Lab};
+use common::{api, boot_script, credential_of, fake_bootenv, http, InProcess, Lab};
 
 /// A network boot and the agent's hello with an SMBIOS identity: the hello's answer.
 fn hello(s: &InProcess, mac: &str, uuid: &str, model: &str, serial: &str) -> Value {
@@ -28,19 +28,6 @@ fn hello(s: &InProcess, mac: &str, uuid: &str, model: &str, serial: &str) -> Val
     );
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-fn api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (code, text) = http(
-        method,
-        &format!("{}{path}", s.url),
-        s.token.as_deref(),
-        body.map(|b| b.to_string()).as_deref(),
-    );
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
-    )
 }
 
 fn host(lab: &Lab, mac: &str) -> Value {
@@ -303,7 +290,7 @@ fn the_switch_port_of_dhcp_option_82_picks_the_registration_rule() {
         return;
     }
     use bootcast::boot::dhcp::codec::{build_request, msg, RequestBuilder};
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddrV4};
     let lab = Lab::new();
     fake_bootenv(&lab);
     let ns = Netns::new("o82");
@@ -327,18 +314,8 @@ fn the_switch_port_of_dhcp_option_82_picks_the_registration_rule() {
     let name = sw.name.clone();
     let ip = std::thread::spawn(move || {
         common::dhcp::enter(&name);
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::new(10, 99, 0, 70), 67)).into())
-            .unwrap();
-        let sock: std::net::UdpSocket = s.into();
-        sock.set_read_timeout(Some(std::time::Duration::from_millis(250)))
-            .unwrap();
+        let sock =
+            common::dhcp::socket_on(None, SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 70), 67));
         let ri = [1u8, 7, b'G', b'i', b'1', b'/', b'0', b'/', b'7'];
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 67);
         let mut b = RequestBuilder::discover(0x8201, m);

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netlab::{have_qemu, Firmware, Netns, Nic, Vm};
+use common::netlab::{can_run_vms, Firmware, Netns, Nic, Vm};
 use common::region::Region;
 use common::{Lab, Served};
 
@@ -19,22 +19,9 @@ fn metric_in(ns: &Netns, url: &str, name: &str) -> u64 {
     common::metric_in(Some(&ns.name), url, name).unwrap_or_else(|| panic!("no {name} at {url}"))
 }
 
-/// Whether `test` can run here (root; QEMU is then required): prints SKIP when it cannot.
-fn can_run(test: &str) -> bool {
-    if !common::is_root() {
-        common::skip(test, "needs root (network namespaces, tap devices)");
-        return false;
-    }
-    assert!(
-        have_qemu(),
-        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
-    );
-    true
-}
-
 #[test]
 fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
-    if !can_run("a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes") {
+    if !can_run_vms("a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes") {
         return;
     }
     let region = Region::start("v");
@@ -97,7 +84,7 @@ fn a_site_machine_is_reimaged_from_its_relay_without_central_chunk_bytes() {
 /// the reports and the events once each.
 #[test]
 fn a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone() {
-    if !can_run("a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone") {
+    if !can_run_vms("a_site_whose_link_is_down_reimages_and_boots_through_its_relay_alone") {
         return;
     }
     let region = Region::start("a");

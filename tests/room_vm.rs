@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bootcast::push::clock::{Clock, FileClock};
-use common::netlab::{have_qemu, Firmware, Netns, Nic, Vm};
+use common::netlab::{can_run_vms, Firmware, Netns, Nic, Vm};
 use common::region::Region;
 
 const ROOM: [&str; 2] = ["52:54:00:99:0b:01", "52:54:00:99:0b:02"];
@@ -27,15 +27,9 @@ fn utc(s: &str) -> i64 {
 
 #[test]
 fn a_room_is_woken_reimaged_by_multicast_and_powered_off_by_its_monday_rule() {
-    let test = "a_room_is_woken_reimaged_by_multicast_and_powered_off_by_its_monday_rule";
-    if !common::is_root() {
-        common::skip(test, "needs root (network namespaces, tap devices)");
+    if !can_run_vms("a_room_is_woken_reimaged_by_multicast_and_powered_off_by_its_monday_rule") {
         return;
     }
-    assert!(
-        have_qemu(),
-        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
-    );
     let region = Region::start("m");
     let Region {
         central,

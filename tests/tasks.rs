@@ -6,7 +6,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{credential_of, fake_bootenv, http, InProcess, Lab};
+use common::{api, credential_of, fake_bootenv, http, InProcess, Lab};
 
 const A: &str = "52:54:00:00:10:0a";
 const B: &str = "52:54:00:00:10:0b";
@@ -51,19 +51,6 @@ fn agent(s: &InProcess, what: &str, body: Value) -> (u16, Value) {
         &format!("{}/api/v1/agent/{what}", s.url),
         None,
         Some(&body.to_string()),
-    );
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
-    )
-}
-
-fn api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (code, text) = http(
-        method,
-        &format!("{}{path}", s.url),
-        s.token.as_deref(),
-        body.map(|b| b.to_string()).as_deref(),
     );
     (
         code,

@@ -74,6 +74,51 @@ fn magic_packets(file: &std::path::Path) -> Vec<Magic> {
     out
 }
 
+/// A central server (HTTP on 8080, TFTP off, then `central_args`) in its namespace and the
+/// relay of its new site `lycee` in another (its VLAN `br0`, with `relay_args`), linked by
+/// 10.99.`net`.0/30; `before_relay` prepares the site's namespace first (more bridges).
+fn relay_site(
+    tag: &str,
+    net: u8,
+    central: &Lab,
+    (central_args, relay_args): (&[&str], &[&str]),
+    before_relay: impl FnOnce(&Netns),
+) -> (Netns, Netns, common::Served, common::Served) {
+    let token = central.json(&["site", "add", "lycee"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = Netns::new(&format!("{tag}c"));
+    let site = Netns::new(&format!("{tag}s"));
+    c.link(
+        &site,
+        ("s1", &format!("10.99.{net}.1/30")),
+        ("up0", &format!("10.99.{net}.2/30")),
+        None,
+    );
+    site.bridge_with_tap();
+    before_relay(&site);
+    let mut cmd = c.cmd(common::BIN);
+    cmd.arg("--data")
+        .arg(central.data())
+        .env_remove("BOOTCAST_DATA");
+    let args = [
+        &["--http", "0.0.0.0:8080", "--tftp", "off"][..],
+        central_args,
+    ]
+    .concat();
+    let server = common::Served::start(cmd, &args);
+    let relay = common::netlab::start_relay(
+        &site,
+        &central.path("relay"),
+        ("lycee", &token),
+        &server,
+        &format!("10.99.{net}.1"),
+        relay_args,
+    );
+    (c, site, server, relay)
+}
+
 /// Waits for the capture to end (its count reached); `log` says what the sender did if not.
 fn wait_exit(child: &mut Child, what: &str, log: impl Fn() -> String) {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -209,28 +254,14 @@ fn a_site_relay_wakes_its_hosts_and_central_records_it() {
     }
     let central = Lab::new();
     fake_bootenv(&central);
-    let token = central.json(&["site", "add", "lycee"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let c = Netns::new("wakec");
-    let site = Netns::new("wakes");
-    c.link(&site, ("s1", "10.99.5.1/30"), ("up0", "10.99.5.2/30"), None);
-    site.bridge_with_tap();
-    let nic = site.attach("nic", "10.99.0.60/24", "fd99::60/64");
-    let mut cmd = c.cmd(common::BIN);
-    cmd.arg("--data")
-        .arg(central.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = common::Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
-    let relay = common::netlab::start_relay(
-        &site,
-        &central.path("relay"),
-        ("lycee", &token),
-        &server,
-        "10.99.5.1",
-        &common::netlab::VLAN_SERVICES,
+    let (_c, site, server, relay) = relay_site(
+        "wake",
+        5,
+        &central,
+        (&[], &common::netlab::VLAN_SERVICES),
+        |_| {},
     );
+    let nic = site.attach("nic", "10.99.0.60/24", "fd99::60/64");
     register_at(&site, URL, A);
     let host = central.json(&["host", "show", A]);
     assert_eq!(host["host"]["site"], "lycee", "{host}");
@@ -284,25 +315,13 @@ fn pxe_lease(
     bootcast::boot::dhcp::codec::ReplyView,
 ) {
     use bootcast::boot::dhcp::codec::{build_request, msg, RequestBuilder};
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddrV4};
     let name = ns.name.clone();
     let mac: bootcast::mac::Mac = mac.parse().unwrap();
     std::thread::spawn(move || {
         common::dhcp::enter(&name);
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.bind_device(Some(b"eth0")).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-            .unwrap();
-        let sock: std::net::UdpSocket = s.into();
-        sock.set_read_timeout(Some(std::time::Duration::from_millis(250)))
-            .unwrap();
+        let sock =
+            common::dhcp::socket_on(Some("eth0"), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
         let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
         let vc = "PXEClient:Arch:00000:UNDI:002001";
         let mut b = RequestBuilder::discover(0x7001, mac);
@@ -339,20 +358,6 @@ fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
     const C: &str = "52:54:00:99:07:0c";
     let central = Lab::new();
     fake_bootenv(&central);
-    let token = central.json(&["site", "add", "lycee"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let c = Netns::new("segc");
-    let site = Netns::new("segs");
-    c.link(&site, ("s1", "10.99.6.1/30"), ("up0", "10.99.6.2/30"), None);
-    site.bridge_with_tap();
-    site.sh(
-        "ip link add br1 type bridge && ip link set br1 type bridge forward_delay 0 \
-         && ip addr add 10.99.1.1/24 dev br1 && ip link set br1 up",
-    );
-    let n0 = site.attach_to("br0", "seg0", "10.99.0.60/24", "fd99::60/64");
-    let n1 = site.attach_to("br1", "seg1", "10.99.1.60/24", "fd99::61/64");
     let toml = central.path("relay.toml");
     std::fs::write(
         &toml,
@@ -360,26 +365,22 @@ fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
          [[dhcp.segments]]\ninterface = \"br1\"\nmode = \"full\"\nrange = \"10.99.1.100,10.99.1.150\"\nrouter = \"10.99.1.1\"\n",
     )
     .unwrap();
-    let mut cmd = c.cmd(common::BIN);
-    cmd.arg("--data")
-        .arg(central.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = common::Served::start(cmd, &["--http", "0.0.0.0:8080", "--tftp", "off"]);
-    let relay = common::netlab::start_relay(
-        &site,
-        &central.path("relay"),
-        ("lycee", &token),
-        &server,
-        "10.99.6.1",
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "0.0.0.0:69",
-            "--config",
-            toml.to_str().unwrap(),
-        ],
-    );
+    let relay_args = [
+        "--http",
+        "0.0.0.0:8080",
+        "--tftp",
+        "0.0.0.0:69",
+        "--config",
+        toml.to_str().unwrap(),
+    ];
+    let (_c, site, server, relay) = relay_site("seg", 6, &central, (&[], &relay_args), |site| {
+        site.sh(
+            "ip link add br1 type bridge && ip link set br1 type bridge forward_delay 0 \
+             && ip addr add 10.99.1.1/24 dev br1 && ip link set br1 up",
+        )
+    });
+    let n0 = site.attach_to("br0", "seg0", "10.99.0.60/24", "fd99::60/64");
+    let n1 = site.attach_to("br1", "seg1", "10.99.1.60/24", "fd99::61/64");
     assert!(
         relay.log_text().contains("DHCP on br0, DHCP on br1"),
         "{}",
@@ -454,47 +455,15 @@ fn a_relay_cut_off_before_the_hour_runs_its_rule_alone() {
         .as_str()
         .unwrap()
         .to_string();
-    let token = central.json(&["site", "add", "lycee"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
     // Monday 4 January 2027, 01:00 in Paris
     let clock = central.path("clock");
     std::fs::write(&clock, utc("2027-01-04T00:00:00Z").to_string()).unwrap();
-    let clock_arg = clock.to_str().unwrap();
-    let c = Netns::new("offc");
-    let site = Netns::new("offs");
-    c.link(&site, ("s1", "10.99.7.1/30"), ("up0", "10.99.7.2/30"), None);
-    site.bridge_with_tap();
-    let nic = site.attach("nic", "10.99.0.61/24", "fd99::62/64");
-    let mut cmd = c.cmd(common::BIN);
-    cmd.arg("--data")
-        .arg(central.data())
-        .env_remove("BOOTCAST_DATA");
-    let server = common::Served::start(
-        cmd,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--tftp",
-            "off",
-            "--clock-file",
-            clock_arg,
-        ],
-    );
+    let clock_arg = ["--clock-file", clock.to_str().unwrap()];
+    let relay_args = [&common::netlab::VLAN_SERVICES[..], &clock_arg].concat();
+    let (c, site, server, relay) =
+        relay_site("off", 7, &central, (&clock_arg, &relay_args), |_| {});
     let relay_data = central.path("relay");
-    let relay = common::netlab::start_relay(
-        &site,
-        &relay_data,
-        ("lycee", &token),
-        &server,
-        "10.99.7.1",
-        &[
-            &common::netlab::VLAN_SERVICES[..],
-            &["--clock-file", clock_arg],
-        ]
-        .concat(),
-    );
+    let nic = site.attach("nic", "10.99.0.61/24", "fd99::62/64");
     common::region::push_and_wait(&central);
     // a newer version the site does not hold
     let v2 = central.add(

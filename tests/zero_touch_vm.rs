@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::netlab::{copy_bootenv, have_qemu, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
+use common::netlab::{can_run_vms, copy_bootenv, serve_full, site_dhcp, Firmware, Netns, Nic, Vm};
 use common::{demo_image, Lab, Served};
 
 const NUC_UUID: &str = "6f1c2b3a-5555-4000-8000-00000000e001";
@@ -68,17 +68,9 @@ fn empty_disk(lab: &Lab, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_spare_sets_itself_up_keeps_its_identity_and_takes_a_place() {
-    if !common::is_root() {
-        common::skip(
-            "a_spare_sets_itself_up_keeps_its_identity_and_takes_a_place",
-            "needs root (network namespaces, tap devices)",
-        );
+    if !can_run_vms("a_spare_sets_itself_up_keeps_its_identity_and_takes_a_place") {
         return;
     }
-    assert!(
-        have_qemu(),
-        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
-    );
     let image = demo_image("v1");
     let lab = Lab::new();
     lab.add("demo", &image);

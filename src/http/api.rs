@@ -59,6 +59,25 @@ pub(super) fn check_session(
     Ok(bootcred::check(c, mac, session, from, now, closed_ok)?.map_err(|r| (r, from)))
 }
 
+/// What the hello's database step decided.
+struct Hellod {
+    host: hosts::Host,
+    /// The task this agent runs now, if any.
+    task: Option<tasks::Task>,
+    /// The name post-deploy writes, the partition it grows, what follows the task.
+    hostname: Option<String>,
+    grow: Option<u32>,
+    then: Option<crate::proto::agent::After>,
+    multicast: Option<crate::db::sessions::Session>,
+    session: String,
+    agent_ip: IpAddr,
+    relayed: bool,
+    /// What identity and registration rules did.
+    joined: crate::registration::Outcome,
+    /// An inventory boot's task was done: what the machine does next.
+    inventory_then: Option<Option<crate::proto::agent::After>>,
+}
+
 /// `POST /api/v1/agent/hello`: the agent is up. Records the host (registering it) and says
 /// what to do next.
 ///
@@ -199,7 +218,7 @@ pub async fn agent_hello(
                 Some(id) => crate::db::sessions::get(c, id)?,
                 None => None,
             };
-            Ok(Ok((
+            Ok(Ok(Hellod {
                 host,
                 task,
                 hostname,
@@ -209,11 +228,12 @@ pub async fn agent_hello(
                 session,
                 agent_ip,
                 relayed,
-                (joined, inventory_then),
-            )))
+                joined,
+                inventory_then,
+            }))
         })
         .await?;
-    let (
+    let Hellod {
         host,
         task,
         hostname,
@@ -223,8 +243,9 @@ pub async fn agent_hello(
         session,
         agent_ip,
         relayed,
-        (joined, inventory_then),
-    ) = res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
+        joined,
+        inventory_then,
+    } = res.map_err(|(r, from)| refused(&r, mac, from, "hello"))?;
     emit_registration(&st.hooks, mac, &joined);
     if let (Some(id), None) = (hello.task, &task) {
         tracing::warn!(%mac, task = id, "hello names no task this agent can run for this host (closed, another host's, or neither a reimage nor a capture)");

@@ -15,10 +15,18 @@ pub fn enter(ns: &str) {
 
 /// A DHCP client's socket on interface `vc` at `addr` (broadcast allowed, 250 ms reads).
 pub fn client_socket(addr: SocketAddrV4) -> UdpSocket {
+    socket_on(Some("vc"), addr)
+}
+
+/// A DHCP client's (or relay agent's) socket at `addr`, on `device` if given (broadcast
+/// allowed, 250 ms reads).
+pub fn socket_on(device: Option<&str>, addr: SocketAddrV4) -> UdpSocket {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
     s.set_reuse_address(true).unwrap();
     s.set_broadcast(true).unwrap();
-    s.bind_device(Some(b"vc")).unwrap();
+    if let Some(d) = device {
+        s.bind_device(Some(d.as_bytes())).unwrap();
+    }
     s.bind(&SocketAddr::V4(addr).into()).unwrap();
     let s: UdpSocket = s.into();
     s.set_read_timeout(Some(Duration::from_millis(250)))

@@ -514,6 +514,26 @@ pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) ->
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A staff API call on the in-process server `s` (its token): (status, body as JSON, or
+/// `{"raw": text}` when it is not JSON).
+pub fn api(
+    s: &InProcess,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let (code, text) = http(
+        method,
+        &format!("{}{path}", s.url),
+        s.token.as_deref(),
+        body.map(|b| b.to_string()).as_deref(),
+    );
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text })),
+    )
+}
+
 /// [`http`] from inside network namespace `ns` (curl run there), or from here.
 pub fn http_in(
     ns: Option<&str>,

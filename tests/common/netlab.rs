@@ -313,6 +313,20 @@ impl Vm {
     }
 }
 
+/// Whether VM test `test` can run here: root is needed (else a SKIP line), and then QEMU and
+/// OVMF must be installed (a failure saying how, not a skip).
+pub fn can_run_vms(test: &str) -> bool {
+    if !super::is_root() {
+        super::skip(test, "needs root (network namespaces, tap devices)");
+        return false;
+    }
+    assert!(
+        have_qemu(),
+        "QEMU and OVMF are needed: apt-get install qemu-system-x86 ovmf ipxe-qemu"
+    );
+    true
+}
+
 /// True when QEMU and the firmware files the VM tests need are present.
 pub fn have_qemu() -> bool {
     Path::new("/usr/bin/qemu-system-x86_64").exists()
