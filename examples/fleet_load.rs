@@ -406,7 +406,8 @@ async fn staff_loop(
 ) {
     while Instant::now() < until {
         for (what, path) in [
-            ("staff hosts (all)", "/api/v1/hosts"),
+            ("staff hosts (first page)", "/api/v1/hosts"),
+            ("staff host search", "/api/v1/hosts?q=pc1"),
             ("staff pushes", "/api/v1/pushes"),
             ("staff events", "/api/v1/events?limit=100"),
         ] {

@@ -324,12 +324,17 @@ fn name_for(
 }
 
 fn name_taken(conn: &Connection, name: &str, mac: Mac) -> Result<bool, DbError> {
-    Ok(hosts::list(conn)?.iter().any(|h| {
-        h.mac != mac
-            && h.name
-                .as_deref()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-    }))
+    use crate::db::QueryContext;
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM hosts WHERE lower(name) = lower(?1) AND mac != ?2 LIMIT 1",
+            rusqlite::params![name, mac.to_string()],
+            |_| Ok(()),
+        )
+        .optional()
+        .what("find host name")?
+        .is_some())
 }
 
 /// `*` (any run) and `?` (one character), case-insensitive.

@@ -362,3 +362,71 @@ fn the_switch_port_of_dhcp_option_82_picks_the_registration_rule() {
     assert_eq!(h["groups"], json!(["r7"]), "{h}");
     common::say("registration: the machine behind switch port Gi1/0/7 (DHCP option 82) got room r7 and the name r7-pc01");
 }
+
+/// `GET /api/v1/hosts` answers pages in MAC order with the total and the next page's link:
+/// 250 hosts in pages of 100 are each listed once; a group filter and a text search count and
+/// page the same way; a bad cursor is refused.
+#[test]
+fn the_host_list_is_paged_filtered_and_counted() {
+    let lab = Lab::new();
+    fake_bootenv(&lab);
+    let s = InProcess::start(&lab);
+    let macs: Vec<String> = (0..250u32)
+        .map(|i| format!("52:54:00:98:{:02x}:{:02x}", i / 256, i % 256))
+        .collect();
+    for m in &macs {
+        boot_script(&s, m);
+    }
+    lab.json(&["host", "name", &macs[7], "Labo-PC07"]);
+    let room: Vec<&str> = macs[100..130].iter().map(String::as_str).collect();
+    lab.json(&[&["group", "add", "r9"][..], &room].concat());
+
+    // no parameters: the first page and a link to the next
+    let (code, first) = api(&s, "GET", "/api/v1/hosts", None);
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["total"], 250);
+    assert_eq!(first["hosts"].as_array().unwrap().len(), 100);
+    let mut seen = Vec::new();
+    let mut page = first;
+    loop {
+        seen.extend(
+            page["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["mac"].as_str().unwrap().to_string()),
+        );
+        let Some(next) = page["next"].as_str() else {
+            break;
+        };
+        let (code, p) = api(&s, "GET", next, None);
+        assert_eq!(code, 200, "{p}");
+        assert_eq!(p["total"], 250);
+        page = p;
+    }
+    assert_eq!(seen, macs, "every host once, in MAC order");
+
+    // a group, in pages of 25
+    let (_, g) = api(&s, "GET", "/api/v1/hosts?group=r9&limit=25", None);
+    assert_eq!(g["total"], 30, "{g}");
+    assert_eq!(g["hosts"].as_array().unwrap().len(), 25);
+    assert_eq!(g["hosts"][0]["mac"], macs[100].as_str());
+    let next = g["next"].as_str().unwrap();
+    assert!(
+        next.contains("group=r9") && next.contains("limit=25"),
+        "{next}"
+    );
+    let (_, g2) = api(&s, "GET", next, None);
+    assert_eq!(g2["hosts"].as_array().unwrap().len(), 5);
+    assert!(g2["next"].is_null());
+    // text: a name (any case), a MAC fragment; a '%' matches only itself
+    let (_, t) = api(&s, "GET", "/api/v1/hosts?q=labo-pc", None);
+    assert_eq!(t["total"], 1, "{t}");
+    assert_eq!(t["hosts"][0]["mac"], macs[7].as_str());
+    let (_, t) = api(&s, "GET", "/api/v1/hosts?q=98:00:0", None);
+    assert_eq!(t["total"], 16, "{t}");
+    let (_, t) = api(&s, "GET", "/api/v1/hosts?q=%25", None);
+    assert_eq!(t["total"], 0, "{t}");
+    let (code, e) = api(&s, "GET", "/api/v1/hosts?after=nonsense", None);
+    assert_eq!(code, 400, "{e}");
+}

@@ -239,7 +239,10 @@ fn staff_api_needs_the_token_agent_api_checks_its_input() {
     let (code, _) = http("GET", &hosts, Some("0000"), None);
     assert_eq!(code, 401);
     let (code, body) = http("GET", &hosts, Some(&token), None);
-    assert_eq!((code, body.as_str()), (200, r#"{"hosts":[]}"#));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"hosts":[],"next":null,"total":0}"#)
+    );
 
     let hello = |body: &str| {
         http(
@@ -275,7 +278,7 @@ fn staff_api_needs_the_token_agent_api_checks_its_input() {
     assert_eq!(code, 404);
     // nothing was recorded by the refused requests
     let (_, body) = http("GET", &hosts, Some(&token), None);
-    assert_eq!(body, r#"{"hosts":[]}"#);
+    assert_eq!(body, r#"{"hosts":[],"next":null,"total":0}"#);
 
     // without a boot environment an unknown host is told why, not left hanging
     let (code, script) = http("GET", &format!("{}/boot/{MAC}.ipxe", s.url), None, None);

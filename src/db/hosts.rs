@@ -433,6 +433,123 @@ fn uefi_local_raw(conn: &Connection, mac: Mac) -> Result<Option<String>, DbError
     .map(Option::flatten)
 }
 
+/// Which hosts a page lists ([`page`]).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostQuery {
+    /// Hosts of this site only.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Hosts of this group only.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Text searched (case-insensitively) in the MAC, name, last address, SMBIOS model and
+    /// serial.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Retired hosts too.
+    #[serde(default)]
+    pub all: bool,
+    /// The page after this MAC (the previous page's `next`).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Hosts per page: [`PAGE_DEFAULT`] unless given, at most [`PAGE_MAX`].
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+pub const PAGE_DEFAULT: u32 = 100;
+pub const PAGE_MAX: u32 = 1000;
+
+/// One page of hosts in MAC order, how many hosts match in all, and the MAC the next page
+/// starts after (`None`: this is the last page).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPage {
+    pub hosts: Vec<Host>,
+    pub total: u64,
+    pub next: Option<String>,
+}
+
+/// A page of the hosts `q` names, in MAC order (stable: a host added meanwhile shows on the
+/// page its MAC falls on).
+pub fn page(conn: &Connection, q: &HostQuery) -> Result<HostPage, DbError> {
+    let mut wh = vec!["1 = 1".to_string()];
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    let arg = |v: String, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
+        args.push(Box::new(v));
+        format!("?{}", args.len())
+    };
+    if !q.all {
+        wh.push("h.retired_at IS NULL".into());
+    }
+    if let Some(s) = &q.site {
+        let a = arg(s.clone(), &mut args);
+        wh.push(format!("h.site = {a}"));
+    }
+    if let Some(g) = &q.group {
+        let a = arg(g.clone(), &mut args);
+        wh.push(format!(
+            "h.mac IN (SELECT mac FROM group_members WHERE grp = {a})"
+        ));
+    }
+    if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let escaped = text
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let a = arg(format!("%{escaped}%"), &mut args);
+        wh.push(format!(
+            "(h.mac LIKE {a} ESCAPE '\\' OR lower(h.name) LIKE {a} ESCAPE '\\' \
+             OR h.last_ip LIKE {a} ESCAPE '\\' OR lower(h.model) LIKE {a} ESCAPE '\\' \
+             OR lower(h.serial) LIKE {a} ESCAPE '\\')"
+        ));
+    }
+    let filter = wh.join(" AND ");
+    let base: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM hosts h WHERE {filter}"),
+            base.as_slice(),
+            |r| r.get(0),
+        )
+        .what("count hosts")?;
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let after = q.after.clone().unwrap_or_default();
+    let n = args.len();
+    let sql = format!(
+        "SELECT {} FROM hosts h WHERE {filter} AND h.mac > ?{} ORDER BY h.mac LIMIT ?{}",
+        HOST_COLUMNS
+            .split(',')
+            .map(|c| format!("h.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        n + 1,
+        n + 2
+    );
+    let mut st = conn.prepare(&sql).what("page hosts")?;
+    let fetch = i64::from(limit) + 1;
+    let mut all = base.clone();
+    all.push(&after);
+    all.push(&fetch);
+    let mut hosts: Vec<Host> = st
+        .query_map(all.as_slice(), host_from_row)
+        .what("page hosts")?
+        .collect::<Result<_, _>>()
+        .what("page hosts")?;
+    let next = if hosts.len() > limit as usize {
+        hosts.truncate(limit as usize);
+        hosts.last().map(|h| h.mac.to_string())
+    } else {
+        None
+    };
+    Ok(HostPage {
+        hosts,
+        total: total as u64,
+        next,
+    })
+}
+
 /// Why a host name was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum NameError {

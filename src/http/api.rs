@@ -452,10 +452,40 @@ async fn offer_multicast(
 }
 
 /// `GET /api/v1/hosts`: every host.
-pub async fn list_hosts(State(st): State<AppState>) -> ApiResult {
+pub async fn list_hosts(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<hosts::HostQuery>,
+) -> ApiResult {
+    if let Some(a) = &q.after {
+        parse_mac(a)?;
+    }
     let body = st
         .db
-        .read(|c| Ok(super::JsonBytes::field("hosts", &hosts::list(c)?)))
+        .read(move |c| {
+            let page = hosts::page(c, &q)?;
+            // the next page's link: these parameters, after this page's last MAC
+            let next = page.next.as_ref().map(|after| {
+                let mut link = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in [
+                    ("site", q.site.as_deref()),
+                    ("group", q.group.as_deref()),
+                    ("q", q.q.as_deref()),
+                    ("all", q.all.then_some("true")),
+                    ("limit", q.limit.map(|l| l.to_string()).as_deref()),
+                    ("after", Some(after.as_str())),
+                ] {
+                    if let Some(v) = v {
+                        link.append_pair(k, v);
+                    }
+                }
+                format!("/api/v1/hosts?{}", link.finish())
+            });
+            Ok(super::JsonBytes::of(&serde_json::json!({
+                "hosts": page.hosts,
+                "total": page.total,
+                "next": next,
+            })))
+        })
         .await?;
     Ok(body.into_response())
 }
