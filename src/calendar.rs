@@ -192,6 +192,11 @@ pub fn run_due(
                 }
                 continue;
             }
+            // a task of its hosts under way (booting, running) is not replaced hours ahead:
+            // the run is made once it is over, or at the hour
+            if rule.kind != "wake" && busy(conn, &rule)? {
+                continue;
+            }
             match run_one(conn, data, &rule, now, Some(next)) {
                 Ok(did) => task_rules::set_prepared(conn, rule.id, next, &did)?,
                 Err(e) => tracing::debug!(
@@ -203,6 +208,21 @@ pub fn run_due(
         }
     }
     Ok(ran)
+}
+
+/// Whether a host `rule` targets has a task under way (booting or running).
+fn busy(conn: &Connection, rule: &TaskRule) -> Result<bool, DbError> {
+    let Ok(macs) = schedule::targets(conn, rule.host.as_deref(), rule.group.as_deref()) else {
+        return Ok(false); // the run fails at the hour and says why
+    };
+    for mac in macs {
+        if crate::db::tasks::open_for(conn, mac)?
+            .is_some_and(|t| t.state != crate::db::TaskState::Pending)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// What a reimage rule's image names at `now`: `NAME@VERSION` as given; else, when the
@@ -484,6 +504,33 @@ mod tests {
         );
         acknowledge(&c, rule.id).unwrap();
         assert!(!task_rules::get(&c, rule.id).unwrap().unwrap().failed);
+        // a task under way is not replaced hours ahead: the run is made once it is over
+        c.execute("DELETE FROM task_rules", []).unwrap();
+        c.execute(
+            "INSERT INTO tasks (mac, kind, state, created_at, updated_at) VALUES (?1, 'capture', 'running', 0, 0)",
+            [mac],
+        )
+        .unwrap();
+        let running = c.last_insert_rowid();
+        let wake = add(
+            &c,
+            &RuleRequest {
+                kind: "inventory".into(),
+                image: None,
+                ..base.clone()
+            },
+            utc("2027-01-05T00:00:00Z"),
+        )
+        .unwrap();
+        run_due(&mut c, data.path(), utc("2027-01-11T00:00:00Z")).unwrap();
+        assert!(task_rules::get(&c, wake.id)
+            .unwrap()
+            .unwrap()
+            .prepared
+            .is_none());
+        c.execute("UPDATE tasks SET state = 'done' WHERE id = ?1", [running])
+            .unwrap();
+        remove(&c, wake.id).unwrap();
         // an inventory rule makes inventory tasks (made ahead, timed for the tick)
         let inv = add(
             &c,
