@@ -512,26 +512,6 @@ mod tests {
         )
         .unwrap();
         let running = c.last_insert_rowid();
-        let wake = add(
-            &c,
-            &RuleRequest {
-                kind: "inventory".into(),
-                image: None,
-                ..base.clone()
-            },
-            utc("2027-01-05T00:00:00Z"),
-        )
-        .unwrap();
-        run_due(&mut c, data.path(), utc("2027-01-11T00:00:00Z")).unwrap();
-        assert!(task_rules::get(&c, wake.id)
-            .unwrap()
-            .unwrap()
-            .prepared
-            .is_none());
-        c.execute("UPDATE tasks SET state = 'done' WHERE id = ?1", [running])
-            .unwrap();
-        remove(&c, wake.id).unwrap();
-        // an inventory rule makes inventory tasks (made ahead, timed for the tick)
         let inv = add(
             &c,
             &RuleRequest {
@@ -543,6 +523,16 @@ mod tests {
         )
         .unwrap();
         run_due(&mut c, data.path(), utc("2027-01-11T00:00:00Z")).unwrap();
+        assert!(task_rules::get(&c, inv.id)
+            .unwrap()
+            .unwrap()
+            .prepared
+            .is_none());
+        c.execute("UPDATE tasks SET state = 'done' WHERE id = ?1", [running])
+            .unwrap();
+        // once it is over, the inventory rule makes its inventory task (made ahead, timed for
+        // the tick)
+        run_due(&mut c, data.path(), utc("2027-01-11T00:00:01Z")).unwrap();
         let t = crate::db::tasks::list(&c, Some(mac.parse().unwrap()), false).unwrap();
         assert_eq!(t.len(), 1, "{t:?}");
         assert_eq!(t[0].kind, TaskKind::Inventory);

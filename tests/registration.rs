@@ -10,22 +10,13 @@ mod common;
 use serde_json::{json, Value};
 
 use common::netlab::Netns;
-use common::{api, boot_script, credential_of, fake_bootenv, http, InProcess, Lab};
+use common::{api, boot_script, credential_of, fake_bootenv, InProcess, Lab};
 
 /// A network boot and the agent's hello with an SMBIOS identity: the hello's answer.
 fn hello(s: &InProcess, mac: &str, uuid: &str, model: &str, serial: &str) -> Value {
     let script = boot_script(s, mac);
-    let hello = json!({
-        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64",
-        "firmware": "bios", "boot_time": 1_700_000_000u64, "credential": credential_of(&script),
-        "smbios": {"uuid": uuid, "vendor": "Intel(R) Client Systems", "model": model, "serial": serial}
-    });
-    let (code, body) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
+    let smbios = json!({"smbios": {"uuid": uuid, "vendor": "Intel(R) Client Systems", "model": model, "serial": serial}});
+    let (code, body) = common::hello_with(s, mac, &credential_of(&script), smbios);
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }

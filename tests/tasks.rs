@@ -839,16 +839,7 @@ fn an_inventory_task_boots_the_agent_and_is_done_at_its_hello() {
     assert!(made["tasks"][0]["image"].is_null(), "{made}");
     let script = boot(&s, A);
     assert!(script.contains(&format!("bootcast.task={id}")), "{script}");
-    let hello = json!({
-        "protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": A, "arch": "x86_64", "firmware": "bios",
-        "boot_time": 1_700_000_100u64, "credential": credential_of(&script), "task": id
-    });
-    let (code, answer) = http(
-        "POST",
-        &format!("{}/api/v1/agent/hello", s.url),
-        None,
-        Some(&hello.to_string()),
-    );
+    let (code, answer) = common::hello(&s, A, &credential_of(&script), Some(id));
     assert_eq!(code, 200, "{answer}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["action"], "poweroff", "{answer}");

@@ -18,6 +18,20 @@ const B: &str = "52:54:00:99:07:0b";
 /// The server (or relay) in its namespace.
 const URL: &str = "http://127.0.0.1:8080";
 
+/// Whether wake test `test` can run here (root for namespaces, tcpdump for the captures);
+/// prints SKIP when it cannot.
+fn can_capture(test: &str) -> bool {
+    if !common::is_root() {
+        common::skip(test, "needs root (network namespaces)");
+        return false;
+    }
+    if !common::disks::have("tcpdump") {
+        common::skip(test, "tcpdump not installed (scripts/test.sh installs it)");
+        return false;
+    }
+    true
+}
+
 /// tcpdump on `nic`'s eth0 (a port of the segment) until `count` UDP datagrams to port 9,
 /// written to `file`; returns once it listens.
 fn capture(nic: &Netns, file: &std::path::Path, count: usize) -> Child {
@@ -137,18 +151,7 @@ fn wait_exit(child: &mut Child, what: &str, log: impl Fn() -> String) {
 
 #[test]
 fn the_server_wakes_hosts_on_its_segment() {
-    if !common::is_root() {
-        common::skip(
-            "the_server_wakes_hosts_on_its_segment",
-            "needs root (network namespaces)",
-        );
-        return;
-    }
-    if !common::disks::have("tcpdump") {
-        common::skip(
-            "the_server_wakes_hosts_on_its_segment",
-            "tcpdump not installed (scripts/test.sh installs it)",
-        );
+    if !can_capture("the_server_wakes_hosts_on_its_segment") {
         return;
     }
     let lab = Lab::new();
@@ -244,12 +247,7 @@ fn the_server_wakes_hosts_on_its_segment() {
 #[test]
 fn a_site_relay_wakes_its_hosts_and_central_records_it() {
     const NAME: &str = "a_site_relay_wakes_its_hosts_and_central_records_it";
-    if !common::is_root() {
-        common::skip(NAME, "needs root (network namespaces)");
-        return;
-    }
-    if !common::disks::have("tcpdump") {
-        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+    if !can_capture(NAME) {
         return;
     }
     let central = Lab::new();
@@ -347,12 +345,7 @@ fn pxe_lease(
 #[test]
 fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
     const NAME: &str = "a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one";
-    if !common::is_root() {
-        common::skip(NAME, "needs root (network namespaces)");
-        return;
-    }
-    if !common::disks::have("tcpdump") {
-        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+    if !can_capture(NAME) {
         return;
     }
     const C: &str = "52:54:00:99:07:0c";
@@ -437,12 +430,7 @@ fn a_relay_with_two_segments_answers_pxe_on_each_and_wakes_on_the_right_one() {
 #[test]
 fn a_relay_cut_off_before_the_hour_runs_its_rule_alone() {
     const NAME: &str = "a_relay_cut_off_before_the_hour_runs_its_rule_alone";
-    if !common::is_root() {
-        common::skip(NAME, "needs root (network namespaces)");
-        return;
-    }
-    if !common::disks::have("tcpdump") {
-        common::skip(NAME, "tcpdump not installed (scripts/test.sh installs it)");
+    if !can_capture(NAME) {
         return;
     }
     let utc = |s: &str| bootcast::time::parse_rfc3339(s).unwrap();

@@ -315,29 +315,27 @@ pub fn record_seen(
     Ok(())
 }
 
-/// The switch port (option 82 circuit id) a DHCP service saw `mac` behind, at or after `since`.
-pub fn seen_circuit(c: &Connection, mac: Mac, since: i64) -> Result<Option<String>, DbError> {
-    Ok(c.query_row(
-        "SELECT circuit FROM dhcp_seen WHERE mac = ?1 AND at >= ?2",
-        params![mac.to_string(), since],
-        |r| r.get(0),
-    )
-    .optional()
-    .what("read DHCP circuit")?
-    .flatten())
+/// The address a DHCP service saw `mac` at, at or after `since`, and the switch port (option
+/// 82 circuit id) it saw it behind, if a relay agent said.
+pub fn seen_behind(
+    c: &Connection,
+    mac: Mac,
+    since: i64,
+) -> Result<Option<(IpAddr, Option<String>)>, DbError> {
+    let row: Option<(String, Option<String>)> = c
+        .query_row(
+            "SELECT ip, circuit FROM dhcp_seen WHERE mac = ?1 AND at >= ?2",
+            params![mac.to_string(), since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .what("read DHCP address")?;
+    Ok(row.and_then(|(ip, circuit)| Some((ip.parse().ok()?, circuit))))
 }
 
 /// The address a DHCP service saw `mac` at, at or after `since`.
 pub fn seen(c: &Connection, mac: Mac, since: i64) -> Result<Option<IpAddr>, DbError> {
-    let row: Option<String> = c
-        .query_row(
-            "SELECT ip FROM dhcp_seen WHERE mac = ?1 AND at >= ?2",
-            params![mac.to_string(), since],
-            |r| r.get(0),
-        )
-        .optional()
-        .what("read DHCP address")?;
-    Ok(row.and_then(|s| s.parse().ok()))
+    Ok(seen_behind(c, mac, since)?.map(|(ip, _)| ip))
 }
 
 #[cfg(test)]
@@ -482,10 +480,13 @@ mod tests {
         record_seen(&c, mac, A, 100, None).unwrap();
         record_seen(&c, mac, B, 200, Some("Gi1/0/7")).unwrap();
         assert_eq!(
-            seen_circuit(&c, mac, 150).unwrap().as_deref(),
+            seen_behind(&c, mac, 150)
+                .unwrap()
+                .and_then(|s| s.1)
+                .as_deref(),
             Some("Gi1/0/7")
         );
-        assert_eq!(seen_circuit(&c, mac, 250).unwrap(), None);
+        assert_eq!(seen_behind(&c, mac, 250).unwrap(), None);
         assert_eq!(seen(&c, mac, 150).unwrap(), Some(B));
         assert_eq!(seen(&c, mac, 201).unwrap(), None);
     }

@@ -100,9 +100,11 @@ pub async fn host_script(
             let origin = Origin::of(c, &headers, peer)?;
             // The machine's own address: the one bootcast's DHCP service (or the verified
             // relay's) saw this MAC at during this boot's exchange.
-            let seen = match &origin.relayed {
-                Some(r) => r.dhcp_seen,
-                None => bootcred::seen(c, mac, now - boot.credential_secs)?,
+            // ...and the switch port it is behind (DHCP option 82), for registration rules
+            let (seen, circuit) = match &origin.relayed {
+                Some(r) => (r.dhcp_seen, r.dhcp_circuit.clone()),
+                None => bootcred::seen_behind(c, mac, now - boot.credential_secs)?
+                    .map_or((None, None), |(ip, circuit)| (Some(ip), circuit)),
             };
             let owner = bootcred::from_the_machine(seen, origin.ip, &boot.trust_without_dhcp);
             let known = hosts::get(c, mac)?;
@@ -139,11 +141,6 @@ pub async fn host_script(
             if let Some(name) = &bound {
                 crate::db::sites::bind_host(c, mac, name)?;
             }
-            // the switch port it boots behind (DHCP option 82), for registration rules
-            let circuit = match &origin.relayed {
-                Some(r) => r.dhcp_circuit.clone(),
-                None => bootcred::seen_circuit(c, mac, now - boot.credential_secs)?,
-            };
             if let Some(circuit) = circuit.filter(|_| owner) {
                 hosts::set_circuit(c, mac, &circuit)?;
             }

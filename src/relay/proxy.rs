@@ -135,21 +135,21 @@ pub async fn forward(
         let script = parts.uri.path().strip_prefix("/boot/");
         if let Some((mac, _)) = script.and_then(crate::boot::script::script_target) {
             let since = crate::time::now_unix() - app.boot.credential_secs;
-            if let Some(ip) = app.db.read(move |c| bootcred::seen(c, mac, since)).await? {
+            let seen = app
+                .db
+                .read(move |c| bootcred::seen_behind(c, mac, since))
+                .await?;
+            if let Some((ip, circuit)) = seen {
                 headers.insert(
                     HeaderName::from_static(DHCP_SEEN_HEADER),
                     HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
                 );
-            }
-            let circuit = app
-                .db
-                .read(move |c| bootcred::seen_circuit(c, mac, since))
-                .await?;
-            if let Some(v) = circuit.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                headers.insert(
-                    HeaderName::from_static(crate::proto::relay::DHCP_CIRCUIT_HEADER),
-                    v,
-                );
+                if let Some(v) = circuit.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                    headers.insert(
+                        HeaderName::from_static(crate::proto::relay::DHCP_CIRCUIT_HEADER),
+                        v,
+                    );
+                }
             }
         }
         for (name, value) in [

@@ -704,9 +704,23 @@ pub fn register(s: &impl Endpoint, mac: &str) {
 
 /// The agent's hello for `mac` with `credential` (and the task of its script): (status, body).
 pub fn hello(s: &impl Endpoint, mac: &str, credential: &str, task: Option<i64>) -> (u16, String) {
-    let mut hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential});
+    let mut extra = serde_json::json!({});
     if let Some(t) = task {
-        hello["task"] = t.into();
+        extra["task"] = t.into();
+    }
+    hello_with(s, mac, credential, extra)
+}
+
+/// [`hello`] with the fields of `extra` (an object: `task`, `smbios`...) added to the hello.
+pub fn hello_with(
+    s: &impl Endpoint,
+    mac: &str,
+    credential: &str,
+    extra: serde_json::Value,
+) -> (u16, String) {
+    let mut hello = serde_json::json!({"protocol": bootcast::proto::agent::AGENT_PROTOCOL, "mac": mac, "arch": "x86_64", "firmware": "bios", "boot_time": 1, "credential": credential});
+    if let (Some(h), Some(e)) = (hello.as_object_mut(), extra.as_object()) {
+        h.extend(e.clone());
     }
     http(
         "POST",
