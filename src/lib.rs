@@ -26,6 +26,7 @@
 //! - [`sys`]: the only `unsafe` code: system calls that `nix` wraps only as unsafe (ioctls).
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod agent;
 pub mod backup;
 pub mod boot;

@@ -410,6 +410,7 @@ impl Server {
             signer: self.signer.clone(),
             orders: Default::default(),
             clock: self.config.clock(),
+            ldap: self.config.ldap.clone().map(Arc::new),
         };
         let orders = state.orders.clone();
         let connections =

@@ -128,6 +128,7 @@ fn state(data: &Path) -> AppState {
         connections: Default::default(),
         signer: Some(Arc::new(bootcast::sign::SigningKey::ephemeral().unwrap())),
         orders: Default::default(),
+        ldap: None,
         clock: Arc::new(bootcast::push::clock::SystemClock),
     }
 }

@@ -359,6 +359,7 @@ mod tests {
             connections: Default::default(),
             signer: Some(Arc::new(crate::sign::SigningKey::ephemeral().unwrap())),
             clock: Arc::new(crate::push::clock::SystemClock),
+            ldap: None,
             orders: Default::default(),
         };
         let app = http::router(state, "token".into());

@@ -264,7 +264,15 @@ pub fn run_events(args: EventsArgs, data: &Path, out: &Output) -> Result<ExitCod
         .map(|h| h.parse::<Mac>())
         .transpose()?
         .map(|m| m.to_string());
-    let list = events::list(&c, host.as_deref(), args.kind.as_deref(), args.limit)?;
+    let list = events::list(
+        &c,
+        &events::EventFilter {
+            mac: host.as_deref(),
+            kind: args.kind.as_deref(),
+            limit: args.limit,
+            ..Default::default()
+        },
+    )?;
     out.emit(&serde_json::json!({ "events": list }), || {
         list.iter()
             .map(|e| {

@@ -16,6 +16,7 @@ mod site;
 mod store;
 mod task;
 mod token;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,29 +97,77 @@ pub enum Command {
     /// The central server's signing key (versions and orders): show, rotate
     #[command(subcommand)]
     Key(key::KeyCmd),
+    /// Staff accounts of the console and API: add, list, rm, passwd, token
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Who changed what (console, API, command line): the newest entries, or CSV
+    Audit(user::AuditArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
+    let data = cli.data.clone();
+    let code = dispatch(cli, &out)?;
+    if code == ExitCode::SUCCESS && changes_something(&subcommand_names()) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        user::audit_command(&data, &args);
+    }
+    Ok(code)
+}
+
+/// The subcommands as typed (`["host", "rule", "add"]`).
+fn subcommand_names() -> Vec<String> {
+    use clap::CommandFactory;
+    let Ok(m) = Cli::command().try_get_matches_from(std::env::args_os()) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    let mut cur = &m;
+    while let Some((name, sub)) = cur.subcommand() {
+        names.push(name.to_string());
+        cur = sub;
+    }
+    names
+}
+
+/// Does this command change the server's state (and so go to the audit trail)? Reads,
+/// daemons and the boot environment's agent do not.
+fn changes_something(names: &[String]) -> bool {
+    const NEVER: [&str; 8] = [
+        "agent", "serve", "relay", "events", "audit", "token", "backup", "bootenv",
+    ];
+    const READS: [&str; 8] = [
+        "list", "show", "status", "export", "history", "verify", "diff", "runs",
+    ];
+    match names.first() {
+        None => false,
+        Some(group) if NEVER.contains(&group.as_str()) => false,
+        Some(_) => !names.iter().any(|v| READS.contains(&v.as_str())),
+    }
+}
+
+fn dispatch(cli: Cli, out: &output::Output) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Agent(cmd) => agent::run(cmd, &out),
-        Command::Backup(args) => backup::run_backup(args, &cli.data, &out),
-        Command::Restore(args) => backup::run_restore(args, &cli.data, &out),
-        Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, &out),
-        Command::Group(cmd) => host::run_group(cmd, &cli.data, &out),
-        Command::Host(cmd) => host::run_host(cmd, &cli.data, &out),
-        Command::Task(cmd) => task::run(cmd, &cli.data, &out),
-        Command::Image(cmd) => image::run(cmd, &cli.data, &out),
-        Command::Inventory(cmd) => inventory::run(cmd, &cli.data, &out),
-        Command::Events(args) => inventory::run_events(args, &cli.data, &out),
-        Command::Multicast(cmd) => multicast::run(cmd, &cli.data, &out),
-        Command::Store(cmd) => store::run(cmd, &cli.data, &out),
-        Command::Push(cmd) => push::run(cmd, &cli.data, &out),
-        Command::Relay(args) => relay::run(*args, &cli.data, &out),
-        Command::Site(cmd) => site::run(cmd, &cli.data, &out),
-        Command::Serve(args) => serve::run(args, &cli.data, &out),
-        Command::Token(cmd) => token::run(cmd, &cli.data, &out),
-        Command::Key(cmd) => key::run(cmd, &cli.data, &out),
+        Command::Agent(cmd) => agent::run(cmd, out),
+        Command::Backup(args) => backup::run_backup(args, &cli.data, out),
+        Command::Restore(args) => backup::run_restore(args, &cli.data, out),
+        Command::Bootenv(cmd) => bootenv::run(cmd, &cli.data, out),
+        Command::Group(cmd) => host::run_group(cmd, &cli.data, out),
+        Command::Host(cmd) => host::run_host(cmd, &cli.data, out),
+        Command::Task(cmd) => task::run(cmd, &cli.data, out),
+        Command::Image(cmd) => image::run(cmd, &cli.data, out),
+        Command::Inventory(cmd) => inventory::run(cmd, &cli.data, out),
+        Command::Events(args) => inventory::run_events(args, &cli.data, out),
+        Command::Multicast(cmd) => multicast::run(cmd, &cli.data, out),
+        Command::Store(cmd) => store::run(cmd, &cli.data, out),
+        Command::Push(cmd) => push::run(cmd, &cli.data, out),
+        Command::Relay(args) => relay::run(*args, &cli.data, out),
+        Command::Site(cmd) => site::run(cmd, &cli.data, out),
+        Command::Serve(args) => serve::run(args, &cli.data, out),
+        Command::Token(cmd) => token::run(cmd, &cli.data, out),
+        Command::Key(cmd) => key::run(cmd, &cli.data, out),
+        Command::User(cmd) => user::run(cmd, &cli.data, out),
+        Command::Audit(args) => user::run_audit(args, &cli.data, out),
     }
 }
 

@@ -140,6 +140,8 @@ pub struct Config {
     pub capture_max_bytes: u64,
     /// `[wake]`: SecureOn password and repeats of the Wake-on-LAN packets this node sends.
     pub wake: crate::wol::send::WakeOptions,
+    /// `[ldap]`: staff logins against the directory.
+    pub ldap: Option<crate::access::ldap::LdapConfig>,
     /// Tests only (`--clock-file`): the schedulers' clock (task rules, push windows).
     pub clock_file: Option<PathBuf>,
 }

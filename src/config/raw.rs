@@ -37,9 +37,42 @@ pub struct RawConfig {
     pub capture: RawCapture,
     #[serde(default)]
     pub wake: RawWake,
+    /// `[ldap]`: staff logins against the directory.
+    #[serde(default)]
+    pub ldap: Option<RawLdap>,
     /// Tests only (`--clock-file`): the schedulers' clock, see [`crate::push::clock::FileClock`].
     #[serde(skip)]
     pub clock_file: Option<PathBuf>,
+}
+
+/// `[ldap]`: staff log in with their directory account (OpenLDAP, Active Directory); their
+/// directory groups give their role and sites (`[[ldap.map]]`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLdap {
+    /// `ldap://dc1.example.org` or `ldaps://dc1.example.org`.
+    pub url: Option<String>,
+    /// The DN to bind as; `{user}` is the login name: `uid={user},ou=people,dc=example,dc=org`,
+    /// or `{user}@example.org` (Active Directory).
+    pub bind_dn: Option<String>,
+    /// Where groups are searched; none: the user entry's `memberOf` is read.
+    pub group_base: Option<String>,
+    /// Group search filter (`{dn}`, `{user}`).
+    pub group_filter: Option<String>,
+    /// Seconds to wait for the directory. Default 5.
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub map: Vec<RawLdapMap>,
+}
+
+/// `[[ldap.map]]`: members of `group` get `role`, operators the `sites`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLdapMap {
+    pub group: String,
+    pub role: String,
+    #[serde(default)]
+    pub sites: Vec<String>,
 }
 
 /// `[wake]`: how this node sends Wake-on-LAN packets.

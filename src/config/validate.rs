@@ -136,6 +136,8 @@ impl RawConfig {
             None => {}
         }
 
+        let ldap = self.ldap.as_ref().and_then(|l| validate_ldap(l, &mut p));
+
         if problems.is_empty() {
             Ok(Config {
                 advertise,
@@ -162,12 +164,66 @@ impl RawConfig {
                 boot,
                 capture_max_bytes,
                 wake,
+                ldap,
                 clock_file: self.clock_file.clone(),
             })
         } else {
             Err(ConfigError { problems })
         }
     }
+}
+
+/// `[ldap]` checked: a URL, a bind DN with `{user}`, and at least one group mapped.
+fn validate_ldap(
+    l: &super::raw::RawLdap,
+    p: &mut dyn FnMut(String),
+) -> Option<crate::access::ldap::LdapConfig> {
+    use crate::access::ldap::{GroupMap, LdapConfig, DEFAULT_GROUP_FILTER};
+    let before = std::cell::Cell::new(0u32);
+    let mut problem = |m: String| {
+        before.set(before.get() + 1);
+        p(m)
+    };
+    let url = l.url.clone().unwrap_or_default();
+    if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+        problem(format!(
+            "ldap.url = {url:?}: write ldap://HOST[:PORT] or ldaps://HOST[:PORT]"
+        ));
+    }
+    let bind_dn = l.bind_dn.clone().unwrap_or_default();
+    if !bind_dn.contains("{user}") {
+        problem(format!("ldap.bind_dn = {bind_dn:?}: it must contain {{user}}, e.g. \"uid={{user}},ou=people,dc=example,dc=org\" or \"{{user}}@example.org\""));
+    }
+    if l.map.is_empty() {
+        problem("[ldap] maps no group: add [[ldap.map]] group = \"cn=...\", role = \"operator\", sites = [\"...\"]".into());
+    }
+    let mut map = Vec::new();
+    for (i, m) in l.map.iter().enumerate() {
+        match m.role.parse::<crate::access::Role>() {
+            Ok(role) => {
+                if (role == crate::access::Role::Operator) == m.sites.is_empty() {
+                    problem(format!("ldap.map[{i}] ({}): an operator group needs sites, and only an operator group takes sites", m.group));
+                }
+                map.push(GroupMap {
+                    group: m.group.clone(),
+                    role,
+                    sites: m.sites.clone(),
+                });
+            }
+            Err(e) => problem(format!("ldap.map[{i}]: {e}")),
+        }
+    }
+    (before.get() == 0).then(|| LdapConfig {
+        url,
+        bind_dn,
+        group_base: l.group_base.clone(),
+        group_filter: l
+            .group_filter
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GROUP_FILTER.to_string()),
+        map,
+        timeout: std::time::Duration::from_secs(l.timeout.unwrap_or(5).max(1)),
+    })
 }
 
 impl RawConfig {

@@ -46,21 +46,35 @@ pub fn record(
     Ok(conn.last_insert_rowid())
 }
 
-/// Events, newest first, of `mac` if given, of `kind` if given.
-pub fn list(
-    conn: &Connection,
-    mac: Option<&str>,
-    kind: Option<&str>,
-    limit: u32,
-) -> Result<Vec<Event>, DbError> {
+/// Which events ([`list`]): newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter<'a> {
+    pub mac: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    /// Events of hosts of these sites only (an operator's scope).
+    pub sites: Option<&'a [String]>,
+    /// Older than this event id (the previous page's last).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// Events, newest first, as `f` says.
+pub fn list(conn: &Connection, f: &EventFilter) -> Result<Vec<Event>, DbError> {
+    let sites = f
+        .sites
+        .map(|s| serde_json::to_string(s).expect("names serialise"));
     let mut st = conn
         .prepare(
             "SELECT id, at, kind, mac, data FROM events
-             WHERE (?1 IS NULL OR mac = ?1) AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC LIMIT ?3",
+             WHERE (?1 IS NULL OR mac = ?1) AND (?2 IS NULL OR kind = ?2)
+               AND (?4 IS NULL OR mac IN (SELECT mac FROM hosts
+                    WHERE site IN (SELECT value FROM json_each(?4))))
+               AND (?5 IS NULL OR id < ?5)
+             ORDER BY id DESC LIMIT ?3",
         )
         .what("list events")?;
     let rows = st
-        .query_map(params![mac, kind, limit], |r| {
+        .query_map(params![f.mac, f.kind, f.limit, sites, f.before], |r| {
             let data: String = r.get(4)?;
             Ok(Event {
                 id: r.get(0)?,

@@ -456,6 +456,10 @@ pub struct HostQuery {
     /// Hosts per page: [`PAGE_DEFAULT`] unless given, at most [`PAGE_MAX`].
     #[serde(default)]
     pub limit: Option<u32>,
+    /// The caller's sites (an operator's scope): hosts of these sites only. Not a query
+    /// parameter: set from who asks.
+    #[serde(skip)]
+    pub scope: Option<Vec<String>>,
 }
 
 pub const PAGE_DEFAULT: u32 = 100;
@@ -486,6 +490,10 @@ pub fn page(conn: &Connection, q: &HostQuery) -> Result<HostPage, DbError> {
         let a = arg(s.clone(), &mut args);
         wh.push(format!("h.site = {a}"));
     }
+    if let Some(sites) = &q.scope {
+        let list: Vec<String> = sites.iter().map(|s| arg(s.clone(), &mut args)).collect();
+        wh.push(format!("h.site IN ({})", list.join(", ")));
+    }
     if let Some(g) = &q.group {
         let a = arg(g.clone(), &mut args);
         wh.push(format!(
@@ -493,12 +501,7 @@ pub fn page(conn: &Connection, q: &HostQuery) -> Result<HostPage, DbError> {
         ));
     }
     if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        let escaped = text
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        let a = arg(format!("%{escaped}%"), &mut args);
+        let a = arg(like_pattern(text), &mut args);
         wh.push(format!(
             "(h.mac LIKE {a} ESCAPE '\\' OR lower(h.name) LIKE {a} ESCAPE '\\' \
              OR h.last_ip LIKE {a} ESCAPE '\\' OR lower(h.model) LIKE {a} ESCAPE '\\' \
@@ -548,6 +551,18 @@ pub fn page(conn: &Connection, q: &HostQuery) -> Result<HostPage, DbError> {
         total: total as u64,
         next,
     })
+}
+
+/// A `LIKE ... ESCAPE '\\'` pattern that finds `text` anywhere, case-insensitively (compare
+/// with `lower(column)`): `%`, `_` and `\\` in it are taken literally.
+pub fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .trim()
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// Why a host name was refused.

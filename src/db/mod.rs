@@ -23,6 +23,7 @@ pub mod reports;
 pub mod retention;
 pub mod sessions;
 pub mod sites;
+pub mod staff;
 pub mod task_rules;
 pub mod tasks;
 pub mod wakes;
@@ -423,6 +424,48 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE dhcp_seen ADD COLUMN circuit TEXT;
     ALTER TABLE hosts ADD COLUMN circuit TEXT;
     ALTER TABLE registration_rules ADD COLUMN circuit TEXT;",
+    // 22: staff: accounts (local, or from the directory at their login), personal API
+    // tokens and browser sessions (stored as SHA-256 of the secret), and the audit trail
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        sites TEXT NOT NULL DEFAULT '',
+        password TEXT,
+        source TEXT NOT NULL DEFAULT 'local',
+        created INTEGER NOT NULL,
+        last_login INTEGER
+    );
+    CREATE TABLE user_tokens (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        label TEXT,
+        created INTEGER NOT NULL,
+        last_used INTEGER
+    );
+    CREATE INDEX user_tokens_user ON user_tokens(user);
+    CREATE TABLE staff_sessions (
+        hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        role TEXT NOT NULL,
+        sites TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        from_addr TEXT
+    );
+    CREATE INDEX staff_sessions_user ON staff_sessions(user);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        from_addr TEXT,
+        action TEXT NOT NULL,
+        detail TEXT,
+        status INTEGER
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_user ON audit(user, at);",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -7,12 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use rusqlite::Connection;
 use serde::Deserialize;
 
 use super::error::{parse_mac, ApiError, ApiResult};
+use super::staff::{in_scope, targets_in_scope, task_rule_in_scope};
 use super::AppState;
+use crate::access::Principal;
 use crate::config::AfterRegister;
 use crate::db::images::{self, PostDeploy};
 use crate::db::{bootcred, groups, hosts, tasks, DbError, TaskKind, TaskState};
@@ -451,14 +453,21 @@ async fn offer_multicast(
     offered.ok().flatten()
 }
 
-/// `GET /api/v1/hosts`: every host.
+/// `GET /api/v1/hosts[?site=&group=&q=&all=true&limit=&after=MAC]`: a page of hosts in MAC
+/// order, `{"hosts", "total", "next"}`; an operator's, of their sites only.
 pub async fn list_hosts(
     State(st): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<hosts::HostQuery>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Query(mut q): axum::extract::Query<hosts::HostQuery>,
 ) -> ApiResult {
     if let Some(a) = &q.after {
         parse_mac(a)?;
     }
+    let scope = who.scope();
+    if let Some(site) = q.site.as_deref().filter(|s| !scope.allows(Some(s))) {
+        return Err(super::staff::out_of_scope(format!("site {site}")));
+    }
+    q.scope = scope.sites().map(<[String]>::to_vec);
     let body = st
         .db
         .read(move |c| {
@@ -529,18 +538,25 @@ pub async fn once_per_report(
 }
 
 /// `GET /api/v1/hosts/{mac}`: one host with its recent boots and open task.
-pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> ApiResult {
+pub async fn get_host(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(mac): Path<String>,
+) -> ApiResult {
     let mac = parse_mac(&mac)?;
     let res = st
         .db
         .read(move |c| {
-            Ok((
+            if let Err(e) = in_scope(c, &who.scope(), &[mac])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok((
                 hosts::get(c, mac)?,
                 hosts::boots(c, mac, 20)?,
                 tasks::open_for(c, mac)?,
-            ))
+            )))
         })
-        .await?;
+        .await??;
     match res {
         (Some(h), boots, task) => Ok(Json(
             serde_json::json!({ "host": h, "boots": boots, "task": task }),
@@ -553,14 +569,20 @@ pub async fn get_host(State(st): State<AppState>, Path(mac): Path<String>) -> Ap
 /// `PUT /api/v1/hosts/{mac}/name` with `{"name": "room12-pc01"}` (or `null` to clear it).
 pub async fn set_host_name(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(mac): Path<String>,
     Json(body): Json<HostName>,
 ) -> ApiResult {
     let mac = parse_mac(&mac)?;
     let res = st
         .db
-        .call(move |c| Ok(hosts::set_name(c, mac, body.name.as_deref())))
-        .await?;
+        .call(move |c| {
+            if let Err(e) = in_scope(c, &who.scope(), &[mac])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(hosts::set_name(c, mac, body.name.as_deref())))
+        })
+        .await??;
     match res {
         Ok(h) => Ok(Json(serde_json::json!({ "host": h })).into_response()),
         Err(hosts::NameError::Db(e)) => Err(e.into()),
@@ -795,13 +817,24 @@ pub struct TaskQuery {
 /// `GET /api/v1/tasks[?host=MAC][&all=true]`: open tasks (every task with `all`), newest first.
 pub async fn list_tasks(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
 ) -> ApiResult {
     let mac = q.host.as_deref().map(parse_mac).transpose()?;
     let body = st
         .db
         .read(move |c| {
-            let t = tasks::list(c, mac, q.all)?;
+            let mut t = tasks::list(c, mac, q.all)?;
+            let scope = who.scope();
+            if scope.sites().is_some() {
+                let mut kept = Vec::with_capacity(t.len());
+                for task in t {
+                    if in_scope(c, &scope, &[task.mac])?.is_ok() {
+                        kept.push(task);
+                    }
+                }
+                t = kept;
+            }
             Ok(super::JsonBytes::field("tasks", &t))
         })
         .await?;
@@ -809,24 +842,45 @@ pub async fn list_tasks(
 }
 
 /// `POST /api/v1/tasks` with a [`TaskRequest`]: 201 `{"tasks": [...]}` (one per host).
-pub async fn create_tasks(State(st): State<AppState>, Json(req): Json<TaskRequest>) -> ApiResult {
+pub async fn create_tasks(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(req): Json<TaskRequest>,
+) -> ApiResult {
     let data = st.data.clone();
     let now = crate::time::now_unix();
     let t = st
         .db
-        .call(move |c| Ok(schedule::create(c, &data, &req, now)))
-        .await??;
+        .call(move |c| {
+            let (host, group) = (req.host.as_deref(), req.group.as_deref());
+            if let Err(e) = targets_in_scope(c, &who.scope(), host, group)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(schedule::create(c, &data, &req, now)))
+        })
+        .await???;
     tracing::info!(tasks = t.len(), "tasks created through the API");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "tasks": t }))).into_response())
 }
 
 /// `DELETE /api/v1/tasks/{id}`: cancels an open task → `{"task": ...}`.
-pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
+pub async fn cancel_task(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult {
     let now = crate::time::now_unix();
     let mut t = st
         .db
-        .call(move |c| Ok(schedule::cancel(c, &CancelTarget::Id(id), now)))
-        .await??;
+        .call(move |c| {
+            if let Some(task) = tasks::get(c, id)? {
+                if let Err(e) = in_scope(c, &who.scope(), &[task.mac])? {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(schedule::cancel(c, &CancelTarget::Id(id), now)))
+        })
+        .await???;
     if t.len() != 1 {
         return Err(ScheduleError::NoTask(id).into());
     }
@@ -836,7 +890,11 @@ pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<i64>) -> Api
 
 /// `POST /api/v1/hosts/wake` with `{"hosts": [MAC...]} | {"group": NAME}`, `at?`, `wave?`,
 /// `spacing?`: queues Wake-on-LAN orders → 201 `{"wakes": [...]}` (see [`schedule::wake`]).
-pub async fn wake_hosts(State(st): State<AppState>, Json(req): Json<WakeHosts>) -> ApiResult {
+pub async fn wake_hosts(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(req): Json<WakeHosts>,
+) -> ApiResult {
     let now = crate::time::now_unix();
     let how = schedule::WakeRequest {
         wave: req.wave.unwrap_or(schedule::WAKE_WAVE),
@@ -845,16 +903,25 @@ pub async fn wake_hosts(State(st): State<AppState>, Json(req): Json<WakeHosts>) 
     let w = st
         .db
         .call(move |c| {
-            Ok(schedule::wake(
+            let scope = who.scope();
+            if let Err(e) = targets_in_scope(c, &scope, None, req.group.as_deref())? {
+                return Ok(Err(e));
+            }
+            for h in &req.hosts {
+                if let Err(e) = targets_in_scope(c, &scope, Some(h), None)? {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(schedule::wake(
                 c,
                 &req.hosts,
                 req.group.as_deref(),
                 req.at.as_deref(),
                 &how,
                 now,
-            ))
+            )))
         })
-        .await??;
+        .await???;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "wakes": w }))).into_response())
 }
 
@@ -903,8 +970,13 @@ impl From<crate::registration::RegistrationError> for ApiError {
 }
 
 /// `GET /api/v1/registration-rules`: the rules, in the order they are tried.
-pub async fn list_registration_rules(State(st): State<AppState>) -> ApiResult {
-    let r = st.db.read(crate::db::registration_rules::list).await?;
+pub async fn list_registration_rules(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult {
+    let mut r = st.db.read(crate::db::registration_rules::list).await?;
+    let scope = who.scope();
+    r.retain(|rule| scope.allows(rule.site.as_deref()));
     Ok(Json(serde_json::json!({ "rules": r })).into_response())
 }
 
@@ -912,8 +984,15 @@ pub async fn list_registration_rules(State(st): State<AppState>) -> ApiResult {
 /// → 201 `{"rule": ...}`.
 pub async fn create_registration_rule(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Json(req): Json<crate::db::registration_rules::RegistrationRule>,
 ) -> ApiResult {
+    if !who.scope().allows(req.site.as_deref()) {
+        return Err(super::staff::out_of_scope(format!(
+            "a registration rule of {} (an operator's rules name one of their sites: \"site\")",
+            req.site.as_deref().unwrap_or("every site")
+        )));
+    }
     let now = crate::time::now_unix();
     let rule = st
         .db
@@ -929,11 +1008,24 @@ pub async fn create_registration_rule(
 /// `DELETE /api/v1/registration-rules/{id}`.
 pub async fn remove_registration_rule(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> ApiResult {
     st.db
-        .call(move |c| Ok(crate::registration::remove(c, id)))
-        .await??;
+        .call(move |c| {
+            let rule = crate::db::registration_rules::get(c, id)?;
+            if let Some(site) = rule
+                .filter(|r| !who.scope().allows(r.site.as_deref()))
+                .map(|r| r.site)
+            {
+                return Ok(Err(super::staff::out_of_scope(format!(
+                    "registration rule {id} (of {})",
+                    site.as_deref().unwrap_or("every site")
+                ))));
+            }
+            Ok(Ok(crate::registration::remove(c, id)))
+        })
+        .await???;
     Ok(Json(serde_json::json!({ "removed": id })).into_response())
 }
 
@@ -947,6 +1039,7 @@ pub struct ReplaceBody {
 /// `POST /api/v1/hosts/{mac}/replace` `{"new": MAC}`: the new machine takes this host's place.
 pub async fn replace_host(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(mac): Path<String>,
     Json(body): Json<ReplaceBody>,
 ) -> ApiResult {
@@ -955,10 +1048,13 @@ pub async fn replace_host(
     let moved = st
         .db
         .call(move |c| {
-            Ok(crate::db::hosts::replace(c, old, new, now, true)
-                .map_err(crate::registration::RegistrationError::from))
+            if let Err(e) = in_scope(c, &who.scope(), &[old, new])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(crate::db::hosts::replace(c, old, new, now, true)
+                .map_err(crate::registration::RegistrationError::from)))
         })
-        .await??;
+        .await???;
     st.hooks.emit(
         crate::hooks::EventKind::HostReplaced,
         Some(new.to_string()),
@@ -971,32 +1067,63 @@ pub async fn replace_host(
 }
 
 /// `POST /api/v1/hosts/{mac}/approve`: the host's registration rule's reimage task is made.
-pub async fn approve_host(State(st): State<AppState>, Path(mac): Path<String>) -> ApiResult {
+pub async fn approve_host(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(mac): Path<String>,
+) -> ApiResult {
     let mac = parse_mac(&mac)?;
     let (data, now) = (st.data.clone(), crate::time::now_unix());
     let task = st
         .db
-        .call(move |c| Ok(crate::registration::approve(c, &data, mac, now)))
-        .await??;
+        .call(move |c| {
+            if let Err(e) = in_scope(c, &who.scope(), &[mac])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(crate::registration::approve(c, &data, mac, now)))
+        })
+        .await???;
     Ok(Json(serde_json::json!({ "mac": mac.to_string(), "task": task })).into_response())
 }
 
 /// `GET /api/v1/task-rules`: every recurring task rule with its next run.
-pub async fn list_task_rules(State(st): State<AppState>) -> ApiResult {
-    let r = st.db.read(crate::calendar::list).await?;
+pub async fn list_task_rules(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult {
+    let r = st
+        .db
+        .read(move |c| {
+            let mut kept = Vec::new();
+            for l in crate::calendar::list(c)? {
+                let (h, g) = (l.rule.host.as_deref(), l.rule.group.as_deref());
+                if targets_in_scope(c, &who.scope(), h, g)?.is_ok() {
+                    kept.push(l);
+                }
+            }
+            Ok(kept)
+        })
+        .await?;
     Ok(Json(serde_json::json!({ "rules": r })).into_response())
 }
 
 /// `POST /api/v1/task-rules` with a [`crate::calendar::RuleRequest`] → 201 `{"rule": ...}`.
 pub async fn create_task_rule(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Json(req): Json<crate::calendar::RuleRequest>,
 ) -> ApiResult {
     let now = st.clock.now();
     let rule = st
         .db
-        .call(move |c| Ok(crate::calendar::add(c, &req, now)))
-        .await??;
+        .call(move |c| {
+            let (host, group) = (req.host.as_deref(), req.group.as_deref());
+            if let Err(e) = targets_in_scope(c, &who.scope(), host, group)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(crate::calendar::add(c, &req, now)))
+        })
+        .await???;
     let next_run = crate::calendar::next_run(&rule);
     Ok((
         StatusCode::CREATED,
@@ -1006,23 +1133,55 @@ pub async fn create_task_rule(
 }
 
 /// `DELETE /api/v1/task-rules/{id}`.
-pub async fn remove_task_rule(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
+pub async fn remove_task_rule(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult {
     st.db
-        .call(move |c| Ok(crate::calendar::remove(c, id)))
-        .await??;
+        .call(move |c| {
+            if let Err(e) = task_rule_in_scope(c, &who.scope(), id)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(crate::calendar::remove(c, id)))
+        })
+        .await???;
     Ok(Json(serde_json::json!({ "removed": id })).into_response())
 }
 
 /// `POST /api/v1/task-rules/{id}/ack`: the failed run was seen.
-pub async fn ack_task_rule(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult {
+pub async fn ack_task_rule(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult {
     st.db
-        .call(move |c| Ok(crate::calendar::acknowledge(c, id)))
-        .await??;
+        .call(move |c| {
+            if let Err(e) = task_rule_in_scope(c, &who.scope(), id)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(crate::calendar::acknowledge(c, id)))
+        })
+        .await???;
     Ok(Json(serde_json::json!({ "acknowledged": id })).into_response())
 }
 
 /// `GET /api/v1/groups`: every group with its hosts.
-pub async fn list_groups(State(st): State<AppState>) -> ApiResult {
-    let g = st.db.read(groups::list).await?;
+pub async fn list_groups(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult {
+    let g = st
+        .db
+        .read(move |c| {
+            let mut kept = Vec::new();
+            for g in groups::list(c)? {
+                if targets_in_scope(c, &who.scope(), None, Some(&g.name))?.is_ok() {
+                    kept.push(g);
+                }
+            }
+            Ok(kept)
+        })
+        .await?;
     Ok(Json(serde_json::json!({ "groups": g })).into_response())
 }

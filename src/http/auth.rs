@@ -1,15 +1,11 @@
-//! The staff API token: created at first start in `DATA/api-token` (mode 0600), checked on
-//! every `/api/v1` request except the agent's.
+//! Staff credentials: the server's API token (created at first start in `DATA/api-token`, mode
+//! 0600), how a request carries a token or a console session cookie, and secret comparison.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
-
-use super::error::{ApiError, ApiResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -140,6 +136,23 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// The session cookie of the staff console (see [`super::staff`]).
+pub const SESSION_COOKIE: &str = "bootcast_session";
+/// `POST` here with `{"user", "password"}` opens a console session.
+pub const LOGIN_PATH: &str = "/api/v1/login";
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -147,21 +160,6 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-}
-
-/// Middleware: `Authorization: Bearer TOKEN` or 401.
-pub async fn require_token(
-    State(token): State<std::sync::Arc<String>>,
-    req: Request,
-    next: Next,
-) -> ApiResult {
-    match bearer(req.headers()) {
-        Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::unauthorized("wrong API token (see `bootcast token show` on the server)",
-        )),
-        None => Err(ApiError::unauthorized("this endpoint needs `Authorization: Bearer TOKEN` (see `bootcast token show` on the server)",
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::api::check_session;
 use super::error::{parse_mac, ApiError, ApiResult};
 use super::AppState;
+use crate::access::Principal;
 use crate::db::{events, hosts, inventories, Db};
 use crate::hooks::EventKind;
 use crate::inventory::{diff, glpi};
@@ -93,6 +94,7 @@ pub struct FormatQuery {
 /// `GET /api/v1/hosts/{mac}/inventory[?format=json|glpi]`: the newest inventory.
 pub async fn host_inventory(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(mac): Path<String>,
     Query(q): Query<FormatQuery>,
 ) -> ApiResult {
@@ -108,8 +110,13 @@ pub async fn host_inventory(
     };
     let res = st
         .db
-        .read(move |c| Ok((inventories::latest(c, mac)?, hosts::get(c, mac)?)))
-        .await?;
+        .read(move |c| {
+            if let Err(e) = super::staff::in_scope(c, &who.scope(), &[mac])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok((inventories::latest(c, mac)?, hosts::get(c, mac)?)))
+        })
+        .await??;
     match res {
         (Some(s), host) if glpi_form => {
             let id = crate::inventory::glpi_device_id(host.and_then(|h| h.name).as_deref(), &mac);
@@ -125,13 +132,19 @@ pub async fn host_inventory(
 /// `GET /api/v1/hosts/{mac}/inventory/history`: every stored inventory, newest first.
 pub async fn host_inventory_history(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(mac): Path<String>,
 ) -> ApiResult {
     let mac = parse_mac(&mac)?;
     let list = st
         .db
-        .read(move |c| inventories::history(c, mac, 1000))
-        .await?;
+        .read(move |c| {
+            if let Err(e) = super::staff::in_scope(c, &who.scope(), &[mac])? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(inventories::history(c, mac, 1000)?))
+        })
+        .await??;
     Ok(Json(serde_json::json!({ "inventories": list })).into_response())
 }
 
@@ -143,10 +156,19 @@ pub struct EventQuery {
     kind: Option<String>,
     #[serde(default)]
     limit: Option<u32>,
+    /// The page after this event id (the previous page's `next`).
+    #[serde(default)]
+    before: Option<i64>,
 }
 
-/// `GET /api/v1/events[?host=MAC][&kind=K][&limit=N]`: newest first.
-pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>) -> ApiResult {
+/// `GET /api/v1/events[?host=MAC][&kind=K][&limit=N][&before=ID]`: newest first,
+/// `{"events", "next"}` (`next`: the `before` of the next page). An operator sees the events
+/// of their sites' hosts.
+pub async fn list_events(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult {
     let host = q
         .host
         .as_deref()
@@ -163,8 +185,23 @@ pub async fn list_events(State(st): State<AppState>, Query(q): Query<EventQuery>
     let list = st
         .db
         .read(move |c| {
-            let list = events::list(c, host.as_deref(), q.kind.as_deref(), limit)?;
-            Ok(super::JsonBytes::field("events", &list))
+            let scope = who.scope();
+            let list = events::list(
+                c,
+                &events::EventFilter {
+                    mac: host.as_deref(),
+                    kind: q.kind.as_deref(),
+                    sites: scope.sites(),
+                    before: q.before,
+                    limit,
+                },
+            )?;
+            let next = (list.len() as u32 == limit)
+                .then(|| list.last().map(|e| e.id))
+                .flatten();
+            Ok(super::JsonBytes::of(
+                &serde_json::json!({ "events": list, "next": next }),
+            ))
         })
         .await?;
     Ok(list.into_response())

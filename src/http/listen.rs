@@ -669,17 +669,22 @@ pub fn plain_refusal(
             return None;
         }
         "the relay protocol"
-    } else if headers.contains_key(header::AUTHORIZATION) {
+    } else if headers.contains_key(header::AUTHORIZATION)
+        || super::auth::session_cookie(headers).is_some()
+        || path == super::auth::LOGIN_PATH
+    {
         "the staff API"
+    } else if path == "/ui" || path.starts_with("/ui/") {
+        "the staff console"
     } else {
         return None;
     };
     Some(match policy.https_url.as_deref() {
         Some(url) => format!(
-            "{what} is not served over plain HTTP, where its token would cross the network in clear: use {url} (the certificate's fingerprint is in the server's start banner)"
+            "{what} is not served over plain HTTP, where its token or password would cross the network in clear: use {url} (the certificate's fingerprint is in the server's start banner)"
         ),
         None => format!(
-            "{what} is not served over plain HTTP, where its token would cross the network in clear, and HTTPS is off here ([http] tls_listen = \"off\"): turn HTTPS on, or use it from the server's own machine"
+            "{what} is not served over plain HTTP, where its token or password would cross the network in clear, and HTTPS is off here ([http] tls_listen = \"off\"): turn HTTPS on, or use it from the server's own machine"
         ),
     })
 }

@@ -37,6 +37,7 @@ pub mod error;
 pub mod inventory;
 pub mod listen;
 pub mod relay;
+pub mod staff;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub orders: relay::OrdersWatch,
     /// The schedulers' clock (task rules): the system's, or a test's.
     pub clock: Arc<dyn crate::push::clock::Clock>,
+    /// `[ldap]`: staff logins against the directory (`None`: local accounts only).
+    pub ldap: Option<Arc<crate::access::ldap::LdapConfig>>,
 }
 
 impl AppState {
@@ -202,9 +205,25 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/hooks/runs", get(inventory::hook_runs))
         .route("/api/v1/sites", get(relay::list_sites))
         .route("/api/v1/pushes", get(relay::push_status))
+        .route("/api/v1/me", get(staff::me))
+        .route("/api/v1/logout", post(staff::logout))
+        .route("/api/v1/me/password", post(staff::change_password))
+        .route("/api/v1/me/tokens", post(staff::create_token))
+        .route(
+            "/api/v1/users",
+            get(staff::list_users).post(staff::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(staff::remove_user),
+        )
+        .route("/api/v1/audit", get(staff::list_audit))
         .route_layer(axum::middleware::from_fn_with_state(
-            token.clone(),
-            auth::require_token,
+            staff::StaffAuth {
+                app: state.clone(),
+                server_token: token.clone(),
+            },
+            staff::authenticate,
         ));
     let check = Router::new()
         .route("/api/v1/relay/check", get(relay::check_token))
@@ -244,6 +263,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/ipxe/{file}", get(boot::ipxe_binary))
         .route("/grub/{file}", get(boot::grub_file))
         .route("/api/v1/agent/hello", post(api::agent_hello))
+        .route(staff::LOGIN_PATH, post(staff::login))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
         .route("/api/v1/relay/wait", get(relay::wait))
         .merge(reports)

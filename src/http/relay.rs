@@ -385,9 +385,15 @@ impl Origin {
     }
 }
 
-/// `GET /api/v1/sites` (staff): every site with its schedule and relay state.
-pub async fn list_sites(State(st): State<AppState>) -> ApiResult {
-    let list = st.db.read(sites::list).await?;
+/// `GET /api/v1/sites` (staff): every site (an operator's: theirs) with its schedule and relay
+/// state.
+pub async fn list_sites(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::access::Principal>,
+) -> ApiResult {
+    let mut list = st.db.read(sites::list).await?;
+    let scope = who.scope();
+    list.retain(|s| scope.allows(Some(&s.name)));
     Ok(Json(serde_json::json!({ "sites": list })).into_response())
 }
 

@@ -1,0 +1,556 @@
+//! Every staff route against every role: no login 401, a role the route's rule refuses 403,
+//! the others the handler's 2xx; an operator's requests about another site's hosts 403; the
+//! audit trail has one entry per change, with its user. In-process server, real HTTP.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use bootcast::access::Need;
+use bootcast::http::staff::ROUTES;
+use common::{http, request, InProcess, Lab};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "a long enough password";
+
+/// Hosts of the lycee (in room lycee-r1) and of the college, with the site their relay gave.
+fn lycee(i: u32) -> String {
+    format!("52:54:00:21:01:{i:02x}")
+}
+fn college(i: u32) -> String {
+    format!("52:54:00:21:02:{i:02x}")
+}
+
+/// The region before the server starts: two sites, 40 hosts each, a room per site, the
+/// demo image, an inventory, hosts waiting for approval; staff accounts made with the CLI.
+fn seed(lab: &Lab) -> u32 {
+    let img = lab.file("demo.img", &common::texty_bytes(1 << 20, 7));
+    lab.add("demo", &img);
+    let db = bootcast::db::Db::open(&bootcast::db::path(&lab.data())).unwrap();
+    let mut c = db.lock();
+    use bootcast::db::{groups, hosts, registration_rules, sites};
+    for (name, net) in [("lycee", "10.99.1.0/24"), ("college", "10.99.2.0/24")] {
+        let s = sites::SiteSettings {
+            subnets: vec![net.into()],
+            tz: "Europe/Paris".into(),
+            windows: String::new(),
+            rate: None,
+            incomplete: sites::Incomplete::Wait,
+        };
+        assert!(sites::add(&c, name, &s, &format!("relay-token-of-{name}"), 0).unwrap());
+    }
+    let rule = registration_rules::RegistrationRule {
+        site: Some("lycee".into()),
+        image: Some("demo".into()),
+        approval: true,
+        ..Default::default()
+    };
+    let rule = registration_rules::create(&c, &rule, 0).unwrap();
+    for i in 1..=40 {
+        for (mac, site) in [(lycee(i), "lycee"), (college(i), "college")] {
+            let m = mac.parse().unwrap();
+            hosts::record_hello(&mut c, m, &Default::default(), 0).unwrap();
+            c.execute("UPDATE hosts SET site = ?2 WHERE mac = ?1", [&mac, site])
+                .unwrap();
+            if i > 20 {
+                hosts::set_pending_rule(&c, m, Some(rule)).unwrap();
+            }
+        }
+    }
+    let macs = |f: fn(u32) -> String| (1..=4).map(|i| f(i).parse().unwrap()).collect::<Vec<_>>();
+    groups::add(&mut c, "lycee-r1", &macs(lycee), 0).unwrap();
+    groups::add(&mut c, "college-r1", &macs(college), 0).unwrap();
+    let inv: bootcast::inventory::Inventory =
+        serde_json::from_value(json!({ "collected_at": 0, "mac": lycee(1) })).unwrap();
+    bootcast::db::inventories::record(&c, lycee(1).parse().unwrap(), &inv, 0).unwrap();
+    drop(c);
+    drop(db);
+    rule as u32
+}
+
+fn add_user(lab: &Lab, name: &str, role: &str, site: Option<&str>) -> String {
+    use std::io::Write;
+    let mut args = vec!["user", "add", name, "--role", role, "--password-stdin"];
+    if let Some(s) = site {
+        args.extend(["--site", s]);
+    }
+    let mut child = lab
+        .cmd()
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    lab.json(&["user", "token", name])["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The server's API token, as scripts use it (the first admin).
+fn admin_api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    common::api(s, method, path, body)
+}
+
+fn call(
+    s: &InProcess,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &Option<Value>,
+) -> (u16, String) {
+    http(
+        method,
+        &format!("{}{path}", s.url),
+        token,
+        body.as_ref().map(|b| b.to_string()).as_deref(),
+    )
+}
+
+#[test]
+fn every_staff_route_answers_each_role_as_its_rule_says() {
+    let lab = Lab::new();
+    let rule = seed(&lab);
+    let tokens: BTreeMap<&str, String> = [
+        ("admin", add_user(&lab, "root-anne", "admin", None)),
+        (
+            "operator",
+            add_user(&lab, "op-lycee", "operator", Some("lycee")),
+        ),
+        ("viewer", add_user(&lab, "helpdesk", "viewer", None)),
+    ]
+    .into_iter()
+    .collect();
+    let users = [
+        ("admin", "root-anne"),
+        ("operator", "op-lycee"),
+        ("viewer", "helpdesk"),
+    ];
+    let s = InProcess::start(&lab);
+    let version = {
+        let (code, v) = admin_api(&s, "GET", "/api/v1/images", None);
+        assert_eq!(code, 200);
+        v["images"][0]["versions"][0]["version"]
+            .as_str()
+            .or_else(|| v["images"][0]["version"].as_str())
+            .unwrap_or_else(|| panic!("a version in {v}"))
+            .to_string()
+    };
+    let mut fresh = 0u32;
+    let mut next_host = 5u32; // lycee hosts 5-20 are free for replace, 21-40 wait for approval
+    let mut next_pending = 21u32;
+    let mut changes: Vec<(String, String)> = Vec::new(); // (user, "METHOD path") expected in the trail
+
+    for &(method, route, need) in ROUTES {
+        for role in ["admin", "operator", "viewer"] {
+            fresh += 1;
+            // a path and body that a caller allowed gets a 2xx with
+            let (path, body): (String, Option<Value>) = match (method, route) {
+                ("GET", "/api/v1/me") => ("/api/v1/me".into(), None),
+                ("POST", "/api/v1/logout") => ("/api/v1/logout".into(), None),
+                ("POST", "/api/v1/me/password") => (
+                    route.into(),
+                    Some(json!({ "old_password": PASSWORD, "password": PASSWORD })),
+                ),
+                ("POST", "/api/v1/me/tokens") => (route.into(), Some(json!({ "label": "t" }))),
+                ("GET", "/api/v1/users") | ("GET", "/api/v1/audit") => (route.into(), None),
+                ("POST", "/api/v1/users") => (
+                    route.into(),
+                    Some(
+                        json!({ "name": format!("new{fresh}"), "role": "viewer", "password": PASSWORD }),
+                    ),
+                ),
+                ("DELETE", "/api/v1/users/{name}") => {
+                    let name = format!("gone{fresh}");
+                    let (code, _) = admin_api(
+                        &s,
+                        "POST",
+                        "/api/v1/users",
+                        Some(json!({ "name": name, "role": "viewer", "password": PASSWORD })),
+                    );
+                    assert_eq!(code, 201);
+                    changes.push(("admin".into(), "POST /api/v1/users".into()));
+                    (format!("/api/v1/users/{name}"), None)
+                }
+                ("GET", "/api/v1/hosts") => ("/api/v1/hosts?site=lycee".into(), None),
+                ("GET", r) if r.starts_with("/api/v1/hosts/{mac}") => {
+                    (r.replace("{mac}", &lycee(1)), None)
+                }
+                ("PUT", "/api/v1/hosts/{mac}/name") => (
+                    route.replace("{mac}", &lycee(2)),
+                    Some(json!({ "name": format!("l-pc{fresh}") })),
+                ),
+                ("POST", "/api/v1/hosts/{mac}/replace") => {
+                    let (old, new) = (lycee(next_host), lycee(next_host + 1));
+                    next_host += 2;
+                    (route.replace("{mac}", &old), Some(json!({ "new": new })))
+                }
+                ("POST", "/api/v1/hosts/{mac}/approve") => {
+                    let mac = lycee(next_pending);
+                    next_pending += 1;
+                    (route.replace("{mac}", &mac), None)
+                }
+                ("POST", "/api/v1/hosts/wake") => {
+                    (route.into(), Some(json!({ "hosts": [lycee(3)] })))
+                }
+                ("GET", "/api/v1/images") => (route.into(), None),
+                ("POST", "/api/v1/images/{name}/{version}/approve") => (
+                    route
+                        .replace("{name}", "demo")
+                        .replace("{version}", &version),
+                    None,
+                ),
+                ("GET", "/api/v1/images/{name}/post-deploy") => {
+                    (route.replace("{name}", "demo"), None)
+                }
+                ("PUT", "/api/v1/images/{name}/post-deploy") => (
+                    route.replace("{name}", "demo"),
+                    Some(json!({ "hostname": true })),
+                ),
+                ("GET", _) => (route.into(), None),
+                ("POST", "/api/v1/tasks") => (
+                    route.into(),
+                    Some(
+                        json!({ "kind": "reimage", "host": lycee(4), "image": "demo", "replace": true }),
+                    ),
+                ),
+                ("DELETE", "/api/v1/tasks/{id}") => {
+                    let (code, t) = admin_api(
+                        &s,
+                        "POST",
+                        "/api/v1/tasks",
+                        Some(json!({ "kind": "inventory", "host": lycee(3), "replace": true })),
+                    );
+                    assert_eq!(code, 201, "{t}");
+                    changes.push(("admin".into(), "POST /api/v1/tasks".into()));
+                    (format!("/api/v1/tasks/{}", t["tasks"][0]["id"]), None)
+                }
+                ("POST", "/api/v1/task-rules") => (
+                    route.into(),
+                    Some(json!({ "kind": "wake", "group": "lycee-r1", "every": "0 2 * * 1" })),
+                ),
+                ("DELETE", "/api/v1/task-rules/{id}") | ("POST", "/api/v1/task-rules/{id}/ack") => {
+                    let (code, r) = admin_api(
+                        &s,
+                        "POST",
+                        "/api/v1/task-rules",
+                        Some(json!({ "kind": "wake", "group": "lycee-r1", "every": "0 3 * * 1" })),
+                    );
+                    assert_eq!(code, 201, "{r}");
+                    changes.push(("admin".into(), "POST /api/v1/task-rules".into()));
+                    (route.replace("{id}", &r["rule"]["id"].to_string()), None)
+                }
+                ("POST", "/api/v1/registration-rules") => (
+                    route.into(),
+                    Some(json!({ "site": "lycee", "group": "lycee-r1" })),
+                ),
+                ("DELETE", "/api/v1/registration-rules/{id}") => {
+                    let (code, r) = admin_api(
+                        &s,
+                        "POST",
+                        "/api/v1/registration-rules",
+                        Some(json!({ "site": "lycee", "model": "X*" })),
+                    );
+                    assert_eq!(code, 201, "{r}");
+                    changes.push(("admin".into(), "POST /api/v1/registration-rules".into()));
+                    (route.replace("{id}", &r["rule"]["id"].to_string()), None)
+                }
+                _ => panic!("no case for {method} {route}: add one to this test"),
+            };
+            let token = &tokens[role];
+            // without a login: 401, whatever the role of the route
+            if role == "admin" {
+                let (code, text) = call(&s, None, method, &path, &body);
+                assert_eq!(code, 401, "{method} {path} without a login: {text}");
+                let (code, _) = call(&s, Some("bct_0000"), method, &path, &body);
+                assert_eq!(code, 401, "{method} {path} with an unknown token");
+            }
+            let (code, text) = call(&s, Some(token), method, &path, &body);
+            let allowed = matches!(
+                (role, need),
+                ("admin", _) | (_, Need::Read) | ("operator", Need::SiteChange)
+            );
+            if allowed {
+                assert!(
+                    (200..300).contains(&code),
+                    "{role} {method} {path}: {code} {text}"
+                );
+            } else {
+                assert_eq!(code, 403, "{role} {method} {path}: {text}");
+            }
+            if method != "GET" {
+                let user = users.iter().find(|(r, _)| *r == role).unwrap().1;
+                changes.push((user.into(), format!("{method} {path}")));
+            }
+        }
+    }
+
+    // an operator and another site's hosts: 403 on every route that names one
+    let op = Some(tokens["operator"].as_str());
+    let other = college(1);
+    for (method, path, body) in [
+        ("GET", format!("/api/v1/hosts/{other}"), None),
+        ("GET", format!("/api/v1/hosts/{other}/inventory"), None),
+        (
+            "GET",
+            format!("/api/v1/hosts/{other}/inventory/history"),
+            None,
+        ),
+        ("GET", "/api/v1/hosts?site=college".into(), None),
+        (
+            "PUT",
+            format!("/api/v1/hosts/{other}/name"),
+            Some(json!({ "name": "x" })),
+        ),
+        (
+            "POST",
+            format!("/api/v1/hosts/{other}/replace"),
+            Some(json!({ "new": college(2) })),
+        ),
+        (
+            "POST",
+            format!("/api/v1/hosts/{}/approve", college(21)),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/hosts/wake".into(),
+            Some(json!({ "hosts": [other] })),
+        ),
+        (
+            "POST",
+            "/api/v1/hosts/wake".into(),
+            Some(json!({ "group": "college-r1" })),
+        ),
+        (
+            "POST",
+            "/api/v1/tasks".into(),
+            Some(json!({ "kind": "reimage", "group": "college-r1", "image": "demo" })),
+        ),
+        (
+            "POST",
+            "/api/v1/tasks".into(),
+            Some(json!({ "kind": "reimage", "host": other, "image": "demo" })),
+        ),
+        (
+            "POST",
+            "/api/v1/task-rules".into(),
+            Some(json!({ "kind": "wake", "group": "college-r1", "every": "0 2 * * 1" })),
+        ),
+        (
+            "POST",
+            "/api/v1/registration-rules".into(),
+            Some(json!({ "site": "college", "group": "college-r1" })),
+        ),
+        (
+            "POST",
+            "/api/v1/registration-rules".into(),
+            Some(json!({ "group": "lycee-r1" })),
+        ),
+        ("DELETE", format!("/api/v1/registration-rules/{rule}"), None),
+    ] {
+        let (code, text) = call(&s, op, method, &path, &body);
+        // the seed's approval rule is of the lycee: the operator may remove it; the rest is
+        // the college's
+        if path.ends_with(&format!("/registration-rules/{rule}")) {
+            assert_eq!(code, 200, "{method} {path}: {text}");
+            changes.push(("op-lycee".into(), format!("{method} {path}")));
+            continue;
+        }
+        assert_eq!(code, 403, "operator {method} {path}: {text}");
+        assert!(text.contains("not one of your sites"), "{text}");
+        if method != "GET" {
+            changes.push(("op-lycee".into(), format!("{method} {path}")));
+        }
+    }
+    // and in the lists: only the lycee
+    let get = |path: &str| -> Value {
+        let (code, text) = call(&s, op, "GET", path, &None);
+        assert_eq!(code, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let hosts = get("/api/v1/hosts?limit=1000");
+    // 40 lycee hosts, 2 retired by the replacements above (operator's and admin's)
+    assert_eq!(hosts["total"], 38, "an operator's host list");
+    assert!(hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["site"] == "lycee"));
+    let sites = get("/api/v1/sites");
+    assert_eq!(sites["sites"].as_array().unwrap().len(), 1, "{sites}");
+    let groups = get("/api/v1/groups");
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lycee-r1"]);
+    let tasks = get("/api/v1/tasks");
+    assert!(!tasks["tasks"].as_array().unwrap().is_empty());
+    assert!(
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["mac"].as_str().unwrap().starts_with("52:54:00:21:01")),
+        "{tasks}"
+    );
+    let viewer_hosts = serde_json::from_str::<Value>(
+        &call(&s, Some(&tokens["viewer"]), "GET", "/api/v1/hosts", &None).1,
+    )
+    .unwrap();
+    assert_eq!(
+        viewer_hosts["total"], 78,
+        "a viewer's host list is every site's"
+    );
+
+    // the trail: every change above, with its user, in order
+    let (code, audit) = admin_api(&s, "GET", "/api/v1/audit?limit=1000", None);
+    assert_eq!(code, 200);
+    let mut trail: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["from"] != "cli")
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    trail.reverse();
+    let trail_no_query: Vec<(String, String)> = trail.clone();
+    let expected: Vec<(String, String)> = changes
+        .iter()
+        .map(|(u, a)| (u.clone(), a.split('?').next().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        trail_no_query, expected,
+        "the audit trail is every change, in order, with its user"
+    );
+    // secrets never reach it
+    assert!(
+        !audit.to_string().contains(PASSWORD),
+        "a password in the trail"
+    );
+    // the CLI's changes are in it too (user add, user token), by the one who ran them
+    let (_, cli) = admin_api(&s, "GET", "/api/v1/audit?q=user%20add&limit=10", None);
+    assert_eq!(cli["total"], 3, "{cli}");
+    assert!(cli["entries"][0]["user"]
+        .as_str()
+        .unwrap()
+        .starts_with("cli:"));
+    // a non-admin reads only their own entries
+    let (_, own) = call(&s, op, "GET", "/api/v1/audit?limit=1000", &None);
+    let own: Value = serde_json::from_str(&own).unwrap();
+    assert!(own["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["user"] == "op-lycee"));
+    assert!(own["total"].as_i64().unwrap() > 5);
+    // CSV export
+    let (code, head, csv) = request(
+        "GET",
+        &format!("{}/api/v1/audit?format=csv", s.url),
+        &[("authorization", &format!("Bearer {}", tokens["admin"]))],
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(head["content-type"].starts_with("text/csv"));
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.starts_with("id,time,user,from,action,status,detail\r\n"));
+    assert_eq!(
+        csv.lines().count() as i64,
+        audit["total"].as_i64().unwrap() + 1
+    );
+}
+
+#[test]
+fn browser_sessions_need_their_csrf_token_and_end_at_logout() {
+    let lab = Lab::new();
+    seed(&lab);
+    add_user(&lab, "op-lycee", "operator", Some("lycee"));
+    let s = InProcess::start(&lab);
+    let login = |user: &str, password: &str| {
+        request(
+            "POST",
+            &format!("{}/api/v1/login", s.url),
+            &[("content-type", "application/json")],
+            Some(
+                json!({ "user": user, "password": password })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+    };
+    let (code, _, body) = login("op-lycee", "wrong password!");
+    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    let (code, _, _) = login("nobody", PASSWORD);
+    assert_eq!(code, 401);
+    let (code, head, body) = login("op-lycee", PASSWORD);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let cookie = head["set-cookie"].clone();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let me: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (me["role"].as_str(), me["sites"][0].as_str()),
+        (Some("operator"), Some("lycee"))
+    );
+    let csrf = me["csrf"].as_str().unwrap().to_string();
+    let with = |method: &str, path: &str, csrf: Option<&str>, body: Option<Value>| {
+        let mut h = vec![
+            ("cookie", cookie.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(c) = csrf {
+            h.push(("x-csrf-token", c));
+        }
+        let (code, _, b) = request(
+            method,
+            &format!("{}{path}", s.url),
+            &h,
+            body.map(|b| b.to_string().into_bytes()),
+        );
+        (code, String::from_utf8_lossy(&b).into_owned())
+    };
+    assert_eq!(with("GET", "/api/v1/hosts", None, None).0, 200);
+    let task = json!({ "kind": "inventory", "host": lycee(1) });
+    let (code, text) = with("POST", "/api/v1/tasks", None, Some(task.clone()));
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("x-csrf-token"), "{text}");
+    assert_eq!(
+        with("POST", "/api/v1/tasks", Some("0000"), Some(task.clone())).0,
+        403
+    );
+    let (code, text) = with("POST", "/api/v1/tasks", Some(&csrf), Some(task));
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(with("POST", "/api/v1/logout", Some(&csrf), None).0, 200);
+    let (code, text) = with("GET", "/api/v1/hosts", None, None);
+    assert_eq!(code, 401, "the session is over: {text}");
+    // the trail names the login, the refusals and the task
+    let (_, audit) = common::api(&s, "GET", "/api/v1/audit?user=op-lycee", None);
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"login") && actions.contains(&"login refused"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"POST /api/v1/tasks") && actions.contains(&"POST /api/v1/logout"),
+        "{actions:?}"
+    );
+}
