@@ -8,12 +8,13 @@ die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 . scripts/lib.sh
 
 if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
-    # Build tools, QEMU/OVMF and dnsmasq (DHCP in tests/bootenv.rs) for the boot tests, and what
+    # Build tools, QEMU/OVMF and dnsmasq (DHCP in tests/bootenv.rs) for the boot tests, slapd
+    # (tests/staff_access.rs: directory logins), chromium (tests/console.rs), and what
     # images/demo/build.sh uses.
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf ipxe-qemu \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
         e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump tftp-hpa atftp curl \
-        shim-signed grub-efi-amd64-signed ntfs-3g
+        shim-signed grub-efi-amd64-signed ntfs-3g slapd ldap-utils chromium chromium-driver
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
 fi

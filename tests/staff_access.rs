@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use bootcast::access::Need;
 use bootcast::http::staff::ROUTES;
@@ -553,4 +554,223 @@ fn browser_sessions_need_their_csrf_token_and_end_at_logout() {
         actions.contains(&"POST /api/v1/tasks") && actions.contains(&"POST /api/v1/logout"),
         "{actions:?}"
     );
+}
+
+/// A real OpenLDAP (Debian's slapd) in a temporary directory on a loopback port: the people
+/// and groups of a region's directory. Killed (by PID) when dropped.
+struct Slapd {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BASE: &str = "dc=region,dc=test";
+
+impl Slapd {
+    /// `None` (with a SKIP line) when slapd is not installed.
+    fn start() -> Option<Slapd> {
+        let slapd = ["/usr/sbin/slapd", "/usr/local/sbin/slapd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let (Some(slapd), true) = (slapd, Path::new("/usr/sbin/slapadd").exists()) else {
+            common::skip(
+                "ldap_login",
+                "slapd is not installed (Debian packages slapd, ldap-utils)",
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("db")).unwrap();
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+pidfile {d}/slapd.pid
+modulepath /usr/lib/ldap
+moduleload back_mdb
+database mdb
+suffix \"{BASE}\"
+rootdn \"cn=admin,{BASE}\"
+rootpw not-used-by-the-test
+directory {d}/db
+maxsize 10485760
+access to attrs=userPassword by anonymous auth by * none
+access to * by users read by * none
+",
+            d = d.display()
+        );
+        std::fs::write(d.join("slapd.conf"), conf).unwrap();
+        let person = |uid: &str, pw: &str| {
+            format!(
+                "dn: uid={uid},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n\n"
+            )
+        };
+        let group = |cn: &str, members: &[&str]| {
+            let mut g =
+                format!("dn: cn={cn},ou=groups,{BASE}\nobjectClass: groupOfNames\ncn: {cn}\n");
+            for m in members {
+                g += &format!("member: uid={m},ou=people,{BASE}\n");
+            }
+            g + "\n"
+        };
+        let ldif = format!(
+            "dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: region\no: Region\n\n\
+             dn: ou=people,{BASE}\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: ou=groups,{BASE}\nobjectClass: organizationalUnit\nou: groups\n\n{}{}{}{}",
+            person("marie", "marie's directory password"),
+            person("paul", "paul's directory password"),
+            group("it-lycee", &["marie"]),
+            group("students", &["paul"]),
+        );
+        std::fs::write(d.join("region.ldif"), ldif).unwrap();
+        let out = std::process::Command::new("/usr/sbin/slapadd")
+            .arg("-f")
+            .arg(d.join("slapd.conf"))
+            .arg("-l")
+            .arg(d.join("region.ldif"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "slapadd: {}", common::stderr(&out));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("ldap://127.0.0.1:{port}");
+        let child = std::process::Command::new(slapd)
+            .arg("-f")
+            .arg(d.join("slapd.conf"))
+            .args(["-h", &format!("{url}/"), "-d", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Slapd {
+            child,
+            url,
+            _dir: dir,
+        };
+        common::wait_for("slapd to listen", 30, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Some(s)
+    }
+}
+
+#[test]
+fn directory_users_log_in_with_the_role_and_sites_of_their_groups() {
+    let Some(ldap) = Slapd::start() else { return };
+    let lab = Lab::new();
+    seed(&lab);
+    let config = format!(
+        "[tftp]\nlisten = \"off\"\n\
+         [ldap]\nurl = \"{}\"\nbind_dn = \"uid={{user}},ou=people,{BASE}\"\ngroup_base = \"ou=groups,{BASE}\"\n\
+         [[ldap.map]]\ngroup = \"cn=it-lycee,ou=groups,{BASE}\"\nrole = \"operator\"\nsites = [\"lycee\"]\n\
+         [[ldap.map]]\ngroup = \"cn=dsi,ou=groups,{BASE}\"\nrole = \"admin\"\n",
+        ldap.url
+    );
+    let s = InProcess::start_with(&lab.data(), &config);
+    let login = |user: &str, password: &str| {
+        let (code, head, body) = request(
+            "POST",
+            &format!("{}/api/v1/login", s.url),
+            &[("content-type", "application/json")],
+            Some(
+                json!({ "user": user, "password": password })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        );
+        (
+            code,
+            head.get("set-cookie").cloned(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    };
+    // marie, of the lycee's IT group: an operator of the lycee
+    let (code, cookie, body) = login("marie", "marie's directory password");
+    assert_eq!(code, 200, "{body}");
+    let me: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(me["role"], "operator");
+    assert_eq!(me["sites"], json!(["lycee"]));
+    let cookie = cookie.unwrap().split(';').next().unwrap().to_string();
+    let get = |path: &str| {
+        let (code, _, b) = request(
+            "GET",
+            &format!("{}{path}", s.url),
+            &[("cookie", &cookie)],
+            None,
+        );
+        (code, String::from_utf8_lossy(&b).into_owned())
+    };
+    let (code, hosts) = get("/api/v1/hosts?limit=1000");
+    assert_eq!(code, 200);
+    let hosts: Value = serde_json::from_str(&hosts).unwrap();
+    assert_eq!(hosts["total"], 40);
+    assert!(hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["site"] == "lycee"));
+    let (code, text) = get(&format!("/api/v1/hosts/{}", college(1)));
+    assert_eq!(code, 403, "{text}");
+    // a wrong password, an empty one (an anonymous bind to the directory), a user of no
+    // mapped group, a user the directory does not know
+    let (code, _, body) = login("marie", "not her password");
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = login("marie", "");
+    assert_eq!(code, 401, "{body}");
+    let (code, cookie, body) = login("paul", "paul's directory password");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("no directory group"), "{body}");
+    assert!(cookie.is_none());
+    let (code, _, _) = login("nobody", "whatever password");
+    assert_eq!(code, 401);
+    // marie is listed as a directory user; the trail has her login and the refusals
+    let (_, users) = common::api(&s, "GET", "/api/v1/users", None);
+    let marie = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "marie")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (marie["source"].as_str(), marie["role"].as_str()),
+        (Some("ldap"), Some("operator"))
+    );
+    let (_, audit) = common::api(&s, "GET", "/api/v1/audit?limit=100", None);
+    let lines: Vec<String> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["user"].as_str().unwrap(),
+                e["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "marie login",
+        "marie login refused",
+        "paul login refused",
+        "nobody login refused",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "{want} in {lines:?}");
+    }
+    common::say(&format!(
+        "LDAP: marie logged in as operator of lycee through {}",
+        ldap.url
+    ));
 }
