@@ -11,6 +11,7 @@
 //! [`pushes`] (image versions pushed to sites, and each site's progress), [`leases`] (full-mode DHCP leases, the DHCP server's `LeaseStore`).
 
 pub mod bootcred;
+pub mod dashboard;
 pub mod events;
 pub mod groups;
 pub mod hosts;
@@ -465,7 +466,8 @@ pub const MIGRATIONS: &[&str] = &[
         status INTEGER
     );
     CREATE INDEX audit_at ON audit(at);
-    CREATE INDEX audit_user ON audit(user, at);",
+    CREATE INDEX audit_user ON audit(user, at);
+    CREATE INDEX tasks_by_state ON tasks(state, updated_at);",
 ];
 
 /// Reader connections a file database keeps beside its writer.

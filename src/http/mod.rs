@@ -33,6 +33,7 @@ pub mod auth;
 pub mod boot;
 pub mod capture;
 pub mod chunks;
+pub mod console;
 pub mod error;
 pub mod inventory;
 pub mod listen;
@@ -204,7 +205,10 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/events", get(inventory::list_events))
         .route("/api/v1/hooks/runs", get(inventory::hook_runs))
         .route("/api/v1/sites", get(relay::list_sites))
-        .route("/api/v1/pushes", get(relay::push_status))
+        .route(
+            "/api/v1/pushes",
+            get(relay::push_status).post(console::create_push),
+        )
         .route("/api/v1/me", get(staff::me))
         .route("/api/v1/logout", post(staff::logout))
         .route("/api/v1/me/password", post(staff::change_password))
@@ -218,6 +222,8 @@ pub fn router(state: AppState, token: String) -> Router {
             axum::routing::delete(staff::remove_user),
         )
         .route("/api/v1/audit", get(staff::list_audit))
+        .route("/api/v1/dashboard", get(console::dashboard))
+        .route("/api/v1/live", get(console::live))
         .route_layer(axum::middleware::from_fn_with_state(
             staff::StaffAuth {
                 app: state.clone(),
@@ -264,6 +270,10 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/grub/{file}", get(boot::grub_file))
         .route("/api/v1/agent/hello", post(api::agent_hello))
         .route(staff::LOGIN_PATH, post(staff::login))
+        .route("/ui", get(console::page))
+        .route("/ui/", get(console::page))
+        .route("/ui/assets/{file}", get(console::asset))
+        .route("/ui/{*rest}", get(console::page))
         .route("/api/v1/relay/heartbeat", post(relay::heartbeat))
         .route("/api/v1/relay/wait", get(relay::wait))
         .merge(reports)

@@ -80,6 +80,9 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/api/v1/hooks/runs", Need::Read),
     ("GET", "/api/v1/sites", Need::Read),
     ("GET", "/api/v1/pushes", Need::Read),
+    ("POST", "/api/v1/pushes", Need::Admin),
+    ("GET", "/api/v1/dashboard", Need::Read),
+    ("GET", "/api/v1/live", Need::Read),
 ];
 
 /// What [`ROUTES`] says of a route (`None`: not a staff route: refused).

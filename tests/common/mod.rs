@@ -592,6 +592,7 @@ pub mod dhcp;
 pub mod disks;
 pub mod netlab;
 pub mod region;
+pub mod staff;
 
 /// An export that met a corrupt chunk: it failed, its error names the chunk, and none of the
 /// chunk's range of the target was written (still zero).

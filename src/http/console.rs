@@ -1,0 +1,368 @@
+//! The staff console: pages under `/ui` (one HTML shell, embedded in the binary, that a small
+//! embedded script fills from the staff API: so the console sees exactly what the API lets
+//! the user see), the dashboard's summary (`GET /api/v1/dashboard`), live updates by
+//! server-sent events (`GET /api/v1/live`), and push creation (`POST /api/v1/pushes`).
+//!
+//! A page without a session redirects to `/ui/login`. Pages need no role of their own: every
+//! datum and action on them goes through an API route, checked in [`super::staff`].
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::staff::session_cookie;
+use super::AppState;
+use crate::access::{self, Principal, Role};
+use crate::db::{dashboard, pushes, sites, staff, tasks};
+
+const SHELL: &str = include_str!("console/shell.html");
+const SCRIPT: &str = include_str!("console/console.js");
+const STYLE: &str = include_str!("console/console.css");
+
+/// The pages (`/ui/NAME`); the script draws each.
+pub const PAGES: &[&str] = &[
+    "", "hosts", "host", "room", "images", "tasks", "rules", "audit", "users",
+];
+
+/// `GET /api/v1/dashboard`: hosts and tasks counted, tasks under way, the caller's sites with
+/// their relay and pushes, failures to acknowledge.
+pub async fn dashboard(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult {
+    let now = crate::time::now_unix();
+    let body = st
+        .db
+        .read(move |c| {
+            let scope = who.scope();
+            let mut summary = dashboard::summary(c, scope.sites(), now)?;
+            let mut rules = Vec::new();
+            for (id, outcome) in std::mem::take(&mut summary.failed_rules) {
+                if super::staff::task_rule_in_scope(c, &scope, id)?.is_ok() {
+                    rules.push((id, outcome));
+                }
+            }
+            summary.failed_rules = rules;
+            let open = pushes::list(c, false)?;
+            let mut out = Vec::new();
+            for site in sites::list(c)? {
+                if !scope.allows(Some(&site.name)) {
+                    continue;
+                }
+                let mut site_pushes = Vec::new();
+                for p in &open {
+                    for ps in p.sites.iter().filter(|ps| ps.site == site.name) {
+                        let mut s = serde_json::to_value(crate::push::status::site_status(
+                            p, ps, &site, now,
+                        ))
+                        .expect("a status serialises");
+                        s["push"] = p.id.into();
+                        s["images"] = p
+                            .versions
+                            .iter()
+                            .map(|v| v.image.clone())
+                            .collect::<Vec<_>>()
+                            .into();
+                        s["deadline"] = p.deadline.map(crate::time::rfc3339).into();
+                        site_pushes.push(s);
+                    }
+                }
+                let heartbeat_age = site.relay.as_ref().map(|r| now - r.last_heartbeat);
+                out.push(serde_json::json!({
+                    "name": site.name,
+                    "hosts": summary.hosts.get(&site.name).copied().unwrap_or(0),
+                    "relay": site.relay,
+                    "heartbeat_age": heartbeat_age,
+                    "pushes": site_pushes,
+                }));
+            }
+            Ok(super::JsonBytes::of(&serde_json::json!({
+                "summary": summary,
+                "sites": out,
+                "now": crate::time::rfc3339(now),
+            })))
+        })
+        .await?;
+    Ok(body.into_response())
+}
+
+/// The open tasks the caller may see, as the live stream sends them.
+fn open_tasks(
+    c: &rusqlite::Connection,
+    who: &Principal,
+) -> Result<Vec<tasks::Task>, crate::db::DbError> {
+    let scope = who.scope();
+    let mut out = Vec::new();
+    for t in tasks::list(c, None, false)? {
+        if super::staff::in_scope(c, &scope, &[t.mac])?.is_ok() {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/live`: server-sent events. `tasks`: the open tasks (state, progress) each
+/// time they change (checked every second), plus the tasks that closed since. A comment
+/// every 3 s keeps proxies from closing the stream and frees the connection (it counts
+/// against `[http] max_per_address`) within seconds of the page being left: a write is how
+/// the server learns the browser went away.
+pub async fn live(State(st): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    let stream = futures_util::stream::unfold(
+        (st, who, String::new(), Vec::<i64>::new(), true),
+        |(st, who, last, ids, first)| async move {
+            loop {
+                if !first || !last.is_empty() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let w = who.clone();
+                let before = ids.clone();
+                let snap = st
+                    .db
+                    .read(move |c| {
+                        let open = open_tasks(c, &w)?;
+                        // tasks that were open at the last event and are not now: their end
+                        let mut closed = Vec::new();
+                        for id in before {
+                            if !open.iter().any(|t| t.id == id) {
+                                closed.extend(tasks::get(c, id)?);
+                            }
+                        }
+                        Ok((open, closed))
+                    })
+                    .await;
+                let Ok((open, closed)) = snap else { continue };
+                let data = serde_json::json!({ "open": open, "closed": closed }).to_string();
+                let key = serde_json::to_string(&open).unwrap_or_default();
+                if key != last || !closed.is_empty() {
+                    let ids: Vec<i64> = open.iter().map(|t| t.id).collect();
+                    let ev = Event::default().event("tasks").data(data);
+                    return Some((Ok::<_, Infallible>(ev), (st, who, key, ids, false)));
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(3)))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPush {
+    /// `NAME` (newest approved version) or `NAME@VERSION`.
+    pub images: Vec<String>,
+    /// Site names, or `["all"]`.
+    pub sites: Vec<String>,
+    #[serde(default)]
+    pub window: Option<String>,
+    /// `50Mbit`, `1Gbit`, `5MB`.
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// `HH:MM` (this server's time) or RFC 3339.
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+/// `POST /api/v1/pushes` (admin) → 201 `{"push"}`: versions to sites' relays, as
+/// `bootcast push create`.
+pub async fn create_push(State(st): State<AppState>, Json(req): Json<NewPush>) -> ApiResult {
+    use crate::push::plan;
+    let now = crate::time::now_unix();
+    let windows = req
+        .window
+        .as_deref()
+        .map(|w| crate::push::window::Windows::parse(w).map(|w| w.to_string()))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let rate = req
+        .rate
+        .as_deref()
+        .map(crate::rate::parse_rate)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let deadline = req
+        .deadline
+        .as_deref()
+        .map(|d| crate::time::parse_at(d, now, &crate::time::Zone::local()))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let store = st.chunks.store()?;
+    let plan_req = plan::Request {
+        images: req.images,
+        sites: req.sites,
+        windows,
+        rate,
+        deadline,
+    };
+    let p = st
+        .db
+        .call(move |c| {
+            Ok(
+                plan::create(c, &store, &plan_req, now).map_err(|e| match e {
+                    plan::PlanError::Db(e) => ApiError::from(e),
+                    plan::PlanError::Store(e) => ApiError::from(e),
+                    e => ApiError::bad_request(e.to_string()),
+                }),
+            )
+        })
+        .await??;
+    st.orders.bump();
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "push": p }))).into_response())
+}
+
+/// The staff member of the request's session cookie, and the session's CSRF token.
+async fn session_of(st: &AppState, headers: &HeaderMap) -> Option<(Principal, String)> {
+    let hash = access::secret_hash(session_cookie(headers)?);
+    let now = crate::time::now_unix();
+    let s = st
+        .db
+        .read(move |c| staff::session(c, &hash, now))
+        .await
+        .ok()??;
+    Some((
+        Principal {
+            user: s.user,
+            role: s.role,
+            sites: s.sites,
+            via: access::Via::Session,
+        },
+        s.csrf,
+    ))
+}
+
+/// `GET /ui`, `/ui/{page}`, `/ui/{page}/{arg}`: the shell for that page, or the login page.
+pub async fn page(
+    State(st): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let rest = uri.path().strip_prefix("/ui").unwrap_or("");
+    let mut parts = rest.trim_matches('/').splitn(2, '/');
+    let name = parts.next().unwrap_or("").to_string();
+    let arg = parts.next().unwrap_or("").to_string();
+    if name == "login" {
+        return html(SHELL, "login", "", &serde_json::Value::Null, "");
+    }
+    if !PAGES.contains(&name.as_str()) {
+        return (StatusCode::NOT_FOUND, "no such console page\n").into_response();
+    }
+    let Some((who, csrf)) = session_of(&st, &headers).await else {
+        let next = form_urlencoded::byte_serialize(uri.to_string().as_bytes()).collect::<String>();
+        return Redirect::to(&format!("/ui/login?next={next}")).into_response();
+    };
+    let me = serde_json::json!({
+        "user": who.user,
+        "role": who.role,
+        "sites": who.sites,
+        "admin": who.role == Role::Admin,
+        "operator": who.role >= Role::Operator,
+    });
+    html(
+        SHELL,
+        if name.is_empty() { "dashboard" } else { &name },
+        &arg,
+        &me,
+        &csrf,
+    )
+}
+
+fn html(shell: &str, page: &str, arg: &str, me: &serde_json::Value, csrf: &str) -> Response {
+    let body = render(shell, page, arg, me, csrf);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The shell with the page's name and argument, the user (JSON) and the session's CSRF token
+/// in place, each HTML-escaped.
+fn render(shell: &str, page: &str, arg: &str, me: &serde_json::Value, csrf: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    };
+    let me = me.to_string();
+    // one pass over the shell: what is put in is never read again as a placeholder
+    let mut out = String::with_capacity(shell.len() + 256);
+    let mut rest = shell;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(j) = after.find("}}") else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        match &after[..j] {
+            "page" => out.push_str(&esc(page)),
+            "arg" => out.push_str(&esc(arg)),
+            "me" => out.push_str(&esc(&me)),
+            "csrf" => out.push_str(&esc(csrf)),
+            "version" => out.push_str(env!("CARGO_PKG_VERSION")),
+            other => {
+                out.push_str("{{");
+                out.push_str(other);
+                out.push_str("}}");
+            }
+        }
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `GET /ui/assets/{file}`: the console's script and style sheet.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (ty, body) = match file.as_str() {
+        "console.js" => ("text/javascript; charset=utf-8", SCRIPT),
+        "console.css" => ("text/css; charset=utf-8", STYLE),
+        _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ty),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shell_escapes_what_it_is_given() {
+        let r = render(
+            "<p>{{page}} {{arg}} {{me}} {{csrf}}</p>",
+            "host",
+            "<script>{{csrf}}",
+            &serde_json::json!({ "user": "a\"b" }),
+            "c",
+        );
+        assert_eq!(
+            r,
+            "<p>host &lt;script&gt;{{csrf}} {&quot;user&quot;:&quot;a\\&quot;b&quot;} c</p>"
+        );
+    }
+}
