@@ -29,6 +29,83 @@ pub use prometheus_client::registry::Registry;
 /// A gauge of whole numbers (bytes, counts, Unix time).
 pub type Gauge = prometheus_client::metrics::gauge::Gauge<u64, AtomicU64>;
 
+/// What staff watch on the central server, read from the database at each scrape: tasks by
+/// state, hosts, bytes the open pushes still have to bring to each site, and how long ago each
+/// site's relay last reported.
+#[derive(Clone, Default)]
+pub struct FleetMetrics {
+    pub tasks: Family<StateLabel, Gauge>,
+    pub hosts: Family<SiteLabel, Gauge>,
+    pub push_bytes_left: Family<SiteLabel, Gauge>,
+    pub heartbeat_age: Family<SiteLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    pub site: String,
+}
+
+impl FleetMetrics {
+    pub fn register(reg: &mut Registry) -> FleetMetrics {
+        let m = FleetMetrics::default();
+        reg.register(
+            "bootcast_tasks",
+            "Tasks by state (open ones, and those over in the last 24 hours)",
+            m.tasks.clone(),
+        );
+        reg.register(
+            "bootcast_hosts",
+            "Active hosts by site (\"\": of no site)",
+            m.hosts.clone(),
+        );
+        reg.register(
+            "bootcast_push_bytes_left",
+            "Bytes the open pushes still have to bring to each site's relay",
+            m.push_bytes_left.clone(),
+        );
+        reg.register(
+            "bootcast_relay_heartbeat_age_seconds",
+            "Seconds since each site's relay last reported (absent: it never did)",
+            m.heartbeat_age.clone(),
+        );
+        m
+    }
+
+    /// Sets every gauge to `(tasks by state, hosts by site, bytes left by site, heartbeat
+    /// age by site)`; labels no longer present are dropped.
+    pub fn set(
+        &self,
+        tasks: &[(String, u64)],
+        hosts: &[(String, u64)],
+        left: &[(String, u64)],
+        age: &[(String, u64)],
+    ) {
+        self.tasks.clear();
+        for (state, n) in tasks {
+            self.tasks
+                .get_or_create(&StateLabel {
+                    state: state.clone(),
+                })
+                .set(*n);
+        }
+        for (fam, rows) in [
+            (&self.hosts, hosts),
+            (&self.push_bytes_left, left),
+            (&self.heartbeat_age, age),
+        ] {
+            fam.clear();
+            for (site, n) in rows {
+                fam.get_or_create(&SiteLabel { site: site.clone() }).set(*n);
+            }
+        }
+    }
+}
+
 /// The labels of the request latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

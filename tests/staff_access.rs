@@ -26,6 +26,21 @@ fn call(
     path: &str,
     body: &Option<Value>,
 ) -> (u16, String) {
+    if path == "/api/v1/live" {
+        // an event stream does not end: its status and its first event only
+        let mut req = reqwest::blocking::Client::new().get(format!("{}{path}", s.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().unwrap();
+        let code = resp.status().as_u16();
+        let mut first = [0u8; 64];
+        let n = match code {
+            200 => std::io::Read::read(&mut resp, &mut first).unwrap(),
+            _ => 0,
+        };
+        return (code, String::from_utf8_lossy(&first[..n]).into_owned());
+    }
     http(
         method,
         &format!("{}{path}", s.url),
@@ -133,6 +148,10 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
                 ("PUT", "/api/v1/images/{name}/post-deploy") => (
                     route.replace("{name}", "demo"),
                     Some(json!({ "hostname": true })),
+                ),
+                ("POST", "/api/v1/pushes") => (
+                    route.into(),
+                    Some(json!({ "images": ["demo"], "sites": ["lycee"] })),
                 ),
                 ("GET", _) => (route.into(), None),
                 ("POST", "/api/v1/tasks") => (
@@ -332,6 +351,51 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
         viewer_hosts["total"], 78,
         "a viewer's host list is every site's"
     );
+
+    // what staff watch, in /metrics
+    let (code, metrics) = http("GET", &format!("{}/metrics", s.url), None, None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("bootcast_hosts{site=\"lycee\"} 38"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bootcast_hosts{site=\"college\"} 40"));
+    let pending: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bootcast_tasks{state=\"pending\"} "))
+        .expect("pending tasks in /metrics")
+        .parse()
+        .unwrap();
+    assert!(pending >= 2, "the tasks made above: {pending}");
+    // the admin's push above: the lycee's relay still has it all to fetch, the college nothing
+    assert!(
+        metrics.contains("bootcast_push_bytes_left{site=\"college\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("bootcast_push_bytes_left{site=\"lycee\"} 0\n"));
+    assert!(metrics.contains("bootcast_push_bytes_left{site=\"lycee\"} "));
+
+    // the example Grafana dashboard asks only for what /metrics has
+    let grafana = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/grafana/bootcast.json"),
+    )
+    .unwrap();
+    let grafana: Value = serde_json::from_str(&grafana).unwrap();
+    for p in grafana["panels"].as_array().unwrap() {
+        let expr = p["targets"][0]["expr"].as_str().unwrap();
+        let name = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("bootcast_"))
+            .unwrap();
+        // (a family without samples yet still has its TYPE line)
+        let family = name.trim_end_matches("_total").trim_end_matches("_bucket");
+        assert!(
+            metrics.contains(&format!("# TYPE {family} "))
+                || metrics.contains(&format!("# TYPE {name} ")),
+            "the Grafana panel {} asks for {name}, which /metrics lacks",
+            p["title"]
+        );
+    }
 
     // the trail: every change above, with its user, in order
     let (code, audit) = admin_api(&s, "GET", "/api/v1/audit?limit=1000", None);

@@ -421,9 +421,46 @@ pub async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult {
 }
 
 /// `GET /metrics`: the service's registry (see [`super::router`]) in Prometheus text format.
-pub async fn metrics(State((st, reg)): State<(AppState, Arc<Registry>)>) -> Response {
+pub async fn metrics(
+    State((st, reg, fleet)): State<(AppState, Arc<Registry>, crate::metrics::FleetMetrics)>,
+) -> Response {
     st.chunks.scrape();
+    let now = crate::time::now_unix();
+    match st.db.read(move |c| fleet_figures(c, now)).await {
+        Ok((tasks, hosts, left, age)) => fleet.set(&tasks, &hosts, &left, &age),
+        Err(e) => tracing::warn!("metrics: cannot read the fleet's figures: {e}"),
+    }
     crate::metrics::render(&reg)
+}
+
+type Figures = Vec<(String, u64)>;
+
+/// Tasks by state, hosts by site, push bytes left by site, relay heartbeat age by site.
+fn fleet_figures(
+    c: &rusqlite::Connection,
+    now: i64,
+) -> Result<(Figures, Figures, Figures, Figures), crate::db::DbError> {
+    let s = crate::db::dashboard::summary(c, None, now)?;
+    let mut tasks: Figures = s.open.into_iter().collect();
+    tasks.extend(s.last_day);
+    let hosts: Figures = s.hosts.into_iter().collect();
+    let mut left: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut age = Vec::new();
+    let open = crate::db::pushes::list(c, false)?;
+    for site in crate::db::sites::list(c)? {
+        for p in &open {
+            for ps in p.sites.iter().filter(|ps| ps.site == site.name) {
+                let st = crate::push::status::site_status(p, ps, &site, now);
+                *left.entry(site.name.clone()).or_default() +=
+                    st.bytes_total.saturating_sub(st.bytes_done);
+            }
+        }
+        left.entry(site.name.clone()).or_default();
+        if let Some(r) = &site.relay {
+            age.push((site.name.clone(), (now - r.last_heartbeat).max(0) as u64));
+        }
+    }
+    Ok((tasks, hosts, left.into_iter().collect(), age))
 }
 
 impl ChunkService {

@@ -149,9 +149,10 @@ pub fn router(state: AppState, token: String) -> Router {
     state.db.stats.register(&mut registry);
     state.connections.register(&mut registry);
     let http_metrics = crate::metrics::HttpMetrics::register(&mut registry);
+    let fleet = crate::metrics::FleetMetrics::register(&mut registry);
     let metrics = Router::new()
         .route("/metrics", get(chunks::metrics))
-        .with_state((state.clone(), Arc::new(registry)));
+        .with_state((state.clone(), Arc::new(registry), fleet));
     let staff = Router::new()
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/{mac}", get(api::get_host))

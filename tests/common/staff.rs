@@ -55,6 +55,13 @@ pub fn seed(lab: &Lab) -> u32 {
     let macs = |f: fn(u32) -> String| (1..=4).map(|i| f(i).parse().unwrap()).collect::<Vec<_>>();
     groups::add(&mut c, "lycee-r1", &macs(lycee), 0).unwrap();
     groups::add(&mut c, "college-r1", &macs(college), 0).unwrap();
+    // the lycee's relay reported two minutes ago; the college's never did
+    let hb: bootcast::proto::relay::Heartbeat = serde_json::from_value(json!({
+        "site": "lycee", "url": "http://10.99.1.1:8080", "version": "0.1.0",
+        "cache_bytes": 3u64 << 30, "quota_bytes": 20u64 << 30, "complete": [], "pushes": [],
+    }))
+    .unwrap();
+    sites::record_heartbeat(&mut c, "lycee", &hb, bootcast::time::now_unix() - 120).unwrap();
     let inv: bootcast::inventory::Inventory =
         serde_json::from_value(json!({ "collected_at": 0, "mac": lycee(1) })).unwrap();
     bootcast::db::inventories::record(&c, lycee(1).parse().unwrap(), &inv, 0).unwrap();
