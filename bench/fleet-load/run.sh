@@ -46,6 +46,11 @@ version=$("$bin" --data "$data" --json image add master "$work/img" | sed -n 's/
 [[ -n $version ]] || die "image add gave no version"
 "$load" generate --data "$data" --hosts "$hosts" --sites "$sites" --days "$days" --storm "$storm" \
     --image "master@$version" --region "$work/region.json"
+# a site operator of the first site (the console's reads are timed as them too)
+first_site=$(sed -n 's/.*"name": *"\([^"]*\)".*/\1/p' "$work/region.json" | head -n 1)
+printf 'a bench password\n' | "$bin" --data "$data" user add bench-operator --role operator \
+    --site "$first_site" --password-stdin >/dev/null
+"$bin" --data "$data" --json user token bench-operator | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p' >"$work/operator-token"
 port=$((20000 + RANDOM % 20000))
 "$bin" --data "$data" serve --http "127.0.0.1:$port" --https off --tftp off 2>"$work/serve.log" &
 server=$!
@@ -60,7 +65,7 @@ cpu() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
 c0=$(cpu) t0=$(date +%s.%N)
 rc=0
 "$load" run --url "http://127.0.0.1:$port" --region "$work/region.json" --storm-secs "$storm_secs" \
-    --progress "$progress" --token-file "$data/api-token" || rc=$?
+    --progress "$progress" --token-file "$data/api-token" --operator-token-file "$work/operator-token" || rc=$?
 c1=$(cpu) t1=$(date +%s.%N)
 hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$server/status")
 awk -v c="$((c1 - c0))" -v hz="$ticks" -v t0="$t0" -v t1="$t1" -v hwm="$hwm" 'BEGIN {
