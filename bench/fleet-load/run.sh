@@ -29,8 +29,9 @@ if [[ $profile == release ]]; then
 else
     cargo build --locked --bin bootcast --example fleet_load
 fi
-target=target/x86_64-unknown-linux-gnu/$profile
-[[ -x $target/bootcast ]] || target=target/$profile
+root=${CARGO_TARGET_DIR:-target}
+target=$root/x86_64-unknown-linux-gnu/$profile
+[[ -x $target/bootcast ]] || target=$root/$profile
 bin=$target/bootcast load=$target/examples/fleet_load
 work=$(mktemp -d)
 server=""
