@@ -655,10 +655,7 @@ async fn run(
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             ms.sort_by(|a, b| a.total_cmp(b));
-            console.push((
-                Box::leak(format!("{what} ({who})").into_boxed_str()),
-                ms,
-            ));
+            console.push((Box::leak(format!("{what} ({who})").into_boxed_str()), ms));
         }
     }
     let writes = metric(&client, &url, "bootcast_db_writes_total").await - writes0;
@@ -698,7 +695,10 @@ async fn run(
     );
     if !console.is_empty() {
         println!("console reads on the quiet server, 200 each, one at a time (goal: p99 < 100 ms)");
-        println!("{:<32} {:>9} {:>9} {:>9}  goal", "call", "p50 ms", "p99 ms", "max ms");
+        println!(
+            "{:<32} {:>9} {:>9} {:>9}  goal",
+            "call", "p50 ms", "p99 ms", "max ms"
+        );
         for (what, ms) in &console {
             let p99 = percentile(ms, 0.99);
             println!(

@@ -404,11 +404,36 @@ fn staff_work_in_the_console_each_within_their_sites() {
     b.goto("/ui");
     b.wait("#sites");
     b.shot("09-dashboard-admin");
+    // a bulk action on a whole site's page: the browser asks to confirm the count first
+    b.goto("/ui/hosts?site=college");
+    b.wait("#hosts");
+    b.click("#select-all");
+    b.js(
+        "document.querySelector('#bulk-action').value = 'wake';",
+        vec![],
+    );
+    b.click("#bulk button[type=submit]");
+    let question = b.rt.block_on(async {
+        for _ in 0..150 {
+            if let Ok(t) = b.c.get_alert_text().await {
+                return t;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!("no confirmation asked");
+    });
+    assert!(question.contains("40 hosts"), "{question}");
+    b.rt.block_on(b.c.accept_alert()).unwrap();
+    b.until(
+        "the bulk wake's report",
+        "return document.querySelector('#toast').textContent.includes('wake: 40 done')",
+    );
+    b.shot("10-bulk-wake-confirmed");
     b.goto("/ui/audit");
     b.wait("#audit");
-    b.shot("10-audit");
+    b.shot("11-audit");
     b.logout();
-    b.shot("11-logged-out");
+    b.shot("12-logged-out");
     assert_eq!(b.fetch_status("/api/v1/me"), 401, "no session after logout");
 
     // the audit trail: each change, with its user
@@ -443,6 +468,8 @@ fn staff_work_in_the_console_each_within_their_sites() {
             "root-anne login 200".into(),
             format!("root-anne POST /api/v1/images/demo/{capture}/approve 200"),
             "root-anne POST /api/v1/pushes 201".into(),
+            "root-anne POST /api/v1/bulk 409".into(),
+            "root-anne POST /api/v1/bulk 200".into(),
             "root-anne POST /api/v1/logout 200".into(),
         ],
         "{audit}"

@@ -149,6 +149,10 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
                     route.replace("{name}", "demo"),
                     Some(json!({ "hostname": true })),
                 ),
+                ("POST", "/api/v1/bulk") => (
+                    route.into(),
+                    Some(json!({ "action": "wake", "hosts": [lycee(3), lycee(4)] })),
+                ),
                 ("POST", "/api/v1/pushes") => (
                     route.into(),
                     Some(json!({ "images": ["demo"], "sites": ["lycee"] })),
@@ -351,6 +355,19 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
         viewer_hosts["total"], 78,
         "a viewer's host list is every site's"
     );
+
+    // the OpenAPI document lists every staff route with its role
+    let (_, doc) = admin_api(&s, "GET", "/api/v1/openapi.json", None);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for &(method, route, need) in ROUTES {
+        let op = &doc["paths"][route][method.to_ascii_lowercase()];
+        let role = match need {
+            Need::Read => "viewer",
+            Need::SiteChange => "operator",
+            Need::Admin => "admin",
+        };
+        assert_eq!(op["x-bootcast-role"], role, "{method} {route} in {doc}");
+    }
 
     // what staff watch, in /metrics
     let (code, metrics) = http("GET", &format!("{}/metrics", s.url), None, None);
@@ -761,4 +778,112 @@ fn directory_users_log_in_with_the_role_and_sites_of_their_groups() {
         "LDAP: marie logged in as operator of lycee through {}",
         ldap.url
     ));
+}
+
+#[test]
+fn bulk_actions_on_many_hosts_or_several_sites_ask_for_the_count() {
+    let lab = Lab::new();
+    seed(&lab);
+    let op = add_user(&lab, "op-lycee", "operator", Some("lycee"));
+    let s = InProcess::start(&lab);
+    let bulk = |token: Option<&str>, body: Value| -> (u16, Value) {
+        let (code, text) = call(&s, token, "POST", "/api/v1/bulk", &Some(body));
+        (code, serde_json::from_str(&text).unwrap())
+    };
+    let many: Vec<String> = (1..=26).map(lycee).collect();
+    // 26 hosts: more than a room; refused until the count is repeated
+    let (code, v) = bulk(Some(&op), json!({ "action": "inventory", "hosts": many }));
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["confirm"], 26);
+    assert!(
+        v["error"].as_str().unwrap().contains("\"confirm\": 26"),
+        "{v}"
+    );
+    let (code, _) = bulk(
+        Some(&op),
+        json!({ "action": "inventory", "hosts": many, "confirm": 25 }),
+    );
+    assert_eq!(code, 409, "a wrong count is no confirmation");
+    let (code, v) = bulk(
+        Some(&op),
+        json!({ "action": "inventory", "hosts": many, "confirm": 26 }),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["done"].as_array().unwrap().len(), 26);
+    assert_eq!(v["failed"].as_array().unwrap().len(), 0);
+    // each host's outcome: a second inventory task is refused per host, not hidden
+    let (code, v) = bulk(
+        Some(&op),
+        json!({ "action": "inventory", "hosts": [lycee(1), lycee(30)] }),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["failed"][0]["mac"], lycee(1));
+    assert_eq!(v["done"][0]["mac"], lycee(30));
+    // an operator's selection with another site's host: 403, nothing done
+    let (code, v) = bulk(
+        Some(&op),
+        json!({ "action": "cancel", "hosts": [lycee(1), college(1)] }),
+    );
+    assert_eq!(code, 403, "{v}");
+    // two sites (the admin): a confirmation even for two hosts
+    let admin = s.token.clone();
+    let two = json!({ "action": "wake", "hosts": [lycee(2), college(2)] });
+    let (code, v) = bulk(admin.as_deref(), two.clone());
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["sites"], json!(["lycee", "college"]));
+    let mut confirmed = two;
+    confirmed["confirm"] = json!(2);
+    let (code, v) = bulk(admin.as_deref(), confirmed);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["done"].as_array().unwrap().len(), 2);
+    // cancel the 26 + 1 inventory tasks
+    let mut all: Vec<String> = many.clone();
+    all.push(lycee(30));
+    let (code, v) = bulk(
+        Some(&op),
+        json!({ "action": "cancel", "hosts": all, "confirm": 27 }),
+    );
+    assert_eq!(code, 200, "{v}");
+    let cancelled: usize = v["done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cancelled"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(cancelled, 27);
+    let (code, v) = bulk(
+        Some(&op),
+        json!({ "action": "format", "hosts": [lycee(1)] }),
+    );
+    assert_eq!(code, 400, "{v}");
+    // every attempt is in the trail, refused or not, with its user
+    let (_, audit) = common::api(&s, "GET", "/api/v1/audit?q=bulk&limit=100", None);
+    let statuses: Vec<(String, i64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let op_ = |c| ("op-lycee".to_string(), c);
+    let ad_ = |c| ("admin".to_string(), c);
+    assert_eq!(
+        statuses,
+        [
+            op_(409),
+            op_(409),
+            op_(200),
+            op_(200),
+            op_(403),
+            ad_(409),
+            ad_(200),
+            op_(200),
+            op_(400)
+        ]
+    );
 }

@@ -18,6 +18,8 @@ use crate::store::{ChunkId, StoreError};
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// More fields of the body beside `"error"` (a JSON object, as text).
+    detail: Option<String>,
 }
 
 /// What a handler returns.
@@ -28,6 +30,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            detail: None,
         }
     }
 
@@ -83,6 +86,13 @@ impl ApiError {
         self.status
     }
 
+    /// The same refusal with the fields of `detail` (a JSON object) in its body too, for
+    /// clients that act on them (a bulk action's `confirm` count).
+    pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -98,11 +108,17 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(serde_json::Value::Object(more)) = self
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+        {
+            for (k, v) in more {
+                body[k] = v;
+            }
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -176,6 +176,7 @@ pub fn router(state: AppState, token: String) -> Router {
         )
         .route("/api/v1/groups", get(api::list_groups))
         .route("/api/v1/hosts/wake", post(api::wake_hosts))
+        .route("/api/v1/bulk", post(api::bulk))
         .route(
             "/api/v1/task-rules",
             get(api::list_task_rules).post(api::create_task_rule),
@@ -225,6 +226,7 @@ pub fn router(state: AppState, token: String) -> Router {
         .route("/api/v1/audit", get(staff::list_audit))
         .route("/api/v1/dashboard", get(console::dashboard))
         .route("/api/v1/live", get(console::live))
+        .route("/api/v1/openapi.json", get(staff::openapi))
         .route_layer(axum::middleware::from_fn_with_state(
             staff::StaffAuth {
                 app: state.clone(),

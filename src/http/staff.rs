@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/api/v1/hosts/{mac}/replace", Need::SiteChange),
     ("POST", "/api/v1/hosts/{mac}/approve", Need::SiteChange),
     ("POST", "/api/v1/hosts/wake", Need::SiteChange),
+    ("POST", "/api/v1/bulk", Need::SiteChange),
     ("GET", "/api/v1/images", Need::Read),
     (
         "POST",
@@ -83,7 +84,64 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/api/v1/pushes", Need::Admin),
     ("GET", "/api/v1/dashboard", Need::Read),
     ("GET", "/api/v1/live", Need::Read),
+    ("GET", "/api/v1/openapi.json", Need::Read),
 ];
+
+/// `GET /api/v1/openapi.json`: an OpenAPI 3.0 document of the staff API, generated from
+/// [`ROUTES`] (so it lists exactly the routes served and the role each needs: the extension
+/// `x-bootcast-role`). Bodies and answers are described in the README's API table, not here.
+pub async fn openapi() -> Response {
+    Json(openapi_document()).into_response()
+}
+
+/// The document [`openapi`] serves.
+pub fn openapi_document() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for (method, route, need) in ROUTES {
+        let role = match need {
+            Need::Read => "viewer",
+            Need::SiteChange => "operator",
+            Need::Admin => "admin",
+        };
+        let params: Vec<serde_json::Value> = route
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let mut responses = serde_json::json!({
+            "200": { "description": "done (201 when something was created)" },
+            "401": { "description": "no login, or an unknown token or session" },
+            "403": { "description": "the role or the sites of the caller do not allow it" },
+        });
+        if *method != "GET" {
+            responses["201"] = serde_json::json!({ "description": "created" });
+        }
+        let op = serde_json::json!({
+            "summary": format!("{method} {route}"),
+            "x-bootcast-role": role,
+            "parameters": params,
+            "security": [{ "bearer": [] }, { "session": [] }],
+            "responses": responses,
+        });
+        let entry = paths
+            .entry(route.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[method.to_ascii_lowercase()] = op;
+    }
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "bootcast staff API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Routes, methods and the role each needs (x-bootcast-role: viewer < operator < admin; an operator only for their sites). Changes from a console session carry the x-csrf-token header.",
+        },
+        "components": { "securitySchemes": {
+            "bearer": { "type": "http", "scheme": "bearer", "description": "the server's API token or a personal token (bct_...)" },
+            "session": { "type": "apiKey", "in": "cookie", "name": SESSION_COOKIE },
+        }},
+        "paths": paths,
+    })
+}
 
 /// What [`ROUTES`] says of a route (`None`: not a staff route: refused).
 pub fn need_of(method: &Method, route: &str) -> Option<Need> {

@@ -77,7 +77,12 @@ async function api(method, path, body) {
   const text = await r.text();
   let data;
   try { data = JSON.parse(text); } catch (_) { data = { raw: text }; }
-  if (!r.ok) throw new Error(data.error || `${r.status} ${text}`);
+  if (!r.ok) {
+    const err = new Error(data.error || `${r.status} ${text}`);
+    err.status = r.status;
+    err.data = data;
+    throw err;
+  }
   return data;
 }
 const get = (p) => api("GET", p);
@@ -246,15 +251,44 @@ pages.hosts = async () => {
     if (search.value) p.set("q", search.value);
     location.href = `/ui/hosts?${p}`;
   } }, search, h("button", {}, "Search"));
-  const table = h("table", { id: "hosts" }, h("tr", {}, ["MAC", "Name", "Site", "Model", "Serial", "Last address", "Last boot"].map((c) => h("th", {}, c))),
+  const table = h("table", { id: "hosts" }, h("tr", {}, h("th", {}, h("input", { type: "checkbox", id: "select-all", title: "select this page",
+      onchange: (e) => document.querySelectorAll("#hosts input.pick").forEach((b) => { b.checked = e.target.checked; }) })),
+    ["MAC", "Name", "Site", "Model", "Serial", "Last address", "Last boot"].map((c) => h("th", {}, c))),
     page.hosts.map((x) => h("tr", { dataset: { mac: x.mac } },
+      h("td", {}, h("input", { type: "checkbox", class: "pick", value: x.mac })),
       h("td", {}, link(`/ui/host/${x.mac}`, x.mac)), h("td", {}, x.name || ""), h("td", {}, x.site || ""),
       h("td", {}, x.model || ""), h("td", {}, x.serial || ""), h("td", {}, x.last_ip || ""), h("td", {}, when(x.last_boot)))));
   const next = page.next ? (() => { const p = new URLSearchParams(q); p.set("after", page.hosts[page.hosts.length - 1].mac); return link(`/ui/hosts?${p}`, "Next page →"); })() : null;
-  show(h("h1", {}, "Hosts"), h("div", { class: "layout" }, tree, h("div", {}, form,
+  show(h("h1", {}, "Hosts"), h("div", { class: "layout" }, tree, h("div", {}, form, ME.operator ? await bulkForm() : null,
     h("div", { class: "pager" }, h("span", { id: "total" }, `${page.total} hosts`), q.get("after") ? link(`/ui/hosts?${new URLSearchParams([...q].filter(([k]) => k !== "after"))}`, "← First page") : null, next),
     table)));
 };
+
+/** The action on the hosts ticked in the list. A selection larger than a room, or of several
+ * sites, is confirmed by the user with its count before the server acts. */
+async function bulkForm() {
+  const action = h("select", { name: "action", id: "bulk-action" }, ["reimage", "capture", "inventory", "wake", "cancel"].map((a) => h("option", { value: a }, a)));
+  const image = h("select", { name: "image" }, await imageOptions());
+  const at = h("input", { name: "at", type: "datetime-local" });
+  const wake = h("input", { name: "wake", type: "checkbox" });
+  return h("form", { class: "inline", id: "bulk", onsubmit: async (e) => {
+    e.preventDefault();
+    const hosts = [...document.querySelectorAll("#hosts input.pick:checked")].map((b) => b.value);
+    if (hosts.length === 0) { toast("tick the hosts to act on first", true); return; }
+    const body = { action: action.value, hosts, wake: wake.checked };
+    if (["reimage", "capture"].includes(action.value)) body.image = image.value;
+    if (at.value) body.at = new Date(at.value).toISOString().replace(/\.\d+Z$/, "Z");
+    const report = (r) => toast(`${action.value}: ${r.done.length} done${r.failed.length ? `, ${r.failed.length} refused: ${r.failed.map((f) => `${f.mac} ${f.error}`).join("; ")}` : ""}`, r.failed.length > 0);
+    try {
+      report(await api("POST", "/api/v1/bulk", body));
+    } catch (err) {
+      if (err.status === 409 && err.data.confirm && window.confirm(`${err.data.error}\n\nGo ahead with ${err.data.confirm} hosts?`)) {
+        body.confirm = err.data.confirm;
+        try { report(await api("POST", "/api/v1/bulk", body)); } catch (e2) { toast(e2.message, true); }
+      } else if (err.status !== 409) toast(err.message, true);
+    }
+  } }, "Selected hosts: ", action, image, h("label", {}, "at ", at), h("label", {}, wake, " wake"), h("button", { type: "submit" }, "Apply"));
+}
 
 async function imageOptions() {
   const im = await get("/api/v1/images");
