@@ -12,7 +12,7 @@ use bootcast::http::staff::ROUTES;
 use common::{http, request, InProcess, Lab};
 use serde_json::{json, Value};
 
-use common::staff::{add_user, college, lycee, seed, PASSWORD};
+use common::staff::{add_user, college, login, lycee, seed, PASSWORD};
 
 /// The server's API token, as scripts use it (the first admin).
 fn admin_api(s: &InProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -483,31 +483,20 @@ fn browser_sessions_need_their_csrf_token_and_end_at_logout() {
     seed(&lab);
     add_user(&lab, "op-lycee", "operator", Some("lycee"));
     let s = InProcess::start(&lab);
-    let login = |user: &str, password: &str| {
-        request(
-            "POST",
-            &format!("{}/api/v1/login", s.url),
-            &[("content-type", "application/json")],
-            Some(
-                json!({ "user": user, "password": password })
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-    };
+    let login = |user: &str, password: &str| login(&s.url, user, password);
     let (code, _, body) = login("op-lycee", "wrong password!");
-    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(code, 401, "{body}");
     let (code, _, _) = login("nobody", PASSWORD);
     assert_eq!(code, 401);
-    let (code, head, body) = login("op-lycee", PASSWORD);
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let cookie = head["set-cookie"].clone();
+    let (code, cookie, body) = login("op-lycee", PASSWORD);
+    assert_eq!(code, 200, "{body}");
+    let cookie = cookie.unwrap();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let me: Value = serde_json::from_slice(&body).unwrap();
+    let me: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (me["role"].as_str(), me["sites"][0].as_str()),
         (Some("operator"), Some("lycee"))
@@ -684,23 +673,7 @@ fn directory_users_log_in_with_the_role_and_sites_of_their_groups() {
         ldap.url
     );
     let s = InProcess::start_with(&lab.data(), &config);
-    let login = |user: &str, password: &str| {
-        let (code, head, body) = request(
-            "POST",
-            &format!("{}/api/v1/login", s.url),
-            &[("content-type", "application/json")],
-            Some(
-                json!({ "user": user, "password": password })
-                    .to_string()
-                    .into_bytes(),
-            ),
-        );
-        (
-            code,
-            head.get("set-cookie").cloned(),
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    };
+    let login = |user: &str, password: &str| login(&s.url, user, password);
     // marie, of the lycee's IT group: an operator of the lycee
     let (code, cookie, body) = login("marie", "marie's directory password");
     assert_eq!(code, 200, "{body}");

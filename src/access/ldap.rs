@@ -113,36 +113,28 @@ pub async fn login(cfg: &LdapConfig, user: &str, password: &str) -> Result<Grant
                 .group_filter
                 .replace("{dn}", &ldap3::ldap_escape(&dn))
                 .replace("{user}", &ldap3::ldap_escape(user));
-            ldap.with_timeout(cfg.timeout);
-            let (entries, _) = ldap
-                .search(base, LdapScope::Subtree, &filter, vec!["1.1"])
-                .await
-                .map_err(dir)?
-                .success()
-                .map_err(dir)?;
-            entries
+            search(&mut ldap, cfg, (base, LdapScope::Subtree), &filter, "1.1")
+                .await?
                 .into_iter()
                 .map(|e| SearchEntry::construct(e).dn)
                 .collect()
         }
-        None => {
-            ldap.with_timeout(cfg.timeout);
-            let (entries, _) = ldap
-                .search(&dn, LdapScope::Base, "(objectClass=*)", vec!["memberOf"])
-                .await
-                .map_err(dir)?
-                .success()
-                .map_err(dir)?;
-            entries
-                .into_iter()
-                .flat_map(|e| {
-                    SearchEntry::construct(e)
-                        .attrs
-                        .remove("memberOf")
-                        .unwrap_or_default()
-                })
-                .collect()
-        }
+        None => search(
+            &mut ldap,
+            cfg,
+            (&dn, LdapScope::Base),
+            "(objectClass=*)",
+            "memberOf",
+        )
+        .await?
+        .into_iter()
+        .flat_map(|e| {
+            SearchEntry::construct(e)
+                .attrs
+                .remove("memberOf")
+                .unwrap_or_default()
+        })
+        .collect(),
     };
     let _ = ldap.unbind().await;
     grant_of(&cfg.map, &groups).ok_or_else(|| LdapError::NoGroup {
@@ -153,6 +145,28 @@ pub async fn login(cfg: &LdapConfig, user: &str, password: &str) -> Result<Grant
             groups.join("; ")
         },
     })
+}
+
+/// The entries of one search, asking for one attribute (`1.1`: none).
+async fn search(
+    ldap: &mut ldap3::Ldap,
+    cfg: &LdapConfig,
+    (base, scope): (&str, LdapScope),
+    filter: &str,
+    attr: &str,
+) -> Result<Vec<ldap3::ResultEntry>, LdapError> {
+    let dir = |cause: ldap3::LdapError| LdapError::Directory {
+        url: cfg.url.clone(),
+        cause: cause.to_string(),
+    };
+    ldap.with_timeout(cfg.timeout);
+    let (entries, _) = ldap
+        .search(base, scope, filter, vec![attr])
+        .await
+        .map_err(dir)?
+        .success()
+        .map_err(dir)?;
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -101,3 +101,22 @@ pub fn seed_capture(lab: &Lab) -> String {
     store.hold_for_approval("demo", &v.id).unwrap();
     hex
 }
+
+/// `POST /api/v1/login` at `url`: (status, the `Set-Cookie` header if any, body).
+pub fn login(url: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
+    let (code, head, body) = super::request(
+        "POST",
+        &format!("{url}/api/v1/login"),
+        &[("content-type", "application/json")],
+        Some(
+            json!({ "user": user, "password": password })
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    (
+        code,
+        head.get("set-cookie").cloned(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
