@@ -74,6 +74,14 @@ fn readme_relay_names() -> BTreeSet<String> {
     names
 }
 
+/// What central reads from its database at each scrape (a relay has none of it).
+const FLEET: [&str; 4] = [
+    "bootcast_tasks",
+    "bootcast_hosts",
+    "bootcast_push_bytes_left",
+    "bootcast_relay_heartbeat_age_seconds",
+];
+
 /// Every sample's metric name in a Prometheus text answer.
 fn sample_names(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -145,7 +153,28 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn server_metrics_are_the_readme_names_and_latency_histograms() {
     let dir = tempfile::tempdir().unwrap();
-    let app = bootcast::http::router(state(dir.path()), "token".into());
+    let st = state(dir.path());
+    // a site whose relay reported 90 s ago: the fleet's figures have a sample each
+    {
+        use bootcast::db::sites;
+        let mut c = st.db.lock();
+        let settings = sites::SiteSettings {
+            subnets: vec!["10.99.3.0/24".into()],
+            tz: "UTC".into(),
+            windows: String::new(),
+            rate: None,
+            incomplete: sites::Incomplete::Wait,
+        };
+        assert!(sites::add(&c, "lycee", &settings, "relay-token", 0).unwrap());
+        let hb: bootcast::proto::relay::Heartbeat = serde_json::from_value(serde_json::json!({
+            "site": "lycee", "url": "http://10.99.3.1:8080", "version": "0", "cache_bytes": 0,
+            "complete": [], "pushes": [],
+        }))
+        .unwrap();
+        let at = bootcast::time::now_unix() - 90;
+        sites::record_heartbeat(&mut c, "lycee", &hb, at).unwrap();
+    }
+    let app = bootcast::http::router(st, "token".into());
     assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
     assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
     get(&app, &format!("/chunks/{}", "0".repeat(64))).await;
@@ -163,6 +192,14 @@ async fn server_metrics_are_the_readme_names_and_latency_histograms() {
     // counters keep their `_total` names and count
     assert_eq!(value(&text, "bootcast_chunk_requests_total"), Some(1.0));
     assert_eq!(value(&text, "bootcast_captures_open"), Some(0.0));
+    assert_eq!(value(&text, "bootcast_hosts{site=\"lycee\"}"), Some(0.0));
+    assert_eq!(value(&text, "bootcast_tasks{state=\"pending\"}"), Some(0.0));
+    let age = value(
+        &text,
+        "bootcast_relay_heartbeat_age_seconds{site=\"lycee\"}",
+    )
+    .unwrap();
+    assert!((90.0..3600.0).contains(&age), "{age}");
 
     let h = "bootcast_http_request_duration_seconds";
     let healthz = r#"route="/healthz",method="GET",status="200""#;
@@ -243,6 +280,10 @@ fn relay_metrics_are_the_readme_names_and_latency_histograms() {
 
     let mut want = readme_relay_names();
     want.extend(readme_server_names());
+    // the fleet's figures are the central server's
+    for n in FLEET {
+        want.remove(n);
+    }
     assert_serves(&text, &want);
     assert_eq!(
         value(

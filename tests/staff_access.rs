@@ -809,6 +809,35 @@ fn bulk_actions_on_many_hosts_or_several_sites_ask_for_the_count() {
     let (code, v) = bulk(admin.as_deref(), confirmed);
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["done"].as_array().unwrap().len(), 2);
+    // the open tasks, paged: 27, newest first, each once
+    let (mut seen, mut path) = (Vec::new(), "/api/v1/tasks?site=lycee&limit=10".to_string());
+    loop {
+        let (code, text) = call(&s, Some(&op), "GET", &path, &None);
+        assert_eq!(code, 200, "{text}");
+        let page: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(page["total"], 27, "{page}");
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_i64().unwrap()),
+        );
+        match page["next"].as_i64() {
+            Some(n) => path = format!("/api/v1/tasks?site=lycee&limit=10&before={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 27);
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeat: {seen:?}"
+    );
+    let (code, _) = call(&s, Some(&op), "GET", "/api/v1/tasks?site=college", &None);
+    assert_eq!(code, 403);
+    let (code, _) = call(&s, Some(&op), "GET", "/api/v1/tasks?state=lost", &None);
+    assert_eq!(code, 400);
+
     // cancel the 26 + 1 inventory tasks
     let mut all: Vec<String> = many.clone();
     all.push(lycee(30));

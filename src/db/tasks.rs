@@ -286,6 +286,73 @@ pub fn list(conn: &Connection, mac: Option<Mac>, all: bool) -> Result<Vec<Task>,
     rows.collect::<Result<_, _>>().what("list tasks")
 }
 
+/// Which tasks a staff listing shows ([`page`]).
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub mac: Option<Mac>,
+    /// Tasks made for this group.
+    pub group: Option<String>,
+    /// Tasks of hosts of this site.
+    pub site: Option<String>,
+    /// One state (`pending`, `running`, `failed`...); `None`: the open ones unless `all`.
+    pub state: Option<String>,
+    pub all: bool,
+    /// The caller's sites (an operator): tasks of their hosts only.
+    pub scope: Option<Vec<String>>,
+    /// Older than this task id (the previous page's `next`).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// A page of tasks, newest first, how many match in all, and whether a page follows.
+pub fn page(conn: &Connection, f: &TaskFilter) -> Result<(Vec<Task>, u64, bool), DbError> {
+    let state = match (&f.state, f.all) {
+        (Some(_), _) => "t.state = ?3".to_string(),
+        (None, true) => "1".to_string(),
+        (None, false) => OPEN.replace("state", "t.state"),
+    };
+    let scope = f
+        .scope
+        .as_ref()
+        .map(|s| serde_json::to_string(s).expect("names serialise"));
+    let filter = format!(
+        "{state} AND (?1 IS NULL OR t.mac = ?1) AND (?2 IS NULL OR t.grp = ?2)
+         AND (?4 IS NULL OR t.mac IN (SELECT mac FROM hosts WHERE site = ?4))
+         AND (?5 IS NULL OR t.mac IN (SELECT mac FROM hosts
+              WHERE site IN (SELECT value FROM json_each(?5))))"
+    );
+    let mac = f.mac.map(|m| m.to_string());
+    let args = params![mac, f.group, f.state, f.site, scope];
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM tasks t WHERE {filter}"),
+            args,
+            |r| r.get(0),
+        )
+        .what("count tasks")?;
+    let columns = COLUMNS
+        .split(',')
+        .map(|c| format!("t.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {columns} FROM tasks t WHERE {filter} AND (?6 IS NULL OR t.id < ?6)
+             ORDER BY t.id DESC LIMIT ?7"
+        ))
+        .what("page tasks")?;
+    let rows = st
+        .query_map(
+            params![mac, f.group, f.state, f.site, scope, f.before, f.limit + 1],
+            from_row,
+        )
+        .what("page tasks")?;
+    let mut tasks: Vec<Task> = rows.collect::<Result<_, _>>().what("page tasks")?;
+    let more = tasks.len() > f.limit as usize;
+    tasks.truncate(f.limit as usize);
+    Ok((tasks, total as u64, more))
+}
+
 /// Records the agent's progress on `mac`'s open task `id` and moves it to `running`.
 /// Returns the task as updated, or `None` when `mac` has no such open task.
 pub fn record_progress(

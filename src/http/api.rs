@@ -805,37 +805,75 @@ impl From<ScheduleError> for ApiError {
     }
 }
 
-/// `GET /api/v1/tasks?host=MAC&all=true` query.
+/// `GET /api/v1/tasks` query.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     #[serde(default)]
     host: Option<String>,
     #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
     all: bool,
+    #[serde(default)]
+    before: Option<i64>,
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
-/// `GET /api/v1/tasks[?host=MAC][&all=true]`: open tasks (every task with `all`), newest first.
+/// `GET /api/v1/tasks[?host=MAC][&group=G][&site=S][&state=ST][&all=true][&limit=N][&before=ID]`:
+/// a page of tasks, newest first (open ones unless `all` or a `state`), `{"tasks", "total",
+/// "next"}`; an operator's, of their sites' hosts only.
 pub async fn list_tasks(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
 ) -> ApiResult {
     let mac = q.host.as_deref().map(parse_mac).transpose()?;
+    const STATES: [&str; 6] = [
+        "pending",
+        "booting",
+        "running",
+        "done",
+        "failed",
+        "cancelled",
+    ];
+    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+        return Err(ApiError::bad_request(format!(
+            "state={s}: say one of {}",
+            STATES.join(", ")
+        )));
+    }
+    let scope = who.scope();
+    if let Some(site) = q.site.as_deref().filter(|s| !scope.allows(Some(s))) {
+        return Err(super::staff::out_of_scope(format!("site {site}")));
+    }
+    let limit = q
+        .limit
+        .unwrap_or(hosts::PAGE_DEFAULT)
+        .clamp(1, hosts::PAGE_MAX);
+    let filter = tasks::TaskFilter {
+        mac,
+        group: q.group,
+        site: q.site,
+        state: q.state,
+        all: q.all,
+        scope: scope.sites().map(<[String]>::to_vec),
+        before: q.before,
+        limit,
+    };
     let body = st
         .db
         .read(move |c| {
-            let mut t = tasks::list(c, mac, q.all)?;
-            let scope = who.scope();
-            if scope.sites().is_some() {
-                let mut kept = Vec::with_capacity(t.len());
-                for task in t {
-                    if in_scope(c, &scope, &[task.mac])?.is_ok() {
-                        kept.push(task);
-                    }
-                }
-                t = kept;
-            }
-            Ok(super::JsonBytes::field("tasks", &t))
+            let (t, total, more) = tasks::page(c, &filter)?;
+            let next = more.then(|| t.last().map(|t| t.id)).flatten();
+            Ok(super::JsonBytes::of(&serde_json::json!({
+                "tasks": t, "total": total, "next": next,
+            })))
         })
         .await?;
     Ok(body.into_response())

@@ -441,9 +441,28 @@ fn fleet_figures(
     now: i64,
 ) -> Result<(Figures, Figures, Figures, Figures), crate::db::DbError> {
     let s = crate::db::dashboard::summary(c, None, now)?;
-    let mut tasks: Figures = s.open.into_iter().collect();
-    tasks.extend(s.last_day);
-    let hosts: Figures = s.hosts.into_iter().collect();
+    // every state and every site has a sample, 0 included (absent would read as unknown)
+    let mut tasks: Figures = [
+        "pending",
+        "booting",
+        "running",
+        "done",
+        "failed",
+        "cancelled",
+    ]
+    .iter()
+    .map(|st| {
+        let n = s
+            .open
+            .get(*st)
+            .or(s.last_day.get(*st))
+            .copied()
+            .unwrap_or(0);
+        (st.to_string(), n)
+    })
+    .collect();
+    tasks.sort();
+    let mut hosts = s.hosts;
     let mut left: std::collections::BTreeMap<String, u64> = Default::default();
     let mut age = Vec::new();
     let open = crate::db::pushes::list(c, false)?;
@@ -456,11 +475,17 @@ fn fleet_figures(
             }
         }
         left.entry(site.name.clone()).or_default();
+        hosts.entry(site.name.clone()).or_default();
         if let Some(r) = &site.relay {
             age.push((site.name.clone(), (now - r.last_heartbeat).max(0) as u64));
         }
     }
-    Ok((tasks, hosts, left.into_iter().collect(), age))
+    Ok((
+        tasks,
+        hosts.into_iter().collect(),
+        left.into_iter().collect(),
+        age,
+    ))
 }
 
 impl ChunkService {

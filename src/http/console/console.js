@@ -344,7 +344,7 @@ pages.host = async () => {
 
 pages.room = async () => {
   const group = ARG;
-  const [groups, tasks] = await Promise.all([get("/api/v1/groups"), get("/api/v1/tasks")]);
+  const [groups, tasks] = await Promise.all([get("/api/v1/groups"), get("/api/v1/tasks?limit=1000")]);
   const g = groups.groups.find((x) => x.name === group);
   if (!g) { show(h("h1", {}, `Room ${group}`), h("p", { class: "warn-bad" }, "No such room among yours.")); return; }
   const members = g.members || g.hosts || [];
@@ -396,8 +396,14 @@ pages.images = async () => {
 };
 
 pages.tasks = async () => {
-  const t = await get("/api/v1/tasks");
-  show(h("h1", {}, "Open tasks"), h("table", { id: "tasks" }, h("tr", {}, ["Id", "Host", "Kind", "Image", "Not before", "State", "Progress", "", ""].map((c) => h("th", {}, c))),
+  const q = new URLSearchParams(location.search);
+  const p = new URLSearchParams({ limit: "100" });
+  for (const k of ["before", "state", "site", "group"]) if (q.get(k)) p.set(k, q.get(k));
+  if (q.get("state")) p.set("all", "true");
+  const t = await get(`/api/v1/tasks?${p}`);
+  const older = t.next ? (() => { const n = new URLSearchParams(q); n.set("before", t.next); return link(`/ui/tasks?${n}`, "Older →"); })() : null;
+  show(h("h1", {}, q.get("state") ? `Tasks ${q.get("state")}` : "Open tasks"),
+    h("div", { class: "pager" }, h("span", {}, `${t.total} tasks`), link("/ui/tasks?state=failed", "failed"), link("/ui/tasks?state=done", "done"), link("/ui/tasks", "open"), older), h("table", { id: "tasks" }, h("tr", {}, ["Id", "Host", "Kind", "Image", "Not before", "State", "Progress", "", ""].map((c) => h("th", {}, c))),
     t.tasks.map((x) => h("tr", {}, h("td", {}, x.id), h("td", {}, link(`/ui/host/${x.mac}`, x.mac)), h("td", {}, x.kind), h("td", {}, x.image || ""), h("td", {}, when(x.not_before)), ...taskCells(x),
       h("td", {}, ME.operator ? h("button", { class: "danger", onclick: () => act(`task ${x.id} cancelled`, () => api("DELETE", `/api/v1/tasks/${x.id}`)) }, "Cancel") : null)))));
 };
