@@ -467,7 +467,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit(at);
     CREATE INDEX audit_user ON audit(user, at);
-    CREATE INDEX tasks_by_state ON tasks(state, updated_at);",
+    CREATE INDEX tasks_by_state ON tasks(state, updated_at);
+    CREATE INDEX hosts_active_by_site ON hosts(site) WHERE retired_at IS NULL;",
 ];
 
 /// Reader connections a file database keeps beside its writer.
