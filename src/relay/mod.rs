@@ -502,15 +502,21 @@ impl Relay {
             }
         }
         let url = self.link.url("/api/v1/relay/check");
-        let resp = self
-            .link
-            .client
-            .get(&url)
-            .bearer_auth(token)
-            .timeout(std::time::Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| format!("asking {url}: {e}"))?;
+        let ask = || {
+            self.link
+                .client
+                .get(&url)
+                .bearer_auth(token)
+                .timeout(std::time::Duration::from_secs(30))
+                .send()
+        };
+        // a pooled connection the far end closed meanwhile fails at once: ask again, once, on
+        // a new one (a question with no side effect)
+        let resp = match ask().await {
+            Err(e) if e.is_request() || e.is_connect() => ask().await,
+            r => r,
+        }
+        .map_err(|e| format!("asking {url}: {e}"))?;
         let status = resp.status();
         if status.is_server_error() {
             return Err(format!("{url} answered {status}"));
