@@ -491,8 +491,12 @@ pub fn page(conn: &Connection, q: &HostQuery) -> Result<HostPage, DbError> {
         wh.push(format!("h.site = {a}"));
     }
     if let Some(sites) = &q.scope {
-        let list: Vec<String> = sites.iter().map(|s| arg(s.clone(), &mut args)).collect();
-        wh.push(format!("h.site IN ({})", list.join(", ")));
+        // as every scoped listing does: the names as one JSON array
+        let a = arg(
+            serde_json::to_string(sites).expect("names serialise"),
+            &mut args,
+        );
+        wh.push(format!("h.site IN (SELECT value FROM json_each({a}))"));
     }
     if let Some(g) = &q.group {
         let a = arg(g.clone(), &mut args);

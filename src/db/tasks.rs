@@ -60,6 +60,15 @@ impl TaskKind {
 }
 
 impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Booting,
+        TaskState::Running,
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",
@@ -71,17 +80,8 @@ impl TaskState {
         }
     }
 
-    fn parse(s: &str) -> Option<TaskState> {
-        [
-            TaskState::Pending,
-            TaskState::Booting,
-            TaskState::Running,
-            TaskState::Done,
-            TaskState::Failed,
-            TaskState::Cancelled,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// Still to be carried out.

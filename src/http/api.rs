@@ -464,9 +464,7 @@ pub async fn list_hosts(
         parse_mac(a)?;
     }
     let scope = who.scope();
-    if let Some(site) = q.site.as_deref().filter(|s| !scope.allows(Some(s))) {
-        return Err(super::staff::out_of_scope(format!("site {site}")));
-    }
+    super::staff::site_in_scope(&scope, q.site.as_deref())?;
     q.scope = scope.sites().map(<[String]>::to_vec);
     let body = st
         .db
@@ -834,24 +832,14 @@ pub async fn list_tasks(
     axum::extract::Query(q): axum::extract::Query<TaskQuery>,
 ) -> ApiResult {
     let mac = q.host.as_deref().map(parse_mac).transpose()?;
-    const STATES: [&str; 6] = [
-        "pending",
-        "booting",
-        "running",
-        "done",
-        "failed",
-        "cancelled",
-    ];
-    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+    if let Some(s) = q.state.as_deref().filter(|s| TaskState::parse(s).is_none()) {
         return Err(ApiError::bad_request(format!(
             "state={s}: say one of {}",
-            STATES.join(", ")
+            TaskState::ALL.map(TaskState::as_str).join(", ")
         )));
     }
     let scope = who.scope();
-    if let Some(site) = q.site.as_deref().filter(|s| !scope.allows(Some(s))) {
-        return Err(super::staff::out_of_scope(format!("site {site}")));
-    }
+    super::staff::site_in_scope(&scope, q.site.as_deref())?;
     let limit = q
         .limit
         .unwrap_or(hosts::PAGE_DEFAULT)

@@ -442,25 +442,14 @@ fn fleet_figures(
 ) -> Result<(Figures, Figures, Figures, Figures), crate::db::DbError> {
     let s = crate::db::dashboard::summary(c, None, now)?;
     // every state and every site has a sample, 0 included (absent would read as unknown)
-    let mut tasks: Figures = [
-        "pending",
-        "booting",
-        "running",
-        "done",
-        "failed",
-        "cancelled",
-    ]
-    .iter()
-    .map(|st| {
-        let n = s
-            .open
-            .get(*st)
-            .or(s.last_day.get(*st))
-            .copied()
-            .unwrap_or(0);
-        (st.to_string(), n)
-    })
-    .collect();
+    let mut tasks: Figures = crate::db::TaskState::ALL
+        .iter()
+        .map(|st| {
+            let st = st.as_str();
+            let n = s.open.get(st).or(s.last_day.get(st)).copied().unwrap_or(0);
+            (st.to_string(), n)
+        })
+        .collect();
     tasks.sort();
     let mut hosts = s.hosts;
     let mut left: std::collections::BTreeMap<String, u64> = Default::default();

@@ -17,10 +17,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::staff::session_cookie;
 use super::AppState;
-use crate::access::{self, Principal, Role};
-use crate::db::{dashboard, pushes, sites, staff, tasks};
+use crate::access::{Principal, Role};
+use crate::db::{dashboard, pushes, sites, tasks};
 
 const SHELL: &str = include_str!("console/shell.html");
 const SCRIPT: &str = include_str!("console/console.js");
@@ -93,20 +92,22 @@ pub async fn dashboard(
     Ok(body.into_response())
 }
 
-/// The open tasks the caller may see, as the live stream sends them.
+/// The open tasks the caller may see, as the live stream sends them (the caller's sites
+/// picked in SQL: this runs every second for each open console page).
 fn open_tasks(
     c: &rusqlite::Connection,
     who: &Principal,
 ) -> Result<Vec<tasks::Task>, crate::db::DbError> {
-    let scope = who.scope();
-    let mut out = Vec::new();
-    for t in tasks::list(c, None, false)? {
-        if super::staff::in_scope(c, &scope, &[t.mac])?.is_ok() {
-            out.push(t);
-        }
-    }
-    Ok(out)
+    let filter = tasks::TaskFilter {
+        scope: who.scope().sites().map(<[String]>::to_vec),
+        limit: LIVE_MAX,
+        ..Default::default()
+    };
+    Ok(tasks::page(c, &filter)?.0)
 }
+
+/// Most open tasks one live event carries.
+const LIVE_MAX: u32 = 100_000;
 
 /// `GET /api/v1/live`: server-sent events. `tasks`: the open tasks (state, progress) each
 /// time they change (checked every second), plus the tasks that closed since. A comment
@@ -117,10 +118,12 @@ pub async fn live(State(st): State<AppState>, Extension(who): Extension<Principa
     let stream = futures_util::stream::unfold(
         (st, who, String::new(), Vec::<i64>::new(), true),
         |(st, who, last, ids, first)| async move {
+            let mut wait = !first;
             loop {
-                if !first || !last.is_empty() {
+                if wait {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                wait = true;
                 let w = who.clone();
                 let before = ids.clone();
                 let snap = st
@@ -217,26 +220,6 @@ pub async fn create_push(State(st): State<AppState>, Json(req): Json<NewPush>) -
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "push": p }))).into_response())
 }
 
-/// The staff member of the request's session cookie, and the session's CSRF token.
-async fn session_of(st: &AppState, headers: &HeaderMap) -> Option<(Principal, String)> {
-    let hash = access::secret_hash(session_cookie(headers)?);
-    let now = crate::time::now_unix();
-    let s = st
-        .db
-        .read(move |c| staff::session(c, &hash, now))
-        .await
-        .ok()??;
-    Some((
-        Principal {
-            user: s.user,
-            role: s.role,
-            sites: s.sites,
-            via: access::Via::Session,
-        },
-        s.csrf,
-    ))
-}
-
 /// `GET /ui`, `/ui/{page}`, `/ui/{page}/{arg}`: the shell for that page, or the login page.
 pub async fn page(
     State(st): State<AppState>,
@@ -253,7 +236,7 @@ pub async fn page(
     if !PAGES.contains(&name.as_str()) {
         return (StatusCode::NOT_FOUND, "no such console page\n").into_response();
     }
-    let Some((who, csrf)) = session_of(&st, &headers).await else {
+    let Ok(Some((who, csrf))) = super::staff::session_principal(&st, &headers).await else {
         let next = form_urlencoded::byte_serialize(uri.to_string().as_bytes()).collect::<String>();
         return Redirect::to(&format!("/ui/login?next={next}")).into_response();
     };

@@ -165,7 +165,6 @@ async fn principal(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Option<(Principal, Option<ApiError>)>, ApiError> {
-    let now = crate::time::now_unix();
     if let Some(t) = bearer(headers) {
         if same_secret(t.as_bytes(), auth.server_token.as_bytes()) {
             return Ok(Some((Principal::server_token(), None)));
@@ -191,14 +190,8 @@ async fn principal(
             "unknown API token: use the server's (`bootcast token show`) or a personal one (`bootcast user token NAME`)",
         ));
     }
-    if let Some(cookie) = session_cookie(headers) {
-        let hash = access::secret_hash(cookie);
-        let s = auth
-            .app
-            .db
-            .read(move |c| staff::session(c, &hash, now))
-            .await?;
-        let Some(s) = s else {
+    if session_cookie(headers).is_some() {
+        let Some((who, token)) = session_principal(&auth.app, headers).await? else {
             return Err(ApiError::unauthorized("your session is over: log in again"));
         };
         let mut csrf = None;
@@ -207,21 +200,45 @@ async fn principal(
                 .get(CSRF_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if !same_secret(sent.as_bytes(), s.csrf.as_bytes()) {
+            if !same_secret(sent.as_bytes(), token.as_bytes()) {
                 csrf = Some(ApiError::forbidden(format!(
                     "a change from a browser session must carry its {CSRF_HEADER} header (reload the page)"
                 )));
             }
         }
+        return Ok(Some((who, csrf)));
+    }
+    Ok(None)
+}
+
+/// The staff member of the request's session cookie, and the session's CSRF token (`None`: no
+/// cookie, or a session that is over).
+pub async fn session_principal(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<(Principal, String)>, ApiError> {
+    let Some(cookie) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    let (hash, now) = (access::secret_hash(cookie), crate::time::now_unix());
+    let s = app.db.read(move |c| staff::session(c, &hash, now)).await?;
+    Ok(s.map(|s| {
         let who = Principal {
             user: s.user,
             role: s.role,
             sites: s.sites,
             via: Via::Session,
         };
-        return Ok(Some((who, csrf)));
+        (who, s.csrf)
+    }))
+}
+
+/// 403 when `site` (a list's `?site=` filter) is not one of the caller's.
+pub fn site_in_scope(scope: &Scope, site: Option<&str>) -> Result<(), ApiError> {
+    match site {
+        Some(s) if !scope.allows(Some(s)) => Err(out_of_scope(format!("site {s}"))),
+        _ => Ok(()),
     }
-    Ok(None)
 }
 
 /// Middleware of every staff route: who calls (401 if nobody), whether their role may (403,
