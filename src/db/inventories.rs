@@ -82,6 +82,31 @@ pub fn history(conn: &Connection, mac: Mac, limit: u32) -> Result<Vec<Stored>, D
     rows.collect::<Result<_, _>>().what("inventory history")
 }
 
+/// One inventory of a host's history and what changed since the one before it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    #[serde(flatten)]
+    pub stored: Stored,
+    /// From the previous inventory kept (`new_machine` for the first one).
+    pub changes: Vec<crate::inventory::diff::Change>,
+}
+
+/// The `limit` newest inventories of `mac`, newest first, each with its changes from the one
+/// before (the oldest shown is compared with the one before it, when kept).
+pub fn history_steps(conn: &Connection, mac: Mac, limit: u32) -> Result<Vec<Step>, DbError> {
+    let list = history(conn, mac, limit.saturating_add(1))?;
+    let shown = list.len().min(limit as usize);
+    Ok((0..shown)
+        .map(|k| Step {
+            changes: crate::inventory::diff::changes(
+                list.get(k + 1).map(|o| &o.inventory),
+                &list[k].inventory,
+            ),
+            stored: list[k].clone(),
+        })
+        .collect())
+}
+
 /// One inventory waiting to be forwarded to GLPI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {

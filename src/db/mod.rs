@@ -469,6 +469,51 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_user ON audit(user, at);
     CREATE INDEX tasks_by_state ON tasks(state, updated_at);
     CREATE INDEX hosts_active_by_site ON hosts(site) WHERE retired_at IS NULL;",
+    // 23: a trigram index of the host fields staff search (MAC, name, address, model,
+    // serial), kept by triggers; multicast sessions' tasks by session; samples of
+    // each site's push progress (the night's curve). Its rows are keyed by host_search_ids, not by the hosts'
+    // implicit rowids, which a VACUUM (and a backup's VACUUM INTO) may renumber.
+    "CREATE TABLE host_search_ids (
+        id INTEGER PRIMARY KEY,
+        mac TEXT NOT NULL UNIQUE
+    );
+    CREATE VIRTUAL TABLE host_search USING fts5(
+        mac, name, last_ip, model, serial, tokenize = 'trigram'
+    );
+    INSERT INTO host_search_ids(mac) SELECT mac FROM hosts ORDER BY mac;
+    INSERT INTO host_search(rowid, mac, name, last_ip, model, serial)
+        SELECT i.id, h.mac, h.name, h.last_ip, h.model, h.serial
+        FROM hosts h JOIN host_search_ids i ON i.mac = h.mac;
+    CREATE TRIGGER host_search_insert AFTER INSERT ON hosts BEGIN
+        INSERT INTO host_search_ids(mac) VALUES (new.mac);
+        INSERT INTO host_search(rowid, mac, name, last_ip, model, serial)
+            VALUES ((SELECT id FROM host_search_ids WHERE mac = new.mac),
+                    new.mac, new.name, new.last_ip, new.model, new.serial);
+    END;
+    CREATE TRIGGER host_search_update AFTER UPDATE OF name, last_ip, model, serial ON hosts
+    WHEN old.name IS NOT new.name OR old.last_ip IS NOT new.last_ip
+        OR old.model IS NOT new.model OR old.serial IS NOT new.serial
+    BEGIN
+        DELETE FROM host_search
+            WHERE rowid = (SELECT id FROM host_search_ids WHERE mac = new.mac);
+        INSERT INTO host_search(rowid, mac, name, last_ip, model, serial)
+            VALUES ((SELECT id FROM host_search_ids WHERE mac = new.mac),
+                    new.mac, new.name, new.last_ip, new.model, new.serial);
+    END;
+    CREATE TRIGGER host_search_delete AFTER DELETE ON hosts BEGIN
+        DELETE FROM host_search
+            WHERE rowid = (SELECT id FROM host_search_ids WHERE mac = old.mac);
+        DELETE FROM host_search_ids WHERE mac = old.mac;
+    END;
+    CREATE INDEX tasks_by_mcast ON tasks(mcast) WHERE mcast IS NOT NULL;
+    CREATE TABLE push_samples (
+        push INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
+        site TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL,
+        bytes_total INTEGER NOT NULL,
+        PRIMARY KEY (push, site, at)
+    ) WITHOUT ROWID;",
 ];
 
 /// Reader connections a file database keeps beside its writer.

@@ -225,6 +225,88 @@ pub enum ChangeError {
     Db(#[from] DbError),
 }
 
+/// How often a site's push progress is sampled for the night's curve (from its relay's
+/// heartbeats).
+pub const SAMPLE_EVERY_SECS: i64 = 300;
+
+/// Keeps the progress `site`'s relay reported (`progress`, from a heartbeat) as a sample of the
+/// night's curve at `at`: one per push every [`SAMPLE_EVERY_SECS`], and the end once.
+pub fn sample_progress(
+    conn: &Connection,
+    site: &str,
+    progress: &[crate::proto::relay::PushProgress],
+    at: i64,
+) -> Result<(), DbError> {
+    for p in progress {
+        conn.execute(
+            "INSERT OR REPLACE INTO push_samples (push, site, at, bytes_done, bytes_total)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM pushes WHERE id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM push_samples WHERE push = ?1 AND site = ?2
+                   AND ((?4 >= ?5 AND bytes_done = ?4) OR (?4 < ?5 AND at > ?3 - ?6)))",
+            params![
+                p.push,
+                site,
+                at,
+                p.bytes_done as i64,
+                p.bytes_total as i64,
+                SAMPLE_EVERY_SECS
+            ],
+        )
+        .what("sample push progress")?;
+    }
+    Ok(())
+}
+
+/// One site's progress over time in a push: `(unix time, bytes done)`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteCurve {
+    pub site: String,
+    pub bytes_total: u64,
+    pub samples: Vec<(i64, u64)>,
+}
+
+/// The sampled progress of push `id` at each of its sites (of `sites` only, when given).
+pub fn curves(
+    conn: &Connection,
+    id: i64,
+    sites: Option<&[String]>,
+) -> Result<Vec<SiteCurve>, DbError> {
+    let sites = sites.map(|s| serde_json::to_string(s).expect("names serialise"));
+    let mut st = conn
+        .prepare(
+            "SELECT site, at, bytes_done, bytes_total FROM push_samples WHERE push = ?1
+               AND (?2 IS NULL OR site IN (SELECT value FROM json_each(?2)))
+             ORDER BY site, at",
+        )
+        .what("push samples")?;
+    let rows = st
+        .query_map(params![id, sites], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?.max(0) as u64,
+                r.get::<_, i64>(3)?.max(0) as u64,
+            ))
+        })
+        .what("push samples")?;
+    let mut out: Vec<SiteCurve> = Vec::new();
+    for row in rows {
+        let (site, at, done, total) = row.what("push samples")?;
+        match out.last_mut() {
+            Some(c) if c.site == site => {
+                c.bytes_total = total;
+                c.samples.push((at, done));
+            }
+            _ => out.push(SiteCurve {
+                site,
+                bytes_total: total,
+                samples: vec![(at, done)],
+            }),
+        }
+    }
+    Ok(out)
+}
+
 /// `pause`, `resume` or `cancel` a push.
 pub fn change(conn: &Connection, id: i64, to: PushStatus) -> Result<Push, ChangeError> {
     let push = get(conn, id)?.ok_or(ChangeError::NoPush(id))?;
@@ -590,6 +672,25 @@ mod tests {
             (relay.last_heartbeat, relay.url.as_deref()),
             (7, Some("http://10.99.1.2:8080"))
         );
+        // the night's curve: a sample per SAMPLE_EVERY_SECS, the end once, whatever the
+        // heartbeats in between
+        let mut hb = hb;
+        sample_progress(&c, "nord", &hb.pushes, 7).unwrap();
+        for (at, done) in [(60, 450), (307, 600), (400, 900), (420, 1000), (480, 1000)] {
+            hb.pushes[0].bytes_done = done;
+            sites::record_heartbeat(&mut c, "nord", &hb, at).unwrap();
+            sample_progress(&c, "nord", &hb.pushes, at).unwrap();
+        }
+        let curve = curves(&c, p.id, None).unwrap();
+        assert_eq!(curve.len(), 1);
+        assert_eq!(
+            (curve[0].site.as_str(), curve[0].bytes_total),
+            ("nord", 1000)
+        );
+        assert_eq!(curve[0].samples, [(7, 400), (307, 600), (420, 1000)]);
+        assert!(curves(&c, p.id, Some(&["sud".to_string()]))
+            .unwrap()
+            .is_empty());
 
         // pause / resume / cancel rules
         assert_eq!(

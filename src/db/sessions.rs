@@ -104,6 +104,65 @@ pub fn list(conn: &Connection, limit: u32) -> Result<Vec<Session>, DbError> {
         .what("list multicast sessions")
 }
 
+/// A session as staff follow it: its receivers, counted from the tasks it was made for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Followed {
+    #[serde(flatten)]
+    pub session: Session,
+    /// Tasks (machines) the session was made for.
+    pub tasks: u32,
+    /// Machines not started yet (waiting to boot, or booting).
+    pub waiting: u32,
+    /// Machines whose agent joined (restoring, done, or failed after it began).
+    pub joined: u32,
+    pub done: u32,
+    /// Machines that joined and then failed or were cancelled.
+    pub dropped: u32,
+}
+
+/// Sessions newest first, `limit` of them, older than session `before` when given; of the
+/// hosts of `sites` only when given (an operator's: a session with a task of one of them).
+pub fn followed(
+    conn: &Connection,
+    sites: Option<&[String]>,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Followed>, DbError> {
+    let sites = sites.map(|s| serde_json::to_string(s).expect("names serialise"));
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {COLUMNS},
+                (SELECT count(*) FROM tasks t WHERE t.mcast = s.id),
+                (SELECT count(*) FROM tasks t WHERE t.mcast = s.id
+                    AND t.state IN ('pending', 'booting')),
+                (SELECT count(*) FROM tasks t WHERE t.mcast = s.id
+                    AND (t.state IN ('running', 'done', 'failed') OR t.progress_at IS NOT NULL)),
+                (SELECT count(*) FROM tasks t WHERE t.mcast = s.id AND t.state = 'done'),
+                (SELECT count(*) FROM tasks t WHERE t.mcast = s.id AND (t.state = 'failed'
+                    OR (t.state = 'cancelled' AND t.progress_at IS NOT NULL)))
+             FROM mcast_sessions s
+             WHERE (?1 IS NULL OR s.id < ?1)
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM tasks t JOIN hosts h ON h.mac = t.mac
+                    WHERE t.mcast = s.id AND h.site IN (SELECT value FROM json_each(?2))))
+             ORDER BY s.id DESC LIMIT ?3"
+        ))
+        .what("list multicast sessions")?;
+    let rows = st
+        .query_map(params![before, sites, limit], |r| {
+            Ok(Followed {
+                session: from_row(r)?,
+                tasks: r.get(11)?,
+                waiting: r.get(12)?,
+                joined: r.get(13)?,
+                done: r.get(14)?,
+                dropped: r.get(15)?,
+            })
+        })
+        .what("list multicast sessions")?;
+    rows.collect::<Result<_, _>>()
+        .what("list multicast sessions")
+}
+
 /// A run of session `id` started at `now`.
 pub fn run_started(conn: &Connection, id: i64, now: i64) -> Result<(), DbError> {
     conn.execute(

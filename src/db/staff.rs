@@ -273,6 +273,23 @@ pub fn audit(c: &Connection, e: &AuditEntry) -> Result<i64, DbError> {
     Ok(c.last_insert_rowid())
 }
 
+/// Logins refused for a wrong password or an unknown user since `since` (from the trail):
+/// for user `user`, and from address `from` (any user).
+pub fn failed_logins(
+    c: &Connection,
+    user: &str,
+    from: &str,
+    since: i64,
+) -> Result<(u32, u32), DbError> {
+    c.query_row(
+        "SELECT coalesce(sum(user = ?2), 0), coalesce(sum(from_addr = ?3), 0) FROM audit
+         WHERE at >= ?1 AND action = 'login refused' AND status = 401",
+        params![since, user, from],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .what("count failed logins")
+}
+
 /// Which audit entries: newest first, before id `before`, of one user, matching a text.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {

@@ -290,7 +290,7 @@ pub fn list(conn: &Connection, mac: Option<Mac>, all: bool) -> Result<Vec<Task>,
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub mac: Option<Mac>,
-    /// Tasks made for this group.
+    /// Tasks made for this group, or of its hosts.
     pub group: Option<String>,
     /// Tasks of hosts of this site.
     pub site: Option<String>,
@@ -316,7 +316,7 @@ pub fn page(conn: &Connection, f: &TaskFilter) -> Result<(Vec<Task>, u64, bool),
         .as_ref()
         .map(|s| serde_json::to_string(s).expect("names serialise"));
     let filter = format!(
-        "{state} AND (?1 IS NULL OR t.mac = ?1) AND (?2 IS NULL OR t.grp = ?2)
+        "{state} AND (?1 IS NULL OR t.mac = ?1) AND (?2 IS NULL OR t.grp = ?2 OR t.mac IN (SELECT mac FROM group_members WHERE grp = ?2))
          AND (?4 IS NULL OR t.mac IN (SELECT mac FROM hosts WHERE site = ?4))
          AND (?5 IS NULL OR t.mac IN (SELECT mac FROM hosts
               WHERE site IN (SELECT value FROM json_each(?5))))"
