@@ -53,6 +53,16 @@ pub enum ScheduleError {
     MulticastCapture,
     #[error("multicast: {0}")]
     BadMulticast(String),
+    #[error("bulk action {0:?}: say reimage, capture, inventory, wake or cancel")]
+    BulkAction(String),
+    #[error("no host selected (API \"hosts\": [MAC, ...]; command line: --host MAC, --group NAME or --site NAME)")]
+    NoSelection,
+    #[error("this {action} acts on {n} hosts of {} site(s) ({}): send it again with \"confirm\": {n} (command line: --confirm {n})", sites.len(), sites.join(", "))]
+    Unconfirmed {
+        action: String,
+        n: usize,
+        sites: Vec<String>,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -71,7 +81,9 @@ impl ScheduleError {
                     | StoreError::NoStore(_),
                 ..
             } => 404,
-            ScheduleError::Busy { .. } | ScheduleError::Closed { .. } => 409,
+            ScheduleError::Busy { .. }
+            | ScheduleError::Closed { .. }
+            | ScheduleError::Unconfirmed { .. } => 409,
             ScheduleError::Db(_) => 500,
             ScheduleError::Image {
                 cause: StoreError::BadName(_) | StoreError::AmbiguousVersion { .. },
@@ -435,4 +447,134 @@ pub fn cancel(
         cause,
     })?;
     Ok(done)
+}
+
+/// Most hosts a bulk action takes without `confirm` (a room is 4-20 machines).
+pub const BULK_CONFIRM_OVER: usize = 25;
+
+/// One action on a selection of hosts (the body of `POST /api/v1/bulk`, and `bootcast bulk`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bulk {
+    /// `reimage`, `capture`, `inventory`, `wake` or `cancel`.
+    pub action: String,
+    pub hosts: Vec<String>,
+    /// Reimage: `NAME[@VERSION]`; capture: `NAME`.
+    #[serde(default)]
+    pub image: String,
+    /// When the tasks may start (`HH:MM` or RFC 3339); default now.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Wake the hosts when their tasks may start.
+    #[serde(default)]
+    pub wake: bool,
+    /// The number of hosts, repeated: required when the selection is larger than
+    /// [`BULK_CONFIRM_OVER`] or spans several sites.
+    #[serde(default)]
+    pub confirm: Option<usize>,
+}
+
+impl Bulk {
+    /// The hosts selected, each once, in the order given.
+    pub fn macs(&self) -> Result<Vec<Mac>, ScheduleError> {
+        if self.hosts.is_empty() {
+            return Err(ScheduleError::NoSelection);
+        }
+        let mut macs: Vec<Mac> = Vec::with_capacity(self.hosts.len());
+        for h in &self.hosts {
+            let m: Mac = h.parse()?;
+            if !macs.contains(&m) {
+                macs.push(m);
+            }
+        }
+        Ok(macs)
+    }
+}
+
+/// What a bulk action did, host by host.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BulkOutcome {
+    /// `{"mac", "tasks"|"wakes"|"cancelled"}` per host done.
+    pub done: Vec<serde_json::Value>,
+    /// `{"mac", "error"}` per host refused.
+    pub failed: Vec<serde_json::Value>,
+}
+
+/// Runs `req` host by host (a host's refusal does not stop the others). A selection of more
+/// than [`BULK_CONFIRM_OVER`] hosts, or of several sites, is refused
+/// ([`ScheduleError::Unconfirmed`]) unless `req.confirm` names its count. Scope checks are the
+/// caller's.
+pub fn bulk(
+    conn: &mut Connection,
+    data: &Path,
+    req: &Bulk,
+    now: i64,
+) -> Result<BulkOutcome, ScheduleError> {
+    let kind = match req.action.as_str() {
+        "reimage" => Some(TaskKind::Reimage),
+        "capture" => Some(TaskKind::Capture),
+        "inventory" => Some(TaskKind::Inventory),
+        "wake" | "cancel" => None,
+        a => return Err(ScheduleError::BulkAction(a.to_string())),
+    };
+    let macs = req.macs()?;
+    let mut sites: Vec<String> = Vec::new();
+    for m in &macs {
+        let site = hosts::get(conn, *m)?
+            .and_then(|h| h.site)
+            .unwrap_or_else(|| "(no site)".into());
+        if !sites.contains(&site) {
+            sites.push(site);
+        }
+    }
+    let n = macs.len();
+    if (n > BULK_CONFIRM_OVER || sites.len() > 1) && req.confirm != Some(n) {
+        return Err(ScheduleError::Unconfirmed {
+            action: req.action.clone(),
+            n,
+            sites,
+        });
+    }
+    let mut out = BulkOutcome::default();
+    for m in &macs {
+        let mac = m.to_string();
+        let outcome: Result<serde_json::Value, ScheduleError> = match kind {
+            Some(kind) => create(
+                conn,
+                data,
+                &TaskRequest {
+                    kind,
+                    host: Some(mac.clone()),
+                    group: None,
+                    image: req.image.clone(),
+                    at: req.at.clone(),
+                    replace: false,
+                    multicast: None,
+                    wake: req.wake.then(Default::default),
+                    then: None,
+                },
+                now,
+            )
+            .map(|t| serde_json::json!({ "mac": mac, "tasks": t })),
+            None if req.action == "wake" => wake(
+                conn,
+                std::slice::from_ref(&mac),
+                None,
+                req.at.as_deref(),
+                &Default::default(),
+                now,
+            )
+            .map(|w| serde_json::json!({ "mac": mac, "wakes": w })),
+            None => cancel(conn, &CancelTarget::Host(*m), now)
+                .map(|t| serde_json::json!({ "mac": mac, "cancelled": t })),
+        };
+        match outcome {
+            Ok(v) => out.done.push(v),
+            Err(ScheduleError::Db(e)) => return Err(e.into()),
+            Err(e) => out
+                .failed
+                .push(serde_json::json!({ "mac": mac, "error": e.to_string() })),
+        }
+    }
+    Ok(out)
 }

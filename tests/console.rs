@@ -401,6 +401,96 @@ fn staff_work_in_the_console_each_within_their_sites() {
     assert_eq!(pushes["pushes"].as_array().unwrap().len(), 1, "{pushes}");
     assert_eq!(pushes["pushes"][0]["sites"][0]["site"], "lycee");
     b.shot("08-images-push-created");
+    // the night: the lycee's relay reports its progress every 10 minutes (the clock moves),
+    // the push page draws the curve against the deadline-less night
+    let push = pushes["pushes"][0]["push"].as_i64().unwrap();
+    let total = pushes["pushes"][0]["sites"][0]["bytes_total"]
+        .as_u64()
+        .unwrap_or(1000)
+        .max(1000);
+    let mut t = hour + 60;
+    for step in 0..=6u64 {
+        t += 600;
+        std::fs::write(&clock, t.to_string()).unwrap();
+        let done = total * step / 6;
+        let state = if step == 6 { "done" } else { "running" };
+        let body = json!({
+            "protocol": bootcast::proto::relay::PROTOCOL,
+            "site": "lycee", "url": "http://10.99.1.1:8080", "version": "test",
+            "cache_bytes": done, "complete": [],
+            "pushes": [{"push": push, "state": state, "bytes_done": done, "bytes_total": total,
+                        "fetched": done, "rate": 1000}]
+        });
+        let (code, _, text) = common::request(
+            "POST",
+            &format!("{}/api/v1/relay/heartbeat", s.url),
+            &[
+                ("authorization", "Bearer relay-token-of-lycee"),
+                ("content-type", "application/json"),
+            ],
+            Some(body.to_string().into_bytes()),
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&text));
+    }
+    b.goto(&format!("/ui/push/{push}"));
+    b.wait("#push-chart");
+    let points = b.js(
+        "return document.querySelector('#push-chart polyline[data-site=lycee]').getAttribute('points').split(' ').length;",
+        vec![],
+    );
+    assert_eq!(
+        points,
+        json!(7),
+        "a sample per 10 minutes, the end included"
+    );
+    assert!(
+        b.text("#push-sites").contains("100 %"),
+        "{}",
+        b.text("#push-sites")
+    );
+    b.shot("08b-push-night-curve");
+    // a host's hardware changes from one boot's inventory to the next
+    b.goto(&format!("/ui/host/{}", lycee(1)));
+    b.wait("#inventory-history");
+    let changes = b.text("#inventory-history");
+    assert!(
+        changes.contains("memory: removed [], added [DIMM 0 8192 MiB]"),
+        "{changes}"
+    );
+    b.js(
+        "document.querySelector('#inventory-history').scrollIntoView();",
+        vec![],
+    );
+    b.shot("08c-host-hardware-changes");
+    // a room reimaged by multicast now: its session and receivers on the Multicast page
+    b.goto("/ui/room/college-r1");
+    b.wait("#room-task");
+    b.js(
+        "document.querySelector('#room-task input[name=multicast]').checked = true;",
+        vec![],
+    );
+    b.click("#room-task button[type=submit]");
+    b.until(
+        "the room's four tasks",
+        "return document.querySelectorAll('#room .task-state').length === 4",
+    );
+    b.goto("/ui/multicast");
+    b.wait("#multicast tr[data-session]");
+    let row = b.text("#multicast tr[data-session]");
+    assert!(row.contains("college-r1") && row.contains("demo@"), "{row}");
+    let cells: Vec<String> = b
+        .js(
+            "return [...document.querySelectorAll('#multicast tr[data-session] td.num')].map((c) => c.textContent);",
+            vec![],
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    // runs, receivers, waiting, joined, done, dropped
+    assert_eq!(cells, ["0", "4", "4", "0", "0", "0"], "{row}");
+    b.shot("08d-multicast-sessions");
     b.goto("/ui");
     b.wait("#sites");
     b.shot("09-dashboard-admin");
@@ -468,6 +558,7 @@ fn staff_work_in_the_console_each_within_their_sites() {
             "root-anne login 200".into(),
             format!("root-anne POST /api/v1/images/demo/{capture}/approve 200"),
             "root-anne POST /api/v1/pushes 201".into(),
+            "root-anne POST /api/v1/tasks 201".into(),
             "root-anne POST /api/v1/bulk 409".into(),
             "root-anne POST /api/v1/bulk 200".into(),
             "root-anne POST /api/v1/logout 200".into(),

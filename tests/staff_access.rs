@@ -157,6 +157,8 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
                     route.into(),
                     Some(json!({ "images": ["demo"], "sites": ["lycee"] })),
                 ),
+                // the admin's push, made above (ROUTES lists POST before this)
+                ("GET", "/api/v1/pushes/{id}/progress") => (route.replace("{id}", "1"), None),
                 ("GET", _) => (route.into(), None),
                 ("POST", "/api/v1/tasks") => (
                     route.into(),
@@ -346,6 +348,46 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
             .iter()
             .all(|t| t["mac"].as_str().unwrap().starts_with("52:54:00:21:01")),
         "{tasks}"
+    );
+    // multicast sessions: the operator's list has the lycee's, not the college's
+    let (code, t) = admin_api(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "kind": "reimage", "group": "college-r1", "image": "demo", "multicast": {} })),
+    );
+    assert_eq!(code, 201, "{t}");
+    changes.push(("admin".into(), "POST /api/v1/tasks".into()));
+    let (_, all) = admin_api(&s, "GET", "/api/v1/multicast", None);
+    let college_session = &all["sessions"][0];
+    assert_eq!(college_session["group"], "college-r1", "{all}");
+    let n = t["tasks"].as_array().unwrap().len();
+    assert_eq!(
+        (
+            &college_session["tasks"],
+            &college_session["waiting"],
+            &college_session["joined"],
+            &college_session["done"],
+            &college_session["dropped"]
+        ),
+        (&json!(n), &json!(n), &json!(0), &json!(0), &json!(0)),
+        "{all}"
+    );
+    let mine = get("/api/v1/multicast");
+    assert!(
+        mine["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["group"] != "college-r1"),
+        "{mine}"
+    );
+    // a push's curve: no heartbeat yet, so no samples; an unknown push is a 404
+    let curve = get("/api/v1/pushes/1/progress");
+    assert_eq!((&curve["push"], &curve["sites"]), (&json!(1), &json!([])));
+    assert_eq!(
+        call(&s, op, "GET", "/api/v1/pushes/99/progress", &None).0,
+        404
     );
     let viewer_hosts = serde_json::from_str::<Value>(
         &call(&s, Some(&tokens["viewer"]), "GET", "/api/v1/hosts", &None).1,
@@ -548,6 +590,50 @@ fn browser_sessions_need_their_csrf_token_and_end_at_logout() {
         actions.contains(&"POST /api/v1/tasks") && actions.contains(&"POST /api/v1/logout"),
         "{actions:?}"
     );
+}
+
+/// Guessing passwords: after 5 failures an account waits, even for the right password, and
+/// other accounts do not; after 20 failures from one address, every login from it waits.
+#[test]
+fn failed_logins_make_the_account_then_the_address_wait() {
+    use bootcast::http::staff::{LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER};
+    let lab = Lab::new();
+    seed(&lab);
+    add_user(&lab, "op-lycee", "operator", Some("lycee"));
+    add_user(&lab, "op-college", "operator", Some("college"));
+    let s = InProcess::start(&lab);
+    let login = |user: &str, password: &str| login(&s.url, user, password);
+    for _ in 0..LOGIN_FAILURES_PER_USER {
+        assert_eq!(login("op-lycee", "guess guess guess").0, 401);
+    }
+    let (code, cookie, body) = login("op-lycee", PASSWORD);
+    assert_eq!(code, 429, "{body}");
+    assert!(cookie.is_none());
+    assert!(
+        body.contains("failed logins") && body.contains("user passwd op-lycee"),
+        "{body}"
+    );
+    assert_eq!(login("op-college", PASSWORD).0, 200, "another account");
+    // the refused attempts are in the trail (the throttled one as 429)
+    let (_, audit) = common::api(&s, "GET", "/api/v1/audit?user=op-lycee", None);
+    let statuses: Vec<i64> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|c| **c == 401).count() as u32,
+        LOGIN_FAILURES_PER_USER
+    );
+    assert_eq!(statuses[0], 429, "{audit}");
+    // names tried one after the other from one address
+    for k in LOGIN_FAILURES_PER_USER..LOGIN_FAILURES_PER_ADDRESS {
+        assert_eq!(login(&format!("guess{k}"), "x-x-x-x-x").0, 401);
+    }
+    let (code, _, body) = login("op-college", PASSWORD);
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("from 127.0.0.1"), "{body}");
 }
 
 /// A real OpenLDAP (Debian's slapd) in a temporary directory on a loopback port: the people
@@ -888,4 +974,42 @@ fn bulk_actions_on_many_hosts_or_several_sites_ask_for_the_count() {
             op_(400)
         ]
     );
+
+    // the command line: the same guard, with --confirm N
+    let out = lab.run(&["task", "bulk", "wake", "--site", "college"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("40 hosts") && err.contains("--confirm 40"),
+        "{err}"
+    );
+    let v = lab.json(&[
+        "task",
+        "bulk",
+        "wake",
+        "--site",
+        "college",
+        "--confirm",
+        "40",
+    ]);
+    assert_eq!(v["done"].as_array().unwrap().len(), 40, "{v}");
+    let v = lab.json(&[
+        "task",
+        "bulk",
+        "inventory",
+        "--group",
+        "lycee-r1",
+        "--host",
+        &lycee(30),
+    ]);
+    assert_eq!(
+        (
+            v["done"].as_array().unwrap().len(),
+            v["failed"].as_array().unwrap().len()
+        ),
+        (5, 0),
+        "{v}"
+    );
+    let (_, audit) = common::api(&s, "GET", "/api/v1/audit?q=task%20bulk&limit=10", None);
+    assert_eq!(audit["total"], 2, "the two changes made: {audit}");
 }

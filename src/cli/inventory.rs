@@ -159,17 +159,17 @@ pub fn run(cmd: InventoryCmd, data: &Path, out: &Output) -> Result<ExitCode> {
         InventoryCmd::History { host } => {
             let mac: Mac = host.parse()?;
             let db = open_db(data)?;
-            let list = inventories::history(&db.lock(), mac, 1000)?;
-            let mut rows = Vec::new();
-            for (k, s) in list.iter().enumerate() {
-                let older = list.get(k + 1).map(|o| &o.inventory);
-                let changes = bootcast::inventory::diff::changes(older, &s.inventory);
-                rows.push(serde_json::json!({
-                    "id": s.id,
-                    "received_at": bootcast::time::rfc3339(s.received_at),
-                    "changes": changes,
-                }));
-            }
+            let list = inventories::history_steps(&db.lock(), mac, 1000)?;
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.stored.id,
+                        "received_at": bootcast::time::rfc3339(s.stored.received_at),
+                        "changes": s.changes,
+                    })
+                })
+                .collect();
             out.emit(&serde_json::json!({ "history": rows }), || {
                 if rows.is_empty() {
                     return format!("no inventory of {mac} yet");

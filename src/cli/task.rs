@@ -80,6 +80,35 @@ pub enum TaskCmd {
     /// schedule
     #[command(subcommand)]
     Rule(RuleCmd),
+    /// One action on a selection of hosts (each done or refused on its own): more than 25
+    /// hosts, or hosts of several sites, needs --confirm with their count
+    #[command(group(ArgGroup::new("selection").required(true).multiple(true).args(["host", "group", "site"])))]
+    Bulk {
+        /// reimage, capture, inventory, wake or cancel
+        #[arg(value_parser = ["reimage", "capture", "inventory", "wake", "cancel"])]
+        action: String,
+        /// A host (repeat for more)
+        #[arg(long)]
+        host: Vec<String>,
+        /// Every host of a group (repeat for more)
+        #[arg(long)]
+        group: Vec<String>,
+        /// Every active host of a site (repeat for more)
+        #[arg(long)]
+        site: Vec<String>,
+        /// reimage: NAME[@VERSION]; capture: NAME
+        #[arg(long, default_value = "")]
+        image: String,
+        /// Not before: HH:MM (this server's local time) or RFC 3339
+        #[arg(long)]
+        at: Option<String>,
+        /// Wake the hosts when their tasks may start
+        #[arg(long)]
+        wake: bool,
+        /// The number of hosts selected, as the refusal names it
+        #[arg(long)]
+        confirm: Option<usize>,
+    },
     /// Cancel task ID, or every open task of a host or of a group's hosts
     #[command(group(ArgGroup::new("which").required(true).args(["id", "host", "group"])))]
     Cancel {
@@ -389,6 +418,77 @@ pub fn run(cmd: TaskCmd, data: &Path, out: &Output) -> Result<ExitCode> {
             });
         }
         TaskCmd::Rule(cmd) => rules(out, &c, cmd, now)?,
+        TaskCmd::Bulk {
+            action,
+            host,
+            group,
+            site,
+            image,
+            at,
+            wake,
+            confirm,
+        } => {
+            let mut hosts = host;
+            for g in &group {
+                if !bootcast::db::groups::exists(&c, g)? {
+                    anyhow::bail!(schedule::ScheduleError::UnknownGroup(g.clone()));
+                }
+                hosts.extend(
+                    bootcast::db::groups::members(&c, g)?
+                        .iter()
+                        .map(Mac::to_string),
+                );
+            }
+            for s in &site {
+                let before = hosts.len();
+                let mut q = bootcast::db::hosts::HostQuery {
+                    site: Some(s.clone()),
+                    limit: Some(bootcast::db::hosts::PAGE_MAX),
+                    ..Default::default()
+                };
+                loop {
+                    let page = bootcast::db::hosts::page(&c, &q)?;
+                    hosts.extend(page.hosts.iter().map(|h| h.mac.to_string()));
+                    match page.next {
+                        Some(n) => q.after = Some(n),
+                        None => break,
+                    }
+                }
+                if hosts.len() == before {
+                    anyhow::bail!(
+                        "site {s:?} has no active host; `bootcast site list` shows the sites"
+                    );
+                }
+            }
+            let req = schedule::Bulk {
+                action,
+                hosts,
+                image,
+                at,
+                wake,
+                confirm,
+            };
+            let o = schedule::bulk(&mut c, data, &req, now)?;
+            out.emit(&o, || {
+                let mut lines = vec![format!(
+                    "{}: {} done, {} refused",
+                    req.action,
+                    o.done.len(),
+                    o.failed.len()
+                )];
+                for f in &o.failed {
+                    lines.push(format!(
+                        "  {}: {}",
+                        f["mac"].as_str().unwrap_or(""),
+                        f["error"].as_str().unwrap_or("")
+                    ));
+                }
+                lines.join("\n")
+            });
+            if o.done.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         TaskCmd::Cancel { id, host, group } => {
             let target = match (id, host, group) {
                 (Some(id), None, None) => CancelTarget::Id(id),

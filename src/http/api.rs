@@ -1192,16 +1192,30 @@ pub async fn ack_task_rule(
     Ok(Json(serde_json::json!({ "acknowledged": id })).into_response())
 }
 
-/// `GET /api/v1/groups`: every group with its hosts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupQuery {
+    /// This group only.
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `GET /api/v1/groups[?name=NAME]`: every group (or the one named) with its hosts; an
+/// operator's, of their sites.
 pub async fn list_groups(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
+    axum::extract::Query(q): axum::extract::Query<GroupQuery>,
 ) -> ApiResult {
     let g = st
         .db
         .read(move |c| {
             let mut kept = Vec::new();
-            for g in groups::list(c)? {
+            let all = match &q.name {
+                Some(n) => groups::get(c, n)?.into_iter().collect(),
+                None => groups::list(c)?,
+            };
+            for g in all {
                 if targets_in_scope(c, &who.scope(), None, Some(&g.name))?.is_ok() {
                     kept.push(g);
                 }
@@ -1212,64 +1226,17 @@ pub async fn list_groups(
     Ok(Json(serde_json::json!({ "groups": g })).into_response())
 }
 
-/// Most hosts a bulk action takes without `"confirm"` (a room is 4-20 machines).
-pub const BULK_CONFIRM_OVER: usize = 25;
-
-/// The body of `POST /api/v1/bulk`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bulk {
-    /// `reimage`, `capture`, `inventory`, `wake` or `cancel`.
-    pub action: String,
-    pub hosts: Vec<String>,
-    /// Reimage: `NAME[@VERSION]`; capture: `NAME`.
-    #[serde(default)]
-    pub image: String,
-    /// When the tasks may start (`HH:MM` or RFC 3339); default now.
-    #[serde(default)]
-    pub at: Option<String>,
-    /// Wake the hosts when their tasks may start.
-    #[serde(default)]
-    pub wake: bool,
-    /// The number of hosts, repeated: required when the selection is larger than
-    /// [`BULK_CONFIRM_OVER`] or spans several sites.
-    #[serde(default)]
-    pub confirm: Option<usize>,
-}
-
-/// `POST /api/v1/bulk`: one action on a selection of hosts. Answers each host's outcome,
-/// `{"done": [{"mac", "tasks"|"wakes"|"cancelled"}], "failed": [{"mac", "error"}]}`: 200 if
-/// any host's action was done, else 400. A selection of more than [`BULK_CONFIRM_OVER`] hosts,
-/// or of hosts of several sites, is refused with 409 (`{"confirm": N, "sites": [...]}`) until
-/// the request says `"confirm": N`.
+/// `POST /api/v1/bulk`: one action on a selection of hosts ([`schedule::bulk`]). Answers
+/// each host's outcome, `{"done": [{"mac", "tasks"|"wakes"|"cancelled"}], "failed": [{"mac",
+/// "error"}]}`: 200 if any host's action was done, else 400. A selection of more than
+/// [`schedule::BULK_CONFIRM_OVER`] hosts, or of hosts of several sites, is refused with 409
+/// (`{"confirm": N, "sites": [...]}`) until the request says `"confirm": N`.
 pub async fn bulk(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
-    Json(req): Json<Bulk>,
+    Json(req): Json<schedule::Bulk>,
 ) -> ApiResult {
-    let kind = match req.action.as_str() {
-        "reimage" => Some(TaskKind::Reimage),
-        "capture" => Some(TaskKind::Capture),
-        "inventory" => Some(TaskKind::Inventory),
-        "wake" | "cancel" => None,
-        a => {
-            return Err(ApiError::bad_request(format!(
-                "action {a:?}: say reimage, capture, inventory, wake or cancel"
-            )))
-        }
-    };
-    if req.hosts.is_empty() {
-        return Err(ApiError::bad_request(
-            "no host selected (\"hosts\": [MAC, ...])",
-        ));
-    }
-    let mut macs = Vec::with_capacity(req.hosts.len());
-    for h in &req.hosts {
-        let m = parse_mac(h)?;
-        if !macs.contains(&m) {
-            macs.push(m);
-        }
-    }
+    let macs = req.macs()?;
     let (data, now) = (st.data.clone(), crate::time::now_unix());
     let out = st
         .db
@@ -1277,68 +1244,20 @@ pub async fn bulk(
             if let Err(e) = in_scope(c, &who.scope(), &macs)? {
                 return Ok(Err(e));
             }
-            let mut sites: Vec<String> = Vec::new();
-            for m in &macs {
-                let site = hosts::get(c, *m)?
-                    .and_then(|h| h.site)
-                    .unwrap_or_else(|| "(no site)".into());
-                if !sites.contains(&site) {
-                    sites.push(site);
-                }
-            }
-            let n = macs.len();
-            if (n > BULK_CONFIRM_OVER || sites.len() > 1) && req.confirm != Some(n) {
-                let e = ApiError::conflict(format!(
-                    "this {} acts on {n} hosts of {} site(s) ({}): send it again with \"confirm\": {n} (command line: --confirm {n})",
-                    req.action,
-                    sites.len(),
-                    sites.join(", ")
-                ));
-                return Ok(Err(e.with_detail(serde_json::json!({ "confirm": n, "sites": sites }))));
-            }
-            let mut done = Vec::new();
-            let mut failed = Vec::new();
-            for m in &macs {
-                let mac = m.to_string();
-                let outcome: Result<serde_json::Value, String> = match kind {
-                    Some(kind) => schedule::create(
-                        c,
-                        &data,
-                        &TaskRequest {
-                            kind,
-                            host: Some(mac.clone()),
-                            group: None,
-                            image: req.image.clone(),
-                            at: req.at.clone(),
-                            replace: false,
-                            multicast: None,
-                            wake: req.wake.then(Default::default),
-                            then: None,
-                        },
-                        now,
-                    )
-                    .map(|t| serde_json::json!({ "mac": mac, "tasks": t }))
-                    .map_err(|e| e.to_string()),
-                    None if req.action == "wake" => schedule::wake(
-                        c,
-                        std::slice::from_ref(&mac),
-                        None,
-                        req.at.as_deref(),
-                        &Default::default(),
-                        now,
-                    )
-                    .map(|w| serde_json::json!({ "mac": mac, "wakes": w }))
-                    .map_err(|e| e.to_string()),
-                    None => schedule::cancel(c, &CancelTarget::Host(*m), now)
-                        .map(|t| serde_json::json!({ "mac": mac, "cancelled": t }))
-                        .map_err(|e| e.to_string()),
-                };
-                match outcome {
-                    Ok(v) => done.push(v),
-                    Err(e) => failed.push(serde_json::json!({ "mac": mac, "error": e })),
-                }
-            }
-            Ok(Ok((done, failed)))
+            Ok(schedule::bulk(c, &data, &req, now)
+                .map(|o| (o.done, o.failed))
+                .map_err(|e| {
+                    let detail = match &e {
+                        ScheduleError::Unconfirmed { n, sites, .. } => {
+                            Some(serde_json::json!({ "confirm": n, "sites": sites }))
+                        }
+                        _ => None,
+                    };
+                    match (ApiError::from(e), detail) {
+                        (api, Some(d)) => api.with_detail(d),
+                        (api, None) => api,
+                    }
+                }))
         })
         .await??;
     let (done, failed) = out;

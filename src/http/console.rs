@@ -27,7 +27,17 @@ const STYLE: &str = include_str!("console/console.css");
 
 /// The pages (`/ui/NAME`); the script draws each.
 pub const PAGES: &[&str] = &[
-    "", "hosts", "host", "room", "images", "tasks", "rules", "audit", "users",
+    "",
+    "hosts",
+    "host",
+    "room",
+    "images",
+    "push",
+    "multicast",
+    "tasks",
+    "rules",
+    "audit",
+    "users",
 ];
 
 /// `GET /api/v1/dashboard`: hosts and tasks counted, tasks under way, the caller's sites with
@@ -154,6 +164,76 @@ pub async fn live(State(st): State<AppState>, Extension(who): Extension<Principa
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(3)))
         .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    /// Sessions older than this id (the previous page's `next`).
+    #[serde(default)]
+    before: Option<i64>,
+    /// Sessions per page (default 50, at most 500).
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/multicast[?before=ID&limit=N]`: room multicast sessions, newest first, each
+/// with its receivers counted from its tasks (waiting, joined, done, dropped) and its
+/// sender's last report when this server ran it; `next` pages on. An operator sees the
+/// sessions of their sites' hosts.
+pub async fn multicast_sessions(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Query(q): axum::extract::Query<SessionQuery>,
+) -> ApiResult {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let list = st
+        .db
+        .read(move |c| {
+            let scope = who.scope();
+            crate::db::sessions::followed(c, scope.sites(), q.before, limit + 1)
+        })
+        .await?;
+    let mut list = list;
+    let next = (list.len() > limit as usize).then(|| {
+        list.truncate(limit as usize);
+        list.last().map(|s| s.session.id)
+    });
+    Ok(Json(serde_json::json!({ "sessions": list, "next": next.flatten() })).into_response())
+}
+
+/// `GET /api/v1/pushes/{id}/progress`: each site's progress over time in push `id` (samples
+/// of its relay's heartbeats, every few minutes), and the push's deadline: the night's
+/// curve. An operator gets their sites' curves.
+pub async fn push_progress(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    let got = st
+        .db
+        .read(move |c| {
+            let Some(p) = pushes::get(c, id)? else {
+                return Ok(None);
+            };
+            let scope = who.scope();
+            Ok(Some((p, pushes::curves(c, id, scope.sites())?)))
+        })
+        .await?;
+    let Some((p, curves)) = got else {
+        return Err(ApiError::not_found(format!(
+            "no push {id}: `GET /api/v1/pushes` lists the open ones"
+        )));
+    };
+    Ok(Json(serde_json::json!({
+        "push": p.id,
+        "created_at": p.created_at,
+        "deadline": p.deadline,
+        "state": p.state,
+        "now": st.clock.now(),
+        "sites": curves,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -70,6 +70,11 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
     }
 
+    /// 429: too many attempts; try later.
+    pub fn too_many(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+    }
+
     /// 502: the node above (a relay's upstream) failed.
     pub fn bad_gateway(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, message)

@@ -129,20 +129,32 @@ pub async fn host_inventory(
     }
 }
 
-/// `GET /api/v1/hosts/{mac}/inventory/history`: every stored inventory, newest first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Inventories shown, newest first (default and most: 1000).
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/hosts/{mac}/inventory/history[?limit=N]`: the stored inventories, newest
+/// first, each with `changes` since the one before it (disks, memory, CPUs, network cards,
+/// the machine's identity).
 pub async fn host_inventory_history(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(mac): Path<String>,
+    Query(q): Query<HistoryQuery>,
 ) -> ApiResult {
     let mac = parse_mac(&mac)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
     let list = st
         .db
         .read(move |c| {
             if let Err(e) = super::staff::in_scope(c, &who.scope(), &[mac])? {
                 return Ok(Err(e));
             }
-            Ok(Ok(inventories::history(c, mac, 1000)?))
+            Ok(Ok(inventories::history_steps(c, mac, limit)?))
         })
         .await??;
     Ok(Json(serde_json::json!({ "inventories": list })).into_response())

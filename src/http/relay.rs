@@ -32,7 +32,7 @@ pub async fn heartbeat(
         return Err(ApiError::unauthorized("a relay authenticates with its site's token: Authorization: Bearer TOKEN (`bootcast site add` printed it; `bootcast site token NAME --rotate` on the central server makes a new one)",
         ));
     };
-    let now = crate::time::now_unix();
+    let (now, sampled_at) = (crate::time::now_unix(), st.clock.now());
     let site_name = hb.site.clone();
     let after_register = st.after_register.as_str();
     let (hb_protocol, held) = (hb.protocol, hb.book);
@@ -67,6 +67,8 @@ pub async fn heartbeat(
             let reported: Vec<i64> = hb.pushes.iter().map(|p| p.push).collect();
             let done_before = pushes::done_among(c, &reported)?;
             sites::record_heartbeat(c, &site.name, &hb, now)?;
+            // the night's curve, on the schedulers' clock (that of push windows)
+            pushes::sample_progress(c, &site.name, &hb.pushes, sampled_at)?;
             let woken: Vec<(i64, i64)> = hb.woken.iter().map(|w| (w.id, w.at)).collect();
             let woken = crate::db::wakes::mark_sent(c, &woken, &site.name, Some(&site.name))?;
             let newly_done: Vec<i64> = pushes::done_among(c, &reported)?

@@ -82,6 +82,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/api/v1/sites", Need::Read),
     ("GET", "/api/v1/pushes", Need::Read),
     ("POST", "/api/v1/pushes", Need::Admin),
+    ("GET", "/api/v1/pushes/{id}/progress", Need::Read),
+    ("GET", "/api/v1/multicast", Need::Read),
     ("GET", "/api/v1/dashboard", Need::Read),
     ("GET", "/api/v1/live", Need::Read),
     ("GET", "/api/v1/openapi.json", Need::Read),
@@ -465,7 +467,10 @@ pub async fn login(
     let now = crate::time::now_unix();
     let from = peer.ip().to_canonical().to_string();
     let name = body.user.trim().to_string();
-    let outcome = check_login(&st, &name, &body.password, now).await;
+    let outcome = match throttled(&st, &name, &from, now).await {
+        Some(e) => Err(e),
+        None => check_login(&st, &name, &body.password, now).await,
+    };
     let (granted, how) = match outcome {
         Ok(g) => g,
         Err(e) => {
@@ -532,6 +537,40 @@ pub async fn login(
         HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
     );
     Ok(resp)
+}
+
+/// Failed logins (wrong password, unknown user) that make an account wait
+/// [`LOGIN_PAUSE_SECS`]: against one account, and from one address (a student PC trying
+/// names).
+pub const LOGIN_FAILURES_PER_USER: u32 = 5;
+pub const LOGIN_FAILURES_PER_ADDRESS: u32 = 20;
+pub const LOGIN_PAUSE_SECS: i64 = 900;
+
+/// A refusal (429) when `name` or `from` failed to log in too often lately (counted from the
+/// trail, so a restart forgets nothing). The password is not even checked then.
+async fn throttled(st: &AppState, name: &str, from: &str, now: i64) -> Option<ApiError> {
+    let (user, addr) = (name.to_string(), from.to_string());
+    let since = now - LOGIN_PAUSE_SECS;
+    let (by_user, by_addr) = match st
+        .db
+        .read(move |c| staff::failed_logins(c, &user, &addr, since))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return Some(e.into()),
+    };
+    let mins = LOGIN_PAUSE_SECS / 60;
+    if by_user >= LOGIN_FAILURES_PER_USER {
+        return Some(ApiError::too_many(format!(
+            "{by_user} failed logins as {name:?} in the last {mins} minutes: wait, or have an admin set a new password (`bootcast user passwd {name}`)"
+        )));
+    }
+    if by_addr >= LOGIN_FAILURES_PER_ADDRESS {
+        return Some(ApiError::too_many(format!(
+            "{by_addr} failed logins from {from} in the last {mins} minutes: wait before trying again"
+        )));
+    }
+    None
 }
 
 /// The role and sites a login grants, and how it was checked (`local`, `ldap`).

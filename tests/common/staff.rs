@@ -64,7 +64,16 @@ pub fn seed(lab: &Lab) -> u32 {
     sites::record_heartbeat(&mut c, "lycee", &hb, bootcast::time::now_unix() - 120).unwrap();
     let inv: bootcast::inventory::Inventory =
         serde_json::from_value(json!({ "collected_at": 0, "mac": lycee(1) })).unwrap();
-    bootcast::db::inventories::record(&c, lycee(1).parse().unwrap(), &inv, 0).unwrap();
+    let day = 86400;
+    let now = bootcast::time::now_unix();
+    bootcast::db::inventories::record(&c, lycee(1).parse().unwrap(), &inv, now - 2 * day).unwrap();
+    // a day later, with a memory module more
+    let inv: bootcast::inventory::Inventory = serde_json::from_value(json!({
+        "collected_at": now - day, "mac": lycee(1),
+        "memory": [{ "slot": "DIMM 0", "size_mib": 8192 }],
+    }))
+    .unwrap();
+    bootcast::db::inventories::record(&c, lycee(1).parse().unwrap(), &inv, now - day).unwrap();
     drop(c);
     drop(db);
     rule as u32

@@ -63,6 +63,13 @@ function bar(done, total, state) {
   return h("div", { class: `bar ${state || ""}`, title: `${bytes(done)} of ${bytes(total)}` }, fill, h("em", {}, `${pct} %`));
 }
 function link(href, text) { return h("a", { href }, text); }
+function svg(tag, attrs, ...kids) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const k of kids.flat()) if (k) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return e;
+}
+const hhmm = (t) => new Date(t * 1000).toISOString().slice(11, 16);
 
 // --- the API --------------------------------------------------------------------------------
 
@@ -207,25 +214,17 @@ function pushChart(sites) {
   for (const s of sites) for (const p of s.pushes) rows.push({ site: s.name, p });
   if (rows.length === 0) return null;
   const w = 640, rh = 22, lw = 140;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("width", w);
-  svg.setAttribute("height", rows.length * rh + 10);
-  rows.forEach(({ site, p }, i) => {
+  const kids = rows.flatMap(({ site, p }, i) => {
     const y = 5 + i * rh;
     const frac = p.bytes_total > 0 ? p.bytes_done / p.bytes_total : (p.state === "done" ? 1 : 0);
-    const mk = (tag, attrs, text) => {
-      const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-      if (text) e.textContent = text;
-      svg.append(e);
-    };
-    mk("text", { x: 4, y: y + 14, "font-size": 12 }, `${site} #${p.push}`);
-    mk("rect", { x: lw, y, width: w - lw - 10, height: rh - 6, fill: "#e6e9ef" });
-    mk("rect", { x: lw, y, width: Math.round((w - lw - 10) * frac), height: rh - 6, fill: p.warning ? "#b7791f" : (p.state === "done" ? "#2e8540" : "#1f5fbf") });
-    mk("text", { x: lw + 4, y: y + 12, "font-size": 11 }, `${Math.round(frac * 100)} % ${p.eta ? "· ETA " + when(p.eta) : ""}`);
+    return [
+      svg("text", { x: 4, y: y + 14, "font-size": 12 }, `${site} #${p.push}`),
+      svg("rect", { x: lw, y, width: w - lw - 10, height: rh - 6, fill: "#e6e9ef" }),
+      svg("rect", { x: lw, y, width: Math.round((w - lw - 10) * frac), height: rh - 6, fill: p.warning ? "#b7791f" : (p.state === "done" ? "#2e8540" : "#1f5fbf") }),
+      svg("text", { x: lw + 4, y: y + 12, "font-size": 11 }, `${Math.round(frac * 100)} % ${p.eta ? "· ETA " + when(p.eta) : ""}`),
+    ];
   });
-  return svg;
+  return svg("svg", { class: "chart", width: w, height: rows.length * rh + 10 }, kids);
 }
 
 pages.hosts = async () => {
@@ -318,7 +317,7 @@ pages.host = async () => {
   const mac = ARG;
   const [d, events, inv, hist] = await Promise.all([
     get(`/api/v1/hosts/${mac}`), get(`/api/v1/events?host=${mac}&limit=30`),
-    get(`/api/v1/hosts/${mac}/inventory`).catch(() => null), get(`/api/v1/hosts/${mac}/inventory/history`).catch(() => ({ inventories: [] })),
+    get(`/api/v1/hosts/${mac}/inventory`).catch(() => null), get(`/api/v1/hosts/${mac}/inventory/history?limit=20`).catch(() => ({ inventories: [] })),
   ]);
   const x = d.host;
   const kv = (k, v) => h("tr", {}, h("th", {}, k), h("td", {}, v ?? "–"));
@@ -332,10 +331,14 @@ pages.host = async () => {
     h("h2", {}, "Tasks"), h("table", { id: "tasks" }, h("tr", {}, ["Id", "Kind", "Image", "Created", "State", "Progress", ""].map((c) => h("th", {}, c))),
       tasks.tasks.map((t) => h("tr", {}, h("td", {}, t.id), h("td", {}, t.kind), h("td", {}, t.image || ""), h("td", {}, when(t.created_at)), ...taskCells(t)))),
     h("h2", {}, "Inventory"), i ? h("table", { id: "inventory" },
-      kv("CPU", (i.cpus || []).map((c) => c.model || c.name).join(", ")), kv("Memory", bytes((i.memory || []).reduce((a, m) => a + (m.size || m.size_bytes || 0), 0))),
+      kv("CPU", (i.cpus || []).map((c) => c.model || c.name).join(", ")), kv("Memory", bytes((i.memory || []).reduce((a, m) => a + (m.size_mib || 0) * 1048576, 0))),
       kv("Disks", (i.storage || []).map((s) => `${s.name || ""} ${s.model || ""} ${bytes(s.size || s.size_bytes)}`).join(", ")),
-      kv("Collected", when(inv.received_at ? new Date(inv.received_at * 1000).toISOString() : null)), kv("Inventories kept", hist.inventories.length))
+      kv("Collected", when(inv.received_at)))
       : h("p", { class: "muted" }, "No inventory yet: the machine reports one at each network boot."),
+    hist.inventories.length ? h("h2", {}, "Hardware changes") : null,
+    hist.inventories.length ? h("table", { id: "inventory-history" }, h("tr", {}, ["Collected", "Changes since the inventory before"].map((c) => h("th", {}, c))),
+      hist.inventories.map((s) => h("tr", {}, h("td", {}, when(s.received_at)),
+        h("td", {}, s.changes.length ? s.changes.map((c) => h("div", { class: c.what === "new_machine" ? "muted" : "warn" }, `${c.what}: ${c.detail}`)) : h("span", { class: "muted" }, "no change"))))) : null,
     h("h2", {}, "Boots"), h("table", {}, h("tr", {}, ["At", "Stage", "Firmware", "Address"].map((c) => h("th", {}, c))),
       d.boots.map((b) => h("tr", {}, h("td", {}, when(b.at)), h("td", {}, b.stage), h("td", {}, b.firmware || ""), h("td", {}, b.ip || "")))),
     h("h2", {}, "Events"), h("table", { id: "events" }, h("tr", {}, ["At", "Event", "Detail"].map((c) => h("th", {}, c))),
@@ -344,7 +347,7 @@ pages.host = async () => {
 
 pages.room = async () => {
   const group = ARG;
-  const [groups, tasks] = await Promise.all([get("/api/v1/groups"), get("/api/v1/tasks?limit=1000")]);
+  const [groups, tasks] = await Promise.all([get(`/api/v1/groups?name=${encodeURIComponent(group)}`), get(`/api/v1/tasks?group=${encodeURIComponent(group)}&limit=1000`)]);
   const g = groups.groups.find((x) => x.name === group);
   if (!g) { show(h("h1", {}, `Room ${group}`), h("p", { class: "warn-bad" }, "No such room among yours.")); return; }
   const members = g.members || g.hosts || [];
@@ -391,8 +394,56 @@ pages.images = async () => {
   }
   show(h("h1", {}, "Images"), table, pushForm ? h("fieldset", {}, h("legend", {}, "Push to sites' relays"), pushForm) : null,
     h("h2", {}, "Pushes"), h("table", { id: "pushes" }, h("tr", {}, ["Push", "State", "Versions", "Sites"].map((c) => h("th", {}, c))),
-      pushes.pushes.map((p) => h("tr", {}, h("td", {}, p.push), h("td", {}, p.state), h("td", {}, p.versions.map((v) => `${v.image}@${String(v.version).slice(0, 8)}`).join(", ")),
+      pushes.pushes.map((p) => h("tr", {}, h("td", {}, link(`/ui/push/${p.push}`, `${p.push} (curve)`)), h("td", {}, p.state), h("td", {}, p.versions.map((v) => `${v.image}@${String(v.version).slice(0, 8)}`).join(", ")),
         h("td", {}, p.sites.map((s) => h("div", {}, `${s.site}: ${s.state}`, bar(s.bytes_done, s.bytes_total, s.state))))))));
+};
+
+/** The night's curve: each site's share of its push done, over time, and the deadline. */
+function nightCurve(p) {
+  const W = 760, H = 300, L = 44, R = 12, T = 12, B = 28;
+  const t0 = p.created_at;
+  const t1 = Math.max(p.now, p.deadline || 0, t0 + 60);
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (f) => T + (1 - f) * (H - T - B);
+  const kids = [];
+  for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+    kids.push(svg("line", { x1: L, x2: W - R, y1: y(f), y2: y(f), class: "grid" }), svg("text", { x: L - 6, y: y(f) + 4, "text-anchor": "end" }, `${f * 100} %`));
+  }
+  for (let k = 0; k <= 4; k++) {
+    const t = t0 + ((t1 - t0) * k) / 4;
+    kids.push(svg("text", { x: x(t), y: H - 8, "text-anchor": "middle" }, hhmm(t)));
+  }
+  if (p.deadline) kids.push(svg("line", { x1: x(p.deadline), x2: x(p.deadline), y1: T, y2: H - B, class: "deadline" }), svg("text", { x: x(p.deadline) - 4, y: T + 10, "text-anchor": "end", class: "deadline" }, "deadline"));
+  p.sites.forEach((s, k) => {
+    const pts = s.samples.map(([t, done]) => `${x(t).toFixed(1)},${y(s.bytes_total ? done / s.bytes_total : 1).toFixed(1)}`).join(" ");
+    kids.push(svg("polyline", { points: pts, class: `curve c${k % 8}`, "data-site": s.site }, svg("title", {}, s.site)));
+  });
+  return svg("svg", { id: "push-chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": "push progress over time per site" }, kids);
+}
+
+pages.push = async () => {
+  const p = await get(`/api/v1/pushes/${encodeURIComponent(ARG)}/progress`);
+  const last = (s) => (s.samples.length ? s.samples[s.samples.length - 1] : [null, 0]);
+  show(h("h1", {}, `Push ${p.push}`), h("p", { class: "muted" }, `${p.state}; created ${hhmm(p.created_at)} UTC${p.deadline ? `, deadline ${hhmm(p.deadline)} UTC` : ""}; sampled every 5 minutes from the relays' heartbeats`),
+    p.sites.length ? nightCurve(p) : h("p", { class: "muted" }, "No progress reported yet: the sites' relays report it in their heartbeats once their window opens."),
+    h("table", { id: "push-sites" }, h("tr", {}, ["", "Site", "Done", "Of", "Last report"].map((c) => h("th", {}, c))),
+      p.sites.map((s, k) => h("tr", {}, h("td", {}, h("span", { class: `swatch c${k % 8}` })), h("td", {}, s.site),
+        h("td", {}, bar(last(s)[1], s.bytes_total, last(s)[1] >= s.bytes_total ? "done" : "")), h("td", { class: "num" }, bytes(s.bytes_total)), h("td", {}, last(s)[0] ? `${hhmm(last(s)[0])} UTC` : "–")))));
+};
+
+pages.multicast = async () => {
+  const q = new URLSearchParams(location.search);
+  const p = new URLSearchParams({ limit: "50" });
+  if (q.get("before")) p.set("before", q.get("before"));
+  const m = await get(`/api/v1/multicast?${p}`);
+  const older = m.next ? link(`/ui/multicast?before=${m.next}`, "Older →") : null;
+  const sent = (r) => (r && r.bytes ? `${bytes(r.bytes)} sent in ${duration(Math.round(r.seconds))}, ${r.passes} passes${r.ended ? ", " + r.ended : ""}` : "");
+  show(h("h1", {}, "Multicast sessions"), h("div", { class: "pager" }, h("span", {}, `${m.sessions.length} sessions shown`), older),
+    h("table", { id: "multicast" }, h("tr", {}, ["Session", "Room", "Image", "Created", "Runs", "Receivers", "Waiting", "Joined", "Done", "Dropped", "Progress", "Sender"].map((c) => h("th", {}, c))),
+      m.sessions.map((s) => h("tr", { dataset: { session: s.id } }, h("td", {}, s.id), h("td", {}, s.group ? link(`/ui/room/${encodeURIComponent(s.group)}`, s.group) : "–"),
+        h("td", {}, `${s.image}@${String(s.version).slice(0, 8)}`), h("td", {}, when(s.created_at)), h("td", { class: "num" }, s.runs),
+        h("td", { class: "num" }, s.tasks), h("td", { class: "num" }, s.waiting), h("td", { class: "num" }, s.joined), h("td", { class: "num" }, s.done),
+        h("td", { class: s.dropped ? "num warn-bad" : "num" }, s.dropped), h("td", {}, bar(s.done, s.tasks, "")), h("td", { class: "muted" }, sent(s.last_report))))));
 };
 
 pages.tasks = async () => {
@@ -441,7 +492,7 @@ pages.users = async () => {
 
 function frame() {
   if (!ME) return;
-  const items = [["", "Dashboard"], ["hosts", "Hosts"], ["images", "Images"], ["tasks", "Tasks"], ["rules", "Calendar"], ["audit", "Audit"]];
+  const items = [["", "Dashboard"], ["hosts", "Hosts"], ["images", "Images"], ["multicast", "Multicast"], ["tasks", "Tasks"], ["rules", "Calendar"], ["audit", "Audit"]];
   if (ME.admin) items.push(["users", "Staff"]);
   document.getElementById("nav").replaceChildren(...items.map(([p, label]) =>
     h("a", { href: `/ui/${p}`, class: (PAGE === p || (PAGE === "dashboard" && p === "")) ? "current" : "" }, label)));
