@@ -339,6 +339,23 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
         .map(|g| g["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["lycee-r1"]);
+    assert_eq!(groups["total"], 1);
+    assert_eq!(
+        call(&s, op, "GET", "/api/v1/groups?site=college", &None).0,
+        403
+    );
+    // the admin's, by site and paged
+    let (_, by_site) = admin_api(&s, "GET", "/api/v1/groups?site=college", None);
+    assert_eq!(by_site["groups"][0]["name"], "college-r1", "{by_site}");
+    assert_eq!(by_site["total"], 1);
+    let (_, first) = admin_api(&s, "GET", "/api/v1/groups?limit=1", None);
+    assert_eq!(
+        (&first["total"], &first["next"]),
+        (&json!(2), &json!("college-r1"))
+    );
+    let (_, second) = admin_api(&s, "GET", "/api/v1/groups?limit=1&after=college-r1", None);
+    assert_eq!(second["groups"][0]["name"], "lycee-r1");
+    assert_eq!(second["next"], Value::Null);
     let tasks = get("/api/v1/tasks");
     assert!(!tasks["tasks"].as_array().unwrap().is_empty());
     assert!(

@@ -118,6 +118,74 @@ pub fn list(conn: &Connection) -> Result<Vec<Group>, DbError> {
         .collect()
 }
 
+/// Which groups a page lists ([`page`]).
+#[derive(Debug, Clone, Default)]
+pub struct GroupQuery {
+    /// This group only.
+    pub name: Option<String>,
+    /// Groups with a host of this site.
+    pub site: Option<String>,
+    /// Groups whose hosts are all of these sites (an operator's scope), and not empty.
+    pub scope: Option<Vec<String>>,
+    /// The page after this name.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// One page of groups by name, with their hosts; how many match in all; the name the next
+/// page starts after (`None`: the last page).
+pub fn page(
+    conn: &Connection,
+    q: &GroupQuery,
+) -> Result<(Vec<Group>, u64, Option<String>), DbError> {
+    let scope = q
+        .scope
+        .as_ref()
+        .map(|s| serde_json::to_string(s).expect("names serialise"));
+    let filter = "(?1 IS NULL OR g.name = ?1)
+        AND (?2 IS NULL OR EXISTS (SELECT 1 FROM group_members m JOIN hosts h ON h.mac = m.mac
+                                   WHERE m.grp = g.name AND h.site = ?2))
+        AND (?3 IS NULL OR (EXISTS (SELECT 1 FROM group_members m WHERE m.grp = g.name)
+             AND NOT EXISTS (SELECT 1 FROM group_members m JOIN hosts h ON h.mac = m.mac
+                             WHERE m.grp = g.name AND (h.site IS NULL
+                                   OR h.site NOT IN (SELECT value FROM json_each(?3))))))";
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM groups g WHERE {filter}"),
+            params![q.name, q.site, scope],
+            |r| r.get(0),
+        )
+        .what("count groups")?;
+    let names: Vec<String> = {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT g.name FROM groups g WHERE {filter} AND (?4 IS NULL OR g.name > ?4)
+                 ORDER BY g.name LIMIT ?5"
+            ))
+            .what("page groups")?;
+        let rows = st
+            .query_map(
+                params![q.name, q.site, scope, q.after, i64::from(q.limit) + 1],
+                |r| r.get(0),
+            )
+            .what("page groups")?;
+        rows.collect::<Result<_, _>>().what("page groups")?
+    };
+    let more = names.len() > q.limit as usize;
+    let groups: Vec<Group> = names
+        .into_iter()
+        .take(q.limit as usize)
+        .map(|name| {
+            let hosts = members(conn, &name)?;
+            Ok(Group { name, hosts })
+        })
+        .collect::<Result<_, DbError>>()?;
+    let next = more
+        .then(|| groups.last().map(|g| g.name.clone()))
+        .flatten();
+    Ok((groups, total as u64, next))
+}
+
 /// The groups `mac` belongs to, by name.
 pub fn of_host(conn: &Connection, mac: Mac) -> Result<Vec<String>, DbError> {
     let mut st = conn

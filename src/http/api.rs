@@ -1198,32 +1198,36 @@ pub struct GroupQuery {
     /// This group only.
     #[serde(default)]
     name: Option<String>,
+    /// Groups with a host of this site.
+    #[serde(default)]
+    site: Option<String>,
+    /// The page after this group name (the previous page's `next`).
+    #[serde(default)]
+    after: Option<String>,
+    /// Groups per page (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
-/// `GET /api/v1/groups[?name=NAME]`: every group (or the one named) with its hosts; an
-/// operator's, of their sites.
+/// `GET /api/v1/groups[?name=NAME][&site=S][&after=NAME][&limit=N]`: a page of groups by
+/// name with their hosts, `{"groups", "total", "next"}`; an operator's, of their sites (every
+/// host of the group is).
 pub async fn list_groups(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     axum::extract::Query(q): axum::extract::Query<GroupQuery>,
 ) -> ApiResult {
-    let g = st
-        .db
-        .read(move |c| {
-            let mut kept = Vec::new();
-            let all = match &q.name {
-                Some(n) => groups::get(c, n)?.into_iter().collect(),
-                None => groups::list(c)?,
-            };
-            for g in all {
-                if targets_in_scope(c, &who.scope(), None, Some(&g.name))?.is_ok() {
-                    kept.push(g);
-                }
-            }
-            Ok(kept)
-        })
-        .await?;
-    Ok(Json(serde_json::json!({ "groups": g })).into_response())
+    let scope = who.scope();
+    super::staff::site_in_scope(&scope, q.site.as_deref())?;
+    let query = groups::GroupQuery {
+        name: q.name,
+        site: q.site,
+        scope: scope.sites().map(<[String]>::to_vec),
+        after: q.after,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let (g, total, next) = st.db.read(move |c| groups::page(c, &query)).await?;
+    Ok(Json(serde_json::json!({ "groups": g, "total": total, "next": next })).into_response())
 }
 
 /// `POST /api/v1/bulk`: one action on a selection of hosts ([`schedule::bulk`]). Answers

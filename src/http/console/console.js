@@ -229,7 +229,9 @@ function pushChart(sites) {
 
 pages.hosts = async () => {
   const q = new URLSearchParams(location.search);
-  const [sites, groups] = await Promise.all([get("/api/v1/sites"), get("/api/v1/groups")]);
+  // the rooms of the site shown (a region has thousands)
+  const [sites, groups] = await Promise.all([get("/api/v1/sites"),
+    q.get("site") ? get(`/api/v1/groups?site=${encodeURIComponent(q.get("site"))}&limit=1000`) : Promise.resolve({ groups: [] })]);
   const params = new URLSearchParams();
   for (const k of ["site", "group", "q", "after"]) if (q.get(k)) params.set(k, q.get(k));
   params.set("limit", "100");
@@ -237,10 +239,10 @@ pages.hosts = async () => {
   const here = (k, v) => q.get(k) === v ? "current" : "";
   const tree = h("div", { class: "tree", id: "tree" }, h("ul", {},
     h("li", {}, h("a", { href: "/ui/hosts", class: !q.get("site") && !q.get("group") ? "current" : "" }, "All my hosts")),
-    sites.sites.map((s) => h("li", {}, h("a", { href: `/ui/hosts?site=${encodeURIComponent(s.name)}`, class: here("site", s.name) }, s.name))),
-    h("li", {}, h("span", { class: "muted" }, "Rooms"), h("ul", {}, groups.groups.map((g) =>
-      h("li", {}, h("a", { href: `/ui/room/${encodeURIComponent(g.name)}` }, g.name), " ",
-        h("span", { class: "muted" }, `(${g.members ? g.members.length : (g.hosts || []).length})`)))))));
+    sites.sites.map((s) => h("li", {}, h("a", { href: `/ui/hosts?site=${encodeURIComponent(s.name)}`, class: here("site", s.name) }, s.name),
+      q.get("site") === s.name ? h("ul", { id: "rooms" }, groups.groups.map((g) =>
+        h("li", {}, h("a", { href: `/ui/room/${encodeURIComponent(g.name)}` }, g.name), " ",
+          h("span", { class: "muted" }, `(${g.hosts.length})`)))) : null))));
   const search = h("input", { name: "q", id: "search", value: q.get("q") || "", placeholder: "MAC, name, address, model, serial" });
   const form = h("form", { class: "inline", onsubmit: (e) => {
     e.preventDefault();
@@ -350,8 +352,7 @@ pages.room = async () => {
   const [groups, tasks] = await Promise.all([get(`/api/v1/groups?name=${encodeURIComponent(group)}`), get(`/api/v1/tasks?group=${encodeURIComponent(group)}&limit=1000`)]);
   const g = groups.groups.find((x) => x.name === group);
   if (!g) { show(h("h1", {}, `Room ${group}`), h("p", { class: "warn-bad" }, "No such room among yours.")); return; }
-  const members = g.members || g.hosts || [];
-  const macs = members.map((m) => (typeof m === "string" ? m : m.mac));
+  const macs = g.hosts;
   const byMac = new Map(tasks.tasks.filter((t) => macs.includes(t.mac)).map((t) => [t.mac, t]));
   const table = h("table", { id: "room" }, h("tr", {}, ["Host", "Task", "Kind", "State", "Progress", ""].map((c) => h("th", {}, c))),
     macs.map((mac) => {
