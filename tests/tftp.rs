@@ -228,9 +228,15 @@ impl Raw {
     }
 
     fn request(&self, op: u16, name: &[u8], opts: &[(&str, &str)]) {
+        self.request_mode(op, name, "octet", opts)
+    }
+
+    fn request_mode(&self, op: u16, name: &[u8], mode: &str, opts: &[(&str, &str)]) {
         let mut p = op.to_be_bytes().to_vec();
         p.extend_from_slice(name);
-        p.extend_from_slice(b"\0octet\0");
+        p.push(0);
+        p.extend_from_slice(mode.as_bytes());
+        p.push(0);
         for (k, v) in opts {
             p.extend_from_slice(k.as_bytes());
             p.push(0);
@@ -417,7 +423,7 @@ fn embedded_ipxe_binaries_served_from_memory() {
     assert_eq!(raw.expect_error().0, 1, "file not found");
 }
 
-/// Options as async-tftp negotiates them through bootcast: blksize (capped), tsize, timeout,
+/// Options as bootcast negotiates them: blksize (capped), tsize, timeout,
 /// windowsize, and what OVMF asks.
 #[test]
 fn options_are_acknowledged() {
@@ -717,7 +723,7 @@ fn malformed_burst_then_normal_transfer() {
         b"\x00\x06blksize\x00512\x00".to_vec(),            // OACK to the server port
         vec![0x41; 65_000],                                // larger than any buffer
     ];
-    // Huge option list: thousands of options, past async-tftp's 4 KiB receive buffer.
+    // Huge option list: thousands of options, in one datagram of 60 KB.
     let mut huge = b"\x00\x01after\x00octet\x00".to_vec();
     for i in 0..3000 {
         huge.extend_from_slice(format!("opt{i}\0{}\0", "9".repeat(10)).as_bytes());
@@ -801,7 +807,7 @@ fn transfers_are_bounded() {
     };
     assert_eq!(resent, 2, "retransmissions of an unanswered block");
     assert_eq!(code, 0);
-    // The slot is released once async-tftp drops the transfer, just after that ERROR; a new
+    // The slot is released once the transfer's task ends, just after that ERROR; a new
     // request may still race it, so a busy answer is retried (bounded).
     for attempt in 0.. {
         let d = Raw::new(s.addr);
@@ -812,4 +818,256 @@ fn transfers_are_bounded() {
         }
         assert!(attempt < 1000, "slot never freed");
     }
+}
+
+// ---------------------------------------------------------------- conformance
+
+/// netascii (RFC 1350, 764): LF goes as CR LF and a bare CR as CR NUL, whatever the pieces
+/// the file is read in; tftp-hpa's ascii mode turns it back into the file; no tsize is
+/// offered (the wire size is not the file's).
+#[test]
+fn netascii_is_converted_on_the_wire() {
+    let s = Server::start(|_| {});
+    let mut text = Vec::new();
+    for i in 0..3000 {
+        text.extend_from_slice(format!("line {i}\n").as_bytes());
+        if i % 7 == 0 {
+            text.extend_from_slice(b"dos line\r\n");
+        }
+        if i % 11 == 0 {
+            text.extend_from_slice(b"bare\rcr ");
+        }
+    }
+    text.extend_from_slice(b"ends in cr\r");
+    let text = s.file("notes.txt", text);
+    let mut wire = Vec::new();
+    for &c in &text {
+        match c {
+            b'\n' => wire.extend_from_slice(b"\r\n"),
+            b'\r' => wire.extend_from_slice(b"\r\0"),
+            c => wire.push(c),
+        }
+    }
+    // the raw client sees the wire form, in lock-step and in windows, with no tsize
+    for (opts, blksize, window) in [
+        (vec![], 512, 1),
+        (
+            vec![("blksize", "1468"), ("windowsize", "8"), ("tsize", "0")],
+            1468,
+            8,
+        ),
+    ] {
+        let raw = Raw::new(s.addr);
+        raw.request_mode(RRQ, b"notes.txt", "netascii", &opts);
+        let (mut op, mut rest, peer) = raw.recv();
+        if op == OACK {
+            let oack = parse_oack(&rest);
+            assert!(
+                oack.iter().all(|(k, _)| k != "tsize"),
+                "tsize offered in netascii: {oack:?}"
+            );
+            raw.ack(peer, 0);
+            (op, rest, _) = raw.recv();
+        }
+        let mut got = Vec::new();
+        let mut in_window = 0;
+        loop {
+            assert_eq!(op, DATA);
+            let block = u16::from_be_bytes([rest[0], rest[1]]);
+            got.extend_from_slice(&rest[2..]);
+            in_window += 1;
+            let last = rest.len() - 2 < blksize;
+            if last || in_window == window {
+                raw.ack(peer, block);
+                in_window = 0;
+            }
+            if last {
+                break;
+            }
+            (op, rest, _) = raw.recv();
+        }
+        assert!(got == wire, "netascii wire form ({opts:?})");
+    }
+    // tftp-hpa in ascii mode: the file again
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("hpa.txt");
+    let r = run(Command::new(tool("tftp", "tftp-hpa"))
+        .args([
+            "-m",
+            "netascii",
+            "127.0.0.1",
+            &s.port(),
+            "-c",
+            "get",
+            "notes.txt",
+        ])
+        .arg(&o));
+    assert_fetched("tftp-hpa netascii", &r, &o, &text);
+    // curl asks netascii with ;mode=netascii and keeps the wire form
+    let o = out.path().join("curl.txt");
+    let r = curl(&s, "notes.txt;mode=netascii", &o, None);
+    assert_fetched("curl ;mode=netascii", &r, &o, &wire);
+    // octet is untouched
+    let o = out.path().join("curl.bin");
+    assert_fetched("curl octet", &curl(&s, "notes.txt", &o, None), &o, &text);
+}
+
+/// `mail` (RFC 1350's obsolete mode) and modes nobody defined get ERROR 4 at once, from the
+/// transfer's own port, and are logged.
+#[test]
+fn mail_and_unknown_modes_are_refused() {
+    let s = Server::start(|_| {});
+    s.file("f", b"content".to_vec());
+    for mode in ["mail", "MAIL", "bogus", "binary", ""] {
+        let raw = Raw::new(s.addr);
+        raw.request_mode(RRQ, b"f", mode, &[]);
+        let (op, rest, from) = raw.recv();
+        assert_eq!(op, ERROR, "mode {mode:?}: opcode {op}");
+        assert_eq!(u16::from_be_bytes([rest[0], rest[1]]), 4, "mode {mode:?}");
+        assert_ne!(from, s.addr, "an answer comes from the transfer's port");
+        let logged = log_lines_with(&format!("client=127.0.0.1:{} ", raw.port()));
+        assert!(
+            logged.iter().any(|l| l.contains("request refused")),
+            "{mode:?}: {logged:?}"
+        );
+    }
+    // a request that cannot be read is answered too
+    let raw = Raw::new(s.addr);
+    raw.sock.send_to(b"\x00\x01f\x00", s.addr).unwrap();
+    let (code, msg) = raw.expect_error();
+    assert_eq!(code, 4);
+    assert!(msg.contains("mode"), "{msg}");
+}
+
+/// A datagram to a transfer's port from another address gets ERROR 5; the transfer goes on
+/// and completes (RFC 1350 section 4).
+#[test]
+fn a_strangers_packet_gets_error_5_and_the_transfer_goes_on() {
+    let s = Server::start(|_| {});
+    let want = s.file("f", random(512 * 5 + 9, 11));
+    let raw = Raw::new(s.addr);
+    raw.request(RRQ, b"f", &[]);
+    let (op, rest, peer) = raw.recv();
+    assert_eq!((op, &rest[..2]), (DATA, &[0u8, 1][..]));
+    let mut got = rest[2..].to_vec();
+    // the stranger acknowledges block 1, and sends an ERROR: neither is the client's
+    let stranger = Raw::new(s.addr);
+    stranger.ack(peer, 1);
+    let (code, msg) = stranger.expect_error();
+    assert_eq!((code, msg.as_str()), (5, "unknown transfer ID"));
+    let mut err = ERROR.to_be_bytes().to_vec();
+    err.extend_from_slice(&0u16.to_be_bytes());
+    err.extend_from_slice(b"go away\0");
+    stranger.sock.send_to(&err, peer).unwrap();
+    assert_eq!(stranger.expect_error().0, 5);
+    // the client goes on
+    let mut block = 1u16;
+    loop {
+        raw.ack(peer, block);
+        let (op, rest, from) = raw.recv();
+        assert_eq!((op, from), (DATA, peer));
+        block += 1;
+        assert_eq!(u16::from_be_bytes([rest[0], rest[1]]), block);
+        got.extend_from_slice(&rest[2..]);
+        if rest.len() - 2 < 512 {
+            raw.ack(peer, block);
+            break;
+        }
+    }
+    assert!(got == want);
+    let ended = ended_line(&raw);
+    assert!(
+        ended.contains("strangers=2") && ended.contains("complete=true"),
+        "{ended}"
+    );
+}
+
+/// An ERROR from the client ends its transfer at once and frees its slot: OVMF's tsize probe
+/// (ERROR 8 after the OACK), then the real request, with one transfer allowed at a time.
+#[test]
+fn a_clients_error_ends_its_transfer_at_once() {
+    let s = Server::start(|t| t.max_transfers = 1);
+    let want = s.file("img", random(100_000, 13));
+    let probe = Raw::new(s.addr);
+    probe.request(RRQ, b"img", &[("tsize", "0"), ("blksize", "1468")]);
+    let (op, rest, peer) = probe.recv();
+    assert_eq!(op, OACK);
+    assert!(parse_oack(&rest).contains(&("tsize".into(), want.len().to_string())));
+    let mut err = ERROR.to_be_bytes().to_vec();
+    err.extend_from_slice(&8u16.to_be_bytes());
+    err.extend_from_slice(b"tsize probe\0");
+    probe.sock.send_to(&err, peer).unwrap();
+    // the transfer's end is logged: by the client's ERROR, nothing sent again
+    let ended = ended_line(&probe);
+    assert!(
+        ended.contains("ClientError { code: 8")
+            && ended.contains("sent=0")
+            && ended.contains("resent=0"),
+        "{ended}"
+    );
+    // its slot is free: the next request is served, not "busy"
+    let again = Raw::new(s.addr);
+    let (got, _) = raw_fetch(&again, "img", &[("blksize", "1468")], 1468, 1);
+    assert!(got == want);
+}
+
+/// Lock-step: a duplicate ACK is not answered (the Sorcerer's Apprentice bug would send every
+/// block twice from then on). Windows: an ACK inside the window sends the window again from
+/// the block after it; an ACK of the block before the window sends it again at once.
+#[test]
+fn duplicate_and_partial_acks() {
+    let s = Server::start(|_| {});
+    s.file("f", random(512 * 40, 17));
+    let raw = Raw::new(s.addr);
+    raw.request(RRQ, b"f", &[]);
+    let (_, _, peer) = raw.recv();
+    raw.ack(peer, 1);
+    raw.ack(peer, 1);
+    let (op, rest, _) = raw.recv();
+    assert_eq!((op, &rest[..2]), (DATA, &[0u8, 2][..]));
+    raw.ack(peer, 2);
+    let (op, rest, _) = raw.recv();
+    assert_eq!(
+        (op, &rest[..2]),
+        (DATA, &[0u8, 3][..]),
+        "DATA 2 again after the duplicate ACK 1"
+    );
+
+    let numbers = |raw: &Raw, n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let (op, rest, _) = raw.recv();
+                assert_eq!(op, DATA);
+                u16::from_be_bytes([rest[0], rest[1]])
+            })
+            .collect()
+    };
+    let raw = Raw::new(s.addr);
+    raw.request(RRQ, b"f", &[("windowsize", "4")]);
+    let (op, _, peer) = raw.recv();
+    assert_eq!(op, OACK);
+    raw.ack(peer, 0);
+    assert_eq!(numbers(&raw, 4), [1, 2, 3, 4]);
+    raw.ack(peer, 2); // 3 was lost: the client drops 4 and acknowledges 2
+    assert_eq!(numbers(&raw, 4), [3, 4, 5, 6]);
+    raw.ack(peer, 2); // 3 lost again
+    assert_eq!(numbers(&raw, 4), [3, 4, 5, 6]);
+    raw.ack(peer, 6);
+    assert_eq!(numbers(&raw, 4), [7, 8, 9, 10]);
+}
+
+/// The log line of the end of `raw`'s transfer, once the server wrote it (the transfer's task
+/// ends just after the client's last datagram; waited for, within 10 s).
+fn ended_line(raw: &Raw) -> String {
+    let needle = format!("client=127.0.0.1:{} ", raw.port());
+    for _ in 0..2000 {
+        if let Some(l) = log_lines_with(&needle)
+            .into_iter()
+            .find(|l| l.contains("transfer ended"))
+        {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the transfer of client port {} never ended", raw.port());
 }

@@ -1,11 +1,9 @@
-//! The async-tftp [`Handler`]: checks every request, serves the embedded iPXE binaries from
-//! memory and other files from the root, and holds one transfer slot per open request.
-//!
-//! async-tftp calls `read_req_open` with its handler behind a mutex, so every open of every
-//! client waits for the one before it. Here an open does no data I/O: the name checks run in
-//! memory; a root file is resolved, opened and `fstat`ed (a few metadata syscalls, needed for
-//! `tsize`) on tokio's blocking pool with a time limit; the data is read later, in 128 KiB
-//! pieces on the blocking pool, as async-tftp asks for blocks.
+//! Opening a read request: checks the name, holds one transfer slot, and finds the bytes: the
+//! embedded iPXE binaries from memory, the Secure Boot chain from the node's HTTP service, other
+//! files from the root. An open does no data I/O: the name checks run in memory; a root file is
+//! resolved, opened and `fstat`ed (a few metadata syscalls, needed for `tsize`) on tokio's
+//! blocking pool with a time limit; the data is read later, in 128 KiB pieces on the blocking
+//! pool, as the transfer sends blocks. Opens run side by side (one task per request).
 
 use std::fs::File;
 use std::future::Future;
@@ -18,14 +16,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use async_tftp::packet;
-use async_tftp::server::Handler;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::name::{normalize, NameRefused};
 use crate::boot::ipxe;
@@ -131,19 +127,20 @@ impl Refusal {
         }
     }
 
-    /// The ERROR packet the client gets: short, and never the server's paths.
-    fn packet(&self) -> packet::Error {
+    /// The ERROR the client gets (code, message): short, and never the server's paths.
+    fn packet(&self) -> (u16, &'static str) {
+        use super::packet::{ACCESS_VIOLATION, FILE_NOT_FOUND, NOT_DEFINED};
         match self {
             Refusal::Name(_) | Refusal::Write | Refusal::Escapes(_) | Refusal::NotRegular => {
-                packet::Error::PermissionDenied
+                (ACCESS_VIOLATION, "Access violation")
             }
-            Refusal::NotFound => packet::Error::FileNotFound,
-            Refusal::Busy(_) => packet::Error::Msg("server busy, try again later".into()),
-            Refusal::OpenTimeout => packet::Error::Msg("open timed out".into()),
+            Refusal::NotFound => (FILE_NOT_FOUND, "File not found"),
+            Refusal::Busy(_) => (NOT_DEFINED, "server busy, try again later"),
+            Refusal::OpenTimeout => (NOT_DEFINED, "open timed out"),
             Refusal::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                packet::Error::PermissionDenied
+                (ACCESS_VIOLATION, "Access violation")
             }
-            Refusal::Io(_) => packet::Error::Msg("cannot read file".into()),
+            Refusal::Io(_) => (NOT_DEFINED, "cannot read file"),
         }
     }
 }
@@ -159,7 +156,23 @@ pub(crate) struct BootHandler {
 }
 
 impl BootHandler {
-    fn refuse(&self, client: &SocketAddr, name: &str, why: Refusal) -> packet::Error {
+    /// Opens the file `raw` names for `client`, or the ERROR to answer (logged).
+    pub(crate) async fn read(
+        &self,
+        client: &SocketAddr,
+        raw: &str,
+    ) -> Result<Transfer, (u16, &'static str)> {
+        self.open(client, raw)
+            .await
+            .map_err(|why| self.refuse(client, raw, why))
+    }
+
+    /// The ERROR to a write request (logged).
+    pub(crate) fn write(&self, client: &SocketAddr, raw: &str) -> (u16, &'static str) {
+        self.refuse(client, raw, Refusal::Write)
+    }
+
+    fn refuse(&self, client: &SocketAddr, name: &str, why: Refusal) -> (u16, &'static str) {
         // Firmware probes for files that may not exist (config per MAC...): not a warning.
         if matches!(why, Refusal::NotFound) {
             info!(client = %client, file = name, reason = %why, "tftp: request refused");
@@ -175,12 +188,7 @@ impl BootHandler {
             .try_acquire_owned()
             .map_err(|_| Refusal::Busy(self.max_transfers))?;
         if let Some(bin) = ipxe::find(&name) {
-            return Ok(Transfer::new(
-                *client,
-                name,
-                Source::Memory(bin.bytes),
-                permit,
-            ));
+            return Ok(Transfer::new(name, Source::Memory(bin.bytes), permit));
         }
         if let (Some(router), Some(path)) = (&self.http, super::name::http_path(&name)) {
             let fetch = http_get(router.clone(), *client, &path);
@@ -188,7 +196,7 @@ impl BootHandler {
                 Err(_) => return Err(Refusal::OpenTimeout),
                 Ok(r) => r?,
             };
-            let mut t = Transfer::new(*client, name, Source::Stream(body), permit);
+            let mut t = Transfer::new(name, Source::Stream(body), permit);
             t.size = size;
             return Ok(t);
         }
@@ -208,57 +216,9 @@ impl BootHandler {
             pos: 0,
             rt: self.rt.clone(),
         });
-        let mut t = Transfer::new(*client, name, source, permit);
+        let mut t = Transfer::new(name, source, permit);
         t.size = size;
         Ok(t)
-    }
-}
-
-impl Handler for BootHandler {
-    type Reader = Transfer;
-    type Writer = NoWriter;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(Transfer, Option<u64>), packet::Error> {
-        // async-tftp parsed the name as UTF-8, so this is the name the client sent.
-        let raw = path.to_string_lossy();
-        match self.open(client, &raw).await {
-            Ok(t) => {
-                debug!(client = %client, file = %t.name, size = t.size, "tftp: transfer starts");
-                // No tsize for an empty file: curl (7.88) aborts on "tsize 0" in an OACK, and
-                // the option is the server's to drop (RFC 2347).
-                let size = (t.size > 0).then_some(t.size);
-                Ok((t, size))
-            }
-            Err(why) => Err(self.refuse(client, &raw, why)),
-        }
-    }
-
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<NoWriter, packet::Error> {
-        Err(self.refuse(client, &path.to_string_lossy(), Refusal::Write))
-    }
-}
-
-/// The writer type of a handler that never accepts a write.
-pub(crate) enum NoWriter {}
-
-impl futures_io::AsyncWrite for NoWriter {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        match *self {}
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match *self {}
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match *self {}
     }
 }
 
@@ -316,38 +276,27 @@ async fn http_get(
     Ok((Box::new(reader), size))
 }
 
-/// One transfer as async-tftp reads it. Holds a transfer slot until async-tftp drops it (the
-/// transfer finished, failed, or ran out of retries) and then logs one line.
+/// An opened file as a transfer reads it. Holds a transfer slot until dropped.
 pub(crate) struct Transfer {
-    client: SocketAddr,
-    name: String,
+    pub(crate) name: String,
     source: Source,
-    size: u64,
-    /// Bytes handed to async-tftp.
+    /// Bytes in all, when known (0: not known, or empty).
+    pub(crate) size: u64,
     read: u64,
-    /// The first read's length: async-tftp reads one block at a time, so this is the block
-    /// size it negotiated.
-    blksize: Option<usize>,
-    eof: bool,
-    failed: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Transfer {
-    fn new(client: SocketAddr, name: String, source: Source, slot: OwnedSemaphorePermit) -> Self {
+    fn new(name: String, source: Source, slot: OwnedSemaphorePermit) -> Self {
         let size = match &source {
             Source::Memory(b) => b.len() as u64,
             Source::File(_) | Source::Stream(_) => 0,
         };
         Transfer {
-            client,
             name,
             source,
             size,
             read: 0,
-            blksize: None,
-            eof: false,
-            failed: false,
             _slot: slot,
         }
     }
@@ -360,43 +309,18 @@ impl futures_io::AsyncRead for Transfer {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.blksize.get_or_insert(buf.len());
-        let res = match &mut this.source {
+        let n = match &mut this.source {
             Source::Memory(bytes) => {
                 let start = (this.read as usize).min(bytes.len());
                 let n = buf.len().min(bytes.len() - start);
                 buf[..n].copy_from_slice(&bytes[start..start + n]);
-                Ok(n)
+                n
             }
-            Source::File(f) => ready!(f.poll_read(cx, buf)),
-            Source::Stream(r) => ready!(Pin::new(r).poll_read(cx, buf)),
+            Source::File(f) => ready!(f.poll_read(cx, buf))?,
+            Source::Stream(r) => ready!(Pin::new(r).poll_read(cx, buf))?,
         };
-        match &res {
-            Ok(0) if !buf.is_empty() => this.eof = true,
-            Ok(n) => this.read += *n as u64,
-            Err(e) => {
-                warn!(client = %this.client, file = %this.name, error = %e, "tftp: read failed");
-                this.failed = true;
-            }
-        }
-        Poll::Ready(res)
-    }
-}
-
-impl Drop for Transfer {
-    fn drop(&mut self) {
-        // async-tftp reads ahead of the client's ACKs (a block, or a window), so "read to the
-        // end" means every byte was sent at least once; the last ACK is not visible here.
-        let complete = self.eof && !self.failed && self.read == self.size;
-        info!(
-            client = %self.client,
-            file = %self.name,
-            bytes = self.read,
-            size = self.size,
-            blksize = ?self.blksize,
-            complete,
-            "tftp: transfer ended"
-        );
+        this.read += n as u64;
+        Poll::Ready(Ok(n))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Read-only TFTP server (async-tftp underneath) for the iPXE binaries and a configured root.
+//! Read-only TFTP server for the iPXE binaries, the Secure Boot chain and a configured root.
 //!
 //! # What is served
 //! 1. The embedded iPXE binaries ([`crate::boot::ipxe`]) by their names (`undionly.kpxe`,
@@ -7,9 +7,9 @@
 //!    `grub/grub.cfg`, each machine's `grub/grub.cfg-MAC` and `bootenv/*`, answered by the
 //!    node's own HTTP service ([`TftpSettings::http`]) as if the TFTP client had asked it: a
 //!    machine's configuration is its boot script, decided as for iPXE, and its credential is
-//!    bound to the address the request came from. The answer streams as it is read.
-//!    async-tftp opens one request at a time, so a slow answer (a relay waiting for upstream,
-//!    at most 8 s) holds the next opens back; one taking over 12 s is refused.
+//!    bound to the address the request came from. The answer streams as it is read; one
+//!    taking over 12 s is refused. Requests are opened side by side: a slow answer holds
+//!    back no other request.
 //! 3. Regular files under [`TftpSettings::root`], if set.
 //!
 //! # Names
@@ -22,40 +22,48 @@
 //! the root are followed. Write requests are refused the same way. Names that do not exist get
 //! "file not found".
 //!
-//! # Protocol
+//! # Protocol ([`packet`], [`transfer`])
 //! RFC 1350 with the options blksize (RFC 2348, capped at [`TftpSettings::max_block_size`]),
-//! tsize and timeout (RFC 2349) and windowsize (RFC 7440); netascii is served as octet. No
-//! tsize is offered for an empty file (curl aborts on `tsize 0`). Block
-//! numbers wrap from 65535 to 0, so files past 32 MiB at blksize 512 work with clients that
-//! wrap the same way (tftp-hpa, atftp and curl do: tests/tftp.rs).
+//! tsize and timeout (RFC 2349) and windowsize (RFC 7440, at most
+//! [`transfer::MAX_WINDOW`]). Modes: `octet`, and `netascii` converted on the wire (LF → CR LF,
+//! CR → CR NUL; no tsize offered, the wire size differs); `mail` and unknown modes get ERROR 4.
+//! No tsize is offered for an empty file (curl aborts on `tsize 0`). Block numbers wrap from
+//! 65535 to 0, so files past 32 MiB at blksize 512 work with clients that wrap the same way
+//! (tftp-hpa, atftp and curl do: tests/tftp.rs). Each transfer has its own socket (transfer
+//! ID); a datagram to it from another address gets ERROR 5 and the transfer goes on. An ERROR
+//! from the client ends its transfer at once (OVMF sends ERROR 8 after the OACK of its
+//! `tsize` probe). A malformed request gets ERROR 4 naming what is wrong; other garbage on
+//! the server port is dropped.
 //!
 //! # Limits
 //! At most [`TftpSettings::max_transfers`] transfers at once; past that a request gets an ERROR
-//! ("server busy"), not silence. A block is sent at most `1 + max_retries` times, waiting
-//! [`TftpSettings::timeout`] (or the client's `timeout` option) for its ACK; then the transfer
-//! ends and frees its slot. async-tftp ignores ERROR packets from clients (upstream issue #18):
-//! a client that aborts (OVMF sends ERROR 8 after the OACK of its `tsize` probe) keeps its slot
-//! until those retries run out, about `(1 + max_retries) × timeout`. Malformed datagrams are
-//! dropped silently by async-tftp; they never stop the server.
+//! ("server busy"), not silence. A block (or window) is sent at most `1 + max_retries` times,
+//! waiting [`TftpSettings::timeout`] (or the client's `timeout` option) for its ACK; then the
+//! transfer ends with an ERROR and frees its slot. In lock-step a duplicate ACK is never
+//! answered (the Sorcerer's Apprentice bug); with a window, an ACK of the block before it
+//! sends the window again at once.
 //!
 //! # Logs
 //! `warn` for each refusal (client, name, reason; `info` for a name that does not exist);
-//! `info` once per transfer when it ends (client, file, bytes read, size, block size,
-//! complete). async-tftp does not show a handler
-//! the options of a request, so windowsize/timeout do not appear in that line.
+//! `info` once per transfer when it ends (client, file, mode, bytes, size, blksize,
+//! windowsize, DATA sent and resent, how it ended).
 
 mod handler;
 pub mod name;
+pub mod packet;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_tftp::server::TftpServerBuilder;
+use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
+
+use packet::{Mode, Packet};
 
 use handler::{BootHandler, Root};
 
@@ -105,13 +113,11 @@ pub enum TftpError {
     NoRuntime,
     #[error("TFTP socket: {0}")]
     Socket(#[source] std::io::Error),
-    #[error("TFTP server setup: {0}")]
-    Setup(#[source] async_tftp::Error),
     #[error("TFTP server on {addr} stopped: {source}")]
     Stopped {
         addr: SocketAddr,
         #[source]
-        source: async_tftp::Error,
+        source: std::io::Error,
     },
 }
 
@@ -143,34 +149,164 @@ pub async fn run(
         })?)),
     };
     let addr = socket.local_addr().map_err(TftpError::Socket)?;
-    let socket = socket.into_std().map_err(TftpError::Socket)?;
-    let handler = BootHandler {
-        root: root.clone(),
-        slots: Arc::new(Semaphore::new(settings.max_transfers)),
-        max_transfers: settings.max_transfers,
-        rt,
-        http: settings.http.clone(),
-    };
-    let server = TftpServerBuilder::with_handler(handler)
-        .std_socket(socket)
-        .map_err(TftpError::Setup)?
-        .timeout(settings.timeout)
-        .max_send_retries(settings.max_retries)
-        .block_size_limit(settings.max_block_size)
-        .build()
-        .await
-        .map_err(TftpError::Setup)?;
+    let server = Arc::new(Server {
+        handler: BootHandler {
+            root: root.clone(),
+            slots: Arc::new(Semaphore::new(settings.max_transfers)),
+            max_transfers: settings.max_transfers,
+            rt,
+            http: settings.http.clone(),
+        },
+        settings,
+        ip: addr.ip(),
+    });
     info!(
         %addr,
         root = ?root.as_ref().map(|r| r.path()),
-        max_transfers = settings.max_transfers,
+        max_transfers = server.settings.max_transfers,
         "tftp: serving"
     );
-    tokio::select! {
-        res = server.serve() => res.map_err(|source| TftpError::Stopped { addr, source }),
-        () = cancel.cancelled() => {
-            info!(%addr, "tftp: stopped");
-            Ok(())
+    // every request's task, dropped (so aborted) with this function
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, client) = tokio::select! {
+            () = cancel.cancelled() => {
+                info!(%addr, "tftp: stopped");
+                return Ok(());
+            }
+            got = socket.recv_from(&mut buf) => match got {
+                Ok(got) => got,
+                // an ICMP error of an earlier send, or a datagram larger than the buffer
+                Err(e) if is_transient(&e) => continue,
+                Err(source) => return Err(TftpError::Stopped { addr, source }),
+            },
+            // reap finished requests as they end
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let request = match packet::parse(&buf[..len]) {
+            Ok(Packet::Read(r)) => Ok((r, false)),
+            Ok(Packet::Write(r)) => Ok((r, true)),
+            // a request that cannot be read: answered, so the client learns why
+            Err(e) if len >= 2 && matches!(u16::from_be_bytes([buf[0], buf[1]]), 1 | 2) => Err(e),
+            Ok(other) => {
+                debug!(%client, packet = ?other, "tftp: not a request, dropped");
+                continue;
+            }
+            Err(e) => {
+                debug!(%client, error = %e, "tftp: malformed datagram dropped");
+                continue;
+            }
+        };
+        let server = Arc::clone(&server);
+        tasks.spawn(async move { server.answer(client, request).await });
+    }
+}
+
+/// Errors of `recv_from` on a UDP socket that say nothing about the socket itself.
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable | Interrupted
+    ) || e.raw_os_error() == Some(nix::libc::EMSGSIZE)
+}
+
+struct Server {
+    handler: BootHandler,
+    settings: TftpSettings,
+    /// The listening address: each transfer's socket is bound to it (port 0).
+    ip: std::net::IpAddr,
+}
+
+impl Server {
+    /// Answers one request from its own socket: the transfer, or an ERROR.
+    async fn answer(
+        &self,
+        client: SocketAddr,
+        request: Result<(packet::Request, bool), packet::Malformed>,
+    ) {
+        let sock = match UdpSocket::bind(SocketAddr::new(self.ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "tftp: no socket for a transfer");
+                return;
+            }
+        };
+        let refuse = |code: u16, message: &str| {
+            let p = packet::error(code, message);
+            let sock = &sock;
+            async move {
+                let _ = sock.send_to(&p, client).await;
+            }
+        };
+        let (req, write) = match request {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%client, reason = %e, "tftp: request refused");
+                return refuse(
+                    packet::ILLEGAL_OPERATION,
+                    &format!("malformed request: {e}"),
+                )
+                .await;
+            }
+        };
+        let name = String::from_utf8_lossy(&req.filename).into_owned();
+        match &req.mode {
+            Mode::Octet | Mode::Netascii => {}
+            Mode::Mail => {
+                tracing::warn!(%client, file = %name, reason = "mail mode", "tftp: request refused");
+                return refuse(packet::ILLEGAL_OPERATION, "mail mode is not supported").await;
+            }
+            Mode::Other(m) => {
+                tracing::warn!(%client, file = %name, reason = %format!("unknown mode {m:?}"), "tftp: request refused");
+                return refuse(
+                    packet::ILLEGAL_OPERATION,
+                    &format!("unknown mode {m:?}: use octet or netascii"),
+                )
+                .await;
+            }
         }
+        if write {
+            let (code, message) = self.handler.write(&client, &name);
+            return refuse(code, message).await;
+        }
+        let file = match self.handler.read(&client, &name).await {
+            Ok(t) => t,
+            Err((code, message)) => return refuse(code, message).await,
+        };
+        let (file_name, size) = (file.name.clone(), file.size);
+        let n = transfer::negotiate(
+            &req.options,
+            &req.mode,
+            Some(size),
+            self.settings.max_block_size,
+            self.settings.timeout,
+        );
+        debug!(%client, file = %file_name, size, "tftp: transfer starts");
+        let r = transfer::send(
+            &sock,
+            client,
+            file,
+            &req.mode,
+            &n,
+            self.settings.max_retries,
+        )
+        .await;
+        info!(
+            %client,
+            file = %file_name,
+            mode = if req.mode == Mode::Netascii { "netascii" } else { "octet" },
+            bytes = r.bytes,
+            size,
+            blksize = n.blksize,
+            windowsize = n.windowsize,
+            sent = r.sent,
+            resent = r.resent,
+            strangers = r.strangers,
+            complete = r.ended == transfer::Ended::Complete,
+            ended = ?r.ended,
+            "tftp: transfer ended"
+        );
     }
 }
