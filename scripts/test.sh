@@ -14,7 +14,7 @@ if [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; then
     ensure_packages build-essential pkg-config util-linux qemu-system-x86 ovmf ipxe-qemu \
         busybox-static syslinux syslinux-common syslinux-efi mtools dosfstools fdisk \
         e2fsprogs cpio gzip xz-utils zstd iproute2 dnsmasq-base tcpdump tftp-hpa atftp curl \
-        shim-signed grub-efi-amd64-signed ntfs-3g slapd ldap-utils chromium chromium-driver
+        shim-signed grub-efi-amd64-signed ntfs-3g gdisk slapd ldap-utils chromium chromium-driver
 else
     log "not root: skipping package installation (tests that need missing tools print SKIP)"
 fi

@@ -205,6 +205,7 @@ pub(crate) async fn send(
     let mut last: Option<u64> = None;
     let mut highest_sent = 0;
     let mut tries = 0;
+    let mut gso = true;
     loop {
         while window.len() < window_size && last.is_none() {
             let idx = first + window.len() as u64;
@@ -230,11 +231,12 @@ pub(crate) async fn send(
                 }
             }
         }
-        for (k, (_, p)) in window.iter().enumerate() {
-            if let Err(e) = sock.send_to(p, client).await {
-                r.ended = fail(e);
-                return r;
-            }
+        let packets: Vec<&[u8]> = window.iter().map(|(_, p)| p.as_slice()).collect();
+        if let Err(e) = send_all(sock, client, &packets, &mut gso).await {
+            r.ended = fail(e);
+            return r;
+        }
+        for k in 0..window.len() {
             let idx = first + k as u64;
             r.sent += 1;
             if idx <= highest_sent {
@@ -288,6 +290,96 @@ pub(crate) async fn send(
             }
         }
     }
+}
+
+/// Most bytes one segmented send carries (a UDP datagram's limit, before segmentation).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Most segments the kernel takes in one send (UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Sends `packets` to `client` in order: a window of equal packets (the last may be shorter)
+/// as few segmented sends (UDP GSO: one system call for up to 64 datagrams); one send each
+/// when there is one packet, or the kernel refuses segmentation (`gso` is then cleared for
+/// the rest of the transfer).
+async fn send_all(
+    sock: &UdpSocket,
+    client: SocketAddr,
+    packets: &[&[u8]],
+    gso: &mut bool,
+) -> std::io::Result<()> {
+    let seg = packets.first().map_or(0, |p| p.len());
+    let uniform = packets.len() > 1
+        && packets[..packets.len() - 1].iter().all(|p| p.len() == seg)
+        && packets[packets.len() - 1].len() <= seg;
+    if *gso && uniform {
+        let per_send = (GSO_MAX_BYTES / seg.max(1)).clamp(1, GSO_MAX_SEGMENTS);
+        let mut sent = 0;
+        while sent < packets.len() {
+            let batch = &packets[sent..(sent + per_send).min(packets.len())];
+            match send_segmented(sock, client, batch, seg).await {
+                Ok(()) => sent += batch.len(),
+                Err(e) if !is_gso_refusal(&e) => return Err(e),
+                Err(_) => {
+                    *gso = false;
+                    break;
+                }
+            }
+        }
+        if sent == packets.len() {
+            return Ok(());
+        }
+        for p in &packets[sent..] {
+            sock.send_to(p, client).await?;
+        }
+        return Ok(());
+    }
+    for p in packets {
+        sock.send_to(p, client).await?;
+    }
+    Ok(())
+}
+
+/// One `sendmsg` of `batch` with UDP_SEGMENT = `seg`: the kernel cuts it into datagrams.
+async fn send_segmented(
+    sock: &UdpSocket,
+    client: SocketAddr,
+    batch: &[&[u8]],
+    seg: usize,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let iov: Vec<std::io::IoSlice<'_>> = batch.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let size =
+        u16::try_from(seg).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+    let addr = SockaddrStorage::from(client);
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg(
+                sock.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .map_err(std::io::Error::from)
+        }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The kernel or the device does not segment UDP (old kernel, no UDP_SEGMENT, a device
+/// without checksum offload): send one datagram at a time instead.
+fn is_gso_refusal(e: &std::io::Error) -> bool {
+    use nix::libc::{EINVAL, EIO, ENOPROTOOPT, EOPNOTSUPP};
+    matches!(
+        e.raw_os_error(),
+        Some(EINVAL | EIO | ENOPROTOOPT | EOPNOTSUPP)
+    )
 }
 
 async fn give_up(sock: &UdpSocket, client: SocketAddr, r: &mut Report) {
