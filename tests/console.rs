@@ -293,6 +293,35 @@ fn staff_work_in_the_console_each_within_their_sites() {
         b.text("#room")
     );
     b.shot("04-room-reimage-scheduled");
+    // and on a calendar: a rule for the room, made from its page (a day far from any test
+    // clock: its run is not made ahead during this test)
+    b.js(
+        "document.querySelector('#rule-form input[name=every]').value = '30 6 29 2 *';",
+        vec![],
+    );
+    b.click("#rule-form button[type=submit]");
+    b.until(
+        "the rule made",
+        "return document.querySelector('#toast').textContent.includes('rule for lycee-r1')",
+    );
+    let (_, rules) = common::http(
+        "GET",
+        &format!("{}/api/v1/task-rules", s.url),
+        s.token.as_deref(),
+        None,
+    );
+    let rules: Value = serde_json::from_str(&rules).unwrap();
+    let r = &rules["rules"][0];
+    assert_eq!(
+        (&r["group"], &r["kind"], &r["every"], &r["multicast"]),
+        (
+            &json!("lycee-r1"),
+            &json!("reimage"),
+            &json!("30 6 29 2 *"),
+            &json!(true)
+        ),
+        "{rules}"
+    );
     let (_, tasks) = common::http(
         "GET",
         &format!("{}/api/v1/tasks", s.url),
@@ -401,6 +430,17 @@ fn staff_work_in_the_console_each_within_their_sites() {
     assert_eq!(pushes["pushes"].as_array().unwrap().len(), 1, "{pushes}");
     assert_eq!(pushes["pushes"][0]["sites"][0]["site"], "lycee");
     b.shot("08-images-push-created");
+    // paused from the page, the relays told at once
+    b.click(".push-pause");
+    b.until(
+        "the push paused",
+        "return document.querySelector('.push-state') !== null && document.querySelector('.push-state').textContent === 'paused'",
+    );
+    assert!(
+        b.text("#pushes").contains("Resume"),
+        "{}",
+        b.text("#pushes")
+    );
     // the night: the lycee's relay reports its progress every 10 minutes (the clock moves),
     // the push page draws the curve against the deadline-less night
     let push = pushes["pushes"][0]["push"].as_i64().unwrap();
@@ -554,10 +594,12 @@ fn staff_work_in_the_console_each_within_their_sites() {
         [
             "op-lycee login 200".to_string(),
             "op-lycee POST /api/v1/tasks 201".into(),
+            "op-lycee POST /api/v1/task-rules 201".into(),
             "op-lycee POST /api/v1/logout 200".into(),
             "root-anne login 200".into(),
             format!("root-anne POST /api/v1/images/demo/{capture}/approve 200"),
             "root-anne POST /api/v1/pushes 201".into(),
+            "root-anne POST /api/v1/pushes/1/pause 200".into(),
             "root-anne POST /api/v1/tasks 201".into(),
             "root-anne POST /api/v1/bulk 409".into(),
             "root-anne POST /api/v1/bulk 200".into(),

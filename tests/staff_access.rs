@@ -157,7 +157,11 @@ fn every_staff_route_answers_each_role_as_its_rule_says() {
                     route.into(),
                     Some(json!({ "images": ["demo"], "sites": ["lycee"] })),
                 ),
-                // the admin's push, made above (ROUTES lists POST before this)
+                // the admin's push, made above (ROUTES lists POST before these)
+                ("POST", "/api/v1/pushes/{id}/{action}") => (
+                    route.replace("{id}", "1").replace("{action}", "pause"),
+                    None,
+                ),
                 ("GET", "/api/v1/pushes/{id}/progress") => (route.replace("{id}", "1"), None),
                 ("GET", _) => (route.into(), None),
                 ("POST", "/api/v1/tasks") => (

@@ -300,6 +300,37 @@ pub async fn create_push(State(st): State<AppState>, Json(req): Json<NewPush>) -
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "push": p }))).into_response())
 }
 
+/// `POST /api/v1/pushes/{id}/{action}` (admin; `pause`, `resume` or `cancel`) → `{"push"}`, as
+/// `bootcast push pause|resume|cancel`; the relays hear of it at once. 404: no such push; 409:
+/// its state refuses it (a done push cannot be paused).
+pub async fn change_push(
+    State(st): State<AppState>,
+    Path((id, action)): Path<(i64, String)>,
+) -> ApiResult {
+    use pushes::{ChangeError, PushStatus};
+    let to = match action.as_str() {
+        "pause" => PushStatus::Paused,
+        "resume" => PushStatus::Active,
+        "cancel" => PushStatus::Cancelled,
+        a => {
+            return Err(ApiError::bad_request(format!(
+                "{a:?}: say pause, resume or cancel"
+            )))
+        }
+    };
+    let p = st
+        .db
+        .call(move |c| Ok(pushes::change(c, id, to)))
+        .await?
+        .map_err(|e| match e {
+            ChangeError::NoPush(_) => ApiError::not_found(e.to_string()),
+            ChangeError::Refused { .. } => ApiError::conflict(e.to_string()),
+            ChangeError::Db(e) => ApiError::from(e),
+        })?;
+    st.orders.bump();
+    Ok(Json(serde_json::json!({ "push": p })).into_response())
+}
+
 /// `GET /ui`, `/ui/{page}`, `/ui/{page}/{arg}`: the shell for that page, or the login page.
 pub async fn page(
     State(st): State<AppState>,

@@ -212,6 +212,7 @@ pub fn router(state: AppState, token: String) -> Router {
             get(relay::push_status).post(console::create_push),
         )
         .route("/api/v1/pushes/{id}/progress", get(console::push_progress))
+        .route("/api/v1/pushes/{id}/{action}", post(console::change_push))
         .route("/api/v1/multicast", get(console::multicast_sessions))
         .route("/api/v1/me", get(staff::me))
         .route("/api/v1/logout", post(staff::logout))

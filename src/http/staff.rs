@@ -82,6 +82,7 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/api/v1/sites", Need::Read),
     ("GET", "/api/v1/pushes", Need::Read),
     ("POST", "/api/v1/pushes", Need::Admin),
+    ("POST", "/api/v1/pushes/{id}/{action}", Need::Admin),
     ("GET", "/api/v1/pushes/{id}/progress", Need::Read),
     ("GET", "/api/v1/multicast", Need::Read),
     ("GET", "/api/v1/dashboard", Need::Read),

@@ -365,8 +365,24 @@ pages.room = async () => {
   show(h("h1", {}, `Room ${group}`), h("p", { class: "muted" }, `${macs.length} hosts`),
     ME.operator ? h("fieldset", {}, h("legend", {}, "Reimage or capture the room"), await taskForm({ group }, "room-task"),
       h("button", { class: "secondary", onclick: () => act(`wake ${group}`, () => api("POST", "/api/v1/hosts/wake", { group })) }, "Wake the room now")) : null,
+    ME.operator ? h("fieldset", {}, h("legend", {}, "On a calendar (in the site's time)"), await ruleForm(group)) : null,
     table);
 };
+
+/** A calendar rule for a room: what, which image, when (cron: minute hour day month weekday). */
+async function ruleForm(group) {
+  const kind = h("select", { name: "kind" }, ["reimage", "wake", "inventory", "capture"].map((k) => h("option", { value: k }, k)));
+  const image = h("select", { name: "image" }, await imageOptions());
+  const every = h("input", { name: "every", value: "0 2 * * 1", title: "minute hour day-of-month month day-of-week", size: 12 });
+  const multicast = h("input", { name: "multicast", type: "checkbox", checked: true });
+  return h("form", { class: "inline", id: "rule-form", onsubmit: (e) => {
+    e.preventDefault();
+    const body = { kind: kind.value, group, every: every.value };
+    if (kind.value === "reimage" || kind.value === "capture") body.image = image.value;
+    if (kind.value === "reimage" && multicast.checked) body.multicast = true;
+    act(`rule for ${group}: ${kind.value} at "${every.value}"`, () => api("POST", "/api/v1/task-rules", body));
+  } }, kind, image, h("label", {}, "every ", every), h("label", {}, multicast, " multicast"), h("button", { type: "submit" }, "Add rule"));
+}
 
 pages.images = async () => {
   const [im, sites, pushes] = await Promise.all([get("/api/v1/images"), get("/api/v1/sites"), get("/api/v1/pushes")]);
@@ -394,10 +410,20 @@ pages.images = async () => {
     } }, "Push ", image, " to ", boxes, h("label", {}, "deadline ", deadline), h("button", { type: "submit" }, "Create push"));
   }
   show(h("h1", {}, "Images"), table, pushForm ? h("fieldset", {}, h("legend", {}, "Push to sites' relays"), pushForm) : null,
-    h("h2", {}, "Pushes"), h("table", { id: "pushes" }, h("tr", {}, ["Push", "State", "Versions", "Sites"].map((c) => h("th", {}, c))),
-      pushes.pushes.map((p) => h("tr", {}, h("td", {}, link(`/ui/push/${p.push}`, `${p.push} (curve)`)), h("td", {}, p.state), h("td", {}, p.versions.map((v) => `${v.image}@${String(v.version).slice(0, 8)}`).join(", ")),
-        h("td", {}, p.sites.map((s) => h("div", {}, `${s.site}: ${s.state}`, bar(s.bytes_done, s.bytes_total, s.state))))))));
+    h("h2", {}, "Pushes"), h("table", { id: "pushes" }, h("tr", {}, ["Push", "State", "Versions", "Sites", ""].map((c) => h("th", {}, c))),
+      pushes.pushes.map((p) => h("tr", { dataset: { push: p.push } }, h("td", {}, link(`/ui/push/${p.push}`, `${p.push} (curve)`)), h("td", { class: "push-state" }, p.state), h("td", {}, p.versions.map((v) => `${v.image}@${String(v.version).slice(0, 8)}`).join(", ")),
+        h("td", {}, p.sites.map((s) => h("div", {}, `${s.site}: ${s.state}`, bar(s.bytes_done, s.bytes_total, s.state)))),
+        h("td", {}, ME.admin ? pushButtons(p) : null)))));
 };
+
+/** Pause, resume or cancel a push (admins): what its state allows. */
+function pushButtons(p) {
+  const b = (action, label, cls) => h("button", { class: `${cls} push-${action}`, onclick: () => {
+    if (action === "cancel" && !confirm(`Cancel push ${p.push}? Its sites stop fetching; what they hold stays.`)) return;
+    act(`push ${p.push}: ${action}`, () => api("POST", `/api/v1/pushes/${p.push}/${action}`));
+  } }, label);
+  return [p.state === "paused" ? b("resume", "Resume", "secondary") : b("pause", "Pause", "secondary"), " ", b("cancel", "Cancel", "danger")];
+}
 
 /** The night's curve: each site's share of its push done, over time, and the deadline. */
 function nightCurve(p) {
