@@ -165,49 +165,23 @@ pub(crate) async fn send(
     let mut buf = vec![0u8; 65_536];
     let fail = |e: std::io::Error| Ended::Socket(e.to_string());
 
-    // the OACK, acknowledged by ACK 0
-    if !n.oack.is_empty() {
-        let oack = packet::option_ack(&n.oack);
-        let mut tries = 0;
-        loop {
-            if let Err(e) = sock.send_to(&oack, client).await {
-                r.ended = fail(e);
-                return r;
-            }
-            match wait(sock, client, &mut buf, n.timeout, &mut r).await {
-                Heard::Ack(0) => break,
-                Heard::Ack(_) | Heard::Nothing => {}
-                Heard::Error(code, message) => {
-                    r.ended = Ended::ClientError { code, message };
-                    return r;
-                }
-                Heard::Failed(e) => {
-                    r.ended = e;
-                    return r;
-                }
-                Heard::TimedOut => {
-                    tries += 1;
-                    if tries > retries {
-                        give_up(sock, client, &mut r).await;
-                        return r;
-                    }
-                }
-            }
-        }
-    }
-
     // the blocks: `window` holds those not yet acknowledged, the oldest numbered `first`
     // (1-based, not wrapped: the wire number is its low 16 bits); all of it is sent each time
-    // the window moves or times out
+    // the window moves or times out. An OACK is "block 0": alone in the first window, and
+    // acknowledged by ACK 0 before any DATA goes.
     let window_size = usize::from(n.windowsize.max(1));
     let mut window: std::collections::VecDeque<(usize, Vec<u8>)> = Default::default();
     let mut first: u64 = 1;
+    if !n.oack.is_empty() {
+        window.push_back((0, packet::option_ack(&n.oack)));
+        first = 0;
+    }
     let mut last: Option<u64> = None;
     let mut highest_sent = 0;
     let mut tries = 0;
     let mut gso = true;
     loop {
-        while window.len() < window_size && last.is_none() {
+        while window.len() < window_size && last.is_none() && first > 0 {
             let idx = first + window.len() as u64;
             match blocks.next(n.blksize).await {
                 Ok(data) => {
@@ -238,6 +212,9 @@ pub(crate) async fn send(
         }
         for k in 0..window.len() {
             let idx = first + k as u64;
+            if idx == 0 {
+                continue; // the OACK
+            }
             r.sent += 1;
             if idx <= highest_sent {
                 r.resent += 1;
@@ -264,7 +241,7 @@ pub(crate) async fn send(
                             break;
                         }
                         // the block before the window: the window's first block was lost
-                        None if window_size > 1 && (first - 1) as u16 == a => break,
+                        None if window_size > 1 && first > 1 && (first - 1) as u16 == a => break,
                         // an older ACK: never answered (in lock-step, answering duplicates
                         // is the Sorcerer's Apprentice bug, every block sent twice from then)
                         None => {}
