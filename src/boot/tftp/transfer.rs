@@ -111,8 +111,9 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// The next block: `blksize` bytes, fewer for the last one (possibly none).
-    async fn next(&mut self, blksize: usize) -> std::io::Result<Vec<u8>> {
+    /// The DATA packet of the next block, numbered `number`: `blksize` bytes of data, fewer
+    /// for the last one (possibly none).
+    async fn next(&mut self, blksize: usize, number: u16) -> std::io::Result<Vec<u8>> {
         while self.pending.len() - self.start < blksize && !self.eof {
             if self.start > 0 {
                 self.pending.drain(..self.start);
@@ -130,10 +131,11 @@ impl Blocks {
             }
         }
         let take = blksize.min(self.pending.len() - self.start);
-        let mut block = Vec::with_capacity(4 + take);
-        block.extend_from_slice(&self.pending[self.start..self.start + take]);
+        let mut packet = Vec::with_capacity(4 + take);
+        packet.extend_from_slice(&packet::data_header(number));
+        packet.extend_from_slice(&self.pending[self.start..self.start + take]);
         self.start += take;
-        Ok(block)
+        Ok(packet)
     }
 }
 
@@ -183,15 +185,13 @@ pub(crate) async fn send(
     loop {
         while window.len() < window_size && last.is_none() && first > 0 {
             let idx = first + window.len() as u64;
-            match blocks.next(n.blksize).await {
-                Ok(data) => {
-                    if data.len() < n.blksize {
+            match blocks.next(n.blksize, idx as u16).await {
+                Ok(p) => {
+                    let len = p.len() - 4;
+                    if len < n.blksize {
                         last = Some(idx);
                     }
-                    let mut p = Vec::with_capacity(4 + data.len());
-                    p.extend_from_slice(&packet::data_header(idx as u16));
-                    p.extend_from_slice(&data);
-                    window.push_back((data.len(), p));
+                    window.push_back((len, p));
                 }
                 Err(e) => {
                     let _ = sock
