@@ -5,7 +5,7 @@
 //! ```text
 //! magic    2 bytes  "BM"
 //! version  u8       1
-//! kind     u8       1 DATA, 2 NAK, 3 JOIN, 4 STATUS, 5 DONE, 6 PASS, 7 END
+//! kind     u8       1 DATA, 2 NAK, 3 JOIN, 4 STATUS, 5 DONE, 6 PASS, 7 END, 8 REPAIR
 //! session  u32      chosen by the sender for one session (group + port + image)
 //! ```
 //! then, by kind:
@@ -17,6 +17,9 @@
 //!                             payload       the rest of the datagram
 //! NAK     (receiver → group)  receiver u32, count u16, count × (first u32, end u32):
 //!                             half-open ranges of chunk indexes the receiver lacks
+//! REPAIR  (receiver → group)  receiver u32, count u16, count × (index u32, start u32, end u32):
+//!                             half-open byte ranges of chunk frames the receiver lacks (it
+//!                             holds the rest of those frames)
 //! JOIN / STATUS / DONE        receiver u32, held u32, total u32 (chunks held / in the list)
 //!         (receiver → group)
 //! PASS    (sender → group)    pass u32 (the pass that just ended; 0 while waiting to
@@ -36,8 +39,9 @@
 //! some receiver NAKed since the previous pass began. After each pass (and while idle) the
 //! sender sends PASS. Receivers verify every reassembled chunk against the manifest's id
 //! (anything else is dropped and counted: spoofed or damaged traffic never reaches a disk),
-//! write it, and NAK what they lack below the highest index seen in the current pass (all of
-//! it after a PASS), at most once per NAK interval per chunk, after a random delay during
+//! write it, and ask for what they lack below the highest index seen in the current pass (all
+//! of it after a PASS): a chunk of which nothing arrived with a NAK, the missing byte ranges of
+//! a chunk partly held with a REPAIR (a lost datagram costs one fragment, not its chunk), at most once per NAK interval per chunk, after a random delay during
 //! which a NAK from another receiver covering the same ranges suppresses their own. They send
 //! STATUS every second and DONE when they hold everything (again on each PASS). The session
 //! ends (END) when every receiver that joined has said DONE, or at the sender's timeout. A
@@ -52,6 +56,8 @@ pub const DATA_HEADER: usize = HEADER + 12 + 32;
 pub const MIN_DATAGRAM: usize = DATA_HEADER + 16;
 /// Most ranges one NAK carries.
 pub const MAX_NAK_RANGES: usize = 128;
+/// Most byte ranges one REPAIR carries (14 + 12 × 96 bytes fits the smallest datagram size).
+pub const MAX_REPAIR_RANGES: usize = 96;
 
 const MAGIC: &[u8; 2] = b"BM";
 const VERSION: u8 = 1;
@@ -74,6 +80,10 @@ pub enum Message<'a> {
         receiver: u32,
         ranges: Vec<(u32, u32)>,
     },
+    Repair {
+        receiver: u32,
+        ranges: Vec<FrameRange>,
+    },
     Join(Status),
     Status(Status),
     Done(Status),
@@ -90,6 +100,14 @@ pub struct Status {
     pub receiver: u32,
     pub held: u32,
     pub total: u32,
+}
+
+/// Bytes `start..end` of chunk `index`'s compressed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRange {
+    pub index: u32,
+    pub start: u32,
+    pub end: u32,
 }
 
 /// Why a datagram was not understood.
@@ -123,6 +141,7 @@ fn kind_of(m: &Message) -> u8 {
         Message::Done(_) => 5,
         Message::Pass { .. } => 6,
         Message::End => 7,
+        Message::Repair { .. } => 8,
     }
 }
 
@@ -154,6 +173,16 @@ pub fn encode(session: u32, message: &Message, out: &mut Vec<u8>) {
             for (a, b) in ranges {
                 out.extend_from_slice(&a.to_be_bytes());
                 out.extend_from_slice(&b.to_be_bytes());
+            }
+        }
+        Message::Repair { receiver, ranges } => {
+            let ranges = &ranges[..ranges.len().min(MAX_REPAIR_RANGES)];
+            out.extend_from_slice(&receiver.to_be_bytes());
+            out.extend_from_slice(&(ranges.len() as u16).to_be_bytes());
+            for r in ranges {
+                for v in [r.index, r.start, r.end] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
             }
         }
         Message::Join(s) | Message::Status(s) | Message::Done(s) => {
@@ -255,6 +284,23 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             r.end()?;
             Message::Nak { receiver, ranges }
         }
+        8 => {
+            let receiver = r.u32()?;
+            let count = r.u16()? as usize;
+            if count > MAX_REPAIR_RANGES {
+                return Err(DecodeError::Invalid("too many ranges"));
+            }
+            let mut ranges = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (index, start, end) = (r.u32()?, r.u32()?, r.u32()?);
+                if start >= end {
+                    return Err(DecodeError::Invalid("empty range"));
+                }
+                ranges.push(FrameRange { index, start, end });
+            }
+            r.end()?;
+            Message::Repair { receiver, ranges }
+        }
         3 => Message::Join(status(&mut r)?),
         4 => Message::Status(status(&mut r)?),
         5 => Message::Done(status(&mut r)?),
@@ -345,6 +391,21 @@ mod tests {
             Message::Nak {
                 receiver: 9,
                 ranges: vec![(0, 3), (10, 11)],
+            },
+            Message::Repair {
+                receiver: 9,
+                ranges: vec![
+                    FrameRange {
+                        index: 4,
+                        start: 1344,
+                        end: 2688,
+                    },
+                    FrameRange {
+                        index: 7,
+                        start: 0,
+                        end: 1,
+                    },
+                ],
             },
             Message::Join(s),
             Message::Status(s),

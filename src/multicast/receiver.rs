@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::proto::{self, ListedChunk, Message, Status};
+use super::proto::{self, FrameRange, ListedChunk, Message, Status};
 use super::{is_timeout, Endpoint, MulticastError, Rng};
 use crate::store::export::Target;
 use crate::store::id::ChunkId;
@@ -23,6 +23,35 @@ struct Partial {
     /// fragment offset → length
     got: BTreeMap<u32, u32>,
     bytes: u64,
+}
+
+impl Partial {
+    /// The byte ranges of the frame not received yet.
+    fn gaps(&self, index: u32) -> impl Iterator<Item = FrameRange> + '_ {
+        let total = self.frame.len() as u32;
+        let mut at = 0u32;
+        self.got
+            .iter()
+            .map(|(&o, &l)| (o, o + l))
+            .chain(std::iter::once((total, total)))
+            .filter_map(move |(o, end)| {
+                let gap = (o > at).then_some(FrameRange {
+                    index,
+                    start: at,
+                    end: o,
+                });
+                at = at.max(end);
+                gap
+            })
+    }
+}
+
+/// What a receiver asks the sender for: whole chunks (NAK) and byte ranges of chunks it
+/// partly holds (REPAIR).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub whole: Vec<(u32, u32)>,
+    pub parts: Vec<FrameRange>,
 }
 
 /// What a datagram meant to the receiver.
@@ -213,6 +242,8 @@ impl Core {
                 Event::Pass(pass)
             }
             Message::End => Event::End,
+            // another receiver's missing fragments are its own (losses are independent)
+            Message::Repair { .. } => Event::None,
             Message::Join(_) | Message::Status(_) | Message::Done(_) => Event::None,
         }
     }
@@ -237,10 +268,11 @@ impl Core {
             .collect()
     }
 
-    /// The NAK to send at `now`, if one is due: when there is something to ask for, a random
-    /// delay (up to `suppress`) starts; if another receiver's NAK covers it meanwhile, nothing
-    /// is sent. At most one NAK per suppression window.
-    pub fn nak(&mut self, now: f64) -> Option<Vec<(u32, u32)>> {
+    /// What to ask for at `now`, if a request is due: when there is something to ask for, a
+    /// random delay (up to `suppress`) starts; if another receiver's NAK covers it meanwhile,
+    /// nothing is sent. At most one request per suppression window. A chunk of which some
+    /// fragments arrived is asked for by its missing byte ranges, the others whole.
+    pub fn nak(&mut self, now: f64) -> Option<Request> {
         let want = self.candidates(now);
         if want.is_empty() {
             if self.nak_due.take().is_some() {
@@ -256,15 +288,36 @@ impl Core {
         }
         self.nak_due = None;
         self.last_sent_nak = now;
-        let mut ranges = proto::ranges_of(want);
-        ranges.truncate(proto::MAX_NAK_RANGES);
-        for &(a, b) in &ranges {
-            for i in a..b {
-                self.last_nak.insert(i, now);
+        let mut request = Request::default();
+        let mut whole = Vec::new();
+        let mut asked = Vec::new();
+        for i in want {
+            match self.partial.get(&i).filter(|p| !p.got.is_empty()) {
+                Some(p) => {
+                    let before = request.parts.len();
+                    request.parts.extend(p.gaps(i));
+                    if request.parts.len() > proto::MAX_REPAIR_RANGES {
+                        request.parts.truncate(before);
+                        if before == 0 {
+                            whole.push(i); // more gaps than one REPAIR carries
+                        }
+                        continue; // the rest in a later request
+                    }
+                    asked.push(i);
+                }
+                None => whole.push(i),
             }
         }
+        request.whole = proto::ranges_of(whole);
+        request.whole.truncate(proto::MAX_NAK_RANGES);
+        for &(a, b) in &request.whole {
+            asked.extend(a..b);
+        }
+        for i in asked {
+            self.last_nak.insert(i, now);
+        }
         self.naks_sent += 1;
-        Some(ranges)
+        Some(request)
     }
 }
 
@@ -454,15 +507,28 @@ pub fn receive(
             // before the first sender datagram, JOIN under session 0 (the sender accepts it)
             send(&m, core.session.unwrap_or(0));
         }
-        if let Some(ranges) = core.nak(t) {
+        if let Some(request) = core.nak(t) {
             if let Some(s) = core.session {
-                send(
-                    &Message::Nak {
-                        receiver: id,
-                        ranges,
-                    },
-                    s,
-                );
+                if !request.whole.is_empty() {
+                    let ranges = request.whole;
+                    send(
+                        &Message::Nak {
+                            receiver: id,
+                            ranges,
+                        },
+                        s,
+                    );
+                }
+                if !request.parts.is_empty() {
+                    let ranges = request.parts;
+                    send(
+                        &Message::Repair {
+                            receiver: id,
+                            ranges,
+                        },
+                        s,
+                    );
+                }
             }
         }
         let n = match socket.recv(&mut buf) {
@@ -647,7 +713,7 @@ mod tests {
             sent = c.nak(t);
             t += 0.01;
         }
-        assert_eq!(sent, Some(vec![(0, 3)]));
+        assert_eq!(sent.map(|r| r.whole), Some(vec![(0, 3)]));
         // the last chunk arriving: still not asked for until a PASS says the pass ended
         c.on_datagram(&data(5, 5, l[5].id, 0, &[0; 10]), 0.0);
         assert!(
@@ -681,6 +747,51 @@ mod tests {
             sent = c.nak(t);
             t += 0.01;
         }
-        assert_eq!(sent, Some(vec![(1, 6)]));
+        // 3 and 5 are partly held: only their missing bytes
+        let sent = sent.unwrap();
+        assert_eq!(sent.whole, vec![(1, 3), (4, 5)]);
+        let parts: Vec<_> = sent
+            .parts
+            .iter()
+            .map(|r| (r.index, r.start, r.end))
+            .collect();
+        assert_eq!(parts, vec![(3, 10, 100), (5, 10, 100)]);
+    }
+
+    #[test]
+    fn a_chunk_partly_held_is_asked_for_by_its_missing_bytes() {
+        let l = list(3);
+        let mut c = Core::new(1, &l, 3);
+        // chunk 0: bytes 0..20 and 50..70 of 100 arrived; chunk 1: nothing; chunk 2 arriving
+        c.on_datagram(&data(5, 0, l[0].id, 0, &[0; 20]), 0.0);
+        c.on_datagram(&data(5, 0, l[0].id, 50, &[0; 20]), 0.0);
+        c.on_datagram(&data(5, 2, l[2].id, 0, &[0; 20]), 0.0);
+        let mut t = 0.0;
+        let mut sent = None;
+        while sent.is_none() {
+            sent = c.nak(t);
+            t += 0.01;
+        }
+        let r = |start, end| FrameRange {
+            index: 0,
+            start,
+            end,
+        };
+        assert_eq!(
+            sent,
+            Some(Request {
+                whole: vec![(1, 2)],
+                parts: vec![r(20, 50), r(70, 100)],
+            })
+        );
+        // the repair arrives: the chunk completes from both passes' fragments
+        c.on_datagram(&data(5, 0, l[0].id, 20, &[1; 30]), t);
+        match c.on_datagram(&data(5, 0, l[0].id, 70, &[2; 30]), t) {
+            Event::Complete { index: 0, frame } => {
+                assert_eq!(&frame[20..50], &[1; 30]);
+                assert_eq!(&frame[70..], &[2; 30]);
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The sending end: [`Carousel`] (pure: which chunks each pass sends), [`RateControl`] (pure:
 //! the rate under NAK pressure) and [`send`] (the session on a socket).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::proto::{self, ListedChunk, Message};
@@ -10,16 +10,59 @@ use crate::rate::Bucket;
 use crate::store::manifest::Manifest;
 use crate::store::Store;
 
-/// Which chunk indexes each pass sends: the first pass all of them, each later pass those
-/// NAKed since the previous pass began.
+/// What a pass sends of one chunk: all of it, or the fragments that cover some byte ranges of
+/// its frame (sorted, disjoint, merged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    Whole,
+    Bytes(Vec<(u32, u32)>),
+}
+
+impl Need {
+    /// Adds `other`; returns whether anything was added.
+    fn merge(&mut self, other: Need) -> bool {
+        match (&mut *self, other) {
+            (Need::Whole, _) => false,
+            (_, Need::Whole) => {
+                *self = Need::Whole;
+                true
+            }
+            (Need::Bytes(mine), Need::Bytes(more)) => {
+                let before = mine.clone();
+                mine.extend(more);
+                mine.sort_unstable();
+                let mut merged: Vec<(u32, u32)> = Vec::with_capacity(mine.len());
+                for &(a, b) in mine.iter() {
+                    match merged.last_mut() {
+                        Some((_, end)) if a <= *end => *end = (*end).max(b),
+                        _ => merged.push((a, b)),
+                    }
+                }
+                *mine = merged;
+                *mine != before
+            }
+        }
+    }
+
+    /// Whether the fragment at `offset..offset + len` is to be sent.
+    pub fn wants(&self, offset: u32, len: u32) -> bool {
+        match self {
+            Need::Whole => true,
+            Need::Bytes(r) => r.iter().any(|&(a, b)| a < offset + len && offset < b),
+        }
+    }
+}
+
+/// Which chunks each pass sends: the first pass all of them, each later pass those NAKed (whole)
+/// or REPAIRed (some fragments) since the previous pass began.
 #[derive(Debug)]
 pub struct Carousel {
     total: u32,
     queue: Vec<u32>,
     pos: usize,
-    /// Chunks still to come in this pass (`queue[pos..]`).
-    coming: Vec<bool>,
-    pending: BTreeSet<u32>,
+    /// What this pass still has to send of each chunk in `queue[pos..]`.
+    coming: HashMap<u32, Need>,
+    pending: BTreeMap<u32, Need>,
     pub pass: u32,
 }
 
@@ -29,36 +72,60 @@ impl Carousel {
             total,
             queue: (0..total).collect(),
             pos: 0,
-            coming: vec![true; total as usize],
-            pending: BTreeSet::new(),
+            coming: (0..total).map(|i| (i, Need::Whole)).collect(),
+            pending: BTreeMap::new(),
             pass: 1,
         }
     }
 
-    /// Records a NAK's ranges (out-of-range indexes are ignored); returns how many chunks it
-    /// asked for that were not asked for already. A chunk still to come in this pass is not
-    /// queued again: a receiver repeats its NAK until the chunk arrives, and the pass carrying
-    /// it answers the repeats too (only news is loss).
-    pub fn nak(&mut self, ranges: &[(u32, u32)]) -> usize {
-        let before = self.pending.len();
-        for &(a, b) in ranges {
-            for i in a.min(self.total)..b.min(self.total) {
-                if !self.coming[i as usize] {
-                    self.pending.insert(i);
-                }
+    /// Records what a receiver asked for of chunk `index` (out of range: ignored); returns
+    /// whether it asked for something not asked for already. What is still to come in this
+    /// pass is not queued again: a receiver repeats its request until the bytes arrive, and
+    /// the pass carrying them answers the repeats too (only news is loss). A chunk still to
+    /// come for other byte ranges gets these added.
+    fn ask(&mut self, index: u32, need: Need) -> bool {
+        if index >= self.total {
+            return false;
+        }
+        if let Some(coming) = self.coming.get_mut(&index) {
+            return coming.merge(need);
+        }
+        match self.pending.entry(index) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(need),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(need);
+                true
             }
         }
-        self.pending.len() - before
     }
 
-    /// The next chunk to send in this pass, or `None` at the pass's end.
-    pub fn next_chunk(&mut self) -> Option<u32> {
-        let i = self.queue.get(self.pos).copied();
-        if let Some(i) = i {
-            self.pos += 1;
-            self.coming[i as usize] = false;
+    /// A NAK: whole chunks `a..b` of each range.
+    pub fn nak(&mut self, ranges: &[(u32, u32)]) -> usize {
+        let mut news = 0;
+        for &(a, b) in ranges {
+            for i in a.min(self.total)..b.min(self.total) {
+                news += usize::from(self.ask(i, Need::Whole));
+            }
         }
-        i
+        news
+    }
+
+    /// A REPAIR: byte ranges of frames. Both return how many of the request's chunks (NAK) or
+    /// ranges (REPAIR) were news.
+    pub fn repair(&mut self, ranges: &[proto::FrameRange]) -> usize {
+        let mut news = 0;
+        for r in ranges {
+            news += usize::from(self.ask(r.index, Need::Bytes(vec![(r.start, r.end)])));
+        }
+        news
+    }
+
+    /// The next chunk to send in this pass and what of it, or `None` at the pass's end.
+    pub fn next_chunk(&mut self) -> Option<(u32, Need)> {
+        let i = *self.queue.get(self.pos)?;
+        self.pos += 1;
+        let need = self.coming.remove(&i).unwrap_or(Need::Whole);
+        Some((i, need))
     }
 
     /// Position in the current pass: (sent, in the pass).
@@ -66,15 +133,14 @@ impl Carousel {
         (self.pos, self.queue.len())
     }
 
-    /// Starts the next pass if anything was NAKed; `false`: nothing to send.
+    /// Starts the next pass if anything was asked for; `false`: nothing to send.
     pub fn next_pass(&mut self) -> bool {
         if self.pending.is_empty() {
             return false;
         }
-        self.queue = std::mem::take(&mut self.pending).into_iter().collect();
-        for &i in &self.queue {
-            self.coming[i as usize] = true;
-        }
+        let pending = std::mem::take(&mut self.pending);
+        self.queue = pending.keys().copied().collect();
+        self.coming = pending.into_iter().collect();
         self.pos = 0;
         self.pass += 1;
         true
@@ -271,13 +337,20 @@ pub fn send(
             if let Ok(d) = proto::decode(&inbuf[..n]) {
                 if d.session == session || d.session == 0 {
                     match d.message {
-                        Message::Nak { receiver, ranges } if d.session == session => {
+                        Message::Nak { receiver, .. } | Message::Repair { receiver, .. }
+                            if d.session == session =>
+                        {
                             report.naks += 1;
                             peers.last_heard.insert(receiver, t);
                             peers.done.remove(&receiver);
+                            let news = match &d.message {
+                                Message::Nak { ranges, .. } => carousel.nak(ranges),
+                                Message::Repair { ranges, .. } => carousel.repair(ranges),
+                                _ => 0,
+                            };
                             // only new losses count as pressure: repeats of a NAK the next
                             // pass answers anyway would hold the rate at its floor
-                            if carousel.nak(&ranges) > 0 {
+                            if news > 0 {
                                 // the majority is of the receivers still working: once most
                                 // are done, the rest set the pace
                                 let working = peers
@@ -359,10 +432,14 @@ pub fn send(
         if now() > opts.timeout.as_secs_f64() {
             break "timeout";
         }
-        if let Some(index) = carousel.next_chunk() {
+        if let Some((index, need)) = carousel.next_chunk() {
             let c = &list[index as usize];
             let frame = store.read_compressed(&c.id)?;
             for (k, piece) in frame.chunks(payload).enumerate() {
+                let offset = (k * payload) as u32;
+                if !need.wants(offset, piece.len() as u32) {
+                    continue;
+                }
                 let t = now();
                 bucket.reset_rate_keep_credit(rate.tick(t));
                 let wait = bucket.take((piece.len() + proto::DATA_HEADER) as u64, t);
@@ -372,7 +449,7 @@ pub fn send(
                 transmit(
                     &Message::Data {
                         index,
-                        offset: (k * payload) as u32,
+                        offset,
                         total: frame.len() as u32,
                         id: c.id,
                         payload: piece,
@@ -446,24 +523,67 @@ pub fn send(
 mod tests {
     use super::*;
 
+    fn chunks(c: &mut Carousel) -> Vec<(u32, Need)> {
+        std::iter::from_fn(|| c.next_chunk()).collect()
+    }
+
+    fn bytes(index: u32, start: u32, end: u32) -> proto::FrameRange {
+        proto::FrameRange { index, start, end }
+    }
+
     #[test]
     fn later_passes_send_only_what_was_naked() {
         let mut c = Carousel::new(5);
-        assert_eq!(c.next_chunk(), Some(0));
+        assert_eq!(c.next_chunk(), Some((0, Need::Whole)));
         assert_eq!(
             c.nak(&[(0, 3)]),
             1,
             "1 and 2 are still to come in this pass"
         );
-        let first: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+        let first: Vec<u32> = chunks(&mut c).into_iter().map(|(i, _)| i).collect();
         assert_eq!(first, vec![1, 2, 3, 4]);
         assert_eq!(c.nak(&[(1, 3), (4, 9)]), 3); // 1, 2 and 4 (5.. is out of range)
         assert_eq!(c.nak(&[(2, 3)]), 0, "a repeated NAK is no news");
         assert!(c.next_pass());
         assert_eq!(c.pass, 2);
         assert_eq!(c.nak(&[(4, 5)]), 0, "4 comes in this pass");
-        let second: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+        let second: Vec<u32> = chunks(&mut c).into_iter().map(|(i, _)| i).collect();
         assert_eq!(second, vec![0, 1, 2, 4]);
+        assert!(!c.next_pass());
+    }
+
+    #[test]
+    fn repairs_send_only_the_fragments_asked_for_merged_across_receivers() {
+        let mut c = Carousel::new(4);
+        let _ = chunks(&mut c);
+        // receiver A lacks two fragments of chunk 1, receiver B another one and all of chunk 3
+        assert_eq!(c.repair(&[bytes(1, 1344, 2688), bytes(1, 5376, 6000)]), 2);
+        assert_eq!(c.repair(&[bytes(1, 2688, 4032)]), 1, "B's range is news");
+        assert_eq!(c.repair(&[bytes(1, 1400, 2000)]), 0, "inside A's: no news");
+        assert_eq!(c.nak(&[(3, 4)]), 1);
+        assert_eq!(c.repair(&[bytes(3, 0, 10)]), 0, "3 is asked for whole");
+        assert_eq!(c.repair(&[bytes(9, 0, 10)]), 0, "out of range");
+        assert!(c.next_pass());
+        // a request arriving while the pass is under way joins the chunk still to come
+        assert_eq!(c.repair(&[bytes(1, 0, 100)]), 1);
+        let second = chunks(&mut c);
+        assert_eq!(
+            second,
+            vec![
+                (1, Need::Bytes(vec![(0, 100), (1344, 4032), (5376, 6000)])),
+                (3, Need::Whole)
+            ]
+        );
+        let need = &second[0].1;
+        let sent: Vec<u32> = (0..5)
+            .map(|k| k * 1344)
+            .filter(|&o| need.wants(o, 1344))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![0, 1344, 2688, 5376],
+            "fragments 0, 1, 2 and 4 of 0..5"
+        );
         assert!(!c.next_pass());
     }
 
