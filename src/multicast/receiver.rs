@@ -2,7 +2,7 @@
 //! [`receive`] (the socket loop, decoding, verification and writing through
 //! [`export::Target`](crate::store::export::Target), then the HTTP fallback).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub struct Core {
     list: Vec<(ChunkId, u32)>,
     held: Vec<bool>,
     held_count: u32,
+    /// The indexes not held yet (what a request is made of; small below the frontier).
+    lacking: BTreeSet<u32>,
     partial: HashMap<u32, Partial>,
     /// The session this receiver follows (the first sender it hears).
     pub session: Option<u32>,
@@ -104,6 +106,7 @@ impl Core {
             list: list.iter().map(|c| (c.id, c.compressed)).collect(),
             held: vec![false; list.len()],
             held_count: 0,
+            lacking: (0..list.len() as u32).collect(),
             partial: HashMap::new(),
             session: None,
             frontier: 0,
@@ -148,6 +151,7 @@ impl Core {
             if !*h {
                 *h = true;
                 self.held_count += 1;
+                self.lacking.remove(&index);
             }
         }
         self.partial.remove(&index);
@@ -161,9 +165,7 @@ impl Core {
 
     /// The indexes not held yet.
     pub fn lacking(&self) -> Vec<u32> {
-        (0..self.total())
-            .filter(|&i| !self.held[i as usize])
-            .collect()
+        self.lacking.iter().copied().collect()
     }
 
     /// Handles one received datagram at time `now`.
@@ -258,8 +260,9 @@ impl Core {
         } else {
             self.frontier.saturating_sub(1)
         };
-        (0..upto)
-            .filter(|&i| !self.held[i as usize])
+        self.lacking
+            .range(..upto)
+            .copied()
             .filter(|i| {
                 self.last_nak
                     .get(i)
@@ -467,6 +470,7 @@ pub fn receive(
     let now = || clock.elapsed().as_secs_f64();
     let mut last_heard = now();
     let mut last_status = f64::NEG_INFINITY;
+    let mut last_nak_check = f64::NEG_INFINITY;
     let mut done_at: Option<f64> = None;
     let mut tenth = core.held() * 10 / core.total().max(1);
     let mut buf = vec![0u8; 65536];
@@ -507,7 +511,15 @@ pub fn receive(
             // before the first sender datagram, JOIN under session 0 (the sender accepts it)
             send(&m, core.session.unwrap_or(0));
         }
-        if let Some(request) = core.nak(t) {
+        // what to ask for is looked at every few ms, not after every datagram: at 1 Gbit/s
+        // that is 80,000 times a second
+        let request = if t - last_nak_check >= 0.005 {
+            last_nak_check = t;
+            core.nak(t)
+        } else {
+            None
+        };
+        if let Some(request) = request {
             if let Some(s) = core.session {
                 if !request.whole.is_empty() {
                     let ranges = request.whole;
