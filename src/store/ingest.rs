@@ -93,12 +93,10 @@ impl ChunkSink for LocalSink {
     }
 
     fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
+        // Claimed before looking: gc keeps what a live session claimed.
+        self.session.claim_all(ids)?;
         ids.iter()
-            .map(|id| {
-                // Claimed before looking: gc keeps what a live session claimed.
-                self.session.claim(id)?;
-                Ok(self.store.chunk_size(id)?.map(|n| n as u32))
-            })
+            .map(|id| Ok(self.store.chunk_size(id)?.map(|n| n as u32)))
             .collect()
     }
 

@@ -40,6 +40,11 @@ pub struct Session {
     ids: Mutex<File>,
     /// Temp chunk files written and not yet published; removed if the session fails.
     unpublished: Mutex<Vec<PathBuf>>,
+    /// Chunks this session published, with their compressed sizes: in place until commit
+    /// (claimed, so no gc removes them), so commit need not look at them again.
+    published: Mutex<std::collections::HashMap<ChunkId, u32>>,
+    /// Sizes of the temp chunks written, until they are published.
+    written: Mutex<std::collections::HashMap<ChunkId, u32>>,
     /// The chunks directory, open for `syncfs`.
     chunks_fd: File,
     _lock: File,
@@ -71,6 +76,8 @@ impl Session {
             dir,
             ids: Mutex::new(ids),
             unpublished: Mutex::new(Vec::new()),
+            published: Mutex::new(std::collections::HashMap::new()),
+            written: Mutex::new(std::collections::HashMap::new()),
             chunks_fd: File::open(store.chunks_dir()).ctx("opening", store.chunks_dir())?,
             _lock: lock,
         })
@@ -78,8 +85,14 @@ impl Session {
 
     /// Records that this ingest uses chunk `id`; call before checking whether the store has it.
     pub fn claim(&self, id: &ChunkId) -> Result<()> {
+        self.claim_all(std::slice::from_ref(id))
+    }
+
+    /// [`claim`](Self::claim) for many chunks in one write.
+    pub fn claim_all(&self, ids: &[ChunkId]) -> Result<()> {
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
         let mut f = self.ids.lock().unwrap();
-        f.write_all(&id.0)
+        f.write_all(&bytes)
             .ctx("recording chunk claim in", &self.dir)
     }
 
@@ -100,6 +113,9 @@ impl Session {
         .ctx("creating chunk file", &path)?;
         self.unpublished.lock().unwrap().push(path.clone());
         f.write_all(compressed).ctx("writing chunk file", &path)?;
+        if let Ok(n) = u32::try_from(compressed.len()) {
+            self.written.lock().unwrap().insert(*id, n);
+        }
         Ok(path)
     }
 
@@ -109,10 +125,19 @@ impl Session {
             return Ok(());
         }
         self.sync()?;
+        let mut published = Vec::with_capacity(batch.len());
         for (id, tmp) in batch.drain(..) {
             let dest = self.store.chunk_path(&id);
             fs::rename(&tmp, &dest).ctx("publishing chunk", &dest)?;
+            published.push(id);
         }
+        let mut written = self.written.lock().unwrap();
+        let sizes: Vec<(ChunkId, u32)> = published
+            .into_iter()
+            .filter_map(|id| written.remove(&id).map(|n| (id, n)))
+            .collect();
+        drop(written);
+        self.published.lock().unwrap().extend(sizes);
         Ok(())
     }
 
@@ -124,7 +149,8 @@ impl Session {
         // No gc runs now. One that failed or was killed may have left chunks in trash: put
         // them back, then make sure every chunk the manifest names is in place.
         super::gclock::restore_all_trash(&self.store)?;
-        let mut sizes = std::collections::HashMap::new();
+        // what this session published is in place (claimed); the rest is looked at
+        let mut sizes = self.published.lock().unwrap().clone();
         for (_, id, _) in manifest.chunks() {
             if let std::collections::hash_map::Entry::Vacant(slot) = sizes.entry(id) {
                 match self.store.chunk_size(&id)? {
