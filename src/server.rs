@@ -387,16 +387,21 @@ impl Server {
     /// Runs until `cancel` fires or a service fails; then stops the others and waits.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ServeError> {
         let hooks = crate::hooks::Hooks::new(self.config.hooks.clone(), self.db.clone());
-        let state = AppState {
+        let state = AppState::from(crate::http::Shared {
             db: self.db.clone(),
             data: self.data.clone(),
             advertise: self.config.advertise,
             http_port: self.listening.http.port(),
             after_register: self.config.after_register,
-            chunks: Arc::new(match &self.relay {
-                None => http::chunks::ChunkService::new(self.data.clone()),
-                Some(r) => http::chunks::ChunkService::new(self.data.clone())
-                    .with_pull(r.pull.clone() as Arc<dyn crate::store::PullThrough>),
+            chunks: Arc::new({
+                let service = http::chunks::ChunkService::new(self.data.clone())
+                    .with_frame_cache(self.config.limits.chunk_cache);
+                match &self.relay {
+                    None => service,
+                    Some(r) => {
+                        service.with_pull(r.pull.clone() as Arc<dyn crate::store::PullThrough>)
+                    }
+                }
             }),
             multicast: match &self.relay {
                 None => crate::multicast::sessions::Sessions::new(),
@@ -411,7 +416,7 @@ impl Server {
             orders: Default::default(),
             clock: self.config.clock(),
             ldap: self.config.ldap.clone().map(Arc::new),
-        };
+        });
         let orders = state.orders.clone();
         let connections =
             http::listen::Connections::new(self.config.limits, state.connections.clone());

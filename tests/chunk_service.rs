@@ -52,6 +52,15 @@ fn frames(mut body: &[u8]) -> Vec<(ChunkId, Option<Vec<u8>>)> {
     out
 }
 
+/// A counter from `/metrics`.
+fn metric(url: &str, name: &str) -> u64 {
+    let (code, text) = http("GET", &format!("{url}/metrics"), None, None);
+    assert_eq!(code, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// `bootcast_chunk_bytes_served_total` from `/metrics`.
 fn bytes_served(url: &str) -> u64 {
     let (code, text) = http("GET", &format!("{url}/metrics"), None, None);
@@ -155,6 +164,21 @@ fn manifest_chunk_and_batch_endpoints() {
         headers.contains("cache-control: public, max-age=31536000, immutable"),
         "{headers}"
     );
+    // asked again: the same bytes, from the frames kept in memory (no file read)
+    assert_eq!(metric(url, "bootcast_chunks_from_memory_total"), 0);
+    let (code, _, again) = get(&s, &format!("{url}/chunks/{a}"), &[]);
+    assert_eq!((code, &again), (200, &stored_a));
+    assert_eq!(metric(url, "bootcast_chunks_from_memory_total"), 1);
+    let (h, v) = staff(&s);
+    let (code, head, body) = request("HEAD", &format!("{url}/chunks/{a}"), &[(h, &v)], None);
+    assert_eq!(code, 200);
+    assert!(body.is_empty());
+    let length = stored_a.len().to_string();
+    assert!(
+        head.iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-length") && *v == length),
+        "{head:?}"
+    );
     let (code, headers, body) = get(&s, &format!("{url}/chunks/{a}"), &[("range", "bytes=4-13")]);
     assert_eq!(code, 206, "{headers}");
     assert_eq!(body, stored_a[4..14]);
@@ -207,10 +231,10 @@ fn manifest_chunk_and_batch_endpoints() {
     assert_eq!(code, 413);
     assert!(String::from_utf8_lossy(&body).contains("4096"));
 
-    // counters: one chunk, 10 range bytes, two batch frames
+    // counters: one chunk twice, 10 range bytes, two batch frames
     let served = bytes_served(url);
     let expected =
-        stored_a.len() as u64 * 2 + 10 + std::fs::metadata(store.chunk_path(&b)).unwrap().len();
+        stored_a.len() as u64 * 3 + 10 + std::fs::metadata(store.chunk_path(&b)).unwrap().len();
     assert_eq!(served, expected);
 }
 

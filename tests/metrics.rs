@@ -121,7 +121,7 @@ async fn get(app: &Router, path: &str) -> (StatusCode, String) {
 
 fn state(data: &Path) -> AppState {
     let db = Db::open_in_memory().unwrap();
-    AppState {
+    AppState::from(bootcast::http::Shared {
         db: db.clone(),
         data: data.to_path_buf(),
         advertise: None,
@@ -138,7 +138,7 @@ fn state(data: &Path) -> AppState {
         orders: Default::default(),
         ldap: None,
         clock: Arc::new(bootcast::push::clock::SystemClock),
-    }
+    })
 }
 
 /// The value of the sample printed exactly as `series` (name with its labels).

@@ -344,7 +344,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        let state = AppState {
+        let state = AppState::from(crate::http::Shared {
             db: db.clone(),
             data: data.to_path_buf(),
             advertise: None,
@@ -361,7 +361,7 @@ mod tests {
             clock: Arc::new(crate::push::clock::SystemClock),
             ldap: None,
             orders: Default::default(),
-        };
+        });
         let app = http::router(state, "token".into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

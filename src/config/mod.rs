@@ -16,6 +16,7 @@
 //! header_timeout = 15            # seconds to a complete request head (TLS handshake included)
 //! idle_timeout = 120             # seconds a keep-alive connection waits for its next request
 //! plain_relays = []              # subnets whose relays may speak plain HTTP (upgrades only)
+//! chunk_cache_mb = 256           # chunk frames served lately, kept in memory (0: none)
 //!
 //! [tls]                          # the HTTPS certificate; default: self-signed, DATA/tls/
 //! cert = "/etc/bootcast/cert.pem"   # PEM: certificate, then intermediates
@@ -204,6 +205,8 @@ pub struct HttpLimits {
     pub header_timeout: std::time::Duration,
     /// A keep-alive connection's wait for its next request.
     pub idle_timeout: std::time::Duration,
+    /// Bytes of chunk frames served lately kept in memory.
+    pub chunk_cache: u64,
 }
 
 impl Default for HttpLimits {
@@ -213,6 +216,7 @@ impl Default for HttpLimits {
             max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             idle_timeout: std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            chunk_cache: crate::http::chunks::DEFAULT_FRAME_CACHE,
         }
     }
 }
@@ -521,6 +525,8 @@ mod tests {
         assert!(ps
             .iter()
             .any(|p| p.contains("both cert") && p.contains("key")));
+        let ps = problems("[http]\nchunk_cache_mb=2000000\n");
+        assert!(ps[0].contains("http.chunk_cache_mb = 2000000"), "{ps:#?}");
         let ps = problems("[http]\nmax_connections=10\nmax_connections_per_address=20\n");
         assert!(ps[0].contains("more than http.max_connections"), "{ps:#?}");
         let ps = problems("[tls]\ncert='/nonexistent/c.pem'\nkey='/nonexistent/k.pem'\n");

@@ -148,6 +148,8 @@ pub struct RawHttp {
     pub header_timeout: Option<u64>,
     /// Seconds a keep-alive connection may wait for its next request (default 120).
     pub idle_timeout: Option<u64>,
+    /// MiB of chunk frames served lately kept in memory (default 256; 0: none).
+    pub chunk_cache_mb: Option<u64>,
     /// Subnets whose relays may use the relay protocol over plain HTTP (default none): relays
     /// of a release before HTTPS, while a region upgrades.
     #[serde(default)]

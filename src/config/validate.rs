@@ -265,6 +265,17 @@ impl RawConfig {
                 p,
             ),
             idle_timeout: secs("idle_timeout", h.idle_timeout, DEFAULT_IDLE_TIMEOUT_SECS, p),
+            chunk_cache: match h.chunk_cache_mb {
+                None => d.chunk_cache,
+                Some(mb) if mb <= 1 << 20 => mb << 20,
+                Some(mb) => {
+                    p(format!(
+                        "http.chunk_cache_mb = {mb}: MiB, from 0 (none) to 1048576 (default {})",
+                        d.chunk_cache >> 20
+                    ));
+                    d.chunk_cache
+                }
+            },
         };
         if limits.max_per_address > limits.max_connections {
             p(format!(

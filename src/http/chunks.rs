@@ -115,7 +115,12 @@ pub struct ChunkService {
     pub captures: super::capture::Captures,
     /// On a relay: where chunks the store lacks come from.
     pull: Option<Arc<dyn PullThrough>>,
+    /// The frames served lately (`[http] chunk_cache_mb`).
+    pub frames: super::frames::FrameCache,
 }
+
+/// `[http] chunk_cache_mb` by default: 256 MiB of frames, a room's restore of a large image.
+pub const DEFAULT_FRAME_CACHE: u64 = 256 << 20;
 
 /// Counters since start, and the gauge of open captures (set at each scrape).
 #[derive(Default)]
@@ -124,6 +129,8 @@ pub struct Metrics {
     pub chunk_bytes_served: Counter,
     pub chunks_served: Counter,
     pub chunks_missing: Counter,
+    /// `GET /chunks/{id}` answered from the frames kept in memory.
+    pub chunks_from_memory: Counter,
     pub chunk_requests: Counter,
     pub batch_requests: Counter,
     pub manifests_served: Counter,
@@ -145,7 +152,14 @@ impl ChunkService {
             metrics: Metrics::default(),
             captures: Default::default(),
             pull: None,
+            frames: super::frames::FrameCache::new(DEFAULT_FRAME_CACHE),
         }
+    }
+
+    /// Keeps at most `bytes` of frames served lately in memory (0: none).
+    pub fn with_frame_cache(mut self, bytes: u64) -> ChunkService {
+        self.frames = super::frames::FrameCache::new(bytes);
+        self
     }
 
     /// A relay's service: chunks the store lacks are pulled through `pull` first.
@@ -322,30 +336,46 @@ pub async fn chunk(
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else if !headers.contains_key(header::RANGE) {
-        // the whole frame (what every client asks): read in one blocking call, so a request
-        // costs one hand-off to the blocking pool, not one per file operation
-        st.chunks.pull_missing(&store, &[id]).await?;
-        let path = store.chunk_path(&id);
+        // the whole frame (what every client asks): from memory if served lately, else read in
+        // one step (from the page cache on this thread, the blocking pool only for the disk)
         let head = req.method() == axum::http::Method::HEAD;
-        let read = match read_frame(&path, head) {
-            Ok(Some(got)) => Ok(got),
-            Ok(None) => tokio::task::spawn_blocking(move || {
-                std::fs::read(&path).map(|b| {
-                    let n = b.len() as u64;
-                    (b, n)
+        let read = match st.chunks.frames.get(&id) {
+            Some(frame) => {
+                m.chunks_from_memory.inc();
+                let len = frame.len() as u64;
+                Ok((frame, len))
+            }
+            None => {
+                st.chunks.pull_missing(&store, &[id]).await?;
+                let path = store.chunk_path(&id);
+                let read = match read_frame(&path, head) {
+                    Ok(Some(got)) => Ok(got),
+                    Ok(None) => tokio::task::spawn_blocking(move || {
+                        std::fs::read(&path).map(|b| {
+                            let n = b.len() as u64;
+                            (b, n)
+                        })
+                    })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("reading chunk {id}: {e}")))?,
+                    Err(e) => Err(e),
+                };
+                read.map(|(frame, len)| {
+                    let frame = bytes::Bytes::from(frame);
+                    if !head {
+                        st.chunks.frames.insert(id, frame.clone());
+                    }
+                    (frame, len)
                 })
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("reading chunk {id}: {e}")))?,
-            Err(e) => Err(e),
+            }
         };
         match read {
-            Ok((body, len)) => {
+            Ok((frame, len)) => {
                 if !head {
                     m.chunk_bytes_served.inc_by(len);
                     m.chunks_served.inc();
                 }
-                let mut r = Body::from(body).into_response();
+                let mut r = Body::from(frame).into_response();
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 r
@@ -546,7 +576,7 @@ impl Metrics {
     /// Registers the chunk service's metrics in `reg` (counters without `_total`: the
     /// encoder appends it).
     pub fn register(&self, reg: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "bootcast_chunk_bytes_served",
                 "Compressed chunk bytes sent (GET /chunks/{id} and POST /chunks/batch)",
@@ -562,6 +592,11 @@ impl Metrics {
                 "bootcast_chunk_requests",
                 "GET /chunks/{id} requests",
                 &self.chunk_requests,
+            ),
+            (
+                "bootcast_chunks_from_memory",
+                "GET /chunks/{id} answered from the frames served lately, kept in memory",
+                &self.chunks_from_memory,
             ),
             (
                 "bootcast_chunk_batch_requests",

@@ -35,6 +35,7 @@ pub mod capture;
 pub mod chunks;
 pub mod console;
 pub mod error;
+pub mod frames;
 pub mod inventory;
 pub mod listen;
 pub mod relay;
@@ -50,9 +51,26 @@ use axum::Router;
 use crate::config::AfterRegister;
 use crate::db::Db;
 
-/// Everything the handlers share.
+/// Everything the handlers share, behind one reference count: axum clones the state for every
+/// request at every layer, so a clone is one atomic increment (`Deref` gives the fields).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub db: Db,
     /// The data directory (boot environment under `bootenv/`).
     pub data: PathBuf,
