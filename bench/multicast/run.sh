@@ -313,8 +313,12 @@ print("time: sender start until the last receiver exited; sender MB: tx_bytes of
 for n in counts.split():
     try:
         s = json.load(open(f"{logs}/bootcast-{n}-send.out"))
-        print(f"bootcast N={n}: sender report: {s['bytes']} bytes, {s['passes']} passes, "
-              f"{s.get('naks', '?')} NAKs, ended {s['ended']}, {s['receivers_done']}/{s['receivers_joined']} done")
+        bs, us = float(r[f"bootcast_{n}_s"]), float(r[f"udpcast_{n}_s"])
+        sent = s['bytes'] / s['compressed']
+        print(f"bootcast N={n}: sender report: {s['bytes']} bytes ({sent:.4f} x the compressed image, goal <= 1.05: "
+              f"{'met' if sent <= 1.05 else 'missed'}), {s['passes']} passes, "
+              f"{s.get('naks', '?')} NAKs, ended {s['ended']}, {s['receivers_done']}/{s['receivers_joined']} done; "
+              f"time udpcast/bootcast {us / bs:.2f} (goal >= 1: {'met' if us >= bs else 'missed'})")
     except Exception as e:
         print(f"bootcast N={n}: no sender report ({e})")
 if loss_n:
@@ -327,6 +331,7 @@ if loss_n:
           f"clean {' '.join(f'{t:.2f}' for t in clean)}; with loss {' '.join(f'{t:.2f}' for t in lossy)}")
     print(f"  the {loss_n - 2} others: slowest {others_clean:.2f} s clean, {others_loss:.2f} s with loss: "
           f"ratio {others_loss / others_clean:.2f} (issue 7: at most 1.20); lossy two: {max(lossy[:2]):.2f} s; "
-          f"sender {send['bytes']} bytes in {send['passes']} passes (clean: "
+          f"sender {send['bytes']} bytes = {send['bytes'] / send['compressed']:.3f} x the compressed image "
+          f"in {send['passes']} passes (clean: "
           f"{r[f'bootcast_{loss_n}_clean_bytes']} eth0 bytes)")
 PY

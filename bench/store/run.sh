@@ -732,6 +732,9 @@ fi
 # ---------------------------------------------------------------- zstd reference
 # output size was measured once during data generation (data.json: v1_zstd1_T0_size)
 run zstd_v1 sh -c 'zstd -q -1 -T0 -c "$1" >/dev/null' zstd "$V1"
+# disk reference: 2 GiB written and fsynced where the exports go
+run disk_write_2g dd if=/dev/zero of="$W/dd.bin" bs=1M count=2048 conv=fsync status=none
+rm -f "$W/dd.bin"
 
 put load_end "$(cut -d' ' -f1 /proc/loadavg)"
 
@@ -828,6 +831,24 @@ ratio("bootcast/casync bytes added by v2", bc_add, cs_add)
 ratio("bootcast v2 new_bytes / zstd -1 changed regions", g("bc_json_new_v2"), d["changed_zstd1"])
 ratio("bootcast v2 new_bytes / zstd -3 changed regions", g("bc_json_new_v2"), d["changed_zstd3"])
 ratio("casync v2 added bytes / zstd -1 changed regions", cs_add, d["changed_zstd1"])
+
+print("goals (issue 21):")
+def goal(name, value, want, fmt="{:.2f}"):
+    if value is None:
+        print(f"  {name:<58} n/a"); return
+    print(f"  {name:<58} {fmt.format(value)} (goal >= {want}) {'met' if value >= want else 'missed'}")
+def per(a, b):
+    return None if a is None or not b else a / b
+goal("ingest v1: casync make (+sync) s / bootcast s", per(g("cs_ingest_v1_total_s"), g("bc_ingest_v1_s")), 6)
+goal("ingest v1: zstd -1 -T0 s / bootcast s", per(g("zstd_v1_s"), g("bc_ingest_v1_s")), 0.7)
+goal("export v1: casync extract (+sync) s / bootcast s", per(g("cs_export_v1_total_s"), g("bc_export_v1_s")), 3)
+goal("export v1: dd 2 GiB (fsync) s / bootcast s", per(g("disk_write_2g_s"), g("bc_export_v1_s")), 0.7)
+goal("v2: casync added MB / bootcast added MB", per(cs_add, bc_add), 1)
+ratios["goal_ingest_vs_casync"] = per(g("cs_ingest_v1_total_s"), g("bc_ingest_v1_s"))
+ratios["goal_ingest_vs_zstd"] = per(g("zstd_v1_s"), g("bc_ingest_v1_s"))
+ratios["goal_export_vs_casync"] = per(g("cs_export_v1_total_s"), g("bc_export_v1_s"))
+ratios["goal_export_vs_disk"] = per(g("disk_write_2g_s"), g("bc_export_v1_s"))
+ratios["goal_v2_added_vs_casync"] = per(cs_add, bc_add)
 
 json.dump({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bootcast": binary,
            "chunk_sizes": cs or None, "level": int(level) if level else None,
