@@ -379,7 +379,7 @@ fn a_spoofed_chunk_sent_to_the_group_never_reaches_a_target() {
                 index: 0,
                 offset: (k * step) as u32,
                 total: c.compressed,
-                id: c.id,
+                tag: proto::tag(&c.id),
                 payload: piece,
             };
             proto::encode(session, &m, &mut buf);

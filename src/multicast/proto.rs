@@ -4,7 +4,7 @@
 //! Every datagram starts with an 8-byte header; integers are big-endian:
 //! ```text
 //! magic    2 bytes  "BM"
-//! version  u8       1
+//! version  u8       2
 //! kind     u8       1 DATA, 2 NAK, 3 JOIN, 4 STATUS, 5 DONE, 6 PASS, 7 END, 8 REPAIR
 //! session  u32      chosen by the sender for one session (group + port + image)
 //! ```
@@ -13,7 +13,9 @@
 //! DATA    (sender → group)    index u32     the chunk's position in the chunk list
 //!                             offset u32    of this fragment in the compressed frame
 //!                             total u32     the compressed frame's length
-//!                             id 32 bytes   the chunk id (BLAKE3 of the uncompressed bytes)
+//!                             tag u32       the chunk id's first 4 bytes (the id is BLAKE3
+//!                                           of the uncompressed bytes; the tag catches a
+//!                                           sender of another image, the id verifies)
 //!                             payload       the rest of the datagram
 //! NAK     (receiver → group)  receiver u32, count u16, count × (first u32, end u32):
 //!                             half-open ranges of chunk indexes the receiver lacks
@@ -51,7 +53,7 @@
 /// Largest datagram by default: 1400 bytes of UDP payload fits a 1500-byte MTU.
 pub const DEFAULT_DATAGRAM: usize = 1400;
 /// Bytes before a DATA payload.
-pub const DATA_HEADER: usize = HEADER + 12 + 32;
+pub const DATA_HEADER: usize = HEADER + 16;
 /// Smallest datagram size that leaves room for a payload.
 pub const MIN_DATAGRAM: usize = DATA_HEADER + 16;
 /// Most ranges one NAK carries.
@@ -60,7 +62,9 @@ pub const MAX_NAK_RANGES: usize = 128;
 pub const MAX_REPAIR_RANGES: usize = 96;
 
 const MAGIC: &[u8; 2] = b"BM";
-const VERSION: u8 = 1;
+/// 2: DATA carries a 4-byte tag of the chunk id, not the whole id (1: the 32-byte id; 28 bytes
+/// more per 1400-byte datagram).
+const VERSION: u8 = 2;
 const HEADER: usize = 8;
 
 use crate::store::id::ChunkId;
@@ -73,7 +77,7 @@ pub enum Message<'a> {
         index: u32,
         offset: u32,
         total: u32,
-        id: ChunkId,
+        tag: u32,
         payload: &'a [u8],
     },
     Nak {
@@ -157,13 +161,12 @@ pub fn encode(session: u32, message: &Message, out: &mut Vec<u8>) {
             index,
             offset,
             total,
-            id,
+            tag,
             payload,
         } => {
-            for v in [index, offset, total] {
+            for v in [index, offset, total, tag] {
                 out.extend_from_slice(&v.to_be_bytes());
             }
-            out.extend_from_slice(&id.0);
             out.extend_from_slice(payload);
         }
         Message::Nak { receiver, ranges } => {
@@ -250,8 +253,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     };
     let message = match kind {
         1 => {
-            let (index, offset, total) = (r.u32()?, r.u32()?, r.u32()?);
-            let id = ChunkId(r.take(32)?.try_into().unwrap());
+            let (index, offset, total, tag) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
             let payload = r.0;
             if payload.is_empty() {
                 return Err(DecodeError::Invalid("empty fragment"));
@@ -263,7 +265,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
                 index,
                 offset,
                 total,
-                id,
+                tag,
                 payload,
             }
         }
@@ -316,6 +318,11 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         k => return Err(DecodeError::Kind(k)),
     };
     Ok(Datagram { session, message })
+}
+
+/// The tag DATA datagrams carry for chunk `id`.
+pub fn tag(id: &ChunkId) -> u32 {
+    u32::from_be_bytes(id.0[..4].try_into().expect("4 bytes"))
 }
 
 /// Payload bytes per DATA datagram of at most `datagram` bytes.
@@ -385,7 +392,7 @@ mod tests {
                 index: 4,
                 offset: 1340,
                 total: 5000,
-                id: ChunkId::of(b"x"),
+                tag: tag(&ChunkId::of(b"x")),
                 payload: b"hello",
             },
             Message::Nak {
@@ -440,7 +447,7 @@ mod tests {
             index: 0,
             offset: 0,
             total: payload.len() as u32,
-            id: ChunkId::of(b""),
+            tag: tag(&ChunkId::of(b"")),
             payload: &payload,
         };
         let mut buf = Vec::new();
@@ -455,7 +462,7 @@ mod tests {
             index: 0,
             offset: 10,
             total: 12,
-            id: ChunkId::of(b""),
+            tag: tag(&ChunkId::of(b"")),
             payload: b"abc",
         };
         encode(1, &bad_fragment, &mut buf);
@@ -472,8 +479,11 @@ mod tests {
         encode(1, &Message::End, &mut buf);
         buf.push(0);
         assert!(decode(&buf).is_err());
-        buf[2] = 2;
-        assert_eq!(decode(&buf), Err(DecodeError::Version(2)));
+        // a sender of release 1 (the 32-byte id in DATA) or of a later one: refused by version
+        for v in [1, 3] {
+            buf[2] = v;
+            assert_eq!(decode(&buf), Err(DecodeError::Version(v)));
+        }
     }
 
     #[test]
@@ -500,7 +510,7 @@ mod tests {
                 let len = (rnd() % 200) as usize;
                 let mut d: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
                 if len >= 4 && rnd() % 2 == 0 {
-                    d[..3].copy_from_slice(b"BM\x01");
+                    d[..3].copy_from_slice(b"BM\x02");
                 }
                 d
             } else {

@@ -189,7 +189,7 @@ impl Core {
                 index,
                 offset,
                 total,
-                id,
+                tag,
                 payload,
             } => {
                 self.datagrams += 1;
@@ -198,7 +198,7 @@ impl Core {
                     self.dropped += 1;
                     return Event::None;
                 };
-                if want != id || compressed != total {
+                if proto::tag(&want) != tag || compressed != total {
                     self.dropped += 1;
                     return Event::None;
                 }
@@ -673,7 +673,7 @@ mod tests {
                 index,
                 offset,
                 total: 100,
-                id,
+                tag: proto::tag(&id),
                 payload,
             },
             &mut buf,

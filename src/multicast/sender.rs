@@ -451,7 +451,7 @@ pub fn send(
                         index,
                         offset,
                         total: frame.len() as u32,
-                        id: c.id,
+                        tag: proto::tag(&c.id),
                         payload: piece,
                     },
                     &mut report,
