@@ -193,6 +193,10 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 365;
 /// `[retention] gc_hours` when the file does not say.
 pub const DEFAULT_GC_HOURS: u32 = 24;
 
+/// `[http] chunk_cache_mb` by default: 256 MiB of chunk frames, a room's restore of a large
+/// image.
+pub const DEFAULT_CHUNK_CACHE: u64 = 256 << 20;
+
 /// What the HTTP listeners allow (`[http]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -216,7 +220,7 @@ impl Default for HttpLimits {
             max_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             idle_timeout: std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
-            chunk_cache: crate::http::chunks::DEFAULT_FRAME_CACHE,
+            chunk_cache: DEFAULT_CHUNK_CACHE,
         }
     }
 }

@@ -119,8 +119,8 @@ pub struct ChunkService {
     pub frames: super::frames::FrameCache,
 }
 
-/// `[http] chunk_cache_mb` by default: 256 MiB of frames, a room's restore of a large image.
-pub const DEFAULT_FRAME_CACHE: u64 = 256 << 20;
+/// `[http] chunk_cache_mb` by default.
+pub const DEFAULT_FRAME_CACHE: u64 = crate::config::DEFAULT_CHUNK_CACHE;
 
 /// Counters since start, and the gauge of open captures (set at each scrape).
 #[derive(Default)]
