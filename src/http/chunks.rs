@@ -119,9 +119,6 @@ pub struct ChunkService {
     pub frames: super::frames::FrameCache,
 }
 
-/// `[http] chunk_cache_mb` by default.
-pub const DEFAULT_FRAME_CACHE: u64 = crate::config::DEFAULT_CHUNK_CACHE;
-
 /// Counters since start, and the gauge of open captures (set at each scrape).
 #[derive(Default)]
 pub struct Metrics {
@@ -152,7 +149,7 @@ impl ChunkService {
             metrics: Metrics::default(),
             captures: Default::default(),
             pull: None,
-            frames: super::frames::FrameCache::new(DEFAULT_FRAME_CACHE),
+            frames: super::frames::FrameCache::new(crate::config::DEFAULT_CHUNK_CACHE),
         }
     }
 

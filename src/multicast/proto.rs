@@ -218,6 +218,27 @@ impl<'a> Reader<'a> {
     fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap()))
     }
+    /// A u16 count (at most `max`), then that many ranges; `one` reads a range and says
+    /// whether it is non-empty.
+    fn ranges<T>(
+        &mut self,
+        max: usize,
+        one: impl Fn(&mut Self) -> Result<(T, bool), DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let count = self.u16()? as usize;
+        if count > max {
+            return Err(DecodeError::Invalid("too many ranges"));
+        }
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (range, non_empty) = one(self)?;
+            if !non_empty {
+                return Err(DecodeError::Invalid("empty range"));
+            }
+            out.push(range);
+        }
+        Ok(out)
+    }
     fn end(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
@@ -271,35 +292,19 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         }
         2 => {
             let receiver = r.u32()?;
-            let count = r.u16()? as usize;
-            if count > MAX_NAK_RANGES {
-                return Err(DecodeError::Invalid("too many ranges"));
-            }
-            let mut ranges = Vec::with_capacity(count);
-            for _ in 0..count {
+            let ranges = r.ranges(MAX_NAK_RANGES, |r| {
                 let (a, b) = (r.u32()?, r.u32()?);
-                if a >= b {
-                    return Err(DecodeError::Invalid("empty range"));
-                }
-                ranges.push((a, b));
-            }
+                Ok(((a, b), a < b))
+            })?;
             r.end()?;
             Message::Nak { receiver, ranges }
         }
         8 => {
             let receiver = r.u32()?;
-            let count = r.u16()? as usize;
-            if count > MAX_REPAIR_RANGES {
-                return Err(DecodeError::Invalid("too many ranges"));
-            }
-            let mut ranges = Vec::with_capacity(count);
-            for _ in 0..count {
+            let ranges = r.ranges(MAX_REPAIR_RANGES, |r| {
                 let (index, start, end) = (r.u32()?, r.u32()?, r.u32()?);
-                if start >= end {
-                    return Err(DecodeError::Invalid("empty range"));
-                }
-                ranges.push(FrameRange { index, start, end });
-            }
+                Ok((FrameRange { index, start, end }, start < end))
+            })?;
             r.end()?;
             Message::Repair { receiver, ranges }
         }

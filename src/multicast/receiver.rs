@@ -54,6 +54,21 @@ pub struct Request {
     pub parts: Vec<FrameRange>,
 }
 
+impl Request {
+    /// The datagrams that carry it from `receiver`: a NAK, a REPAIR, or both.
+    pub fn messages(self, receiver: u32) -> impl Iterator<Item = Message<'static>> {
+        let nak = (!self.whole.is_empty()).then_some(Message::Nak {
+            receiver,
+            ranges: self.whole,
+        });
+        let repair = (!self.parts.is_empty()).then_some(Message::Repair {
+            receiver,
+            ranges: self.parts,
+        });
+        nak.into_iter().chain(repair)
+    }
+}
+
 /// What a datagram meant to the receiver.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -72,8 +87,6 @@ pub enum Event {
 pub struct Core {
     pub id: u32,
     list: Vec<(ChunkId, u32)>,
-    held: Vec<bool>,
-    held_count: u32,
     /// The indexes not held yet (what a request is made of; small below the frontier).
     lacking: BTreeSet<u32>,
     partial: HashMap<u32, Partial>,
@@ -104,8 +117,6 @@ impl Core {
         Core {
             id,
             list: list.iter().map(|c| (c.id, c.compressed)).collect(),
-            held: vec![false; list.len()],
-            held_count: 0,
             lacking: (0..list.len() as u32).collect(),
             partial: HashMap::new(),
             session: None,
@@ -130,30 +141,24 @@ impl Core {
     }
 
     pub fn held(&self) -> u32 {
-        self.held_count
+        self.total() - self.lacking.len() as u32
     }
 
     pub fn done(&self) -> bool {
-        self.held_count == self.total()
+        self.lacking.is_empty()
     }
 
     pub fn status(&self) -> Status {
         Status {
             receiver: self.id,
-            held: self.held_count,
+            held: self.held(),
             total: self.total(),
         }
     }
 
     /// Chunk `index` is on the target (verified and written, or found there).
     pub fn verified(&mut self, index: u32) {
-        if let Some(h) = self.held.get_mut(index as usize) {
-            if !*h {
-                *h = true;
-                self.held_count += 1;
-                self.lacking.remove(&index);
-            }
-        }
+        self.lacking.remove(&index);
         self.partial.remove(&index);
     }
 
@@ -203,7 +208,7 @@ impl Core {
                     return Event::None;
                 }
                 self.frontier = self.frontier.max(index + 1);
-                if self.held[index as usize] {
+                if !self.lacking.contains(&index) {
                     return Event::None;
                 }
                 let p = self.partial.entry(index).or_default();
@@ -521,25 +526,8 @@ pub fn receive(
         };
         if let Some(request) = request {
             if let Some(s) = core.session {
-                if !request.whole.is_empty() {
-                    let ranges = request.whole;
-                    send(
-                        &Message::Nak {
-                            receiver: id,
-                            ranges,
-                        },
-                        s,
-                    );
-                }
-                if !request.parts.is_empty() {
-                    let ranges = request.parts;
-                    send(
-                        &Message::Repair {
-                            receiver: id,
-                            ranges,
-                        },
-                        s,
-                    );
+                for m in request.messages(id) {
+                    send(&m, s);
                 }
             }
         }
